@@ -1,0 +1,27 @@
+"""Choosing a backend for the example scripts: --backend, else $CLIPPER_BACKEND, else local."""
+import argparse
+import os
+
+BACKENDS = ("local", "docker")
+
+
+def backend_from_args(argv=None, **manager_kwargs):
+    """The ContainerManager the user asked for on the command line or in the environment."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--backend", choices=BACKENDS,
+                        default=os.environ.get("CLIPPER_BACKEND") or "local")
+    backend = parser.parse_known_args(argv)[0].backend
+    if backend == "docker":
+        from clipper_admin.docker import DockerContainerManager
+        print("Using the Docker backend (containers on the local Docker engine)")
+        return DockerContainerManager(**manager_kwargs)
+    from clipper_admin.local import LocalContainerManager
+    print("Using the local backend (processes on this machine; "
+          "--backend docker or CLIPPER_BACKEND=docker for Docker)")
+    return LocalContainerManager(**manager_kwargs)
+
+
+def stop_all_clusters():
+    """Stop every Clipper cluster left on this machine; ``[(name, processes stopped), ...]``."""
+    from clipper_admin.local import stop_all_local_clusters
+    return stop_all_local_clusters()

@@ -1,0 +1,98 @@
+"""The ContainerManager interface: how a backend starts, finds and stops a cluster."""
+import abc
+import re
+
+CLIPPER_INTERNAL_QUERY_PORT = 1337
+CLIPPER_INTERNAL_MANAGEMENT_PORT = 1338
+CLIPPER_INTERNAL_RPC_PORT = 7000
+CLIPPER_INTERNAL_METRIC_PORT = 1390
+CLIPPER_INTERNAL_REDIS_PORT = 6379
+CLIPPER_DOCKER_LABEL = "ai.clipper.container.label"
+CLIPPER_MODEL_CONTAINER_LABEL = "ai.clipper.model_container.label"
+CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL = "ai.clipper.query_frontend.label"
+CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL = "ai.clipper.management_frontend.label"
+CLIPPER_QUERY_FRONTEND_ID_LABEL = "ai.clipper.query_frontend.id"
+CONTAINERLESS_MODEL_IMAGE = "NO_CONTAINER"
+_MODEL_CONTAINER_LABEL_DELIMITER = "_"
+# Model names and versions must be DNS-1123 labels (they name containers and processes).
+_NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+
+
+def create_model_container_label(name, version):
+    return f"{name}{_MODEL_CONTAINER_LABEL_DELIMITER}{version}"
+
+
+def parse_model_container_label(label):
+    splits = label.split(_MODEL_CONTAINER_LABEL_DELIMITER)
+    if len(splits) != 2:
+        raise ValueError(f"Unable to parse model container label {label}")
+    return splits
+
+
+def is_valid_name(value) -> bool:
+    return bool(_NAME_PATTERN.match(str(value)))
+
+
+class ContainerManager(abc.ABC):
+    """What ClipperConnection needs from a backend (clipper_admin 0.4.1's interface)."""
+
+    cluster_identifier = "default-cluster"
+
+    @abc.abstractmethod
+    def start_clipper(self, query_frontend_image, mgmt_frontend_image, frontend_exporter_image,
+                      cache_size, qf_http_thread_pool_size, qf_http_timeout_request,
+                      qf_http_timeout_content, num_frontend_replicas):
+        """Start Redis and both frontends; return once they answer, leaving self connected."""
+
+    @abc.abstractmethod
+    def connect(self):
+        """Find a running cluster of this name; raise ClipperException if there is none."""
+
+    @abc.abstractmethod
+    def deploy_model(self, name, version, input_type, image, num_replicas=1):
+        """Start ``num_replicas`` containers of a model version."""
+
+    def build_model(self, name, version, model_data_path, base_image, container_registry=None,
+                    pkgs_to_install=None):
+        """Package a model directory; return what ``deploy_model`` takes as ``image``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot build models")
+
+    @abc.abstractmethod
+    def get_num_replicas(self, name, version):
+        pass
+
+    @abc.abstractmethod
+    def set_num_replicas(self, name, version, input_type, image, num_replicas):
+        pass
+
+    @abc.abstractmethod
+    def get_logs(self, logging_dir):
+        """Copy each process's log into ``logging_dir``; return the file paths."""
+
+    @abc.abstractmethod
+    def stop_models(self, models):
+        """Stop the containers of ``{name: [version, ...]}``."""
+
+    @abc.abstractmethod
+    def stop_all_model_containers(self):
+        pass
+
+    @abc.abstractmethod
+    def stop_all(self, graceful=True):
+        """Stop every process of the cluster and forget it."""
+
+    @abc.abstractmethod
+    def get_admin_addr(self):
+        pass
+
+    @abc.abstractmethod
+    def get_query_addr(self):
+        pass
+
+    @abc.abstractmethod
+    def get_metric_addr(self):
+        pass
+
+    def describe_replica_failure(self, name, version):
+        """Hints (such as a log tail) when replicas of a model do not come up."""
+        return ""

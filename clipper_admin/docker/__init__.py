@@ -1,0 +1,3 @@
+from clipper_admin.docker.docker_container_manager import DockerContainerManager
+
+__all__ = ["DockerContainerManager"]

