@@ -71,11 +71,11 @@ class ClipperConnection(object):
                          if r["model_name"] == name and r["model_version"] == str(version)]
             if len(connected) == num_replicas:
                 return
-            if time.monotonic() > deadline:
+            failure = self.cm.replica_failure(name, version)
+            if failure or time.monotonic() > deadline:
                 raise ClipperException(
                     f"{len(connected)} of {num_replicas} replicas of model {name}:{version} "
-                    f"connected within {REPLICA_TIMEOUT_SECONDS} s. "
-                    + self.cm.describe_replica_failure(name, version))
+                    f"connected. {failure or f'Timed out after {REPLICA_TIMEOUT_SECONDS} s.'}")
             time.sleep(0.05)
 
     # ---- cluster ----

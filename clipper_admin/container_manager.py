@@ -93,6 +93,6 @@ class ContainerManager(abc.ABC):
     def get_metric_addr(self):
         pass
 
-    def describe_replica_failure(self, name, version):
-        """Hints (such as a log tail) when replicas of a model do not come up."""
-        return ""
+    def replica_failure(self, name, version):
+        """Why replicas of this model version keep failing, if the backend can tell; else None."""
+        return None

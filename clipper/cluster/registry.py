@@ -117,8 +117,13 @@ class ClusterDir:
     def applied_generation(self) -> int:
         return read_json(self.path / PROCESSES_FILE, {}).get("generation", -1)
 
-    def write_processes(self, generation: int, processes: List[dict]) -> None:
-        write_json(self.path / PROCESSES_FILE, {"generation": generation, "processes": processes})
+    def failing(self) -> Dict[str, dict]:
+        """Processes that keep exiting soon after start: name -> failures, exit code."""
+        return read_json(self.path / PROCESSES_FILE, {}).get("failing", {})
+
+    def write_processes(self, generation: int, processes: List[dict], failing: Dict[str, dict]) -> None:
+        write_json(self.path / PROCESSES_FILE,
+                   {"generation": generation, "processes": processes, "failing": failing})
 
     # ---- wanted replicas ----
     def wanted_replicas(self) -> dict:

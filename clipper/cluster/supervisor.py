@@ -40,7 +40,8 @@ class Child:
     details: Dict[str, object] = field(default_factory=dict)
     process: Optional[subprocess.Popen] = None
     started_at: float = 0.0
-    failures: int = 0
+    failures: int = 0             # exits in a row that came too soon
+    last_exit: Optional[int] = None
     restart_at: float = 0.0
 
     def record(self) -> Optional[dict]:
@@ -73,14 +74,17 @@ class Supervisor:
         return env
 
     def _start(self, child: Child) -> None:
-        log_file = open(self.cluster.logs / f"{child.name}.log", "ab")
-        try:
-            child.process = subprocess.Popen(child.command, env=child.env, stdin=subprocess.DEVNULL,
-                                             stdout=log_file, stderr=subprocess.STDOUT,
-                                             cwd=str(self.cluster.path))
-        finally:
-            log_file.close()
         child.started_at = time.monotonic()
+        with open(self.cluster.logs / f"{child.name}.log", "ab") as log_file:
+            try:
+                child.process = subprocess.Popen(
+                    child.command, env=child.env, stdin=subprocess.DEVNULL, stdout=log_file,
+                    stderr=subprocess.STDOUT, cwd=str(self.cluster.path))
+            except OSError as error:      # e.g. the model's interpreter is gone: retry later
+                log_file.write(f"cannot start {child.command[0]}: {error}\n".encode())
+                child.failures += 1
+                child.restart_at = child.started_at + MAX_RESTART_DELAY
+                return
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
     def _stop(self, children: List[Child], grace: float = STOP_GRACE_SECONDS) -> None:
@@ -110,7 +114,8 @@ class Supervisor:
         ]
 
     def _replica_child(self, model: dict, index: int) -> Child:
-        name = f"model-{model['name']}-{model['version']}-{index}"
+        # '_' cannot occur in model names, so this name is unambiguous (as Clipper's labels).
+        name = f"model-{model['name']}_{model['version']}-{index}"
         env = self._env({
             "CLIPPER_MODEL_NAME": model["name"], "CLIPPER_MODEL_VERSION": model["version"],
             "CLIPPER_MODEL_PATH": model["model_dir"], "CLIPPER_INPUT_TYPE": model["input_type"],
@@ -196,6 +201,7 @@ class Supervisor:
             if child.process is not None and code is not None:
                 ran = now - child.started_at
                 child.failures = 0 if ran >= HEALTHY_RUN_SECONDS else child.failures + 1
+                child.last_exit = code
                 delay = 0.0 if not child.failures else min(MAX_RESTART_DELAY, 0.1 * 2 ** child.failures)
                 log.warning("%s exited with code %s after %.1f s; restarting in %.1f s",
                             child.name, code, ran, delay)
@@ -206,9 +212,11 @@ class Supervisor:
 
     def _write_registry(self) -> None:
         records = [r for r in (child.record() for child in self.children) if r]
-        state = (self.generation, [(r["name"], r["pid"]) for r in records])
+        failing = {c.name: {**c.details, "failures": c.failures, "exit_code": c.last_exit}
+                   for c in self.children if c.failures}
+        state = (self.generation, [(r["name"], r["pid"]) for r in records], failing)
         if state != self._last_written:
-            self.cluster.write_processes(self.generation, records)
+            self.cluster.write_processes(self.generation, records, failing)
             self._last_written = state
 
     def _shutdown(self) -> None:
@@ -217,7 +225,7 @@ class Supervisor:
         self._stop(by_role("model-container"))
         self._stop(by_role("query-frontend", "management-frontend"))
         self._stop(by_role("redis"))
-        self.cluster.write_processes(self.generation, [])
+        self.cluster.write_processes(self.generation, [], {})
 
 
 def main(config) -> None:

@@ -1,8 +1,10 @@
 """Serialising a Python function into a model directory, as Clipper's deployers do."""
+import contextlib
 import json
 import logging
 import os
 import sys
+import sysconfig
 import tempfile
 
 import cloudpickle
@@ -15,10 +17,34 @@ FUNCTION_FILE = "func.pkl"
 METADATA_FILE = "clipper_model.json"
 
 
+def _is_users_own_module(module):
+    """A module of the user's (not the standard library, not an installed package)."""
+    path = getattr(module, "__file__", None)
+    if module is None or module.__name__ == "__main__" or not path:
+        return False
+    installed = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return not any(os.path.abspath(path).startswith(os.path.abspath(p) + os.sep) for p in installed)
+
+
+@contextlib.contextmanager
+def _pickled_by_value(func):
+    """cloudpickle stores functions of importable modules by reference, and the container
+    cannot import the user's own files: ship such a module's code with the function."""
+    module = sys.modules.get(getattr(func, "__module__", None) or "")
+    by_value = _is_users_own_module(module)
+    if by_value:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
 def save_python_function(name, func):
     """Write ``func`` to ``func.pkl`` in a fresh directory; return the directory."""
     serialization_dir = tempfile.mkdtemp(suffix="clipper")
-    with open(os.path.join(serialization_dir, FUNCTION_FILE), "wb") as f:
+    with open(os.path.join(serialization_dir, FUNCTION_FILE), "wb") as f, _pickled_by_value(func):
         cloudpickle.dump(func, f)
     with open(os.path.join(serialization_dir, METADATA_FILE), "w") as f:
         json.dump({"python": sys.executable,

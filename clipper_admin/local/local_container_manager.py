@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT_SECONDS = 60
 APPLY_TIMEOUT_SECONDS = 60
 STOP_GRACE_SECONDS = 15
+# Replica exits in a row, each soon after start, before a deploy gives up.
+REPLICA_FAILURES_REPORTED = 2
 # AF_UNIX paths are limited to 108 bytes.
 MAX_SOCKET_PATH = 100
 
@@ -216,9 +218,13 @@ class LocalContainerManager(ContainerManager):
             raise ClipperException(f"The cluster '{self.cluster_name}' did not apply the change; "
                                    f"see {self.cluster.logs / 'supervisor.log'}")
 
-    def describe_replica_failure(self, name, version):
-        tail = self.cluster.log_tail(f"model-{name}-{version}-0")
-        return f"Last lines of the first replica's log:\n{tail}" if tail else ""
+    def replica_failure(self, name, version):
+        for process, status in self.cluster.failing().items():
+            if (status.get("model_name"), status.get("model_version")) == (name, str(version)) \
+                    and status["failures"] >= REPLICA_FAILURES_REPORTED:
+                return (f"Its process {process} keeps exiting (exit code {status['exit_code']}). "
+                        f"Last lines of its log:\n{self.cluster.log_tail(process)}")
+        return None
 
     # ---- addresses and logs ----
     def get_logs(self, logging_dir):

@@ -1,0 +1,83 @@
+"""Shared fixtures: an isolated state directory, real local clusters, and a leak check.
+
+Every test session gets its own CLIPPER_STATE_DIR, so it never touches a user's clusters,
+and fails if any process it started (found by the CLIPPER_CLUSTER_DIR marker) or any
+Clipper port is still there at the end.
+"""
+import contextlib
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clipper.cluster.registry import MARKER_ENV  # noqa: E402
+from clipper_admin import ClipperConnection, LocalContainerManager  # noqa: E402
+from clipper_admin.local import stop_all_local_clusters  # noqa: E402
+
+DEFAULT_PORTS = (1337, 1338, 7000)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.closing(socket.socket()) as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((host, port)) == 0
+
+
+def processes_under(base: Path):
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            marker = process.environ().get(MARKER_ENV, "")
+            if marker.startswith(str(base)) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clipper_state_dir():
+    """A private state directory for the whole session; fails the run on leftovers."""
+    base = Path(tempfile.mkdtemp(prefix="clst-", dir="/tmp"))
+    previous = os.environ.get("CLIPPER_STATE_DIR")
+    os.environ["CLIPPER_STATE_DIR"] = str(base)
+    busy_before = {port for port in DEFAULT_PORTS if port_open(port)}
+    yield base
+    leftovers = processes_under(base)
+    busy_after = {port for port in DEFAULT_PORTS if port_open(port)} - busy_before
+    stop_all_local_clusters(graceful=False)
+    shutil.rmtree(base, ignore_errors=True)
+    if previous is None:
+        os.environ.pop("CLIPPER_STATE_DIR", None)
+    else:
+        os.environ["CLIPPER_STATE_DIR"] = previous
+    assert not leftovers, f"processes left behind: {[(p.pid, p.cmdline()[:4]) for p in leftovers]}"
+    assert not busy_after, f"ports left open: {sorted(busy_after)}"
+
+
+@contextlib.contextmanager
+def local_cluster(name="test-cluster", query_port=1337, management_port=1338, rpc_port=7000,
+                  **start_kwargs):
+    """A real local cluster for the duration of the block."""
+    manager = LocalContainerManager(cluster_name=name, clipper_query_port=query_port,
+                                    clipper_management_port=management_port,
+                                    clipper_rpc_port=rpc_port)
+    conn = ClipperConnection(manager)
+    conn.start_clipper(**start_kwargs)
+    try:
+        yield conn
+    finally:
+        conn.stop_all(graceful=False)
+
+
+@pytest.fixture(scope="module")
+def clipper_conn():
+    """One cluster on the default ports, shared by the tests of a module."""
+    with local_cluster() as conn:
+        yield conn

@@ -1,0 +1,165 @@
+"""Predictions on a real local cluster: every input type, batches, bad input, failing models."""
+import base64
+import time
+
+import pytest
+import requests
+
+from clipper_admin.deployers import python as python_deployer
+
+SLO_MICROS = 2_000_000
+
+
+def total(xs):
+    return [str(sum(x)) for x in xs]
+
+
+def int_total(xs):
+    return [str(int(sum(x))) for x in xs]
+
+
+def lengths(xs):
+    return [str(len(x)) for x in xs]
+
+
+def shout(xs):
+    # Strings arrive as bytes, as in Clipper's Python container.
+    return ['"%s"' % x.decode().upper() for x in xs]
+
+
+def picky(xs):
+    if any(x[0] < 0 for x in xs):
+        raise ValueError("negative inputs are not supported")
+    return [str(x[0]) for x in xs]
+
+
+MODELS = {
+    # app/model name: (input type, function)
+    "doubles-app": ("doubles", total),
+    "floats-app": ("floats", total),
+    "ints-app": ("ints", int_total),
+    "bytes-app": ("bytes", lengths),
+    "strings-app": ("strings", shout),
+    "picky-app": ("doubles", picky),
+}
+
+
+@pytest.fixture(scope="module")
+def cluster(clipper_conn):
+    for name, (input_type, func) in MODELS.items():
+        python_deployer.create_endpoint(clipper_conn, name, input_type, func,
+                                        default_output="-1.0", slo_micros=SLO_MICROS)
+    return clipper_conn
+
+
+def predict(conn, app, payload, **kwargs):
+    return requests.post(f"http://{conn.get_query_addr()}/{app}/predict", json=payload,
+                         timeout=10, **kwargs)
+
+
+@pytest.mark.parametrize("app, query, output", [
+    ("doubles-app", [1.5, 2.5, 3.0], 7.0),
+    ("floats-app", [0.5, 0.25], 0.75),
+    ("ints-app", [1, 2, 3, 4], 10),
+    ("bytes-app", base64.b64encode(b"hello").decode(), 5),
+    ("strings-app", "hello", "HELLO"),
+])
+def test_single_prediction_of_each_input_type(cluster, app, query, output):
+    response = predict(cluster, app, {"input": query})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["output"] == output and body["default"] is False
+    assert list(body) == ["query_id", "output", "default"]
+
+
+@pytest.mark.parametrize("app, batch, outputs", [
+    ("doubles-app", [[1.0, 2.0], [3.0], [4.0, 4.0, 4.0]], [3.0, 3.0, 12.0]),
+    ("ints-app", [[1], [2, 2]], [1, 4]),
+    ("strings-app", ["a", "bc"], ["A", "BC"]),
+    ("bytes-app", [base64.b64encode(b"x").decode(), base64.b64encode(b"xyz").decode()], [1, 3]),
+])
+def test_batch_predictions_come_back_in_order(cluster, app, batch, outputs):
+    response = predict(cluster, app, {"input_batch": batch})
+    assert response.status_code == 200, response.text
+    answers = response.json()["batch_predictions"]
+    assert [a["output"] for a in answers] == outputs
+    assert len({a["query_id"] for a in answers}) == len(batch)
+
+
+def test_batch_of_one_and_empty_batch(cluster):
+    assert predict(cluster, "doubles-app", {"input_batch": [[2.0]]}).json()["output"] == 2.0
+    assert predict(cluster, "doubles-app", {"input_batch": []}).json() == {"batch_predictions": []}
+
+
+@pytest.mark.parametrize("payload, complaint", [
+    (b"{oops", "not valid JSON"),
+    ({"inputs": [1.0]}, "required keys input or input_batch"),
+    ({"input": "text"}, "expected type Array"),
+    ({"input": [1.0, "two"]}, "is not of type double"),
+    ({"input": [1.0], "version": {"v": 1}}, "version expected type String"),
+])
+def test_bad_input_gets_400_and_the_cluster_keeps_serving(cluster, payload, complaint):
+    if isinstance(payload, bytes):
+        response = requests.post(f"http://{cluster.get_query_addr()}/doubles-app/predict",
+                                 data=payload, timeout=10)
+    else:
+        response = predict(cluster, "doubles-app", payload)
+    assert response.status_code == 400
+    assert response.json()["error"] == "Json error"
+    assert complaint in response.json()["cause"]
+    assert predict(cluster, "doubles-app", {"input": [1.0, 1.0]}).json()["output"] == 2.0
+
+
+def test_unknown_app_and_route_get_404_with_a_reason(cluster):
+    response = predict(cluster, "no-such-app", {"input": [1.0]})
+    assert response.status_code == 404
+    assert "No application named 'no-such-app'" in response.json()["cause"]
+    response = requests.get(f"http://{cluster.get_query_addr()}/what", timeout=10)
+    assert response.status_code == 404 and "POST /<application>/predict" in response.json()["cause"]
+
+
+def test_version_pinning(cluster):
+    assert predict(cluster, "doubles-app", {"input": [1.0], "version": "1"}).json()["output"] == 1.0
+    response = predict(cluster, "doubles-app", {"input": [1.0], "version": "9"})
+    assert response.status_code == 400
+    assert response.json() == {"error": "Query processing error",
+                               "cause": "Requested version: 9 does not exist for model: doubles-app"}
+
+
+def test_a_model_that_raises_gets_an_error_and_keeps_serving(cluster):
+    response = predict(cluster, "picky-app", {"input": [-1.0]})
+    assert response.status_code == 500
+    assert response.json()["error"] == "Model error"
+    assert "ValueError: negative inputs are not supported" in response.json()["cause"]
+    assert predict(cluster, "picky-app", {"input": [5.0]}).json()["output"] == 5.0
+
+
+def test_app_without_model_answers_default_at_once(cluster):
+    cluster.register_application("lonely-app", "doubles", "0.0", 10_000_000)
+    started = time.monotonic()
+    body = predict(cluster, "lonely-app", {"input": [1.0]}).json()
+    assert time.monotonic() - started < 2          # not the 10 s objective
+    assert body["default"] is True and body["output"] == 0.0
+    assert body["default_explanation"] == "No connected models found for query"
+
+
+def test_trailing_slash_and_feedback(cluster):
+    addr = cluster.get_query_addr()
+    assert requests.post(f"http://{addr}/doubles-app/predict/", json={"input": [3.0]},
+                         timeout=10).json()["output"] == 3.0
+    response = requests.post(f"http://{addr}/doubles-app/update",
+                             json={"uid": 0, "input": [1.0], "label": 1.0}, timeout=10)
+    assert response.status_code == 200 and response.text == "Feedback received? 1"
+    assert requests.post(f"http://{addr}/doubles-app/update", json={"uid": "x"},
+                         timeout=10).status_code == 400
+
+
+def test_metrics_report_clippers_shape(cluster):
+    predict(cluster, "doubles-app", {"input": [1.0, 2.0]})
+    document = requests.get(f"http://{cluster.get_query_addr()}/metrics", timeout=10).json()
+    counters = {k: v for entry in document["counters"] for k, v in entry.items()}
+    histograms = {k: v for entry in document["histograms"] for k, v in entry.items()}
+    assert int(counters["app:doubles-app:num_predictions"]["count"]) >= 1
+    assert int(counters["model:doubles-app:1:num_predictions"]["count"]) >= 1
+    assert int(histograms["app:doubles-app:prediction_latency"]["size"]) >= 1
+    assert document == cluster.inspect_instance() or "counters" in cluster.inspect_instance()

@@ -1,0 +1,125 @@
+"""Parsing /predict bodies into the bytes a container receives, for all five input types."""
+import base64
+import json
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clipper.container.closure import shape_batch
+from clipper.datatypes import InputType
+from clipper.rest.inputs import InputError, parse_predict_body
+from clipper.rest import responses
+
+finite_doubles = st.floats(allow_nan=False, allow_infinity=False)
+finite_floats = st.floats(allow_nan=False, allow_infinity=False, width=32)
+int32s = st.integers(-(2 ** 31), 2 ** 31 - 1)
+
+
+def body(document) -> bytes:
+    return json.dumps(document).encode()
+
+
+def decoded(input_type, raw):
+    """What the model function receives for one parsed input."""
+    return shape_batch(input_type, [raw])[0]
+
+
+@given(st.lists(finite_doubles, max_size=50))
+def test_doubles_round_trip(values):
+    parsed = parse_predict_body(body({"input": values}), InputType.DOUBLES)
+    assert decoded(InputType.DOUBLES, parsed.inputs[0]).tolist() == values
+
+
+@given(st.lists(finite_floats, max_size=50))
+def test_floats_round_trip(values):
+    parsed = parse_predict_body(body({"input": values}), InputType.FLOATS)
+    assert decoded(InputType.FLOATS, parsed.inputs[0]).tolist() == values
+
+
+@given(st.lists(int32s, max_size=50))
+def test_ints_round_trip(values):
+    parsed = parse_predict_body(body({"input": values}), InputType.INTS)
+    assert decoded(InputType.INTS, parsed.inputs[0]).tolist() == values
+
+
+@given(st.text(max_size=50))
+def test_strings_round_trip(text):
+    parsed = parse_predict_body(body({"input": text}), InputType.STRINGS)
+    assert decoded(InputType.STRINGS, parsed.inputs[0]) == text.encode("utf-8", "surrogatepass")
+
+
+@given(st.binary(max_size=50))
+def test_bytes_round_trip(raw):
+    parsed = parse_predict_body(body({"input": base64.b64encode(raw).decode()}), InputType.BYTES)
+    assert decoded(InputType.BYTES, parsed.inputs[0]).tobytes() == raw
+    assert decoded(InputType.BYTES, parsed.inputs[0]).dtype == np.int8   # as Clipper hands bytes over
+
+
+@given(st.lists(st.lists(finite_doubles, min_size=3, max_size=3), min_size=2, max_size=10))
+def test_input_batch_keeps_order(rows):
+    parsed = parse_predict_body(body({"input_batch": rows}), InputType.DOUBLES)
+    assert parsed.is_batch
+    assert shape_batch(InputType.DOUBLES, parsed.inputs).tolist() == rows
+
+
+def test_batch_of_one_is_answered_unwrapped():
+    assert not parse_predict_body(body({"input_batch": [[1.0]]}), InputType.DOUBLES).is_batch
+
+
+def test_ragged_batch_becomes_object_array():
+    parsed = parse_predict_body(body({"input_batch": [[1.0], [1.0, 2.0]]}), InputType.DOUBLES)
+    batch = shape_batch(InputType.DOUBLES, parsed.inputs)
+    assert batch.dtype == object and [row.tolist() for row in batch] == [[1.0], [1.0, 2.0]]
+
+
+def test_integers_are_accepted_as_doubles():
+    parsed = parse_predict_body(b'{"input": [1, 2.5]}', InputType.DOUBLES)
+    assert parsed.inputs[0] == struct.pack("<2d", 1.0, 2.5)
+
+
+def test_version_is_read_as_a_string():
+    assert parse_predict_body(b'{"input": [1.0], "version": 2}', InputType.DOUBLES).version == "2"
+    assert parse_predict_body(b'{"input": [1.0], "version": "v2"}', InputType.DOUBLES).version == "v2"
+
+
+@pytest.mark.parametrize("raw, input_type, complaint", [
+    (b"{not json", InputType.DOUBLES, "not valid JSON"),
+    (b"[1.0]", InputType.DOUBLES, "must be a JSON object"),
+    (b'{"inputs": [1.0]}', InputType.DOUBLES, "required keys input or input_batch"),
+    (b'{"input": "abc"}', InputType.DOUBLES, "expected type Array but found type String"),
+    (b'{"input": [1.0, "x"]}', InputType.DOUBLES, "of type String is not of type double"),
+    (b'{"input": [true]}', InputType.DOUBLES, "of type True is not of type double"),
+    (b'{"input": [1.5]}', InputType.INTS, "not of type int"),
+    (b'{"input": [4294967296]}', InputType.INTS, "outside the int32 range"),
+    (b'{"input": [1e39]}', InputType.FLOATS, "float32 range"),
+    (b'{"input": [NaN]}', InputType.DOUBLES, "not valid JSON"),
+    (b'{"input": [Infinity]}', InputType.DOUBLES, "not valid JSON"),
+    (b'{"input": [1.0]}', InputType.STRINGS, "expected type String but found type Array"),
+    (b'{"input": "@@@"}', InputType.BYTES, "base64"),
+    (b'{"input_batch": [1.0]}', InputType.DOUBLES, "expected type Array but found type Number"),
+    (b'{"input_batch": {"a": 1}}', InputType.DOUBLES, "input_batch expected type Array"),
+    (b'{"input": [1.0], "version": [1]}', InputType.DOUBLES, "version expected type String"),
+])
+def test_bad_bodies_name_the_problem_and_the_schema(raw, input_type, complaint):
+    with pytest.raises(InputError) as raised:
+        parse_predict_body(raw, input_type)
+    assert complaint in str(raised.value)
+    assert '"input" := [double] | [int] | [string] | [byte] | [float]' in str(raised.value)
+
+
+@pytest.mark.parametrize("output, embedded", [
+    (b"0.5", b"0.5"), (b"[1,2]", b"[1,2]"), (b"cat", b'"cat"'), (b'"cat"', b'"cat"'),
+    (b"NaN", b'"NaN"'), (b"", b'""'), (b"[1 2 3]", b'"[1 2 3]"'), (b"{'a': 1}", b"\"{'a': 1}\""),
+])
+def test_outputs_are_embedded_as_json_when_they_parse(output, embedded):
+    assert responses.sniff_output(output) == embedded
+
+
+def test_prediction_body_is_clippers():
+    assert responses.prediction(0, b"4.5", False) == b'{"query_id":0,"output":4.5,"default":false}'
+    assert responses.prediction(3, b"-1.0", True, responses.SLO_MISSED) == (
+        b'{"query_id":3,"output":-1.0,"default":true,"default_explanation":'
+        b'"Failed to retrieve a prediction response within the specified latency SLO"}')
