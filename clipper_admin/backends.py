@@ -1,6 +1,9 @@
 """Choosing a backend for the example scripts: --backend, else $CLIPPER_BACKEND, else local."""
 import argparse
 import os
+import sys
+
+from clipper_admin.exceptions import ClipperException
 
 BACKENDS = ("local", "docker")
 
@@ -11,6 +14,7 @@ def backend_from_args(argv=None, **manager_kwargs):
     parser.add_argument("--backend", choices=BACKENDS,
                         default=os.environ.get("CLIPPER_BACKEND") or "local")
     backend = parser.parse_known_args(argv)[0].backend
+    _report_clipper_errors_briefly()
     if backend == "docker":
         from clipper_admin.docker import DockerContainerManager
         print("Using the Docker backend (containers on the local Docker engine)")
@@ -25,3 +29,15 @@ def stop_all_clusters():
     """Stop every Clipper cluster left on this machine; ``[(name, processes stopped), ...]``."""
     from clipper_admin.local import stop_all_local_clusters
     return stop_all_local_clusters()
+
+
+def _report_clipper_errors_briefly():
+    """In a script, a ClipperException says what to do; its traceback only hides that."""
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback):
+        if issubclass(kind, ClipperException):
+            print(f"Error: {value.msg}", file=sys.stderr)
+        else:
+            previous(kind, value, traceback)
+    sys.excepthook = hook

@@ -1,0 +1,95 @@
+"""The three example scripts, run exactly as the README says, as subprocesses."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import DEFAULT_PORTS, ROOT, port_open, processes_under
+
+RESPONSE_LINE = re.compile(r"""^'\{"query_id":\d+,"output":-?[0-9.e+-]+,"default":false\}', [0-9.]+ ms$""")
+
+
+def run_script(name, timeout=120):
+    return subprocess.run([sys.executable, name], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start_script(name):
+    return subprocess.Popen([sys.executable, name], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_predictions(process, count, timeout=120):
+    lines, deadline = [], time.monotonic() + timeout
+    while len([l for l in lines if RESPONSE_LINE.match(l)]) < count:
+        assert time.monotonic() < deadline, f"no predictions in time; got {lines}"
+        line = process.stdout.readline()
+        assert line, f"script ended early: {process.stderr.read()}"
+        lines.append(line.rstrip("\n"))
+    return lines
+
+
+def assert_nothing_left(state_dir):
+    deadline = time.monotonic() + 10
+    while processes_under(state_dir) or any(port_open(p) for p in DEFAULT_PORTS):
+        assert time.monotonic() < deadline, "cluster processes or ports were left behind"
+        time.sleep(0.1)
+
+
+def test_basic_query_simplified_prints_one_prediction_and_cleans_up(clipper_state_dir):
+    result = run_script("basicQuerySimplified.py")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "local backend" in lines[0]
+    predictions = [line for line in lines if RESPONSE_LINE.match(line)]
+    assert len(predictions) == 1, result.stdout
+    assert predictions[0].startswith("""'{"query_id":0,"output":""")
+    assert_nothing_left(clipper_state_dir)
+
+
+def test_basic_query_stops_cleanly_on_ctrl_c(clipper_state_dir):
+    process = start_script("basicQuery.py")
+    try:
+        wait_for_predictions(process, 3)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "stopping Clipper" in stdout
+    assert_nothing_left(clipper_state_dir)
+
+
+def test_close_clipper_after_sigkill_then_again(clipper_state_dir):
+    process = start_script("basicQuery.py")
+    try:
+        wait_for_predictions(process, 1)
+    finally:
+        process.kill()
+        process.communicate()
+    assert processes_under(clipper_state_dir), "the cluster should outlive its killed script"
+    first = run_script("closeClipper.py")
+    assert first.returncode == 0, first.stderr
+    assert "Stopped Clipper cluster 'default-cluster'" in first.stdout
+    assert_nothing_left(clipper_state_dir)
+    second = run_script("closeClipper.py")
+    assert second.returncode == 0 and second.stdout.strip() == "No Clipper cluster is running."
+
+
+def test_a_taken_port_gets_one_clear_line(clipper_state_dir):
+    import socket
+    with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", 1337))
+        blocker.listen()
+        result = run_script("basicQuerySimplified.py")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "Error: Port 1337 (query frontend) is already in use")
+    assert "python closeClipper.py" in result.stderr and "Traceback" not in result.stderr
+    assert_nothing_left(clipper_state_dir)
