@@ -113,7 +113,8 @@ class Dispatcher:
         self._send = send
         self._clock = clock
         self._on_batch = on_batch or (lambda batch, latency: None)
-        self.queues: Dict[ModelId, ModelQueue] = {}
+        self.queues: Dict[ModelId, ModelQueue] = {}        # created by the first replica
+        self.batch_sizes: Dict[ModelId, Optional[int]] = {}  # as registered; None = adaptive
         self.in_flight: Dict[int, Batch] = {}
         self._msg_ids = itertools.count()
         self._seq = itertools.count()
@@ -130,7 +131,10 @@ class Dispatcher:
 
     # ---- replicas ----
     def add_replica(self, replica: Replica) -> None:
-        queue = self.queues.setdefault(replica.model_id, ModelQueue(replica.model_id))
+        queue = self.queues.get(replica.model_id)
+        if queue is None:
+            queue = self.queues[replica.model_id] = ModelQueue(
+                replica.model_id, self.batch_sizes.get(replica.model_id))
         replica.sizer = BatchSizer(queue.batch_size)
         queue.replicas[replica.identity] = replica
         queue.idle.append(replica)
@@ -151,10 +155,12 @@ class Dispatcher:
         self._dispatch(queue)
 
     def set_batch_size(self, model_id: ModelId, batch_size: Optional[int]) -> None:
-        queue = self.queues.setdefault(model_id, ModelQueue(model_id))
-        queue.batch_size = batch_size
-        for replica in queue.replicas.values():
-            replica.sizer = BatchSizer(batch_size)
+        self.batch_sizes[model_id] = batch_size
+        queue = self.queues.get(model_id)
+        if queue is not None and queue.batch_size != batch_size:
+            queue.batch_size = batch_size
+            for replica in queue.replicas.values():
+                replica.sizer = BatchSizer(batch_size)
 
     # ---- replies ----
     def on_response(self, identity: bytes, msg_id: int, outputs: Sequence[bytes]) -> None:

@@ -137,7 +137,7 @@ class QueryFrontend:
         return web.Response(body=self.metrics.report_json(), content_type="application/json")
 
     async def _find_app(self, name: str) -> Optional[App]:
-        app = self.follower.view.apps.get(name)
+        app = (await self.follower.current_view()).apps.get(name)
         if app is None:
             await self.follower.sync()          # it may have been registered a moment ago
             app = self.follower.view.apps.get(name)
@@ -171,7 +171,7 @@ class QueryFrontend:
         return _json_response(500 if failed[0] else 200, bodies[0])
 
     async def _resolve_model(self, app: App, version: Optional[str]) -> Optional[ModelId]:
-        view = self.follower.view
+        view = await self.follower.current_view()
         model_name = view.linked_model(app.name)
         if model_name is None or (version or view.current_versions.get(model_name)) is None:
             await self.follower.sync()            # a link or version may be seconds old

@@ -1,7 +1,7 @@
 """The query frontend's in-memory view of cluster state, following Redis changes.
 
 Predictions read only this view. It is kept current by keyspace notifications, as in
-Clipper, and ``sync()`` is a barrier: once it returns, every change acknowledged by Redis
+Clipper; ``current_view()`` waits while a notified change is being re-read, and ``sync()`` is a barrier: once it returns, every change acknowledged by Redis
 before the call is visible (a PING on the subscription connection is answered in order).
 Unlike Clipper, deleted applications stop being served at once.
 """
@@ -48,6 +48,8 @@ class StateFollower:
         self._pubsub = None
         self._pongs: List[asyncio.Future] = []
         self._ready = asyncio.Event()
+        self.settled = asyncio.Event()      # clear while a notified change is being applied
+        self.settled.set()
 
     async def run(self) -> None:
         """Follow Redis forever; on any connection failure, resubscribe and reload."""
@@ -61,6 +63,12 @@ class StateFollower:
                 self._ready.clear()
                 self._fail_barriers()
                 await asyncio.sleep(0.5)
+
+    async def current_view(self) -> ClusterView:
+        """The view, once any change already notified has been applied."""
+        if not self.settled.is_set():
+            await self.settled.wait()
+        return self.view
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -89,7 +97,11 @@ class StateFollower:
             self._on_reconnect()
             async for message in pubsub.listen():
                 if message["type"] == "pmessage":
-                    await self._apply(*schema.parse_keyspace_channel(message["channel"]))
+                    self.settled.clear()
+                    try:
+                        await self._apply(*schema.parse_keyspace_channel(message["channel"]))
+                    finally:
+                        self.settled.set()
                 elif message["type"] == "pong" and self._pongs:
                     pong = self._pongs.pop(0)
                     if not pong.done():

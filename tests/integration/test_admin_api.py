@@ -1,0 +1,206 @@
+"""Every ClipperConnection method on a real local cluster: what it returns, what it changes."""
+import os
+
+import pytest
+import requests
+
+from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager, UnconnectedException
+from clipper_admin.deployers import python as python_deployer
+
+
+def version_one(xs):
+    return ["1" for _ in xs]
+
+
+def version_two(xs):
+    return ["2" for _ in xs]
+
+
+def predict(conn, app, payload):
+    return requests.post(f"http://{conn.get_query_addr()}/{app}/predict", json=payload, timeout=10)
+
+
+def replicas_of(conn, name, version):
+    return sorted(r["model_replica_id"] for r in conn.get_all_model_replicas(verbose=True)
+                  if r["model_name"] == name and r["model_version"] == str(version))
+
+
+@pytest.fixture(scope="module")
+def conn(clipper_conn):
+    return clipper_conn
+
+
+def test_methods_need_a_connection():
+    unconnected = ClipperConnection(LocalContainerManager(cluster_name="never-started"))
+    with pytest.raises(UnconnectedException, match="No connection to Clipper cluster"):
+        unconnected.register_application("a", "doubles", "0", 1000)
+    with pytest.raises(ClipperException, match="No running Clipper cluster named 'never-started'"):
+        unconnected.connect()
+
+
+def test_connect_from_another_connection(conn):
+    other = ClipperConnection(LocalContainerManager(cluster_name=conn.cm.cluster_name))
+    other.connect()
+    assert other.get_query_addr() == conn.get_query_addr() == "localhost:1337"
+    assert other.get_metric_addr()
+
+
+def test_applications(conn):
+    conn.register_application("app-a", "doubles", "0.5", 100000)
+    conn.register_application("app-b", "ints", "none", 200000)
+    assert set(conn.get_all_apps()) >= {"app-a", "app-b"}
+    assert conn.get_app_info("app-a") == {"input_type": "doubles", "default_output": "0.5",
+                                          "latency_slo_micros": 100000, "name": "app-a",
+                                          "linked_models": []}
+    assert {"name": "app-b", "input_type": "integers", "default_output": "none",
+            "latency_slo_micros": 200000, "linked_models": []} in conn.get_all_apps(verbose=True)
+    with pytest.raises(ClipperException, match="application 'app-a' already exists"):
+        conn.register_application("app-a", "doubles", "0.5", 100000)
+    with pytest.raises(ClipperException, match="'dubbles' is not a valid input type"):
+        conn.register_application("app-c", "dubbles", "0", 1000)
+    with pytest.raises(ClipperException, match="Invalid application name"):
+        conn.register_application("bad/name", "doubles", "0", 1000)
+    conn.unregister_application("app-b")
+    assert conn.get_app_info("app-b") is None
+    with pytest.warns(DeprecationWarning):
+        conn.delete_application("app-a")
+    assert "app-a" not in conn.get_all_apps()
+    with pytest.raises(ClipperException, match="Application 'app-a' does not exist"):
+        conn.unregister_application("app-a")
+
+
+def test_unregistered_app_stops_being_served_at_once(conn):
+    conn.register_application("fleeting", "doubles", "0.5", 100000)
+    assert predict(conn, "fleeting", {"input": [1.0]}).status_code == 200
+    conn.unregister_application("fleeting")
+    assert predict(conn, "fleeting", {"input": [1.0]}).status_code == 404
+
+
+def test_containerless_model_links_and_their_checks(conn):
+    conn.register_application("linked-app", "doubles", "0.5", 100000)
+    conn.register_model("nocontainer", 3, "doubles", labels=["a", "b"])
+    assert conn.get_model_info("nocontainer", 3) == {
+        "model_name": "nocontainer", "model_version": "3", "input_type": "doubles",
+        "labels": ["a", "b"], "container_name": "NO_CONTAINER",
+        "model_data_path": "DEPRECATED", "is_current_version": True}
+    assert "nocontainer:3" in conn.get_all_models()
+    with pytest.raises(ClipperException, match="No model with name 'ghost' exists."):
+        conn.link_model_to_app("linked-app", "ghost")
+    conn.register_model("int-model", 1, "ints")
+    with pytest.raises(ClipperException, match="incompatible input_type 'integers'"):
+        conn.link_model_to_app("linked-app", "int-model")
+    conn.link_model_to_app("linked-app", "nocontainer")
+    assert conn.get_linked_models("linked-app") == ["nocontainer"]
+    assert conn.get_app_info("linked-app")["linked_models"] == ["nocontainer"]
+    conn.register_model("other", 1, "doubles")
+    with pytest.raises(ClipperException, match="A model with name nocontainer is already linked"):
+        conn.link_model_to_app("linked-app", "other")
+    with pytest.raises(ClipperException, match="containerless model nocontainer:3"):
+        conn.set_num_replicas("nocontainer", 2)
+    # A containerless model with no replica connected: the default, at once.
+    body = predict(conn, "linked-app", {"input": [1.0]}).json()
+    assert body["default"] is True and body["default_explanation"] == "No connected models found for query"
+    conn.unlink_model_from_app("linked-app", "nocontainer")
+    assert conn.get_linked_models("linked-app") == []
+    with pytest.raises(ClipperException, match="Cannot remove nonexistent link"):
+        conn.unlink_model_from_app("linked-app", "nocontainer")
+    with pytest.raises(ClipperException, match="model with name 'other' and version '1' already exists"):
+        conn.register_model("other", 1, "doubles")
+    with pytest.raises(ClipperException, match="The batch size must be positive"):
+        conn.register_model("other", 2, "doubles", batch_size=0)
+    with pytest.raises(ClipperException, match="Invalid model version supplied: a:b"):
+        conn.register_model("other", "a:b", "doubles")
+
+
+@pytest.mark.parametrize("name, version", [("Upper", 1), ("has_underscore", 1), ("ok", "1.0"), ("-x", 1)])
+def test_model_names_must_be_dns_labels(conn, name, version):
+    with pytest.raises(ClipperException, match="DNS-1123"):
+        python_deployer.deploy_python_closure(conn, name, version, "doubles", version_one)
+
+
+def test_versions_deploy_roll_back_and_pin(conn):
+    python_deployer.create_endpoint(conn, "versioned", "doubles", version_one, slo_micros=2000000)
+    assert conn.get_current_model_version("versioned") == "1"
+    python_deployer.deploy_python_closure(conn, "versioned", 2, "doubles", version_two)
+    assert conn.get_current_model_version("versioned") == "2"
+    assert predict(conn, "versioned", {"input": [0.0]}).json()["output"] == 2
+    conn.set_model_version("versioned", 1)
+    assert predict(conn, "versioned", {"input": [0.0]}).json()["output"] == 1
+    assert predict(conn, "versioned", {"input": [0.0], "version": "2"}).json()["output"] == 2
+    conn.set_model_version("versioned", "2")
+    assert predict(conn, "versioned", {"input": [0.0]}).json()["output"] == 2
+    with pytest.raises(ClipperException, match="Cannot set non-existent version '7'"):
+        conn.set_model_version("versioned", 7)
+    with pytest.raises(ClipperException, match="Cannot set version for nonexistent model 'nope'"):
+        conn.set_model_version("nope", 1)
+    with pytest.raises(ClipperException, match="No versions of model nope registered"):
+        conn.get_current_model_version("nope")
+    with pytest.raises(ClipperException, match="already exists"):
+        python_deployer.deploy_python_closure(conn, "versioned", 2, "doubles", version_two)
+
+
+def test_replicas_scale_and_inactive_versions_stop(conn):
+    python_deployer.create_endpoint(conn, "scaled", "doubles", version_one, slo_micros=2000000)
+    assert conn.get_num_replicas("scaled") == 1
+    conn.set_num_replicas("scaled", 3)
+    assert conn.get_num_replicas("scaled") == 3 and replicas_of(conn, "scaled", 1) == [0, 1, 2]
+    info = conn.get_model_replica_info("scaled", 1, 2)
+    assert info == {"model_id": "scaled:1", "model_name": "scaled", "model_version": "1",
+                    "model_replica_id": 2, "input_type": "doubles"}
+    assert "scaled:1:2" in conn.get_all_model_replicas()
+    assert conn.get_model_replica_info("scaled", 1, 99) is None
+    conn.set_num_replicas("scaled", 1)
+    assert conn.get_num_replicas("scaled") == 1 and len(replicas_of(conn, "scaled", 1)) == 1
+    python_deployer.deploy_python_closure(conn, "scaled", 2, "doubles", version_two)
+    conn.set_model_version("scaled", 2, num_replicas=2)
+    assert len(replicas_of(conn, "scaled", 2)) == 2
+    conn.stop_inactive_model_versions(["scaled"])
+    assert replicas_of(conn, "scaled", 1) == [] and len(replicas_of(conn, "scaled", 2)) == 2
+    assert conn.get_model_info("scaled", 1) is None and conn.get_model_info("scaled", 2)
+    assert predict(conn, "scaled", {"input": [0.0]}).json()["output"] == 2
+
+
+def test_stop_models_and_versioned_models(conn):
+    python_deployer.deploy_python_closure(conn, "stoppable", 1, "doubles", version_one)
+    python_deployer.deploy_python_closure(conn, "stoppable", 2, "doubles", version_two)
+    conn.stop_versioned_models({"stoppable": [1]})
+    assert replicas_of(conn, "stoppable", 1) == [] and replicas_of(conn, "stoppable", 2) == [0]
+    conn.stop_models(["stoppable"])
+    assert replicas_of(conn, "stoppable", 2) == []
+    assert not [m for m in conn.get_all_models() if m.startswith("stoppable:")]
+
+
+def test_build_model_then_deploy_model(conn, tmp_path):
+    from clipper_admin.deployers.deployer_utils import save_python_function
+    image = conn.build_model("built", 1, save_python_function("built", version_one), "default")
+    assert os.path.isfile(os.path.join(image, "func.pkl"))
+    conn.deploy_model("built", 1, "doubles", image, num_replicas=2)
+    assert len(replicas_of(conn, "built", 1)) == 2
+    with pytest.raises(ClipperException, match="model directories holding func.pkl"):
+        conn.deploy_model("built", 2, "doubles", "some/docker-image:1")
+
+
+def test_logs_and_instance(conn, tmp_path):
+    paths = conn.get_clipper_logs(str(tmp_path / "logs"))
+    names = {os.path.basename(p) for p in paths}
+    assert {"test-cluster-query-frontend.log", "test-cluster-management-frontend.log",
+            "test-cluster-redis.log", "test-cluster-supervisor.log"} <= names
+    assert all(os.path.getsize(p) > 0 for p in paths if "frontend" in p)
+    assert "counters" in conn.inspect_instance()
+
+
+def test_predict_function_locally(conn):
+    assert conn.test_predict_function({"input": [1.0, 2.0]}, lambda xs: [str(sum(x)) for x in xs],
+                                      "doubles") == ["3.0"]
+    assert conn.test_predict_function({"input_batch": [[1], [2, 3]]}, lambda xs: [len(x) for x in xs],
+                                      "ints") == [1, 2]
+    assert conn.test_predict_function({"input": "abc"}, lambda xs: list(xs), "strings") == [b"abc"]
+    assert conn.test_predict_function({"input": [1.0]}, version_one, "ints") == "Invalid input type"
+    assert conn.test_predict_function({"bogus": [1.0]}, version_one, "doubles") == \
+        "Invalid input type or JSON key"
+
+
+def test_stop_all_model_containers(conn):
+    python_deployer.deploy_python_closure(conn, "last", 1, "doubles", version_one)
+    conn.stop_all_model_containers()
+    assert conn.get_all_model_replicas() == [] and conn.get_all_models() == []
