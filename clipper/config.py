@@ -14,6 +14,7 @@ DEFAULT_HOST = "127.0.0.1"
 QUERY_PORT = 1337
 MANAGEMENT_PORT = 1338
 RPC_PORT = 7000
+METRICS_PORT = 1390
 DEFAULT_CACHE_SIZE = 32 * 1024 * 1024
 
 
@@ -24,6 +25,7 @@ class Config:
     query_port: int = QUERY_PORT
     management_port: int = MANAGEMENT_PORT
     rpc_port: int = RPC_PORT
+    metrics_port: int = METRICS_PORT              # Prometheus text format; 0 disables it
     redis_url: str = "redis://127.0.0.1:6379"
     cache_size: int = DEFAULT_CACHE_SIZE          # prediction cache, bytes; 0 disables it
     max_body_size: int = 4 * 1024 * 1024          # largest request body accepted, bytes

@@ -22,7 +22,7 @@ from clipper.cluster.registry import MARKER_ENV  # noqa: E402
 from clipper_admin import ClipperConnection, LocalContainerManager  # noqa: E402
 from clipper_admin.local import stop_all_local_clusters  # noqa: E402
 
-DEFAULT_PORTS = (1337, 1338, 7000)
+DEFAULT_PORTS = (1337, 1338, 7000, 1390)
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -63,11 +63,11 @@ def clipper_state_dir():
 
 @contextlib.contextmanager
 def local_cluster(name="test-cluster", query_port=1337, management_port=1338, rpc_port=7000,
-                  **start_kwargs):
+                  metric_port=1390, **start_kwargs):
     """A real local cluster for the duration of the block."""
     manager = LocalContainerManager(cluster_name=name, clipper_query_port=query_port,
                                     clipper_management_port=management_port,
-                                    clipper_rpc_port=rpc_port)
+                                    clipper_rpc_port=rpc_port, clipper_metric_port=metric_port)
     conn = ClipperConnection(manager)
     conn.start_clipper(**start_kwargs)
     try:

@@ -110,6 +110,7 @@ class Supervisor:
             self._server_child("management-frontend", [*common, f"--management-port={s['management_port']}"]),
             self._server_child("query-frontend", [
                 *common, f"--query-port={s['query_port']}", f"--rpc-port={s['rpc_port']}",
+                f"--metrics-port={s['metrics_port']}",
                 f"--cache-size={s['cache_size']}"]),
         ]
 

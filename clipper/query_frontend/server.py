@@ -13,6 +13,7 @@ from aiohttp import web
 
 from clipper.config import Config
 from clipper.datatypes import InputType
+from clipper.query_frontend import prometheus
 from clipper.query_frontend.cache import PredictionCache
 from clipper.query_frontend.dispatch import Batch, DeadlineExpired, Dispatcher, ModelError, Task
 from clipper.query_frontend.metrics import METER_TICK_SECONDS, MetricsRegistry
@@ -99,11 +100,22 @@ class QueryFrontend:
         tasks = [asyncio.create_task(coro) for coro in
                  (self.rpc.run(), self.follower.run(), self.registry.run(), self._tick_meters())]
         await asyncio.wait_for(self.follower.wait_ready(), timeout=30)
+        prometheus = await self._serve_prometheus()
         yield
+        if prometheus is not None:
+            await prometheus.cleanup()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.store.close()
+
+    async def _serve_prometheus(self) -> Optional[web.AppRunner]:
+        if not self.config.metrics_port:
+            return None
+        runner = web.AppRunner(prometheus.build_app(self.metrics), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, self.config.host, self.config.metrics_port).start()
+        return runner
 
     def _on_model_change(self, model_id: ModelId, model: Optional[Model]) -> None:
         if model is not None and self.dispatcher is not None:

@@ -22,7 +22,7 @@ from clipper.cluster.registry import ClusterDir, ProcessRecord
 from clipper.cluster.supervisor import PROJECT_ROOT
 from clipper.cluster.redis_binary import find_redis_server
 from clipper_admin.container_manager import (
-    CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT,
+    CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT,
     ContainerManager)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.exceptions import ClipperException
@@ -53,13 +53,14 @@ class LocalContainerManager(ContainerManager):
     def __init__(self, cluster_name="default-cluster", clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
                  clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None, redis_port=6379,
-                 host="127.0.0.1"):
+                 host="127.0.0.1", clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT):
         self.cluster_name = cluster_name
         self.cluster_identifier = cluster_name
         self.host = host
         self.clipper_query_port = clipper_query_port
         self.clipper_management_port = clipper_management_port
         self.clipper_rpc_port = clipper_rpc_port
+        self.clipper_metric_port = clipper_metric_port
         self.redis_ip = redis_ip
         self.redis_port = redis_port
         self.cluster = ClusterDir(registry.base_dir() / cluster_name)
@@ -78,7 +79,8 @@ class LocalContainerManager(ContainerManager):
         stop_cluster(self.cluster)           # leftovers of a cluster that died
         for role, port in (("query frontend", self.clipper_query_port),
                            ("management frontend", self.clipper_management_port),
-                           ("model RPC", self.clipper_rpc_port)):
+                           ("model RPC", self.clipper_rpc_port),
+                           ("Prometheus metrics", self.clipper_metric_port)):
             if _port_taken(self.host, port):
                 raise ClipperException(
                     f"Port {port} ({role}) is already in use on {self.host}. Stop whatever uses "
@@ -102,7 +104,8 @@ class LocalContainerManager(ContainerManager):
         settings = {"cluster_name": self.cluster_name, "host": self.host,
                     "query_port": self.clipper_query_port,
                     "management_port": self.clipper_management_port,
-                    "rpc_port": self.clipper_rpc_port, "cache_size": cache_size,
+                    "rpc_port": self.clipper_rpc_port, "metrics_port": self.clipper_metric_port,
+                    "cache_size": cache_size,
                     "embedded_redis": self.redis_ip is None}
         if self.redis_ip is None:
             if find_redis_server() is None:
@@ -150,6 +153,7 @@ class LocalContainerManager(ContainerManager):
         self.clipper_query_port = settings["query_port"]
         self.clipper_management_port = settings["management_port"]
         self.clipper_rpc_port = settings["rpc_port"]
+        self.clipper_metric_port = settings["metrics_port"]
 
     def stop_all(self, graceful=True):
         stopped = stop_cluster(self.cluster, graceful)
@@ -243,7 +247,8 @@ class LocalContainerManager(ContainerManager):
         return f"{self._display_host()}:{self.clipper_query_port}"
 
     def get_metric_addr(self):
-        return f"{self._display_host()}:{self.clipper_query_port}"
+        """Prometheus text format at http://<this address>/metrics."""
+        return f"{self._display_host()}:{self.clipper_metric_port}"
 
     def _display_host(self):
         return "localhost" if self.host == "127.0.0.1" else self.host

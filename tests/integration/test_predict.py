@@ -163,3 +163,14 @@ def test_metrics_report_clippers_shape(cluster):
     assert int(counters["model:doubles-app:1:num_predictions"]["count"]) >= 1
     assert int(histograms["app:doubles-app:prediction_latency"]["size"]) >= 1
     assert document == cluster.inspect_instance() or "counters" in cluster.inspect_instance()
+
+
+def test_prometheus_endpoint_has_the_same_figures(cluster):
+    predict(cluster, "doubles-app", {"input": [1.0, 2.0]})
+    text = requests.get(f"http://{cluster.get_metric_addr()}/metrics", timeout=10).text
+    gauges = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    document = requests.get(f"http://{cluster.get_query_addr()}/metrics", timeout=10).json()
+    counters = {k: v for entry in document["counters"] for k, v in entry.items()}
+    assert float(gauges["app_doubles_app_num_predictions_count"]) == \
+        float(counters["app:doubles-app:num_predictions"]["count"])
+    assert "model_doubles_app_1_batch_size_p99" in gauges
