@@ -1,0 +1,147 @@
+"""Clipper's serving core on a real cluster: batching, cache, latency objectives, replicas."""
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from clipper_admin.deployers import python as python_deployer
+
+
+def recording_model(log_path, per_item=0.0, fixed=0.0, slow_flag=None, slow_per_item=0.0):
+    """A sum model that logs '<pid> <batch size>' per call and sleeps to simulate work."""
+    def model(xs):
+        import os
+        import time
+        with open(log_path, "a") as log:
+            log.write(f"{os.getpid()} {len(xs)}\n")
+        slow = slow_flag is not None and os.path.exists(slow_flag)
+        time.sleep(fixed + (slow_per_item if slow else per_item) * len(xs))
+        return [str(sum(x)) for x in xs]
+    return model
+
+
+def calls(log_path):
+    if not Path(log_path).exists():
+        return []
+    return [tuple(map(int, line.split())) for line in Path(log_path).read_text().splitlines()]
+
+
+def predict(conn, app, values, timeout=10):
+    return requests.post(f"http://{conn.get_query_addr()}/{app}/predict",
+                         json={"input": values}, timeout=timeout)
+
+
+def load(conn, app, clients, seconds):
+    """``clients`` threads sending distinct queries (never cached) back to back for ``seconds``."""
+    stop = time.monotonic() + seconds
+    counter = iter(range(int(time.time() * 1e6), 10 ** 18))
+    lock = threading.Lock()
+
+    def client():
+        session = requests.Session()
+        while time.monotonic() < stop:
+            with lock:
+                n = next(counter)
+            session.post(f"http://{conn.get_query_addr()}/{app}/predict",
+                         json={"input": [float(n)]}, timeout=10)
+    with ThreadPoolExecutor(clients) as pool:
+        for _ in range(clients):
+            pool.submit(client)
+
+
+def test_batches_grow_under_load_and_shrink_when_replies_are_late(clipper_conn, tmp_path):
+    log, slow = str(tmp_path / "calls"), str(tmp_path / "slow")
+    # Objective 100 ms: a batch may take 50 ms. Fast: 0.2 ms per item. Slow: 20 ms per item.
+    python_deployer.create_endpoint(
+        clipper_conn, "aimd", "doubles",
+        recording_model(log, per_item=0.0002, slow_flag=slow, slow_per_item=0.02),
+        slo_micros=100_000)
+    load(clipper_conn, "aimd", clients=24, seconds=4)
+    fast_sizes = [size for _, size in calls(log)]
+    assert max(fast_sizes) >= 8, f"batches did not grow: {sorted(fast_sizes)[-10:]}"
+    Path(slow).touch()
+    seen = len(fast_sizes)
+    load(clipper_conn, "aimd", clients=24, seconds=4)
+    slow_sizes = [size for _, size in calls(log)][seen:]
+    assert max(slow_sizes[-10:]) <= 4, f"batches did not shrink: {slow_sizes[-20:]}"
+
+
+def test_cache_hits_skip_the_model_and_failures_are_not_cached(clipper_conn, tmp_path):
+    log = str(tmp_path / "calls")
+    python_deployer.create_endpoint(clipper_conn, "cached", "doubles",
+                                    recording_model(log, fixed=0.3), slo_micros=5_000_000)
+    with ThreadPoolExecutor(8) as pool:           # identical queries in flight share one call
+        answers = list(pool.map(lambda _: predict(clipper_conn, "cached", [1.0, 2.0]).json(), range(8)))
+    assert {a["output"] for a in answers} == {3.0} and not any(a["default"] for a in answers)
+    assert len(calls(log)) == 1
+    assert predict(clipper_conn, "cached", [1.0, 2.0]).json()["output"] == 3.0
+    assert len(calls(log)) == 1                   # a hit never reaches the model
+    assert predict(clipper_conn, "cached", [2.0, 1.0]).json()["output"] == 3.0
+    assert len(calls(log)) == 2                   # a different input does
+
+
+def test_model_errors_are_not_cached(clipper_conn, tmp_path):
+    log = str(tmp_path / "calls")
+
+    def flaky(xs):
+        import os
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {len(xs)}\n")
+        raise RuntimeError("transient")
+    python_deployer.create_endpoint(clipper_conn, "flaky", "doubles", flaky, slo_micros=5_000_000)
+    assert predict(clipper_conn, "flaky", [1.0]).status_code == 500
+    assert predict(clipper_conn, "flaky", [1.0]).status_code == 500
+    assert len(calls(log)) == 2
+
+
+def test_late_answers_become_the_default_within_the_objective(clipper_conn, tmp_path):
+    log = str(tmp_path / "calls")
+    clipper_conn.register_application("hurried", "doubles", "-1.0", 200_000)
+    python_deployer.deploy_python_closure(clipper_conn, "sleepy", 1, "doubles",
+                                          recording_model(log, fixed=1.5))
+    clipper_conn.link_model_to_app("hurried", "sleepy")
+    started = time.monotonic()
+    body = predict(clipper_conn, "hurried", [5.0]).json()
+    elapsed = time.monotonic() - started
+    assert body["default"] is True and body["output"] == -1.0
+    assert body["default_explanation"] == \
+        "Failed to retrieve a prediction response within the specified latency SLO"
+    assert 0.2 <= elapsed < 1.0, elapsed
+
+
+def test_queries_are_spread_over_replicas(clipper_conn, tmp_path):
+    log = str(tmp_path / "calls")
+    python_deployer.create_endpoint(clipper_conn, "spread", "doubles", recording_model(log),
+                                    slo_micros=2_000_000, num_replicas=2)
+    for n in range(20):
+        assert predict(clipper_conn, "spread", [float(n)]).json()["default"] is False
+    assert len({pid for pid, _ in calls(log)}) == 2
+
+
+def test_a_replica_killed_mid_batch_loses_no_query(clipper_conn, tmp_path):
+    log = str(tmp_path / "calls")
+    python_deployer.create_endpoint(clipper_conn, "sturdy", "doubles", recording_model(log, fixed=1.0),
+                                    slo_micros=10_000_000, num_replicas=2)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(predict, clipper_conn, "sturdy", [4.0, 4.0], 20)
+        deadline = time.monotonic() + 10
+        while not calls(log):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        victim = calls(log)[0][0]
+        os.kill(victim, signal.SIGKILL)
+        started = time.monotonic()
+        body = pending.result().json()
+    assert body["default"] is False and body["output"] == 8.0
+    assert time.monotonic() - started < 3          # re-sent at once, not after a timeout
+    assert {pid for pid, _ in calls(log)} - {victim}, "another replica answered"
+    deadline = time.monotonic() + 15              # the supervisor restarts the dead replica
+    while clipper_conn.get_num_replicas("sturdy") != 2 or len(
+            [r for r in clipper_conn.get_all_model_replicas(verbose=True) if r["model_name"] == "sturdy"]) != 2:
+        assert time.monotonic() < deadline, "the killed replica was not replaced"
+        time.sleep(0.1)
