@@ -29,6 +29,8 @@ class Config:
     redis_url: str = "redis://127.0.0.1:6379"
     cache_size: int = DEFAULT_CACHE_SIZE          # prediction cache, bytes; 0 disables it
     max_body_size: int = 4 * 1024 * 1024          # largest request body accepted, bytes
+    body_timeout: float = 300.0                   # seconds to receive a request body
+    admin_token: str = ""                         # if set, /admin calls need this bearer token
     replica_timeout: float = 30.0                 # seconds of silence before a replica is dropped
     # model container
     model_name: str = ""
@@ -59,12 +61,6 @@ class Config:
             if value is not None:
                 values[field.name] = value
         return cls(**values)
-
-    def as_args(self) -> list:
-        """Flags that rebuild this configuration in a child process."""
-        return [f"--{f.name.replace('_', '-')}={getattr(self, f.name)}"
-                for f in dataclasses.fields(self)
-                if getattr(self, f.name) != f.default]
 
 
 def env_name(field_name: str) -> str:

@@ -1,8 +1,10 @@
 """Run an aiohttp application until SIGTERM/SIGINT; one clear line if the port is taken."""
 import asyncio
 import errno
+import ipaddress
 import logging
 import signal
+import socket
 import sys
 
 from aiohttp import web
@@ -17,8 +19,17 @@ def configure_logging(role: str) -> None:
                         format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
 
 
+def warn_if_exposed(host: str, role: str) -> None:
+    if not ipaddress.ip_address(socket.gethostbyname(host)).is_loopback:
+        log.warning("%s listens on %s, beyond this machine: anyone who reaches the management "
+                    "API can deploy pickled code that runs here. Set an admin token and a firewall.",
+                    role, host)
+
+
 async def _serve(app: web.Application, host: str, port: int, role: str) -> None:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    warn_if_exposed(host, role)
+    # Idle keep-alive connections are closed after a minute, not aiohttp's hour.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=60)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, backlog=1024).start()

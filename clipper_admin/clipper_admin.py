@@ -60,8 +60,12 @@ class ClipperConnection(object):
     def _admin(self, operation, body):
         """POST a JSON body to the management frontend's /admin/<operation>."""
         self._require_connection()
+        headers = {"Content-type": "application/json"}
+        token = getattr(self.cm, "admin_token", "")
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         return self._request("POST", f"http://{self.cm.get_admin_addr()}/admin/{operation}",
-                             json=body, headers={"Content-type": "application/json"})
+                             json=body, headers=headers)
 
     def _wait_for_replicas(self, name, version, num_replicas):
         """Until exactly ``num_replicas`` replicas of the version are connected."""

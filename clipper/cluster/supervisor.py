@@ -101,11 +101,14 @@ class Supervisor:
                 child.process.wait()
 
     def _server_child(self, role: str, flags: List[str]) -> Child:
-        return Child(role, role, [sys.executable, "-m", "clipper", role, *flags], self._env({}))
+        # The token goes through the environment: command lines are visible to every user.
+        env = self._env({"CLIPPER_ADMIN_TOKEN": self.settings.get("admin_token", "")})
+        return Child(role, role, [sys.executable, "-m", "clipper", role, *flags], env)
 
     def _frontends(self) -> List[Child]:
         s = self.settings
-        common = [f"--host={s['host']}", f"--redis-url={s['redis_url']}"]
+        common = [f"--host={s['host']}", f"--redis-url={s['redis_url']}",
+                  f"--body-timeout={s['body_timeout']}"]
         return [
             self._server_child("management-frontend", [*common, f"--management-port={s['management_port']}"]),
             self._server_child("query-frontend", [

@@ -4,6 +4,7 @@ Mutations answer plain text, queries answer JSON, every error is a 400 with a me
 that says what to fix. Where Clipper wrote no response at all (invalid input type, unknown
 route) we answer 400 or 404.
 """
+import hmac
 import logging
 
 import orjson
@@ -16,6 +17,7 @@ from clipper.management.requests import (
     APP_NAME_SCHEMA, APP_SCHEMA, CONTAINER_SCHEMA, LINKS_SCHEMA, MODEL_SCHEMA, NAME_SCHEMA,
     STATE_SCHEMA, VERBOSE_SCHEMA, VERSIONED_MODEL_SCHEMA, BadRequest, Body, check_group_string)
 from clipper.redis_schema import App, Model
+from clipper.request_body import BodyError, read_json_body
 from clipper.store import Store
 
 log = logging.getLogger("clipper.management")
@@ -49,8 +51,10 @@ def container_document(container) -> dict:
 
 
 class ManagementAPI:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, config: Config):
         self.store = store
+        self.body_timeout = config.body_timeout
+        self.token = config.admin_token.encode()
 
     def routes(self):
         post = {
@@ -67,14 +71,23 @@ class ManagementAPI:
         return ([web.post(f"/admin/{name}", self._guarded(handler)) for name, handler in post.items()]
                 + [web.get("/admin/ping", self.ping)])
 
-    @staticmethod
-    def _guarded(handler):
+    def _guarded(self, handler):
         async def guarded(request: web.Request) -> web.Response:
+            if self.token and not self._authorized(request):
+                return web.Response(status=401, content_type="text/plain",
+                                    text="This cluster requires its admin token: "
+                                         "send the header Authorization: Bearer <token>")
             try:
-                return await handler(await request.read())
+                return await handler(await read_json_body(request, self.body_timeout))
+            except BodyError as error:
+                return web.Response(status=error.status, text=str(error), content_type="text/plain")
             except BadRequest as error:
                 return web.Response(status=400, text=str(error), content_type="text/plain")
         return guarded
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        return scheme == "Bearer" and hmac.compare_digest(offered.encode(), self.token)
 
     async def ping(self, request: web.Request) -> web.Response:
         return text("PONG")
@@ -274,7 +287,7 @@ async def not_found(request: web.Request) -> web.Response:
 def build_app(config: Config) -> web.Application:
     store = Store(config.redis_url)
     app = web.Application(client_max_size=config.max_body_size)
-    app.add_routes(ManagementAPI(store).routes())
+    app.add_routes(ManagementAPI(store, config).routes())
     app.router.add_route("*", "/{tail:.*}", not_found)
 
     async def close_store(_app):

@@ -20,6 +20,7 @@ from clipper.query_frontend.metrics import METER_TICK_SECONDS, MetricsRegistry
 from clipper.query_frontend.rpc_server import RpcServer
 from clipper.query_frontend.state import ModelId, StateFollower
 from clipper.redis_schema import App, Container, Model
+from clipper.request_body import BodyError, read_json_body
 from clipper.rest import responses
 from clipper.rest.inputs import InputError, load_json_object, parse_predict_body
 from clipper.store import Store
@@ -164,8 +165,11 @@ class QueryFrontend:
                 "Unknown application", f"No application named '{request.match_info['app']}' is "
                 "registered. Register it with ClipperConnection.register_application."))
         try:
-            parsed = parse_predict_body(await request.read(), InputType.parse(app.input_type))
+            raw = await read_json_body(request, self.config.body_timeout)
+            parsed = parse_predict_body(raw, InputType.parse(app.input_type))
             model_id = await self._resolve_model(app, parsed.version)
+        except BodyError as error:
+            return _json_response(error.status, responses.error("Bad request", str(error)))
         except InputError as error:
             return _json_response(400, responses.error("Json error", str(error)))
         except LookupError as error:
@@ -257,7 +261,7 @@ class QueryFrontend:
             return _json_response(404, responses.error(
                 "Unknown application", f"No application named '{request.match_info['app']}' is registered."))
         try:
-            document = load_json_object(await request.read())
+            document = load_json_object(await read_json_body(request, self.config.body_timeout))
             if type(document.get("uid")) is not int:
                 raise InputError("Error parsing JSON: JSON key uid must be an integer. "
                                  f"Expected JSON schema: {UPDATE_SCHEMA}")
@@ -266,6 +270,8 @@ class QueryFrontend:
                                  f"Expected JSON schema: {UPDATE_SCHEMA}")
             parse_predict_body(orjson.dumps({"input": document.get("input")}),
                                InputType.parse(app.input_type))
+        except BodyError as error:
+            return web.Response(status=error.status, text=str(error), content_type="text/plain")
         except InputError as error:
             return web.Response(status=400, text=str(error), content_type="text/plain")
         next(self.query_ids)

