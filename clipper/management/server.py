@@ -8,6 +8,7 @@ import hmac
 import logging
 
 import orjson
+import redis.exceptions as redis
 from aiohttp import web
 
 from clipper import redis_schema as schema
@@ -83,6 +84,11 @@ class ManagementAPI:
                 return web.Response(status=error.status, text=str(error), content_type="text/plain")
             except BadRequest as error:
                 return web.Response(status=400, text=str(error), content_type="text/plain")
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                log.warning("Redis unreachable: %s", error)
+                return web.Response(status=503, content_type="text/plain",
+                                    text="The cluster's state store (Redis) is not reachable right "
+                                         "now; nothing was changed. Retry in a moment.")
         return guarded
 
     def _authorized(self, request: web.Request) -> bool:

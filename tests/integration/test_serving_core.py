@@ -1,7 +1,6 @@
 """Clipper's serving core on a real cluster: batching, cache, latency objectives, replicas."""
 import os
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest
 import requests
 
 from clipper_admin.deployers import python as python_deployer
+from loadgen import run_load
 
 
 def recording_model(log_path, per_item=0.0, fixed=0.0, slow_flag=None, slow_per_item=0.0):
@@ -36,24 +36,6 @@ def predict(conn, app, values, timeout=10):
                          json={"input": values}, timeout=timeout)
 
 
-def load(conn, app, clients, seconds):
-    """``clients`` threads sending distinct queries (never cached) back to back for ``seconds``."""
-    stop = time.monotonic() + seconds
-    counter = iter(range(int(time.time() * 1e6), 10 ** 18))
-    lock = threading.Lock()
-
-    def client():
-        session = requests.Session()
-        while time.monotonic() < stop:
-            with lock:
-                n = next(counter)
-            session.post(f"http://{conn.get_query_addr()}/{app}/predict",
-                         json={"input": [float(n)]}, timeout=10)
-    with ThreadPoolExecutor(clients) as pool:
-        for _ in range(clients):
-            pool.submit(client)
-
-
 def test_batches_grow_under_load_and_shrink_when_replies_are_late(clipper_conn, tmp_path):
     log, slow = str(tmp_path / "calls"), str(tmp_path / "slow")
     # Objective 100 ms: a batch may take 50 ms. Fast: 0.2 ms per item. Slow: 20 ms per item.
@@ -61,12 +43,12 @@ def test_batches_grow_under_load_and_shrink_when_replies_are_late(clipper_conn, 
         clipper_conn, "aimd", "doubles",
         recording_model(log, per_item=0.0002, slow_flag=slow, slow_per_item=0.02),
         slo_micros=100_000)
-    load(clipper_conn, "aimd", clients=24, seconds=4)
+    run_load(clipper_conn, "aimd", clients=24, seconds=4)
     fast_sizes = [size for _, size in calls(log)]
     assert max(fast_sizes) >= 8, f"batches did not grow: {sorted(fast_sizes)[-10:]}"
     Path(slow).touch()
     seen = len(fast_sizes)
-    load(clipper_conn, "aimd", clients=24, seconds=4)
+    run_load(clipper_conn, "aimd", clients=24, seconds=4)
     slow_sizes = [size for _, size in calls(log)][seen:]
     assert max(slow_sizes[-10:]) <= 4, f"batches did not shrink: {slow_sizes[-20:]}"
 

@@ -1,0 +1,124 @@
+"""Faults injected into a real local cluster: what users see, and what is kept."""
+import os
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from clipper_admin import ClipperException
+from clipper_admin.deployers import python as python_deployer
+from conftest import local_cluster
+from loadgen import run_load
+
+SLO_MICROS = 300_000
+
+
+def total(xs):
+    return [str(sum(x)) for x in xs]
+
+
+@pytest.fixture
+def conn():
+    with local_cluster(name="faults") as conn:
+        python_deployer.create_endpoint(conn, "steady", "doubles", total, default_output="-1.0",
+                                        slo_micros=SLO_MICROS)
+        yield conn
+
+
+def pid_of(conn, role, **details):
+    for process in conn.cm.cluster.processes():
+        if process["role"] == role and all(process.get(k) == v for k, v in details.items()):
+            return process["pid"]
+    return None
+
+
+def kill(pid):
+    os.kill(pid, signal.SIGKILL)
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.05)
+    return time.monotonic()
+
+
+def predicts_for_real(conn, app="steady"):
+    try:
+        response = requests.post(f"http://{conn.get_query_addr()}/{app}/predict",
+                                 json={"input": [1.0, 2.0]}, timeout=2)
+        return response.status_code == 200 and response.json()["default"] is False
+    except requests.RequestException:
+        return False
+
+
+def during_load(conn, seconds, fault_at, fault):
+    """Steady load from 8 clients; ``fault()`` runs ``fault_at`` seconds in."""
+    timer = threading.Timer(fault_at, fault)
+    timer.start()
+    try:
+        return run_load(conn, "steady", clients=8, seconds=seconds, timeout=5)
+    finally:
+        timer.cancel()
+
+
+def test_killed_replica_under_load_answers_within_the_objective_and_comes_back(conn):
+    victim = pid_of(conn, "model-container", model_name="steady")
+    killed = {}
+    results = during_load(conn, 4, 1.0, lambda: killed.setdefault("at", time.monotonic()) and kill(victim))
+    assert killed and results
+    assert all(r.status == 200 for r in results), "every request was answered"
+    slowest = max(r.elapsed for r in results)
+    assert slowest < SLO_MICROS / 1e6 + 0.5, f"a request took {slowest:.2f} s"
+    back = wait_for(lambda: predicts_for_real(conn), 5, "serving again after the replica died")
+    assert back - killed["at"] < 5
+    assert pid_of(conn, "model-container", model_name="steady") not in (None, victim)
+
+
+def test_killed_query_frontend_is_restarted_and_containers_reconnect(conn):
+    victim = pid_of(conn, "query-frontend")
+    kill(victim)
+    wait_for(lambda: predicts_for_real(conn), 15, "serving after the query frontend died")
+    assert pid_of(conn, "query-frontend") not in (None, victim)
+    assert len(conn.get_all_model_replicas()) == 1
+
+
+def test_killed_redis_loses_no_registration(conn):
+    conn.register_model("extra", 2, "doubles", labels=["kept"])
+    conn.set_num_replicas("steady", 2)
+    before = (conn.get_all_apps(verbose=True), conn.get_all_models(verbose=True))
+    kill(pid_of(conn, "redis"))
+    wait_for(lambda: _replicas_listed(conn) == 2, 15, "Redis restarted and replicas listed again")
+    assert (conn.get_all_apps(verbose=True), conn.get_all_models(verbose=True)) == before
+    assert conn.get_num_replicas("steady") == 2
+    assert predicts_for_real(conn)
+    conn.register_application("after-restart", "doubles", "0", 100000)  # writes work again
+    assert "after-restart" in conn.get_all_apps()
+
+
+def test_management_frontend_restart_does_not_interrupt_predictions(conn):
+    victim = pid_of(conn, "management-frontend")
+    results = during_load(conn, 3, 0.5, lambda: kill(victim))
+    assert results and all(r.status == 200 and r.default is False for r in results)
+    wait_for(lambda: pid_of(conn, "management-frontend") not in (None, victim), 10,
+             "management frontend restarted")
+    wait_for(lambda: _pings(conn), 10, "management frontend answering")
+    assert conn.get_app_info("steady")["linked_models"] == ["steady"]
+
+
+def _pings(conn):
+    try:
+        return requests.get(f"http://{conn.cm.get_admin_addr()}/admin/ping", timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+def _replicas_listed(conn):
+    try:
+        return len(conn.get_all_model_replicas())
+    except ClipperException as error:   # 503 while Redis restarts
+        assert "503" in str(error), error
+        return None

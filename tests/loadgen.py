@@ -1,0 +1,46 @@
+"""A small closed-loop load generator for tests: N client threads, each query distinct."""
+import itertools
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import List, Optional
+
+import requests
+
+
+@dataclass
+class Result:
+    sent_at: float
+    elapsed: float
+    status: Optional[int]         # None: no HTTP answer (connection refused, timeout)
+    default: Optional[bool]
+
+
+def run_load(conn, app: str, clients: int, seconds: float, timeout: float = 10.0) -> List[Result]:
+    """Predictions back to back from ``clients`` threads for ``seconds``; never cache hits."""
+    url = f"http://{conn.get_query_addr()}/{app}/predict"
+    stop = time.monotonic() + seconds
+    numbers = itertools.count(time.time_ns())
+    lock = threading.Lock()
+    results: List[Result] = []
+
+    def client():
+        session = requests.Session()
+        while time.monotonic() < stop:
+            with lock:
+                n = next(numbers)
+            started = time.monotonic()
+            try:
+                response = session.post(url, json={"input": [float(n)]}, timeout=timeout)
+                status, default = response.status_code, response.json().get("default")
+            except (requests.RequestException, ValueError):
+                status, default = None, None
+            result = Result(started, time.monotonic() - started, status, default)
+            with lock:
+                results.append(result)
+
+    with ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(client) for _ in range(clients)]:
+            future.result()
+    return results
