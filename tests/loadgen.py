@@ -1,5 +1,6 @@
 """A small closed-loop load generator for tests: N client threads, each query distinct."""
 import itertools
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ def run_load(conn, app: str, clients: int, seconds: float, timeout: float = 10.0
     """Predictions back to back from ``clients`` threads for ``seconds``; never cache hits."""
     url = f"http://{conn.get_query_addr()}/{app}/predict"
     stop = time.monotonic() + seconds
-    numbers = itertools.count(time.time_ns())
+    numbers = itertools.count()
     lock = threading.Lock()
     results: List[Result] = []
 
@@ -32,7 +33,9 @@ def run_load(conn, app: str, clients: int, seconds: float, timeout: float = 10.0
                 n = next(numbers)
             started = time.monotonic()
             try:
-                response = session.post(url, json={"input": [float(n)]}, timeout=timeout)
+                # The random part keeps inputs distinct across calls of run_load.
+                response = session.post(url, json={"input": [float(n), random.random()]},
+                                        timeout=timeout)
                 status, default = response.status_code, response.json().get("default")
             except (requests.RequestException, ValueError):
                 status, default = None, None
