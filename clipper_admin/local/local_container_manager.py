@@ -66,7 +66,7 @@ class LocalContainerManager(ContainerManager):
         self.clipper_metric_port = clipper_metric_port
         self.redis_ip = redis_ip
         self.redis_port = redis_port
-        self.admin_token = os.environ.get("CLIPPER_ADMIN_TOKEN", "") if admin_token is None else admin_token
+        self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
         self.cluster = ClusterDir(registry.base_dir() / cluster_name)
 
     # ---- cluster ----
@@ -89,6 +89,8 @@ class LocalContainerManager(ContainerManager):
                 raise ClipperException(
                     f"Port {port} ({role}) is already in use on {self.host}. Stop whatever uses "
                     "it, e.g. another Clipper cluster with: python closeClipper.py")
+        if self.admin_token is None:
+            self.admin_token = os.environ.get("CLIPPER_ADMIN_TOKEN", "")
         self.cluster.create(self._settings(cache_size, qf_http_timeout_content))
         supervisor = subprocess.Popen(
             [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
@@ -158,7 +160,8 @@ class LocalContainerManager(ContainerManager):
         self.clipper_management_port = settings["management_port"]
         self.clipper_rpc_port = settings["rpc_port"]
         self.clipper_metric_port = settings["metrics_port"]
-        self.admin_token = settings["admin_token"]
+        if self.admin_token is None:
+            self.admin_token = settings["admin_token"]
 
     def stop_all(self, graceful=True):
         stopped = stop_cluster(self.cluster, graceful)
