@@ -85,6 +85,8 @@ class LocalContainerManager(ContainerManager):
                            ("management frontend", self.clipper_management_port),
                            ("model RPC", self.clipper_rpc_port),
                            ("Prometheus metrics", self.clipper_metric_port)):
+            if not 0 < port < 65536:
+                raise ClipperException(f"Port {port} ({role}) is not a valid TCP port")
             if _port_taken(self.host, port):
                 raise ClipperException(
                     f"Port {port} ({role}) is already in use on {self.host}. Stop whatever uses "
