@@ -1,0 +1,55 @@
+"""A cluster on a Redis the user already runs (redis_ip/redis_port), as Clipper allows."""
+import subprocess
+import time
+
+import pytest
+import redis
+import requests
+
+from clipper.cluster.redis_binary import find_redis_server
+from clipper_admin.deployers import python as python_deployer
+from conftest import local_cluster
+
+REDIS_PORT = 16379
+
+
+def total(xs):
+    return [str(sum(x)) for x in xs]
+
+
+@pytest.fixture
+def external_redis(tmp_path):
+    server = subprocess.Popen([find_redis_server(), "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
+                               "--save", "", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=REDIS_PORT)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield client
+    server.terminate()
+    server.wait(10)
+
+
+def test_cluster_uses_the_given_redis_and_leaves_it_running(external_redis):
+    from clipper_admin import ClipperConnection, LocalContainerManager
+    manager = LocalContainerManager(cluster_name="external", clipper_query_port=12337,
+                                    clipper_management_port=12338, clipper_rpc_port=17001,
+                                    clipper_metric_port=12390, redis_ip="127.0.0.1",
+                                    redis_port=REDIS_PORT)
+    conn = ClipperConnection(manager)
+    conn.start_clipper()
+    try:
+        python_deployer.create_endpoint(conn, "ext", "doubles", total)
+        answer = requests.post(f"http://{conn.get_query_addr()}/ext/predict",
+                               json={"input": [1.0, 2.0]}, timeout=10).json()
+        assert answer["output"] == 3.0 and answer["default"] is False
+        # Clipper's layout: the application hash in DB 5, the model in DB 2.
+        assert redis.Redis(port=REDIS_PORT, db=5).hget("ext", "input_type") == b"doubles"
+        assert redis.Redis(port=REDIS_PORT, db=2).exists("ext:1")
+        assert not any(p["role"] == "redis" for p in manager.cluster.processes())
+    finally:
+        conn.stop_all()
+    assert external_redis.ping()
