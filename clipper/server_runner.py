@@ -6,6 +6,7 @@ import logging
 import signal
 import socket
 import sys
+from typing import Callable
 
 from aiohttp import web
 
@@ -26,8 +27,9 @@ def warn_if_exposed(host: str, role: str) -> None:
                     role, host)
 
 
-async def _serve(app: web.Application, host: str, port: int, role: str) -> None:
+async def _serve(build_app: Callable[[], web.Application], host: str, port: int, role: str) -> None:
     warn_if_exposed(host, role)
+    app = build_app()
     # Idle keep-alive connections are closed after a minute, not aiohttp's hour.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=60)
     await runner.setup()
@@ -49,5 +51,7 @@ async def _serve(app: web.Application, host: str, port: int, role: str) -> None:
     await runner.cleanup()
 
 
-def serve(app: web.Application, host: str, port: int, role: str) -> None:
-    eventloop.run(_serve(app, host, port, role))
+def serve(build_app: Callable[[], web.Application], host: str, port: int, role: str) -> None:
+    """``build_app`` runs inside the loop: on Python 3.9, queues and events made before it
+    starts are bound to another loop."""
+    eventloop.run(_serve(build_app, host, port, role))

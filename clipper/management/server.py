@@ -304,4 +304,4 @@ def build_app(config: Config) -> web.Application:
 
 def main(config: Config) -> None:
     from clipper.server_runner import serve
-    serve(build_app(config), config.host, config.management_port, "management frontend")
+    serve(lambda: build_app(config), config.host, config.management_port, "management frontend")

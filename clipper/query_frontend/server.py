@@ -306,4 +306,4 @@ def build_app(config: Config) -> web.Application:
 
 def main(config: Config) -> None:
     from clipper.server_runner import serve
-    serve(build_app(config), config.host, config.query_port, "query frontend")
+    serve(lambda: build_app(config), config.host, config.query_port, "query frontend")
