@@ -13,8 +13,8 @@ from conftest import DEFAULT_PORTS, ROOT, port_open, processes_under
 RESPONSE_LINE = re.compile(r"""^'\{"query_id":\d+,"output":-?[0-9.e+-]+,"default":false\}', [0-9.]+ ms$""")
 
 
-def run_script(name, timeout=120):
-    return subprocess.run([sys.executable, name], cwd=ROOT, capture_output=True, text=True,
+def run_script(name, timeout=120, python=sys.executable):
+    return subprocess.run([str(python), name], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 
