@@ -71,7 +71,14 @@ def main(argv=None):
     parser.add_argument("--warmup", type=float, default=10)
     parser.add_argument("--clients", type=int, default=64)
     args = parser.parse_args(argv)
-    os.environ.setdefault("CLIPPER_STATE_DIR", tempfile.mkdtemp(prefix="soak-", dir="/tmp"))
+    if "CLIPPER_STATE_DIR" in os.environ:
+        return soak(args)
+    with tempfile.TemporaryDirectory(prefix="soak-") as state_dir:
+        os.environ["CLIPPER_STATE_DIR"] = state_dir
+        return soak(args)
+
+
+def soak(args):
     manager = LocalContainerManager(cluster_name="soak", clipper_query_port=61337,
                                     clipper_management_port=61338, clipper_rpc_port=61700,
                                     clipper_metric_port=61390)
