@@ -9,10 +9,9 @@ import asyncio
 import itertools
 import logging
 from collections import defaultdict
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import zmq
-import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from clipper.query_frontend.dispatch import Batch, BatchSizer, Dispatcher, Replica
@@ -22,6 +21,8 @@ from clipper.rpc import codec
 log = logging.getLogger("clipper.query_frontend.rpc")
 
 LIVENESS_CHECK_PERIOD = 1.0
+# Messages handled per wake-up before giving HTTP requests their turn.
+MAX_MESSAGES_PER_DRAIN = 256
 
 
 class RpcServer:
@@ -30,7 +31,10 @@ class RpcServer:
         self.address = f"tcp://{host}:{port}"
         self.replica_timeout = replica_timeout
         self.registry = registry
-        self.context = zmq.asyncio.Context()
+        # Plain sockets read from the event loop's own poller: zmq.asyncio spends a future,
+        # and often a loop iteration, on every message (with wrk at 1 connection, frontend
+        # CPU per request fell from 407 to 361 us and p50 from 576 to 502 us).
+        self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -40,6 +44,8 @@ class RpcServer:
         self.dispatcher: Optional[Dispatcher] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._probe_pending = False
+        self._drain_pending = False
+        self._monitor: Optional[zmq.Socket] = None
 
     def bind(self) -> None:
         self.socket.bind(self.address)
@@ -49,16 +55,18 @@ class RpcServer:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._watch(monitor)),
-                 asyncio.create_task(self._check_liveness())]
+        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._loop.add_reader(self.socket.FD, self._drain)
+        self._loop.add_reader(self._monitor.FD, self._drain_monitor)
+        self._drain()           # messages may have arrived before the readers were added
+        self._drain_monitor()
         try:
-            await asyncio.gather(*tasks)
+            await self._check_liveness()
         finally:
-            for task in tasks:
-                task.cancel()
+            self._loop.remove_reader(self._monitor.FD)
+            self._loop.remove_reader(self.socket.FD)
             self.socket.disable_monitor()
-            monitor.close(0)
+            self._monitor.close(0)
             self.socket.close(0)
             self.context.term()
 
@@ -69,33 +77,47 @@ class RpcServer:
         return self._send(replica.identity, frames)
 
     def _send(self, identity: bytes, frames) -> bool:
-        sent = self.socket.send_multipart([identity, *frames], copy=False)
-        # pyzmq attempts the send at once; an unknown peer fails right here (ROUTER_MANDATORY).
-        if sent.done() and sent.exception() is not None:
-            log.debug("send to %r failed: %s", identity, sent.exception())
+        try:
+            self.socket.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as error:
+            # ROUTER_MANDATORY: a peer that is gone fails right here (EHOSTUNREACH).
+            log.debug("send to %r failed: %s", identity, error)
             return False
+        finally:
+            self._schedule_drain()
         return True
 
+    def _schedule_drain(self) -> None:
+        """The socket's file descriptor is edge-triggered, and a send may consume the edge of
+        an arrival: look at the socket again once this turn of the loop is over."""
+        if not self._drain_pending:
+            self._drain_pending = True
+            self._loop.call_soon(self._drain)
+
     # ---- receiving ----
-    async def _receive(self) -> None:
-        while True:
-            identity, *frames = await self.socket.recv_multipart()
-            try:
-                message = codec.decode_container_message(frames)
-            except codec.ProtocolError as error:
-                log.warning("ignoring a malformed message from a container: %s", error)
-                continue
-            replica = self.replicas.get(identity)
+    def _drain(self) -> None:
+        self._drain_pending = False
+        if _receive_waiting(self.socket, self._on_message):
+            self._schedule_drain()
+
+    def _on_message(self, frames: List[bytes]) -> None:
+        identity, *frames = frames
+        try:
+            message = codec.decode_container_message(frames)
+        except codec.ProtocolError as error:
+            log.warning("ignoring a malformed message from a container: %s", error)
+            return
+        replica = self.replicas.get(identity)
+        if replica is not None:
+            replica.last_seen = self._loop.time()
+        if isinstance(message, codec.PredictionResponse):
             if replica is not None:
-                replica.last_seen = self._loop.time()
-            if isinstance(message, codec.PredictionResponse):
-                if replica is not None:
-                    self.dispatcher.on_response(identity, message.msg_id, message.outputs)
-            elif isinstance(message, codec.Heartbeat):
-                kind = codec.HEARTBEAT_KEEPALIVE if replica else codec.HEARTBEAT_REQUEST_METADATA
-                self._send(identity, codec.encode_heartbeat_reply(kind))
-            elif isinstance(message, codec.NewContainer) and replica is None:
-                self._register(identity, message)
+                self.dispatcher.on_response(identity, message.msg_id, message.outputs)
+        elif isinstance(message, codec.Heartbeat):
+            kind = codec.HEARTBEAT_KEEPALIVE if replica else codec.HEARTBEAT_REQUEST_METADATA
+            self._send(identity, codec.encode_heartbeat_reply(kind))
+        elif isinstance(message, codec.NewContainer) and replica is None:
+            self._register(identity, message)
 
     def _register(self, identity: bytes, message: codec.NewContainer) -> None:
         if message.rpc_version != codec.RPC_VERSION:
@@ -124,13 +146,16 @@ class RpcServer:
                          replica.input_type.canonical_name, connection_id)
 
     # ---- liveness ----
-    async def _watch(self, monitor) -> None:
-        while True:
-            event = parse_monitor_message(await monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_DISCONNECTED and not self._probe_pending:
-                # The peer's pipe is torn down just after this event: probe a moment later.
-                self._probe_pending = True
-                self._loop.call_later(0.05, self.probe)
+    def _drain_monitor(self) -> None:
+        if _receive_waiting(self._monitor, self._on_monitor_event):
+            self._loop.call_soon(self._drain_monitor)
+
+    def _on_monitor_event(self, frames: List[bytes]) -> None:
+        event = parse_monitor_message(frames)
+        if event["event"] == zmq.EVENT_DISCONNECTED and not self._probe_pending:
+            # The peer's pipe is torn down just after this event: probe a moment later.
+            self._probe_pending = True
+            self._loop.call_later(0.05, self.probe)
 
     def probe(self) -> None:
         """Send a keep-alive to every replica; a failed send means the peer is gone."""
@@ -148,3 +173,15 @@ class RpcServer:
                 if now - replica.last_seen > self.replica_timeout:
                     self.drop(replica, f"silent for {self.replica_timeout:.0f} s")
             self.dispatcher.expire()
+
+
+
+def _receive_waiting(socket: zmq.Socket, handle: Callable[[List[bytes]], None]) -> bool:
+    """Hand each waiting message to ``handle``; True if the limit left some waiting."""
+    for _ in range(MAX_MESSAGES_PER_DRAIN):
+        try:
+            frames = socket.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        handle(frames)
+    return True

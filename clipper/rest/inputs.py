@@ -115,13 +115,16 @@ def encode_input(value, input_type: InputType, key: str) -> bytes:
     return _encode_numbers(value, input_type, key)
 
 
+_NUMBER_TYPES = frozenset((float, int))   # exact types: a bool is not a JSON number
+
+
 def _encode_numbers(values: list, input_type: InputType, key: str) -> bytes:
     if input_type is InputType.INTS:
         # bool is a subclass of int in Python but not a JSON number.
         if not all(type(v) is int and _INT32_MIN <= v <= _INT32_MAX for v in values):
             raise _element_error(values, input_type, key)
         return array("i", values).tobytes()
-    if not all(type(v) is float or type(v) is int for v in values):
+    if not _NUMBER_TYPES.issuperset(map(type, values)):   # one pass in C, not per element
         raise _element_error(values, input_type, key)
     if input_type is InputType.FLOATS:
         if not all(-_FLOAT32_MAX <= v <= _FLOAT32_MAX for v in values):
