@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clipper.cluster.registry import MARKER_ENV  # noqa: E402
+from clipper.cluster.registry import cluster_path_of  # noqa: E402
 from clipper_admin import ClipperConnection, LocalContainerManager  # noqa: E402
 from clipper_admin.local import stop_all_local_clusters  # noqa: E402
 
@@ -35,7 +35,7 @@ def processes_under(base: Path):
     found = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            marker = process.environ().get(MARKER_ENV, "")
+            marker = cluster_path_of(process) or ""
             if marker.startswith(str(base)) and process.status() != psutil.STATUS_ZOMBIE:
                 found.append(process)
     return found

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ PROCESSES_FILE = "processes.json"
 REPLICAS_FILE = "replicas.json"
 LOCK_FILE = "lock"
 MARKER_ENV = "CLIPPER_CLUSTER_DIR"
+REDIS_SOCKET_FILE = "redis.sock"
+# What redis-server shows as its title: "<binary> unixsocket:<cluster dir>/redis.sock".
+_REDIS_TITLE = re.compile(r"\S*redis-server unixsocket:(\S+)/" + re.escape(REDIS_SOCKET_FILE) + r"\b")
 
 
 def base_dir() -> Path:
@@ -172,15 +176,25 @@ def clusters() -> List[ClusterDir]:
                   key=lambda cluster: cluster.name)
 
 
+def cluster_path_of(process: psutil.Process) -> Optional[str]:
+    """The cluster directory a process belongs to, or None. redis-server rewrites its title
+    over its environment, so our marker is gone from it: it is known by its socket path."""
+    marker = process.environ().get(MARKER_ENV)
+    if marker:
+        return marker
+    title = _REDIS_TITLE.match(" ".join(process.cmdline()))
+    return title.group(1) if title else None
+
+
 def processes_marked_with(cluster_path: Path) -> List[psutil.Process]:
-    """Processes whose environment says they belong to this cluster directory."""
+    """Processes that belong to this cluster directory."""
     target = str(Path(cluster_path))
     found = []
     for process in psutil.process_iter():
         try:
             if process.pid == os.getpid() or process.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if process.environ().get(MARKER_ENV) == target:
+            if cluster_path_of(process) == target:
                 found.append(process)
         except psutil.Error:
             continue
@@ -193,7 +207,7 @@ def orphan_cluster_paths() -> List[Path]:
     paths = set()
     for process in psutil.process_iter():
         try:
-            marker = process.environ().get(MARKER_ENV)
+            marker = cluster_path_of(process)
         except psutil.Error:
             continue
         if marker and (marker == base or marker.startswith(base.rstrip("/") + "/")):

