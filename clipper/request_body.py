@@ -25,8 +25,8 @@ async def read_json_body(request: web.Request, timeout: float) -> bytes:
                              "Content-Type: application/json")
     try:
         return await asyncio.wait_for(request.read(), timeout)
-    except web.HTTPRequestEntityTooLarge as error:
-        raise BodyError(413, f"The request body is larger than {error.max_size} bytes, "
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyError(413, f"The request body is larger than {request.client_max_size} bytes, "
                              "the limit of this server") from None
     except asyncio.TimeoutError:
         raise BodyError(408, f"The request body did not arrive within {timeout:g} s") from None

@@ -108,7 +108,7 @@ class Supervisor:
     def _frontends(self) -> List[Child]:
         s = self.settings
         common = [f"--host={s['host']}", f"--redis-url={s['redis_url']}",
-                  f"--body-timeout={s['body_timeout']}"]
+                  f"--body-timeout={s['body_timeout']}", f"--max-body-size={s['max_body_size']}"]
         return [
             self._server_child("management-frontend", [*common, f"--management-port={s['management_port']}"]),
             self._server_child("query-frontend", [

@@ -11,6 +11,7 @@ import orjson
 import redis.exceptions as redis
 from aiohttp import web
 
+from clipper import openapi
 from clipper import redis_schema as schema
 from clipper.config import Config
 from clipper.datatypes import InputType
@@ -70,7 +71,7 @@ class ManagementAPI:
             "get_state": self.get_state,
         }
         return ([web.post(f"/admin/{name}", self._guarded(handler)) for name, handler in post.items()]
-                + [web.get("/admin/ping", self.ping)])
+                + [web.get("/admin/ping", self.ping), openapi.route("management")])
 
     def _guarded(self, handler):
         async def guarded(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from typing import List, Optional, Union
 import orjson
 from aiohttp import web
 
+from clipper import openapi
 from clipper.config import Config
 from clipper.datatypes import InputType
 from clipper.query_frontend import prometheus
@@ -142,7 +143,7 @@ class QueryFrontend:
     def routes(self):
         return [web.post("/{app}/predict", self.predict), web.post("/{app}/predict/", self.predict),
                 web.post("/{app}/update", self.update), web.post("/{app}/update/", self.update),
-                web.get("/metrics", self.report_metrics)]
+                web.get("/metrics", self.report_metrics), openapi.route("query")]
 
     async def report_metrics(self, request: web.Request) -> web.Response:
         self._cache_lookups.count = self.cache.lookups

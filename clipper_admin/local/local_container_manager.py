@@ -20,6 +20,7 @@ import requests
 from clipper.cluster import registry
 from clipper.cluster.registry import ClusterDir, ProcessRecord
 from clipper.cluster.supervisor import PROJECT_ROOT
+from clipper.config import Config
 from clipper.cluster.redis_binary import find_redis_server
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT,
@@ -29,6 +30,7 @@ from clipper_admin.exceptions import ClipperException
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_MAX_BODY_SIZE = Config.max_body_size
 START_TIMEOUT_SECONDS = 60
 APPLY_TIMEOUT_SECONDS = 60
 STOP_GRACE_SECONDS = 15
@@ -54,9 +56,10 @@ class LocalContainerManager(ContainerManager):
                  clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None, redis_port=6379,
                  host="127.0.0.1", clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT,
-                 admin_token=None):
+                 admin_token=None, max_body_size=DEFAULT_MAX_BODY_SIZE):
         """``host``: where the servers listen (loopback unless you mean it). ``admin_token``
-        (default $CLIPPER_ADMIN_TOKEN): if set, /admin calls need it as a bearer token."""
+        (default $CLIPPER_ADMIN_TOKEN): if set, /admin calls need it as a bearer token.
+        ``max_body_size``: the largest request body the frontends accept, in bytes."""
         self.cluster_name = cluster_name
         self.cluster_identifier = cluster_name
         self.host = host
@@ -67,6 +70,7 @@ class LocalContainerManager(ContainerManager):
         self.redis_ip = redis_ip
         self.redis_port = redis_port
         self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
+        self.max_body_size = max_body_size
         self.cluster = ClusterDir(registry.base_dir() / cluster_name)
 
     # ---- cluster ----
@@ -114,6 +118,7 @@ class LocalContainerManager(ContainerManager):
                     "management_port": self.clipper_management_port,
                     "rpc_port": self.clipper_rpc_port, "metrics_port": self.clipper_metric_port,
                     "cache_size": cache_size, "body_timeout": body_timeout,
+                    "max_body_size": self.max_body_size,
                     "admin_token": self.admin_token, "embedded_redis": self.redis_ip is None}
         if self.redis_ip is None:
             if find_redis_server() is None:
