@@ -21,6 +21,10 @@ from schemathesis.checks import (content_type_conformance, negative_data_rejecti
 
 from clipper import openapi
 from clipper.cluster.registry import ProcessRecord
+from clipper.config import Config
+from clipper.management.server import ManagementAPI
+from clipper.query_frontend.server import QueryFrontend
+from clipper.store import Store
 from clipper_admin.deployers import python as python_deployer
 from conftest import local_cluster
 
@@ -77,6 +81,23 @@ def test_served_descriptions_are_the_files_in_the_repo(cluster):
     for api, addr in (("query", cluster.get_query_addr()), ("management", cluster.cm.get_admin_addr())):
         response = requests.get(f"http://{addr}/openapi.json", timeout=5)
         assert response.status_code == 200 and response.content == openapi.document(api)
+
+
+def test_every_route_is_described():
+    async def served_routes():
+        query_frontend = QueryFrontend(Config())
+        try:
+            return {"query": query_frontend.routes(),
+                    "management": ManagementAPI(Store(Config().redis_url), Config()).routes()}
+        finally:
+            query_frontend.rpc.socket.close(0)
+            query_frontend.rpc.context.term()
+    for api, routes in asyncio.run(served_routes()).items():
+        described = {(method.upper(), path)
+                     for path, item in json.loads(openapi.document(api))["paths"].items() for method in item}
+        served = {(route.method, route.path.rstrip("/")) for route in routes}
+        assert served == described, f"{api}: served but not described {served - described}, " \
+                                    f"described but not served {described - served}"
 
 
 def test_fuzzing_both_apis_breaks_nothing(cluster, record_property):
