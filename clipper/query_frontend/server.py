@@ -6,7 +6,7 @@ is kept current in the background (state.py) and consulted in memory.
 import asyncio
 import itertools
 import logging
-from typing import List, Optional, Union
+from typing import Optional, Union
 
 import orjson
 from aiohttp import web

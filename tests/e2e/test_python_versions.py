@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from test_examples import RESPONSE_LINE, assert_nothing_left, run_script
+from scripts import RESPONSE_LINE, assert_nothing_left, run_script
 
 CACHE = Path.home() / ".cache" / "clipper-tests"
 

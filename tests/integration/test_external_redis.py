@@ -8,7 +8,6 @@ import requests
 
 from clipper.cluster.redis_binary import find_redis_server
 from clipper_admin.deployers import python as python_deployer
-from conftest import local_cluster
 
 REDIS_PORT = 16379
 

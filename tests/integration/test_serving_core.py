@@ -5,7 +5,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 import requests
 
 from clipper_admin.deployers import python as python_deployer

@@ -1,7 +1,6 @@
 """AIMD batch sizes and the prediction cache, without sockets."""
 import asyncio
 
-import pytest
 
 from clipper.query_frontend.cache import ENTRY_OVERHEAD, PredictionCache
 from clipper.query_frontend.dispatch import BatchSizer, Dispatcher, Replica, Task
