@@ -7,7 +7,7 @@ from clipper_admin import stop_all_clusters
 
 if __name__ == '__main__':
     stopped = stop_all_clusters()
-    for name, processes in stopped:
-        print("Stopped Clipper cluster '%s' (%d processes)" % (name, processes))
+    for what in stopped:
+        print("Stopped Clipper %s" % what)
     if not stopped:
         print("No Clipper cluster is running.")

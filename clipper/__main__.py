@@ -4,7 +4,7 @@ import sys
 from clipper.config import Config
 from clipper.server_runner import configure_logging
 
-ROLES = ("query-frontend", "management-frontend", "model-container", "supervisor")
+ROLES = ("query-frontend", "management-frontend", "model-container", "supervisor", "redis")
 
 
 def main(argv=None) -> None:
@@ -19,6 +19,8 @@ def main(argv=None) -> None:
         from clipper.management.server import main as run
     elif role == "model-container":
         from clipper.container.runtime import main as run
+    elif role == "redis":
+        from clipper.cluster.redis_binary import main as run
     else:
         from clipper.cluster.supervisor import main as run
     run(config)

@@ -26,9 +26,12 @@ def backend_from_args(argv=None, **manager_kwargs):
 
 
 def stop_all_clusters():
-    """Stop every Clipper cluster left on this machine; ``[(name, processes stopped), ...]``."""
+    """Stop every Clipper cluster left on this machine, local or on a Docker engine that
+    answers; ``[(what was stopped, e.g. "cluster 'x' (5 processes)"), ...]``."""
+    from clipper_admin.docker import stop_all_docker_clusters
     from clipper_admin.local import stop_all_local_clusters
-    return stop_all_local_clusters()
+    return ([f"cluster '{name}' ({count} processes)" for name, count in stop_all_local_clusters()] +
+            [f"Docker cluster '{name}' ({count} containers)" for name, count in stop_all_docker_clusters()])
 
 
 def _report_clipper_errors_briefly():

@@ -2,12 +2,14 @@
 
 Every test session gets its own CLIPPER_STATE_DIR, so it never touches a user's clusters,
 and fails if any process it started (found by the CLIPPER_CLUSTER_DIR marker) or any
-Clipper port is still there at the end.
+Clipper port is still there at the end. Docker tests skip, saying why, without an engine or
+a base image, and fail the session if a Clipper container is left on the engine.
 """
 import contextlib
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -19,7 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clipper.cluster.registry import cluster_path_of  # noqa: E402
-from clipper_admin import ClipperConnection, LocalContainerManager  # noqa: E402
+from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager  # noqa: E402
+from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL  # noqa: E402
+from clipper_admin.docker.docker_container_manager import engine  # noqa: E402
+from clipper_admin.docker.images import (  # noqa: E402
+    LOCAL_BASE, LOCAL_BASE_PYTHON, available_base_image, default_base_image)
 from clipper_admin.local import stop_all_local_clusters  # noqa: E402
 
 DEFAULT_PORTS = (1337, 1338, 7000, 1390)
@@ -81,3 +87,41 @@ def clipper_conn():
     """One cluster on the default ports, shared by the tests of a module."""
     with local_cluster() as conn:
         yield conn
+
+
+# ---- Docker: a real engine, and a base image built here (no image can be pulled) ----
+def clipper_containers(client):
+    return client.containers.list(all=True, filters={"label": CLIPPER_DOCKER_LABEL})
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    try:
+        client = engine()
+    except ClipperException as error:
+        pytest.skip(str(error))
+    assert not clipper_containers(client), "Clipper containers were running before the tests"
+    yield client
+    left = clipper_containers(client)
+    for container in left:
+        container.remove(force=True)
+    assert not left, f"containers left behind: {[c.name for c in left]}"
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client):
+    """The client's default base if it can be had; else the local Debian base, built once."""
+    try:
+        return available_base_image(docker_client, default_base_image())
+    except ClipperException as error:
+        unavailable = str(error)
+    python = "%d.%d" % sys.version_info[:2]
+    if python != LOCAL_BASE_PYTHON:
+        pytest.skip(f"{unavailable} (the local base has Python {LOCAL_BASE_PYTHON}, not {python})")
+    if os.geteuid() != 0 or not shutil.which("debootstrap"):
+        pytest.skip(f"{unavailable} (building the local base needs root and debootstrap)")
+    build = subprocess.run(["sh", str(ROOT / "docker" / "build-local-base.sh")],
+                           capture_output=True, text=True)
+    if build.returncode != 0:
+        pytest.skip(f"could not build {LOCAL_BASE}: {build.stderr[-800:]}")
+    return LOCAL_BASE

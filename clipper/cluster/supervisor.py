@@ -134,7 +134,7 @@ class Supervisor:
         if not self.settings.get("embedded_redis"):
             return
         socket_path = self.settings["redis_socket"]
-        child = Child("redis", "redis", redis_server_command(socket_path, self.cluster.path / "redis"),
+        child = Child("redis", "redis", redis_server_command(self.cluster.path / "redis", socket_path),
                       self._env({}))
         self.children.append(child)
         self._start(child)

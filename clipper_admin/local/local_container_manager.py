@@ -9,11 +9,9 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import requests
 
@@ -27,6 +25,7 @@ from clipper_admin.container_manager import (
     ContainerManager)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.exceptions import ClipperException
+from clipper_admin.ports import require_free_ports
 
 logger = logging.getLogger(__name__)
 
@@ -38,17 +37,6 @@ STOP_GRACE_SECONDS = 15
 REPLICA_FAILURES_REPORTED = 2
 # AF_UNIX paths are limited to 108 bytes.
 MAX_SOCKET_PATH = 100
-
-
-def _port_taken(host, port):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # As the servers do: connections in TIME_WAIT do not make a port busy.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 class LocalContainerManager(ContainerManager):
@@ -85,16 +73,10 @@ class LocalContainerManager(ContainerManager):
                 f"Clipper cluster '{self.cluster_name}' is already running. Use connect() to use it, "
                 "or stop it with: python closeClipper.py")
         stop_cluster(self.cluster)           # leftovers of a cluster that died
-        for role, port in (("query frontend", self.clipper_query_port),
-                           ("management frontend", self.clipper_management_port),
-                           ("model RPC", self.clipper_rpc_port),
-                           ("Prometheus metrics", self.clipper_metric_port)):
-            if not 0 < port < 65536:
-                raise ClipperException(f"Port {port} ({role}) is not a valid TCP port")
-            if _port_taken(self.host, port):
-                raise ClipperException(
-                    f"Port {port} ({role}) is already in use on {self.host}. Stop whatever uses "
-                    "it, e.g. another Clipper cluster with: python closeClipper.py")
+        require_free_ports(self.host, [("query frontend", self.clipper_query_port),
+                                       ("management frontend", self.clipper_management_port),
+                                       ("model RPC", self.clipper_rpc_port),
+                                       ("Prometheus metrics", self.clipper_metric_port)])
         if self.admin_token is None:
             self.admin_token = os.environ.get("CLIPPER_ADMIN_TOKEN", "")
         self.cluster.create(self._settings(cache_size, qf_http_timeout_content))

@@ -1,0 +1,104 @@
+"""The Docker backend on a real engine: containers, labels, scaling, restarts, teardown."""
+import os
+import signal
+import time
+
+import pytest
+import requests
+
+from clipper_admin import ClipperConnection, DockerContainerManager
+from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL, CLIPPER_MODEL_CONTAINER_LABEL
+from clipper_admin.deployers import python as python_deployer
+from scripts import run_script
+
+pytestmark = pytest.mark.docker
+PORTS = dict(clipper_query_port=31337, clipper_management_port=31338, clipper_rpc_port=37000,
+             clipper_metric_port=31390, redis_port=36379)
+
+
+def total(xs):
+    return [str(sum(x)) for x in xs]
+
+
+@pytest.fixture(scope="module")
+def cluster(docker_client, base_image):
+    conn = ClipperConnection(DockerContainerManager(cluster_name="dock", base_image=base_image, **PORTS))
+    conn.start_clipper()
+    try:
+        python_deployer.create_endpoint(conn, "dock-sum", "doubles", total, slo_micros=2_000_000)
+        yield conn
+    finally:
+        conn.stop_all(graceful=False)
+        docker_client.images.remove("dock-sum:1", force=True)
+
+
+def containers(client, **labels):
+    wanted = {CLIPPER_DOCKER_LABEL: "dock", **labels}
+    return client.containers.list(filters={"label": [f"{k}={v}" for k, v in wanted.items()]})
+
+
+def predict(conn, values):
+    response = requests.post(f"http://{conn.get_query_addr()}/dock-sum/predict", json={"input": values}, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_until(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.2)
+
+
+def test_every_role_is_a_labelled_container_on_loopback(cluster, docker_client):
+    roles = sorted(c.labels["ai.clipper.role"] for c in containers(docker_client))
+    assert roles == ["management-frontend", "model-container", "query-frontend", "redis"]
+    for container in containers(docker_client):
+        assert container.attrs["HostConfig"]["NetworkMode"] == "host"
+        assert container.labels["ai.clipper.query_frontend.query.port"] == "31337"
+    assert predict(cluster, [1.0, 2.5]) == {"query_id": predict(cluster, [0.0])["query_id"] - 1,
+                                            "output": 3.5, "default": False}
+
+
+def test_replicas_scale_as_containers(cluster, docker_client):
+    cluster.set_num_replicas("dock-sum", 2)
+    replicas = containers(docker_client, **{CLIPPER_MODEL_CONTAINER_LABEL: "dock-sum_1"})
+    assert len(replicas) == 2 and cluster.get_num_replicas("dock-sum") == 2
+    assert len(cluster.get_all_model_replicas()) == 2
+    cluster.set_num_replicas("dock-sum", 1)
+    assert len(containers(docker_client, **{CLIPPER_MODEL_CONTAINER_LABEL: "dock-sum_1"})) == 1
+    wait_until(lambda: len(cluster.get_all_model_replicas()) == 1, 30, "the surplus replica leaving")
+
+
+def test_a_crashed_replica_is_restarted_by_docker(cluster, docker_client):
+    replica, = containers(docker_client, **{CLIPPER_MODEL_CONTAINER_LABEL: "dock-sum_1"})
+    os.kill(replica.attrs["State"]["Pid"], signal.SIGKILL)
+    wait_until(lambda: (replica.reload() or replica.attrs["RestartCount"]) >= 1, 30, "a restart")
+    wait_until(lambda: predict(cluster, [2.0])["default"] is False, 30, "serving again")
+
+
+def test_another_process_connects_by_labels(cluster, tmp_path):
+    again = ClipperConnection(DockerContainerManager(cluster_name="dock"))
+    again.connect()
+    assert again.get_query_addr() == "localhost:31337"
+    assert again.get_app_info("dock-sum")["linked_models"] == ["dock-sum"]
+    logs = again.get_clipper_logs(logging_dir=str(tmp_path))
+    assert len(logs) == 4 and any("query-frontend" in path for path in logs)
+    assert any("listening on http://127.0.0.1:31337" in open(path).read() for path in logs)
+
+
+def test_stop_all_leaves_no_container(docker_client, base_image):
+    conn = ClipperConnection(DockerContainerManager(cluster_name="dock-stop", base_image=base_image, **{
+        **PORTS, "clipper_query_port": 32337, "clipper_management_port": 32338,
+        "clipper_rpc_port": 37001, "clipper_metric_port": 32390, "redis_port": 36380}))
+    conn.start_clipper()
+    conn.stop_all()
+    assert not docker_client.containers.list(all=True, filters={"label": f"{CLIPPER_DOCKER_LABEL}=dock-stop"})
+
+
+def test_without_an_engine_the_scripts_say_so_in_one_line(clipper_state_dir):
+    result = run_script("basicQuerySimplified.py", "--backend", "docker",
+                        env={**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: The Docker engine is not reachable")

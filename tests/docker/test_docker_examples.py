@@ -1,0 +1,53 @@
+"""The three example scripts on the Docker backend, as a user runs them."""
+import os
+import signal
+
+import pytest
+
+from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL
+from scripts import RESPONSE_LINE, run_script, start_script, wait_for_predictions
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def engine_with_base(docker_client, base_image):
+    os.environ["CLIPPER_DOCKER_BASE_IMAGE"] = base_image
+    yield docker_client
+    os.environ.pop("CLIPPER_DOCKER_BASE_IMAGE")
+    left = docker_client.containers.list(all=True, filters={"label": CLIPPER_DOCKER_LABEL})
+    assert not left, f"containers left behind: {[c.name for c in left]}"
+    docker_client.images.remove("sum-model:1", force=True)
+
+
+def test_simplified_example_on_docker(engine_with_base):
+    result = run_script("basicQuerySimplified.py", "--backend", "docker", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert "Docker backend" in lines[0]
+    assert sum(bool(RESPONSE_LINE.match(line)) for line in lines) == 1, result.stdout
+
+
+def test_basic_query_on_docker_stops_on_ctrl_c(engine_with_base):
+    process = start_script("basicQuery.py", "--backend", "docker")
+    try:
+        wait_for_predictions(process, 3, timeout=600)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and "Traceback" not in stderr, stderr
+
+
+def test_close_clipper_stops_a_docker_cluster_left_by_a_killed_script(engine_with_base):
+    process = start_script("basicQuery.py", "--backend", "docker")
+    try:
+        wait_for_predictions(process, 1, timeout=600)
+    finally:
+        process.kill()
+        process.communicate()
+    assert engine_with_base.containers.list(filters={"label": CLIPPER_DOCKER_LABEL})
+    first = run_script("closeClipper.py")
+    assert first.returncode == 0, first.stderr
+    assert "Stopped Clipper Docker cluster 'default-cluster' (4 containers)" in first.stdout
+    assert run_script("closeClipper.py").stdout.strip() == "No Clipper cluster is running."
