@@ -1,0 +1,31 @@
+"""The peer: Ray Serve answering the same prediction with the same function.
+
+Runs in the benchmark's own venv (bench/setup-peer.sh), started by bench/run.py:
+    <ray venv>/bin/python bench/ray_peer.py <port> [<max ongoing requests per replica>]
+Ray's throughput-optimized mode is chosen by its environment variables
+(RAY_SERVE_THROUGHPUT_OPTIMIZED=1, RAY_SERVE_ENABLE_HA_PROXY=1), set by bench/run.py.
+"""
+import sys
+import time
+
+import ray
+from ray import serve
+from starlette.requests import Request
+
+
+@serve.deployment
+class Sum:
+    async def __call__(self, request: Request):
+        body = await request.json()
+        return {"query_id": 0, "output": sum(body["input"]), "default": False}
+
+
+if __name__ == "__main__":
+    port = int(sys.argv[1])
+    options = {"max_ongoing_requests": int(sys.argv[2])} if len(sys.argv) > 2 else {}
+    ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(Sum.options(**options).bind(), route_prefix="/")
+    print("ready", flush=True)
+    while True:
+        time.sleep(3600)
