@@ -81,17 +81,22 @@ class ContainerManager(abc.ABC):
     def stop_all(self, graceful=True):
         """Stop every process of the cluster and forget it."""
 
-    @abc.abstractmethod
+    # For backends that keep ``public_host`` and the ``clipper_*_port`` attributes.
+    def serving_ports(self):
+        """The ports a cluster listens on, named for error messages."""
+        return [("query frontend", self.clipper_query_port),
+                ("management frontend", self.clipper_management_port),
+                ("model RPC", self.clipper_rpc_port), ("Prometheus metrics", self.clipper_metric_port)]
+
     def get_admin_addr(self):
-        pass
+        return f"{self.public_host}:{self.clipper_management_port}"
 
-    @abc.abstractmethod
     def get_query_addr(self):
-        pass
+        return f"{self.public_host}:{self.clipper_query_port}"
 
-    @abc.abstractmethod
     def get_metric_addr(self):
-        pass
+        """Prometheus text format at http://<this address>/metrics."""
+        return f"{self.public_host}:{self.clipper_metric_port}"
 
     def replica_failure(self, name, version):
         """Why replicas of this model version keep failing, if the backend can tell; else None."""

@@ -64,7 +64,7 @@ class DockerContainerManager(ContainerManager):
         under the runtime image; ``redis_image`` to run Redis from an image of your own."""
         self.cluster_name = cluster_name
         self.cluster_identifier = cluster_name
-        self.public_hostname = docker_ip_address
+        self.public_host = docker_ip_address
         self.clipper_query_port = clipper_query_port
         self.clipper_management_port = clipper_management_port
         self.clipper_rpc_port = clipper_rpc_port
@@ -131,8 +131,7 @@ class DockerContainerManager(ContainerManager):
             raise ClipperException(
                 f"Clipper cluster '{self.cluster_name}' is already running on the Docker engine. "
                 "Use connect() to use it, or stop it with: python closeClipper.py")
-        ports = [("query frontend", self.clipper_query_port), ("management frontend", self.clipper_management_port),
-                 ("model RPC", self.clipper_rpc_port), ("Prometheus metrics", self.clipper_metric_port)]
+        ports = self.serving_ports()
         if self.redis_ip is None:
             ports.append(("Redis", self.redis_port))
         require_free_ports("127.0.0.1", ports)
@@ -256,16 +255,6 @@ class DockerContainerManager(ContainerManager):
 
     def stop_all_model_containers(self):
         self._remove(self._model_containers())
-
-    # ---- addresses ----
-    def get_admin_addr(self):
-        return f"{self.public_hostname}:{self.clipper_management_port}"
-
-    def get_query_addr(self):
-        return f"{self.public_hostname}:{self.clipper_query_port}"
-
-    def get_metric_addr(self):
-        return f"{self.public_hostname}:{self.clipper_metric_port}"
 
 
 def _restarts(container):

@@ -73,10 +73,7 @@ class LocalContainerManager(ContainerManager):
                 f"Clipper cluster '{self.cluster_name}' is already running. Use connect() to use it, "
                 "or stop it with: python closeClipper.py")
         stop_cluster(self.cluster)           # leftovers of a cluster that died
-        require_free_ports(self.host, [("query frontend", self.clipper_query_port),
-                                       ("management frontend", self.clipper_management_port),
-                                       ("model RPC", self.clipper_rpc_port),
-                                       ("Prometheus metrics", self.clipper_metric_port)])
+        require_free_ports(self.host, self.serving_ports())
         if self.admin_token is None:
             self.admin_token = os.environ.get("CLIPPER_ADMIN_TOKEN", "")
         self.cluster.create(self._settings(cache_size, qf_http_timeout_content))
@@ -237,17 +234,8 @@ class LocalContainerManager(ContainerManager):
             paths.append(target)
         return paths
 
-    def get_admin_addr(self):
-        return f"{self._display_host()}:{self.clipper_management_port}"
-
-    def get_query_addr(self):
-        return f"{self._display_host()}:{self.clipper_query_port}"
-
-    def get_metric_addr(self):
-        """Prometheus text format at http://<this address>/metrics."""
-        return f"{self._display_host()}:{self.clipper_metric_port}"
-
-    def _display_host(self):
+    @property
+    def public_host(self):
         return "localhost" if self.host == "127.0.0.1" else self.host
 
 
