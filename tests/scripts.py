@@ -1,5 +1,6 @@
 """Running the example scripts as a user does: subprocesses in the project's root."""
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -15,8 +16,11 @@ def run_script(name, *args, timeout=120, python=sys.executable, env=None):
 
 
 def start_script(name, *args):
+    # A shell that starts the tests in the background makes them ignore SIGINT, and Python
+    # then installs no Ctrl-C handler: give the script the terminal's default back.
     return subprocess.Popen([sys.executable, name, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_predictions(process, count, timeout=120):
