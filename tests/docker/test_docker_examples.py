@@ -1,6 +1,7 @@
 """The three example scripts on the Docker backend, as a user runs them."""
 import os
 import signal
+import subprocess
 
 import pytest
 
@@ -16,6 +17,8 @@ def engine_with_base(docker_client, base_image):
     yield docker_client
     os.environ.pop("CLIPPER_DOCKER_BASE_IMAGE")
     left = docker_client.containers.list(all=True, filters={"label": CLIPPER_DOCKER_LABEL})
+    for container in left:          # so that one failure does not fail every later test
+        container.remove(force=True)
     assert not left, f"containers left behind: {[c.name for c in left]}"
     docker_client.images.remove("sum-model:1", force=True)
 
@@ -34,6 +37,10 @@ def test_basic_query_on_docker_stops_on_ctrl_c(engine_with_base):
         wait_for_predictions(process, 3, timeout=600)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"still running 120 s after Ctrl-C:\n{stdout[-2000:]}\n{stderr[-6000:]}")
     finally:
         process.kill()
     assert process.returncode == 0 and "Traceback" not in stderr, stderr
