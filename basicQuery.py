@@ -19,12 +19,16 @@ def feature_sum(xs):
     return [str(sum(x)) for x in xs]
 
 
+# One HTTP session for all predictions: its connection is reused from one to the next.
+session = requests.Session()
+
+
 def predict(addr, x):
     url = "http://%s/hello-world/predict" % addr
     req_json = json.dumps({'input': list(x)})
     headers = {'Content-type': 'application/json'}
     start = datetime.now()
-    r = requests.post(url, headers=headers, data=req_json)
+    r = session.post(url, headers=headers, data=req_json)
     end = datetime.now()
     latency = (end - start).total_seconds() * 1000.0
     print("'%s', %f ms" % (r.text, latency), flush=True)
