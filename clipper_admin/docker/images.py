@@ -126,11 +126,7 @@ def available_base_image(client, base_image):
 
 
 def _exists(client, image):
-    try:
-        client.images.get(image)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
+    return _image_id(client, image) is not None
 
 
 def build_model_image(client, runtime_image, tag, model_dir, pkgs_to_install=None):
@@ -140,5 +136,22 @@ def build_model_image(client, runtime_image, tag, model_dir, pkgs_to_install=Non
     if pkgs_to_install:
         lines.append("RUN pip install --no-cache-dir " + " ".join(pkgs_to_install))
     files = {"Dockerfile": ("\n".join(lines) + "\n").encode(), "model": Path(model_dir)}
+    previous = _image_id(client, tag)
     _build(client, tag, _context(files))
+    if previous not in (None, _image_id(client, tag)):
+        _remove_unused(client, previous)  # a rebuilt name:version would leave it untagged
     return tag
+
+
+def _image_id(client, image):
+    try:
+        return client.images.get(image).id
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _remove_unused(client, image_id):
+    try:
+        client.images.remove(image_id)
+    except docker.errors.APIError:
+        pass                               # a container still uses it

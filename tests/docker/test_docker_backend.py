@@ -3,15 +3,18 @@ import os
 import signal
 import time
 
+import docker.errors
 import pytest
 import requests
 
 from clipper_admin import ClipperConnection, DockerContainerManager
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL, CLIPPER_MODEL_CONTAINER_LABEL
 from clipper_admin.deployers import python as python_deployer
+from conftest import port_open
 from scripts import run_script
 
-pytestmark = pytest.mark.docker
+# The first test may build the base image (debootstrap) and the runtime image: minutes.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 PORTS = dict(clipper_query_port=31337, clipper_management_port=31338, clipper_rpc_port=37000,
              clipper_metric_port=31390, redis_port=36379)
 
@@ -87,13 +90,29 @@ def test_another_process_connects_by_labels(cluster, tmp_path):
     assert any("listening on http://127.0.0.1:31337" in open(path).read() for path in logs)
 
 
-def test_stop_all_leaves_no_container(docker_client, base_image):
-    conn = ClipperConnection(DockerContainerManager(cluster_name="dock-stop", base_image=base_image, **{
-        **PORTS, "clipper_query_port": 32337, "clipper_management_port": 32338,
-        "clipper_rpc_port": 37001, "clipper_metric_port": 32390, "redis_port": 36380}))
-    conn.start_clipper()
-    conn.stop_all()
-    assert not docker_client.containers.list(all=True, filters={"label": f"{CLIPPER_DOCKER_LABEL}=dock-stop"})
+def test_a_model_image_is_the_model_directory_and_a_rebuild_leaves_no_untagged_image(
+        cluster, docker_client, tmp_path):
+    (tmp_path / "weights.txt").write_text("first")
+    first = docker_client.images.get(cluster.build_model("dock-rebuild", 1, str(tmp_path), None))
+    (tmp_path / "weights.txt").write_text("second")
+    image = cluster.build_model("dock-rebuild", 1, str(tmp_path), None)
+    try:
+        assert image == "dock-rebuild:1"
+        shown = docker_client.containers.run(image, entrypoint=["cat", "/model/weights.txt"], remove=True)
+        assert shown == b"second"
+        with pytest.raises(docker.errors.ImageNotFound):
+            docker_client.images.get(first.id)
+    finally:
+        docker_client.images.remove(image)
+
+
+def test_stop_all_from_another_process_leaves_nothing(cluster, docker_client):
+    """The last test on the shared cluster: it stops it."""
+    again = ClipperConnection(DockerContainerManager(cluster_name="dock"))
+    again.connect()
+    again.stop_all()
+    assert not docker_client.containers.list(all=True, filters={"label": f"{CLIPPER_DOCKER_LABEL}=dock"})
+    assert not [port for port in PORTS.values() if port_open(port)]
 
 
 def test_without_an_engine_the_scripts_say_so_in_one_line(clipper_state_dir):

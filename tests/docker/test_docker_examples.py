@@ -8,7 +8,8 @@ import pytest
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL
 from scripts import RESPONSE_LINE, run_script, start_script, wait_for_predictions
 
-pytestmark = pytest.mark.docker
+# The first test may build the base image (debootstrap) and the runtime image: minutes.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 
 @pytest.fixture
