@@ -95,15 +95,17 @@ class DockerContainerManager(ContainerManager):
         return self._containers(**labels)
 
     def _run(self, role, arguments, image=None, environment=None, labels=None, name=None):
-        kwargs = dict(self.extra_container_kwargs)
+        # As in 0.4.1, the user's extra_container_kwargs go to every container; labels and
+        # environment are merged with ours, and what the cluster needs to work wins.
+        kwargs = {"restart_policy": {"Name": "unless-stopped"}, **self.extra_container_kwargs}
         all_labels = {**kwargs.pop("labels", {}), CLIPPER_DOCKER_LABEL: self.cluster_name,
                       ROLE_LABEL: role, RUNTIME_IMAGE_LABEL: self.runtime_image,
                       **{label: str(port) for label, port in self._ports().items()}, **(labels or {})}
-        container_name = f"{self.cluster_name}-{name or role}-{random.randint(0, 100000)}"
-        return self.client.containers.run(
-            image or self.runtime_image, arguments, name=container_name, labels=all_labels,
-            environment=environment or {}, network_mode="host", detach=True,
-            restart_policy={"Name": "unless-stopped"}, **kwargs)
+        all_environment = {**_as_dict(kwargs.pop("environment", {})), **(environment or {})}
+        kwargs.update(name=f"{self.cluster_name}-{name or role}-{random.randint(0, 100000)}",
+                      labels=all_labels, environment=all_environment, network_mode="host", detach=True)
+        kwargs.pop("network", None)        # host networking: no network to join
+        return self.client.containers.run(image or self.runtime_image, arguments, **kwargs)
 
     def _ports(self):
         return {PORT_LABELS["redis"]: self.redis_port, PORT_LABELS["management"]: self.clipper_management_port,
@@ -255,6 +257,13 @@ class DockerContainerManager(ContainerManager):
 
     def stop_all_model_containers(self):
         self._remove(self._model_containers())
+
+
+def _as_dict(environment):
+    """Docker takes an environment as a dict or as ["NAME=value", ...]."""
+    if isinstance(environment, dict):
+        return environment
+    return dict(item.split("=", 1) for item in environment)
 
 
 def _restarts(container):

@@ -25,7 +25,9 @@ def total(xs):
 
 @pytest.fixture(scope="module")
 def cluster(docker_client, base_image):
-    conn = ClipperConnection(DockerContainerManager(cluster_name="dock", base_image=base_image, **PORTS))
+    extra = {"labels": {"team": "tests"}, "environment": ["TZ=UTC"], "mem_limit": "1g"}
+    conn = ClipperConnection(DockerContainerManager(cluster_name="dock", base_image=base_image,
+                                                    extra_container_kwargs=extra, **PORTS))
     conn.start_clipper()
     try:
         python_deployer.create_endpoint(conn, "dock-sum", "doubles", total, slo_micros=2_000_000)
@@ -59,6 +61,9 @@ def test_every_role_is_a_labelled_container_on_loopback(cluster, docker_client):
     for container in containers(docker_client):
         assert container.attrs["HostConfig"]["NetworkMode"] == "host"
         assert container.labels["ai.clipper.query_frontend.query.port"] == "31337"
+        # extra_container_kwargs reach every container, merged with Clipper's own
+        assert container.labels["team"] == "tests" and "TZ=UTC" in container.attrs["Config"]["Env"]
+        assert container.attrs["HostConfig"]["Memory"] == 1 << 30
     assert predict(cluster, [1.0, 2.5]) == {"query_id": predict(cluster, [0.0])["query_id"] - 1,
                                             "output": 3.5, "default": False}
 
