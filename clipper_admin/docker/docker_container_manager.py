@@ -15,6 +15,7 @@ import docker
 import docker.errors
 import requests
 
+from clipper.config import Config, env_name
 from clipper_admin.container_manager import (
     CLIPPER_DOCKER_LABEL, CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT,
     CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_REDIS_PORT, CLIPPER_INTERNAL_RPC_PORT,
@@ -32,6 +33,7 @@ PORT_LABELS = {"redis": "ai.clipper.redis.port", "management": "ai.clipper.manag
                "rpc": "ai.clipper.query_frontend.rpc.port", "metric": "ai.clipper.metric.port"}
 ROLE_LABEL = "ai.clipper.role"               # ours: which process a container runs
 RUNTIME_IMAGE_LABEL = "ai.clipper.runtime.image"
+ADMIN_TOKEN_VARIABLE = env_name("admin_token")
 START_TIMEOUT_SECONDS = 120
 STOP_GRACE_SECONDS = 10
 # A replica restarted this often by Docker is failing, not starting.
@@ -57,11 +59,13 @@ class DockerContainerManager(ContainerManager):
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None,
                  redis_port=CLIPPER_INTERNAL_REDIS_PORT, prometheus_port=9090,
                  docker_network="clipper_network", extra_container_kwargs=None,
-                 base_image=None, clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT, redis_image=None):
+                 base_image=None, clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT, redis_image=None,
+                 admin_token=None, max_body_size=Config.max_body_size):
         """0.4.1's parameters; containers share the host's network, so ``docker_network``,
         ``prometheus_port`` and the centralized log options have no effect. Ours:
         ``base_image`` (default $CLIPPER_DOCKER_BASE_IMAGE, else python:<this minor>-slim)
-        under the runtime image; ``redis_image`` to run Redis from an image of your own."""
+        under the runtime image; ``redis_image`` to run Redis from an image of your own;
+        ``admin_token`` and ``max_body_size`` as for LocalContainerManager."""
         self.cluster_name = cluster_name
         self.cluster_identifier = cluster_name
         self.public_host = docker_ip_address
@@ -73,6 +77,8 @@ class DockerContainerManager(ContainerManager):
         self.redis_port = redis_port
         self.redis_image = redis_image
         self.extra_container_kwargs = dict(extra_container_kwargs or {})
+        self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
+        self.max_body_size = max_body_size
         self.base_image = base_image or os.environ.get("CLIPPER_DOCKER_BASE_IMAGE") or default_base_image()
         self.runtime_image = None
         self._client = None
@@ -138,17 +144,22 @@ class DockerContainerManager(ContainerManager):
             ports.append(("Redis", self.redis_port))
         require_free_ports("127.0.0.1", ports)
         self.runtime_image = ensure_runtime_image(self.client, self.base_image)
+        if self.admin_token is None:
+            self.admin_token = os.environ.get("CLIPPER_ADMIN_TOKEN", "")
+        # The token goes through the environment: command lines are visible to every user.
+        token = {ADMIN_TOKEN_VARIABLE: self.admin_token}
         try:
             redis_url = self._start_redis()
-            common = ["--host=127.0.0.1", f"--redis-url={redis_url}", f"--body-timeout={qf_http_timeout_content}"]
+            common = ["--host=127.0.0.1", f"--redis-url={redis_url}", f"--body-timeout={qf_http_timeout_content}",
+                      f"--max-body-size={self.max_body_size}"]
             self._run("management-frontend",
                       ["management-frontend", *common, f"--management-port={self.clipper_management_port}"],
-                      labels={CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL: ""})
+                      environment=token, labels={CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL: ""})
             self._run("query-frontend",
                       ["query-frontend", *common, f"--query-port={self.clipper_query_port}",
                        f"--rpc-port={self.clipper_rpc_port}", f"--metrics-port={self.clipper_metric_port}",
                        f"--cache-size={cache_size}"],
-                      labels={CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL: ""})
+                      environment=token, labels={CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL: ""})
             self._wait_until_serving()
         except BaseException:              # Ctrl-C or a failed start: leave nothing behind
             self.stop_all(graceful=False)
@@ -196,6 +207,8 @@ class DockerContainerManager(ContainerManager):
         self.clipper_rpc_port = int(labels[PORT_LABELS["rpc"]])
         self.clipper_metric_port = int(labels[PORT_LABELS["metric"]])
         self.runtime_image = labels[RUNTIME_IMAGE_LABEL]
+        if self.admin_token is None:
+            self.admin_token = _as_dict(frontends[0].attrs["Config"]["Env"]).get(ADMIN_TOKEN_VARIABLE, "")
 
     def stop_all(self, graceful=True):
         containers = self._containers()

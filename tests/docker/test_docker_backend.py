@@ -17,6 +17,7 @@ from scripts import run_script
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 PORTS = dict(clipper_query_port=31337, clipper_management_port=31338, clipper_rpc_port=37000,
              clipper_metric_port=31390, redis_port=36379)
+TOKEN = "dock-admin-token"
 
 
 def total(xs):
@@ -26,7 +27,7 @@ def total(xs):
 @pytest.fixture(scope="module")
 def cluster(docker_client, base_image):
     extra = {"labels": {"team": "tests"}, "environment": ["TZ=UTC"], "mem_limit": "1g"}
-    conn = ClipperConnection(DockerContainerManager(cluster_name="dock", base_image=base_image,
+    conn = ClipperConnection(DockerContainerManager(cluster_name="dock", base_image=base_image, admin_token=TOKEN,
                                                     extra_container_kwargs=extra, **PORTS))
     conn.start_clipper()
     try:
@@ -64,6 +65,9 @@ def test_every_role_is_a_labelled_container_on_loopback(cluster, docker_client):
         # extra_container_kwargs reach every container, merged with Clipper's own
         assert container.labels["team"] == "tests" and "TZ=UTC" in container.attrs["Config"]["Env"]
         assert container.attrs["HostConfig"]["Memory"] == 1 << 30
+        assert TOKEN not in " ".join(container.attrs["Args"])
+    without_token = requests.post(f"http://{cluster.cm.get_admin_addr()}/admin/get_all_applications", json={})
+    assert without_token.status_code == 401
     assert predict(cluster, [1.0, 2.5]) == {"query_id": predict(cluster, [0.0])["query_id"] - 1,
                                             "output": 3.5, "default": False}
 
@@ -85,7 +89,7 @@ def test_a_crashed_replica_is_restarted_by_docker(cluster, docker_client):
     wait_until(lambda: predict(cluster, [2.0])["default"] is False, 30, "serving again")
 
 
-def test_another_process_connects_by_labels(cluster, tmp_path):
+def test_another_process_connects_by_labels_and_gets_the_admin_token(cluster, tmp_path):
     again = ClipperConnection(DockerContainerManager(cluster_name="dock"))
     again.connect()
     assert again.get_query_addr() == "localhost:31337"
