@@ -25,11 +25,13 @@ RUNTIME_REPOSITORY = "clipper-revived/runtime"
 # What docker/build-local-base.sh builds, and the Python it has.
 LOCAL_BASE, LOCAL_BASE_PYTHON = "clipper-local-base:bookworm", "3.11"
 MODEL_PATH_IN_IMAGE = "/model"
+# Models are cloudpickled by the client: they load only under the same Python minor version.
+CLIENT_PYTHON = "%d.%d" % sys.version_info[:2]
 _ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def default_base_image():
-    return "python:%d.%d-slim" % sys.version_info[:2]
+    return f"python:{CLIENT_PYTHON}-slim"
 
 
 def _runtime_sources():
@@ -58,7 +60,7 @@ def pip_ca_bundle():
 
 
 def runtime_tag(base_image):
-    digest = hashlib.sha256(base_image.encode())
+    digest = hashlib.sha256(f"{base_image}\0{CLIENT_PYTHON}".encode())
     for name, path in _runtime_sources():
         digest.update(name.encode() + b"\0" + path.read_bytes())
     return f"{RUNTIME_REPOSITORY}:{digest.hexdigest()[:16]}"
@@ -99,8 +101,26 @@ def ensure_runtime_image(client, base_image):
     base_image = available_base_image(client, base_image)
     tag = runtime_tag(base_image)
     if not _exists(client, tag):
+        _require_client_python(client, base_image)
         _build(client, tag, _context(dict(_runtime_sources())), {"BASE_IMAGE": base_image})
     return tag
+
+
+def _require_client_python(client, base_image):
+    """Refuse a base whose Python is not the client's: its model containers could not load
+    a single model."""
+    try:
+        found = "Python " + client.containers.run(
+            base_image, ["-c", "import sys; print('%d.%d' % sys.version_info[:2])"], entrypoint=["python3"],
+            network_mode="none", remove=True).decode().strip()
+    except (docker.errors.ContainerError, docker.errors.APIError):
+        found = "no usable python3"
+    if found != f"Python {CLIENT_PYTHON}":
+        raise ClipperException(
+            f"The base image {base_image} has {found}, but this client runs "
+            f"Python {CLIENT_PYTHON}: models are cloudpickled, so both need the same version. "
+            f"Give a base with Python {CLIENT_PYTHON} as DockerContainerManager(base_image=...) or "
+            "CLIPPER_DOCKER_BASE_IMAGE")
 
 
 def available_base_image(client, base_image):
@@ -114,13 +134,12 @@ def available_base_image(client, base_image):
         return base_image
     except docker.errors.APIError as error:
         reason = error.explanation or str(error)
-    python = "%d.%d" % sys.version_info[:2]
-    if base_image == default_base_image() and python == LOCAL_BASE_PYTHON and _exists(client, LOCAL_BASE):
-        logger.info("Using %s instead (it has Python %s too)", LOCAL_BASE, python)
+    if base_image == default_base_image() and CLIENT_PYTHON == LOCAL_BASE_PYTHON and _exists(client, LOCAL_BASE):
+        logger.info("Using %s instead (it has Python %s too)", LOCAL_BASE, CLIENT_PYTHON)
         return LOCAL_BASE
     raise ClipperException(
         f"The base image {base_image} is not here and cannot be pulled ({reason}). Give one "
-        f"with Python {python} as DockerContainerManager(base_image=...) or "
+        f"with Python {CLIENT_PYTHON} as DockerContainerManager(base_image=...) or "
         "CLIPPER_DOCKER_BASE_IMAGE, or build one without Docker Hub: sh docker/build-local-base.sh "
         f"(Debian bookworm: Python {LOCAL_BASE_PYTHON})")
 

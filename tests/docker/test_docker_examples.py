@@ -1,11 +1,14 @@
 """The three example scripts on the Docker backend, as a user runs them."""
+import contextlib
 import os
 import signal
 import subprocess
 
+import docker.errors
 import pytest
 
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL
+from clipper_admin.docker.images import CLIENT_PYTHON
 from scripts import RESPONSE_LINE, run_script, start_script, wait_for_predictions
 
 # The first test may build the base image (debootstrap) and the runtime image: minutes.
@@ -21,7 +24,8 @@ def engine_with_base(docker_client, base_image):
     for container in left:          # so that one failure does not fail every later test
         container.remove(force=True)
     assert not left, f"containers left behind: {[c.name for c in left]}"
-    docker_client.images.remove("sum-model:1", force=True)
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        docker_client.images.remove("sum-model:1", force=True)
 
 
 def test_simplified_example_on_docker(engine_with_base):
@@ -59,3 +63,16 @@ def test_close_clipper_stops_a_docker_cluster_left_by_a_killed_script(engine_wit
     assert first.returncode == 0, first.stderr
     assert "Stopped Clipper Docker cluster 'default-cluster' (4 containers)" in first.stdout
     assert run_script("closeClipper.py").stdout.strip() == "No Clipper cluster is running."
+
+
+def test_a_base_without_the_clients_python_is_refused_before_building(engine_with_base, base_image):
+    from e2e.test_python_versions import pyenv_python, venv_with_requirements
+    other = "3.9" if CLIENT_PYTHON == "3.13" else "3.13"
+    python = pyenv_python(other)
+    if python is None:
+        pytest.skip(f"Python {other} is not installed (pyenv versions)")
+    result = run_script("basicQuerySimplified.py", "--backend", "docker", python=venv_with_requirements(python))
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"Error: The base image {base_image} has Python {CLIENT_PYTHON}, but this client runs Python {other}: "
+        "models are cloudpickled"), result.stderr
