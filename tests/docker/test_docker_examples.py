@@ -9,7 +9,8 @@ import pytest
 
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL
 from clipper_admin.docker.images import CLIENT_PYTHON
-from scripts import RESPONSE_LINE, run_script, start_script, wait_for_predictions
+from scripts import (RESPONSE_LINE, pyenv_python, run_script, start_script, venv_with_requirements,
+                     wait_for_predictions)
 
 # The first test may build the base image (debootstrap) and the runtime image: minutes.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -66,7 +67,6 @@ def test_close_clipper_stops_a_docker_cluster_left_by_a_killed_script(engine_wit
 
 
 def test_a_base_without_the_clients_python_is_refused_before_building(engine_with_base, base_image):
-    from e2e.test_python_versions import pyenv_python, venv_with_requirements
     other = "3.9" if CLIENT_PYTHON == "3.13" else "3.13"
     python = pyenv_python(other)
     if python is None:

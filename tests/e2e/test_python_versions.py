@@ -3,45 +3,9 @@
 The venvs are cached by interpreter and requirements, so only the first run installs.
 Versions come from pyenv; a version that is not installed is skipped, saying so.
 """
-import hashlib
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 
-from conftest import ROOT
-from scripts import RESPONSE_LINE, assert_nothing_left, run_script
-
-CACHE = Path.home() / ".cache" / "clipper-tests"
-
-
-def pyenv_python(minor):
-    """The newest pyenv interpreter of ``minor`` (e.g. "3.9"), or None."""
-    if not shutil.which("pyenv"):
-        return None
-    listed = subprocess.run(["pyenv", "versions", "--bare"], capture_output=True, text=True).stdout.split()
-    matching = sorted((v for v in listed if v.startswith(minor + ".")),
-                      key=lambda v: [int(part) for part in v.split(".") if part.isdigit()])
-    if not matching:
-        return None
-    prefix = subprocess.run(["pyenv", "prefix", matching[-1]], capture_output=True, text=True).stdout.strip()
-    return Path(prefix) / "bin" / "python"
-
-
-def venv_with_requirements(python):
-    requirements = (ROOT / "requirements.txt").read_bytes()
-    key = hashlib.sha256(str(python).encode() + requirements).hexdigest()[:12]
-    venv = CACHE / f"venv-{python.parent.parent.name}-{key}"
-    if not (venv / "ready").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([str(python), "-m", "venv", str(venv)], check=True)
-        install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r",
-                                  str(ROOT / "requirements.txt")], capture_output=True, text=True)
-        if install.returncode != 0:
-            pytest.skip(f"could not install requirements.txt for {python}: {install.stderr[-500:]}")
-        (venv / "ready").touch()
-    return venv / "bin" / "python"
+from scripts import RESPONSE_LINE, assert_nothing_left, pyenv_python, run_script, venv_with_requirements
 
 
 @pytest.mark.slow
