@@ -1,4 +1,5 @@
 """``python -m clipper <role> [--flag=value ...]``: run one process of a cluster."""
+import gc
 import sys
 
 from clipper.config import Config
@@ -23,6 +24,11 @@ def main(argv=None) -> None:
         from clipper.cluster.redis_binary import main as run
     else:
         from clipper.cluster.supervisor import main as run
+    # What is loaded by now lives as long as the process: keep it out of the collector's
+    # passes, and let young objects pile up longer between them. Measured with wrk, 3 rounds
+    # each against the aiohttp floor: 64 clients 0.52 -> 0.55 of it; 1 client unchanged.
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     run(config)
 
 

@@ -260,10 +260,18 @@ class ClipperConnection(object):
 
     def _stop_and_delete(self, model_versions):
         self.cm.stop_models(model_versions)
+        self._delete_versions(model_versions)
+        logger.info("Stopped all containers for these models and versions:\n{}".format(model_versions))
+
+    def _delete_versions(self, model_versions):
+        """Unregister stopped versions; return once no replica of them is listed (the query
+        frontend notices a closed connection a moment after the process ends)."""
         for name, versions in model_versions.items():
             for version in versions:
                 self._admin("delete_versioned_model", {"model_name": name, "model_version": version})
-        logger.info("Stopped all containers for these models and versions:\n{}".format(model_versions))
+        for name, versions in model_versions.items():
+            for version in versions:
+                self._wait_for_replicas(name, version, 0)
 
     def stop_models(self, model_names):
         self._require_connection()
@@ -285,9 +293,7 @@ class ClipperConnection(object):
         self._require_connection()
         model_versions = self._versions_by_model(lambda m: True)
         self.cm.stop_all_model_containers()
-        for name, versions in model_versions.items():
-            for version in versions:
-                self._admin("delete_versioned_model", {"model_name": name, "model_version": version})
+        self._delete_versions(model_versions)
         logger.info("Stopped all Clipper model containers")
 
     # ---- local check of a predict function ----
