@@ -1,9 +1,9 @@
 """The peer: Ray Serve answering the same prediction with the same function.
 
-Runs in the benchmark's own venv (bench/setup-peer.sh), started by bench/run.py:
-    <ray venv>/bin/python bench/ray_peer.py <port> [<max ongoing requests per replica>]
+Runs in the benchmark's own venv (bench/setup-peer.sh), started by bench/servers.py:
+    <ray venv>/bin/python bench/ray_peer.py <port> <scratch dir> [<max ongoing requests per replica>]
 Ray's throughput-optimized mode is chosen by its environment variables
-(RAY_SERVE_THROUGHPUT_OPTIMIZED=1, RAY_SERVE_ENABLE_HA_PROXY=1), set by bench/run.py.
+(RAY_SERVE_THROUGHPUT_OPTIMIZED=1, RAY_SERVE_ENABLE_HA_PROXY=1), set by bench/servers.py.
 """
 import sys
 import time
@@ -21,9 +21,10 @@ class Sum:
 
 
 if __name__ == "__main__":
-    port = int(sys.argv[1])
-    options = {"max_ongoing_requests": int(sys.argv[2])} if len(sys.argv) > 2 else {}
-    ray.init(include_dashboard=False, log_to_driver=False)
+    port, scratch = int(sys.argv[1]), sys.argv[2]
+    options = {"max_ongoing_requests": int(sys.argv[3])} if len(sys.argv) > 3 else {}
+    # A new local Ray instance of our own (never one found running), its files in our scratch dir.
+    ray.init(address="local", _temp_dir=scratch, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(Sum.options(**options).bind(), route_prefix="/")
     print("ready", flush=True)

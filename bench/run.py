@@ -1,46 +1,43 @@
 """The serving benchmark: our cluster against a floor and a peer, in one run, as ratios.
 
-    sh bench/setup-peer.sh          # once: bench dependencies, Ray Serve in its own venv
-    python bench/run.py             # about 6 minutes; --quick for a 1-minute smoke run
+    sh bench/setup-peer.sh          # once: bench dependencies, and Ray Serve in its own venv
+    python bench/run.py             # about 8 minutes; --quick: 2 s per point, about 2 minutes
 
-Load comes from wrk (Debian's package) on loopback. Every scenario is measured in the same
-run on the same machine, and every target of issue 4 is checked as a ratio:
-- the floor: a bare uvloop + httptools server that parses the same JSON and sums it (and,
-  for reference, the same on aiohttp, our HTTP stack, on uvloop and on plain asyncio);
+Load comes from wrk (Debian's package) on loopback; every server listens on 127.0.0.1.
+Every scenario is measured in the same run on the same machine:
+- floors: an HTTP server that parses the same JSON and sums it, bare (uvloop + httptools) and
+  on aiohttp (our HTTP stack), the latter on uvloop and on asyncio (why we run uvloop);
 - the peer: Ray Serve with the same function, default and throughput-optimized (skipped,
   saying so, when its venv is missing);
-- our cluster with the sum-model (200 doubles): cache off, cache on (hits and misses);
+- our cluster with the sum-model (a Python closure, 200 doubles): cache off, cache on
+  (repeated input: hits; new inputs: misses);
 - batching: a model that costs 2 ms per call plus 20 us per item, adaptive vs batch size 1.
-Writes bench/results/<date>.md and .json, and a PNG of latency against concurrency.
+Prints the figures and issue 4's targets as ratios (PASS/MISS); writes them to
+bench/results/<date>.md and .json with a PNG of latency against concurrency.
+--profile adds py-spy profiles of the query frontend under load (bench/results/).
 """
 import argparse
-import contextlib
 import datetime
 import json
 import os
-import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
-import psutil
-
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
-from clipper_admin import ClipperConnection, LocalContainerManager  # noqa: E402
+import pyspy  # noqa: E402
+import report  # noqa: E402
+import servers  # noqa: E402
+from load import wrk  # noqa: E402
 from clipper_admin.deployers import python as python_deployer  # noqa: E402
 
 CONCURRENCY = (1, 16, 64)
-CLUSTER_PORTS = dict(clipper_query_port=21337, clipper_management_port=21338,
-                     clipper_rpc_port=27000, clipper_metric_port=21390)
-FLOOR_PORT, PEER_PORT = 21400, 21401
-RAY_VENV = Path(os.environ.get("CLIPPER_BENCH_RAY_VENV", Path.home() / ".cache/clipper-bench/ray-venv"))
-BATCH_SLO_MICROS = 100_000
+SLO_MICROS = 1_000_000     # generous: a default output is not a prediction, none should occur
 
 
 def feature_sum(xs):
@@ -48,228 +45,122 @@ def feature_sum(xs):
 
 
 def costly_per_call(xs):
-    # Sleeping, not spinning: the model's cost must not take the CPU the frontend needs,
-    # as a GPU or a remote service would not.
+    # Sleeping, not spinning: the cost stands for a GPU or a remote service, which wait
+    # without taking the CPU the frontend needs; on 2 shared cores a busy loop would measure
+    # CPU contention instead of batching.
     time.sleep(0.002 + 20e-6 * len(xs))
     return [str(sum(x)) for x in xs]
 
 
-# ---- load ----
-def wrk(url, connections, seconds, body="fixed"):
-    """Closed-loop load from wrk; requests/s and latency percentiles in microseconds."""
-    threads = 1 if connections == 1 else 2
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
-               "-s", str(HERE / "wrk_post.lua"), url]
-    output = subprocess.run(command, capture_output=True, text=True, check=True,
-                            env={**os.environ, "BENCH_BODY": body}).stdout
-    result = json.loads(output.strip().splitlines()[-1])
-    result["failed"] = result["socket_errors"] + result["non_2xx"]
-    result["rps"] = (result["requests"] - result["failed"]) / (result["duration_us"] / 1e6)
-    return result
+# ---- measuring ----
+def series(url, seconds, body="unique", concurrency=CONCURRENCY, defaults=None):
+    """One point per concurrency after a warm-up. ``defaults()``, when given, counts the
+    default outputs answered so far: they are not predictions, so they do not count as served."""
+    wrk(url, max(concurrency), max(1, seconds // 2), body)
+    points = {}
+    for c in concurrency:
+        before = defaults() if defaults else 0
+        point = wrk(url, c, seconds, body)
+        point["defaults"] = (defaults() - before) if defaults else 0
+        point["rps"] -= point["defaults"] / (point["duration_us"] / 1e6)
+        points[c] = point
+    return points
 
 
-def series(url, seconds, body="fixed", concurrency=CONCURRENCY):
-    wrk(url, max(concurrency), max(1, seconds // 3), body)        # warm up
-    return {c: wrk(url, c, seconds, body) for c in concurrency}
+def default_outputs(app):
+    """Default outputs the query frontend has answered for ``app``, from its /metrics."""
+    port = servers.CLUSTER_PORTS["clipper_query_port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        document = json.load(response)
 
-
-# ---- servers under test ----
-def wait_for_port(port, process, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        with contextlib.closing(socket.socket()) as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listened on {port} within {timeout} s")
-
-
-def port_free(port):
-    with contextlib.closing(socket.socket()) as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
-
-
-@contextlib.contextmanager
-def subprocess_server(command, port, env=None):
-    if not port_free(port):    # else we would measure whatever listens there
-        raise RuntimeError(f"port {port} is taken: stop what listens there first")
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    def value(category, name, field):
+        return next(float(entry[name][field]) for entry in document.get(category, []) if name in entry)
     try:
-        wait_for_port(port, process)
-        yield f"http://127.0.0.1:{port}/bench/predict"
-    finally:
-        os.killpg(process.pid, 15)
-        process.wait(30)
+        count = value("counters", f"app:{app}:num_predictions", "count")
+        ratio = value("ratio_counters", f"app:{app}:default_prediction_ratio", "ratio")
+    except StopIteration:
+        return 0
+    return 0 if ratio != ratio else round(count * ratio)   # nan before the first prediction
 
 
-def floor(kind, loop="uvloop"):
-    return subprocess_server([sys.executable, str(HERE / "floor_server.py"), kind, str(FLOOR_PORT), loop],
-                             FLOOR_PORT)
+def deploy(conn, app, func, batch_size=-1):
+    python_deployer.create_endpoint(conn, app, "doubles", func, slo_micros=SLO_MICROS, batch_size=batch_size)
+    return servers.app_url(app), lambda: default_outputs(app)
 
 
-@contextlib.contextmanager
-def ray_peer(throughput_optimized):
-    """Ray Serve by default, or as its docs say for high throughput: its optimized data path,
-    HAProxy ingress, and up to 256 requests in flight per replica (not 5)."""
-    command = [str(RAY_VENV / "bin" / "python"), str(HERE / "ray_peer.py"), str(PEER_PORT)]
-    env = {}
-    if throughput_optimized:
-        command.append("256")
-        env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
-    try:
-        with subprocess_server(command, PEER_PORT, env) as url:
-            wrk(url, 1, 3)       # Serve answers on its port before its replica is up
-            yield url
-    finally:
-        subprocess.run([str(RAY_VENV / "bin" / "ray"), "stop", "--force"], capture_output=True)
-        # ray stop leaves Serve's HAProxy running: stop whatever runs from the Ray venv.
-        for process in psutil.process_iter(["exe"]):
-            if (process.info["exe"] or "").startswith(str(RAY_VENV)):
-                with contextlib.suppress(psutil.Error):
-                    process.kill()
+def measure_floors(results, seconds):
+    for name, kind, loop in ((report.BARE_FLOOR, "bare", "uvloop"), (report.AIOHTTP_FLOOR, "aiohttp", "uvloop"),
+                             (report.AIOHTTP_ASYNCIO, "aiohttp", "asyncio")):
+        with servers.floor(kind, loop) as url:
+            results[name] = series(url, seconds)
 
 
-@contextlib.contextmanager
-def cluster(cache_size):
-    conn = ClipperConnection(LocalContainerManager(cluster_name="bench", **CLUSTER_PORTS))
-    conn.start_clipper(cache_size=cache_size)
-    try:
-        yield conn
-    finally:
-        conn.stop_all()
+def measure_ours(results, seconds, profile_stem):
+    profiles = []
+    with servers.cluster(cache_size=0) as conn:
+        url, defaults = deploy(conn, "sum", feature_sum)
+        results[report.OURS] = series(url, seconds, defaults=defaults)
+        if profile_stem:
+            for c in (1, 64):
+                out = Path(f"{profile_stem}-query-frontend-c{c}.txt")
+                measured = pyspy.record(servers.query_frontend_pid(conn), url, c, seconds, out)
+                profiles += pyspy.describe(f"{c} client{'s' if c > 1 else ''}, cache off", out, measured)
+        for name, batch_size in ((report.ADAPTIVE, -1), (report.ONE_BY_ONE, 1)):
+            url, defaults = deploy(conn, "adaptive" if batch_size < 0 else "one-by-one", costly_per_call, batch_size)
+            results[name] = series(url, seconds, concurrency=(64,), defaults=defaults)
+    with servers.cluster(cache_size=32 * 2 ** 20) as conn:
+        url, defaults = deploy(conn, "sum", feature_sum)
+        results[report.HITS] = series(url, seconds, body="fixed", defaults=defaults)
+        results[report.MISSES] = series(url, seconds, body="unique", defaults=defaults)
+    return profiles
 
 
-def app_url(conn, app):
-    return f"http://{conn.get_query_addr()}/{app}/predict"
-
-
-# ---- the run ----
-def measure(seconds, with_peer):
-    results = {"floor (bare uvloop)": None, "floor (aiohttp, uvloop)": None}
-    with floor("bare") as url:
-        results["floor (bare uvloop)"] = series(url, seconds)
-    with floor("aiohttp") as url:
-        results["floor (aiohttp, uvloop)"] = series(url, seconds)
-    with floor("aiohttp", loop="asyncio") as url:
-        results["floor (aiohttp, asyncio)"] = series(url, seconds, concurrency=(1, 64))
-    with cluster(cache_size=0) as conn:
-        python_deployer.create_endpoint(conn, "sum", "doubles", feature_sum, slo_micros=1_000_000)
-        results["ours, cache off"] = series(app_url(conn, "sum"), seconds)
-        python_deployer.create_endpoint(conn, "adaptive", "doubles", costly_per_call,
-                                        slo_micros=BATCH_SLO_MICROS)
-        python_deployer.create_endpoint(conn, "one-by-one", "doubles", costly_per_call,
-                                        slo_micros=BATCH_SLO_MICROS, batch_size=1)
-        for app in ("adaptive", "one-by-one"):
-            results[f"batching model, {app}"] = series(app_url(conn, app), seconds, concurrency=(64,))
-    with cluster(cache_size=32 * 2 ** 20) as conn:
-        python_deployer.create_endpoint(conn, "sum", "doubles", feature_sum, slo_micros=1_000_000)
-        results["ours, cache hits"] = series(app_url(conn, "sum"), seconds)
-        results["ours, cache misses"] = series(app_url(conn, "sum"), seconds, body="unique", concurrency=(1,))
-    if with_peer:
-        for name, optimized in (("Ray Serve, default", False), ("Ray Serve, throughput-optimized", True)):
-            with ray_peer(optimized) as url:
+def measure_peer(results, seconds):
+    """Ray Serve, if its venv is there; returns what the report says about it."""
+    if not servers.ray_available():
+        return f"Ray Serve not measured: no `ray[serve]` in {servers.RAY_VENV} (run bench/setup-peer.sh)."
+    notes = []
+    for name, optimized in ((report.RAY_DEFAULT, False), (report.RAY_FAST, True)):
+        try:
+            with servers.ray_peer(optimized) as url:
                 results[name] = series(url, seconds)
-    return results
-
-
-def clean(points):
-    """A series counts only if it was measured and no request in it failed."""
-    return bool(points) and not any(point["failed"] for point in points.values())
-
-
-def targets(results):
-    """(target, measured ratio, bound, passed) for each target of issue 4."""
-    def rps(name, c):
-        return results[name][c]["rps"]
-
-    def p50(name, c):
-        return results[name][c]["p50_us"]
-    floor_ = "floor (bare uvloop)"
-    rays = [n for n in ("Ray Serve, default", "Ray Serve, throughput-optimized") if clean(results.get(n))]
-    best_ray = max(rays, key=lambda n: rps(n, 64)) if rays else None
-    rows = [("c=1 p50 latency, ours / floor", p50("ours, cache off", 1) / p50(floor_, 1), "<=", 3),
-            ("c=64 throughput, ours / floor", rps("ours, cache off", 64) / rps(floor_, 64), ">=", 0.40),
-            ("c=64 throughput, adaptive batching / batch size 1",
-             rps("batching model, adaptive", 64) / rps("batching model, one-by-one", 64), ">=", 8),
-            ("c=1 p50 latency, cache hit / miss",
-             p50("ours, cache hits", 1) / p50("ours, cache misses", 1), "<=", 0.5)]
-    if best_ray:
-        rows += [(f"c=64 throughput, ours / {best_ray}", rps("ours, cache off", 64) / rps(best_ray, 64), ">=", 2),
-                 ("c=1 p50 latency, ours / best Ray Serve",
-                  p50("ours, cache off", 1) / min(p50(n, 1) for n in rays), "<=", 0.5)]
-    if clean(results.get("Ray Serve, default")):
-        rows.append(("c=64 throughput, ours / Ray Serve default",
-                     rps("ours, cache off", 64) / rps("Ray Serve, default", 64), ">=", 10))
-    return [(name, ratio, op, bound, ratio <= bound if op == "<=" else ratio >= bound)
-            for name, ratio, op, bound in rows]
-
-
-def report(results, checks, seconds):
-    lines = [f"# Benchmark, {datetime.date.today()}",
-             "", f"Machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}, "
-             f"Python {platform.python_version()}; wrk on the same cores; {seconds} s per point.", "",
-             "| scenario | clients | requests/s | p50 (ms) | p99 (ms) | failed |", "|---|---:|---:|---:|---:|---:|"]
-    for name, points in results.items():
-        for c, point in (points or {}).items():
-            lines.append(f"| {name} | {c} | {point['rps']:,.0f} | {point['p50_us'] / 1000:.3f} | "
-                         f"{point['p99_us'] / 1000:.3f} | {point['failed']} |")
-    lines += ["", "| target | measured | bound | |", "|---|---:|---:|---|"]
-    for name, ratio, op, bound, passed in checks:
-        lines.append(f"| {name} | {ratio:.2f} | {op} {bound} | {'met' if passed else 'MISSED'} |")
-    if "Ray Serve, default" not in results:
-        lines.append("\nRay Serve was not measured: run bench/setup-peer.sh first.")
-    for name, points in results.items():
-        if points and not clean(points):
-            lines.append(f"\n{name}: some requests failed, so no target uses it.")
-    return "\n".join(lines) + "\n"
-
-
-def plot(results, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for name in ("floor (bare uvloop)", "floor (aiohttp, uvloop)", "ours, cache off", "ours, cache hits",
-                 "Ray Serve, default", "Ray Serve, throughput-optimized"):
-        points = results.get(name)
-        if points and len(points) > 1:
-            xs = sorted(points)
-            line, = axis.plot(xs, [points[c]["p50_us"] / 1000 for c in xs], marker="o", label=f"{name} p50")
-            axis.plot(xs, [points[c]["p99_us"] / 1000 for c in xs], marker="x", linestyle=":",
-                      color=line.get_color(), label=f"{name} p99")
-    axis.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)",
-             title="Latency against concurrency (200 doubles)")
-    axis.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])
-    axis.legend(fontsize=6, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+        except Exception as error:      # the peer failing must not lose our figures
+            notes.append(f"{name} failed: {error}.")
+    return " ".join([f"Peer: Ray Serve {servers.ray_version()} in its own venv."] + notes)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 s per point instead of 10")
+    parser.add_argument("--quick", action="store_true", help="2 s per point instead of 10 (a smoke run)")
     parser.add_argument("--seconds", type=int, help="seconds per point")
     parser.add_argument("--no-peer", action="store_true", help="skip Ray Serve")
+    parser.add_argument("--profile", action="store_true", help="also profile the query frontend with py-spy")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
+    if args.profile and not pyspy.available():
+        raise SystemExit("--profile needs py-spy: pip install -r bench/requirements.txt")
     seconds = args.seconds or (2 if args.quick else 10)
-    with_peer = not args.no_peer and (RAY_VENV / "bin" / "ray").exists()
-    with tempfile.TemporaryDirectory(prefix="bench-") as state_dir:
-        os.environ["CLIPPER_STATE_DIR"] = state_dir
-        results = measure(seconds, with_peer)
-    checks = targets(results)
-    text = report(results, checks, seconds)
-    print(text)
+    date = datetime.date.today().isoformat()
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    stem = out / f"{datetime.date.today()}{'-quick' if args.quick else ''}"
+    stem = out / f"{date}{'-quick' if args.quick else ''}"
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as state_dir:
+        os.environ["CLIPPER_STATE_DIR"] = state_dir      # the cluster's state stays out of ~/.clipper
+        measure_floors(results, seconds)
+        profiles = measure_ours(results, seconds, stem if args.profile else None)
+        peer = "Peer: skipped (--no-peer)." if args.no_peer else measure_peer(results, seconds)
+    checks = report.targets(results)
+    context = {"date": date, "seconds": seconds, "peer": peer, "profiles": profiles}
+    text = report.markdown(results, checks, context)
+    print(text)
     stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps({"seconds": seconds, "results": results}, indent=1))
-    plot(results, stem.with_suffix(".png"))
+    stem.with_suffix(".json").write_text(json.dumps(
+        {**context, "results": results, "targets": [
+            {"target": name, "ratio": ratio, "op": op, "bound": bound, "passed": report.passed(ratio, op, bound)}
+            for name, ratio, op, bound in checks]}, indent=1))
+    report.plot(results, stem.with_suffix(".png"))
     print(f"written: {stem}.md, .json, .png")
 
 
