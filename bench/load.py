@@ -4,6 +4,7 @@ wrk (Debian's package, C, event-driven) posts the bodies that wrk_post.lua makes
 one JSON line of results from the script's done(). wrk runs as our child, so its CPU time
 is our children's rusage: reported per point, to show how much of the 2 cores it took.
 """
+import itertools
 import json
 import os
 import resource
@@ -11,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().with_name("wrk_post.lua")
+RUNS = itertools.count()     # numbers each wrk run, so that its "unique" inputs are new
 RESULT_FIELDS = {"requests", "duration_us", "socket_errors", "non_2xx", "p50_us", "p99_us"}
 
 
@@ -43,7 +45,7 @@ def wrk(url: str, connections: int, seconds: float, body: str = "unique") -> dic
                "--latency", "-s", str(SCRIPT), url]
     cpu_before = children_cpu_seconds()
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60,
-                          env={**os.environ, "BENCH_BODY": body})
+                          env={**os.environ, "BENCH_BODY": body, "BENCH_RUN": str(next(RUNS))})
     wrk_cpu = children_cpu_seconds() - cpu_before
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited with {done.returncode}: {done.stderr.strip()}")

@@ -16,6 +16,8 @@ import psutil
 from load import wrk
 
 LINE_NUMBER = re.compile(r":\d+\)$")     # "func (file.py:123)" -> one entry per function
+EVENT_LOOP_ENTRY = "Runner.run (asyncio/runners.py"
+EVENT_LOOP = "event loop (uvloop, C: polling, socket reads and writes, callbacks)"
 
 
 def record(pid: int, url: str, connections: int, seconds: int, out: Path) -> dict:
@@ -40,28 +42,48 @@ def record(pid: int, url: str, connections: int, seconds: int, out: Path) -> dic
     return {**load, "cores": cpu / (load["duration_us"] / 1e6), "cpu_us_per_request": cpu * 1e6 / max(served, 1)}
 
 
+def frames_of(stack: str):
+    """A sampled stack, without the start-up chain down to the event loop's run: with
+    --nonblocking, py-spy sees a coroutine's frames without it anyway. Empty means the
+    sample was in the event loop's own C code (uvloop: polling, socket reads and writes)."""
+    frames = [LINE_NUMBER.sub(")", frame) for frame in stack.split(";")]
+    loop_entry = [i for i, frame in enumerate(frames) if frame.startswith(EVENT_LOOP_ENTRY)]
+    return frames[loop_entry[-1] + 1:] if loop_entry else frames
+
+
+def component(frame: str) -> str:
+    """The package (or our module) a function belongs to, from py-spy's "func (path)"."""
+    path = frame.rpartition(" (")[2].rstrip(")")
+    if path.startswith("clipper/"):
+        return path.rsplit(".", 1)[0]
+    return path.split("/", 1)[0] if "/" in path else path
+
+
 def summary(collapsed: Path, top: int):
-    """Samples by function including its callees, and by function itself (self time)."""
-    inclusive, own = collections.Counter(), collections.Counter()
+    """Samples by function including its callees, by function itself, and by component."""
+    inclusive, own, components = collections.Counter(), collections.Counter(), collections.Counter()
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
-        frames = [LINE_NUMBER.sub(")", frame) for frame in stack.split(";")]
         count = int(count)
         total += count
+        frames = frames_of(stack) or [EVENT_LOOP]
         own[frames[-1]] += count
-        for frame in set(frames[1:]):       # frames[0] is the process and thread
+        components[component(frames[-1]) if frames[-1] != EVENT_LOOP else "uvloop"] += count
+        for frame in set(frames):
             inclusive[frame] += count
-    return total, inclusive.most_common(top), own.most_common(top)
+    return total, inclusive.most_common(top), own.most_common(top), components.most_common()
 
 
-def describe(title: str, collapsed: Path, measured: dict, top: int = 15) -> list:
-    total, inclusive, own = summary(collapsed, top)
+def describe(title: str, collapsed: Path, measured: dict, top: int = 12) -> list:
+    total, inclusive, own, components = summary(collapsed, top)
+    shares = ", ".join(f"{name} {n / total:.0%}" for name, n in components if n / total >= 0.01)
     lines = [f"**{title}**: {measured['rps']:,.0f} req/s while sampled; the query frontend used "
              f"{measured['cores']:.2f} cores, {measured['cpu_us_per_request']:.0f} us of CPU per request. "
-             f"Shares of its {total:,} busy samples (raw stacks: `{collapsed.name}`):", "",
+             f"Of its {total:,} busy samples (raw stacks: `{collapsed.name}`), by where the time itself "
+             f"was spent: {shares}.", "",
              "| function, with what it calls | share | function itself | share |", "|---|---:|---|---:|"]
     for (frame, n), (own_frame, own_n) in zip(inclusive, own):
         lines.append(f"| `{frame}` | {n / total:.0%} | `{own_frame}` | {own_n / total:.0%} |")

@@ -1,6 +1,7 @@
 -- wrk script: POST a prediction of 200 doubles (BENCH_INPUT_SIZE), Clipper's {"input": [...]}.
--- BENCH_BODY=unique: every request's first value is new (a per-thread counter), so no
---   prediction cache or in-flight sharing can answer it. A counter rather than 200 fresh
+-- BENCH_BODY=unique: every request's first value is new (a counter per thread, from a start
+--   unique to this run of wrk, BENCH_RUN, and thread), so no prediction cache or in-flight
+--   sharing can answer it, also not with inputs of an earlier run (the warm-up, say). A counter rather than 200 fresh
 --   random doubles: distinct by construction, and the rest of the body is built once, so the
 --   load generator spends no CPU formatting numbers that the servers need.
 -- BENCH_BODY=fixed: every request is the same.
@@ -16,11 +17,13 @@ for i = 1, size do values[i] = string.format("%.17g", math.random()) end
 local fixed = '{"input": [' .. table.concat(values, ",") .. ']}'
 local rest = table.concat(values, ",", 2) .. ']}'
 
--- Each thread counts from its own billion, so threads never send the same input.
+-- Each run and thread counts from its own billion (up to 1e13: exact in a double, and
+-- printed in full by %d), so no two requests of a benchmark send the same input.
+local run = tonumber(os.getenv("BENCH_RUN") or "0")
 local threads = 0
 function setup(thread)
   threads = threads + 1
-  thread:set("first", threads * 1000000000)
+  thread:set("first", (run * 10 + threads) * 1000000000)
 end
 
 function init(args)
@@ -31,7 +34,7 @@ end
 function request()
   if unique then
     count = count + 1
-    return wrk.format(nil, nil, nil, '{"input": [' .. count .. '.5,' .. rest)
+    return wrk.format(nil, nil, nil, string.format('{"input": [%d.5,', count) .. rest)
   end
   return wrk.format(nil, nil, nil, fixed)
 end
