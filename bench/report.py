@@ -95,7 +95,7 @@ def markdown(results, checks, context) -> str:
     for name in (RAY_DEFAULT, RAY_FAST):
         if name not in results:
             lines.append(f"| {name} | not measured | | skipped: {context['peer']} |")
-    lines += [""] + [f"- {line}" for line in observations(results)]
+    lines += [""] + [f"- {line}" for line in observations(results) + context.get("notes", [])]
     for name, points in results.items():
         if points and not clean(points):
             lines.append(f"- {name}: some requests failed, so no target uses it.")

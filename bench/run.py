@@ -11,7 +11,9 @@ Every scenario is measured in the same run on the same machine:
   saying so, when its venv is missing);
 - our cluster with the sum-model (a Python closure, 200 doubles): cache off, cache on
   (repeated input: hits; new inputs: misses);
-- batching: a model that costs 2 ms per call plus 20 us per item, adaptive vs batch size 1.
+- batching: a model that costs 2 ms per call plus 20 us per item, adaptive vs batch size 1;
+- micro-measures: uvloop against asyncio (the aiohttp floor on both), and the round trip to
+  a second process (bench/roundtrip.py).
 Prints the figures and issue 4's targets as ratios (PASS/MISS); writes them to
 bench/results/<date>.md and .json with a PNG of latency against concurrency.
 --profile adds py-spy profiles of the query frontend under load (bench/results/).
@@ -31,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import pyspy  # noqa: E402
+import roundtrip  # noqa: E402
 import report  # noqa: E402
 import servers  # noqa: E402
 from load import wrk  # noqa: E402
@@ -148,11 +151,12 @@ def main(argv=None):
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as state_dir:
         os.environ["CLIPPER_STATE_DIR"] = state_dir      # the cluster's state stays out of ~/.clipper
+        hop = roundtrip.describe(roundtrip.measure(1000 if args.quick else 5000))
         measure_floors(results, seconds)
         profiles = measure_ours(results, seconds, stem if args.profile else None)
         peer = "Peer: skipped (--no-peer)." if args.no_peer else measure_peer(results, seconds)
     checks = report.targets(results)
-    context = {"date": date, "seconds": seconds, "peer": peer, "profiles": profiles}
+    context = {"date": date, "seconds": seconds, "peer": peer, "notes": [hop], "profiles": profiles}
     text = report.markdown(results, checks, context)
     print(text)
     stem.with_suffix(".md").write_text(text)
