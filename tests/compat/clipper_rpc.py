@@ -26,6 +26,10 @@ def read_u32(frame):
     return struct.unpack("<I", frame)[0]
 
 
+def read_u64(frame):
+    return struct.unpack("<Q", frame)[0]
+
+
 def read_u64s(frame):
     return list(struct.unpack("<%dQ" % (len(frame) // 8), frame))
 
@@ -62,10 +66,6 @@ def parse_from_container(frames):
     outputs = frames[5:]
     assert [len(output) for output in outputs] == header[1:]
     return {"type": "response", "msg_id": frames[2], "outputs": outputs}
-
-
-def read_u64(frame):
-    return struct.unpack("<Q", frame)[0]
 
 
 # ---- Clipper -> container ----

@@ -3,7 +3,10 @@
 (b) A model container that speaks as Clipper's Python container does serves predictions
     through our query frontend.
 (c) Our model container answers a peer that plays Clipper's query frontend.
+Neither side uses clipper.rpc.codec: the frames come from clipper_rpc.py, written from
+../shared/clipper-protocol.md section 4.
 """
+import base64
 import os
 import struct
 import subprocess
@@ -22,50 +25,51 @@ from conftest import ROOT, local_cluster
 
 PORTS = dict(query_port=41337, management_port=41338, rpc_port=47000, metric_port=41390)
 PEER_PORT = 47100
+IDLE_HEARTBEAT_SECONDS = 5      # Clipper's container: SOCKET_POLLING_TIMEOUT_MILLIS
 
 
+# ---- (b) a container as Clipper's Python container, against our query frontend ----
 class ClipperStyleContainer(threading.Thread):
     """A DEALER that registers and answers batches frame for frame as Clipper's container."""
 
     def __init__(self, address, name, version, input_type, predict):
         super().__init__(daemon=True)
-        self.address, self.predict = address, predict
+        self.address, self.input_type, self.predict = address, input_type, predict
         self.registration = rpc.new_container(name, version, input_type)
-        self.batches = []
+        self.batches = []               # sizes of the batches served
+        self.error = None               # what went wrong in the thread, for the test to report
         self.stopping = threading.Event()
 
     def run(self):
-        context = zmq.Context.instance()
-        socket = context.socket(zmq.DEALER)
+        socket = zmq.Context.instance().socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.connect(self.address)
-        socket.send_multipart(rpc.heartbeat())
-        last_heartbeat = time.monotonic()
         try:
-            while not self.stopping.is_set():
-                if not socket.poll(100):
-                    if time.monotonic() - last_heartbeat > 5:   # as Clipper's container, when idle
-                        socket.send_multipart(rpc.heartbeat())
-                        last_heartbeat = time.monotonic()
-                    continue
-                message = rpc.parse_from_clipper(socket.recv_multipart())
-                if message["type"] == "heartbeat_reply":
-                    if message["heartbeat_type"] == rpc.REQUEST_CONTAINER_METADATA:
-                        socket.send_multipart(self.registration)
-                    continue
-                self.batches.append(len(message["inputs"]))
-                outputs = [self.predict(i).encode() for i in message["inputs"]]
-                socket.send_multipart(rpc.prediction_response(message["msg_id"], outputs))
+            self._serve(socket)
+        except Exception as error:      # noqa: BLE001 - surfaced by the fixture
+            self.error = error
         finally:
             socket.close()
 
-
-def sum_of_doubles(raw):
-    return repr(sum(struct.unpack("<%dd" % (len(raw) // 8), raw)))
-
-
-def shout(raw):
-    return raw.decode().upper()
+    def _serve(self, socket):
+        socket.send_multipart(rpc.heartbeat())
+        last_heartbeat = time.monotonic()
+        while not self.stopping.is_set():
+            if not socket.poll(100):    # short polls, so that the test can stop the thread
+                if time.monotonic() - last_heartbeat > IDLE_HEARTBEAT_SECONDS:
+                    socket.send_multipart(rpc.heartbeat())
+                    last_heartbeat = time.monotonic()
+                continue
+            message = rpc.parse_from_clipper(socket.recv_multipart())
+            if message["type"] == "heartbeat_reply":
+                if message["heartbeat_type"] == rpc.REQUEST_CONTAINER_METADATA:
+                    socket.send_multipart(self.registration)
+                continue
+            # Clipper's container raises on a batch of another type.
+            assert message["input_type"] == rpc.TYPE_CODES[self.input_type], message
+            self.batches.append(len(message["inputs"]))
+            outputs = [self.predict(i).encode() for i in message["inputs"]]
+            socket.send_multipart(rpc.prediction_response(message["msg_id"], outputs))
 
 
 @pytest.fixture(scope="module")
@@ -76,19 +80,21 @@ def cluster():
 
 @pytest.fixture
 def container(cluster):
+    """start(name, input_type, predict): app and containerless model ``name``, served by us."""
     started = []
 
-    def start(app, model, input_type, predict):
-        cluster.register_application(app, input_type, "default", 2_000_000)
-        cluster.register_model(model, "1", input_type)      # containerless: we bring our own
-        cluster.link_model_to_app(app, model)
-        peer = ClipperStyleContainer(f"tcp://127.0.0.1:{PORTS['rpc_port']}", model, "1",
+    def start(name, input_type, predict):
+        cluster.register_application(name, input_type, "default", 2_000_000)
+        cluster.register_model(name, "1", input_type)      # containerless: we bring our own
+        cluster.link_model_to_app(name, name)
+        peer = ClipperStyleContainer(f"tcp://127.0.0.1:{PORTS['rpc_port']}", name, "1",
                                      input_type, predict)
         peer.start()
         started.append(peer)
         deadline = time.monotonic() + 10
-        while not any(r["model_name"] == model for r in cluster.get_all_model_replicas(verbose=True)):
-            assert time.monotonic() < deadline, "the container did not register"
+        while f"{name}:1:0" not in cluster.get_all_model_replicas():
+            assert peer.error is None and time.monotonic() < deadline, \
+                f"the container did not register: {peer.error!r}"
             time.sleep(0.05)
         return peer
 
@@ -96,6 +102,7 @@ def container(cluster):
     for peer in started:
         peer.stopping.set()
         peer.join(5)
+        assert peer.error is None, f"the Clipper-style container failed: {peer.error!r}"
 
 
 def predict(conn, app, body):
@@ -104,8 +111,12 @@ def predict(conn, app, body):
     return response.json()
 
 
-def test_clipper_style_container_serves_doubles_through_our_frontend(cluster, container):
-    peer = container("raw-sum", "raw-sum", "doubles", sum_of_doubles)
+def unpack(code, raw):
+    return struct.unpack("<%d%s" % (len(raw) // struct.calcsize(code), code), raw)
+
+
+def test_clipper_style_container_serves_doubles(cluster, container):
+    peer = container("raw-sum", "doubles", lambda raw: repr(sum(unpack("d", raw))))
     single = predict(cluster, "raw-sum", {"input": [1.0, 2.0, 3.5]})
     assert single["output"] == 6.5 and single["default"] is False
     batch = predict(cluster, "raw-sum", {"input_batch": [[1, 1], [2.5], [0.25, 0.25, 0.5]]})
@@ -113,48 +124,109 @@ def test_clipper_style_container_serves_doubles_through_our_frontend(cluster, co
     assert sum(peer.batches) == 4
 
 
-def test_clipper_style_container_serves_strings_through_our_frontend(cluster, container):
-    container("raw-shout", "raw-shout", "strings", shout)
-    assert predict(cluster, "raw-shout", {"input": "hello clipper"})["output"] == "HELLO CLIPPER"
+@pytest.mark.parametrize("input_type, query, predict_one, expected", [
+    ("strings", "hello clipper", lambda raw: raw.decode().upper(), "HELLO CLIPPER"),
+    ("ints", [7, -3, 100], lambda raw: str(max(unpack("i", raw))), 100),
+    ("floats", [0.5, 0.25], lambda raw: str(sum(unpack("f", raw))), 0.75),
+    ("bytes", base64.b64encode(b"\x00\xff\x10").decode(), lambda raw: raw.hex(), "00ff10"),
+])
+def test_clipper_style_container_serves_each_input_type(cluster, container, input_type, query,
+                                                        predict_one, expected):
+    app = f"raw-{input_type}"
+    container(app, input_type, predict_one)
+    assert predict(cluster, app, {"input": query})["output"] == expected
 
 
-def test_our_container_answers_a_clipper_style_frontend(clipper_state_dir, tmp_path):
-    model_dir = save_python_function("peer-sum", lambda xs: [str(float(x.sum())) for x in xs])
-    env = {**os.environ, "PYTHONPATH": str(ROOT), MARKER_ENV: str(clipper_state_dir / "peer"),
-           "CLIPPER_MODEL_NAME": "peer-sum", "CLIPPER_MODEL_VERSION": "4",
-           "CLIPPER_MODEL_PATH": model_dir, "CLIPPER_INPUT_TYPE": "doubles",
-           "CLIPPER_IP": "127.0.0.1", "CLIPPER_PORT": str(PEER_PORT)}
-    context = zmq.Context.instance()
-    router = context.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.bind(f"tcp://127.0.0.1:{PEER_PORT}")
-    process = subprocess.Popen([sys.executable, "-m", "clipper", "model-container"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+# ---- (c) our container, against a peer playing Clipper's query frontend ----
+class ClipperStyleFrontend:
+    """A ROUTER bound as Clipper's RPC service: answers heartbeats as Clipper does."""
 
-    def receive():
-        assert router.poll(20_000), "the container said nothing"
-        identity, *frames = router.recv_multipart()
-        return identity, rpc.parse_from_container(frames)
+    def __init__(self, port):
+        self.socket = zmq.Context.instance().socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(f"tcp://127.0.0.1:{port}")
+        self.registered = {}            # identity -> its new-container message
+        self.next_msg_id = 0            # Clipper counts batches from 0
 
-    try:
-        identity, first = receive()
-        assert first == {"type": "heartbeat"}
-        router.send_multipart([identity, *rpc.heartbeat_reply(rpc.REQUEST_CONTAINER_METADATA)])
-        identity, registration = receive()
-        assert registration == {"type": "new_container", "name": "peer-sum", "version": "4",
-                                "input_type": rpc.TYPE_CODES["doubles"], "rpc_version": 3}
-        router.send_multipart([identity, *rpc.heartbeat_reply(rpc.KEEPALIVE)])
-        inputs = [struct.pack("<3d", 1, 2, 3), struct.pack("<3d", 0.5, 0.5, 0.5),
-                  struct.pack("<1d", 42)]          # unequal sizes: an object array of rows
-        router.send_multipart([identity, *rpc.prediction_request(7, "doubles", inputs)])
+    def receive(self, timeout_seconds=20):
+        """The next message that is not a heartbeat; heartbeats are answered on the way."""
+        deadline = time.monotonic() + timeout_seconds
         while True:
-            identity, reply = receive()
-            if reply["type"] != "heartbeat":
-                break
-        assert reply["msg_id"] == rpc.u32(7)
-        assert reply["outputs"] == [b"6.0", b"1.5", b"42.0"]
-    finally:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0 and self.socket.poll(remaining * 1000), "the container said nothing"
+            identity, *frames = self.socket.recv_multipart()
+            message = rpc.parse_from_container(frames)
+            if message["type"] != "heartbeat":
+                return identity, message
+            # Unknown identity: ask who it is; a registered one is kept alive.
+            kind = rpc.KEEPALIVE if identity in self.registered else rpc.REQUEST_CONTAINER_METADATA
+            self.socket.send_multipart([identity, *rpc.heartbeat_reply(kind)])
+
+    def accept_container(self):
+        identity, message = self.receive()
+        assert message["type"] == "new_container", message
+        self.registered[identity] = message
+        return identity, message
+
+    def predict(self, identity, input_type, inputs):
+        msg_id = self.next_msg_id
+        self.next_msg_id += 1
+        self.socket.send_multipart([identity, *rpc.prediction_request(msg_id, input_type, inputs)])
+        _, reply = self.receive()
+        assert reply["type"] == "response" and reply["msg_id"] == rpc.u32(msg_id), reply
+        return reply["outputs"]
+
+    def close(self):
+        self.socket.close()
+
+
+def describe_batch(batch):
+    """The model: what it was handed, per input (Clipper's container shapes, section 4.5)."""
+    return [f"{batch.dtype}{list(batch.shape)} {item!r}" for item in batch]
+
+
+@pytest.fixture
+def our_container(clipper_state_dir):
+    """start(input_type): our model container for ``describe_batch``, dialling a Clipper-style peer."""
+    frontend = ClipperStyleFrontend(PEER_PORT)
+    model_dir = save_python_function("peer-model", describe_batch)
+    processes = []
+
+    def start(input_type):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), MARKER_ENV: str(clipper_state_dir / "peer"),
+               "CLIPPER_MODEL_NAME": "peer-model", "CLIPPER_MODEL_VERSION": "4",
+               "CLIPPER_MODEL_PATH": model_dir, "CLIPPER_INPUT_TYPE": input_type,
+               "CLIPPER_IP": "127.0.0.1", "CLIPPER_PORT": str(PEER_PORT)}
+        processes.append(subprocess.Popen([sys.executable, "-m", "clipper", "model-container"],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        return frontend
+
+    yield start
+    frontend.close()
+    for process in processes:
         process.terminate()
         _, stderr = process.communicate(timeout=10)
-        router.close()
-    assert process.returncode in (0, -15), stderr.decode()[-2000:]
+        assert process.returncode in (0, -15), stderr.decode()[-2000:]
+
+
+def test_our_container_registers_and_serves_doubles(our_container):
+    frontend = our_container("doubles")
+    identity, registration = frontend.accept_container()
+    assert registration == {"type": "new_container", "name": "peer-model", "version": "4",
+                            "input_type": rpc.TYPE_CODES["doubles"], "rpc_version": 3}
+    # Unequal sizes: a 1-D object array of rows; equal sizes: one 2-D float64 array.
+    uneven = frontend.predict(identity, "doubles", [struct.pack("<3d", 1, 2, 3),
+                                                    struct.pack("<1d", 42)])
+    assert uneven == [b"object[2] array([1., 2., 3.])", b"object[2] array([42.])"]
+    even = frontend.predict(identity, "doubles", [struct.pack("<2d", 1, 2),
+                                                  struct.pack("<2d", 0.5, 0.25)])
+    assert even == [b"float64[2, 2] array([1., 2.])", b"float64[2, 2] array([0.5 , 0.25])"]
+    assert len(frontend.registered) == 1    # one session throughout
+
+
+def test_our_container_serves_strings(our_container):
+    frontend = our_container("strings")
+    identity, registration = frontend.accept_container()
+    assert registration["input_type"] == rpc.TYPE_CODES["strings"]
+    outputs = frontend.predict(identity, "strings", ["héllo".encode(), b"", b"clipper"])
+    assert outputs == [b"object[3] b'h\\xc3\\xa9llo'", b"object[3] b''", b"object[3] b'clipper'"]
