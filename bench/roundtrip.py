@@ -29,22 +29,29 @@ while True:
 """
 
 
+def timed(exchange, count: int, warm_up: int = 500) -> list:
+    """Microseconds per call of ``exchange`` (one round trip), ``count`` times after a warm-up."""
+    times = []
+    for i in range(count + warm_up):
+        started = time.perf_counter()
+        exchange()
+        if i >= warm_up:
+            times.append((time.perf_counter() - started) * 1e6)
+    return times
+
+
 def round_trips(address: str, count: int) -> list:
-    """Microseconds per round trip, ``count`` times, after a warm-up."""
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     router.bind(address)
     echo = subprocess.Popen([sys.executable, "-c", ECHO, address])
     try:
         identity, _ = router.recv_multipart()
-        times = []
-        for i in range(count + 500):
-            started = time.perf_counter()
+
+        def exchange():
             router.send_multipart([identity, PAYLOAD])
             router.recv_multipart()
-            if i >= 500:
-                times.append((time.perf_counter() - started) * 1e6)
-        return times
+        return timed(exchange, count)
     finally:
         echo.kill()
         echo.wait()
@@ -70,17 +77,14 @@ def plain_round_trips(count: int) -> list:
         try:
             connection, _ = server.accept()
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            times = []
+
+            def exchange():
+                connection.sendall(PAYLOAD)
+                received = 0
+                while received < len(PAYLOAD):
+                    received += len(connection.recv(65536))
             with connection:
-                for i in range(count + 500):
-                    started = time.perf_counter()
-                    connection.sendall(PAYLOAD)
-                    received = 0
-                    while received < len(PAYLOAD):
-                        received += len(connection.recv(65536))
-                    if i >= 500:
-                        times.append((time.perf_counter() - started) * 1e6)
-            return times
+                return timed(exchange, count)
         finally:
             echo.kill()
             echo.wait()

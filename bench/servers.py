@@ -22,6 +22,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from clipper.cluster import registry  # noqa: E402
 from clipper_admin import ClipperConnection, LocalContainerManager  # noqa: E402
 
 # One port block for the whole benchmark, all on 127.0.0.1.
@@ -139,15 +140,7 @@ def processes_marked(marker: str):
 
 
 def stop_marked(marker: str, grace: float = 10) -> None:
-    marked = list(processes_marked(marker))
-    for process in marked:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, alive = psutil.wait_procs(marked, timeout=grace)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    psutil.wait_procs(alive, timeout=grace)
+    registry.terminate(list(processes_marked(marker)), grace)
 
 
 @contextlib.contextmanager
