@@ -30,3 +30,9 @@ async def read_json_body(request: web.Request, timeout: float) -> bytes:
                              "the limit of this server") from None
     except asyncio.TimeoutError:
         raise BodyError(408, f"The request body did not arrive within {timeout:g} s") from None
+    except web.RequestPayloadError as error:
+        # A body aiohttp cannot decode (Content-Encoding: gzip over bytes that are not gzip,
+        # broken chunked framing); unhandled, it was a 500.
+        cause = error.__cause__ or error
+        raise BodyError(400, "The request body could not be decoded: "
+                             f"{getattr(cause, 'message', '') or cause}") from None

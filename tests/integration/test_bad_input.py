@@ -115,3 +115,9 @@ def test_clients_that_vanish_mid_request_leave_nothing_broken(cluster, still_ser
         for _ in range(50):
             with raw_connection(cluster) as connection:
                 connection.sendall(cut)
+
+
+def test_a_body_that_cannot_be_decoded_gets_400(cluster, still_serving):
+    response = requests.post(predict_url(cluster), data=b'{"input": [1.0]}', timeout=10,
+                             headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert response.status_code == 400 and "could not be decoded" in response.json()["cause"]
