@@ -36,6 +36,13 @@ class ClusterView:
         return (name, version) in self.models
 
 
+def _is_pong(message: dict) -> bool:
+    # With decode_responses, redis-py reads the "PONG" answer of a subscribed connection
+    # letter by letter, as {"type": "P", "channel": "O", "data": "N"}; missed, every sync()
+    # waited its full timeout (1 s for each query to an unknown application or version).
+    return message["type"] == "pong" or (message["type"], message["channel"], message["data"]) == ("P", "O", "N")
+
+
 class StateFollower:
     """Loads the view, then applies every change Redis notifies, reconnecting as needed."""
 
@@ -102,7 +109,7 @@ class StateFollower:
                         await self._apply(*schema.parse_keyspace_channel(message["channel"]))
                     finally:
                         self.settled.set()
-                elif message["type"] == "pong" and self._pongs:
+                elif _is_pong(message) and self._pongs:
                     pong = self._pongs.pop(0)
                     if not pong.done():
                         pong.set_result(None)

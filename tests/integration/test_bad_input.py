@@ -1,4 +1,5 @@
 """Hostile and broken requests: each gets a clear 4xx, and the cluster keeps serving."""
+import gzip
 import socket
 import time
 
@@ -8,9 +9,9 @@ import requests
 from clipper_admin import ClipperConnection, LocalContainerManager
 from clipper_admin.deployers import python as python_deployer
 
-PORTS = dict(clipper_query_port=52337, clipper_management_port=52338, clipper_rpc_port=57001,
-             clipper_metric_port=52390)
-BODY_LIMIT = 64 * 1024
+PORTS = dict(clipper_query_port=51337, clipper_management_port=51338, clipper_rpc_port=57000,
+             clipper_metric_port=51390)
+BODY_LIMIT = 256 * 1024
 BODY_TIMEOUT = 1
 
 
@@ -29,76 +30,113 @@ def cluster():
         conn.stop_all(graceful=False)
 
 
+def running(cluster):
+    """Every process of the cluster, by pid and start time: a restarted one differs."""
+    return {(p["pid"], p["create_time"]) for p in cluster.cm.cluster.processes()}
+
+
 @pytest.fixture
 def still_serving(cluster):
-    """After the test's abuse, a good prediction is answered by the model."""
+    """After the test's abuse, no process has died and a good prediction is answered by the model."""
+    before = running(cluster)
     yield
-    response = requests.post(f"http://{cluster.get_query_addr()}/sum/predict", json={"input": [1.5, 2]},
-                             timeout=10)
+    response = requests.post(predict_url(cluster), json={"input": [1.5, 2]}, timeout=10)
     assert response.json() == {"query_id": response.json()["query_id"], "output": 3.5, "default": False}
     assert requests.get(f"http://{cluster.cm.get_admin_addr()}/admin/ping", timeout=5).text == "PONG"
+    assert running(cluster) == before, "a process of the cluster died or was restarted"
 
 
-def post(url, data, content_type="application/json"):
-    return requests.post(url, data=data, headers={"Content-Type": content_type}, timeout=10)
+def post(url, data, content_type="application/json", **headers):
+    return requests.post(url, data=data, headers={"Content-Type": content_type, **headers}, timeout=10)
 
 
-def predict_url(cluster):
-    return f"http://{cluster.get_query_addr()}/sum/predict"
+def predict_url(cluster, app="sum"):
+    return f"http://{cluster.get_query_addr()}/{app}/predict"
 
 
 def admin_url(cluster, endpoint="add_app"):
     return f"http://{cluster.cm.get_admin_addr()}/admin/{endpoint}"
 
 
+def cause(response) -> str:
+    """The explanation: the query API answers JSON {"error", "cause"}, the management API plain text."""
+    if response.headers["Content-Type"].startswith("application/json"):
+        return response.json()["cause"]
+    return response.text
+
+
 def test_oversized_bodies_get_413(cluster, still_serving):
     big = b'{"input": [' + b"1.0," * BODY_LIMIT + b"1.0]}"
-    response = post(predict_url(cluster), big)
-    assert response.status_code == 413
-    assert f"larger than {BODY_LIMIT} bytes" in response.json()["cause"]
-    response = post(admin_url(cluster), big)
-    assert response.status_code == 413 and f"larger than {BODY_LIMIT} bytes" in response.text
+    for url in (predict_url(cluster), admin_url(cluster)):
+        response = post(url, big)
+        assert response.status_code == 413 and f"larger than {BODY_LIMIT} bytes" in cause(response)
 
 
-@pytest.mark.parametrize("depth", [2_000, 30_000])   # both under the body limit
+def test_compressed_bodies_are_limited_and_checked(cluster, still_serving):
+    """Content-Encoding: gzip is decoded, within the same limit; bytes that are not gzip get a 400."""
+    response = post(predict_url(cluster), gzip.compress(b'{"input": [1.0, 2.0]}'), **{"Content-Encoding": "gzip"})
+    assert response.status_code == 200 and response.json()["output"] == 3.0
+    bomb = gzip.compress(b'{"input": [' + b"0.0," * (4 * BODY_LIMIT) + b"0.0]}")
+    assert len(bomb) < BODY_LIMIT / 10
+    for url in (predict_url(cluster), admin_url(cluster)):
+        response = post(url, bomb, **{"Content-Encoding": "gzip"})
+        assert response.status_code == 413 and f"larger than {BODY_LIMIT} bytes" in cause(response)
+        response = post(url, b'{"input": [1.0]}', **{"Content-Encoding": "gzip"})
+        assert response.status_code == 400 and "could not be decoded" in cause(response)
+
+
+@pytest.mark.parametrize("depth", [2_000, 100_000])   # both under the body limit
 def test_deep_nesting_gets_400(cluster, still_serving, depth):
-    nested = b'{"input": ' + b"[" * depth + b"]" * depth + b"}"
-    response = post(predict_url(cluster), nested)
-    assert response.status_code == 400 and "not valid JSON" in response.json()["cause"]
-    response = post(admin_url(cluster), b'{"name": ' + b"[" * depth + b"]" * depth + b"}")
-    assert response.status_code == 400 and "not valid JSON" in response.text
+    for url, key in ((predict_url(cluster), b"input"), (admin_url(cluster), b"name")):
+        response = post(url, b'{"' + key + b'": ' + b"[" * depth + b"]" * depth + b"}")
+        assert response.status_code == 400 and "not valid JSON" in cause(response)
 
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
 def test_nan_and_infinity_get_400(cluster, still_serving, literal):
     response = post(predict_url(cluster), b'{"input": [1.0, ' + literal + b"]}")
-    assert response.status_code == 400 and "not valid JSON" in response.json()["cause"]
+    assert response.status_code == 400 and "not valid JSON" in cause(response)
+    response = post(admin_url(cluster), b'{"name": "a", "input_type": "doubles", "default_output": "x", '
+                                        b'"latency_slo_micros": ' + literal + b"}")
+    assert response.status_code == 400 and "not valid JSON" in cause(response)
 
 
 def test_non_utf8_bodies_get_400(cluster, still_serving):
     response = post(predict_url(cluster), b'{"input": [1.0], "version": "\xff\xfe"}')
-    assert response.status_code == 400 and "not valid JSON" in response.json()["cause"]
+    assert response.status_code == 400 and "not valid JSON" in cause(response)
     response = post(admin_url(cluster), b'{"name": "\xc3\x28"}')
-    assert response.status_code == 400 and "not valid JSON" in response.text
+    assert response.status_code == 400 and "not valid JSON" in cause(response)
 
 
 def test_wrong_content_type_gets_415(cluster, still_serving):
     response = post(predict_url(cluster), b'{"input": [1.0]}', content_type="text/plain")
-    assert response.status_code == 415 and "Content-Type: application/json" in response.json()["cause"]
+    assert response.status_code == 415 and "Content-Type: application/json" in cause(response)
     response = post(admin_url(cluster), b"name=x", content_type="application/x-www-form-urlencoded")
-    assert response.status_code == 415
+    assert response.status_code == 415 and "Content-Type: application/json" in cause(response)
 
 
-def raw_connection(cluster):
-    host, port = cluster.get_query_addr().split(":")
-    return socket.create_connection(("127.0.0.1", int(port)), timeout=10)
+def test_unknown_applications_and_versions_are_refused_at_once(cluster, still_serving):
+    """Before the query frontend's state barrier was fixed, each of these waited 1 s for it."""
+    started = time.monotonic()
+    for i in range(20):
+        response = post(predict_url(cluster, app=f"nosuch{i}"), b'{"input": [1.0]}')
+        assert response.status_code == 404 and "No application named" in cause(response)
+        response = post(predict_url(cluster), b'{"input": [1.0], "version": "%d"}' % (i + 100))
+        assert response.status_code == 400 and "does not exist" in cause(response)
+    assert time.monotonic() - started < 10      # 40 requests; 40 s when each waited
 
 
-def test_a_body_that_trickles_in_gets_408(cluster, still_serving):
-    body = b'{"input": [1.0, 2.0, 3.0, 4.0]}'
-    with raw_connection(cluster) as connection:
-        connection.sendall(b"POST /sum/predict HTTP/1.1\r\nHost: localhost\r\n"
-                           b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+def raw_connection(cluster, api="query"):
+    addr = cluster.get_query_addr() if api == "query" else cluster.cm.get_admin_addr()
+    return socket.create_connection(("127.0.0.1", int(addr.split(":")[1])), timeout=10)
+
+
+@pytest.mark.parametrize("api, path", [("query", b"/sum/predict"), ("management", b"/admin/get_application")])
+def test_a_body_that_trickles_in_gets_408(cluster, still_serving, api, path):
+    body = b'{"name": "sum", "input": [1.0, 2.0, 3.0, 4.0]}'
+    with raw_connection(cluster, api) as connection:
+        connection.sendall(b"POST %s HTTP/1.1\r\nHost: localhost\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (path, len(body)))
         started = time.monotonic()
         for byte in body[:5]:                      # one byte every 0.4 s: slower than the limit
             connection.sendall(bytes([byte]))
@@ -110,14 +148,9 @@ def test_a_body_that_trickles_in_gets_408(cluster, still_serving):
 
 
 def test_clients_that_vanish_mid_request_leave_nothing_broken(cluster, still_serving):
-    for cut in (b"POST /sum/predict HTTP/1.1\r\nHost: loc", b"POST /sum/predict HTTP/1.1\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"input\": [1"):
-        for _ in range(50):
-            with raw_connection(cluster) as connection:
-                connection.sendall(cut)
-
-
-def test_a_body_that_cannot_be_decoded_gets_400(cluster, still_serving):
-    response = requests.post(predict_url(cluster), data=b'{"input": [1.0]}', timeout=10,
-                             headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
-    assert response.status_code == 400 and "could not be decoded" in response.json()["cause"]
+    for api in ("query", "management"):
+        for cut in (b"POST /sum/predict HTTP/1.1\r\nHost: loc", b"POST /sum/predict HTTP/1.1\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"input\": [1"):
+            for _ in range(50):
+                with raw_connection(cluster, api) as connection:
+                    connection.sendall(cut)
