@@ -40,7 +40,8 @@ def _is_pong(message: dict) -> bool:
     # With decode_responses, redis-py reads the "PONG" answer of a subscribed connection
     # letter by letter, as {"type": "P", "channel": "O", "data": "N"}; missed, every sync()
     # waited its full timeout (1 s for each query to an unknown application or version).
-    return message["type"] == "pong" or (message["type"], message["channel"], message["data"]) == ("P", "O", "N")
+    return (message["type"] == "pong"
+            or (message["type"], message["channel"], message["data"]) == ("P", "O", "N"))
 
 
 class StateFollower:

@@ -21,7 +21,8 @@ def total(xs):
 
 @pytest.fixture(scope="module")
 def cluster():
-    conn = ClipperConnection(LocalContainerManager(cluster_name="bad-input", max_body_size=BODY_LIMIT, **PORTS))
+    conn = ClipperConnection(LocalContainerManager(cluster_name="bad-input", max_body_size=BODY_LIMIT,
+                                                   **PORTS))
     conn.start_clipper(qf_http_timeout_content=BODY_TIMEOUT)
     try:
         python_deployer.create_endpoint(conn, "sum", "doubles", total)
@@ -74,14 +75,15 @@ def test_oversized_bodies_get_413(cluster, still_serving):
 
 def test_compressed_bodies_are_limited_and_checked(cluster, still_serving):
     """Content-Encoding: gzip is decoded, within the same limit; bytes that are not gzip get a 400."""
-    response = post(predict_url(cluster), gzip.compress(b'{"input": [1.0, 2.0]}'), **{"Content-Encoding": "gzip"})
+    gzipped = {"Content-Encoding": "gzip"}
+    response = post(predict_url(cluster), gzip.compress(b'{"input": [1.0, 2.0]}'), **gzipped)
     assert response.status_code == 200 and response.json()["output"] == 3.0
     bomb = gzip.compress(b'{"input": [' + b"0.0," * (4 * BODY_LIMIT) + b"0.0]}")
     assert len(bomb) < BODY_LIMIT / 10
     for url in (predict_url(cluster), admin_url(cluster)):
-        response = post(url, bomb, **{"Content-Encoding": "gzip"})
+        response = post(url, bomb, **gzipped)
         assert response.status_code == 413 and f"larger than {BODY_LIMIT} bytes" in cause(response)
-        response = post(url, b'{"input": [1.0]}', **{"Content-Encoding": "gzip"})
+        response = post(url, b'{"input": [1.0]}', **gzipped)
         assert response.status_code == 400 and "could not be decoded" in cause(response)
 
 
@@ -135,8 +137,8 @@ def raw_connection(cluster, api="query"):
 def test_a_body_that_trickles_in_gets_408(cluster, still_serving, api, path):
     body = b'{"name": "sum", "input": [1.0, 2.0, 3.0, 4.0]}'
     with raw_connection(cluster, api) as connection:
-        connection.sendall(b"POST %s HTTP/1.1\r\nHost: localhost\r\n"
-                           b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (path, len(body)))
+        connection.sendall(b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n" % (path, len(body)))
         started = time.monotonic()
         for byte in body[:5]:                      # one byte every 0.4 s: slower than the limit
             connection.sendall(bytes([byte]))
