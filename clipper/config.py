@@ -30,6 +30,8 @@ class Config:
     cache_size: int = DEFAULT_CACHE_SIZE          # prediction cache, bytes; 0 disables it
     max_body_size: int = 4 * 1024 * 1024          # largest request body accepted, bytes
     body_timeout: float = 300.0                   # seconds to receive a request body
+    header_timeout: float = 10.0                  # seconds to receive a request's headers
+    max_batch_size: int = 10_000                  # most inputs in one input_batch
     admin_token: str = ""                         # if set, /admin calls need this bearer token
     replica_timeout: float = 30.0                 # seconds of silence before a replica is dropped
     # model container
