@@ -78,10 +78,14 @@ def observations(results):
     return lines
 
 
+def machine() -> str:
+    return (f"Machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}, Python "
+            f"{platform.python_version()}")
+
+
 def markdown(results, checks, context) -> str:
     lines = [f"# Benchmark, {context['date']}", "",
-             f"Machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}, Python "
-             f"{platform.python_version()}; wrk on the same cores, loopback; {context['seconds']} s per point "
+             f"{machine()}; wrk on the same cores, loopback; {context['seconds']} s per point "
              f"after a warm-up; 200 doubles per request. {context['peer']}", "",
              "| scenario | clients | requests/s | p50 (ms) | p99 (ms) | failed | wrk (cores) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
