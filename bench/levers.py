@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,10 +80,10 @@ def main(argv=None):
     parser.add_argument("revisions", nargs="+", help="name=revision (a git revision, or WORKTREE)")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--concurrency", default="1,64")
+    parser.add_argument("--rounds", type=int, default=3, help="turns over all revisions; medians are reported")
     args = parser.parse_args(argv)
     named = [item.split("=", 1) for item in args.revisions]
     concurrency = [int(c) for c in args.concurrency.split(",")]
-    results = {}
     with tempfile.TemporaryDirectory(prefix="levers-") as scratch, contextlib.ExitStack() as stack:
         os.environ["CLIPPER_STATE_DIR"] = str(Path(scratch) / "state")
         urls = {}
@@ -93,22 +94,33 @@ def main(argv=None):
         urls = {report.BARE_FLOOR: floor, **urls}
         for url in urls.values():                   # warm-up
             wrk(url, max(concurrency), max(1, args.seconds // 2))
-        for c in concurrency:
-            for name, url in urls.items():
-                results.setdefault(name, {})[c] = wrk(url, c, args.seconds)
-                time.sleep(1)
-    text = markdown(results, named, concurrency, args.seconds)
+        rounds = {}
+        for _ in range(args.rounds):
+            for c in concurrency:
+                for name, url in urls.items():
+                    rounds.setdefault(name, {}).setdefault(c, []).append(wrk(url, c, args.seconds))
+                    time.sleep(0.5)
+        results = {name: {c: median_point(points) for c, points in by_c.items()} for name, by_c in rounds.items()}
+    text = markdown(results, named, concurrency, args.seconds, args.rounds)
     print(text)
     stem = HERE / "results" / f"{datetime.date.today().isoformat()}-levers"
     stem.with_suffix(".md").write_text(text)
     stem.with_suffix(".json").write_text(json.dumps({"revisions": dict(named), "results": results}, indent=1))
 
 
-def markdown(results, named, concurrency, seconds) -> str:
+def median_point(points):
+    """The median of each figure over the rounds; failures summed."""
+    return {"rps": statistics.median(p["rps"] for p in points),
+            "p50_us": statistics.median(p["p50_us"] for p in points),
+            "p99_us": statistics.median(p["p99_us"] for p in points),
+            "failed": sum(p["failed"] for p in points), "rounds": points}
+
+
+def markdown(results, named, concurrency, seconds, rounds) -> str:
     floor = results[report.BARE_FLOOR]
     lines = [f"# Levers, {datetime.date.today().isoformat()}", "",
-             f"{report.machine()}; wrk on the same cores, loopback; {seconds} s per point, in turns; "
-             "cache off, 200 doubles per request.", "",
+             f"{report.machine()}; wrk on the same cores, loopback; {seconds} s per point, {rounds} rounds "
+             "in turns over the revisions, medians; cache off, 200 doubles per request.", "",
              "| revision | " + " | ".join(f"{c} client{'s' if c > 1 else ''}: req/s (p50 ms)" for c in concurrency)
              + " | p50 / floor at 1 | req/s / floor at 64 |",
              "|---|" + "---:|" * (len(concurrency) + 2)]
