@@ -5,11 +5,12 @@ frontend's (aiohttp); the query frontend's HTTP layer reads bodies itself. Each 
 a BodyError in its own format.
 """
 import asyncio
-from typing import Optional, Union
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Optional, Union
 
 from clipper.errors import RequestError
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 JSON_MEDIA_TYPES = ("application/json",)
 
@@ -31,8 +32,9 @@ def check_json_media_type(content_type: Optional[Union[str, bytes]]) -> None:
                              "Content-Type: application/json")
 
 
-async def read_json_body(request: web.Request, timeout: float) -> bytes:
+async def read_json_body(request: "web.Request", timeout: float) -> bytes:
     """The raw body of a JSON request, or BodyError with a 4xx status that says what to fix."""
+    from aiohttp import web      # only the management frontend reads bodies through aiohttp
     check_json_media_type(request.headers.get("Content-Type"))
     try:
         return await asyncio.wait_for(request.read(), timeout)

@@ -11,7 +11,6 @@ import logging
 from typing import Dict, List, Optional, Tuple, Union
 
 import orjson
-from aiohttp import web
 
 from clipper import eventloop, openapi, server_runner
 from clipper.config import Config
@@ -116,19 +115,19 @@ class QueryFrontend(http.Application):
             yield
         finally:
             if prometheus is not None:
-                await prometheus.cleanup()
+                await prometheus.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.store.close()
 
-    async def _serve_prometheus(self) -> Optional[web.AppRunner]:
+    async def _serve_prometheus(self) -> Optional[http.Server]:
         if not self.config.metrics_port:
             return None
-        runner = web.AppRunner(prometheus.build_app(self.metrics), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, self.config.host, self.config.metrics_port).start()
-        return runner
+        limits = http.Limits(self.config.max_body_size, self.config.header_timeout,
+                             self.config.body_timeout, KEEPALIVE_TIMEOUT)
+        return await http.Server(prometheus.PrometheusApp(self.metrics), limits).start(
+            self.config.host, self.config.metrics_port)
 
     def _on_model_change(self, model_id: ModelId, model: Optional[Model]) -> None:
         if model is not None and self.dispatcher is not None:
