@@ -407,8 +407,12 @@ class _Stop(Exception):
 
 
 def _path(url: bytes) -> str:
-    if b"?" in url or b"#" in url:
-        url = httptools.parse_url(url).path or b"/"
+    """The decoded path of a request target (origin form, or absolute form for proxies)."""
+    if b"?" in url or b"#" in url or not url.startswith(b"/"):
+        try:
+            url = httptools.parse_url(url).path or b"/"
+        except httptools.HttpParserInvalidURLError:
+            raise RequestError(f"The request target {url[:100]!r} is not a URL") from None
     path = url.decode("utf-8", "replace")
     return unquote(path) if "%" in path else path
 

@@ -222,3 +222,10 @@ def test_http_1_0_and_connection_close_are_answered_then_closed(port):
             connection.sendall(request)
             reply = read_until_closed(connection)
         assert reply.endswith(b"POST /now x") and b"Connection: close" in reply
+
+
+def test_targets_are_decoded_and_absolute_form_is_read(port):
+    with connect(port) as connection:
+        connection.sendall(b"POST http://t/now HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+                           b"POST /a%20b?x=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        assert read_responses(connection, 2) == [(200, b"POST /now "), (200, b"POST /a b ")]
