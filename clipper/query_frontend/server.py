@@ -93,6 +93,7 @@ class QueryFrontend(http.Application):
         self.query_ids = itertools.count()
         self.dispatcher: Optional[Dispatcher] = None
         self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self._description = openapi.document("query")
         self._predictions = self.metrics.counter("internal:aggregate_num_predictions")
         self._throughput = self.metrics.meter("internal:aggregate_model_throughput")
         self._cache_lookups = self.metrics.counter("internal:prediction_cache_lookups")
@@ -178,7 +179,7 @@ class QueryFrontend(http.Application):
         return http.Response(200, self.metrics.report_json())
 
     def describe(self, request: http.Request, _app_name=None) -> http.Response:
-        return http.Response(200, openapi.document("query"))
+        return http.Response(200, self._description)
 
     # ---- predictions ----
     def predict(self, request: http.Request, app_name: str) -> http.Answer:
