@@ -31,6 +31,7 @@ class Config:
     max_body_size: int = 4 * 1024 * 1024          # largest request body accepted, bytes
     body_timeout: float = 300.0                   # seconds to receive a request body
     admin_token: str = ""                         # if set, /admin calls need this bearer token
+    redis_timeout: float = 2.0                    # seconds for any Redis call of the management frontend
     replica_timeout: float = 30.0                 # seconds of silence before a replica is dropped
     # model container
     model_name: str = ""
