@@ -11,6 +11,7 @@ import warnings
 
 import requests
 
+from clipper import launch as recipe
 from clipper_admin.container_manager import CONTAINERLESS_MODEL_IMAGE, is_valid_name
 from clipper_admin.exceptions import ClipperException, UnconnectedException
 
@@ -20,8 +21,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LABEL = []
 DEFAULT_PREDICTION_CACHE_SIZE_BYTES = 33554432
-START_TIMEOUT_SECONDS = 120
-REPLICA_TIMEOUT_SECONDS = 120
 REQUEST_TIMEOUT_SECONDS = 30
 
 
@@ -69,7 +68,7 @@ class ClipperConnection(object):
 
     def _wait_for_replicas(self, name, version, num_replicas):
         """Until exactly ``num_replicas`` replicas of the version are connected."""
-        deadline = time.monotonic() + REPLICA_TIMEOUT_SECONDS
+        deadline = time.monotonic() + recipe.REPLICA_TIMEOUT_SECONDS
         while True:
             connected = [r for r in self.get_all_model_replicas(verbose=True)
                          if r["model_name"] == name and r["model_version"] == str(version)]
@@ -79,7 +78,7 @@ class ClipperConnection(object):
             if failure or time.monotonic() > deadline:
                 raise ClipperException(
                     f"{len(connected)} of {num_replicas} replicas of model {name}:{version} "
-                    f"connected. {failure or f'Timed out after {REPLICA_TIMEOUT_SECONDS} s.'}")
+                    f"connected. {failure or f'Timed out after {recipe.REPLICA_TIMEOUT_SECONDS} s.'}")
             time.sleep(0.05)
 
     # ---- cluster ----
@@ -92,19 +91,6 @@ class ClipperConnection(object):
         self.cm.start_clipper(query_frontend_image, mgmt_frontend_image, frontend_exporter_image,
                               cache_size, qf_http_thread_pool_size, qf_http_timeout_request,
                               qf_http_timeout_content, num_frontend_replicas)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        for url in (f"http://{self.cm.get_query_addr()}/metrics",
-                    f"http://{self.cm.get_admin_addr()}/admin/ping"):
-            while True:
-                try:
-                    if self._http.get(url, timeout=5).status_code == requests.codes.ok:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise ClipperException(f"Clipper did not answer at {url} within "
-                                           f"{START_TIMEOUT_SECONDS} s")
-                time.sleep(0.1)
         logger.info("Clipper is running")
         self.connected = True
 
