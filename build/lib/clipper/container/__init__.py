@@ -1,0 +1,1 @@
+"""Model container runtime: serves a pickled Python function over Clipper's RPC."""

@@ -1,0 +1,54 @@
+"""Load a deployed Python closure and call it on batches shaped as Clipper's container does.
+
+Batch shapes (protocol reference, section 4.5): a 2-D numpy array (one row per input)
+when all inputs have the same length, else a 1-D object array of 1-D arrays; strings are a
+1-D object array of ``bytes``; bytes inputs are signed int8. So Clipper predict functions
+run unchanged.
+"""
+import os
+import sys
+from typing import Callable, List, Sequence
+
+import cloudpickle
+import numpy as np
+
+from clipper.datatypes import InputType
+
+FUNCTION_FILE = "func.pkl"
+MODULES_DIR = "modules"
+
+
+def load_function(model_path: str) -> Callable:
+    """Unpickle ``<model_path>/func.pkl``; ``<model_path>/modules`` is importable, as in Clipper."""
+    modules = os.path.join(model_path, MODULES_DIR)
+    if os.path.isdir(modules):
+        sys.path.append(modules)
+    with open(os.path.join(model_path, FUNCTION_FILE), "rb") as f:
+        return cloudpickle.load(f)
+
+
+def shape_batch(input_type: InputType, inputs: Sequence[bytes]):
+    if input_type is InputType.STRINGS:
+        batch = np.empty(len(inputs), dtype=object)
+        batch[:] = list(inputs)
+        return batch
+    dtype = input_type.numpy_dtype
+    arrays = [np.frombuffer(item, dtype=dtype) for item in inputs]
+    if len({len(item) for item in inputs}) <= 1:
+        return np.stack(arrays) if arrays else np.empty((0, 0), dtype=dtype)
+    batch = np.empty(len(arrays), dtype=object)
+    batch[:] = arrays
+    return batch
+
+
+def run_batch(function: Callable, input_type: InputType, inputs: Sequence[bytes]) -> List[bytes]:
+    """Call the model once; each output is str()-ed and UTF-8 encoded, as Clipper does."""
+    outputs = function(shape_batch(input_type, inputs))
+    try:
+        outputs = list(outputs)
+    except TypeError:
+        raise TypeError(f"the model returned {type(outputs).__name__}, not a list "
+                        "with one output per input") from None
+    if len(outputs) != len(inputs):
+        raise ValueError(f"the model returned {len(outputs)} outputs for {len(inputs)} inputs")
+    return [str(output).encode("utf-8") for output in outputs]

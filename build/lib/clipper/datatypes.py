@@ -1,0 +1,59 @@
+"""Clipper's five input types: their RPC codes, names and memory layouts."""
+import enum
+
+import numpy as np
+
+
+class InputType(enum.IntEnum):
+    """Codes as sent in RPC frames (Clipper's ``DataType`` enum)."""
+
+    BYTES = 0
+    INTS = 1
+    FLOATS = 2
+    DOUBLES = 3
+    STRINGS = 4
+
+    @property
+    def canonical_name(self) -> str:
+        """The spelling Clipper stores in Redis and returns from /admin."""
+        return _CANONICAL[self]
+
+    @property
+    def numpy_dtype(self):
+        """Element type a model container sees (bytes arrive as signed int8, as in Clipper)."""
+        return _NUMPY_DTYPES[self]
+
+    @classmethod
+    def parse(cls, name: str) -> "InputType":
+        """Accept every spelling Clipper accepts (case-sensitive), else ValueError."""
+        try:
+            return _ALIASES[name]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"{name!r} is not a valid input type; use one of "
+                "'bytes', 'ints', 'floats', 'doubles' or 'strings'") from None
+
+
+_CANONICAL = {
+    InputType.BYTES: "bytes",
+    InputType.INTS: "integers",
+    InputType.FLOATS: "floats",
+    InputType.DOUBLES: "doubles",
+    InputType.STRINGS: "strings",
+}
+
+_NUMPY_DTYPES = {
+    InputType.BYTES: np.dtype(np.int8),
+    InputType.INTS: np.dtype("<i4"),
+    InputType.FLOATS: np.dtype("<f4"),
+    InputType.DOUBLES: np.dtype("<f8"),
+    InputType.STRINGS: None,
+}
+
+_ALIASES = {
+    **{alias: InputType.BYTES for alias in ("bytes", "byte", "b")},
+    **{alias: InputType.INTS for alias in ("integers", "ints", "integer", "int", "i")},
+    **{alias: InputType.FLOATS for alias in ("floats", "float", "f")},
+    **{alias: InputType.DOUBLES for alias in ("doubles", "double", "d")},
+    **{alias: InputType.STRINGS for alias in ("strings", "string", "str", "strs", "s")},
+}

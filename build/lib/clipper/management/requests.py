@@ -1,0 +1,149 @@
+"""Validation of /admin request bodies, with Clipper's error texts (pure)."""
+import re
+
+import orjson
+
+from clipper.datatypes import InputType
+from clipper.redis_schema import GROUP_SEPARATORS
+from clipper.rest.inputs import json_type_name
+
+# Schema texts quoted in error messages, as Clipper's management frontend prints them.
+APP_SCHEMA = """
+  {
+  "name" := string,
+  "input_type" := "integers" | "bytes" | "floats" | "doubles" | "strings",
+  "default_output" := string,
+  "latency_slo_micros" := int
+  }
+"""
+LINKS_SCHEMA = """
+  {
+  "app_name" := string,
+  "model_names" := [string]
+  }
+"""
+APP_NAME_SCHEMA = """
+  {
+  "app_name" := string
+  }
+"""
+NAME_SCHEMA = """
+  {
+  "name" := string
+  }
+"""
+VERBOSE_SCHEMA = """
+  {
+  "verbose" := bool
+  }
+"""
+MODEL_SCHEMA = """
+  {
+  "model_name" := string,
+  "model_version" := string,
+  "labels" := [string],
+  "input_type" := "integers" | "bytes" | "floats" | "doubles" | "strings",
+  "container_name" := string,
+  "model_data_path" := string,
+  "batch_size" := int
+  }
+"""
+VERSIONED_MODEL_SCHEMA = """
+  {
+  "model_name" := string,
+  "model_version" := string,
+  }
+"""
+CONTAINER_SCHEMA = """
+  {
+  "model_name" := string,
+  "model_version" := string,
+  "replica_id" := int
+  }
+"""
+STATE_SCHEMA = """
+  {
+  "app_name" := string,
+  "uid" := int,
+  }
+"""
+
+# App names become URL path segments: keep them to characters that need no escaping.
+_APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+_TYPE_NAMES = {str: "String", list: "Array", bool: "bool", int: "int"}
+
+
+class BadRequest(ValueError):
+    """Answered with 400 and this message as a plain-text body."""
+
+
+class Body:
+    """A decoded JSON object, read field by field against one schema."""
+
+    def __init__(self, raw: bytes, schema: str):
+        self.schema = schema
+        try:
+            self.document = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            raise self.error(f"body is not valid JSON ({error})") from None
+        if not isinstance(self.document, dict):
+            raise self.error("body must be a JSON object")
+
+    def error(self, message: str) -> BadRequest:
+        return BadRequest(f"Error parsing JSON: {message}. Expected JSON schema: {self.schema}")
+
+    def _get(self, key: str, kind: type):
+        if key not in self.document:
+            raise self.error(f"JSON object does not have required key: {key}")
+        value = self.document[key]
+        matches = (type(value) is kind) if kind in (bool, int) else isinstance(value, kind)
+        if not matches:
+            raise self.error(f"Type mismatch! JSON key {key} expected type {_TYPE_NAMES[kind]} "
+                             f"but found type {json_type_name(value)}")
+        return value
+
+    def string(self, key: str) -> str:
+        return self._get(key, str)
+
+    def boolean(self, key: str) -> bool:
+        return self._get(key, bool)
+
+    def integer(self, key: str) -> int:
+        value = self._get(key, int)
+        if not _INT32_MIN <= value <= _INT32_MAX:
+            raise self.error(f"JSON key {key} must fit in a 32-bit integer")
+        return value
+
+    def strings(self, key: str) -> list:
+        values = self._get(key, list)
+        for value in values:
+            if not isinstance(value, str):
+                raise self.error(f"Array {key} of type {json_type_name(value)} is not of type string")
+        return values
+
+    def input_type(self, key: str = "input_type") -> InputType:
+        try:
+            return InputType.parse(self.string(key))
+        except ValueError as error:  # Clipper wrote no response at all here
+            raise BadRequest(str(error)) from None
+
+    def app_name(self, key: str) -> str:
+        name = self.string(key)
+        if not _APP_NAME.match(name):
+            raise BadRequest(
+                f"Invalid application name {name!r}: use letters, digits, '-', '_' and '.', "
+                "starting with a letter or digit")
+        return name
+
+    def group_name(self, key: str, what: str) -> str:
+        """A model name or version: used inside Redis keys, so no ',' or ':'."""
+        value = self.string(key)
+        check_group_string(value, what)
+        return value
+
+
+def check_group_string(value: str, what: str) -> None:
+    if any(separator in value for separator in GROUP_SEPARATORS) or not value:
+        raise BadRequest(f"Invalid {what} supplied: {value}. Contains one of: ',', ':'"
+                         if value else f"Invalid {what} supplied: it is empty")

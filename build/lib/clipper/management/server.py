@@ -1,0 +1,308 @@
+"""The /admin endpoints: Clipper 0.4's routes, checks and messages over aiohttp.
+
+Mutations answer plain text, queries answer JSON, every error is a 400 with a message
+that says what to fix. Where Clipper wrote no response at all (invalid input type, unknown
+route) we answer 400 or 404.
+"""
+import hmac
+import logging
+
+import orjson
+import redis.exceptions as redis
+from aiohttp import web
+
+from clipper import openapi
+from clipper import redis_schema as schema
+from clipper.config import Config
+from clipper.datatypes import InputType
+from clipper.management.requests import (
+    APP_NAME_SCHEMA, APP_SCHEMA, CONTAINER_SCHEMA, LINKS_SCHEMA, MODEL_SCHEMA, NAME_SCHEMA,
+    STATE_SCHEMA, VERBOSE_SCHEMA, VERSIONED_MODEL_SCHEMA, BadRequest, Body, check_group_string)
+from clipper.redis_schema import App, Model
+from clipper.request_body import BodyError, read_json_body
+from clipper.store import Store
+
+log = logging.getLogger("clipper.management")
+
+
+def text(message: str) -> web.Response:
+    return web.Response(text=message, content_type="text/plain")
+
+
+def as_json(document) -> web.Response:
+    return web.Response(body=orjson.dumps(document), content_type="application/json")
+
+
+def app_document(app: App, links) -> dict:
+    return {"input_type": app.input_type, "default_output": app.default_output,
+            "latency_slo_micros": app.latency_slo_micros, "name": app.name,
+            "linked_models": links}
+
+
+def model_document(model: Model, current_version) -> dict:
+    return {"model_name": model.name, "model_version": model.version,
+            "input_type": model.input_type, "labels": list(model.labels),
+            "container_name": model.container_name, "model_data_path": model.model_data_path,
+            "is_current_version": model.version == current_version}
+
+
+def container_document(container) -> dict:
+    return {"model_id": schema.model_key(container.model_name, container.model_version),
+            "model_name": container.model_name, "model_version": container.model_version,
+            "model_replica_id": container.replica_id, "input_type": container.input_type}
+
+
+class ManagementAPI:
+    def __init__(self, store: Store, config: Config):
+        self.store = store
+        self.body_timeout = config.body_timeout
+        self.token = config.admin_token.encode()
+
+    def routes(self):
+        post = {
+            "add_app": self.add_app, "delete_app": self.delete_app,
+            "add_model_links": self.add_model_links, "delete_model_links": self.delete_model_links,
+            "add_model": self.add_model, "set_model_version": self.set_model_version,
+            "delete_versioned_model": self.delete_versioned_model,
+            "get_all_applications": self.get_all_applications,
+            "get_application": self.get_application, "get_linked_models": self.get_linked_models,
+            "get_all_models": self.get_all_models, "get_model": self.get_model,
+            "get_all_containers": self.get_all_containers, "get_container": self.get_container,
+            "get_state": self.get_state,
+        }
+        return ([web.post(f"/admin/{name}", self._guarded(handler)) for name, handler in post.items()]
+                + [web.get("/admin/ping", self.ping), openapi.route("management")])
+
+    def _guarded(self, handler):
+        async def guarded(request: web.Request) -> web.Response:
+            if self.token and not self._authorized(request):
+                return web.Response(status=401, content_type="text/plain",
+                                    text="This cluster requires its admin token: "
+                                         "send the header Authorization: Bearer <token>")
+            try:
+                return await handler(await read_json_body(request, self.body_timeout))
+            except BodyError as error:
+                return web.Response(status=error.status, text=str(error), content_type="text/plain")
+            except BadRequest as error:
+                return web.Response(status=400, text=str(error), content_type="text/plain")
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                log.warning("Redis unreachable: %s", error)
+                return web.Response(status=503, content_type="text/plain",
+                                    text="The cluster's state store (Redis) is not reachable right "
+                                         "now; nothing was changed. Retry in a moment.")
+        return guarded
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        return scheme == "Bearer" and hmac.compare_digest(offered.encode(), self.token)
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return text("PONG")
+
+    # ---- applications ----
+    async def add_app(self, raw: bytes) -> web.Response:
+        body = Body(raw, APP_SCHEMA)
+        name = body.app_name("name")
+        input_type = body.input_type()
+        default_output = body.string("default_output")
+        slo = body.integer("latency_slo_micros")
+        if slo <= 0:
+            raise BadRequest(f"latency_slo_micros must be a positive number of microseconds, got {slo}")
+        if await self.store.get_app(name):
+            raise BadRequest(f"application '{name}' already exists")
+        app = App(name, input_type.canonical_name, default_output, slo)
+        await self.store.set_selection_state(app)
+        await self.store.add_app(app)
+        return text(f"Successfully added application with name '{name}'")
+
+    async def delete_app(self, raw: bytes) -> web.Response:
+        name = Body(raw, NAME_SCHEMA).string("name")
+        if not await self.store.get_app(name):
+            raise BadRequest(f"Application '{name}' does not exist")
+        await self.store.delete_app(name)
+        return text(f"Successfully deleted application with name '{name}'")
+
+    # ---- links ----
+    async def add_model_links(self, raw: bytes) -> web.Response:
+        body = Body(raw, LINKS_SCHEMA)
+        app_name, model_names = body.string("app_name"), body.strings("model_names")
+        app = await self.store.get_app(app_name)
+        if not app:
+            raise BadRequest(f"No app with name '{app_name}' exists.")
+        for model_name in model_names:
+            version = await self.store.current_version(model_name)
+            model = version and await self.store.get_model(model_name, version)
+            if not model:
+                raise BadRequest(f"No model with name '{model_name}' exists.")
+            if model.input_type != app.input_type:
+                raise BadRequest(
+                    f"Model with name '{model_name}' has incompatible input_type "
+                    f"'{model.input_type}'. Requested app to link to has input_type '{app.input_type}'.")
+        if not model_names:
+            raise BadRequest("Please provide the name of the model that you want to link to "
+                             f"the application '{app_name}'")
+        if len(model_names) > 1:
+            raise BadRequest("Applications must be linked with at most one model. "
+                             f"Attempted to add links to {len(model_names)} models.")
+        existing = await self.store.linked_models(app_name)
+        if model_names[0] in existing:
+            raise BadRequest(f"The model with name '{model_names[0]}' is already linked to '{app_name}'")
+        if existing:
+            raise BadRequest(f"A model with name {existing[0]} is already linked to '{app_name}'.")
+        await self.store.add_links(app_name, model_names)
+        return text(f"Successfully linked model with name '{model_names[0]}' to application '{app_name}'")
+
+    async def delete_model_links(self, raw: bytes) -> web.Response:
+        body = Body(raw, LINKS_SCHEMA)
+        app_name, model_names = body.string("app_name"), body.strings("model_names")
+        if not await self.store.get_app(app_name):
+            raise BadRequest(f"No app with name {app_name} exists.")
+        existing = await self.store.linked_models(app_name)
+        for model_name in model_names:
+            if model_name not in existing:
+                raise BadRequest(f"Cannot remove nonexistent link between app {app_name} and model {model_name}")
+        if model_names:
+            await self.store.remove_links(app_name, model_names)
+        return text("Success!")
+
+    # ---- models ----
+    async def add_model(self, raw: bytes) -> web.Response:
+        body = Body(raw, MODEL_SCHEMA)
+        name = body.string("model_name")
+        version = body.string("model_version")
+        labels = body.strings("labels")
+        input_type = body.input_type()
+        container_name = body.string("container_name")
+        data_path = body.string("model_data_path")
+        batch_size = body.integer("batch_size")
+        if batch_size <= 0 and batch_size != schema.DEFAULT_BATCH_SIZE:
+            raise BadRequest("The batch size must be positive or DEFAULT_BATCH_SIZE, which is -1")
+        check_group_string(name, "model name")
+        check_group_string(version, "model version")
+        for label in labels:
+            check_group_string(label, "label")
+        if await self.store.model_exists(name, version):
+            raise BadRequest(f"model with name '{name}' and version '{version}' already exists")
+        await self._check_linked_apps_accept(name, input_type)
+        await self.store.add_model(Model(name, version, input_type.canonical_name, tuple(labels),
+                                         container_name, data_path, batch_size))
+        await self.store.set_current_version(name, version)
+        return text(f"Successfully added model with name '{name}' and input type "
+                    f"'{input_type.canonical_name}'")
+
+    async def _check_linked_apps_accept(self, model_name: str, input_type: InputType) -> None:
+        for app_name in await self.store.apps_linked_to(model_name):
+            app = await self.store.get_app(app_name)
+            if app and app.input_type != input_type.canonical_name:
+                raise BadRequest(
+                    f"Model with name '{model_name}' is already linked to app '{app_name}' using "
+                    f"input type '{app.input_type}'. The input type you provided for a new version "
+                    f"of the model, '{input_type.canonical_name}', is not compatible.")
+
+    async def set_model_version(self, raw: bytes) -> web.Response:
+        body = Body(raw, VERSIONED_MODEL_SCHEMA)
+        name, version = body.string("model_name"), body.string("model_version")
+        if not await self.store.versions_of(name):
+            raise BadRequest(f"Cannot set version for nonexistent model '{name}'")
+        model = await self.store.get_model(name, version)
+        if not model:
+            raise BadRequest(f"Cannot set non-existent version '{version}' for model with name '{name}'")
+        await self._check_linked_apps_accept(name, InputType.parse(model.input_type))
+        await self.store.set_current_version(name, version)
+        return text(f"Successfully set model with name '{name}' to version '{version}'")
+
+    async def delete_versioned_model(self, raw: bytes) -> web.Response:
+        body = Body(raw, VERSIONED_MODEL_SCHEMA)
+        name, version = body.string("model_name"), body.string("model_version")
+        if not await self.store.model_exists(name, version):
+            raise BadRequest(f"model with name '{name}' and version '{version}' does not exist")
+        await self.store.delete_model(name, version)
+        return text(f"Successfully deleted model with name '{name}' and version '{version}'")
+
+    # ---- queries ----
+    async def get_all_applications(self, raw: bytes) -> web.Response:
+        verbose = Body(raw, VERBOSE_SCHEMA).boolean("verbose")
+        names = await self.store.app_names()
+        if not verbose:
+            return as_json(names)
+        documents = []
+        for name in names:
+            app = await self.store.get_app(name)
+            if app:
+                documents.append(app_document(app, await self.store.linked_models(name)))
+        return as_json(documents)
+
+    async def get_application(self, raw: bytes) -> web.Response:
+        name = Body(raw, NAME_SCHEMA).string("name")
+        app = await self.store.get_app(name)
+        return as_json(app_document(app, await self.store.linked_models(name)) if app else {})
+
+    async def get_linked_models(self, raw: bytes) -> web.Response:
+        app_name = Body(raw, APP_NAME_SCHEMA).string("app_name")
+        if not await self.store.get_app(app_name):
+            raise BadRequest(f"No application with name '{app_name}' exists.")
+        return as_json(await self.store.linked_models(app_name))
+
+    async def get_all_models(self, raw: bytes) -> web.Response:
+        verbose = Body(raw, VERBOSE_SCHEMA).boolean("verbose")
+        keys = await self.store.model_keys()
+        if not verbose:
+            return as_json(keys)
+        current = await self.store.current_versions()
+        documents = []
+        for key in keys:
+            model = await self.store.get_model(*schema.split_model_key(key))
+            if model:
+                documents.append(model_document(model, current.get(model.name)))
+        return as_json(documents)
+
+    async def get_model(self, raw: bytes) -> web.Response:
+        body = Body(raw, VERSIONED_MODEL_SCHEMA)
+        name, version = body.string("model_name"), body.string("model_version")
+        model = await self.store.get_model(name, version)
+        if not model:
+            return as_json({})
+        return as_json(model_document(model, await self.store.current_version(name)))
+
+    async def get_all_containers(self, raw: bytes) -> web.Response:
+        verbose = Body(raw, VERBOSE_SCHEMA).boolean("verbose")
+        containers = await self.store.containers()
+        if verbose:
+            return as_json([container_document(c) for c in containers])
+        return as_json([f"{c.model_name}:{c.model_version}:{c.replica_id}" for c in containers])
+
+    async def get_container(self, raw: bytes) -> web.Response:
+        body = Body(raw, CONTAINER_SCHEMA)
+        container = await self.store.get_container(
+            body.string("model_name"), body.string("model_version"), body.integer("replica_id"))
+        return as_json(container_document(container) if container else {})
+
+    async def get_state(self, raw: bytes) -> web.Response:
+        body = Body(raw, STATE_SCHEMA)
+        app_name = body.string("app_name")
+        body.integer("uid")  # Clipper keeps one state per app; the uid is checked, not used
+        app = await self.store.get_app(app_name)
+        return text(app.default_output if app else "")
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return web.Response(status=404, content_type="text/plain",
+                        text=f"No management endpoint {request.method} {request.path}. "
+                             "Endpoints are POST /admin/<operation> and GET /admin/ping.")
+
+
+def build_app(config: Config) -> web.Application:
+    store = Store(config.redis_url)
+    app = web.Application(client_max_size=config.max_body_size)
+    app.add_routes(ManagementAPI(store, config).routes())
+    app.router.add_route("*", "/{tail:.*}", not_found)
+
+    async def close_store(_app):
+        await store.close()
+    app.on_cleanup.append(close_store)
+    return app
+
+
+def main(config: Config) -> None:
+    from clipper.server_runner import serve
+    serve(lambda: build_app(config), config.host, config.management_port, "management frontend")

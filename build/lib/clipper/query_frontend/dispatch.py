@@ -1,0 +1,230 @@
+"""Queues, replicas and batches: which queries go to which model container, and when.
+
+One queue per model version, ordered by deadline. Replicas pull: an idle replica takes
+every queued query up to its batch limit, so it has one batch in flight at a time and the
+least recently used idle replica goes first (round robin at low load). The batch limit is
+AIMD, as in the Clipper paper rather than Clipper 0.4: +1 after a full batch answered
+within its objective, -10% after a late one; batches are never padded with copies.
+Queries past their deadline are never sent. A replica that disappears gives its batch back
+to the queue. No I/O here: sending is a callback.
+"""
+import heapq
+import itertools
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+from clipper.datatypes import InputType
+from clipper.rpc.codec import ERROR_OUTPUT_PREFIX
+
+log = logging.getLogger("clipper.query_frontend.dispatch")
+
+ModelId = Tuple[str, str]
+MAX_BATCH_SIZE = 1024
+# A batch should take at most this share of the tightest latency objective in it, leaving
+# the rest for the wait behind the batch ahead of it.
+BATCH_LATENCY_SHARE = 0.5
+BACKOFF_FACTOR = 0.9
+
+
+class DeadlineExpired(Exception):
+    """The query's latency objective passed before a replica could take it."""
+
+
+class ModelError(Exception):
+    """The model raised, or its container answered with the wrong number of outputs."""
+
+
+@dataclass(eq=False)
+class Task:
+    input: bytes
+    deadline: float          # loop time
+    slo: float               # seconds
+    future: "object"         # asyncio.Future resolved with the output bytes
+
+
+class BatchSizer:
+    """AIMD batch limit of one replica; fixed when the model was deployed with a batch size."""
+
+    def __init__(self, fixed: Optional[int] = None):
+        self.fixed = fixed if fixed and fixed > 0 else None
+        self._limit = 1
+
+    @property
+    def limit(self) -> int:
+        return self.fixed or self._limit
+
+    def on_reply(self, batch_size: int, latency: float, objective: float) -> None:
+        if self.fixed:
+            return
+        if latency > objective:
+            self._limit = max(1, int(self._limit * BACKOFF_FACTOR))
+        elif batch_size >= self._limit:
+            self._limit = min(MAX_BATCH_SIZE, self._limit + 1)
+
+
+@dataclass(eq=False)
+class Replica:
+    identity: bytes
+    model_id: ModelId
+    replica_id: int
+    input_type: InputType
+    sizer: BatchSizer
+    last_seen: float
+    batch: Optional["Batch"] = None
+
+
+@dataclass(eq=False)
+class Batch:
+    msg_id: int
+    replica: Replica
+    tasks: List[Task]
+    sent_at: float
+
+
+@dataclass(eq=False)
+class ModelQueue:
+    model_id: ModelId
+    batch_size: Optional[int] = None
+    tasks: list = field(default_factory=list)                 # heap of (deadline, seq, Task)
+    idle: Deque[Replica] = field(default_factory=deque)
+    replicas: Dict[bytes, Replica] = field(default_factory=dict)
+
+    def take(self, limit: int, now: float) -> List[Task]:
+        batch = []
+        while self.tasks and len(batch) < limit:
+            _, _, task = heapq.heappop(self.tasks)
+            if task.future.done():
+                continue                                       # nobody waits for it any more
+            if task.deadline <= now:
+                task.future.set_exception(DeadlineExpired())
+                continue
+            batch.append(task)
+        return batch
+
+
+SendBatch = Callable[[Replica, "Batch"], bool]
+
+
+class Dispatcher:
+    def __init__(self, send: SendBatch, clock: Callable[[], float],
+                 on_batch: Optional[Callable[[Batch, float], None]] = None):
+        self._send = send
+        self._clock = clock
+        self._on_batch = on_batch or (lambda batch, latency: None)
+        self.queues: Dict[ModelId, ModelQueue] = {}        # created by the first replica
+        self.batch_sizes: Dict[ModelId, Optional[int]] = {}  # as registered; None = adaptive
+        self.in_flight: Dict[int, Batch] = {}
+        self._msg_ids = itertools.count()
+        self._seq = itertools.count()
+
+    # ---- queries ----
+    def accepts(self, model_id: ModelId) -> bool:
+        """True once some replica of this version has connected: queries may wait for one."""
+        return model_id in self.queues
+
+    def submit(self, model_id: ModelId, task: Task) -> None:
+        queue = self.queues[model_id]
+        heapq.heappush(queue.tasks, (task.deadline, next(self._seq), task))
+        self._dispatch(queue)
+
+    # ---- replicas ----
+    def add_replica(self, replica: Replica) -> None:
+        queue = self.queues.get(replica.model_id)
+        if queue is None:
+            queue = self.queues[replica.model_id] = ModelQueue(
+                replica.model_id, self.batch_sizes.get(replica.model_id))
+        replica.sizer = BatchSizer(queue.batch_size)
+        queue.replicas[replica.identity] = replica
+        queue.idle.append(replica)
+        self._dispatch(queue)
+
+    def remove_replica(self, replica: Replica) -> None:
+        """Forget a replica; its batch in flight goes back to the queue."""
+        queue = self.queues.get(replica.model_id)
+        if not queue or queue.replicas.pop(replica.identity, None) is None:
+            return
+        if replica in queue.idle:
+            queue.idle.remove(replica)
+        batch, replica.batch = replica.batch, None
+        if batch:
+            self.in_flight.pop(batch.msg_id, None)
+            for task in batch.tasks:
+                heapq.heappush(queue.tasks, (task.deadline, next(self._seq), task))
+        self._dispatch(queue)
+
+    def set_batch_size(self, model_id: ModelId, batch_size: Optional[int]) -> None:
+        self.batch_sizes[model_id] = batch_size
+        queue = self.queues.get(model_id)
+        if queue is not None and queue.batch_size != batch_size:
+            queue.batch_size = batch_size
+            for replica in queue.replicas.values():
+                replica.sizer = BatchSizer(batch_size)
+
+    # ---- replies ----
+    def on_response(self, identity: bytes, msg_id: int, outputs: Sequence[bytes]) -> None:
+        batch = self.in_flight.get(msg_id)
+        if batch is None or batch.replica.identity != identity:
+            log.debug("dropping a reply to unknown batch %d", msg_id)
+            return
+        del self.in_flight[msg_id]
+        replica = batch.replica
+        replica.batch = None
+        latency = self._clock() - batch.sent_at
+        objective = min(task.slo for task in batch.tasks) * BATCH_LATENCY_SHARE
+        replica.sizer.on_reply(len(batch.tasks), latency, objective)
+        self._on_batch(batch, latency)
+        if len(outputs) != len(batch.tasks):
+            error = ModelError(f"the model returned {len(outputs)} outputs for {len(batch.tasks)} inputs")
+            for task in batch.tasks:
+                _settle(task, error=error)
+        else:
+            for task, output in zip(batch.tasks, outputs):
+                if output.startswith(ERROR_OUTPUT_PREFIX):
+                    _settle(task, error=ModelError(
+                        output[len(ERROR_OUTPUT_PREFIX):].decode("utf-8", "replace")))
+                else:
+                    _settle(task, result=output)
+        queue = self.queues.get(replica.model_id)
+        if queue and replica.identity in queue.replicas:
+            queue.idle.append(replica)
+            self._dispatch(queue)
+
+    def expire(self) -> None:
+        """Drop queued queries whose deadline passed (nobody waits for them any more)."""
+        now = self._clock()
+        for queue in self.queues.values():
+            if queue.tasks and queue.tasks[0][0] <= now:
+                live = [entry for entry in queue.tasks if entry[0] > now and not entry[2].future.done()]
+                for _, _, task in queue.tasks:
+                    if task.deadline <= now and not task.future.done():
+                        task.future.set_exception(DeadlineExpired())
+                heapq.heapify(live)
+                queue.tasks = live
+
+    # ---- internals ----
+    def _dispatch(self, queue: ModelQueue) -> None:
+        while queue.tasks and queue.idle:
+            replica = queue.idle.popleft()
+            tasks = queue.take(replica.sizer.limit, self._clock())
+            if not tasks:
+                queue.idle.appendleft(replica)
+                return
+            batch = Batch(next(self._msg_ids) & 0xFFFFFFFF, replica, tasks, self._clock())
+            replica.batch = batch
+            self.in_flight[batch.msg_id] = batch
+            if not self._send(replica, batch):
+                log.info("replica %s of %s:%s is unreachable; dropping it",
+                         replica.replica_id, *replica.model_id)
+                self.remove_replica(replica)
+                return
+
+
+def _settle(task: Task, result: Optional[bytes] = None, error: Optional[Exception] = None) -> None:
+    if task.future.done():
+        return
+    if error is not None:
+        task.future.set_exception(error)
+    else:
+        task.future.set_result(result)

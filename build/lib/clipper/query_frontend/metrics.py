@@ -1,0 +1,143 @@
+"""Clipper's metrics: counters, ratios, meters and histograms, reported as Clipper's JSON.
+
+The document has Clipper's shape (section 6.1 of the protocol reference): categories
+``counters``, ``ratio_counters``, ``meters``, ``histograms``, each a list of single-key
+objects, every leaf value a string, pretty-printed. Updates are plain attribute writes so
+that they cost almost nothing on the prediction path.
+"""
+import json
+import math
+import random
+import time
+from typing import Dict, List
+
+METER_TICK_SECONDS = 5.0
+_EWMA_MINUTES = (1, 5, 15)
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class Counter:
+    def __init__(self):
+        self.count = 0
+
+    def report(self) -> dict:
+        return {"count": str(self.count)}
+
+
+class RatioCounter:
+    def __init__(self):
+        self.numerator = 0
+        self.denominator = 0
+
+    def report(self) -> dict:
+        ratio = self.numerator / self.denominator if self.denominator else float("nan")
+        return {"ratio": _fmt(ratio)}
+
+
+class Meter:
+    """Event rate since creation, plus 1/5/15-minute moving averages ticked every 5 s."""
+
+    def __init__(self):
+        self.count = 0
+        self._created = time.monotonic()
+        self._counted_at_tick = 0
+        self._rates = [-1.0, -1.0, -1.0]
+
+    def tick(self) -> None:
+        instant = (self.count - self._counted_at_tick) / METER_TICK_SECONDS
+        self._counted_at_tick = self.count
+        for i, minutes in enumerate(_EWMA_MINUTES):
+            alpha = 1 - math.exp(-METER_TICK_SECONDS / (60 * minutes))
+            old = self._rates[i]
+            self._rates[i] = instant if old < 0 else old + alpha * (instant - old)
+
+    def report(self) -> dict:
+        elapsed = max(time.monotonic() - self._created, 1e-9)
+        return {"unit": "events per second", "rate": _fmt(self.count / elapsed),
+                "rate_1min": _fmt(self._rates[0]), "rate_5min": _fmt(self._rates[1]),
+                "rate_15min": _fmt(self._rates[2])}
+
+
+class Histogram:
+    """Summary statistics over a uniform reservoir sample of the observed values."""
+
+    def __init__(self, unit: str, reservoir_size: int = 4096):
+        self.unit = unit
+        self.reservoir_size = reservoir_size
+        self.samples: List[float] = []
+        self.seen = 0
+
+    def observe(self, value: float) -> None:
+        self.seen += 1
+        if len(self.samples) < self.reservoir_size:
+            self.samples.append(value)
+        else:
+            slot = random.randrange(self.seen)
+            if slot < self.reservoir_size:
+                self.samples[slot] = value
+
+    def report(self) -> dict:
+        values = sorted(self.samples)
+        if not values:
+            stats = dict.fromkeys(("min", "max", "mean", "std_dev", "p50", "p95", "p99"), 0)
+        else:
+            mean = sum(values) / len(values)
+            variance = sum((v - mean) ** 2 for v in values) / len(values)
+            pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]
+            stats = {"min": values[0], "max": values[-1], "mean": mean,
+                     "std_dev": math.sqrt(variance), "p50": pick(0.5), "p95": pick(0.95),
+                     "p99": pick(0.99)}
+        return {"unit": self.unit, "size": str(len(values)),
+                **{key: _fmt(value) for key, value in stats.items()}}
+
+
+class MetricsRegistry:
+    CATEGORIES = (("counters", Counter), ("ratio_counters", RatioCounter),
+                  ("meters", Meter), ("histograms", Histogram))
+
+    def __init__(self):
+        self.metrics: Dict[str, object] = {}
+
+    def _get(self, name: str, factory):
+        metric = self.metrics.get(name)
+        if metric is None:
+            metric = self.metrics[name] = factory()
+        return metric
+
+    def counter(self, name: str) -> Counter:
+        return self._get(name, Counter)
+
+    def ratio(self, name: str) -> RatioCounter:
+        return self._get(name, RatioCounter)
+
+    def meter(self, name: str) -> Meter:
+        return self._get(name, Meter)
+
+    def histogram(self, name: str, unit: str) -> Histogram:
+        return self._get(name, lambda: Histogram(unit))
+
+    def remove_prefix(self, prefix: str) -> None:
+        for name in [n for n in self.metrics if n.startswith(prefix)]:
+            del self.metrics[name]
+
+    def tick(self) -> None:
+        for metric in self.metrics.values():
+            if isinstance(metric, Meter):
+                metric.tick()
+
+    def report(self) -> dict:
+        document = {}
+        for category, kind in self.CATEGORIES:
+            entries = [{name: metric.report()} for name, metric in sorted(self.metrics.items())
+                       if type(metric) is kind]
+            if entries:
+                document[category] = entries
+        return document
+
+    def report_json(self) -> bytes:
+        return json.dumps(self.report(), indent=4).encode()

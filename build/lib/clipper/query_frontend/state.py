@@ -1,0 +1,173 @@
+"""The query frontend's in-memory view of cluster state, following Redis changes.
+
+Predictions read only this view. It is kept current by keyspace notifications, as in
+Clipper; ``current_view()`` waits while a notified change is being re-read, and ``sync()`` is a barrier: once it returns, every change acknowledged by Redis
+before the call is visible (a PING on the subscription connection is answered in order).
+Unlike Clipper, deleted applications stop being served at once.
+"""
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+from clipper import redis_schema as schema
+from clipper.redis_schema import App, Model
+from clipper.store import Store
+
+log = logging.getLogger("clipper.query_frontend.state")
+
+ModelId = Tuple[str, str]            # (name, version)
+WATCHED_DBS = (schema.MODEL_DB, schema.APPLICATION_DB, schema.METADATA_DB,
+               schema.APP_MODEL_LINKS_DB)
+
+
+@dataclass
+class ClusterView:
+    apps: Dict[str, App] = field(default_factory=dict)
+    links: Dict[str, List[str]] = field(default_factory=dict)
+    current_versions: Dict[str, str] = field(default_factory=dict)
+    models: Dict[ModelId, Model] = field(default_factory=dict)
+
+    def linked_model(self, app_name: str) -> Optional[str]:
+        linked = self.links.get(app_name)
+        return linked[0] if linked else None
+
+    def has_version(self, name: str, version: str) -> bool:
+        return (name, version) in self.models
+
+
+def _is_pong(message: dict) -> bool:
+    # With decode_responses, redis-py reads the "PONG" answer of a subscribed connection
+    # letter by letter, as {"type": "P", "channel": "O", "data": "N"}; missed, every sync()
+    # waited its full timeout (1 s for each query to an unknown application or version).
+    return (message["type"] == "pong"
+            or (message["type"], message["channel"], message["data"]) == ("P", "O", "N"))
+
+
+class StateFollower:
+    """Loads the view, then applies every change Redis notifies, reconnecting as needed."""
+
+    def __init__(self, store: Store, on_model_change: Callable[[ModelId, Optional[Model]], None],
+                 on_reconnect: Callable[[], None]):
+        self.store = store
+        self.view = ClusterView()
+        self._on_model_change = on_model_change
+        self._on_reconnect = on_reconnect
+        self._pubsub = None
+        self._pongs: List[asyncio.Future] = []
+        self._ready = asyncio.Event()
+        self.settled = asyncio.Event()      # clear while a notified change is being applied
+        self.settled.set()
+
+    async def run(self) -> None:
+        """Follow Redis forever; on any connection failure, resubscribe and reload."""
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # Redis down or restarting: serve from memory meanwhile
+                log.warning("lost Redis (%s); retrying", error)
+                self._ready.clear()
+                self._fail_barriers()
+                await asyncio.sleep(0.5)
+
+    async def current_view(self) -> ClusterView:
+        """The view, once any change already notified has been applied."""
+        if not self.settled.is_set():
+            await self.settled.wait()
+        return self.view
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def sync(self, timeout: float = 1.0) -> None:
+        """Barrier: wait until notifications published before now have been applied."""
+        if self._pubsub is None or not self._ready.is_set():
+            return
+        pong = asyncio.get_running_loop().create_future()
+        self._pongs.append(pong)
+        try:
+            await self._pubsub.ping()
+            await asyncio.wait_for(pong, timeout)
+        except Exception as error:
+            log.debug("state sync did not complete: %s", error)
+
+    async def _follow(self) -> None:
+        # Clipper's query frontend switches keyspace events on; so do we, at every (re)connect.
+        await self.store.client(schema.APPLICATION_DB).config_set("notify-keyspace-events", "AKE")
+        pubsub = self.store.client(schema.APPLICATION_DB).pubsub()
+        try:
+            await pubsub.psubscribe(*(schema.keyspace_pattern(db) for db in WATCHED_DBS))
+            await self._reload_all()
+            self._pubsub = pubsub
+            self._ready.set()
+            self._on_reconnect()
+            async for message in pubsub.listen():
+                if message["type"] == "pmessage":
+                    self.settled.clear()
+                    try:
+                        await self._apply(*schema.parse_keyspace_channel(message["channel"]))
+                    finally:
+                        self.settled.set()
+                elif _is_pong(message) and self._pongs:
+                    pong = self._pongs.pop(0)
+                    if not pong.done():
+                        pong.set_result(None)
+        finally:
+            self._pubsub = None
+            await pubsub.aclose()
+
+    def _fail_barriers(self) -> None:
+        for pong in self._pongs:
+            if not pong.done():
+                pong.set_result(None)
+        self._pongs.clear()
+
+    async def _reload_all(self) -> None:
+        view = ClusterView()
+        for name in await self.store.app_names():
+            app = await self.store.get_app(name)
+            if app:
+                view.apps[name] = app
+                view.links[name] = await self.store.linked_models(name)
+        view.current_versions = await self.store.current_versions()
+        for key in await self.store.model_keys():
+            model = await self.store.get_model(*schema.split_model_key(key))
+            if model:
+                view.models[(model.name, model.version)] = model
+        old_models = self.view.models
+        self.view = view
+        for model_id in set(old_models) | set(view.models):
+            if old_models.get(model_id) != view.models.get(model_id):
+                self._on_model_change(model_id, view.models.get(model_id))
+
+    async def _apply(self, db: int, key: str) -> None:
+        """Re-read the key that changed; whatever the event, the key's content decides."""
+        view = self.view
+        if db == schema.APPLICATION_DB:
+            app = await self.store.get_app(key)
+            if app:
+                view.apps[key] = app
+                view.links[key] = await self.store.linked_models(key)
+            else:
+                view.apps.pop(key, None)
+                view.links.pop(key, None)
+        elif db == schema.APP_MODEL_LINKS_DB:
+            view.links[key] = await self.store.linked_models(key)
+        elif db == schema.METADATA_DB:
+            model_name = schema.model_of_current_version_key(key)
+            if model_name is not None:
+                version = await self.store.current_version(model_name)
+                if version:
+                    view.current_versions[model_name] = version
+                else:
+                    view.current_versions.pop(model_name, None)
+        elif db == schema.MODEL_DB:
+            model_id = schema.split_model_key(key)
+            model = await self.store.get_model(*model_id)
+            if model:
+                view.models[model_id] = model
+            else:
+                view.models.pop(model_id, None)
+            self._on_model_change(model_id, model)

@@ -1,0 +1,152 @@
+"""Every Redis key, database number and hash encoding of the cluster state (pure).
+
+The layout is Clipper 0.4's (protocol reference, section 3) so that either side can be
+swapped for the original. No other module spells a key.
+"""
+import json
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+# Database numbers (Clipper's RedisDBTable).
+STATE_DB = 1
+MODEL_DB = 2
+CONTAINER_DB = 3
+APPLICATION_DB = 5
+METADATA_DB = 6
+APP_MODEL_LINKS_DB = 7
+
+DEFAULT_POLICY = "DefaultOutputSelectionPolicy"
+DEFAULT_BATCH_SIZE = -1
+CURRENT_VERSION_PREFIX = "CURRENT_MODEL_VERSION:"
+# Model names, versions and labels may not contain these: keys are split on them.
+GROUP_SEPARATORS = (",", ":")
+
+
+@dataclass(frozen=True)
+class App:
+    name: str
+    input_type: str          # canonical spelling
+    default_output: str
+    latency_slo_micros: int
+    policy: str = DEFAULT_POLICY
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    version: str
+    input_type: str          # canonical spelling
+    labels: Tuple[str, ...]
+    container_name: str
+    model_data_path: str
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Container:
+    model_name: str
+    model_version: str
+    replica_id: int
+    input_type: str          # canonical spelling
+    connection_id: int
+
+
+# ---- keys --------------------------------------------------------------------------------
+
+def app_key(name: str) -> str:
+    return name
+
+
+def links_key(app_name: str) -> str:
+    return app_name
+
+
+def model_key(name: str, version: str) -> str:
+    return f"{name}:{version}"
+
+
+def model_versions_pattern(name: str) -> str:
+    return f"{name}:*"
+
+
+def split_model_key(key: str) -> Tuple[str, str]:
+    name, _, version = key.partition(":")
+    return name, version
+
+
+def current_version_key(model_name: str) -> str:
+    return CURRENT_VERSION_PREFIX + model_name
+
+
+def model_of_current_version_key(key: str) -> Optional[str]:
+    return key[len(CURRENT_VERSION_PREFIX):] if key.startswith(CURRENT_VERSION_PREFIX) else None
+
+
+def container_key(model_name: str, model_version: str, replica_id: int) -> str:
+    return f"{model_name},{model_version},{replica_id}"   # commas, unlike model keys
+
+
+def selection_state_key(app_name: str) -> str:
+    return f"{app_name}:0:0"
+
+
+def keyspace_pattern(db: int) -> str:
+    return f"__keyspace@{db}__:*"
+
+
+def parse_keyspace_channel(channel: str) -> Tuple[int, str]:
+    """``__keyspace@5__:myapp`` -> (5, "myapp")."""
+    prefix, _, key = channel.partition("__:")
+    return int(prefix[len("__keyspace@"):]), key
+
+
+# ---- hash encodings ----------------------------------------------------------------------
+
+def encode_app(app: App) -> dict:
+    return {"input_type": app.input_type, "policy": app.policy,
+            "default_output": app.default_output,
+            "latency_slo_micros": str(app.latency_slo_micros)}
+
+
+def decode_app(name: str, fields: dict) -> Optional[App]:
+    if not fields:
+        return None
+    return App(name, fields["input_type"], fields["default_output"],
+               int(fields["latency_slo_micros"]), fields.get("policy", DEFAULT_POLICY))
+
+
+def encode_model(model: Model) -> dict:
+    return {"model_name": model.name, "model_version": model.version, "load": "0.000000",
+            "input_type": model.input_type, "labels": ",".join(model.labels),
+            "container_name": model.container_name, "model_data_path": model.model_data_path,
+            "batch_size": str(model.batch_size), "valid": ""}
+
+
+def decode_model(fields: dict) -> Optional[Model]:
+    if not fields or "valid" not in fields:
+        return None
+    return Model(fields["model_name"], fields["model_version"], fields["input_type"],
+                 tuple(fields.get("labels", "").split(",")), fields.get("container_name", ""),
+                 fields.get("model_data_path", ""),
+                 int(fields.get("batch_size", DEFAULT_BATCH_SIZE)))
+
+
+def encode_container(container: Container) -> dict:
+    return {"model_id": model_key(container.model_name, container.model_version),
+            "model_name": container.model_name, "model_version": container.model_version,
+            "model_replica_id": str(container.replica_id),
+            "zmq_connection_id": str(container.connection_id), "batch_size": "1",
+            "input_type": container.input_type}
+
+
+def decode_container(fields: dict) -> Optional[Container]:
+    if not fields:
+        return None
+    return Container(fields["model_name"], fields["model_version"],
+                     int(fields["model_replica_id"]), fields["input_type"],
+                     int(fields.get("zmq_connection_id", -1)))
+
+
+def encode_selection_state(default_output: str) -> str:
+    return json.dumps({"y_hat": default_output}, separators=(",", ":"))
+

@@ -1,0 +1,1 @@
+"""Pure REST protocol logic of the query frontend: request parsing, response bodies."""

@@ -1,0 +1,151 @@
+"""Parse a /<app>/predict body into wire-ready inputs (pure; no I/O).
+
+Each input becomes the bytes a model container receives: packed little-endian int32,
+float32 or float64 arrays, raw bytes for ``bytes`` (sent base64 in JSON), UTF-8 for
+``strings``. Unlike Clipper, a JSON integer is accepted where doubles or floats are
+expected (``1`` means ``1.0``), base64 is checked strictly, and NaN/Infinity are refused.
+"""
+import base64
+import binascii
+from array import array
+from dataclasses import dataclass
+from typing import List, Optional
+
+import orjson
+
+from clipper.datatypes import InputType
+
+PREDICT_SCHEMA = """
+  {
+   "input" := [double] | [int] | [string] | [byte] | [float],
+  }
+"""
+
+_FLOAT32_MAX = 3.4028234663852886e38
+_INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+_ELEMENT_NAMES = {
+    InputType.INTS: "int",
+    InputType.FLOATS: "float",
+    InputType.DOUBLES: "double",
+}
+
+
+class InputError(ValueError):
+    """The request body cannot be served; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    inputs: List[bytes]
+    is_batch: bool
+    version: Optional[str]
+
+
+def json_type_name(value) -> str:
+    """Type names as Clipper's error messages spell them."""
+    if value is None:
+        return "Null"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (int, float)):
+        return "Number"
+    if isinstance(value, str):
+        return "String"
+    if isinstance(value, list):
+        return "Array"
+    return "Object"
+
+
+def schema_error(message: str) -> InputError:
+    return InputError(f"Error parsing JSON: {message}. Expected JSON schema: {PREDICT_SCHEMA}")
+
+
+def load_json_object(body: bytes) -> dict:
+    """Decode a request body that must be a JSON object (orjson refuses NaN and Infinity)."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise schema_error(f"body is not valid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise schema_error(f"body must be a JSON object, found {json_type_name(document)}")
+    return document
+
+
+def parse_predict_body(body: bytes, input_type: InputType) -> PredictRequest:
+    document = load_json_object(body)
+    version = parse_version(document.get("version"))
+    if "input" in document:
+        return PredictRequest([encode_input(document["input"], input_type, "input")], False, version)
+    if "input_batch" in document:
+        batch = document["input_batch"]
+        if not isinstance(batch, list):
+            raise schema_error(
+                f"Type mismatch! JSON key input_batch expected type Array but found type "
+                f"{json_type_name(batch)}")
+        inputs = [encode_input(item, input_type, "input_batch") for item in batch]
+        # A batch of one is answered unwrapped, as Clipper does.
+        return PredictRequest(inputs, len(inputs) != 1, version)
+    raise schema_error("JSON object does not have required keys input or input_batch")
+
+
+def parse_version(version) -> Optional[str]:
+    if version is None or isinstance(version, str):
+        return version
+    if isinstance(version, int) and not isinstance(version, bool):
+        return str(version)
+    raise schema_error(
+        f"Type mismatch! JSON key version expected type String but found type {json_type_name(version)}")
+
+
+def encode_input(value, input_type: InputType, key: str) -> bytes:
+    """One JSON input -> the bytes a container receives for it."""
+    if input_type in (InputType.STRINGS, InputType.BYTES):
+        if not isinstance(value, str):
+            raise schema_error(
+                f"Type mismatch! JSON key {key} expected type String but found type {json_type_name(value)}")
+        if input_type is InputType.STRINGS:
+            return value.encode("utf-8", "surrogatepass")
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise schema_error(f"Input of key {key} is not a valid base64-encoded string") from None
+    if not isinstance(value, list):
+        raise schema_error(
+            f"Type mismatch! JSON key {key} expected type Array but found type {json_type_name(value)}")
+    return _encode_numbers(value, input_type, key)
+
+
+_NUMBER_TYPES = frozenset((float, int))   # exact types: a bool is not a JSON number
+
+
+def _encode_numbers(values: list, input_type: InputType, key: str) -> bytes:
+    if input_type is InputType.INTS:
+        # bool is a subclass of int in Python but not a JSON number.
+        if not all(type(v) is int and _INT32_MIN <= v <= _INT32_MAX for v in values):
+            raise _element_error(values, input_type, key)
+        return array("i", values).tobytes()
+    if not _NUMBER_TYPES.issuperset(map(type, values)):   # one pass in C, not per element
+        raise _element_error(values, input_type, key)
+    if input_type is InputType.FLOATS:
+        if not all(-_FLOAT32_MAX <= v <= _FLOAT32_MAX for v in values):
+            raise schema_error(f"Array {key} has a value outside the float32 range")
+        return array("f", values).tobytes()
+    try:
+        return array("d", values).tobytes()
+    except OverflowError:
+        raise schema_error(f"Array {key} has an integer too large for a double") from None
+
+
+def _element_error(values: list, input_type: InputType, key: str) -> InputError:
+    """Name the first element that does not fit, and why."""
+    name = _ELEMENT_NAMES[input_type]
+    for value in values:
+        if type(value) is not int and type(value) is not float:
+            return schema_error(f"Array {key} of type {json_type_name(value)} is not of type {name}")
+        if input_type is InputType.INTS and type(value) is float:
+            return schema_error(
+                f"Array {key} has value {value!r}, which is not of type int "
+                "(write integers without a decimal point)")
+        if input_type is InputType.INTS and not _INT32_MIN <= value <= _INT32_MAX:
+            return schema_error(f"Array {key} has value {value}, outside the int32 range")
+    raise AssertionError("no invalid element found")  # callers check before calling

