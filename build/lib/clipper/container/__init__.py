@@ -1,1 +1,0 @@
-"""Model container runtime: serves a pickled Python function over Clipper's RPC."""

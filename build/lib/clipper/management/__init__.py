@@ -1,1 +1,0 @@
-"""Management frontend (port 1338): the /admin REST API, the only writer of cluster state."""

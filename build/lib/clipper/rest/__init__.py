@@ -1,1 +1,0 @@
-"""Pure REST protocol logic of the query frontend: request parsing, response bodies."""

@@ -1,1 +1,0 @@
-"""Clipper's model-container RPC (version 3) over ZeroMQ."""
