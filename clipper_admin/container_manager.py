@@ -10,6 +10,7 @@ import re
 
 from clipper import launch as recipe
 from clipper.config import Config
+from clipper.rpc import auth
 from clipper_admin.exceptions import ClipperException
 from clipper_admin.ports import require_free_ports
 
@@ -55,7 +56,7 @@ class ContainerManager(abc.ABC):
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT,
                  clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT, redis_ip=None,
                  redis_port=CLIPPER_INTERNAL_REDIS_PORT, admin_token=None,
-                 max_body_size=Config.max_body_size):
+                 max_body_size=Config.max_body_size, rpc_auth=auth.AUTO):
         self.cluster_name = cluster_name
         self.cluster_identifier = cluster_name
         self.public_host = public_host
@@ -67,6 +68,7 @@ class ContainerManager(abc.ABC):
         self.redis_port = redis_port
         self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
         self.max_body_size = max_body_size
+        self.rpc_auth = rpc_auth            # "auto": CURVE with a token or beyond loopback
 
     # ---- starting, for every backend ----
     def _cluster_config(self, cache_size, body_timeout, listen_host, redis_url) -> Config:
@@ -77,7 +79,8 @@ class ContainerManager(abc.ABC):
                       management_port=self.clipper_management_port, rpc_port=self.clipper_rpc_port,
                       metrics_port=self.clipper_metric_port, redis_url=redis_url,
                       cache_size=cache_size, body_timeout=float(body_timeout),
-                      max_body_size=self.max_body_size, admin_token=self.admin_token)
+                      max_body_size=self.max_body_size, admin_token=self.admin_token,
+                      **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token))
 
     def _require_free_ports(self, listen_host, extra=()):
         require_free_ports(listen_host, [*self.serving_ports(), *extra])

@@ -80,7 +80,7 @@ class QueryFrontend:
         self.config = config
         self.store = Store(config.redis_url)
         self.registry = ReplicaRegistry(self.store)
-        self.rpc = RpcServer(config.host, config.rpc_port, config.replica_timeout, self.registry)
+        self.rpc = RpcServer(config, self.registry)
         self.metrics = MetricsRegistry()
         self.cache = PredictionCache(config.cache_size)
         self.follower = StateFollower(self.store, self._on_model_change, self.registry.resync)

@@ -37,13 +37,17 @@ class LocalContainerManager(ContainerManager):
                  clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None, redis_port=6379,
                  host="127.0.0.1", clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT,
-                 admin_token=None, max_body_size=Config.max_body_size):
+                 admin_token=None, max_body_size=Config.max_body_size, rpc_auth="auto"):
         """``host``: where the servers listen (loopback unless you mean it). ``admin_token``
         (default $CLIPPER_ADMIN_TOKEN): if set, /admin calls need it as a bearer token.
-        ``max_body_size``: the largest request body the frontends accept, in bytes."""
+        ``max_body_size``: the largest request body the frontends accept, in bytes.
+        ``rpc_auth``: who may connect to the RPC port as a model container: "auto" (only
+        the cluster's own containers, by CURVE keys, when there is an admin token or
+        ``host`` is not loopback; anyone otherwise), "curve" (always keys) or "open"
+        (anyone, as in Clipper: for real Clipper model containers)."""
         super().__init__(cluster_name, _public_host(host), clipper_query_port,
                          clipper_management_port, clipper_rpc_port, clipper_metric_port,
-                         redis_ip, redis_port, admin_token, max_body_size)
+                         redis_ip, redis_port, admin_token, max_body_size, rpc_auth)
         self.host = host
         self.cluster = ClusterDir(registry.base_dir() / cluster_name)
 

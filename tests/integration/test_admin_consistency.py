@@ -120,7 +120,7 @@ def test_wrong_method_on_a_known_route_is_405_with_allow(admin_url):
 
 def test_an_internal_error_is_logged_and_answers_500(clipper_conn, admin_url, tmp_path):
     # State this frontend did not write (a hash without its fields) makes reading it fail.
-    state = redis.Redis.from_url(clipper_conn.cm.cluster.settings()["redis_url"], db=5)
+    state = redis.Redis.from_url(clipper_conn.cm.cluster.settings()["config"]["redis_url"], db=5)
     state.hset("corrupted", "input_type", "doubles")
     try:
         answer = requests.post(f"{admin_url}/get_application", json={"name": "corrupted"}, timeout=10)
