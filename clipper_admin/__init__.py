@@ -2,11 +2,13 @@
 from clipper_admin.version import __registry__, __version__
 from clipper_admin.exceptions import ClipperException, UnconnectedException
 from clipper_admin.container_manager import ContainerManager
-from clipper_admin.clipper_admin import ClipperConnection
+from clipper_admin.clipper_admin import CLIPPER_TEMP_DIR, ClipperConnection
 from clipper_admin.local import LocalContainerManager
 from clipper_admin.docker import DockerContainerManager
+from clipper_admin.kubernetes import KubernetesContainerManager
 from clipper_admin.backends import backend_from_args, stop_all_clusters
 
 __all__ = ["ClipperConnection", "ContainerManager", "LocalContainerManager",
-           "DockerContainerManager", "ClipperException", "UnconnectedException",
-           "backend_from_args", "stop_all_clusters", "__version__", "__registry__"]
+           "DockerContainerManager", "KubernetesContainerManager", "ClipperException", "UnconnectedException",
+           "backend_from_args", "stop_all_clusters", "CLIPPER_TEMP_DIR", "__version__",
+           "__registry__"]

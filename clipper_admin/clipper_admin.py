@@ -23,6 +23,8 @@ DEFAULT_PREDICTION_CACHE_SIZE_BYTES = 33554432
 START_TIMEOUT_SECONDS = 120
 REPLICA_TIMEOUT_SECONDS = 120
 REQUEST_TIMEOUT_SECONDS = 30
+# 0.4.1's scratch directory, kept for scripts that use it; nothing here writes to it.
+CLIPPER_TEMP_DIR = "/tmp/clipper"
 
 
 def _check_name(kind, value):
