@@ -7,6 +7,9 @@ CLIPPER_INTERNAL_MANAGEMENT_PORT = 1338
 CLIPPER_INTERNAL_RPC_PORT = 7000
 CLIPPER_INTERNAL_METRIC_PORT = 1390
 CLIPPER_INTERNAL_REDIS_PORT = 6379
+# The Prometheus port follows the query port (1390 for Clipper's 1337), so that every port a
+# cluster takes comes from its own parameters: clusters on other query ports never share it.
+METRIC_PORT_OFFSET = CLIPPER_INTERNAL_METRIC_PORT - CLIPPER_INTERNAL_QUERY_PORT
 CLIPPER_DOCKER_LABEL = "ai.clipper.container.label"
 CLIPPER_MODEL_CONTAINER_LABEL = "ai.clipper.model_container.label"
 CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL = "ai.clipper.query_frontend.label"
@@ -27,6 +30,10 @@ def parse_model_container_label(label):
     if len(splits) != 2:
         raise ValueError(f"Unable to parse model container label {label}")
     return splits
+
+
+def default_metric_port(query_port):
+    return query_port + METRIC_PORT_OFFSET
 
 
 def is_valid_name(value) -> bool:
