@@ -1,6 +1,6 @@
 """Every Redis key, database number and hash encoding of the cluster state (pure).
 
-The layout is Clipper 0.4's (protocol reference, section 3) so that either side can be
+The layout is Clipper 0.4's (docs/protocol.md, 4 Redis state) so that either side can be
 swapped for the original. No other module spells a key.
 """
 import json

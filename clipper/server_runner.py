@@ -5,7 +5,6 @@ import ipaddress
 import logging
 import signal
 import socket
-import sys
 from typing import Callable
 
 from aiohttp import web
@@ -13,11 +12,6 @@ from aiohttp import web
 from clipper import eventloop
 
 log = logging.getLogger("clipper")
-
-
-def configure_logging(role: str) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
 
 
 def warn_if_exposed(host: str, role: str) -> None:

@@ -35,11 +35,12 @@ def redis_server_command(data_dir: Path, socket_path: Optional[str] = None,
 
 
 def main(config) -> None:
-    """``python -m clipper redis``: Redis in the foreground at ``--redis-url``, a unix socket
-    (``unix:///path``) or a TCP port (in a Docker container, where no supervisor starts it)."""
+    """``python -m clipper redis``: redis-server in this process's place, listening where
+    ``redis_url`` says (a unix:// socket, or TCP on the host and the URL's port), keeping
+    its append-only file in ``redis_dir``."""
     url = urlparse(config.redis_url)
-    data_dir = Path(config.cluster_dir or "/data")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(config.redis_dir)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if url.scheme == "unix":
         command = redis_server_command(data_dir, socket_path=url.path)
     else:

@@ -18,6 +18,10 @@ from scripts import (RESPONSE_LINE, pyenv_python, run_script, start_script, venv
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 
+def docker_client_venv(python):
+    return venv_with_requirements(python, files=("requirements.txt", "requirements-docker.txt"))
+
+
 @pytest.fixture
 def engine_with_base(engine, base_image):
     os.environ["CLIPPER_DOCKER_BASE_IMAGE"] = base_image
@@ -79,7 +83,7 @@ def test_a_base_without_the_clients_python_is_refused_before_building(engine_wit
     python = pyenv_python(other)
     if python is None:
         pytest.skip(f"Python {other} is not installed (pyenv versions)")
-    result = run_script("basicQuerySimplified.py", "--backend", "docker", python=venv_with_requirements(python))
+    result = run_script("basicQuerySimplified.py", "--backend", "docker", python=docker_client_venv(python))
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"Error: The base image {base_image} has Python {CLIENT_PYTHON}, but this client runs Python {other}: "
@@ -95,7 +99,7 @@ def test_offline_a_client_on_each_debian_python_uses_its_local_base_without_a_pu
     built_local_base(python)
     environment = {key: value for key, value in os.environ.items() if key != "CLIPPER_DOCKER_BASE_IMAGE"}
     result = run_script("basicQuerySimplified.py", "--backend", "docker", timeout=600, env=environment,
-                        python=client if python == CLIENT_PYTHON else venv_with_requirements(client))
+                        python=client if python == CLIENT_PYTHON else docker_client_venv(client))
     assert result.returncode == 0, result.stderr[-3000:]
     assert sum(bool(RESPONSE_LINE.match(line)) for line in result.stdout.splitlines()) == 1, result.stdout
     assert "Pulling base image" not in result.stderr
