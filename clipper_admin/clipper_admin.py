@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_LABEL = []
 DEFAULT_PREDICTION_CACHE_SIZE_BYTES = 33554432
 REQUEST_TIMEOUT_SECONDS = 30
+# 0.4.1's scratch directory, kept for scripts that use it; nothing here writes to it.
+CLIPPER_TEMP_DIR = "/tmp/clipper"
 
 
 def _check_name(kind, value):

@@ -62,16 +62,18 @@ def pyenv_python(minor):
     return Path(prefix) / "bin" / "python"
 
 
-def venv_with_requirements(python):
-    requirements = (ROOT / "requirements.txt").read_bytes()
+def venv_with_requirements(python, files=("requirements.txt",)):
+    """A venv of ``python`` with the requirements ``files`` (e.g. also requirements-docker.txt)."""
+    requirements = b"".join((ROOT / name).read_bytes() for name in files)
     key = hashlib.sha256(str(python).encode() + requirements).hexdigest()[:12]
     venv = CACHE / f"venv-{Path(python).parent.parent.name}-{key}"
     if not (venv / "ready").exists():
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([str(python), "-m", "venv", str(venv)], check=True)
-        install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r",
-                                  str(ROOT / "requirements.txt")], capture_output=True, text=True)
+        install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                                  *(argument for name in files for argument in ("-r", str(ROOT / name)))],
+                                 capture_output=True, text=True)
         if install.returncode != 0:
-            pytest.skip(f"could not install requirements.txt for {python}: {install.stderr[-500:]}")
+            pytest.skip(f"could not install {' '.join(files)} for {python}: {install.stderr[-500:]}")
         (venv / "ready").touch()
     return venv / "bin" / "python"

@@ -18,8 +18,7 @@ from clipper.cluster.supervisor import PROJECT_ROOT
 from clipper.config import Config
 from clipper.cluster.redis_binary import find_redis_server
 from clipper_admin.container_manager import (
-    CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT,
-    ContainerManager)
+    CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.exceptions import ClipperException
 
@@ -36,11 +35,12 @@ class LocalContainerManager(ContainerManager):
     def __init__(self, cluster_name="default-cluster", clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
                  clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None, redis_port=6379,
-                 host="127.0.0.1", clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT,
+                 host="127.0.0.1", clipper_metric_port=None,
                  admin_token=None, max_body_size=Config.max_body_size, rpc_auth="auto"):
         """``host``: where the servers listen (loopback unless you mean it). ``admin_token``
         (default $CLIPPER_ADMIN_TOKEN): if set, /admin calls need it as a bearer token.
         ``max_body_size``: the largest request body the frontends accept, in bytes.
+        ``clipper_metric_port`` (Prometheus): default the query port + 53.
         ``rpc_auth``: who may connect to the RPC port as a model container: "auto" (only
         the cluster's own containers, by CURVE keys, when there is an admin token or
         ``host`` is not loopback; anyone otherwise), "curve" (always keys) or "open"
@@ -152,13 +152,15 @@ class LocalContainerManager(ContainerManager):
         return python
 
     def deploy_model(self, name, version, input_type, image, num_replicas=1):
+        """``image``: a model directory from ``build_model`` (no Docker image runs here)."""
         self.set_num_replicas(name, version, input_type, image, num_replicas)
 
     def set_num_replicas(self, name, version, input_type, image, num_replicas):
         if not os.path.isfile(os.path.join(str(image), "func.pkl")):
             raise ClipperException(
-                f"The local backend runs model directories holding func.pkl; {image!r} is not one "
-                "(Docker images need DockerContainerManager)")
+                f"On the local backend a model's image is a model directory holding func.pkl (what "
+                f"build_model returns here); {image!r} is not one. To run a Docker image, use "
+                "DockerContainerManager (the scripts: --backend docker)")
         python = self._python_for(str(image))
         with self.cluster.editing_replicas() as models:
             models[f"{name}:{version}"] = {"name": name, "version": str(version),
