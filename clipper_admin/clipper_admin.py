@@ -92,6 +92,15 @@ class ClipperConnection(object):
         self.cm.start_clipper(query_frontend_image, mgmt_frontend_image, frontend_exporter_image,
                               cache_size, qf_http_thread_pool_size, qf_http_timeout_request,
                               qf_http_timeout_content, num_frontend_replicas)
+        try:
+            self._wait_until_answering()
+        except BaseException:                # Ctrl-C or a frontend that never answers
+            self.cm.stop_all(graceful=False)
+            raise
+        logger.info("Clipper is running")
+        self.connected = True
+
+    def _wait_until_answering(self):
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         for url in (f"http://{self.cm.get_query_addr()}/metrics",
                     f"http://{self.cm.get_admin_addr()}/admin/ping"):
@@ -105,8 +114,6 @@ class ClipperConnection(object):
                     raise ClipperException(f"Clipper did not answer at {url} within "
                                            f"{START_TIMEOUT_SECONDS} s")
                 time.sleep(0.1)
-        logger.info("Clipper is running")
-        self.connected = True
 
     def connect(self):
         self.cm.connect()

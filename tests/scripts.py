@@ -39,6 +39,17 @@ def wait_for_predictions(process, count, timeout=120):
     return lines
 
 
+def wait_for_line(stream, text, timeout=120):
+    """Read ``stream`` until a line that contains ``text``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        assert line, f"the script ended before printing {text!r}"
+        if text in line:
+            return line
+    raise AssertionError(f"no line with {text!r} in {timeout} s")
+
+
 def assert_nothing_left(state_dir):
     deadline = time.monotonic() + 10
     while processes_under(state_dir) or any(port_open(p) for p in DEFAULT_PORTS):

@@ -76,17 +76,18 @@ class LocalContainerManager(ContainerManager):
         require_free_ports(self.host, self.serving_ports())
         if self.admin_token is None:
             self.admin_token = os.environ.get("CLIPPER_ADMIN_TOKEN", "")
-        self.cluster.create(self._settings(cache_size, qf_http_timeout_content))
-        supervisor = subprocess.Popen(
-            [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
-            env=self._supervisor_env(), cwd=str(self.cluster.path), stdin=subprocess.DEVNULL,
-            stdout=open(self.cluster.logs / "supervisor.log", "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True)          # its own session: Ctrl-C in our terminal spares it
-        self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
+        settings = self._settings(cache_size, qf_http_timeout_content)
         try:
+            self.cluster.create(settings)
+            supervisor = subprocess.Popen(
+                [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
+                env=self._supervisor_env(), cwd=str(self.cluster.path), stdin=subprocess.DEVNULL,
+                stdout=open(self.cluster.logs / "supervisor.log", "ab"), stderr=subprocess.STDOUT,
+                start_new_session=True)      # its own session: Ctrl-C in our terminal spares it
+            self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
             self._wait_until_serving(supervisor)
         except BaseException:                # Ctrl-C or a failed start: leave nothing behind
-            stop_cluster(self.cluster)
+            stop_cluster(self.cluster)       # (the supervisor carries the marker, if not yet recorded)
             raise
         logger.info("Clipper cluster '%s' started (local processes, state in %s)",
                     self.cluster_name, self.cluster.path)
@@ -112,10 +113,10 @@ class LocalContainerManager(ContainerManager):
             settings["redis_url"] = f"redis://{self.redis_ip}:{self.redis_port}"
         return settings
 
-    @staticmethod
-    def _supervisor_env():
+    def _supervisor_env(self):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [PROJECT_ROOT, env.get("PYTHONPATH")]))
+        env[registry.MARKER_ENV] = str(self.cluster.path)   # found by it even without the directory
         return env
 
     def _wait_until_serving(self, supervisor):
@@ -259,10 +260,11 @@ def stop_cluster(cluster: ClusterDir, graceful=True):
     return stopped
 
 
-def stop_all_local_clusters(graceful=True):
-    """Stop every local cluster under the state directory, listed or orphaned.
-
-    Returns ``[(cluster_name, processes_stopped), ...]``.
+def stop_all_local_clusters(graceful=True, names=None):
+    """Stop every local cluster under the state directory, listed or orphaned (or only those
+    in ``names``). Returns ``[(cluster_name, processes_stopped), ...]``.
     """
     paths = {c.path for c in registry.clusters()} | set(registry.orphan_cluster_paths())
+    if names is not None:
+        paths = {path for path in paths if path.name in names}
     return [(path.name, stop_cluster(ClusterDir(path), graceful)) for path in sorted(paths)]
