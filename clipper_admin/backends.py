@@ -1,30 +1,35 @@
-"""The backends the example scripts know, in one place: how to choose one and how to stop
-what each left running."""
+"""The backends, in one place: how a script chooses one, and how to stop what each left running.
+
+Each is imported only when used, so a backend whose SDK is not installed (Docker) costs
+nothing until it is asked for.
+"""
 import argparse
+import importlib
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
-from clipper_admin.docker import DockerContainerManager, stop_all_docker_clusters
 from clipper_admin.exceptions import ClipperException
-from clipper_admin.local import LocalContainerManager, stop_all_local_clusters
 
 
 @dataclass(frozen=True)
 class Backend:
-    manager: Callable                 # its ContainerManager class
-    stop_clusters: Callable           # (graceful, names) -> [(cluster name, count stopped)]
-    stopped: str                      # how closeClipper.py names what it stopped, "... cluster 'x' (3 {unit})"
+    module: str             # where its ContainerManager and its stop-every-cluster function live
+    manager: str            # its ContainerManager, a name clipper_admin exports
+    stop_clusters: str      # function (graceful, names) -> [(cluster name, count stopped)]
+    stopped: str            # closeClipper.py prints "Stopped Clipper <stopped> 'x' (3 <unit>)"
     unit: str
-    using: str                        # the line a script prints when it starts
+    using: str              # the line a script prints when it starts
 
 
 BACKENDS: Dict[str, Backend] = {
-    "local": Backend(LocalContainerManager, stop_all_local_clusters, "cluster", "processes",
+    "local": Backend("clipper_admin.local", "LocalContainerManager", "stop_all_local_clusters",
+                     "cluster", "processes",
                      "Using the local backend (processes on this machine; "
                      "--backend docker or CLIPPER_BACKEND=docker for Docker)"),
-    "docker": Backend(DockerContainerManager, stop_all_docker_clusters, "Docker cluster", "containers",
+    "docker": Backend("clipper_admin.docker", "DockerContainerManager", "stop_all_docker_clusters",
+                      "Docker cluster", "containers",
                       "Using the Docker backend (containers on the local Docker engine)"),
 }
 
@@ -42,8 +47,15 @@ def backend_from_args(argv=None, description=None, **manager_kwargs):
     if backend not in BACKENDS:
         parser.error(f"CLIPPER_BACKEND={backend!r} is not a backend; use one of: {', '.join(BACKENDS)}")
     _report_clipper_errors_briefly()
+    manager = manager_for(backend, **manager_kwargs)
     print(BACKENDS[backend].using)
-    return BACKENDS[backend].manager(**manager_kwargs)
+    return manager
+
+
+def manager_for(backend, **manager_kwargs):
+    """A ContainerManager of the named backend (MissingDependency if its SDK is not installed)."""
+    import clipper_admin
+    return getattr(clipper_admin, BACKENDS[backend].manager)(**manager_kwargs)
 
 
 def stop_all_clusters(backend: Optional[str] = None, cluster_name: Optional[str] = None,
@@ -51,9 +63,17 @@ def stop_all_clusters(backend: Optional[str] = None, cluster_name: Optional[str]
     """Stop the Clipper clusters left on this machine: all of them, or those of one backend
     and/or of one name. ``[what was stopped, e.g. "cluster 'x' (5 processes)", ...]``."""
     names = None if cluster_name is None else [cluster_name]
-    chosen = BACKENDS if backend is None else {backend: BACKENDS[backend]}
-    return [f"{kind.stopped} '{name}' ({count} {kind.unit})"
-            for kind in chosen.values() for name, count in kind.stop_clusters(graceful, names)]
+    stopped = []
+    for kind in (BACKENDS.values() if backend is None else [BACKENDS[backend]]):
+        try:
+            module = importlib.import_module(kind.module)
+        except ModuleNotFoundError as error:
+            if (error.name or "").startswith("clipper"):
+                raise
+            continue                 # its SDK is not installed: no cluster of it was started from here
+        stopped += [f"{kind.stopped} '{name}' ({count} {kind.unit})"
+                    for name, count in getattr(module, kind.stop_clusters)(graceful, names)]
+    return stopped
 
 
 def _report_clipper_errors_briefly():

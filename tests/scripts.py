@@ -100,7 +100,7 @@ def venv_with_requirements(python):
     environment (so nothing may need a compiler); its interpreter."""
     requirements = (ROOT / "requirements.txt").read_bytes()
     key = hashlib.sha256(str(python).encode() + requirements).hexdigest()[:12]
-    venv = CACHE / f"venv-{python.parent.parent.name}-{key}"
+    venv = CACHE / f"venv-{Path(python).parent.parent.name}-{key}"
     venv_python = venv / "bin" / "python"
     if not (venv / "ready").exists():
         shutil.rmtree(venv, ignore_errors=True)
