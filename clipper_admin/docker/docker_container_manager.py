@@ -340,16 +340,17 @@ def _log_tail(container, lines=15):
     return container.logs(tail=lines).decode(errors="replace").rstrip()
 
 
-def stop_all_docker_clusters(graceful=True):
-    """Stop every Clipper cluster on the local Docker engine: ``[(cluster_name, containers)]``.
-    Without a reachable engine there is nothing to stop."""
+def stop_all_docker_clusters(graceful=True, names=None):
+    """Stop every Clipper cluster on the local Docker engine (or only those in ``names``):
+    ``[(cluster_name, containers)]``. Without a reachable engine there is nothing to stop."""
     try:
         client = engine()
     except ClipperException:
         return []
     # A cluster is its containers and its volume: either may be what is left of it.
-    names = {c.labels[CLIPPER_DOCKER_LABEL]
+    found = {c.labels[CLIPPER_DOCKER_LABEL]
              for c in client.containers.list(all=True, filters={"label": CLIPPER_DOCKER_LABEL})}
-    names |= {v.attrs["Labels"][CLIPPER_DOCKER_LABEL]
+    found |= {v.attrs["Labels"][CLIPPER_DOCKER_LABEL]
               for v in client.volumes.list(filters={"label": CLIPPER_DOCKER_LABEL})}
-    return [(name, DockerContainerManager(cluster_name=name).stop_all(graceful)) for name in sorted(names)]
+    return [(name, DockerContainerManager(cluster_name=name).stop_all(graceful))
+            for name in sorted(found) if names is None or name in names]

