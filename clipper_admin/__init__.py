@@ -5,8 +5,10 @@ from clipper_admin.container_manager import ContainerManager
 from clipper_admin.clipper_admin import ClipperConnection
 from clipper_admin.local import LocalContainerManager
 from clipper_admin.docker import DockerContainerManager
+from clipper_admin.ray import RayContainerManager
 from clipper_admin.backends import backend_from_args, stop_all_clusters
 
 __all__ = ["ClipperConnection", "ContainerManager", "LocalContainerManager",
-           "DockerContainerManager", "ClipperException", "UnconnectedException",
+           "DockerContainerManager", "RayContainerManager",
+           "ClipperException", "UnconnectedException",
            "backend_from_args", "stop_all_clusters", "__version__", "__registry__"]

@@ -5,7 +5,7 @@ import sys
 
 from clipper_admin.exceptions import ClipperException
 
-BACKENDS = ("local", "docker")
+BACKENDS = ("local", "docker", "ray")
 
 
 def backend_from_args(argv=None, **manager_kwargs):
@@ -15,22 +15,29 @@ def backend_from_args(argv=None, **manager_kwargs):
                         default=os.environ.get("CLIPPER_BACKEND") or "local")
     backend = parser.parse_known_args(argv)[0].backend
     _report_clipper_errors_briefly()
+    if backend == "ray":
+        from clipper_admin.ray import RayContainerManager
+        print("Using the Ray backend (the Ray cluster at $RAY_ADDRESS, else the one on this machine)")
+        return RayContainerManager(**manager_kwargs)
     if backend == "docker":
         from clipper_admin.docker import DockerContainerManager
         print("Using the Docker backend (containers on the local Docker engine)")
         return DockerContainerManager(**manager_kwargs)
     from clipper_admin.local import LocalContainerManager
     print("Using the local backend (processes on this machine; "
-          "--backend docker or CLIPPER_BACKEND=docker for Docker)")
+          "--backend docker or CLIPPER_BACKEND=docker for Docker, --backend ray for Ray)")
     return LocalContainerManager(**manager_kwargs)
 
 
 def stop_all_clusters():
-    """Stop every Clipper cluster left on this machine, local or on a Docker engine that
-    answers; ``[(what was stopped, e.g. "cluster 'x' (5 processes)"), ...]``."""
+    """Stop every Clipper cluster left on this machine, local, on a Docker engine that answers,
+    or on the Ray cluster this machine belongs to (if Ray is installed);
+    ``[(what was stopped, e.g. "cluster 'x' (5 processes)"), ...]``."""
     from clipper_admin.docker import stop_all_docker_clusters
     from clipper_admin.local import stop_all_local_clusters
-    return ([f"cluster '{name}' ({count} processes)" for name, count in stop_all_local_clusters()] +
+    from clipper_admin.ray import stop_all_ray_clusters
+    return ([f"Ray cluster '{name}' ({count} actors)" for name, count in stop_all_ray_clusters()] +
+            [f"cluster '{name}' ({count} processes)" for name, count in stop_all_local_clusters()] +
             [f"Docker cluster '{name}' ({count} containers)" for name, count in stop_all_docker_clusters()])
 
 
