@@ -32,6 +32,10 @@ START_TIMEOUT_SECONDS = 120
 STOP_TIMEOUT_SECONDS = 30
 # A replica that has not answered within this long is starting, or waiting for resources.
 INFO_TIMEOUT_SECONDS = 1.0
+# A replica still silent after this long, while the resources it needs are not free, is
+# reported as waiting for them. (Ray's public API does not say whether an actor is placed:
+# one that is starting on its node also holds its resources.)
+WAITING_REPORT_SECONDS = 10.0
 # A replica process that exits this many times in a row, soon after starting, fails a deploy.
 REPLICA_FAILURES_REPORTED = 2
 # Where `ray start` records the address of the cluster it started on this machine.
@@ -94,6 +98,7 @@ class RayContainerManager(ContainerManager):
         self.frontend_resources = frontend_resources or {"node:__internal_head__": 0.001}
         self.replica_options = {"num_cpus": replica_num_cpus, "num_gpus": replica_num_gpus,
                                 "resources": replica_resources or {}}
+        self._silent_since = {}     # replica actor name -> when it was first seen not answering
 
     # ---- Ray ----
     @property
@@ -183,15 +188,23 @@ class RayContainerManager(ContainerManager):
         if not handles:
             return 0
         ray = self._ray
-        # A replica still waiting for resources never answers: it is only killed.
-        ray.wait([handle.stop.remote(graceful) for handle in handles.values()],
-                 num_returns=len(handles), timeout=STOP_TIMEOUT_SECONDS)
+        # Those still starting or waiting for resources would not answer: they are only killed.
+        running = self._answering(handles.values())
+        ray.wait([handle.stop.remote(graceful) for handle in running], num_returns=len(running),
+                 timeout=STOP_TIMEOUT_SECONDS)
         for handle in handles.values():
             ray.kill(handle, no_restart=True)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         while set(handles) & set(self._named("")) and time.monotonic() < deadline:
             time.sleep(0.05)
         return len(handles)
+
+    def _answering(self, handles):
+        """The actors (of ``handles``) that are up: they answer within INFO_TIMEOUT_SECONDS."""
+        ray = self._ray
+        calls = {handle.info.remote(): handle for handle in handles}
+        ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=INFO_TIMEOUT_SECONDS)
+        return [calls[call] for call in ready]
 
     # ---- models ----
     def build_model(self, name, version, model_data_path, base_image, container_registry=None,
@@ -277,12 +290,15 @@ class RayContainerManager(ContainerManager):
         for index, handle in sorted(self._replicas(name, version).items()):
             call = handle.info.remote()
             ready, _ = ray.wait([call], timeout=INFO_TIMEOUT_SECONDS)
+            actor_name = f"{self.cluster_name}/{_replica_name(name, version, index)}"
             if not ready:
+                silent_since = self._silent_since.setdefault(actor_name, time.monotonic())
                 missing = self._missing_resources()
-                if missing:
+                if missing and time.monotonic() - silent_since > WAITING_REPORT_SECONDS:
                     return (f"Replica {index} is waiting for resources no node has free ({missing}); "
                             "it starts when they are free. Lower num_replicas, or add nodes.")
                 continue
+            self._silent_since.pop(actor_name, None)
             try:
                 info = ray.get(call)
             except ray.exceptions.RayError as error:
