@@ -115,9 +115,14 @@ class RayContainerManager(ContainerManager):
         """``{actor name: handle}`` of this cluster's actors whose name starts with ``prefix``."""
         ray = self._ray
         wanted = f"{self.cluster_name}/{prefix}"
-        return {entry["name"]: ray.get_actor(entry["name"], namespace=self.namespace)
-                for entry in ray.util.list_named_actors(all_namespaces=True)
-                if entry["namespace"] == self.namespace and entry["name"].startswith(wanted)}
+        found = {}
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if entry["namespace"] == self.namespace and entry["name"].startswith(wanted):
+                try:
+                    found[entry["name"]] = ray.get_actor(entry["name"], namespace=self.namespace)
+                except ValueError:          # it died since it was listed
+                    continue
+        return found
 
     def _frontends(self):
         return self._named("frontends").get(f"{self.cluster_name}/frontends")

@@ -77,6 +77,7 @@ def ray_cluster():
             with contextlib.suppress(psutil.Error):
                 process.kill()
         psutil.wait_procs(leftovers, timeout=10)
-        subprocess.run(["rm", "-rf", str(scratch)])
+        if not os.environ.get("CLIPPERTEST_KEEP_RAY_LOGS"):
+            subprocess.run(["rm", "-rf", str(scratch)])
         assert not leftovers, f"left running after the Ray cluster stopped: " \
                               f"{[(p.pid, p.name()) for p in leftovers]}"

@@ -25,9 +25,13 @@ def test_cluster_and_clipper_stay_on_loopback(ray_cluster):
         conn.link_model_to_app("loop", "loop-model")
         answer = requests.post(f"http://{conn.get_query_addr()}/loop/predict", json={"input": [1.0, 2.0]})
         assert answer.json()["output"] == 3.0, answer.text
+        # Every process of the cluster, Ray's and Clipper's, and this one (a Ray driver).
         processes = marked_processes(ray_cluster["marker"]) + [psutil.Process(os.getpid())]
-        names = {p.name() for p in processes}
-        assert {"gcs_server", "raylet", "redis-server"} <= names | {"redis-server"}, names
+        names = [p.name() for p in processes]
+        assert names.count("raylet") == 3 and "gcs_server" in names, names
+        assert len([p for p in processes if p.cmdline()[1:4] == ["-m", "clipper", "model-container"]]) == 3
+        listening = {c.laddr.port for p in processes for c in p.net_connections("inet") if c.status == "LISTEN"}
+        assert {1337, 1338, 7000, 1390} <= listening
         assert not off_loopback(processes)
     finally:
         conn.stop_all()
