@@ -24,12 +24,12 @@ from pathlib import Path
 import ray
 
 import clipper
+from clipper import launch as recipe
+from clipper.config import Config, is_loopback
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 
 # The directory that holds the ``clipper`` package: on the nodes, where Ray unpacked it.
 CLIPPER_ROOT = str(Path(clipper.__file__).resolve().parents[1])
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-MODEL_STOP_GRACE_SECONDS = 5.0
 MAX_RESTART_DELAY = 5.0
 HEALTHY_RUN_SECONDS = 10.0
 
@@ -64,18 +64,19 @@ class ClusterFrontends:
         self.settings = dict(settings)
         self.dir = node_state_dir(settings["namespace"], settings["cluster_name"])
         self.settings["host"] = settings["host"] or ray.util.get_node_ip_address()
-        if self.settings["host"] not in LOOPBACK and not settings["admin_token"]:
+        if not is_loopback(self.settings["host"]) and (not settings["admin_token"] or settings["rpc_auth"] == "open"):
             raise ValueError(
                 f"The frontends would listen on {self.settings['host']}, beyond loopback, without "
-                "an admin token: pass admin_token= (or set CLIPPER_ADMIN_TOKEN), as Ray itself has "
-                "no authentication")
+                "an admin token or without RPC authentication: pass admin_token= (or set "
+                "CLIPPER_ADMIN_TOKEN) and keep rpc_auth 'auto' or 'curve'")
         # The local backend, with its state on this node: it runs and restarts the processes.
         os.environ["CLIPPER_STATE_DIR"] = str(self.dir / "state")
         self.local = LocalContainerManager(
             cluster_name=settings["cluster_name"], host=self.settings["host"],
             clipper_query_port=settings["query_port"], clipper_management_port=settings["management_port"],
             clipper_rpc_port=settings["rpc_port"], clipper_metric_port=settings["metrics_port"],
-            admin_token=settings["admin_token"], max_body_size=settings["max_body_size"])
+            admin_token=settings["admin_token"], max_body_size=settings["max_body_size"],
+            rpc_auth=settings["rpc_auth"])
         if self.local.cluster.is_running():       # this actor was restarted, its processes were not
             self.local.connect()
         else:
@@ -86,6 +87,11 @@ class ClusterFrontends:
 
     def info(self) -> dict:
         return {**self.settings, **where_am_i()}
+
+    def replica_config(self) -> dict:
+        """What a model container needs of the cluster's Config (not the frontend's secret key)."""
+        config = Config(**self.local.cluster.settings()["config"])
+        return config.replace(rpc_server_secret_key="", admin_token="").as_dict()
 
     # ---- model files, in the object store (and on this node's disk, for a restart) ----
     def _model_file(self, key):
@@ -127,7 +133,7 @@ class ModelReplica:
                  replica: int):
         self.label = f"{name}_{version}-{replica}"
         frontends = ray.get_actor(f"{settings['cluster_name']}/frontends", namespace=settings["namespace"])
-        frontend = ray.get(frontends.info.remote())
+        config = Config(**ray.get(frontends.replica_config.remote()))
         refs = ray.get(frontends.model.remote(model_key))
         if not refs:
             raise ValueError(f"The files of model {name}:{version} are gone from the cluster; "
@@ -138,16 +144,13 @@ class ModelReplica:
         with zipfile.ZipFile(io.BytesIO(ray.get(refs[0]))) as archive:
             archive.extractall(self.dir / "model")
         self.log_path = self.dir / "model-container.log"
-        python = read_model_metadata(str(self.dir / "model")).get("python")
-        env = {key: value for key, value in os.environ.items() if not key.startswith("CLIPPER_")}
-        env.update(PYTHONPATH=os.pathsep.join(filter(None, [CLIPPER_ROOT, env.get("PYTHONPATH")])),
-                   CLIPPER_MODEL_NAME=name, CLIPPER_MODEL_VERSION=str(version),
-                   CLIPPER_MODEL_PATH=str(self.dir / "model"), CLIPPER_INPUT_TYPE=input_type,
-                   CLIPPER_IP=frontend["host"], CLIPPER_PORT=str(frontend["rpc_port"]))
+        self.launch = recipe.model_container(config, name, version, input_type, str(self.dir / "model"))
         # The interpreter that pickled the model if this node has it, else the actor's own.
-        self.command = [python if python and os.access(python, os.X_OK) else sys.executable,
-                        "-m", "clipper", "model-container"]
-        self.env = env
+        python = read_model_metadata(str(self.dir / "model")).get("python")
+        self.command = self.launch.argv(python if python and os.access(python, os.X_OK) else sys.executable)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("CLIPPER_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [CLIPPER_ROOT, env.get("PYTHONPATH")]))
+        self.env = {**env, **self.launch.env}
         self.process = None
         self.failures = 0
         self.exit_code = None
@@ -190,7 +193,7 @@ class ModelReplica:
         self.stopping = True
         self.process.terminate()
         try:
-            self.process.wait(MODEL_STOP_GRACE_SECONDS if graceful else 0)
+            self.process.wait(self.launch.stop_grace if graceful else 0)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()

@@ -18,18 +18,19 @@ import sys
 import tempfile
 import time
 
+from clipper import launch as recipe
+from clipper.config import Config
+from clipper.rpc import auth
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT,
     CLIPPER_INTERNAL_RPC_PORT, ContainerManager)
-from clipper_admin.exceptions import ClipperException
-from clipper.config import Config
+from clipper_admin.exceptions import ClipperException, MissingDependency
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "clipper"
 IMAGE_PREFIX = "ray-object-store:"
-START_TIMEOUT_SECONDS = 120
-STOP_TIMEOUT_SECONDS = 30
+STOP_TIMEOUT_SECONDS = recipe.CLUSTER_STOP_SECONDS + 10
 # A replica that has not answered within this long is starting, or waiting for resources.
 INFO_TIMEOUT_SECONDS = 1.0
 # A replica still silent after this long, while the resources it needs are not free, is
@@ -45,9 +46,8 @@ RAY_CURRENT_CLUSTER_FILE = "ray_current_cluster"
 def _import_ray():
     try:
         import ray
-    except ImportError:
-        raise ClipperException("The Ray backend needs Ray on Python 3.10+: "
-                               "pip install -r requirements-ray.txt") from None
+    except ModuleNotFoundError:
+        raise MissingDependency("The Ray backend (Python 3.10+)", "ray", "ray") from None
     return ray
 
 
@@ -77,24 +77,20 @@ class RayContainerManager(ContainerManager):
                  clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT,
                  clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT, host=None, admin_token=None,
-                 max_body_size=Config.max_body_size, frontend_resources=None, replica_num_cpus=1,
-                 replica_num_gpus=0, replica_resources=None):
+                 max_body_size=Config.max_body_size, rpc_auth=auth.AUTO, frontend_resources=None,
+                 replica_num_cpus=1, replica_num_gpus=0, replica_resources=None):
         """``address``: the Ray cluster (default $RAY_ADDRESS, else the one on this machine).
         ``host``: where the frontends listen (default: their node's Ray address; beyond
-        loopback only with ``admin_token``). ``frontend_resources``: Ray resources that choose
+        loopback only with ``admin_token`` and ``rpc_auth`` not "open"; see LocalContainerManager
+        for ``rpc_auth``). ``frontend_resources``: Ray resources that choose
         the frontends' node (default: the head node). ``replica_num_cpus``,
         ``replica_num_gpus``, ``replica_resources``: what each model replica needs."""
+        super().__init__(cluster_name, None, clipper_query_port, clipper_management_port,
+                         clipper_rpc_port, clipper_metric_port, None, None, admin_token,
+                         max_body_size, rpc_auth)
         self.address = address
-        self.cluster_name = cluster_name
-        self.cluster_identifier = cluster_name
         self.namespace = namespace
-        self.clipper_query_port = clipper_query_port
-        self.clipper_management_port = clipper_management_port
-        self.clipper_rpc_port = clipper_rpc_port
-        self.clipper_metric_port = clipper_metric_port
-        self.host = host
-        self.admin_token = admin_token
-        self.max_body_size = max_body_size
+        self.host = host            # None: the frontends' node's Ray address
         self.frontend_resources = frontend_resources or {"node:__internal_head__": 0.001}
         self.replica_options = {"num_cpus": replica_num_cpus, "num_gpus": replica_num_gpus,
                                 "resources": replica_resources or {}}
@@ -146,16 +142,17 @@ class RayContainerManager(ContainerManager):
                     "query_port": self.clipper_query_port, "management_port": self.clipper_management_port,
                     "rpc_port": self.clipper_rpc_port, "metrics_port": self.clipper_metric_port,
                     "admin_token": self.admin_token, "max_body_size": self.max_body_size,
+                    "rpc_auth": self.rpc_auth,
                     "cache_size": cache_size, "body_timeout": qf_http_timeout_content}
         frontends = ray.remote(ClusterFrontends).options(**self._actor_options(
             "frontends", num_cpus=0, resources=self.frontend_resources)).remote(settings)
         try:
-            self._adopt(ray.get(frontends.info.remote(), timeout=START_TIMEOUT_SECONDS))
+            self._adopt(ray.get(frontends.info.remote(), timeout=recipe.START_TIMEOUT_SECONDS))
         except BaseException as error:
             ray.kill(frontends, no_restart=True)
             if isinstance(error, ray.exceptions.GetTimeoutError):
                 raise ClipperException(
-                    f"The frontends did not start within {START_TIMEOUT_SECONDS} s: does a node offer "
+                    f"The frontends did not start within {recipe.START_TIMEOUT_SECONDS} s: does a node offer "
                     f"the resources {self.frontend_resources}?") from None
             if isinstance(error, ray.exceptions.RayError):
                 raise ClipperException(f"Clipper did not start: {_cause(error)}") from None
@@ -165,6 +162,7 @@ class RayContainerManager(ContainerManager):
 
     def _adopt(self, info):
         self.host = info["host"]
+        self.public_host = "localhost" if info["host"] == "127.0.0.1" else info["host"]
         self.clipper_query_port = info["query_port"]
         self.clipper_management_port = info["management_port"]
         self.clipper_rpc_port = info["rpc_port"]
@@ -177,7 +175,7 @@ class RayContainerManager(ContainerManager):
         if frontends is None:
             raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' in the "
                                    f"Ray namespace '{self.namespace}'. Start one with start_clipper().")
-        self._adopt(self._ray.get(frontends.info.remote(), timeout=START_TIMEOUT_SECONDS))
+        self._adopt(self._ray.get(frontends.info.remote(), timeout=recipe.START_TIMEOUT_SECONDS))
 
     def stop_all(self, graceful=True):
         stopped = self._stop_actors(self._replicas_named(""), graceful)
@@ -342,10 +340,6 @@ class RayContainerManager(ContainerManager):
                 f.write(text)
             paths.append(path)
         return paths
-
-    @property
-    def public_host(self):
-        return "localhost" if self.host == "127.0.0.1" else self.host
 
 
 def _replica_name(name, version, index):

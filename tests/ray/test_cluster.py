@@ -15,7 +15,8 @@ def feature_sum(xs):
 
 
 def test_cluster_and_clipper_stay_on_loopback(ray_cluster):
-    manager = RayContainerManager(cluster_name="loopback")
+    # With an admin token, the replicas also authenticate to the RPC port (CURVE keys).
+    manager = RayContainerManager(cluster_name="loopback", admin_token="a-token")
     conn = ClipperConnection(manager)
     conn.start_clipper()
     try:
