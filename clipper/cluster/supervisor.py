@@ -11,12 +11,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import redis
 
+from clipper.cluster.gpus import device_environment, pick_devices
 from clipper.cluster.registry import MARKER_ENV, ClusterDir, ProcessRecord
 from clipper.cluster.redis_binary import redis_server_command
 
@@ -117,17 +119,18 @@ class Supervisor:
                 f"--cache-size={s['cache_size']}"]),
         ]
 
-    def _replica_child(self, model: dict, index: int) -> Child:
+    def _replica_child(self, model: dict, index: int, devices: List[str]) -> Child:
         # '_' cannot occur in model names, so this name is unambiguous (as Clipper's labels).
         name = f"model-{model['name']}_{model['version']}-{index}"
         env = self._env({
             "CLIPPER_MODEL_NAME": model["name"], "CLIPPER_MODEL_VERSION": model["version"],
             "CLIPPER_MODEL_PATH": model["model_dir"], "CLIPPER_INPUT_TYPE": model["input_type"],
             "CLIPPER_IP": self.settings["host"], "CLIPPER_PORT": str(self.settings["rpc_port"]),
+            **device_environment(devices),
         })
         return Child(name, "model-container", [model["python"], "-m", "clipper", "model-container"],
                      env, {"model_name": model["name"], "model_version": model["version"],
-                           "replica": index})
+                           "replica": index, "gpus": devices})
 
     # ---- start-up ----
     def _start_redis(self) -> None:
@@ -183,17 +186,18 @@ class Supervisor:
 
     def _apply_wanted_replicas(self) -> None:
         wanted = self.cluster.wanted_replicas()
-        slots = {}
-        for model in wanted["models"].values():
-            for index in range(model["count"]):
-                child = self._replica_child(model, index)
-                slots[child.name] = child
+        slots = {f"model-{m['name']}_{m['version']}-{index}": (m, index)
+                 for m in wanted["models"].values() for index in range(m["count"])}
         current = {c.name: c for c in self.children if c.role == "model-container"}
         surplus = [child for name, child in current.items() if name not in slots]
         self._stop(surplus)
         self.children = [c for c in self.children if c not in surplus]
-        for name, child in slots.items():
+        gpus_in_use = Counter(device for c in self.children for device in c.details.get("gpus", []))
+        for name, (model, index) in slots.items():
             if name not in current:
+                devices = pick_devices(self.settings.get("gpus", []), model.get("gpus", 0), gpus_in_use)
+                gpus_in_use.update(devices)
+                child = self._replica_child(model, index, devices)
                 self.children.append(child)
                 self._start(child)
         self.generation = wanted["generation"]

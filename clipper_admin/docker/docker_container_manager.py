@@ -10,11 +10,14 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 
 import docker
 import docker.errors
+import docker.types
 import requests
 
+from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.config import Config, env_name
 from clipper_admin.container_manager import (
     CLIPPER_DOCKER_LABEL, CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT,
@@ -33,6 +36,8 @@ PORT_LABELS = {"redis": "ai.clipper.redis.port", "management": "ai.clipper.manag
                "rpc": "ai.clipper.query_frontend.rpc.port", "metric": "ai.clipper.metric.port"}
 ROLE_LABEL = "ai.clipper.role"               # ours: which process a container runs
 RUNTIME_IMAGE_LABEL = "ai.clipper.runtime.image"
+GPUS_LABEL = "ai.clipper.gpus"               # ours: the GPU ids a model container was given
+GPUS_PER_REPLICA_LABEL = "ai.clipper.gpus_per_replica"
 ADMIN_TOKEN_VARIABLE = env_name("admin_token")
 START_TIMEOUT_SECONDS = 120
 STOP_GRACE_SECONDS = 10
@@ -100,7 +105,8 @@ class DockerContainerManager(ContainerManager):
             labels[CLIPPER_MODEL_CONTAINER_LABEL] = create_model_container_label(name, version)
         return self._containers(**labels)
 
-    def _run(self, role, arguments, image=None, environment=None, labels=None, name=None):
+    def _run(self, role, arguments, image=None, environment=None, labels=None, name=None,
+             device_requests=None):
         # As in 0.4.1, the user's extra_container_kwargs go to every container; labels and
         # environment are merged with ours, and what the cluster needs to work wins.
         kwargs = {"restart_policy": {"Name": "unless-stopped"}, **self.extra_container_kwargs}
@@ -111,6 +117,8 @@ class DockerContainerManager(ContainerManager):
         kwargs.update(name=f"{self.cluster_name}-{name or role}-{random.randint(0, 100000)}",
                       labels=all_labels, environment=all_environment, network_mode="host", detach=True)
         kwargs.pop("network", None)        # host networking: no network to join
+        if device_requests:
+            kwargs["device_requests"] = device_requests
         return self.client.containers.run(image or self.runtime_image, arguments, **kwargs)
 
     def _ports(self):
@@ -240,22 +248,36 @@ class DockerContainerManager(ContainerManager):
             tag = f"{container_registry}/{tag}"
         return build_model_image(self.client, self.runtime_image, tag, model_data_path, pkgs_to_install)
 
-    def deploy_model(self, name, version, input_type, image, num_replicas=1):
-        self.set_num_replicas(name, version, input_type, image, num_replicas)
+    def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
+        self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus)
 
     def get_num_replicas(self, name, version):
         return len(self._model_containers(name, version))
 
-    def set_num_replicas(self, name, version, input_type, image, num_replicas):
+    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
+        """New containers get ``num_gpus`` GPUs each as device requests, the least used first."""
         current = self._model_containers(name, version)
+        if num_gpus is None:
+            num_gpus = int(current[0].labels.get(GPUS_PER_REPLICA_LABEL, 0)) if current else 0
+        try:
+            devices = machine_gpus()
+            pick_devices(devices, num_gpus, Counter())
+        except ValueError as error:
+            raise ClipperException(f"Model {name}:{version}: {error}") from None
+        in_use = Counter(device for container in self._model_containers()
+                         for device in container.labels.get(GPUS_LABEL, "").split(",") if device)
         self._remove(current[num_replicas:])
         environment = {"CLIPPER_MODEL_NAME": name, "CLIPPER_MODEL_VERSION": str(version),
                        "CLIPPER_INPUT_TYPE": input_type, "CLIPPER_IP": "127.0.0.1",
                        "CLIPPER_PORT": str(self.clipper_rpc_port)}
         for _ in range(num_replicas - len(current)):
+            chosen = pick_devices(devices, num_gpus, in_use)
+            in_use.update(chosen)
+            requests_ = [docker.types.DeviceRequest(device_ids=chosen, capabilities=[["gpu"]])] if chosen else None
             self._run("model-container", ["model-container"], image=image, environment=environment,
-                      labels={CLIPPER_MODEL_CONTAINER_LABEL: create_model_container_label(name, version)},
-                      name=f"{name}_{version}")
+                      labels={CLIPPER_MODEL_CONTAINER_LABEL: create_model_container_label(name, version),
+                              GPUS_LABEL: ",".join(chosen), GPUS_PER_REPLICA_LABEL: str(num_gpus)},
+                      name=f"{name}_{version}", device_requests=requests_)
 
     def replica_failure(self, name, version):
         failing = [c for c in self._model_containers(name, version) if _restarts(c) >= FAILING_RESTARTS]

