@@ -7,7 +7,6 @@ Clipper 0.4.1's containers passed them: ``func(model, inputs)``, and for PySpark
 ``func(spark, model, inputs)``. A replica given GPUs (CUDA_VISIBLE_DEVICES not empty)
 loads the model onto the first of them where the framework allows it.
 """
-import glob
 import importlib
 import json
 import os
@@ -99,18 +98,14 @@ def _onnx(onnxruntime, model_path: str, metadata: dict) -> Tuple:
 
 
 def _tensorflow(tf, model_path: str, metadata: dict) -> Tuple:
-    """A SavedModel loads with ``tf.saved_model.load``; a TF1 checkpoint (what 0.4.1 saved
-    from a Session) is restored into a ``tf.compat.v1.Session``, which the function gets."""
+    """A SavedModel loads with ``tf.saved_model.load``; one saved from a TF1 session is
+    loaded into a ``tf.compat.v1.Session``, which the function gets (as in 0.4.1)."""
     directory = os.path.join(model_path, TENSORFLOW_MODEL_DIR)
-    if os.path.isfile(os.path.join(directory, "saved_model.pb")):
+    if not metadata.get("session"):
         return (tf.saved_model.load(directory),)
-    metagraphs = glob.glob(os.path.join(directory, "*.meta"))
-    if not metagraphs:
-        raise ValueError(f"{directory} holds neither a SavedModel nor a TF1 checkpoint")
     session = tf.compat.v1.Session(graph=tf.Graph())
     with session.graph.as_default():
-        saver = tf.compat.v1.train.import_meta_graph(metagraphs[0], clear_devices=True)
-        saver.restore(session, metagraphs[0][:-len(".meta")])
+        tf.compat.v1.saved_model.loader.load(session, [tf.compat.v1.saved_model.SERVING], directory)
     return (session,)
 
 

@@ -3,11 +3,11 @@
 For TensorFlow 2: ``tf_sess_or_saved_model_path`` is a SavedModel directory, a
 ``tf.Module`` or a Keras model (exported as a SavedModel); each replica loads it once with
 ``tf.saved_model.load`` and calls ``func(model, inputs)`` per batch (a Keras model's
-export is called as ``model.serve(x)``). 0.4.1's TF1 forms work through ``tf.compat.v1``:
-a ``tf.compat.v1.Session`` (its variables are saved as a checkpoint) or a checkpoint
-directory; the replica restores it into a session and calls ``func(sess, inputs)``.
+export is called as ``model.serve(x)``). 0.4.1's other form, a TF1 session, works through
+``tf.compat.v1``: a ``tf.compat.v1.Session`` is saved as a TF1 SavedModel, each replica
+loads it into a session and calls ``func(sess, inputs)`` (tensors by name, as in 0.4.1).
+TF1 checkpoint directories and frozen graphs are refused with what to pass instead.
 """
-import glob
 import logging
 import os
 import shutil
@@ -18,10 +18,6 @@ from clipper_admin.deployers.deployer_utils import (
 from clipper_admin.exceptions import ClipperException
 
 logger = logging.getLogger(__name__)
-
-# What 0.4.1 took as a TF1 checkpoint directory.
-CHECKPOINT_PATTERNS = ("*.meta", "*.index", "checkpoint", "*.data*")
-
 
 def create_endpoint(clipper_conn, name, input_type, func, tf_sess_or_saved_model_path,
                     default_output="None", version=1, slo_micros=3000000, labels=None,
@@ -47,7 +43,8 @@ def deploy_tensorflow_model(clipper_conn, name, version, input_type, func,
 
     def save_model(directory):
         save(os.path.join(directory, TENSORFLOW_MODEL_DIR))
-        return {"packages": pinned_requirements("tensorflow")}
+        return {"session": isinstance(model, tf.compat.v1.Session),
+                "packages": pinned_requirements("tensorflow")}
 
     deploy_model_directory(clipper_conn, name, version, input_type, func, base_image, labels,
                            registry, num_replicas, batch_size, pkgs_to_install, num_gpus,
@@ -60,22 +57,22 @@ def _saver(tf, model):
     if isinstance(model, tf.compat.v1.Session):
         def save_session(target):
             with model.graph.as_default():
-                saver = tf.compat.v1.train.Saver()
-            saver.save(model, os.path.join(target, "model.ckpt"))
+                builder = tf.compat.v1.saved_model.Builder(target)
+                builder.add_meta_graph_and_variables(model, [tf.compat.v1.saved_model.SERVING])
+                builder.save()
         return save_session
     if _is_keras_model(model):
         return lambda target: model.export(target, verbose=False)
     if isinstance(model, tf.Module):
         return lambda target: tf.saved_model.save(model, target)
     path = str(model)
-    if os.path.isfile(os.path.join(path, "saved_model.pb")) or (
-            os.path.isdir(path) and all(glob.glob(os.path.join(path, p)) for p in CHECKPOINT_PATTERNS)):
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return lambda target: shutil.copytree(path, target)
     raise ClipperException(
         f"{model!r} is not a TensorFlow model this deployer can save. Pass a SavedModel directory "
         "(tf.saved_model.save(module, path), or model.export(path) for Keras), a tf.Module, a "
-        "Keras model, a tf.compat.v1.Session, or a TF1 checkpoint directory (.meta, .index, "
-        "checkpoint and .data files); a frozen .pb graph alone is not served")
+        "Keras model or a tf.compat.v1.Session. A TF1 checkpoint or frozen graph: restore it "
+        "into a tf.compat.v1.Session and pass the session")
 
 
 def _is_keras_model(model):

@@ -150,11 +150,11 @@ def _exists(client, image):
     return _image_id(client, image) is not None
 
 
-def build_model_image(client, runtime_image, tag, model_dir, pkgs_to_install=None):
-    """``runtime_image`` + the model directory at /model (+ pip packages, if any)."""
+def model_dockerfile(runtime_image, model_dir, pkgs_to_install=None):
+    """The Dockerfile of a model image. A framework model's image gets its framework at the
+    client's version (and Java for PySpark), as its metadata lists them."""
     metadata = read_metadata(str(model_dir))
     lines = [f"FROM {runtime_image}"]
-    # A framework model: its framework at the client's version (and Java for PySpark).
     if metadata.get("apt_packages"):
         lines.append("RUN apt-get update && apt-get install -y --no-install-recommends "
                      + " ".join(metadata["apt_packages"]) + " && rm -rf /var/lib/apt/lists/*")
@@ -163,7 +163,13 @@ def build_model_image(client, runtime_image, tag, model_dir, pkgs_to_install=Non
         lines.append("RUN if [ -f /opt/clipper/pip-ca.crt ]; then export PIP_CERT=/opt/clipper/pip-ca.crt; fi; "
                      "pip install --no-cache-dir " + " ".join(shlex.quote(p) for p in packages))
     lines += [f"COPY model {MODEL_PATH_IN_IMAGE}", f"ENV CLIPPER_MODEL_PATH={MODEL_PATH_IN_IMAGE}"]
-    files = {"Dockerfile": ("\n".join(lines) + "\n").encode(), "model": Path(model_dir)}
+    return "\n".join(lines) + "\n"
+
+
+def build_model_image(client, runtime_image, tag, model_dir, pkgs_to_install=None):
+    """``runtime_image`` + the model directory at /model (+ pip packages, if any)."""
+    dockerfile = model_dockerfile(runtime_image, model_dir, pkgs_to_install)
+    files = {"Dockerfile": dockerfile.encode(), "model": Path(model_dir)}
     previous = _image_id(client, tag)
     _build(client, tag, _context(files))
     if previous not in (None, _image_id(client, tag)):
