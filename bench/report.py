@@ -1,4 +1,4 @@
-"""What a run measured, as issue 4's targets (ratios, PASS/MISS), a Markdown report and a plot."""
+"""What a run measured, as the project's targets (ratios, PASS/MISS), a Markdown report and a plot."""
 import os
 import platform
 
@@ -29,9 +29,9 @@ def p50(results, name, c):
 
 
 def targets(results):
-    """(target, measured ratio, "<=" or ">=", bound) for each target of issue 4 that was measured.
+    """(target, measured ratio, "<=" or ">=", bound) for each target that was measured.
 
-    The issue's floor is a bare uvloop server (it measured ~14,700 req/s at 1 client); the
+    The targets' floor is a bare uvloop server (it measured ~14,700 req/s at 1 client); the
     aiohttp floor (our own HTTP stack) is checked against the same bounds, for reference.
     """
     rows = []
@@ -89,7 +89,7 @@ def markdown(results, checks, context) -> str:
         for c, point in (points or {}).items():
             lines.append(f"| {name} | {c} | {point['rps']:,.0f} | {point['p50_us'] / 1000:.3f} | "
                          f"{point['p99_us'] / 1000:.3f} | {point['failed']} | {point['wrk_cores']:.2f} |")
-    lines += ["", "| target (issue 4) | measured | bound | |", "|---|---:|---:|---|"]
+    lines += ["", "| target | measured | bound | |", "|---|---:|---:|---|"]
     for name, ratio, op, bound in checks:
         lines.append(f"| {name} | {ratio:.2f} | {op} {bound} | {'PASS' if passed(ratio, op, bound) else 'MISS'} |")
     for name in (RAY_DEFAULT, RAY_FAST):

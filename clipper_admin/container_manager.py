@@ -1,6 +1,18 @@
-"""The ContainerManager interface: how a backend starts, finds and stops a cluster."""
+"""The ContainerManager interface: how a backend starts, finds and stops a cluster.
+
+The base class holds what every backend shares: the cluster's name, ports and settings,
+the checks before a start, and the one wait until the servers answer. Each backend only
+says where a role's process runs (``clipper.launch`` says what it runs).
+"""
 import abc
+import os
 import re
+
+from clipper import launch as recipe
+from clipper.config import Config
+from clipper.rpc import auth
+from clipper_admin.exceptions import ClipperException
+from clipper_admin.ports import require_free_ports
 
 CLIPPER_INTERNAL_QUERY_PORT = 1337
 CLIPPER_INTERNAL_MANAGEMENT_PORT = 1338
@@ -37,6 +49,49 @@ class ContainerManager(abc.ABC):
     """What ClipperConnection needs from a backend (clipper_admin 0.4.1's interface)."""
 
     cluster_identifier = "default-cluster"
+
+    def __init__(self, cluster_name="default-cluster", public_host="localhost",
+                 clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
+                 clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
+                 clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT,
+                 clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT, redis_ip=None,
+                 redis_port=CLIPPER_INTERNAL_REDIS_PORT, admin_token=None,
+                 max_body_size=Config.max_body_size, rpc_auth=auth.AUTO):
+        self.cluster_name = cluster_name
+        self.cluster_identifier = cluster_name
+        self.public_host = public_host
+        self.clipper_query_port = clipper_query_port
+        self.clipper_management_port = clipper_management_port
+        self.clipper_rpc_port = clipper_rpc_port
+        self.clipper_metric_port = clipper_metric_port
+        self.redis_ip = redis_ip            # None: the cluster runs its own Redis
+        self.redis_port = redis_port
+        self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
+        self.max_body_size = max_body_size
+        self.rpc_auth = rpc_auth            # "auto": CURVE with a token or beyond loopback
+
+    # ---- starting, for every backend ----
+    def _cluster_config(self, cache_size, body_timeout, listen_host, redis_url) -> Config:
+        """The settings every process of this cluster starts with."""
+        if self.admin_token is None:
+            self.admin_token = os.environ.get("CLIPPER_ADMIN_TOKEN", "")
+        return Config(host=listen_host, query_port=self.clipper_query_port,
+                      management_port=self.clipper_management_port, rpc_port=self.clipper_rpc_port,
+                      metrics_port=self.clipper_metric_port, redis_url=redis_url,
+                      cache_size=cache_size, body_timeout=float(body_timeout),
+                      max_body_size=self.max_body_size, admin_token=self.admin_token,
+                      **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token))
+
+    def _require_free_ports(self, listen_host, extra=()):
+        require_free_ports(listen_host, [*self.serving_ports(), *extra])
+
+    @staticmethod
+    def _wait_until_serving(launches, failure):
+        """Until every server in ``launches`` answers; ``failure()`` says early why one cannot."""
+        try:
+            recipe.wait_until_ready(launches, failure)
+        except recipe.StartFailed as error:
+            raise ClipperException(f"Clipper did not start: {error}") from None
 
     @abc.abstractmethod
     def start_clipper(self, query_frontend_image, mgmt_frontend_image, frontend_exporter_image,

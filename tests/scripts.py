@@ -65,7 +65,7 @@ def pyenv_python(minor):
 def venv_with_requirements(python):
     requirements = (ROOT / "requirements.txt").read_bytes()
     key = hashlib.sha256(str(python).encode() + requirements).hexdigest()[:12]
-    venv = CACHE / f"venv-{python.parent.parent.name}-{key}"
+    venv = CACHE / f"venv-{Path(python).parent.parent.name}-{key}"
     if not (venv / "ready").exists():
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([str(python), "-m", "venv", str(venv)], check=True)

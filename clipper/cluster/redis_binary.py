@@ -35,10 +35,14 @@ def redis_server_command(data_dir: Path, socket_path: Optional[str] = None,
 
 
 def main(config) -> None:
-    """``python -m clipper redis``: Redis in the foreground on the port of ``--redis-url``
-    (in a Docker container, where no supervisor starts it)."""
-    port = urlparse(config.redis_url).port or 6379
-    data_dir = Path(config.cluster_dir or "/data")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    command = redis_server_command(data_dir, host=config.host, port=port)
+    """``python -m clipper redis``: redis-server in this process's place, listening where
+    ``redis_url`` says (a unix:// socket, or TCP on the host and the URL's port), keeping
+    its append-only file in ``redis_dir``."""
+    url = urlparse(config.redis_url)
+    data_dir = Path(config.redis_dir)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if url.scheme == "unix":
+        command = redis_server_command(data_dir, socket_path=url.path)
+    else:
+        command = redis_server_command(data_dir, host=config.host, port=url.port or 6379)
     os.execv(command[0], command)

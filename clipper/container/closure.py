@@ -1,6 +1,6 @@
 """Load a deployed Python closure and call it on batches shaped as Clipper's container does.
 
-Batch shapes (protocol reference, section 4.5): a 2-D numpy array (one row per input)
+Batch shapes (docs/protocol.md, 5.5): a 2-D numpy array (one row per input)
 when all inputs have the same length, else a 1-D object array of 1-D arrays; strings are a
 1-D object array of ``bytes``; bytes inputs are signed int8. So Clipper predict functions
 run unchanged.
