@@ -115,8 +115,8 @@ class ContainerManager(abc.ABC):
         """Find a running cluster of this name; raise ClipperException if there is none."""
 
     @abc.abstractmethod
-    def deploy_model(self, name, version, input_type, image, num_replicas=1):
-        """Start ``num_replicas`` containers of a model version."""
+    def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
+        """Start ``num_replicas`` containers of a model version, each with ``num_gpus`` GPUs."""
 
     def build_model(self, name, version, model_data_path, base_image, container_registry=None,
                     pkgs_to_install=None):
@@ -128,8 +128,9 @@ class ContainerManager(abc.ABC):
         pass
 
     @abc.abstractmethod
-    def set_num_replicas(self, name, version, input_type, image, num_replicas):
-        pass
+    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
+        """Start or stop containers of the version; new ones get ``num_gpus`` GPUs each
+        (None: as many as the version's replicas have)."""
 
     @abc.abstractmethod
     def get_logs(self, logging_dir):

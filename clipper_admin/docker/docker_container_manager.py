@@ -14,11 +14,14 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 
 import docker
 import docker.errors
+import docker.types
 
 from clipper import launch as recipe
+from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config, env_name
 from clipper_admin.container_manager import (
     CLIPPER_DOCKER_LABEL, CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT,
@@ -39,6 +42,8 @@ RUNTIME_IMAGE_LABEL = "ai.clipper.runtime.image"
 # Clipper 0.4.1's label of each role's containers.
 CLIPPER_ROLE_LABELS = {QUERY_FRONTEND: CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL,
                        MANAGEMENT_FRONTEND: CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL}
+GPUS_LABEL = "ai.clipper.gpus"               # ours: the GPU ids a model container was given
+GPUS_PER_REPLICA_LABEL = "ai.clipper.gpus_per_replica"
 ADMIN_TOKEN_VARIABLE = env_name("admin_token")
 MODEL_PATH_VARIABLE = env_name("model_path")
 # The servers listen here; with host networking, the model containers connect here too.
@@ -141,7 +146,7 @@ class DockerContainerManager(ContainerManager):
             labels[CLIPPER_MODEL_CONTAINER_LABEL] = create_model_container_label(name, version)
         return self._containers(**labels)
 
-    def _run(self, launch, image=None, labels=None, name=None):
+    def _run(self, launch, image=None, labels=None, name=None, device_requests=None):
         """A container of ``launch`` (clipper.launch): a server runs the runtime image with the
         launch's command and the cluster's volume; a model replica runs ``image`` as-is."""
         # As in 0.4.1, the user's extra_container_kwargs go to every container; labels and
@@ -154,6 +159,8 @@ class DockerContainerManager(ContainerManager):
                       labels=all_labels, environment={**_as_dict(kwargs.get("environment", {})), **launch.env},
                       network_mode="host", detach=True)
         kwargs.pop("network", None)        # host networking: no network to join
+        if device_requests:
+            kwargs["device_requests"] = device_requests
         if image is not None:
             return self.docker_client.containers.run(image, **kwargs)
         kwargs["volumes"] = {**kwargs.get("volumes", {}), self._state_volume(): {"bind": STATE_MOUNT, "mode": "rw"}}
@@ -289,16 +296,26 @@ class DockerContainerManager(ContainerManager):
             tag = f"{container_registry}/{tag}"
         return build_model_image(self.docker_client, self.runtime_image, tag, model_data_path, pkgs_to_install)
 
-    def deploy_model(self, name, version, input_type, image, num_replicas=1):
+    def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
         """Run ``image`` as-is, ``num_replicas`` times: one from ``build_model``, or any
         container that speaks Clipper's RPC v3 and reads Clipper's environment variables."""
-        self.set_num_replicas(name, version, input_type, image, num_replicas)
+        self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus)
 
     def get_num_replicas(self, name, version):
         return len(self._model_containers(name, version))
 
-    def set_num_replicas(self, name, version, input_type, image, num_replicas):
+    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
+        """New containers get ``num_gpus`` GPUs each as device requests, the least used first."""
         current = self._model_containers(name, version)
+        if num_gpus is None:
+            num_gpus = int(current[0].labels.get(GPUS_PER_REPLICA_LABEL, 0)) if current else 0
+        try:
+            devices = machine_gpus()
+            pick_devices(devices, num_gpus, Counter())
+        except ValueError as error:
+            raise ClipperException(f"Model {name}:{version}: {error}") from None
+        in_use = Counter(device for container in self._model_containers()
+                         for device in container.labels.get(GPUS_LABEL, "").split(",") if device)
         self._remove(current[num_replicas:])
         launch = recipe.model_container(Config(host=LOOPBACK, rpc_port=self.clipper_rpc_port),
                                         name, version, input_type, model_path="")
@@ -306,8 +323,13 @@ class DockerContainerManager(ContainerManager):
         launch = dataclasses.replace(launch, env={key: value for key, value in launch.env.items()
                                                   if key != MODEL_PATH_VARIABLE})
         for _ in range(num_replicas - len(current)):
+            chosen = pick_devices(devices, num_gpus, in_use)
+            in_use.update(chosen)
+            requests_ = [docker.types.DeviceRequest(device_ids=chosen, capabilities=[["gpu"]])] if chosen else None
             self._run(launch, image=image, name=f"{name}_{version}",
-                      labels={CLIPPER_MODEL_CONTAINER_LABEL: create_model_container_label(name, version)})
+                      labels={CLIPPER_MODEL_CONTAINER_LABEL: create_model_container_label(name, version),
+                              GPUS_LABEL: ",".join(chosen), GPUS_PER_REPLICA_LABEL: str(num_gpus)},
+                      device_requests=requests_)
 
     def replica_failure(self, name, version):
         failing = [c for c in self._model_containers(name, version) if _restarts(c) >= FAILING_RESTARTS]

@@ -10,9 +10,11 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 from clipper import launch as recipe
 from clipper.cluster import registry
+from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.cluster.registry import ClusterDir, ProcessRecord
 from clipper.cluster.supervisor import PROJECT_ROOT
 from clipper.config import Config
@@ -67,6 +69,7 @@ class LocalContainerManager(ContainerManager):
         config = self._cluster_config(cache_size, qf_http_timeout_content, self.host, self._redis_url())
         try:
             self.cluster.create({"cluster_name": self.cluster_name, "embedded_redis": self.redis_ip is None,
+                                 "gpus": self._machine_gpus(),
                                  "config": config.replace(redis_dir=str(self.cluster.path / "redis")).as_dict()})
             supervisor = subprocess.Popen(
                 [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
@@ -93,6 +96,13 @@ class LocalContainerManager(ContainerManager):
             raise ClipperException(f"The state directory path is too long for a Redis socket "
                                    f"({socket_path}); set CLIPPER_STATE_DIR to a shorter path")
         return f"unix://{socket_path}"
+
+    @staticmethod
+    def _machine_gpus():
+        try:
+            return machine_gpus()
+        except ValueError as error:
+            raise ClipperException(str(error)) from None
 
     def _supervisor_env(self):
         env = dict(os.environ)
@@ -151,11 +161,12 @@ class LocalContainerManager(ContainerManager):
                                    "deploy it again from a working Python")
         return python
 
-    def deploy_model(self, name, version, input_type, image, num_replicas=1):
+    def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
         """``image``: a model directory from ``build_model`` (no Docker image runs here)."""
-        self.set_num_replicas(name, version, input_type, image, num_replicas)
+        self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus)
 
-    def set_num_replicas(self, name, version, input_type, image, num_replicas):
+    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
+        """``num_gpus``: GPUs per replica (CUDA_VISIBLE_DEVICES); None keeps the version's."""
         if not os.path.isfile(os.path.join(str(image), "func.pkl")):
             raise ClipperException(
                 f"On the local backend a model's image is a model directory holding func.pkl (what "
@@ -163,9 +174,16 @@ class LocalContainerManager(ContainerManager):
                 "DockerContainerManager (the scripts: --backend docker)")
         python = self._python_for(str(image))
         with self.cluster.editing_replicas() as models:
-            models[f"{name}:{version}"] = {"name": name, "version": str(version),
-                                           "input_type": input_type, "model_dir": str(image),
-                                           "python": python, "count": num_replicas}
+            key = f"{name}:{version}"
+            if num_gpus is None:
+                num_gpus = models.get(key, {}).get("gpus", 0)
+            try:
+                pick_devices(self.cluster.settings().get("gpus", []), num_gpus, Counter())
+            except ValueError as error:
+                raise ClipperException(f"Model {name}:{version}: {error}") from None
+            models[key] = {"name": name, "version": str(version), "input_type": input_type,
+                           "model_dir": str(image), "python": python, "count": num_replicas,
+                           "gpus": num_gpus}
         self._wait_applied()
 
     def get_num_replicas(self, name, version):
