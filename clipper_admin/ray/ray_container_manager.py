@@ -232,10 +232,12 @@ class RayContainerManager(ContainerManager):
         self._ray.get(frontends.put_model.remote(key, data))
         return IMAGE_PREFIX + key
 
-    def deploy_model(self, name, version, input_type, image, num_replicas=1):
-        self.set_num_replicas(name, version, input_type, image, num_replicas)
+    def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=None):
+        self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus)
 
-    def set_num_replicas(self, name, version, input_type, image, num_replicas):
+    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
+        """``num_gpus``: GPUs for each new replica (Ray's logical GPUs; None: the manager's
+        ``replica_num_gpus``)."""
         from clipper_admin.ray.actors import ModelReplica
         if not str(image).startswith(IMAGE_PREFIX):
             raise ClipperException(f"The Ray backend runs models built by its build_model (deploy_python_closure "
@@ -246,8 +248,11 @@ class RayContainerManager(ContainerManager):
         for index in range(num_replicas):
             if index not in current:
                 # SPREAD: replicas go to different nodes where they can; never pinned to a node.
+                needs = dict(self.replica_options)
+                if num_gpus is not None:
+                    needs["num_gpus"] = num_gpus
                 options = self._actor_options(_replica_name(name, version, index),
-                                              scheduling_strategy="SPREAD", **self.replica_options)
+                                              scheduling_strategy="SPREAD", **needs)
                 _retry_while_name_taken(lambda: ray.remote(ModelReplica).options(**options).remote(
                     settings, name, str(version), input_type, image[len(IMAGE_PREFIX):], index))
         self._stop_actors({actor_name: handle for actor_name, handle
