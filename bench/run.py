@@ -6,7 +6,7 @@
 Load comes from wrk (Debian's package) on loopback; every server listens on 127.0.0.1.
 Every scenario is measured in the same run on the same machine:
 - floors: an HTTP server that parses the same JSON and sums it, bare (uvloop + httptools) and
-  on aiohttp (the management API's HTTP stack), the latter on uvloop and on asyncio (why we run uvloop);
+  on aiohttp (the management API's HTTP stack), the latter on uvloop and on asyncio;
 - the peer: Ray Serve with the same function, default and throughput-optimized (skipped,
   saying so, when its venv is missing);
 - our cluster with the sum-model (a Python closure, 200 doubles): cache off, cache on
@@ -14,7 +14,7 @@ Every scenario is measured in the same run on the same machine:
 - batching: a model that costs 2 ms per call plus 20 us per item, adaptive vs batch size 1;
 - micro-measures: uvloop against asyncio (the aiohttp floor on both), and the round trip to
   a second process (bench/roundtrip.py).
-Prints the figures and the targets as ratios (PASS/MISS); writes them to
+Prints the figures and the project's targets as ratios (PASS/MISS); writes them to
 bench/results/<date>.md and .json with a PNG of latency against concurrency.
 --profile adds py-spy profiles of the query frontend under load (bench/results/).
 """

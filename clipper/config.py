@@ -4,11 +4,17 @@ A flag wins over its variable, which wins over the default. Each field's variabl
 ``CLIPPER_<FIELD>``; the model-container fields match Clipper's own variables
 (CLIPPER_MODEL_NAME, CLIPPER_MODEL_VERSION, CLIPPER_MODEL_PATH, CLIPPER_INPUT_TYPE,
 CLIPPER_IP, CLIPPER_PORT) so that Clipper deployments configure us unchanged.
+
+Each field names the roles that read it (``roles`` below): ``clipper.launch`` gives every
+process of a cluster exactly those variables, so a new setting is this one field (and its
+line in the README's configuration table).
 """
 import argparse
 import dataclasses
+import ipaddress
 import os
-from typing import Mapping, Optional, Sequence
+import socket
+from typing import Dict, Mapping, Optional, Sequence
 
 DEFAULT_HOST = "127.0.0.1"
 QUERY_PORT = 1337
@@ -17,32 +23,51 @@ RPC_PORT = 7000
 METRICS_PORT = 1390
 DEFAULT_CACHE_SIZE = 32 * 1024 * 1024
 
+REDIS = "redis"
+QUERY_FRONTEND = "query-frontend"
+MANAGEMENT_FRONTEND = "management-frontend"
+MODEL_CONTAINER = "model-container"
+FRONTENDS = (QUERY_FRONTEND, MANAGEMENT_FRONTEND)
+SERVERS = (REDIS, *FRONTENDS)
+
+
+def setting(default, *roles: str):
+    """A field of Config, read by the processes of ``roles`` (none: this process only)."""
+    return dataclasses.field(default=default, metadata={"roles": roles})
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    # frontends
-    host: str = DEFAULT_HOST
-    query_port: int = QUERY_PORT
-    management_port: int = MANAGEMENT_PORT
-    rpc_port: int = RPC_PORT
-    metrics_port: int = METRICS_PORT              # Prometheus text format; 0 disables it
-    redis_url: str = "redis://127.0.0.1:6379"
-    cache_size: int = DEFAULT_CACHE_SIZE          # prediction cache, bytes; 0 disables it
-    max_body_size: int = 4 * 1024 * 1024          # largest request body accepted, bytes
-    body_timeout: float = 300.0                   # seconds to receive a request body
-    header_timeout: float = 10.0                  # seconds to receive a request's headers
-    max_batch_size: int = 10_000                  # most inputs in one input_batch
-    admin_token: str = ""                         # if set, /admin calls need this bearer token
-    replica_timeout: float = 30.0                 # seconds of silence before a replica is dropped
+    # servers
+    host: str = setting(DEFAULT_HOST, *SERVERS)           # where the servers listen
+    query_port: int = setting(QUERY_PORT, QUERY_FRONTEND)
+    management_port: int = setting(MANAGEMENT_PORT, MANAGEMENT_FRONTEND)
+    rpc_port: int = setting(RPC_PORT, QUERY_FRONTEND)
+    metrics_port: int = setting(METRICS_PORT, QUERY_FRONTEND)   # Prometheus text; 0 disables it
+    redis_url: str = setting("redis://127.0.0.1:6379", *SERVERS)
+    redis_dir: str = setting("/data", REDIS)              # where Redis keeps its append-only file
+    cache_size: int = setting(DEFAULT_CACHE_SIZE, QUERY_FRONTEND)   # bytes; 0 disables the cache
+    max_body_size: int = setting(4 * 1024 * 1024, *FRONTENDS)  # largest request body, bytes
+    body_timeout: float = setting(300.0, *FRONTENDS)      # seconds to receive a request body
+    header_timeout: float = setting(10.0, QUERY_FRONTEND)  # seconds to receive a request's headers
+    max_batch_size: int = setting(10_000, QUERY_FRONTEND)  # most inputs in one input_batch
+    admin_token: str = setting("", *FRONTENDS)            # if set, /admin calls need this bearer token
+    redis_timeout: float = setting(2.0, MANAGEMENT_FRONTEND)  # seconds for any of its Redis calls
+    replica_timeout: float = setting(30.0, QUERY_FRONTEND)  # silence before a replica is dropped
+    # RPC authentication (CURVE keys, Z85; see clipper.rpc.auth); empty: the RPC port is open
+    rpc_server_secret_key: str = setting("", QUERY_FRONTEND)
+    rpc_client_public_key: str = setting("", QUERY_FRONTEND)   # the only key the frontend admits
+    rpc_server_public_key: str = setting("", MODEL_CONTAINER)
+    rpc_client_secret_key: str = setting("", MODEL_CONTAINER)
     # model container
-    model_name: str = ""
-    model_version: str = ""
-    model_path: str = ""
-    input_type: str = "doubles"
-    ip: str = DEFAULT_HOST                        # query frontend's RPC address
-    port: int = RPC_PORT
-    # local backend: the cluster's state directory (also marks every process of the cluster)
-    cluster_dir: str = ""
+    model_name: str = setting("", MODEL_CONTAINER)
+    model_version: str = setting("", MODEL_CONTAINER)
+    model_path: str = setting("", MODEL_CONTAINER)
+    input_type: str = setting("doubles", MODEL_CONTAINER)
+    ip: str = setting(DEFAULT_HOST, MODEL_CONTAINER)      # the query frontend's RPC address
+    port: int = setting(RPC_PORT, MODEL_CONTAINER)
+    # local backend: the supervisor's state directory
+    cluster_dir: str = setting("")
 
     @classmethod
     def load(cls, argv: Optional[Sequence[str]] = None,
@@ -63,6 +88,22 @@ class Config:
             if value is not None:
                 values[field.name] = value
         return cls(**values)
+
+    def environment(self, role: str) -> Dict[str, str]:
+        """The CLIPPER_* variables that give a process of ``role`` this configuration."""
+        return {env_name(field.name): str(getattr(self, field.name))
+                for field in dataclasses.fields(self) if role in field.metadata["roles"]}
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a server listening on ``host`` is reachable from this machine only."""
+    return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
 
 
 def env_name(field_name: str) -> str:

@@ -17,7 +17,7 @@ JSON_MEDIA_TYPES = ("application/json",)
 
 class BodyError(RequestError):
     def __init__(self, status: int, message: str):
-        super().__init__(message, status)
+        super().__init__(message, status=status)
 
 
 def check_json_media_type(content_type: Optional[Union[str, bytes]]) -> None:

@@ -11,6 +11,7 @@ import warnings
 
 import requests
 
+from clipper import launch as recipe
 from clipper_admin.container_manager import CONTAINERLESS_MODEL_IMAGE, is_valid_name
 from clipper_admin.exceptions import ClipperException, UnconnectedException
 
@@ -20,9 +21,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LABEL = []
 DEFAULT_PREDICTION_CACHE_SIZE_BYTES = 33554432
-START_TIMEOUT_SECONDS = 120
-REPLICA_TIMEOUT_SECONDS = 120
 REQUEST_TIMEOUT_SECONDS = 30
+# 0.4.1's scratch directory, kept for scripts that use it; nothing here writes to it.
+CLIPPER_TEMP_DIR = "/tmp/clipper"
 
 
 def _check_name(kind, value):
@@ -32,6 +33,18 @@ def _check_name(kind, value):
             "consist of lower case alphanumeric characters or '-', and must start and end with "
             "an alphanumeric character (regex used for validation is "
             "'[a-z0-9]([-a-z0-9]*[a-z0-9])?\\Z')")
+
+
+def _gpus_if_asked(num_gpus):
+    """GPUs reach the backend only when asked for, so a ContainerManager written for
+    0.4.1's interface (no num_gpus) keeps working."""
+    return {} if num_gpus in (None, 0) else {"num_gpus": num_gpus}
+
+
+def _check_gpus(num_gpus):
+    if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 0:
+        raise ClipperException(f"num_gpus must be a whole number of GPUs per replica (0 or more), "
+                               f"not {num_gpus!r}")
 
 
 class ClipperConnection(object):
@@ -69,7 +82,7 @@ class ClipperConnection(object):
 
     def _wait_for_replicas(self, name, version, num_replicas):
         """Until exactly ``num_replicas`` replicas of the version are connected."""
-        deadline = time.monotonic() + REPLICA_TIMEOUT_SECONDS
+        deadline = time.monotonic() + recipe.REPLICA_TIMEOUT_SECONDS
         while True:
             connected = [r for r in self.get_all_model_replicas(verbose=True)
                          if r["model_name"] == name and r["model_version"] == str(version)]
@@ -79,7 +92,7 @@ class ClipperConnection(object):
             if failure or time.monotonic() > deadline:
                 raise ClipperException(
                     f"{len(connected)} of {num_replicas} replicas of model {name}:{version} "
-                    f"connected. {failure or f'Timed out after {REPLICA_TIMEOUT_SECONDS} s.'}")
+                    f"connected. {failure or f'Timed out after {recipe.REPLICA_TIMEOUT_SECONDS} s.'}")
             time.sleep(0.05)
 
     # ---- cluster ----
@@ -89,95 +102,212 @@ class ClipperConnection(object):
                       cache_size=DEFAULT_PREDICTION_CACHE_SIZE_BYTES, qf_http_thread_pool_size=1,
                       qf_http_timeout_request=5, qf_http_timeout_content=300,
                       num_frontend_replicas=1):
+        """Start a new cluster: Redis, the management frontend and the query frontend.
+
+        Parameters
+        ----------
+        query_frontend_image, mgmt_frontend_image, frontend_exporter_image : str
+            Clipper's image names; accepted for compatibility and ignored (every backend runs
+            this project's own runtime).
+        cache_size : int
+            Size of the query frontend's prediction cache in bytes; 0 turns it off.
+        qf_http_thread_pool_size, qf_http_timeout_request : int
+            Accepted for compatibility; the frontend is event-driven and has no thread pool.
+        qf_http_timeout_content : int
+            Seconds a client has to send a request body (slower bodies get 408).
+        num_frontend_replicas : int
+            Must be 1.
+
+        Returns once both frontends answer; the connection is then connected.
+
+        Raises
+        ------
+        ClipperException
+            A cluster of this name is already running, a port is taken, or a process did not
+            start (the message carries the end of its log).
+        """
         self.cm.start_clipper(query_frontend_image, mgmt_frontend_image, frontend_exporter_image,
                               cache_size, qf_http_thread_pool_size, qf_http_timeout_request,
                               qf_http_timeout_content, num_frontend_replicas)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        for url in (f"http://{self.cm.get_query_addr()}/metrics",
-                    f"http://{self.cm.get_admin_addr()}/admin/ping"):
-            while True:
-                try:
-                    if self._http.get(url, timeout=5).status_code == requests.codes.ok:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise ClipperException(f"Clipper did not answer at {url} within "
-                                           f"{START_TIMEOUT_SECONDS} s")
-                time.sleep(0.1)
         logger.info("Clipper is running")
         self.connected = True
 
     def connect(self):
+        """Connect to a running cluster of this container manager's name and ports.
+
+        Raises
+        ------
+        ClipperException
+            No such cluster is running.
+        """
         self.cm.connect()
         self.connected = True
         logger.info("Successfully connected to Clipper cluster at {}".format(self.cm.get_query_addr()))
 
     def stop_all(self, graceful=True):
+        """Stop every process or container of the cluster (model replicas first) and forget it.
+
+        Parameters
+        ----------
+        graceful : bool
+            If False, kill at once instead of letting each process finish what it is doing.
+        """
         self.cm.stop_all(graceful=graceful)
         self.connected = False
         logger.info("Stopped all Clipper cluster and all model containers")
 
     def get_query_addr(self):
+        """The ``host:port`` that serves predictions (``POST http://<addr>/<app>/predict``).
+
+        Raises UnconnectedException when not connected.
+        """
         self._require_connection()
         return self.cm.get_query_addr()
 
     def get_metric_addr(self):
+        """The ``host:port`` of the Prometheus metrics (``GET http://<addr>/metrics``).
+
+        Raises UnconnectedException when not connected.
+        """
         self._require_connection()
         return self.cm.get_metric_addr()
 
     def get_clipper_logs(self, logging_dir="clipper_logs/"):
+        """Copy the log of every process of the cluster into ``logging_dir``.
+
+        Returns
+        -------
+        list of str
+            The paths of the files written.
+        """
         return self.cm.get_logs(logging_dir)
 
     def inspect_instance(self):
+        """The query frontend's metrics document (``GET /metrics``) as a dict: counters,
+        meters, histograms and ratios per application and model.
+
+        Raises UnconnectedException when not connected, ClipperException on an error answer.
+        """
         self._require_connection()
         return self._request("GET", f"http://{self.cm.get_query_addr()}/metrics").json()
 
     # ---- applications ----
     def register_application(self, name, input_type, default_output, slo_micros):
+        """Register an application, the REST endpoint ``/<name>/predict``.
+
+        Parameters
+        ----------
+        name : str
+            The application's name.
+        input_type : str
+            One of "ints", "floats", "doubles", "bytes", "strings": what its queries carry.
+        default_output : str
+            Returned (with ``"default": true``) when no prediction is ready in time.
+        slo_micros : int
+            The latency objective in microseconds: a query waits at most this long.
+
+        Raises
+        ------
+        ClipperException
+            The name is taken or a parameter is invalid (Clipper's message).
+        """
         self._admin("add_app", {"name": name, "input_type": input_type,
                                 "default_output": default_output,
                                 "latency_slo_micros": slo_micros})
         logger.info("Application {app} was successfully registered".format(app=name))
 
     def unregister_application(self, name):
+        """Remove an application; its links go with it.
+
+        Raises ClipperException if no application has this name.
+        """
         self._admin("delete_app", {"name": name})
         logger.info("Application {app} was successfully unregistered".format(app=name))
 
     def delete_application(self, name):
+        """Deprecated alias of ``unregister_application``."""
         warnings.warn("delete_application has been deprecated, please use unregister_application",
                       DeprecationWarning)
         self.unregister_application(name)
 
     def link_model_to_app(self, app_name, model_name):
+        """Route the application's queries to the current version of a model.
+
+        An application is linked to at most one model; both must have the same input type.
+
+        Raises ClipperException when the app or model does not exist, the input types differ,
+        or another model is already linked.
+        """
         self._admin("add_model_links", {"app_name": app_name, "model_names": [model_name]})
         logger.info("Model {model} is now linked to application {app}".format(model=model_name, app=app_name))
 
     def unlink_model_from_app(self, app_name, model_name):
+        """Remove the link between an application and a model.
+
+        Raises ClipperException when there is no such link.
+        """
         self._admin("delete_model_links", {"app_name": app_name, "model_names": [model_name]})
         logger.info("Model {model} is now removed to application {app}".format(model=model_name, app=app_name))
 
     def get_all_apps(self, verbose=False):
+        """The registered applications.
+
+        Returns
+        -------
+        list
+            Their names, or with ``verbose=True`` a dict per application (name, input_type,
+            default_output, latency_slo_micros, linked_models).
+        """
         return self._admin("get_all_applications", {"verbose": verbose}).json()
 
     def get_app_info(self, name):
+        """One application's dict (as ``get_all_apps(verbose=True)``), or None if it does not exist."""
         info = self._admin("get_application", {"name": name}).json()
         return info or None
 
     def get_linked_models(self, app_name):
+        """The names of the models linked to an application (a list of at most one).
+
+        Raises ClipperException if the application does not exist.
+        """
         return self._admin("get_linked_models", {"app_name": app_name}).json()
 
     # ---- models ----
     def build_and_deploy_model(self, name, version, input_type, model_data_path, base_image,
                                labels=None, container_registry=None, num_replicas=1,
-                               batch_size=-1, pkgs_to_install=None):
+                               batch_size=-1, pkgs_to_install=None, num_gpus=0):
+        """``build_model`` followed by ``deploy_model``; see both."""
         self._require_connection()
         image = self.build_model(name, version, model_data_path, base_image, container_registry,
                                  pkgs_to_install)
-        self.deploy_model(name, version, input_type, image, labels, num_replicas, batch_size)
+        self.deploy_model(name, version, input_type, image, labels, num_replicas, batch_size,
+                          num_gpus)
 
     def build_model(self, name, version, model_data_path, base_image, container_registry=None,
                     pkgs_to_install=None):
+        """Package a model directory for deployment.
+
+        Parameters
+        ----------
+        name, version : str
+            The model's name and version (DNS-1123 labels: lower-case letters, digits, '-').
+        model_data_path : str
+            A directory holding the model (for a closure, its ``func.pkl``).
+        base_image : str
+            Clipper's base image name; the Docker backend uses its own runtime image instead.
+        container_registry : str, optional
+            Docker backend: a registry prefix for the image name.
+        pkgs_to_install : list of str, optional
+            pip packages the model needs, installed with it.
+
+        Returns
+        -------
+        str
+            What ``deploy_model`` takes as ``image``: a Docker image name, or on the local
+            backend the path of the packaged model directory.
+
+        Raises ClipperException when a name is invalid or a package cannot be installed.
+        """
         version = str(version)
         _check_name("name", name)
         _check_name("version", version)
@@ -185,21 +315,58 @@ class ClipperConnection(object):
                                    container_registry, pkgs_to_install)
 
     def deploy_model(self, name, version, input_type, image, labels=None, num_replicas=1,
-                     batch_size=-1):
+                     batch_size=-1, num_gpus=0):
+        """Register a new model version, make it current and start its replicas.
+
+        Parameters
+        ----------
+        name, version : str
+            The model's name and a new version (DNS-1123 labels).
+        input_type : str
+            "ints", "floats", "doubles", "bytes" or "strings".
+        image : str
+            What ``build_model`` returned.
+        labels : list of str, optional
+            Free-form labels stored with the model.
+        num_replicas : int
+            Replicas to start.
+        batch_size : int
+            The largest batch sent to a replica; -1 lets adaptive batching choose.
+        num_gpus : int
+            Ours, not in 0.4.1: GPUs given to each replica (CUDA_VISIBLE_DEVICES locally,
+            device requests on Docker); more than the machine has is refused.
+
+        Returns once every replica is connected to the query frontend, so the next query is
+        answered by the model.
+
+        Raises
+        ------
+        ClipperException
+            The version exists already, a name is invalid, or the replicas did not connect
+            (the message says why, e.g. the end of a crashing replica's log).
+        """
         self._require_connection()
         version = str(version)
         _check_name("name", name)
         _check_name("version", version)
+        _check_gpus(num_gpus)
         if self.get_model_info(name, version) is not None:
             raise ClipperException(f"model with name '{name}' and version '{version}' already exists")
         self.cm.deploy_model(name=name, version=version, input_type=input_type, image=image,
-                             num_replicas=num_replicas)
+                             num_replicas=num_replicas, **_gpus_if_asked(num_gpus))
         self.register_model(name, version, input_type, image=image, labels=labels,
                             batch_size=batch_size)
         self._wait_for_replicas(name, version, num_replicas)
         logger.info("Done deploying model {name}:{version}.".format(name=name, version=version))
 
     def register_model(self, name, version, input_type, image=None, labels=None, batch_size=-1):
+        """Register a model version (and make it current) without starting any replica.
+
+        Parameters are those of ``deploy_model``; ``image`` None registers a containerless
+        model, whose replicas you run yourself.
+
+        Raises ClipperException when the version exists or a parameter is invalid.
+        """
         version = str(version)
         self._admin("add_model", {
             "model_name": name, "model_version": version, "labels": labels or DEFAULT_LABEL,
@@ -208,43 +375,83 @@ class ClipperConnection(object):
         logger.info("Successfully registered model {name}:{version}".format(name=name, version=version))
 
     def get_current_model_version(self, name):
+        """The version of model ``name`` that queries go to.
+
+        Raises ClipperException if no version of the model is registered.
+        """
         for model in self.get_all_models(verbose=True):
             if model["model_name"] == name and model["is_current_version"]:
                 return model["model_version"]
         raise ClipperException("No versions of model {} registered with Clipper".format(name))
 
     def get_num_replicas(self, name, version=None):
+        """How many replicas of a model version run (``version`` None: the current one)."""
         self._require_connection()
         version = self.get_current_model_version(name) if version is None else str(version)
         return self.cm.get_num_replicas(name, version)
 
-    def set_num_replicas(self, name, num_replicas, version=None):
+    def set_num_replicas(self, name, num_replicas, version=None, num_gpus=None):
+        """Start or stop replicas of a model version (``version`` None: the current one) until
+        ``num_replicas`` run; returns once exactly that many are connected. ``num_gpus`` (ours):
+        GPUs for each replica started from now on; None keeps the version's.
+
+        Raises ClipperException for an unknown or containerless version, or when the replicas
+        do not connect.
+        """
         self._require_connection()
+        if num_gpus is not None:
+            _check_gpus(num_gpus)
         version = self.get_current_model_version(name) if version is None else str(version)
         info = self.get_model_info(name, version)
         if info is None:
             raise ClipperException(f"Cannot add container for non-registered model {name}:{version}")
         if info["container_name"] == CONTAINERLESS_MODEL_IMAGE:
             raise ClipperException(f"Cannot resize the replica set for containerless model {name}:{version}")
-        self.cm.set_num_replicas(name, version, info["input_type"], info["container_name"], num_replicas)
+        self.cm.set_num_replicas(name, version, info["input_type"], info["container_name"], num_replicas,
+                                 **_gpus_if_asked(num_gpus))
         self._wait_for_replicas(name, version, num_replicas)
 
     def get_all_models(self, verbose=False):
+        """The registered model versions.
+
+        Returns
+        -------
+        list
+            ``"name:version"`` strings, or with ``verbose=True`` a dict per version
+            (model_name, model_version, input_type, labels, container_name,
+            model_data_path, is_current_version).
+        """
         return self._admin("get_all_models", {"verbose": verbose}).json()
 
     def get_model_info(self, name, version):
+        """One model version's dict (as ``get_all_models(verbose=True)``), or None."""
         info = self._admin("get_model", {"model_name": name, "model_version": str(version)}).json()
         return info or None
 
     def get_all_model_replicas(self, verbose=False):
+        """The replicas connected to the query frontend.
+
+        Returns
+        -------
+        list
+            ``"name:version:replica_id"`` strings, or with ``verbose=True`` a dict per replica
+            (model_id, model_name, model_version, model_replica_id, input_type).
+        """
         return self._admin("get_all_containers", {"verbose": verbose}).json()
 
     def get_model_replica_info(self, name, version, replica_id):
+        """One connected replica's dict (as ``get_all_model_replicas(verbose=True)``), or None."""
         info = self._admin("get_container", {"model_name": name, "model_version": str(version),
                                              "replica_id": replica_id}).json()
         return info or None
 
     def set_model_version(self, name, version, num_replicas=None):
+        """Make a registered version current: queries follow at once (use it to roll back).
+
+        With ``num_replicas``, also resize that version (``set_num_replicas``).
+
+        Raises ClipperException for an unknown model or version.
+        """
         version = str(version)
         self._admin("set_model_version", {"model_name": name, "model_version": version})
         if num_replicas is not None:
@@ -274,22 +481,26 @@ class ClipperConnection(object):
                 self._wait_for_replicas(name, version, 0)
 
     def stop_models(self, model_names):
+        """Stop every version of the named models (a name or a list) and unregister them."""
         self._require_connection()
         names = [model_names] if isinstance(model_names, str) else list(model_names)
         self._stop_and_delete(self._versions_by_model(lambda m: m["model_name"] in names))
 
     def stop_versioned_models(self, model_versions_dict):
+        """Stop and unregister the given versions: ``{"model": ["1", "2"], ...}``."""
         self._require_connection()
         self._stop_and_delete({name: [str(v) for v in versions]
                                for name, versions in model_versions_dict.items()})
 
     def stop_inactive_model_versions(self, model_names):
+        """Stop and unregister every version of the named models except the current one."""
         self._require_connection()
         names = [model_names] if isinstance(model_names, str) else list(model_names)
         self._stop_and_delete(self._versions_by_model(
             lambda m: m["model_name"] in names and not m["is_current_version"]))
 
     def stop_all_model_containers(self):
+        """Stop the replicas of every model and unregister every version."""
         self._require_connection()
         model_versions = self._versions_by_model(lambda m: True)
         self.cm.stop_all_model_containers()
@@ -298,6 +509,23 @@ class ClipperConnection(object):
 
     # ---- local check of a predict function ----
     def test_predict_function(self, query, func, input_type):
-        """Run ``func`` on ``query`` as a deployed container would, after a pickle round trip."""
+        """Run ``func`` on ``query`` in this process, as a deployed replica would: the function
+        goes through a cloudpickle round trip and gets the batch shaped as Clipper's container
+        shapes it.
+
+        Parameters
+        ----------
+        query : dict
+            A predict body: ``{"input": [...]}`` or ``{"input_batch": [[...], ...]}``.
+        func : callable
+            The predict function (a batch in, a list of outputs out).
+        input_type : str
+            "ints", "floats", "doubles", "bytes" or "strings".
+
+        Returns
+        -------
+        list
+            The function's outputs.
+        """
         from clipper_admin.deployers.deployer_utils import run_locally
         return run_locally(query, func, input_type)

@@ -11,3 +11,12 @@ class UnconnectedException(ClipperException):
         super().__init__(
             "No connection to Clipper cluster. Call ClipperConnection.connect to connect to an "
             "existing cluster or ClipperConnnection.start_clipper to create a new one", *args)
+
+
+class MissingDependency(ClipperException, ImportError):
+    """An optional part (a backend's SDK, a framework) is not installed; says what to install."""
+
+    def __init__(self, feature, package, extra):
+        super().__init__(f"{feature} needs the Python package '{package}', which is not installed: "
+                         f"pip install -r requirements-{extra}.txt (from a clone) or "
+                         f"pip install 'clipper-revival[{extra}]'")

@@ -11,20 +11,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import redis
-
+from clipper import launch as recipe
+from clipper.cluster.gpus import device_environment, pick_devices
 from clipper.cluster.registry import MARKER_ENV, ClusterDir, ProcessRecord
-from clipper.cluster.redis_binary import redis_server_command
+from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config
+from clipper.launch import Launch
 
 log = logging.getLogger("clipper.supervisor")
 
 PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 LOOP_SECONDS = 0.1
-STOP_GRACE_SECONDS = 5.0
 # A process that ran at least this long before dying is restarted at once.
 HEALTHY_RUN_SECONDS = 10.0
 MAX_RESTART_DELAY = 5.0
@@ -37,6 +38,7 @@ class Child:
     role: str
     command: List[str]
     env: Dict[str, str]
+    stop_grace: float
     details: Dict[str, object] = field(default_factory=dict)
     process: Optional[subprocess.Popen] = None
     started_at: float = 0.0
@@ -59,6 +61,7 @@ class Supervisor:
     def __init__(self, cluster: ClusterDir):
         self.cluster = cluster
         self.settings = cluster.settings()
+        self.config = Config(**self.settings["config"])
         self.children: List[Child] = []
         self.generation = -1
         self._stopping = False
@@ -87,72 +90,53 @@ class Supervisor:
                 return
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
-    def _stop(self, children: List[Child], grace: float = STOP_GRACE_SECONDS) -> None:
+    def _stop(self, children: List[Child]) -> None:
         running = [c for c in children if c.process and c.process.poll() is None]
         for child in running:
             child.process.terminate()
-        deadline = time.monotonic() + grace
+        started = time.monotonic()
         for child in running:
             try:
-                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                child.process.wait(timeout=max(0.0, started + child.stop_grace - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0f s; killing it", child.name, grace)
+                log.warning("%s did not stop within %.0f s; killing it", child.name, child.stop_grace)
                 child.process.kill()
                 child.process.wait()
 
-    def _server_child(self, role: str, flags: List[str]) -> Child:
-        # The token goes through the environment: command lines are visible to every user.
-        env = self._env({"CLIPPER_ADMIN_TOKEN": self.settings.get("admin_token", "")})
-        return Child(role, role, [sys.executable, "-m", "clipper", role, *flags], env)
+    def _child(self, launch: Launch, name: str = "", python: str = sys.executable,
+               details: Optional[Dict[str, object]] = None) -> Child:
+        return Child(name or launch.role, launch.role, launch.argv(python), self._env(launch.env),
+                     launch.stop_grace, details or {})
 
-    def _frontends(self) -> List[Child]:
-        s = self.settings
-        common = [f"--host={s['host']}", f"--redis-url={s['redis_url']}",
-                  f"--body-timeout={s['body_timeout']}", f"--max-body-size={s['max_body_size']}"]
-        return [
-            self._server_child("management-frontend", [*common, f"--management-port={s['management_port']}"]),
-            self._server_child("query-frontend", [
-                *common, f"--query-port={s['query_port']}", f"--rpc-port={s['rpc_port']}",
-                f"--metrics-port={s['metrics_port']}",
-                f"--cache-size={s['cache_size']}"]),
-        ]
-
-    def _replica_child(self, model: dict, index: int) -> Child:
+    def _replica_child(self, model: dict, index: int, devices: List[str]) -> Child:
         # '_' cannot occur in model names, so this name is unambiguous (as Clipper's labels).
         name = f"model-{model['name']}_{model['version']}-{index}"
-        env = self._env({
-            "CLIPPER_MODEL_NAME": model["name"], "CLIPPER_MODEL_VERSION": model["version"],
-            "CLIPPER_MODEL_PATH": model["model_dir"], "CLIPPER_INPUT_TYPE": model["input_type"],
-            "CLIPPER_IP": self.settings["host"], "CLIPPER_PORT": str(self.settings["rpc_port"]),
-        })
-        return Child(name, "model-container", [model["python"], "-m", "clipper", "model-container"],
-                     env, {"model_name": model["name"], "model_version": model["version"],
-                           "replica": index})
+        launch = recipe.model_container(self.config, model["name"], model["version"],
+                                        model["input_type"], model["model_dir"],
+                                        extra_env=device_environment(devices))
+        return self._child(launch, name, model["python"],
+                           {"model_name": model["name"], "model_version": model["version"],
+                            "replica": index, "gpus": devices})
 
     # ---- start-up ----
-    def _start_redis(self) -> None:
-        if not self.settings.get("embedded_redis"):
-            return
-        socket_path = self.settings["redis_socket"]
-        child = Child("redis", "redis", redis_server_command(self.cluster.path / "redis", socket_path),
-                      self._env({}))
-        self.children.append(child)
-        self._start(child)
-        self._wait_for_redis(child)
+    def _start_servers(self) -> None:
+        for launch in recipe.servers(self.config, self.settings.get("embedded_redis", False)):
+            child = self._child(launch)
+            self.children.append(child)
+            self._start(child)
+            if launch.role == REDIS:        # the frontends need it at once
+                self._wait_until_ready(child, launch)
 
-    def _wait_for_redis(self, child: Child) -> None:
-        client = redis.Redis.from_url(self.settings["redis_url"])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+    def _wait_until_ready(self, child: Child, launch: Launch) -> None:
+        def failure():
             if child.process.poll() is not None:
-                raise SystemExit(f"redis-server exited with code {child.process.returncode}; "
-                                 f"see {self.cluster.logs / 'redis.log'}")
-            try:
-                client.ping()
-                return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise SystemExit("redis-server did not answer within 30 s")
+                return (f"{child.name} exited with code {child.process.returncode}; "
+                        f"see {self.cluster.logs / (child.name + '.log')}")
+            return None
+        try:
+            recipe.wait_until_ready([launch], failure)
+        except recipe.StartFailed as error:
+            raise SystemExit(str(error)) from None
 
     # ---- main loop ----
     def run(self) -> None:
@@ -161,10 +145,7 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._on_reload)
         self.cluster.set_supervisor(ProcessRecord.of(os.getpid()))
         try:
-            self._start_redis()
-            for child in self._frontends():
-                self.children.append(child)
-                self._start(child)
+            self._start_servers()
             while not self._stopping:
                 if self._reload:
                     self._reload = False
@@ -183,17 +164,18 @@ class Supervisor:
 
     def _apply_wanted_replicas(self) -> None:
         wanted = self.cluster.wanted_replicas()
-        slots = {}
-        for model in wanted["models"].values():
-            for index in range(model["count"]):
-                child = self._replica_child(model, index)
-                slots[child.name] = child
-        current = {c.name: c for c in self.children if c.role == "model-container"}
+        slots = {f"model-{m['name']}_{m['version']}-{index}": (m, index)
+                 for m in wanted["models"].values() for index in range(m["count"])}
+        current = {c.name: c for c in self.children if c.role == MODEL_CONTAINER}
         surplus = [child for name, child in current.items() if name not in slots]
         self._stop(surplus)
         self.children = [c for c in self.children if c not in surplus]
-        for name, child in slots.items():
+        gpus_in_use = Counter(device for c in self.children for device in c.details.get("gpus", []))
+        for name, (model, index) in slots.items():
             if name not in current:
+                devices = pick_devices(self.settings.get("gpus", []), model.get("gpus", 0), gpus_in_use)
+                gpus_in_use.update(devices)
+                child = self._replica_child(model, index, devices)
                 self.children.append(child)
                 self._start(child)
         self.generation = wanted["generation"]
@@ -226,9 +208,9 @@ class Supervisor:
     def _shutdown(self) -> None:
         log.info("stopping the cluster")
         by_role = lambda *roles: [c for c in self.children if c.role in roles]
-        self._stop(by_role("model-container"))
-        self._stop(by_role("query-frontend", "management-frontend"))
-        self._stop(by_role("redis"))
+        self._stop(by_role(MODEL_CONTAINER))
+        self._stop(by_role(QUERY_FRONTEND, MANAGEMENT_FRONTEND))
+        self._stop(by_role(REDIS))
         self.cluster.write_processes(self.generation, [], {})
 
 

@@ -1,6 +1,6 @@
 """Clipper's metrics: counters, ratios, meters and histograms, reported as Clipper's JSON.
 
-The document has Clipper's shape (section 6.1 of the protocol reference): categories
+The document has Clipper's shape (docs/protocol.md, 7.1 The /metrics document): categories
 ``counters``, ``ratio_counters``, ``meters``, ``histograms``, each a list of single-key
 objects, every leaf value a string, pretty-printed. Updates are plain attribute writes so
 that they cost almost nothing on the prediction path.

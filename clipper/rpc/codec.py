@@ -3,7 +3,7 @@
 Frames are listed as a model container's DEALER socket sees them: an empty delimiter
 frame first. The query frontend's ROUTER adds or strips the peer identity in front.
 Clipper -> container messages carry an RPC-version frame; container -> Clipper messages
-do not, except NewContainer, which ends with one (protocol reference, section 4.3).
+do not, except NewContainer, which ends with one (docs/protocol.md, 5.3 RPC frames).
 """
 import struct
 from dataclasses import dataclass
@@ -162,7 +162,7 @@ def encode_heartbeat_reply(heartbeat_type: int) -> List[bytes]:
 
 def encode_prediction_request(msg_id: int, input_type: InputType,
                               inputs: Sequence[bytes]) -> List[bytes]:
-    # Sizes in the header are bytes, not elements (protocol reference, pitfall 19).
+    # Sizes in the header are bytes, not elements (docs/protocol.md, 5.3 RPC frames).
     header = _sized_header([int(input_type), len(inputs), *map(len, inputs)])
     return [b"", _u32(RPC_VERSION), _u32(MSG_CONTAINER_CONTENT), _u32(msg_id),
             _u32(REQUEST_PREDICT), *header, *inputs]

@@ -1,4 +1,4 @@
-"""Clipper's RPC v3 frames, written for the tests from ../shared/clipper-protocol.md section 4.
+"""Clipper's RPC v3 frames, written for the tests from docs/protocol.md, 5 Model-container RPC.
 
 Independent of clipper.rpc.codec on purpose: these tests check our servers and containers
 against the protocol as Clipper's own Python container and query frontend speak it, not

@@ -4,7 +4,7 @@
     through our query frontend.
 (c) Our model container answers a peer that plays Clipper's query frontend.
 Neither side uses clipper.rpc.codec: the frames come from clipper_rpc.py, written from
-../shared/clipper-protocol.md section 4.
+docs/protocol.md, 5 Model-container RPC.
 """
 import base64
 import os
@@ -181,7 +181,7 @@ class ClipperStyleFrontend:
 
 
 def describe_batch(batch):
-    """The model: what it was handed, per input (Clipper's container shapes, section 4.5)."""
+    """The model: what it was handed, per input (Clipper's container shapes, docs/protocol.md 5.5)."""
     return [f"{batch.dtype}{list(batch.shape)} {item!r}" for item in batch]
 
 

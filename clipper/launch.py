@@ -1,0 +1,120 @@
+"""The launch recipe of every role of a cluster, shared by all backends.
+
+For each role (Redis, the two frontends, a model replica) this module says how it is started
+(``python -m clipper <role>`` with the role's CLIPPER_* environment from one ``Config``), how
+readiness is checked, and how long it may take to stop. The local supervisor, the Docker
+backend and the Ray backend only differ in *where* they run the command.
+"""
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+from urllib.parse import urlparse
+
+from clipper.config import (
+    MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config)
+
+# Seconds between SIGTERM and SIGKILL. Replicas finish their batch; frontends answer what
+# is in flight; Redis flushes nothing (every write is fsynced before it is acknowledged).
+STOP_GRACE_SECONDS = {MODEL_CONTAINER: 5.0, QUERY_FRONTEND: 5.0, MANAGEMENT_FRONTEND: 5.0,
+                      REDIS: 5.0}
+# A cluster stops in three stages (replicas, frontends, Redis), each within its grace.
+CLUSTER_STOP_SECONDS = (STOP_GRACE_SECONDS[MODEL_CONTAINER] + STOP_GRACE_SECONDS[QUERY_FRONTEND]
+                        + STOP_GRACE_SECONDS[REDIS] + 1.0)
+# Time for a cluster's servers to answer after they are started (a first Docker run included).
+START_TIMEOUT_SECONDS = 120.0
+# Time for the replicas of a model version to connect to the query frontend.
+REPLICA_TIMEOUT_SECONDS = 120.0
+READY_POLL_SECONDS = 0.05
+
+
+class StartFailed(Exception):
+    """A role did not become ready; the message says which and, where known, why."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One process of a cluster: what to run, how to tell it is serving, how to stop it."""
+    role: str
+    env: Dict[str, str]
+    ready_url: str = ""          # http:// (GET answers 200), redis:// or unix:// (PING); "" = none
+    stop_grace: float = 0.0
+
+    def argv(self, python: str = sys.executable) -> List[str]:
+        return [python, "-m", "clipper", self.role]
+
+    def image_command(self) -> List[str]:
+        """The command of a runtime-image container (its entrypoint is ``python -m clipper``)."""
+        return [self.role]
+
+    def is_ready(self) -> bool:
+        return _probe(self.ready_url)
+
+
+def _launch(role: str, config: Config, ready_url: str = "",
+            extra_env: Optional[Dict[str, str]] = None) -> Launch:
+    return Launch(role, {**config.environment(role), **(extra_env or {})}, ready_url,
+                  STOP_GRACE_SECONDS[role])
+
+
+def redis(config: Config) -> Launch:
+    return _launch(REDIS, config, config.redis_url)
+
+
+def management_frontend(config: Config) -> Launch:
+    return _launch(MANAGEMENT_FRONTEND, config,
+                   f"http://{_reachable(config.host)}:{config.management_port}/admin/ping")
+
+
+def query_frontend(config: Config) -> Launch:
+    # /metrics answers once the frontend follows the cluster's state and its RPC port is bound.
+    return _launch(QUERY_FRONTEND, config, f"http://{_reachable(config.host)}:{config.query_port}/metrics")
+
+
+def servers(config: Config, embedded_redis: bool) -> List[Launch]:
+    """The cluster's servers in start order (stop in the reverse order)."""
+    return ([redis(config)] if embedded_redis else []) + [management_frontend(config),
+                                                          query_frontend(config)]
+
+
+def model_container(config: Config, name: str, version: str, input_type: str, model_path: str,
+                    extra_env: Optional[Dict[str, str]] = None) -> Launch:
+    """A replica of a model version; it connects to the query frontend's RPC port.
+    Readiness is its registration with the frontend, which only the frontend can tell."""
+    replica = config.replace(model_name=name, model_version=str(version), input_type=input_type,
+                             model_path=model_path, ip=_reachable(config.host), port=config.rpc_port)
+    return _launch(MODEL_CONTAINER, replica, extra_env=extra_env)
+
+
+def wait_until_ready(launches: Sequence[Launch], failure: Callable[[], Optional[str]],
+                     timeout: float = START_TIMEOUT_SECONDS) -> None:
+    """Return once every launch answers, in order; raise StartFailed as soon as ``failure()``
+    says why one cannot (e.g. its process exited), or when ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    for launch in launches:
+        while not launch.is_ready():
+            reason = failure()
+            if reason is None and time.monotonic() > deadline:
+                reason = f"the {launch.role} did not answer at {launch.ready_url} within {timeout:g} s"
+            if reason is not None:
+                raise StartFailed(reason)
+            time.sleep(READY_POLL_SECONDS)
+
+
+def _reachable(host: str) -> str:
+    """An address clients can use for a server listening on ``host``."""
+    return "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host == "::" else host)
+
+
+def _probe(url: str) -> bool:
+    if not url:
+        return True
+    scheme = urlparse(url).scheme
+    try:
+        if scheme == "http":
+            import requests
+            return requests.get(url, timeout=2).status_code == 200
+        import redis as redis_client
+        return bool(redis_client.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2).ping())
+    except Exception:            # not up yet: refused, reset, timed out, loading its data
+        return False

@@ -1,0 +1,74 @@
+"""The ``clipper`` command: start, inspect and stop clusters from a shell.
+
+    clipper start  [--backend local|docker] [--cluster-name NAME] [--query-port N] ...
+    clipper status [--backend ...] [--cluster-name NAME]
+    clipper stop   [--backend ...] [--cluster-name NAME]    (as closeClipper.py: all, or those named)
+
+The same ClipperConnection calls a script would make; a cluster started here outlives the
+command, as Clipper's did.
+"""
+import argparse
+import json
+import sys
+
+from clipper_admin.backends import BACKENDS, manager_for, stop_all_clusters
+from clipper_admin.clipper_admin import ClipperConnection
+from clipper_admin.exceptions import ClipperException
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="clipper", description="Start, inspect and stop Clipper clusters.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("start", "start a cluster and leave it running"),
+                       ("status", "what a running cluster serves"),
+                       ("stop", "stop clusters: every one, or those of --backend and/or --cluster-name")):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--backend", choices=list(BACKENDS), default=None if name == "stop" else "local")
+        command.add_argument("--cluster-name", default=None if name == "stop" else "default-cluster")
+        if name == "start":
+            for port, default in (("query", 1337), ("management", 1338), ("rpc", 7000), ("metric", 1390)):
+                command.add_argument(f"--{port}-port", type=int, default=default)
+            command.add_argument("--cache-size", type=int, default=33554432,
+                                 help="prediction cache in bytes; 0 turns it off")
+    return parser
+
+
+def _ports(args):
+    return {"clipper_query_port": args.query_port, "clipper_management_port": args.management_port,
+            "clipper_rpc_port": args.rpc_port, "clipper_metric_port": args.metric_port}
+
+
+def start(args):
+    conn = ClipperConnection(manager_for(args.backend, cluster_name=args.cluster_name, **_ports(args)))
+    conn.start_clipper(cache_size=args.cache_size)
+    print(f"Cluster '{args.cluster_name}' is running: predictions at http://{conn.get_query_addr()}"
+          f"/<application>/predict, management at http://{conn.cm.get_admin_addr()}")
+
+
+def status(args):
+    conn = ClipperConnection(manager_for(args.backend, cluster_name=args.cluster_name))
+    conn.connect()
+    print(json.dumps({"cluster": args.cluster_name, "backend": args.backend,
+                      "query_address": conn.get_query_addr(), "management_address": conn.cm.get_admin_addr(),
+                      "applications": conn.get_all_apps(verbose=True),
+                      "models": conn.get_all_models(verbose=True),
+                      "replicas": conn.get_all_model_replicas()}, indent=2))
+
+
+def stop(args):
+    stopped = stop_all_clusters(backend=args.backend, cluster_name=args.cluster_name)
+    print("\n".join(f"Stopped Clipper {what}" for what in stopped) or "No Clipper cluster is running.")
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        {"start": start, "status": status, "stop": stop}[args.command](args)
+    except ClipperException as error:
+        print(f"Error: {error.msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
