@@ -23,6 +23,7 @@ import docker.types
 from clipper import launch as recipe
 from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config, env_name
+from clipper.rpc import auth
 from clipper_admin.container_manager import (
     CLIPPER_DOCKER_LABEL, CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT,
     CLIPPER_INTERNAL_REDIS_PORT, CLIPPER_INTERNAL_RPC_PORT, CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL,
@@ -91,18 +92,18 @@ class DockerContainerManager(ContainerManager):
                  redis_port=CLIPPER_INTERNAL_REDIS_PORT, prometheus_port=9090,
                  docker_network="clipper_network", extra_container_kwargs=None,
                  base_image=None, clipper_metric_port=None,
-                 admin_token=None, max_body_size=Config.max_body_size):
+                 admin_token=None, max_body_size=Config.max_body_size, rpc_auth=auth.AUTO):
         """0.4.1's parameters, and its public attributes. Containers share the host's network,
         so ``docker_network`` and ``prometheus_port`` have no effect; Redis started here
         listens on a unix socket, so ``redis_port`` is used only with ``redis_ip``; with
         ``use_centralized_log`` no log collector is started: ``get_clipper_logs`` reads every
         container's log from Docker either way. Ours: ``clipper_metric_port`` (Prometheus;
         default: the query port + 53); ``base_image`` (default $CLIPPER_DOCKER_BASE_IMAGE,
-        else python:<this minor>-slim) under the runtime image; ``admin_token`` and
-        ``max_body_size`` as for LocalContainerManager."""
+        else python:<this minor>-slim) under the runtime image; ``admin_token``,
+        ``max_body_size`` and ``rpc_auth`` as for LocalContainerManager."""
         super().__init__(cluster_name, docker_ip_address, clipper_query_port, clipper_management_port,
                          clipper_rpc_port, clipper_metric_port, redis_ip, redis_port, admin_token,
-                         max_body_size)
+                         max_body_size, rpc_auth)
         self.external_redis = redis_ip is not None
         self.prometheus_port = prometheus_port
         self.docker_network = docker_network
@@ -317,8 +318,9 @@ class DockerContainerManager(ContainerManager):
         in_use = Counter(device for container in self._model_containers()
                          for device in container.labels.get(GPUS_LABEL, "").split(",") if device)
         self._remove(current[num_replicas:])
-        launch = recipe.model_container(Config(host=LOOPBACK, rpc_port=self.clipper_rpc_port),
-                                        name, version, input_type, model_path="")
+        launch = recipe.model_container(
+            Config(host=LOOPBACK, rpc_port=self.clipper_rpc_port, **self._rpc_container_keys()),
+            name, version, input_type, model_path="")
         # The image says where its model is (build_model's: /model), as in 0.4.1.
         launch = dataclasses.replace(launch, env={key: value for key, value in launch.env.items()
                                                   if key != MODEL_PATH_VARIABLE})
@@ -330,6 +332,14 @@ class DockerContainerManager(ContainerManager):
                       labels={CLIPPER_MODEL_CONTAINER_LABEL: create_model_container_label(name, version),
                               GPUS_LABEL: ",".join(chosen), GPUS_PER_REPLICA_LABEL: str(num_gpus)},
                       device_requests=requests_)
+
+    def _rpc_container_keys(self):
+        """The keys a model container needs to reach this cluster's RPC port, as the query
+        frontend's environment holds them ({}: its RPC port is open)."""
+        frontends = self._containers(**{ROLE_LABEL: QUERY_FRONTEND})
+        environment = _as_dict(frontends[0].attrs["Config"]["Env"]) if frontends else {}
+        return {field: environment[env_name(field)] for field in auth.CONTAINER_KEY_FIELDS
+                if environment.get(env_name(field))}
 
     def replica_failure(self, name, version):
         failing = [c for c in self._model_containers(name, version) if _restarts(c) >= FAILING_RESTARTS]
