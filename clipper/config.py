@@ -11,7 +11,9 @@ line in the README's configuration table).
 """
 import argparse
 import dataclasses
+import ipaddress
 import os
+import socket
 from typing import Dict, Mapping, Optional, Sequence
 
 DEFAULT_HOST = "127.0.0.1"
@@ -48,7 +50,13 @@ class Config:
     max_body_size: int = setting(4 * 1024 * 1024, *FRONTENDS)  # largest request body, bytes
     body_timeout: float = setting(300.0, *FRONTENDS)      # seconds to receive a request body
     admin_token: str = setting("", *FRONTENDS)            # if set, /admin calls need this bearer token
+    redis_timeout: float = setting(2.0, MANAGEMENT_FRONTEND)  # seconds for any of its Redis calls
     replica_timeout: float = setting(30.0, QUERY_FRONTEND)  # silence before a replica is dropped
+    # RPC authentication (CURVE keys, Z85; see clipper.rpc.auth); empty: the RPC port is open
+    rpc_server_secret_key: str = setting("", QUERY_FRONTEND)
+    rpc_client_public_key: str = setting("", QUERY_FRONTEND)   # the only key the frontend admits
+    rpc_server_public_key: str = setting("", MODEL_CONTAINER)
+    rpc_client_secret_key: str = setting("", MODEL_CONTAINER)
     # model container
     model_name: str = setting("", MODEL_CONTAINER)
     model_version: str = setting("", MODEL_CONTAINER)
@@ -89,6 +97,11 @@ class Config:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a server listening on ``host`` is reachable from this machine only."""
+    return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
 
 
 def env_name(field_name: str) -> str:

@@ -29,7 +29,7 @@ class RequestError(Exception):
 
 
 class Unavailable(RequestError):
-    """A dependency (Redis) is away: nothing was changed; retry later."""
+    """A dependency (Redis) is away; the message says whether anything was changed."""
 
     status = 503
     kind = "Service unavailable"

@@ -14,6 +14,10 @@ CONTAINER_DB = 3
 APPLICATION_DB = 5
 METADATA_DB = 6
 APP_MODEL_LINKS_DB = 7
+# Ours, in a database Clipper does not use: the token of the last management write, which
+# makes every check-then-write of the management frontend atomic (see store.py).
+WRITE_TOKEN_DB = 0
+WRITE_TOKEN_KEY = "clipper:last-write"
 
 DEFAULT_POLICY = "DefaultOutputSelectionPolicy"
 DEFAULT_BATCH_SIZE = -1

@@ -6,13 +6,14 @@ import asyncio
 
 from aiohttp import web
 
+from clipper.errors import RequestError
+
 JSON_MEDIA_TYPES = ("application/json",)
 
 
-class BodyError(Exception):
+class BodyError(RequestError):
     def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status=status)
 
 
 async def read_json_body(request: web.Request, timeout: float) -> bytes:

@@ -1,21 +1,20 @@
 """Run an aiohttp application until SIGTERM/SIGINT; one clear line if the port is taken."""
 import asyncio
 import errno
-import ipaddress
 import logging
 import signal
-import socket
 from typing import Callable
 
 from aiohttp import web
 
 from clipper import eventloop
+from clipper.config import is_loopback
 
 log = logging.getLogger("clipper")
 
 
 def warn_if_exposed(host: str, role: str) -> None:
-    if not ipaddress.ip_address(socket.gethostbyname(host)).is_loopback:
+    if not is_loopback(host):
         log.warning("%s listens on %s, beyond this machine: anyone who reaches the management "
                     "API can deploy pickled code that runs here. Set an admin token and a firewall.",
                     role, host)

@@ -10,6 +10,7 @@ import re
 
 from clipper import launch as recipe
 from clipper.config import Config
+from clipper.rpc import auth
 from clipper_admin.exceptions import ClipperException
 from clipper_admin.ports import require_free_ports
 
@@ -64,7 +65,7 @@ class ContainerManager(abc.ABC):
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT,
                  clipper_metric_port=None, redis_ip=None,
                  redis_port=CLIPPER_INTERNAL_REDIS_PORT, admin_token=None,
-                 max_body_size=Config.max_body_size):
+                 max_body_size=Config.max_body_size, rpc_auth=auth.AUTO):
         """``clipper_metric_port`` None: the query port + 53 (see METRIC_PORT_OFFSET)."""
         self.cluster_name = cluster_name
         self.cluster_identifier = cluster_name
@@ -78,6 +79,7 @@ class ContainerManager(abc.ABC):
         self.redis_port = redis_port
         self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
         self.max_body_size = max_body_size
+        self.rpc_auth = rpc_auth            # "auto": CURVE with a token or beyond loopback
 
     # ---- starting, for every backend ----
     def _cluster_config(self, cache_size, body_timeout, listen_host, redis_url) -> Config:
@@ -88,7 +90,8 @@ class ContainerManager(abc.ABC):
                       management_port=self.clipper_management_port, rpc_port=self.clipper_rpc_port,
                       metrics_port=self.clipper_metric_port, redis_url=redis_url,
                       cache_size=cache_size, body_timeout=float(body_timeout),
-                      max_body_size=self.max_body_size, admin_token=self.admin_token)
+                      max_body_size=self.max_body_size, admin_token=self.admin_token,
+                      **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token))
 
     def _require_free_ports(self, listen_host, extra=()):
         require_free_ports(listen_host, [*self.serving_ports(), *extra], taken_error=self.port_taken_error)
@@ -112,8 +115,8 @@ class ContainerManager(abc.ABC):
         """Find a running cluster of this name; raise ClipperException if there is none."""
 
     @abc.abstractmethod
-    def deploy_model(self, name, version, input_type, image, num_replicas=1):
-        """Start ``num_replicas`` containers of a model version."""
+    def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
+        """Start ``num_replicas`` containers of a model version, each with ``num_gpus`` GPUs."""
 
     def build_model(self, name, version, model_data_path, base_image, container_registry=None,
                     pkgs_to_install=None):
@@ -125,8 +128,9 @@ class ContainerManager(abc.ABC):
         pass
 
     @abc.abstractmethod
-    def set_num_replicas(self, name, version, input_type, image, num_replicas):
-        pass
+    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
+        """Start or stop containers of the version; new ones get ``num_gpus`` GPUs each
+        (None: as many as the version's replicas have)."""
 
     @abc.abstractmethod
     def get_logs(self, logging_dir):

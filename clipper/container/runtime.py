@@ -14,7 +14,7 @@ from typing import Callable, List, Sequence
 import zmq
 
 from clipper.datatypes import InputType
-from clipper.rpc import codec
+from clipper.rpc import auth, codec
 
 log = logging.getLogger("clipper.container")
 
@@ -27,12 +27,16 @@ Handler = Callable[[InputType, Sequence[bytes]], List[bytes]]
 
 class ContainerRuntime:
     def __init__(self, model_name: str, model_version: str, input_type: InputType,
-                 address: str, handler: Handler):
+                 address: str, handler: Handler, server_public_key: str = "", secret_key: str = ""):
+        """With ``server_public_key`` (and this container's ``secret_key``), the connection
+        is CURVE-authenticated, as the cluster's frontend requires (clipper.rpc.auth)."""
         self.model_name = model_name
         self.model_version = model_version
         self.input_type = input_type
         self.address = address
         self.handler = handler
+        self.server_public_key = server_public_key
+        self.secret_key = secret_key
         self.context = zmq.Context()
         self._stopping = False
 
@@ -51,6 +55,8 @@ class ContainerRuntime:
         """One connection with a fresh identity, until the frontend falls silent."""
         socket = self.context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
+        if self.server_public_key:
+            auth.present_curve(socket, self.server_public_key, self.secret_key)
         socket.connect(self.address)
         try:
             socket.send_multipart(codec.encode_heartbeat())
@@ -102,6 +108,7 @@ def _errors(count: int, message: str) -> List[bytes]:
 
 def main(config) -> None:
     from clipper.container.closure import load_function, run_batch
+    from clipper.container.frameworks import FrameworkMissing
     if not (config.model_name and config.model_version and config.model_path):
         raise SystemExit("CLIPPER_MODEL_NAME, CLIPPER_MODEL_VERSION and CLIPPER_MODEL_PATH must be set")
     input_type = InputType.parse(config.input_type)
@@ -111,7 +118,11 @@ def main(config) -> None:
         # Exit code 3, as Clipper's closure container: a package the model needs is missing.
         log.error("cannot load the model: %s (deploy it with pkgs_to_install=[...])", error)
         raise SystemExit(3)
+    except FrameworkMissing as error:
+        log.error("cannot load the model: %s", error)
+        raise SystemExit(3)
     runtime = ContainerRuntime(config.model_name, config.model_version, input_type,
                                f"tcp://{config.ip}:{config.port}",
-                               lambda kind, inputs: run_batch(function, kind, inputs))
+                               lambda kind, inputs: run_batch(function, kind, inputs),
+                               config.rpc_server_public_key, config.rpc_client_secret_key)
     runtime.serve_forever()

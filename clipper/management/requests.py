@@ -4,6 +4,7 @@ import re
 import orjson
 
 from clipper.datatypes import InputType
+from clipper.errors import RequestError
 from clipper.redis_schema import GROUP_SEPARATORS
 from clipper.rest.inputs import json_type_name
 
@@ -70,12 +71,12 @@ STATE_SCHEMA = """
 
 # App names become URL path segments: keep them to characters that need no escaping.
 _APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+# Longest application name, model name, version or label. An app name must fit in the
+# predict URL's request line (8,190 bytes for aiohttp); a version becomes a Docker image
+# tag in the Docker backend (at most 128 characters).
+MAX_NAME_LENGTH = 128
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 _TYPE_NAMES = {str: "String", list: "Array", bool: "bool", int: "int"}
-
-
-class BadRequest(ValueError):
-    """Answered with 400 and this message as a plain-text body."""
 
 
 class Body:
@@ -90,8 +91,8 @@ class Body:
         if not isinstance(self.document, dict):
             raise self.error("body must be a JSON object")
 
-    def error(self, message: str) -> BadRequest:
-        return BadRequest(f"Error parsing JSON: {message}. Expected JSON schema: {self.schema}")
+    def error(self, message: str) -> RequestError:
+        return RequestError(f"Error parsing JSON: {message}. Expected JSON schema: {self.schema}")
 
     def _get(self, key: str, kind: type):
         if key not in self.document:
@@ -126,24 +127,27 @@ class Body:
         try:
             return InputType.parse(self.string(key))
         except ValueError as error:  # Clipper wrote no response at all here
-            raise BadRequest(str(error)) from None
+            raise RequestError(str(error)) from None
 
     def app_name(self, key: str) -> str:
         name = self.string(key)
+        check_length(name, "application name")
         if not _APP_NAME.match(name):
-            raise BadRequest(
+            raise RequestError(
                 f"Invalid application name {name!r}: use letters, digits, '-', '_' and '.', "
                 "starting with a letter or digit")
         return name
 
-    def group_name(self, key: str, what: str) -> str:
-        """A model name or version: used inside Redis keys, so no ',' or ':'."""
-        value = self.string(key)
-        check_group_string(value, what)
-        return value
+
+def check_length(value: str, what: str) -> None:
+    if len(value) > MAX_NAME_LENGTH:
+        raise RequestError(f"The {what} is {len(value)} characters long; the limit is "
+                           f"{MAX_NAME_LENGTH} characters")
 
 
 def check_group_string(value: str, what: str) -> None:
+    """A model name, version or label: used inside Redis keys, so no ',' or ':'."""
+    check_length(value, what)
     if any(separator in value for separator in GROUP_SEPARATORS) or not value:
-        raise BadRequest(f"Invalid {what} supplied: {value}. Contains one of: ',', ':'"
-                         if value else f"Invalid {what} supplied: it is empty")
+        raise RequestError(f"Invalid {what} supplied: {value}. Contains one of: ',', ':'"
+                           if value else f"Invalid {what} supplied: it is empty")

@@ -1,32 +1,37 @@
 """The /admin endpoints: Clipper 0.4's routes, checks and messages over aiohttp.
 
-Mutations answer plain text, queries answer JSON, every error is a 400 with a message
-that says what to fix. Where Clipper wrote no response at all (invalid input type, unknown
-route) we answer 400 or 404.
+Mutations answer plain text, queries answer JSON. Handlers raise ``RequestError`` (a 400
+unless it says otherwise); one middleware renders every error as Clipper's plain text.
+Where Clipper wrote no response at all (invalid input type, unknown route) we answer 400
+or 404; a wrong method on a known route gets 405. Every change is one atomic
+check-then-write (``Store.update``), so concurrent operators cannot both succeed.
 """
 import hmac
 import logging
 
 import orjson
-import redis.exceptions as redis
 from aiohttp import web
 
 from clipper import openapi
 from clipper import redis_schema as schema
+from clipper import store as writes
 from clipper.config import Config
 from clipper.datatypes import InputType
+from clipper.errors import RequestError, Unavailable
 from clipper.management.requests import (
     APP_NAME_SCHEMA, APP_SCHEMA, CONTAINER_SCHEMA, LINKS_SCHEMA, MODEL_SCHEMA, NAME_SCHEMA,
-    STATE_SCHEMA, VERBOSE_SCHEMA, VERSIONED_MODEL_SCHEMA, BadRequest, Body, check_group_string)
+    STATE_SCHEMA, VERBOSE_SCHEMA, VERSIONED_MODEL_SCHEMA, Body, check_group_string)
 from clipper.redis_schema import App, Model
-from clipper.request_body import BodyError, read_json_body
-from clipper.store import Store
+from clipper.request_body import read_json_body
+from clipper.store import NOTHING_CHANGED, REDIS_ERRORS, Store
 
 log = logging.getLogger("clipper.management")
 
+STORE = web.AppKey("store", Store)
 
-def text(message: str) -> web.Response:
-    return web.Response(text=message, content_type="text/plain")
+
+def text(message: str, status: int = 200, headers=None) -> web.Response:
+    return web.Response(status=status, text=message, content_type="text/plain", headers=headers)
 
 
 def as_json(document) -> web.Response:
@@ -52,6 +57,29 @@ def container_document(container) -> dict:
             "model_replica_id": container.replica_id, "input_type": container.input_type}
 
 
+@web.middleware
+async def render_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Every error of this API, as Clipper's plain text with its status."""
+    try:
+        return await handler(request)
+    except RequestError as error:
+        return text(error.message, error.status, error.headers)
+    except REDIS_ERRORS as error:   # a read failed: no write was attempted
+        log.warning("Redis unreachable: %s", error)
+        return text(NOTHING_CHANGED, Unavailable.status)
+    except web.HTTPMethodNotAllowed as error:
+        return text(f"{request.path} accepts only {', '.join(sorted(error.allowed_methods))}, "
+                    f"not {request.method}", 405, {"Allow": ",".join(sorted(error.allowed_methods))})
+    except web.HTTPNotFound:
+        return text(f"No management endpoint {request.method} {request.path}. "
+                    "Endpoints are POST /admin/<operation> and GET /admin/ping.", 404)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("internal error answering %s %s", request.method, request.path)
+        return text("Internal error of the management frontend; it has been logged.", 500)
+
+
 class ManagementAPI:
     def __init__(self, store: Store, config: Config):
         self.store = store
@@ -74,22 +102,12 @@ class ManagementAPI:
                 + [web.get("/admin/ping", self.ping), openapi.route("management")])
 
     def _guarded(self, handler):
+        """The handler, called with the body once the caller has shown the admin token."""
         async def guarded(request: web.Request) -> web.Response:
             if self.token and not self._authorized(request):
-                return web.Response(status=401, content_type="text/plain",
-                                    text="This cluster requires its admin token: "
-                                         "send the header Authorization: Bearer <token>")
-            try:
-                return await handler(await read_json_body(request, self.body_timeout))
-            except BodyError as error:
-                return web.Response(status=error.status, text=str(error), content_type="text/plain")
-            except BadRequest as error:
-                return web.Response(status=400, text=str(error), content_type="text/plain")
-            except (redis.ConnectionError, redis.TimeoutError) as error:
-                log.warning("Redis unreachable: %s", error)
-                return web.Response(status=503, content_type="text/plain",
-                                    text="The cluster's state store (Redis) is not reachable right "
-                                         "now; nothing was changed. Retry in a moment.")
+                raise RequestError("This cluster requires its admin token: "
+                                   "send the header Authorization: Bearer <token>", status=401)
+            return await handler(await read_json_body(request, self.body_timeout))
         return guarded
 
     def _authorized(self, request: web.Request) -> bool:
@@ -107,62 +125,73 @@ class ManagementAPI:
         default_output = body.string("default_output")
         slo = body.integer("latency_slo_micros")
         if slo <= 0:
-            raise BadRequest(f"latency_slo_micros must be a positive number of microseconds, got {slo}")
-        if await self.store.get_app(name):
-            raise BadRequest(f"application '{name}' already exists")
+            raise RequestError(f"latency_slo_micros must be a positive number of microseconds, got {slo}")
         app = App(name, input_type.canonical_name, default_output, slo)
-        await self.store.set_selection_state(app)
-        await self.store.add_app(app)
+
+        async def plan():
+            if await self.store.get_app(name):
+                raise RequestError(f"application '{name}' already exists")
+            return writes.app_added(app)
+        await self.store.update(plan)
         return text(f"Successfully added application with name '{name}'")
 
     async def delete_app(self, raw: bytes) -> web.Response:
         name = Body(raw, NAME_SCHEMA).string("name")
-        if not await self.store.get_app(name):
-            raise BadRequest(f"Application '{name}' does not exist")
-        await self.store.delete_app(name)
+
+        async def plan():
+            if not await self.store.get_app(name):
+                raise RequestError(f"Application '{name}' does not exist")
+            return writes.app_deleted(name)
+        await self.store.update(plan)
         return text(f"Successfully deleted application with name '{name}'")
 
     # ---- links ----
     async def add_model_links(self, raw: bytes) -> web.Response:
         body = Body(raw, LINKS_SCHEMA)
         app_name, model_names = body.string("app_name"), body.strings("model_names")
+        await self.store.update(lambda: self._plan_links(app_name, model_names))
+        return text(f"Successfully linked model with name '{model_names[0]}' to application '{app_name}'")
+
+    async def _plan_links(self, app_name: str, model_names: list):
         app = await self.store.get_app(app_name)
         if not app:
-            raise BadRequest(f"No app with name '{app_name}' exists.")
+            raise RequestError(f"No app with name '{app_name}' exists.")
         for model_name in model_names:
             version = await self.store.current_version(model_name)
             model = version and await self.store.get_model(model_name, version)
             if not model:
-                raise BadRequest(f"No model with name '{model_name}' exists.")
+                raise RequestError(f"No model with name '{model_name}' exists.")
             if model.input_type != app.input_type:
-                raise BadRequest(
+                raise RequestError(
                     f"Model with name '{model_name}' has incompatible input_type "
                     f"'{model.input_type}'. Requested app to link to has input_type '{app.input_type}'.")
         if not model_names:
-            raise BadRequest("Please provide the name of the model that you want to link to "
-                             f"the application '{app_name}'")
+            raise RequestError("Please provide the name of the model that you want to link to "
+                               f"the application '{app_name}'")
         if len(model_names) > 1:
-            raise BadRequest("Applications must be linked with at most one model. "
-                             f"Attempted to add links to {len(model_names)} models.")
+            raise RequestError("Applications must be linked with at most one model. "
+                               f"Attempted to add links to {len(model_names)} models.")
         existing = await self.store.linked_models(app_name)
         if model_names[0] in existing:
-            raise BadRequest(f"The model with name '{model_names[0]}' is already linked to '{app_name}'")
+            raise RequestError(f"The model with name '{model_names[0]}' is already linked to '{app_name}'")
         if existing:
-            raise BadRequest(f"A model with name {existing[0]} is already linked to '{app_name}'.")
-        await self.store.add_links(app_name, model_names)
-        return text(f"Successfully linked model with name '{model_names[0]}' to application '{app_name}'")
+            raise RequestError(f"A model with name {existing[0]} is already linked to '{app_name}'.")
+        return writes.links_added(app_name, model_names)
 
     async def delete_model_links(self, raw: bytes) -> web.Response:
         body = Body(raw, LINKS_SCHEMA)
         app_name, model_names = body.string("app_name"), body.strings("model_names")
-        if not await self.store.get_app(app_name):
-            raise BadRequest(f"No app with name {app_name} exists.")
-        existing = await self.store.linked_models(app_name)
-        for model_name in model_names:
-            if model_name not in existing:
-                raise BadRequest(f"Cannot remove nonexistent link between app {app_name} and model {model_name}")
-        if model_names:
-            await self.store.remove_links(app_name, model_names)
+
+        async def plan():
+            if not await self.store.get_app(app_name):
+                raise RequestError(f"No app with name {app_name} exists.")
+            existing = await self.store.linked_models(app_name)
+            for model_name in model_names:
+                if model_name not in existing:
+                    raise RequestError(f"Cannot remove nonexistent link between app {app_name} "
+                                       f"and model {model_name}")
+            return writes.links_removed(app_name, model_names) if model_names else []
+        await self.store.update(plan)
         return text("Success!")
 
     # ---- models ----
@@ -176,17 +205,20 @@ class ManagementAPI:
         data_path = body.string("model_data_path")
         batch_size = body.integer("batch_size")
         if batch_size <= 0 and batch_size != schema.DEFAULT_BATCH_SIZE:
-            raise BadRequest("The batch size must be positive or DEFAULT_BATCH_SIZE, which is -1")
+            raise RequestError("The batch size must be positive or DEFAULT_BATCH_SIZE, which is -1")
         check_group_string(name, "model name")
         check_group_string(version, "model version")
         for label in labels:
             check_group_string(label, "label")
-        if await self.store.model_exists(name, version):
-            raise BadRequest(f"model with name '{name}' and version '{version}' already exists")
-        await self._check_linked_apps_accept(name, input_type)
-        await self.store.add_model(Model(name, version, input_type.canonical_name, tuple(labels),
-                                         container_name, data_path, batch_size))
-        await self.store.set_current_version(name, version)
+        model = Model(name, version, input_type.canonical_name, tuple(labels), container_name,
+                      data_path, batch_size)
+
+        async def plan():
+            if await self.store.model_exists(name, version):
+                raise RequestError(f"model with name '{name}' and version '{version}' already exists")
+            await self._check_linked_apps_accept(name, input_type)
+            return writes.model_added(model)
+        await self.store.update(plan)
         return text(f"Successfully added model with name '{name}' and input type "
                     f"'{input_type.canonical_name}'")
 
@@ -194,7 +226,7 @@ class ManagementAPI:
         for app_name in await self.store.apps_linked_to(model_name):
             app = await self.store.get_app(app_name)
             if app and app.input_type != input_type.canonical_name:
-                raise BadRequest(
+                raise RequestError(
                     f"Model with name '{model_name}' is already linked to app '{app_name}' using "
                     f"input type '{app.input_type}'. The input type you provided for a new version "
                     f"of the model, '{input_type.canonical_name}', is not compatible.")
@@ -202,21 +234,28 @@ class ManagementAPI:
     async def set_model_version(self, raw: bytes) -> web.Response:
         body = Body(raw, VERSIONED_MODEL_SCHEMA)
         name, version = body.string("model_name"), body.string("model_version")
-        if not await self.store.versions_of(name):
-            raise BadRequest(f"Cannot set version for nonexistent model '{name}'")
-        model = await self.store.get_model(name, version)
-        if not model:
-            raise BadRequest(f"Cannot set non-existent version '{version}' for model with name '{name}'")
-        await self._check_linked_apps_accept(name, InputType.parse(model.input_type))
-        await self.store.set_current_version(name, version)
+
+        async def plan():
+            if not await self.store.versions_of(name):
+                raise RequestError(f"Cannot set version for nonexistent model '{name}'")
+            model = await self.store.get_model(name, version)
+            if not model:
+                raise RequestError(f"Cannot set non-existent version '{version}' for model with "
+                                   f"name '{name}'")
+            await self._check_linked_apps_accept(name, InputType.parse(model.input_type))
+            return writes.current_version_set(name, version)
+        await self.store.update(plan)
         return text(f"Successfully set model with name '{name}' to version '{version}'")
 
     async def delete_versioned_model(self, raw: bytes) -> web.Response:
         body = Body(raw, VERSIONED_MODEL_SCHEMA)
         name, version = body.string("model_name"), body.string("model_version")
-        if not await self.store.model_exists(name, version):
-            raise BadRequest(f"model with name '{name}' and version '{version}' does not exist")
-        await self.store.delete_model(name, version)
+
+        async def plan():
+            if not await self.store.model_exists(name, version):
+                raise RequestError(f"model with name '{name}' and version '{version}' does not exist")
+            return writes.model_deleted(name, version, await self.store.current_version(name) == version)
+        await self.store.update(plan)
         return text(f"Successfully deleted model with name '{name}' and version '{version}'")
 
     # ---- queries ----
@@ -240,7 +279,7 @@ class ManagementAPI:
     async def get_linked_models(self, raw: bytes) -> web.Response:
         app_name = Body(raw, APP_NAME_SCHEMA).string("app_name")
         if not await self.store.get_app(app_name):
-            raise BadRequest(f"No application with name '{app_name}' exists.")
+            raise RequestError(f"No application with name '{app_name}' exists.")
         return as_json(await self.store.linked_models(app_name))
 
     async def get_all_models(self, raw: bytes) -> web.Response:
@@ -285,20 +324,13 @@ class ManagementAPI:
         return text(app.default_output if app else "")
 
 
-async def not_found(request: web.Request) -> web.Response:
-    return web.Response(status=404, content_type="text/plain",
-                        text=f"No management endpoint {request.method} {request.path}. "
-                             "Endpoints are POST /admin/<operation> and GET /admin/ping.")
-
-
 def build_app(config: Config) -> web.Application:
-    store = Store(config.redis_url)
-    app = web.Application(client_max_size=config.max_body_size)
-    app.add_routes(ManagementAPI(store, config).routes())
-    app.router.add_route("*", "/{tail:.*}", not_found)
+    app = web.Application(client_max_size=config.max_body_size, middlewares=[render_errors])
+    app[STORE] = Store(config.redis_url, timeout=config.redis_timeout)
+    app.add_routes(ManagementAPI(app[STORE], config).routes())
 
-    async def close_store(_app):
-        await store.close()
+    async def close_store(app: web.Application) -> None:
+        await app[STORE].close()
     app.on_cleanup.append(close_store)
     return app
 

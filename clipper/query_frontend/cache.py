@@ -2,12 +2,14 @@
 
 Clipper kept only a 64-bit hash of the input, so two inputs with the same hash shared an
 answer; we keep the input bytes in the key and compare them. Identical queries in flight
-share one evaluation; an evaluation that fails or expires leaves nothing behind.
+share one evaluation (a dispatch Task: its future, and a deadline each of them may extend);
+an evaluation that fails or expires leaves nothing behind.
 Eviction is least recently used.
 """
-import asyncio
 from collections import OrderedDict
 from typing import Dict, Hashable, Optional, Tuple, Union
+
+from clipper.query_frontend.dispatch import Task
 
 # Rough per-entry bookkeeping (key tuple, dict slots, bytes headers), counted against the bound.
 ENTRY_OVERHEAD = 200
@@ -20,14 +22,14 @@ class PredictionCache:
         self.lookups = 0
         self.hits = 0
         self._done: "OrderedDict[Hashable, bytes]" = OrderedDict()
-        self._pending: Dict[Hashable, asyncio.Future] = {}
+        self._pending: Dict[Hashable, Task] = {}
 
     @property
     def enabled(self) -> bool:
         return self.capacity > 0
 
-    def lookup(self, key: Tuple[str, str, bytes]) -> Optional[Union[bytes, asyncio.Future]]:
-        """A finished output, a future shared with an identical query in flight, or None."""
+    def lookup(self, key: Tuple[str, str, bytes]) -> Optional[Union[bytes, Task]]:
+        """A finished output, the evaluation of an identical query in flight, or None."""
         if not self.enabled:
             return None
         self.lookups += 1
@@ -37,20 +39,22 @@ class PredictionCache:
             self.hits += 1
             return output
         pending = self._pending.get(key)
-        if pending is not None:
-            self.hits += 1
+        if pending is None or pending.future.done():   # a finished one is collected next
+            return None
+        self.hits += 1
         return pending
 
-    def track(self, key: Tuple[str, str, bytes], future: asyncio.Future) -> None:
-        """Share ``future`` with identical queries; keep its output once it succeeds."""
+    def track(self, key: Tuple[str, str, bytes], task: Task) -> None:
+        """Share ``task`` with identical queries; keep its output once it succeeds."""
         if not self.enabled:
             return
-        self._pending[key] = future
-        future.add_done_callback(lambda done: self._finish(key, done))
+        self._pending[key] = task
+        task.future.add_done_callback(lambda done: self._finish(key, task))
 
-    def _finish(self, key, future: asyncio.Future) -> None:
-        if self._pending.get(key) is future:
+    def _finish(self, key, task: Task) -> None:
+        if self._pending.get(key) is task:
             del self._pending[key]
+        future = task.future
         if future.cancelled() or future.exception() is not None:
             return
         output = future.result()

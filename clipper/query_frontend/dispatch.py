@@ -5,8 +5,10 @@ every queued query up to its batch limit, so it has one batch in flight at a tim
 least recently used idle replica goes first (round robin at low load). The batch limit is
 AIMD, as in the Clipper paper rather than Clipper 0.4: +1 after a full batch answered
 within its objective, -10% after a late one; batches are never padded with copies.
-Queries past their deadline are never sent. A replica that disappears gives its batch back
-to the queue. No I/O here: sending is a callback.
+Queries past their deadline are never sent; an identical query that shares a queued
+evaluation extends its deadline to its own. A replica that disappears gives its batch back
+to the queue; with no replica connected, a version accepts no new query (the caller answers
+at once, as Clipper does). No I/O here: sending is a callback.
 """
 import heapq
 import itertools
@@ -39,9 +41,10 @@ class ModelError(Exception):
 @dataclass(eq=False)
 class Task:
     input: bytes
-    deadline: float          # loop time
+    deadline: float          # loop time; the latest deadline of the queries waiting for it
     slo: float               # seconds
     future: "object"         # asyncio.Future resolved with the output bytes
+    queued: bool = False     # waiting in its model's queue (not in a batch)
 
 
 class BatchSizer:
@@ -91,13 +94,18 @@ class ModelQueue:
     idle: Deque[Replica] = field(default_factory=deque)
     replicas: Dict[bytes, Replica] = field(default_factory=dict)
 
+    def put(self, task: Task, seq: int) -> None:
+        task.queued = True
+        heapq.heappush(self.tasks, (task.deadline, seq, task))
+
     def take(self, limit: int, now: float) -> List[Task]:
         batch = []
         while self.tasks and len(batch) < limit:
-            _, _, task = heapq.heappop(self.tasks)
-            if task.future.done():
-                continue                                       # nobody waits for it any more
-            if task.deadline <= now:
+            deadline, _, task = heapq.heappop(self.tasks)
+            if task.future.done() or deadline != task.deadline:
+                continue          # nobody waits for it any more, or queued again with a later deadline
+            task.queued = False
+            if deadline <= now:
                 task.future.set_exception(DeadlineExpired())
                 continue
             batch.append(task)
@@ -121,13 +129,23 @@ class Dispatcher:
 
     # ---- queries ----
     def accepts(self, model_id: ModelId) -> bool:
-        """True once some replica of this version has connected: queries may wait for one."""
-        return model_id in self.queues
+        """True while some replica of this version is connected."""
+        queue = self.queues.get(model_id)
+        return queue is not None and bool(queue.replicas)
 
     def submit(self, model_id: ModelId, task: Task) -> None:
         queue = self.queues[model_id]
-        heapq.heappush(queue.tasks, (task.deadline, next(self._seq), task))
+        queue.put(task, next(self._seq))
         self._dispatch(queue)
+
+    def extend_deadline(self, model_id: ModelId, task: Task, deadline: float) -> None:
+        """Another query waits for ``task`` until ``deadline``: keep it that long."""
+        if deadline <= task.deadline:
+            return
+        task.deadline = deadline
+        queue = self.queues.get(model_id)
+        if task.queued and queue is not None:
+            queue.put(task, next(self._seq))     # the entry with the old deadline is skipped
 
     # ---- replicas ----
     def add_replica(self, replica: Replica) -> None:
@@ -151,7 +169,7 @@ class Dispatcher:
         if batch:
             self.in_flight.pop(batch.msg_id, None)
             for task in batch.tasks:
-                heapq.heappush(queue.tasks, (task.deadline, next(self._seq), task))
+                queue.put(task, next(self._seq))
         self._dispatch(queue)
 
     def set_batch_size(self, model_id: ModelId, batch_size: Optional[int]) -> None:
@@ -196,9 +214,15 @@ class Dispatcher:
         now = self._clock()
         for queue in self.queues.values():
             if queue.tasks and queue.tasks[0][0] <= now:
-                live = [entry for entry in queue.tasks if entry[0] > now and not entry[2].future.done()]
-                for _, _, task in queue.tasks:
-                    if task.deadline <= now and not task.future.done():
+                live = []
+                for entry in queue.tasks:
+                    deadline, _, task = entry
+                    if task.future.done() or deadline != task.deadline:
+                        continue
+                    if deadline > now:
+                        live.append(entry)
+                    else:
+                        task.queued = False
                         task.future.set_exception(DeadlineExpired())
                 heapq.heapify(live)
                 queue.tasks = live

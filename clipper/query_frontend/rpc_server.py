@@ -1,7 +1,8 @@
 """Clipper's side of the model-container RPC: a ZeroMQ ROUTER that containers connect to.
 
 Containers register (Heartbeat -> RequestContainerMetadata -> NewContainer), receive
-batches and heartbeat. Beyond Clipper, a replica is dropped as soon as the socket says it
+batches and heartbeat; with CURVE keys, only peers holding the cluster's container key
+can connect at all (clipper.rpc.auth). Beyond Clipper, a replica is dropped as soon as the socket says it
 is gone (ROUTER_MANDATORY sends fail, and a disconnect triggers a probe of every replica)
 instead of only after 30 s of silence, and its batch in flight is handed to another replica.
 """
@@ -15,8 +16,9 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from clipper.query_frontend.dispatch import Batch, BatchSizer, Dispatcher, Replica
+from clipper.config import Config
 from clipper.redis_schema import Container
-from clipper.rpc import codec
+from clipper.rpc import auth, codec
 
 log = logging.getLogger("clipper.query_frontend.rpc")
 
@@ -26,10 +28,10 @@ MAX_MESSAGES_PER_DRAIN = 256
 
 
 class RpcServer:
-    def __init__(self, host: str, port: int, replica_timeout: float, registry):
+    def __init__(self, config: Config, registry):
         """``registry`` records replicas in Redis: ``added(Container)``, ``removed(Container)``."""
-        self.address = f"tcp://{host}:{port}"
-        self.replica_timeout = replica_timeout
+        self.address = f"tcp://{config.host}:{config.rpc_port}"
+        self.replica_timeout = config.replica_timeout
         self.registry = registry
         # Plain sockets read from the event loop's own poller: zmq.asyncio spends a future,
         # and often a loop iteration, on every message (with wrk at 1 connection, frontend
@@ -38,6 +40,11 @@ class RpcServer:
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self._authenticator = None
+        if config.rpc_server_secret_key:
+            self._authenticator = auth.require_curve(self.context, self.socket,
+                                                     config.rpc_server_secret_key,
+                                                     config.rpc_client_public_key)
         self.replicas: Dict[bytes, Replica] = {}
         self._connection_ids = itertools.count()
         self._replica_ids = defaultdict(itertools.count)
@@ -68,6 +75,8 @@ class RpcServer:
             self.socket.disable_monitor()
             self._monitor.close(0)
             self.socket.close(0)
+            if self._authenticator is not None:
+                self._authenticator.stop()
             self.context.term()
 
     # ---- sending ----

@@ -80,7 +80,7 @@ class QueryFrontend:
         self.config = config
         self.store = Store(config.redis_url)
         self.registry = ReplicaRegistry(self.store)
-        self.rpc = RpcServer(config.host, config.rpc_port, config.replica_timeout, self.registry)
+        self.rpc = RpcServer(config, self.registry)
         self.metrics = MetricsRegistry()
         self.cache = PredictionCache(config.cache_size)
         self.follower = StateFollower(self.store, self._on_model_change, self.registry.resync)
@@ -210,17 +210,23 @@ class QueryFrontend:
 
     def _schedule(self, model_id: Optional[ModelId], item: bytes, deadline: float,
                   slo: float) -> Scheduled:
-        if model_id is None or not self.dispatcher.accepts(model_id):
+        if model_id is None:
             return None
         key = (model_id[0], model_id[1], item)
         cached = self.cache.lookup(key)
+        if isinstance(cached, Task):       # an identical query in flight: wait for its answer
+            self.dispatcher.extend_deadline(model_id, cached, deadline)
+            return cached.future
         if cached is not None:
             return cached
+        if not self.dispatcher.accepts(model_id):
+            return None                    # no replica connected: the default, at once
         future = asyncio.get_running_loop().create_future()
         future.add_done_callback(_consume_exception)
-        self.cache.track(key, future)
+        task = Task(item, deadline, slo, future)
+        self.cache.track(key, task)
         self._predictions.count += 1
-        self.dispatcher.submit(model_id, Task(item, deadline, slo, future))
+        self.dispatcher.submit(model_id, task)
         return future
 
     def _answer(self, app: App, scheduled: Scheduled):

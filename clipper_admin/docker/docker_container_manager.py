@@ -14,11 +14,14 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 
 import docker
 import docker.errors
+import docker.types
 
 from clipper import launch as recipe
+from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config, env_name
 from clipper_admin.container_manager import (
     CLIPPER_DOCKER_LABEL, CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT,
@@ -39,8 +42,12 @@ RUNTIME_IMAGE_LABEL = "ai.clipper.runtime.image"
 # Clipper 0.4.1's label of each role's containers.
 CLIPPER_ROLE_LABELS = {QUERY_FRONTEND: CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL,
                        MANAGEMENT_FRONTEND: CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL}
+GPUS_LABEL = "ai.clipper.gpus"               # ours: the GPU ids a model container was given
+GPUS_PER_REPLICA_LABEL = "ai.clipper.gpus_per_replica"
 ADMIN_TOKEN_VARIABLE = env_name("admin_token")
 MODEL_PATH_VARIABLE = env_name("model_path")
+# The RPC keys a model container presents (clipper.rpc.auth).
+MODEL_CONTAINER_KEYS = ("rpc_server_public_key", "rpc_client_secret_key")
 # The servers listen here; with host networking, the model containers connect here too.
 LOOPBACK = "127.0.0.1"
 # A replica restarted this often by Docker is failing, not starting.
@@ -86,18 +93,19 @@ class DockerContainerManager(ContainerManager):
                  redis_port=CLIPPER_INTERNAL_REDIS_PORT, prometheus_port=9090,
                  docker_network="clipper_network", extra_container_kwargs=None,
                  base_image=None, clipper_metric_port=None,
-                 admin_token=None, max_body_size=Config.max_body_size):
+                 admin_token=None, max_body_size=Config.max_body_size, rpc_auth="auto"):
         """0.4.1's parameters, and its public attributes. Containers share the host's network,
         so ``docker_network`` and ``prometheus_port`` have no effect; Redis started here
         listens on a unix socket, so ``redis_port`` is used only with ``redis_ip``; with
         ``use_centralized_log`` no log collector is started: ``get_clipper_logs`` reads every
         container's log from Docker either way. Ours: ``clipper_metric_port`` (Prometheus;
         default: the query port + 53); ``base_image`` (default $CLIPPER_DOCKER_BASE_IMAGE,
-        else python:<this minor>-slim) under the runtime image; ``admin_token`` and
-        ``max_body_size`` as for LocalContainerManager."""
+        else python:<this minor>-slim) under the runtime image; ``admin_token``,
+        ``max_body_size`` and ``rpc_auth`` as for LocalContainerManager (with an admin token,
+        a model image of your own needs ``rpc_auth="open"``: it cannot authenticate)."""
         super().__init__(cluster_name, docker_ip_address, clipper_query_port, clipper_management_port,
                          clipper_rpc_port, clipper_metric_port, redis_ip, redis_port, admin_token,
-                         max_body_size)
+                         max_body_size, rpc_auth)
         self.external_redis = redis_ip is not None
         self.prometheus_port = prometheus_port
         self.docker_network = docker_network
@@ -141,7 +149,7 @@ class DockerContainerManager(ContainerManager):
             labels[CLIPPER_MODEL_CONTAINER_LABEL] = create_model_container_label(name, version)
         return self._containers(**labels)
 
-    def _run(self, launch, image=None, labels=None, name=None):
+    def _run(self, launch, image=None, labels=None, name=None, device_requests=None):
         """A container of ``launch`` (clipper.launch): a server runs the runtime image with the
         launch's command and the cluster's volume; a model replica runs ``image`` as-is."""
         # As in 0.4.1, the user's extra_container_kwargs go to every container; labels and
@@ -154,6 +162,8 @@ class DockerContainerManager(ContainerManager):
                       labels=all_labels, environment={**_as_dict(kwargs.get("environment", {})), **launch.env},
                       network_mode="host", detach=True)
         kwargs.pop("network", None)        # host networking: no network to join
+        if device_requests:
+            kwargs["device_requests"] = device_requests
         if image is not None:
             return self.docker_client.containers.run(image, **kwargs)
         kwargs["volumes"] = {**kwargs.get("volumes", {}), self._state_volume(): {"bind": STATE_MOUNT, "mode": "rw"}}
@@ -211,6 +221,10 @@ class DockerContainerManager(ContainerManager):
         launches = recipe.servers(config, embedded_redis=not self.external_redis)
         try:
             for launch in launches:
+                if launch.role == QUERY_FRONTEND:
+                    # Kept with the frontend, for the replicas any process deploys later.
+                    launch = dataclasses.replace(launch, env={**launch.env, **{
+                        env_name(field): getattr(config, field) for field in MODEL_CONTAINER_KEYS}})
                 self._run(launch, labels={CLIPPER_ROLE_LABELS[launch.role]: ""}
                           if launch.role in CLIPPER_ROLE_LABELS else None)
             # Redis's socket is inside the volume: the frontends answer only once it does.
@@ -226,12 +240,17 @@ class DockerContainerManager(ContainerManager):
         failing = [c for c in self._containers() if _restarts(c) >= FAILING_RESTARTS]
         return "\n".join(f"--- {c.name} ---\n{_log_tail(c)}" for c in failing) or None
 
-    def connect(self):
+    def _query_frontend(self):
+        """The cluster's query frontend container: its labels and environment describe the cluster."""
         frontends = self._containers(**{ROLE_LABEL: QUERY_FRONTEND})
         if not frontends:
             raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' on the "
                                    "Docker engine. Start one with start_clipper().")
-        labels = frontends[0].labels
+        return frontends[0]
+
+    def connect(self):
+        frontend = self._query_frontend()
+        labels = frontend.labels
         self.external_redis = PORT_LABELS["redis"] in labels
         if self.external_redis:
             self.redis_port = int(labels[PORT_LABELS["redis"]])
@@ -241,7 +260,7 @@ class DockerContainerManager(ContainerManager):
         self.clipper_metric_port = int(labels[PORT_LABELS["metric"]])
         self.runtime_image = labels[RUNTIME_IMAGE_LABEL]
         if self.admin_token is None:
-            self.admin_token = _as_dict(frontends[0].attrs["Config"]["Env"]).get(ADMIN_TOKEN_VARIABLE, "")
+            self.admin_token = _as_dict(frontend.attrs["Config"]["Env"]).get(ADMIN_TOKEN_VARIABLE, "")
 
     def stop_all(self, graceful=True):
         containers = self._containers()
@@ -289,25 +308,43 @@ class DockerContainerManager(ContainerManager):
             tag = f"{container_registry}/{tag}"
         return build_model_image(self.docker_client, self.runtime_image, tag, model_data_path, pkgs_to_install)
 
-    def deploy_model(self, name, version, input_type, image, num_replicas=1):
+    def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
         """Run ``image`` as-is, ``num_replicas`` times: one from ``build_model``, or any
         container that speaks Clipper's RPC v3 and reads Clipper's environment variables."""
-        self.set_num_replicas(name, version, input_type, image, num_replicas)
+        self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus)
 
     def get_num_replicas(self, name, version):
         return len(self._model_containers(name, version))
 
-    def set_num_replicas(self, name, version, input_type, image, num_replicas):
+    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
+        """New containers get ``num_gpus`` GPUs each as device requests, the least used first."""
         current = self._model_containers(name, version)
+        if num_gpus is None:
+            num_gpus = int(current[0].labels.get(GPUS_PER_REPLICA_LABEL, 0)) if current else 0
+        try:
+            devices = machine_gpus()
+            pick_devices(devices, num_gpus, Counter())
+        except ValueError as error:
+            raise ClipperException(f"Model {name}:{version}: {error}") from None
+        in_use = Counter(device for container in self._model_containers()
+                         for device in container.labels.get(GPUS_LABEL, "").split(",") if device)
         self._remove(current[num_replicas:])
-        launch = recipe.model_container(Config(host=LOOPBACK, rpc_port=self.clipper_rpc_port),
+        # The containers' half of the cluster's RPC keys (none when its RPC port is open).
+        frontend = _as_dict(self._query_frontend().attrs["Config"]["Env"])
+        keys = {field: frontend.get(env_name(field), "") for field in MODEL_CONTAINER_KEYS}
+        launch = recipe.model_container(Config(host=LOOPBACK, rpc_port=self.clipper_rpc_port, **keys),
                                         name, version, input_type, model_path="")
         # The image says where its model is (build_model's: /model), as in 0.4.1.
         launch = dataclasses.replace(launch, env={key: value for key, value in launch.env.items()
                                                   if key != MODEL_PATH_VARIABLE})
         for _ in range(num_replicas - len(current)):
+            chosen = pick_devices(devices, num_gpus, in_use)
+            in_use.update(chosen)
+            requests_ = [docker.types.DeviceRequest(device_ids=chosen, capabilities=[["gpu"]])] if chosen else None
             self._run(launch, image=image, name=f"{name}_{version}",
-                      labels={CLIPPER_MODEL_CONTAINER_LABEL: create_model_container_label(name, version)})
+                      labels={CLIPPER_MODEL_CONTAINER_LABEL: create_model_container_label(name, version),
+                              GPUS_LABEL: ",".join(chosen), GPUS_PER_REPLICA_LABEL: str(num_gpus)},
+                      device_requests=requests_)
 
     def replica_failure(self, name, version):
         failing = [c for c in self._model_containers(name, version) if _restarts(c) >= FAILING_RESTARTS]
@@ -340,16 +377,17 @@ def _log_tail(container, lines=15):
     return container.logs(tail=lines).decode(errors="replace").rstrip()
 
 
-def stop_all_docker_clusters(graceful=True):
-    """Stop every Clipper cluster on the local Docker engine: ``[(cluster_name, containers)]``.
-    Without a reachable engine there is nothing to stop."""
+def stop_all_docker_clusters(graceful=True, names=None):
+    """Stop every Clipper cluster on the local Docker engine (or only those in ``names``):
+    ``[(cluster_name, containers)]``. Without a reachable engine there is nothing to stop."""
     try:
         client = engine()
     except ClipperException:
         return []
     # A cluster is its containers and its volume: either may be what is left of it.
-    names = {c.labels[CLIPPER_DOCKER_LABEL]
+    found = {c.labels[CLIPPER_DOCKER_LABEL]
              for c in client.containers.list(all=True, filters={"label": CLIPPER_DOCKER_LABEL})}
-    names |= {v.attrs["Labels"][CLIPPER_DOCKER_LABEL]
+    found |= {v.attrs["Labels"][CLIPPER_DOCKER_LABEL]
               for v in client.volumes.list(filters={"label": CLIPPER_DOCKER_LABEL})}
-    return [(name, DockerContainerManager(cluster_name=name).stop_all(graceful)) for name in sorted(names)]
+    return [(name, DockerContainerManager(cluster_name=name).stop_all(graceful))
+            for name in sorted(found) if names is None or name in names]

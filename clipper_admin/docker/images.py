@@ -18,6 +18,7 @@ from pathlib import Path
 
 import docker.errors
 
+from clipper.container.frameworks import read_metadata
 from clipper_admin.exceptions import ClipperException
 
 logger = logging.getLogger(__name__)
@@ -174,21 +175,35 @@ def _exists(client, image):
     return _image_id(client, image) is not None
 
 
-def build_model_image(client, runtime_image, tag, model_dir, pkgs_to_install=None):
-    """``runtime_image`` + the model directory at /model (+ pip packages, if any), running
-    the model container by default."""
-    lines = [f"FROM {runtime_image}", f"COPY model {MODEL_PATH_IN_IMAGE}",
-             f"ENV CLIPPER_MODEL_PATH={MODEL_PATH_IN_IMAGE}", 'CMD ["model-container"]']
+def model_image_context(runtime_image, model_dir, pkgs_to_install=None):
+    """The build context of a model image, ``{name in the context: bytes or a path}``:
+    ``runtime_image`` + the model directory at /model (+ pip packages, if any), running the
+    model container by default. A framework model's image gets its framework at the
+    client's version (and Java for PySpark), as its metadata lists them."""
+    metadata = read_metadata(str(model_dir))
+    lines = [f"FROM {runtime_image}"]
     files = {"model": Path(model_dir)}
-    if pkgs_to_install:
-        install = "pip install --no-cache-dir --disable-pip-version-check " + " ".join(map(shlex.quote, pkgs_to_install))
+    if metadata.get("apt_packages"):
+        lines.append("RUN apt-get update && apt-get install -y --no-install-recommends "
+                     + " ".join(metadata["apt_packages"]) + " && rm -rf /var/lib/apt/lists/*")
+    packages = [*metadata.get("packages", []), *(pkgs_to_install or [])]
+    if packages:
+        install = "pip install --no-cache-dir --disable-pip-version-check " + " ".join(map(shlex.quote, packages))
         ca_bundle = pip_ca_bundle()
-        if ca_bundle:
+        if ca_bundle:       # behind a TLS-inspecting proxy, as for the runtime image
             files[PIP_CA_FILE] = ca_bundle
             lines.append(f"COPY {PIP_CA_FILE} /tmp/{PIP_CA_FILE}")
             install = f"PIP_CERT=/tmp/{PIP_CA_FILE} {install} && rm /tmp/{PIP_CA_FILE}"
         lines.append(f"RUN {install}")
+    lines += [f"COPY model {MODEL_PATH_IN_IMAGE}", f"ENV CLIPPER_MODEL_PATH={MODEL_PATH_IN_IMAGE}",
+              'CMD ["model-container"]']
     files["Dockerfile"] = ("\n".join(lines) + "\n").encode()
+    return files
+
+
+def build_model_image(client, runtime_image, tag, model_dir, pkgs_to_install=None):
+    """Build the model image ``tag`` (see ``model_image_context``); return ``tag``."""
+    files = model_image_context(runtime_image, model_dir, pkgs_to_install)
     previous = _image_id(client, tag)
     _build(client, tag, _context(files))
     if previous not in (None, _image_id(client, tag)):

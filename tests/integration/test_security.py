@@ -1,11 +1,17 @@
-"""Security defaults: loopback only, private state, optional admin token kept out of sight."""
+"""Security defaults: loopback only, private state, optional admin token kept out of sight,
+and with a token, an RPC port that only the cluster's own containers can use."""
 import os
 import stat
+import threading
+import time
 
 import psutil
 import pytest
 import requests
+import zmq
 
+from clipper.datatypes import InputType
+from clipper.rpc import auth, codec
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin.deployers import python as python_deployer
 from conftest import local_cluster
@@ -68,11 +74,72 @@ def test_a_wrong_token_is_refused_by_the_client_too(guarded):
         impostor.get_all_apps()
 
 
-def test_the_token_appears_in_no_log_and_no_command_line(guarded, tmp_path):
+def rpc_keys(conn):
+    config = conn.cm.cluster.settings()["config"]
+    return {name: config[name] for name in ("rpc_server_secret_key", "rpc_client_public_key",
+                                            "rpc_server_public_key", "rpc_client_secret_key")}
+
+
+def test_the_token_and_keys_appear_in_no_log_and_no_command_line(guarded, tmp_path):
+    secrets = [TOKEN, rpc_keys(guarded)["rpc_server_secret_key"], rpc_keys(guarded)["rpc_client_secret_key"]]
+    assert all(secrets)
     for path in guarded.get_clipper_logs(str(tmp_path)):
-        assert TOKEN not in open(path, errors="replace").read(), path
+        text = open(path, errors="replace").read()
+        assert not any(secret in text for secret in secrets), path
     for process in guarded.cm.cluster.processes():
-        assert TOKEN not in " ".join(psutil.Process(process["pid"]).cmdline())
+        command_line = " ".join(psutil.Process(process["pid"]).cmdline())
+        assert not any(secret in command_line for secret in secrets)
+
+
+def rpc_peer(name, seconds=3.0, curve=None):
+    """Connect to the RPC port as a replica of ``name``:1, as our containers do; return every
+    message the frontend sent it (a registration starts with a request for metadata)."""
+    context = zmq.Context()
+    peer = context.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    if curve:
+        auth.present_curve(peer, *curve)
+    peer.connect(f"tcp://127.0.0.1:{PORTS['rpc_port']}")
+    received, deadline = [], time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            if peer.poll(200):
+                message = codec.decode_clipper_message(peer.recv_multipart())
+                received.append(message)
+                if getattr(message, "heartbeat_type", None) == codec.HEARTBEAT_REQUEST_METADATA:
+                    peer.send_multipart(codec.encode_new_container(name, "1", InputType.DOUBLES))
+            else:
+                try:
+                    peer.send_multipart(codec.encode_heartbeat(), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+    finally:
+        peer.close(0)
+        context.term()
+    return received
+
+
+def test_an_rpc_peer_without_the_cluster_key_is_refused_and_gets_no_query(guarded):
+    answers = []
+
+    def predict_meanwhile():
+        for _ in range(30):
+            answers.append(requests.post(f"http://{guarded.get_query_addr()}/secured/predict",
+                                         json={"input": [1.0, 2.0]}, timeout=5).json())
+            time.sleep(0.05)
+    load = threading.Thread(target=predict_meanwhile)
+    load.start()
+    keys = rpc_keys(guarded)
+    stranger = zmq.curve_keypair()[1].decode()       # knows the frontend's key, not the containers'
+    plain, wrong_key = rpc_peer("secured"), rpc_peer("secured", curve=(keys["rpc_server_public_key"], stranger))
+    load.join()
+    assert plain == [] and wrong_key == [], "an unauthenticated peer was answered"
+    assert len(answers) == 30 and all(a["default"] is False and a["output"] == 2 for a in answers)
+    assert [r["model_name"] for r in guarded.get_all_model_replicas(verbose=True)] == ["secured"]
+    # A peer with the containers' key is admitted (so the refusals above are the keys' doing).
+    admitted = rpc_peer("control", seconds=10,
+                        curve=(keys["rpc_server_public_key"], keys["rpc_client_secret_key"]))
+    assert any(getattr(m, "heartbeat_type", None) == codec.HEARTBEAT_REQUEST_METADATA for m in admitted)
 
 
 def test_state_and_model_directories_are_private(guarded):

@@ -126,3 +126,50 @@ def test_a_replica_killed_mid_batch_loses_no_query(clipper_conn, tmp_path):
             [r for r in clipper_conn.get_all_model_replicas(verbose=True) if r["model_name"] == "sturdy"]) != 2:
         assert time.monotonic() < deadline, "the killed replica was not replaced"
         time.sleep(0.1)
+
+
+def sleeping_model(xs):
+    """Sleeps as many seconds as the first value of each input says."""
+    import time
+    for x in xs:
+        time.sleep(x[0])
+    return [str(x[0]) for x in xs]
+
+
+def test_identical_queries_sharing_an_evaluation_each_keep_their_own_deadline(clipper_conn):
+    python_deployer.create_endpoint(clipper_conn, "patient", "doubles", sleeping_model,
+                                    default_output="-1.0", slo_micros=3_000_000, batch_size=1)
+    with ThreadPoolExecutor(3) as pool:
+        blocker = pool.submit(predict, clipper_conn, "patient", [4.0])   # the replica: busy 4 s
+        time.sleep(0.2)
+        first = pool.submit(predict, clipper_conn, "patient", [0.0])     # waits until 3.2 s
+        time.sleep(2.3)
+        second_sent = time.monotonic()
+        second = pool.submit(predict, clipper_conn, "patient", [0.0])    # same input, until 5.5 s
+        second_body = second.result().json()
+        second_took = time.monotonic() - second_sent
+        assert first.result().json()["default"] is True                 # its objective passed
+        assert blocker.result().json()["default"] is True
+    print(f"shared evaluation: the second query answered after {second_took:.2f} s of its 3 s: "
+          f"{second_body}")
+    assert second_body["default"] is False and second_body["output"] == 0.0, \
+        f"the second query got {second_body} after {second_took:.2f} s of its 3 s"
+
+
+def test_a_model_with_no_connected_replica_answers_the_default_at_once(clipper_conn):
+    python_deployer.create_endpoint(clipper_conn, "scaled", "doubles", sleeping_model,
+                                    default_output="-1.0", slo_micros=5_000_000)
+    assert predict(clipper_conn, "scaled", [0.0]).json()["default"] is False
+    clipper_conn.set_num_replicas("scaled", 0)
+    deadline = time.monotonic() + 15
+    while [r for r in clipper_conn.get_all_model_replicas(verbose=True) if r["model_name"] == "scaled"]:
+        assert time.monotonic() < deadline, "the stopped replica is still listed"
+        time.sleep(0.1)
+    started = time.monotonic()
+    body = predict(clipper_conn, "scaled", [0.5]).json()     # not in the cache
+    took = time.monotonic() - started
+    assert body == {"query_id": body["query_id"], "output": -1.0, "default": True,
+                    "default_explanation": "No connected models found for query"}
+    print(f"no connected replica: the default after {took * 1000:.0f} ms (objective 5 s)")
+    assert took < 1.0, f"answered after {took:.2f} s (objective 5 s)"
+    assert predict(clipper_conn, "scaled", [0.0]).json()["output"] == 0.0   # cached answers stay

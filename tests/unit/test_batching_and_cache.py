@@ -31,21 +31,27 @@ def run(coroutine):
     return asyncio.new_event_loop().run_until_complete(coroutine)
 
 
+def evaluation(loop, deadline=10.0):
+    """An evaluation in flight, as the query frontend tracks it."""
+    return Task(b"input", deadline, 1.0, loop.create_future())
+
+
 def test_cache_shares_in_flight_and_keeps_only_successes():
     async def scenario():
         loop = asyncio.get_running_loop()
         cache = PredictionCache(10_000)
         key = ("m", "1", b"input")
         assert cache.lookup(key) is None
-        future = loop.create_future()
-        cache.track(key, future)
-        assert cache.lookup(key) is future                     # identical query in flight
-        future.set_exception(RuntimeError("model failed"))
+        pending = evaluation(loop)
+        cache.track(key, pending)
+        assert cache.lookup(key) is pending                    # identical query in flight
+        pending.future.set_exception(RuntimeError("model failed"))
+        assert cache.lookup(key) is None                       # a failure is never shared
         await asyncio.sleep(0)
         assert cache.lookup(key) is None                       # failure left nothing behind
-        future = loop.create_future()
-        cache.track(key, future)
-        future.set_result(b"42")
+        pending = evaluation(loop)
+        cache.track(key, pending)
+        pending.future.set_result(b"42")
         await asyncio.sleep(0)
         assert cache.lookup(key) == b"42"
         assert cache.lookup(("m", "2", b"input")) is None      # the version is part of the key
@@ -58,14 +64,14 @@ def test_cache_is_bounded_in_bytes_and_evicts_least_recently_used():
         entry = ENTRY_OVERHEAD + 10 + 2
         cache = PredictionCache(3 * entry)
         for i in range(3):
-            future = loop.create_future()
-            cache.track(("m", "1", b"%010d" % i), future)
-            future.set_result(b"%02d" % i)
+            pending = evaluation(loop)
+            cache.track(("m", "1", b"%010d" % i), pending)
+            pending.future.set_result(b"%02d" % i)
         await asyncio.sleep(0)
         assert cache.lookup(("m", "1", b"%010d" % 0)) == b"00"   # 0 is now the most recent
-        future = loop.create_future()
-        cache.track(("m", "1", b"%010d" % 3), future)
-        future.set_result(b"03")
+        pending = evaluation(loop)
+        cache.track(("m", "1", b"%010d" % 3), pending)
+        pending.future.set_result(b"03")
         await asyncio.sleep(0)
         assert cache.size <= cache.capacity
         assert cache.lookup(("m", "1", b"%010d" % 1)) is None     # least recently used went
@@ -99,3 +105,50 @@ def test_dispatcher_never_sends_expired_queries_and_requeues_a_lost_batch():
         dispatcher.on_response(b"b", sent[-1][1].msg_id, [b"7"])
         assert live.future.result() == b"7"
     run(scenario())
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_shared_evaluation_lives_until_the_last_deadline_of_its_queries():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        clock, sent = FakeClock(), []
+        dispatcher = Dispatcher(lambda replica, batch: sent.append(batch) or True, clock)
+        model = ("m", "1")
+        busy = Replica(b"a", model, 0, InputType.DOUBLES, BatchSizer(), 0.0)
+        dispatcher.add_replica(busy)
+        dispatcher.submit(model, Task(b"slow", 10.0, 10.0, loop.create_future()))
+        shared = Task(b"x", 3.0, 3.0, loop.create_future())     # first query: deadline 3 s
+        dispatcher.submit(model, shared)
+        clock.now = 2.5
+        dispatcher.extend_deadline(model, shared, 5.5)          # an identical query at 2.5 s
+        dispatcher.extend_deadline(model, shared, 4.0)          # an earlier deadline changes nothing
+        clock.now = 3.5
+        dispatcher.expire()
+        assert not shared.future.done(), "expired at the first query's deadline"
+        dispatcher.on_response(b"a", sent[0].msg_id, [b"1"])    # the replica is free at 3.5 s
+        assert [t.input for t in sent[-1].tasks] == [b"x"]
+        dispatcher.on_response(b"a", sent[-1].msg_id, [b"7"])
+        assert shared.future.result() == b"7"
+        clock.now = 6.0
+        dispatcher.expire()                                     # a stale queue entry is harmless
+    run(scenario())
+
+
+def test_a_version_whose_replicas_all_left_accepts_no_query():
+    loop = asyncio.new_event_loop()
+    dispatcher = Dispatcher(lambda replica, batch: True, loop.time)
+    model = ("m", "1")
+    assert not dispatcher.accepts(model)
+    replica = Replica(b"a", model, 0, InputType.DOUBLES, BatchSizer(), loop.time())
+    dispatcher.add_replica(replica)
+    assert dispatcher.accepts(model)
+    dispatcher.remove_replica(replica)
+    assert not dispatcher.accepts(model)
+    loop.close()
