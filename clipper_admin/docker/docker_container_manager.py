@@ -47,6 +47,7 @@ GPUS_LABEL = "ai.clipper.gpus"               # ours: the GPU ids a model contain
 GPUS_PER_REPLICA_LABEL = "ai.clipper.gpus_per_replica"
 ADMIN_TOKEN_VARIABLE = env_name("admin_token")
 MODEL_PATH_VARIABLE = env_name("model_path")
+# The RPC keys a model container presents (clipper.rpc.auth).
 # The servers listen here; with host networking, the model containers connect here too.
 LOOPBACK = "127.0.0.1"
 # A replica restarted this often by Docker is failing, not starting.
@@ -100,7 +101,8 @@ class DockerContainerManager(ContainerManager):
         container's log from Docker either way. Ours: ``clipper_metric_port`` (Prometheus;
         default: the query port + 53); ``base_image`` (default $CLIPPER_DOCKER_BASE_IMAGE,
         else python:<this minor>-slim) under the runtime image; ``admin_token``,
-        ``max_body_size`` and ``rpc_auth`` as for LocalContainerManager."""
+        ``max_body_size`` and ``rpc_auth`` as for LocalContainerManager (with an admin token,
+        a model image of your own needs ``rpc_auth="open"``: it cannot authenticate)."""
         super().__init__(cluster_name, docker_ip_address, clipper_query_port, clipper_management_port,
                          clipper_rpc_port, clipper_metric_port, redis_ip, redis_port, admin_token,
                          max_body_size, rpc_auth)
@@ -234,12 +236,17 @@ class DockerContainerManager(ContainerManager):
         failing = [c for c in self._containers() if _restarts(c) >= FAILING_RESTARTS]
         return "\n".join(f"--- {c.name} ---\n{_log_tail(c)}" for c in failing) or None
 
-    def connect(self):
+    def _query_frontend(self):
+        """The cluster's query frontend container: its labels and environment describe the cluster."""
         frontends = self._containers(**{ROLE_LABEL: QUERY_FRONTEND})
         if not frontends:
             raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' on the "
                                    "Docker engine. Start one with start_clipper().")
-        labels = frontends[0].labels
+        return frontends[0]
+
+    def connect(self):
+        frontend = self._query_frontend()
+        labels = frontend.labels
         self.external_redis = PORT_LABELS["redis"] in labels
         if self.external_redis:
             self.redis_port = int(labels[PORT_LABELS["redis"]])
@@ -249,7 +256,7 @@ class DockerContainerManager(ContainerManager):
         self.clipper_metric_port = int(labels[PORT_LABELS["metric"]])
         self.runtime_image = labels[RUNTIME_IMAGE_LABEL]
         if self.admin_token is None:
-            self.admin_token = _as_dict(frontends[0].attrs["Config"]["Env"]).get(ADMIN_TOKEN_VARIABLE, "")
+            self.admin_token = _as_dict(frontend.attrs["Config"]["Env"]).get(ADMIN_TOKEN_VARIABLE, "")
 
     def stop_all(self, graceful=True):
         containers = self._containers()
