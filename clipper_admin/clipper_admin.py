@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_LABEL = []
 DEFAULT_PREDICTION_CACHE_SIZE_BYTES = 33554432
 REQUEST_TIMEOUT_SECONDS = 30
+# 0.4.1's scratch directory, kept for scripts that use it; nothing here writes to it.
+CLIPPER_TEMP_DIR = "/tmp/clipper"
 
 
 def _check_name(kind, value):
@@ -31,6 +33,12 @@ def _check_name(kind, value):
             "consist of lower case alphanumeric characters or '-', and must start and end with "
             "an alphanumeric character (regex used for validation is "
             "'[a-z0-9]([-a-z0-9]*[a-z0-9])?\\Z')")
+
+
+def _gpus_if_asked(num_gpus):
+    """GPUs reach the backend only when asked for, so a ContainerManager written for
+    0.4.1's interface (no num_gpus) keeps working."""
+    return {} if num_gpus in (None, 0) else {"num_gpus": num_gpus}
 
 
 def _check_gpus(num_gpus):
@@ -345,7 +353,7 @@ class ClipperConnection(object):
         if self.get_model_info(name, version) is not None:
             raise ClipperException(f"model with name '{name}' and version '{version}' already exists")
         self.cm.deploy_model(name=name, version=version, input_type=input_type, image=image,
-                             num_replicas=num_replicas, num_gpus=num_gpus)
+                             num_replicas=num_replicas, **_gpus_if_asked(num_gpus))
         self.register_model(name, version, input_type, image=image, labels=labels,
                             batch_size=batch_size)
         self._wait_for_replicas(name, version, num_replicas)
@@ -400,7 +408,7 @@ class ClipperConnection(object):
         if info["container_name"] == CONTAINERLESS_MODEL_IMAGE:
             raise ClipperException(f"Cannot resize the replica set for containerless model {name}:{version}")
         self.cm.set_num_replicas(name, version, info["input_type"], info["container_name"], num_replicas,
-                                 num_gpus=num_gpus)
+                                 **_gpus_if_asked(num_gpus))
         self._wait_for_replicas(name, version, num_replicas)
 
     def get_all_models(self, verbose=False):
