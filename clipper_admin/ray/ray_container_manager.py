@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "clipper"
 IMAGE_PREFIX = "ray-object-store:"
 STOP_TIMEOUT_SECONDS = recipe.CLUSTER_STOP_SECONDS + 10
+# Clipper drops a silent replica after this long: well before Ray declares its node dead
+# (about 15 s with Ray's defaults), and longer than a batch of most models takes.
+DEFAULT_REPLICA_TIMEOUT = 5.0
 # A replica that has not answered within this long is starting, or waiting for resources.
 INFO_TIMEOUT_SECONDS = 1.0
 # A replica still silent after this long, while the resources it needs are not free, is
@@ -78,19 +81,24 @@ class RayContainerManager(ContainerManager):
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT,
                  clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT, host=None, admin_token=None,
                  max_body_size=Config.max_body_size, rpc_auth=auth.AUTO, frontend_resources=None,
-                 replica_num_cpus=1, replica_num_gpus=0, replica_resources=None):
+                 replica_num_cpus=1, replica_num_gpus=0, replica_resources=None,
+                 replica_timeout=DEFAULT_REPLICA_TIMEOUT):
         """``address``: the Ray cluster (default $RAY_ADDRESS, else the one on this machine).
         ``host``: where the frontends listen (default: their node's Ray address; beyond
         loopback only with ``admin_token`` and ``rpc_auth`` not "open"; see LocalContainerManager
         for ``rpc_auth``). ``frontend_resources``: Ray resources that choose
         the frontends' node (default: the head node). ``replica_num_cpus``,
-        ``replica_num_gpus``, ``replica_resources``: what each model replica needs."""
+        ``replica_num_gpus``, ``replica_resources``: what each model replica needs.
+        ``replica_timeout``: seconds of silence after which the query frontend drops a replica
+        (one whose machine vanished without closing its connection); keep it longer than the
+        longest batch takes, as a busy replica sends nothing until its batch is done."""
         super().__init__(cluster_name, None, clipper_query_port, clipper_management_port,
                          clipper_rpc_port, clipper_metric_port, None, None, admin_token,
                          max_body_size, rpc_auth)
         self.address = address
         self.namespace = namespace
         self.host = host            # None: the frontends' node's Ray address
+        self.replica_timeout = replica_timeout
         self.frontend_resources = frontend_resources or {"node:__internal_head__": 0.001}
         self.replica_options = {"num_cpus": replica_num_cpus, "num_gpus": replica_num_gpus,
                                 "resources": replica_resources or {}}
@@ -142,7 +150,7 @@ class RayContainerManager(ContainerManager):
                     "query_port": self.clipper_query_port, "management_port": self.clipper_management_port,
                     "rpc_port": self.clipper_rpc_port, "metrics_port": self.clipper_metric_port,
                     "admin_token": self.admin_token, "max_body_size": self.max_body_size,
-                    "rpc_auth": self.rpc_auth,
+                    "rpc_auth": self.rpc_auth, "replica_timeout": float(self.replica_timeout),
                     "cache_size": cache_size, "body_timeout": qf_http_timeout_content}
         frontends = ray.remote(ClusterFrontends).options(**self._actor_options(
             "frontends", num_cpus=0, resources=self.frontend_resources)).remote(settings)
