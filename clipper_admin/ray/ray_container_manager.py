@@ -9,6 +9,7 @@ namespace, so any process on any node finds the cluster. Model directories trave
 Ray's object store. Needs Ray (requirements-ray.txt, Python 3.10+) on every node.
 """
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -54,7 +55,7 @@ def _import_ray():
     return ray
 
 
-def _connect_ray(address, namespace):
+def connect_ray(address=None, namespace=NAMESPACE):
     """Join the Ray cluster at ``address`` (default $RAY_ADDRESS, else the one `ray start`
     started on this machine); never start a Ray of our own, which would end with the script.
     Our packages travel to the nodes with the job (py_modules): the nodes need only the
@@ -107,7 +108,7 @@ class RayContainerManager(ContainerManager):
     # ---- Ray ----
     @property
     def _ray(self):
-        return _connect_ray(self.address, self.namespace)
+        return connect_ray(self.address, self.namespace)
 
     def _actor_options(self, name, **options):
         # Detached: the cluster outlives the script, as Clipper's containers do. Restarted
@@ -336,11 +337,15 @@ class RayContainerManager(ContainerManager):
         frontends = self._frontends()
         if frontends is not None:
             texts.update(ray.get(frontends.logs.remote(), timeout=STOP_TIMEOUT_SECONDS))
-        for actor_name, handle in self._replicas_named("").items():
-            call = handle.log.remote()
-            if ray.wait([call], timeout=STOP_TIMEOUT_SECONDS)[0]:
-                label = actor_name.split("/", 2)[2].replace("/", "_")
+        calls = {handle.log.remote(): actor_name for actor_name, handle in self._replicas_named("").items()}
+        # Replicas still starting or waiting for resources have no log yet.
+        ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=INFO_TIMEOUT_SECONDS * 5)
+        for call in ready:
+            label = calls[call].split("/", 2)[2].replace("/", "_")
+            try:
                 texts[f"{self.cluster_name}-model-{label}.log"] = ray.get(call)
+            except ray.exceptions.RayError:
+                continue
         paths = []
         for file_name, text in sorted(texts.items()):
             path = os.path.join(logging_dir, file_name)
@@ -400,14 +405,12 @@ def stop_all_ray_clusters(graceful=True, namespace=NAMESPACE):
 
     Returns ``[(cluster_name, actors_stopped), ...]``.
     """
-    try:
-        import ray  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("ray") is None:
         return []
     address = _local_ray_address()
     if address is None:
         return []
-    ray = _connect_ray(address, namespace)
+    ray = connect_ray(address, namespace)
     names = sorted({entry["name"].split("/", 1)[0] for entry in ray.util.list_named_actors(all_namespaces=True)
                     if entry["namespace"] == namespace and "/" in entry["name"]})
     return [(name, RayContainerManager(address, name, namespace).stop_all(graceful)) for name in names]
