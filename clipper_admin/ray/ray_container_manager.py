@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -373,12 +374,16 @@ def _retry_while_name_taken(create, timeout=STOP_TIMEOUT_SECONDS):
 
 
 def _cause(error):
-    """The first line that says why an actor died, without Ray's traceback."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
+    """What an actor's exception said, without Ray's traceback or the exception's class."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     for line in reversed(lines):
-        if "Error:" in line:
-            return line.strip()
+        raised = _RAISED.match(line)
+        if raised:
+            return raised.group(1)
     return lines[-1] if lines else type(error).__name__
+
+
+_RAISED = re.compile(r"^[\w.]*(?:Error|Exception): (.+)$")
 
 
 def _local_ray_address():
