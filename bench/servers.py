@@ -22,7 +22,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from clipper.cluster import registry  # noqa: E402
+from clipper.cluster import cluster_dir  # noqa: E402
 from clipper_admin import ClipperConnection, LocalContainerManager  # noqa: E402
 
 # One port block for the whole benchmark, all on 127.0.0.1.
@@ -140,7 +140,7 @@ def processes_marked(marker: str):
 
 
 def stop_marked(marker: str, grace: float = 10) -> None:
-    registry.terminate(list(processes_marked(marker)), grace)
+    cluster_dir.terminate(list(processes_marked(marker)), grace)
 
 
 @contextlib.contextmanager

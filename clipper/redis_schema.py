@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+ModelId = Tuple[str, str]               # (model name, version): one version of a model
+
 # Database numbers (Clipper's RedisDBTable).
 STATE_DB = 1
 MODEL_DB = 2

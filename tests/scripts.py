@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULT_PORTS, ROOT, port_open, processes_under
+from helpers import DEFAULT_PORTS, ROOT, port_open, processes_under
 
 RESPONSE_LINE = re.compile(r"""^'\{"query_id":\d+,"output":-?[0-9.e+-]+,"default":false\}', [0-9.]+ ms$""")
 

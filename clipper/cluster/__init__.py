@@ -1,1 +1,1 @@
-"""The local backend's cluster: a supervisor process and the registry that finds it again."""
+"""The local backend's cluster: a supervisor process and the state directory that finds it again."""

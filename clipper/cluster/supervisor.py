@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 
 from clipper import launch as recipe
 from clipper.cluster.gpus import device_environment, pick_devices
-from clipper.cluster.registry import MARKER_ENV, ClusterDir, ProcessRecord
+from clipper.cluster.cluster_dir import MARKER_ENV, ClusterDir, ProcessRecord
 from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config
 from clipper.launch import Launch
 
@@ -34,7 +34,7 @@ MAX_RESTART_DELAY = 5.0
 @dataclass(eq=False)
 class Child:
     """One supervised process slot: what to run, and the process currently running it."""
-    name: str                     # log file name and registry label
+    name: str                     # its log file name and its name in processes.json
     role: str
     command: List[str]
     env: Dict[str, str]
@@ -151,7 +151,7 @@ class Supervisor:
                     self._reload = False
                     self._apply_wanted_replicas()
                 self._restart_exited()
-                self._write_registry()
+                self._write_processes()
                 time.sleep(LOOP_SECONDS)
         finally:
             self._shutdown()
@@ -196,7 +196,7 @@ class Supervisor:
             if child.process is None and now >= child.restart_at:
                 self._start(child)
 
-    def _write_registry(self) -> None:
+    def _write_processes(self) -> None:
         records = [r for r in (child.record() for child in self.children) if r]
         failing = {c.name: {**c.details, "failures": c.failures, "exit_code": c.last_exit}
                    for c in self.children if c.failures}

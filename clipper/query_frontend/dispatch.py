@@ -15,14 +15,14 @@ import itertools
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Sequence
 
 from clipper.datatypes import InputType
+from clipper.redis_schema import ModelId
 from clipper.rpc.codec import ERROR_OUTPUT_PREFIX
 
 log = logging.getLogger("clipper.query_frontend.dispatch")
 
-ModelId = Tuple[str, str]
 MAX_BATCH_SIZE = 1024
 # A batch should take at most this share of the tightest latency objective in it, leaving
 # the rest for the wait behind the batch ahead of it.

@@ -96,7 +96,7 @@ class Histogram:
                 **{key: _fmt(value) for key, value in stats.items()}}
 
 
-class MetricsRegistry:
+class MetricSet:
     CATEGORIES = (("counters", Counter), ("ratio_counters", RatioCounter),
                   ("meters", Meter), ("histograms", Histogram))
 

@@ -19,9 +19,10 @@ from clipper.errors import RequestError
 from clipper.query_frontend import http, prometheus
 from clipper.query_frontend.cache import PredictionCache
 from clipper.query_frontend.dispatch import Batch, DeadlineExpired, Dispatcher, ModelError, Task
-from clipper.query_frontend.metrics import METER_TICK_SECONDS, MetricsRegistry
+from clipper.query_frontend.metrics import METER_TICK_SECONDS, MetricSet
 from clipper.query_frontend.rpc_server import RpcServer
-from clipper.query_frontend.state import ClusterView, ModelId, StateFollower
+from clipper.query_frontend.state import ClusterView, StateFollower
+from clipper.redis_schema import ModelId
 from clipper.redis_schema import App, Container, Model
 from clipper.request_body import check_json_media_type
 from clipper.rest import responses
@@ -45,7 +46,7 @@ SCHEDULE_SLICE = 500
 KEEPALIVE_TIMEOUT = 60.0     # idle keep-alive connections are closed after a minute
 
 
-class ReplicaRegistry:
+class ReplicaRecorder:
     """Mirrors connected replicas into Redis (DB 3) in order, off the prediction path."""
 
     def __init__(self, store: Store):
@@ -85,11 +86,11 @@ class QueryFrontend(http.Application):
     def __init__(self, config: Config):
         self.config = config
         self.store = Store(config.redis_url)
-        self.registry = ReplicaRegistry(self.store)
-        self.rpc = RpcServer(config, self.registry)
-        self.metrics = MetricsRegistry()
+        self.replica_recorder = ReplicaRecorder(self.store)
+        self.rpc = RpcServer(config, self.replica_recorder)
+        self.metrics = MetricSet()
         self.cache = PredictionCache(config.cache_size)
-        self.follower = StateFollower(self.store, self._on_model_change, self.registry.resync)
+        self.follower = StateFollower(self.store, self._on_model_change, self.replica_recorder.resync)
         self.query_ids = itertools.count()
         self.dispatcher: Optional[Dispatcher] = None
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -109,7 +110,7 @@ class QueryFrontend(http.Application):
         self.rpc.bind()
         await self.store.clear_containers()   # replicas of an earlier frontend must reconnect
         tasks = [asyncio.create_task(coro) for coro in
-                 (self.rpc.run(), self.follower.run(), self.registry.run(), self._tick_meters())]
+                 (self.rpc.run(), self.follower.run(), self.replica_recorder.run(), self._tick_meters())]
         await asyncio.wait_for(self.follower.wait_ready(), timeout=30)
         prometheus = await self._serve_prometheus()
         try:

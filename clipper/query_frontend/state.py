@@ -8,15 +8,14 @@ Unlike Clipper, deleted applications stop being served at once.
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 from clipper import redis_schema as schema
-from clipper.redis_schema import App, Model
+from clipper.redis_schema import App, Model, ModelId
 from clipper.store import Store
 
 log = logging.getLogger("clipper.query_frontend.state")
 
-ModelId = Tuple[str, str]            # (name, version)
 WATCHED_DBS = (schema.MODEL_DB, schema.APPLICATION_DB, schema.METADATA_DB,
                schema.APP_MODEL_LINKS_DB)
 

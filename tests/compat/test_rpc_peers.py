@@ -15,16 +15,15 @@ import threading
 import time
 
 import pytest
-import requests
 import zmq
 
 import clipper_rpc as rpc
-from clipper.cluster.registry import MARKER_ENV
+from clipper.cluster.cluster_dir import MARKER_ENV
 from clipper_admin.deployers.deployer_utils import save_python_function
-from conftest import ROOT, local_cluster
+from helpers import ROOT, local_cluster, prediction
 
-PORTS = dict(query_port=41337, management_port=41338, rpc_port=47000, metric_port=41390)
-PEER_PORT = 47100
+PORTS = dict(query_port=25337, management_port=25338, rpc_port=25700, metric_port=25390)
+PEER_PORT = 25800
 IDLE_HEARTBEAT_SECONDS = 5      # Clipper's container: SOCKET_POLLING_TIMEOUT_MILLIS
 
 
@@ -105,21 +104,15 @@ def container(cluster):
         assert peer.error is None, f"the Clipper-style container failed: {peer.error!r}"
 
 
-def predict(conn, app, body):
-    response = requests.post(f"http://{conn.get_query_addr()}/{app}/predict", json=body, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def unpack(code, raw):
     return struct.unpack("<%d%s" % (len(raw) // struct.calcsize(code), code), raw)
 
 
 def test_clipper_style_container_serves_doubles(cluster, container):
     peer = container("raw-sum", "doubles", lambda raw: repr(sum(unpack("d", raw))))
-    single = predict(cluster, "raw-sum", {"input": [1.0, 2.0, 3.5]})
+    single = prediction(cluster, "raw-sum", {"input": [1.0, 2.0, 3.5]})
     assert single["output"] == 6.5 and single["default"] is False
-    batch = predict(cluster, "raw-sum", {"input_batch": [[1, 1], [2.5], [0.25, 0.25, 0.5]]})
+    batch = prediction(cluster, "raw-sum", {"input_batch": [[1, 1], [2.5], [0.25, 0.25, 0.5]]})
     assert [b["output"] for b in batch["batch_predictions"]] == [2.0, 2.5, 1.0]
     assert sum(peer.batches) == 4
 
@@ -134,7 +127,7 @@ def test_clipper_style_container_serves_each_input_type(cluster, container, inpu
                                                         predict_one, expected):
     app = f"raw-{input_type}"
     container(app, input_type, predict_one)
-    assert predict(cluster, app, {"input": query})["output"] == expected
+    assert prediction(cluster, app, {"input": query})["output"] == expected
 
 
 # ---- (c) our container, against a peer playing Clipper's query frontend ----

@@ -11,7 +11,7 @@ import requests
 from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper_admin import ClipperException
 from clipper_admin.deployers import python as python_deployer
-from conftest import local_cluster
+from helpers import local_cluster
 
 PORTS = dict(query_port=11337, management_port=11338, rpc_port=17000, metric_port=11390)
 

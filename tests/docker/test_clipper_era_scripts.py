@@ -18,15 +18,15 @@ from clipper.cluster.redis_binary import find_redis_server
 from clipper_admin import ClipperConnection, ClipperException, DockerContainerManager, LocalContainerManager
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL
 from clipper_admin.docker.images import pip_ca_bundle
-from conftest import ROOT, port_open
+from helpers import ROOT, port_open
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 # Only the query, management and RPC ports are given, as a 0.4.1 script gives them; the
 # metrics port and Redis must not need any more.
 SIDE_A = dict(clipper_query_port=32337, clipper_management_port=32338, clipper_rpc_port=32700)
-SIDE_B = dict(clipper_query_port=33337, clipper_management_port=33338, clipper_rpc_port=33700)
-LOCAL = dict(clipper_query_port=34337, clipper_management_port=34338, clipper_rpc_port=34700)
-EXTERNAL = dict(clipper_query_port=36337, clipper_management_port=36338, clipper_rpc_port=36700)
+SIDE_B = dict(clipper_query_port=13337, clipper_management_port=13338, clipper_rpc_port=13700)
+LOCAL = dict(clipper_query_port=14337, clipper_management_port=14338, clipper_rpc_port=14700)
+EXTERNAL = dict(clipper_query_port=18337, clipper_management_port=18338, clipper_rpc_port=18700)
 RPC_IMAGE = "clipper-test/rpc-container:1"
 
 
@@ -64,7 +64,7 @@ def test_two_docker_clusters_and_a_local_one_run_side_by_side(side_by_side):
         metrics = requests.get(f"http://{conn.get_metric_addr()}/metrics", timeout=10)
         assert metrics.status_code == 200 and "# TYPE" in metrics.text
     assert {key: conn.get_metric_addr() for key, conn in side_by_side.items()} == {
-        "a": "localhost:32390", "b": "localhost:33390", "local": "localhost:34390"}
+        "a": "localhost:32390", "b": "localhost:13390", "local": "localhost:14390"}
     # Each has its own Redis: what one registers, the others do not see.
     side_by_side["a"].register_application("only-in-a", "doubles", "0", 100000)
     assert [app["name"] for app in side_by_side["a"].get_all_apps(verbose=True)] == ["only-in-a"]
@@ -74,7 +74,7 @@ def test_two_docker_clusters_and_a_local_one_run_side_by_side(side_by_side):
 def test_a_taken_port_raises_what_clipper_era_code_catches(side_by_side, docker_client, base_image):
     clashing = ClipperConnection(DockerContainerManager(cluster_name="side-clash", base_image=base_image,
                                                         clipper_query_port=SIDE_A["clipper_query_port"],
-                                                        clipper_management_port=35338, clipper_rpc_port=35700))
+                                                        clipper_management_port=15338, clipper_rpc_port=15700))
     with pytest.raises(docker.errors.APIError) as raised:      # as 0.4.1's engine error was
         clashing.start_clipper()
     assert isinstance(raised.value, ClipperException)
@@ -141,20 +141,20 @@ def test_deploy_model_runs_the_users_own_image_with_clippers_environment(side_by
 
 def test_a_redis_of_the_users_own_is_used_and_found_again(docker_client, base_image, tmp_path):
     """0.4.1's redis_ip/redis_port: no Redis container; connect() reads the port label."""
-    server = subprocess.Popen([find_redis_server(), "--port", "36379", "--bind", "127.0.0.1", "--save", "",
+    server = subprocess.Popen([find_redis_server(), "--port", "18379", "--bind", "127.0.0.1", "--save", "",
                                "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
     conn = ClipperConnection(DockerContainerManager(cluster_name="side-ext", base_image=base_image,
-                                                    redis_ip="127.0.0.1", redis_port=36379, **EXTERNAL))
+                                                    redis_ip="127.0.0.1", redis_port=18379, **EXTERNAL))
     try:
         conn.start_clipper()
         conn.register_application("in-users-redis", "doubles", "0", 100000)
-        assert redis.Redis(port=36379, db=5).hget("in-users-redis", "input_type") == b"doubles"
+        assert redis.Redis(port=18379, db=5).hget("in-users-redis", "input_type") == b"doubles"
         roles = {c.labels["ai.clipper.role"] for c in docker_client.containers.list(
             filters={"label": f"{CLIPPER_DOCKER_LABEL}=side-ext"})}
         assert roles == {"management-frontend", "query-frontend"}
         again = DockerContainerManager(cluster_name="side-ext")
         again.connect()
-        assert (again.external_redis, again.redis_port) == (True, 36379)
+        assert (again.external_redis, again.redis_port) == (True, 18379)
     finally:
         conn.stop_all(graceful=False)
         server.terminate()

@@ -11,18 +11,14 @@ from clipper_admin import ClipperConnection, DockerContainerManager
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL, CLIPPER_MODEL_CONTAINER_LABEL
 from clipper_admin.deployers import python as python_deployer
 from clipper_admin.docker.images import pip_ca_bundle
-from conftest import port_open
+from helpers import port_open, prediction, total
 from scripts import run_script
 
 # The first test may build the base image (debootstrap) and the runtime image: minutes.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
-PORTS = dict(clipper_query_port=31337, clipper_management_port=31338, clipper_rpc_port=37000,
-             clipper_metric_port=31390, redis_port=36379)
+PORTS = dict(clipper_query_port=31337, clipper_management_port=31338, clipper_rpc_port=19000,
+             clipper_metric_port=31390, redis_port=18379)
 TOKEN = "dock-admin-token"
-
-
-def total(xs):
-    return [str(sum(x)) for x in xs]
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +38,6 @@ def cluster(docker_client, base_image):
 def containers(client, **labels):
     wanted = {CLIPPER_DOCKER_LABEL: "dock", **labels}
     return client.containers.list(filters={"label": [f"{k}={v}" for k, v in wanted.items()]})
-
-
-def predict(conn, values):
-    response = requests.post(f"http://{conn.get_query_addr()}/dock-sum/predict", json={"input": values}, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def wait_until(condition, timeout, what):
@@ -80,8 +70,9 @@ def test_every_role_is_a_labelled_container_on_loopback(cluster, docker_client):
     replica_environment = " ".join(replica.attrs["Config"]["Env"])
     assert "CLIPPER_RPC_CLIENT_SECRET_KEY=" in replica_environment
     assert "CLIPPER_RPC_SERVER_SECRET_KEY" not in replica_environment
-    assert predict(cluster, [1.0, 2.5]) == {"query_id": predict(cluster, [0.0])["query_id"] - 1,
-                                            "output": 3.5, "default": False}
+    first = prediction(cluster, "dock-sum", {"input": [0.0]})
+    assert prediction(cluster, "dock-sum", {"input": [1.0, 2.5]}) == {
+        "query_id": first["query_id"] + 1, "output": 3.5, "default": False}
 
 
 def test_replicas_scale_as_containers(cluster, docker_client):
@@ -98,7 +89,7 @@ def test_a_crashed_replica_is_restarted_by_docker(cluster, docker_client):
     replica, = containers(docker_client, **{CLIPPER_MODEL_CONTAINER_LABEL: "dock-sum_1"})
     os.kill(replica.attrs["State"]["Pid"], signal.SIGKILL)
     wait_until(lambda: (replica.reload() or replica.attrs["RestartCount"]) >= 1, 30, "a restart")
-    wait_until(lambda: predict(cluster, [2.0])["default"] is False, 30, "serving again")
+    wait_until(lambda: prediction(cluster, "dock-sum", {"input": [2.0]})["default"] is False, 30, "serving again")
 
 
 def test_another_process_connects_by_labels_and_gets_the_admin_token(cluster, tmp_path):

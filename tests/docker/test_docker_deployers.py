@@ -16,8 +16,8 @@ from clipper_admin import ClipperConnection, DockerContainerManager  # noqa: E40
 from clipper_admin.deployers import onnx as onnx_deployer  # noqa: E402
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
-PORTS = dict(clipper_query_port=32337, clipper_management_port=32338, clipper_rpc_port=38000,
-             clipper_metric_port=32390, redis_port=36380)
+PORTS = dict(clipper_query_port=32337, clipper_management_port=32338, clipper_rpc_port=19100,
+             clipper_metric_port=32390, redis_port=18380)
 WEIGHTS = np.array([[1.0, -2.0], [0.5, 3.0]], dtype=np.float32)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL
 from clipper_admin.docker.images import CLIENT_PYTHON, DEBIAN_RELEASE_OF_PYTHON
-from conftest import built_local_base
+from helpers import built_local_base
 from scripts import (RESPONSE_LINE, pyenv_python, run_script, start_script, venv_with_requirements,
                      wait_for_predictions)
 

@@ -1,5 +1,5 @@
 """The three example scripts, run exactly as the README says, as subprocesses."""
-from conftest import processes_under
+from helpers import processes_under
 from scripts import RESPONSE_LINE, assert_nothing_left, run_script, start_script, wait_for_predictions
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from scripts import (RESPONSE_LINE, assert_nothing_left, clean_environment, pyenv_python, run_script,
                      skip_if_offline, venv_with_requirements)
 

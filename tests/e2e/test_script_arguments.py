@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import local_cluster, processes_under
+from helpers import local_cluster, processes_under
 from scripts import run_script
 
 # A cluster of the user's own that no --help or typo may touch, on ports of its own.

@@ -9,14 +9,10 @@ import requests
 
 from clipper_admin import ClipperException
 from clipper_admin.deployers import python as python_deployer
-from conftest import local_cluster
+from helpers import local_cluster, total
 from loadgen import run_load
 
 SLO_MICROS = 300_000
-
-
-def total(xs):
-    return [str(sum(x)) for x in xs]
 
 
 @pytest.fixture

@@ -25,14 +25,14 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, negativ
                                                response_schema_conformance, status_code_conformance)
 
 from clipper import openapi
-from clipper.cluster.registry import ProcessRecord
+from clipper.cluster.cluster_dir import ProcessRecord
 from clipper.config import Config
 from clipper.management import server as management_server
 from clipper.query_frontend import server as query_server
 from clipper_admin.deployers import python as python_deployer
-from conftest import local_cluster
+from helpers import local_cluster, total
 
-PORTS = dict(query_port=51337, management_port=51338, rpc_port=57000, metric_port=51390)
+PORTS = dict(query_port=24337, management_port=24338, rpc_port=24700, metric_port=24390)
 APP = "fuzz-app"
 # Examples per operation and kind of request; predictions to the linked app, what users send
 # most, get the most. In all, over 5,000 requests.
@@ -41,10 +41,6 @@ EXAMPLES, PREDICTION_EXAMPLES, OTHER_APP_EXAMPLES = 150, 600, 50
 # type, which models exist), so schemathesis' positive_data_acceptance check does not apply.
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, negative_data_rejection]
-
-
-def total(xs):
-    return [str(sum(x)) for x in xs]
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,10 @@
 import os
 
 import pytest
-import requests
 
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager, UnconnectedException
 from clipper_admin.deployers import python as python_deployer
+from helpers import predict
 
 
 def version_one(xs):
@@ -14,10 +14,6 @@ def version_one(xs):
 
 def version_two(xs):
     return ["2" for _ in xs]
-
-
-def predict(conn, app, payload):
-    return requests.post(f"http://{conn.get_query_addr()}/{app}/predict", json=payload, timeout=10)
 
 
 def replicas_of(conn, name, version):

@@ -15,7 +15,7 @@ import requests
 
 from clipper.cluster.redis_binary import find_redis_server
 from clipper.management.requests import MAX_NAME_LENGTH
-from conftest import ROOT
+from helpers import ROOT
 
 CALLERS = 20
 

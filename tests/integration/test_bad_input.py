@@ -11,16 +11,13 @@ import requests
 from clipper.config import Config
 from clipper_admin import ClipperConnection, LocalContainerManager
 from clipper_admin.deployers import python as python_deployer
+from helpers import total
 
-PORTS = dict(clipper_query_port=51337, clipper_management_port=51338, clipper_rpc_port=57000,
-             clipper_metric_port=51390)
+PORTS = dict(clipper_query_port=23337, clipper_management_port=23338, clipper_rpc_port=23700,
+             clipper_metric_port=23390)
 BODY_LIMIT = 256 * 1024
 BODY_TIMEOUT = 1
 SINGLE_SLO_MICROS = 100_000
-
-
-def total(xs):
-    return [str(sum(x)) for x in xs]
 
 
 @pytest.fixture(scope="module")

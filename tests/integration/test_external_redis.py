@@ -8,12 +8,9 @@ import requests
 
 from clipper.cluster.redis_binary import find_redis_server
 from clipper_admin.deployers import python as python_deployer
+from helpers import total
 
 REDIS_PORT = 16379
-
-
-def total(xs):
-    return [str(sum(x)) for x in xs]
 
 
 @pytest.fixture

@@ -6,12 +6,9 @@ import pytest
 import requests
 
 from clipper_admin.deployers import python as python_deployer
+from helpers import predict, total
 
 SLO_MICROS = 2_000_000
-
-
-def total(xs):
-    return [str(sum(x)) for x in xs]
 
 
 def int_total(xs):
@@ -55,11 +52,6 @@ def cluster(clipper_conn):
         python_deployer.create_endpoint(clipper_conn, name, input_type, func,
                                         default_output="-1.0", slo_micros=SLO_MICROS)
     return clipper_conn
-
-
-def predict(conn, app, payload, **kwargs):
-    return requests.post(f"http://{conn.get_query_addr()}/{app}/predict", json=payload,
-                         timeout=10, **kwargs)
 
 
 @pytest.mark.parametrize("app, query, output", [

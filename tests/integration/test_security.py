@@ -14,7 +14,7 @@ from clipper.datatypes import InputType
 from clipper.rpc import auth, codec
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin.deployers import python as python_deployer
-from conftest import local_cluster
+from helpers import local_cluster
 
 TOKEN = "s3cret-token-for-tests"
 PORTS = dict(query_port=11337, management_port=11338, rpc_port=17000, metric_port=11390)

@@ -5,10 +5,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import requests
 
 from clipper_admin.deployers import python as python_deployer
 from loadgen import run_load
+from helpers import predict
 
 
 def recording_model(log_path, per_item=0.0, fixed=0.0, slow_flag=None, slow_per_item=0.0):
@@ -28,11 +28,6 @@ def calls(log_path):
     if not Path(log_path).exists():
         return []
     return [tuple(map(int, line.split())) for line in Path(log_path).read_text().splitlines()]
-
-
-def predict(conn, app, values, timeout=10):
-    return requests.post(f"http://{conn.get_query_addr()}/{app}/predict",
-                         json={"input": values}, timeout=timeout)
 
 
 def test_batches_grow_under_load_and_shrink_when_replies_are_late(clipper_conn, tmp_path):
@@ -57,12 +52,12 @@ def test_cache_hits_skip_the_model_and_failures_are_not_cached(clipper_conn, tmp
     python_deployer.create_endpoint(clipper_conn, "cached", "doubles",
                                     recording_model(log, fixed=0.3), slo_micros=5_000_000)
     with ThreadPoolExecutor(8) as pool:           # identical queries in flight share one call
-        answers = list(pool.map(lambda _: predict(clipper_conn, "cached", [1.0, 2.0]).json(), range(8)))
+        answers = list(pool.map(lambda _: predict(clipper_conn, "cached", {"input": [1.0, 2.0]}).json(), range(8)))
     assert {a["output"] for a in answers} == {3.0} and not any(a["default"] for a in answers)
     assert len(calls(log)) == 1
-    assert predict(clipper_conn, "cached", [1.0, 2.0]).json()["output"] == 3.0
+    assert predict(clipper_conn, "cached", {"input": [1.0, 2.0]}).json()["output"] == 3.0
     assert len(calls(log)) == 1                   # a hit never reaches the model
-    assert predict(clipper_conn, "cached", [2.0, 1.0]).json()["output"] == 3.0
+    assert predict(clipper_conn, "cached", {"input": [2.0, 1.0]}).json()["output"] == 3.0
     assert len(calls(log)) == 2                   # a different input does
 
 
@@ -75,8 +70,8 @@ def test_model_errors_are_not_cached(clipper_conn, tmp_path):
             f.write(f"{os.getpid()} {len(xs)}\n")
         raise RuntimeError("transient")
     python_deployer.create_endpoint(clipper_conn, "flaky", "doubles", flaky, slo_micros=5_000_000)
-    assert predict(clipper_conn, "flaky", [1.0]).status_code == 500
-    assert predict(clipper_conn, "flaky", [1.0]).status_code == 500
+    assert predict(clipper_conn, "flaky", {"input": [1.0]}).status_code == 500
+    assert predict(clipper_conn, "flaky", {"input": [1.0]}).status_code == 500
     assert len(calls(log)) == 2
 
 
@@ -87,7 +82,7 @@ def test_late_answers_become_the_default_within_the_objective(clipper_conn, tmp_
                                           recording_model(log, fixed=1.5))
     clipper_conn.link_model_to_app("hurried", "sleepy")
     started = time.monotonic()
-    body = predict(clipper_conn, "hurried", [5.0]).json()
+    body = predict(clipper_conn, "hurried", {"input": [5.0]}).json()
     elapsed = time.monotonic() - started
     assert body["default"] is True and body["output"] == -1.0
     assert body["default_explanation"] == \
@@ -100,7 +95,7 @@ def test_queries_are_spread_over_replicas(clipper_conn, tmp_path):
     python_deployer.create_endpoint(clipper_conn, "spread", "doubles", recording_model(log),
                                     slo_micros=2_000_000, num_replicas=2)
     for n in range(20):
-        assert predict(clipper_conn, "spread", [float(n)]).json()["default"] is False
+        assert predict(clipper_conn, "spread", {"input": [float(n)]}).json()["default"] is False
     assert len({pid for pid, _ in calls(log)}) == 2
 
 
@@ -159,17 +154,17 @@ def test_identical_queries_sharing_an_evaluation_each_keep_their_own_deadline(cl
 def test_a_model_with_no_connected_replica_answers_the_default_at_once(clipper_conn):
     python_deployer.create_endpoint(clipper_conn, "scaled", "doubles", sleeping_model,
                                     default_output="-1.0", slo_micros=5_000_000)
-    assert predict(clipper_conn, "scaled", [0.0]).json()["default"] is False
+    assert predict(clipper_conn, "scaled", {"input": [0.0]}).json()["default"] is False
     clipper_conn.set_num_replicas("scaled", 0)
     deadline = time.monotonic() + 15
     while [r for r in clipper_conn.get_all_model_replicas(verbose=True) if r["model_name"] == "scaled"]:
         assert time.monotonic() < deadline, "the stopped replica is still listed"
         time.sleep(0.1)
     started = time.monotonic()
-    body = predict(clipper_conn, "scaled", [0.5]).json()     # not in the cache
+    body = predict(clipper_conn, "scaled", {"input": [0.5]}).json()     # not in the cache
     took = time.monotonic() - started
     assert body == {"query_id": body["query_id"], "output": -1.0, "default": True,
                     "default_explanation": "No connected models found for query"}
     print(f"no connected replica: the default after {took * 1000:.0f} ms (objective 5 s)")
     assert took < 1.0, f"answered after {took:.2f} s (objective 5 s)"
-    assert predict(clipper_conn, "scaled", [0.0]).json()["output"] == 0.0   # cached answers stay
+    assert predict(clipper_conn, "scaled", {"input": [0.0]}).json()["output"] == 0.0   # cached answers stay

@@ -14,12 +14,9 @@ from clipper_admin import ClipperConnection
 from clipper_admin.deployers import python as python_deployer
 from clipper_admin.ray import RayContainerManager
 from loadgen import run_load
+from helpers import total
 
 SLO_MICROS = 300000
-
-
-def total(xs):
-    return [str(sum(x)) for x in xs]
 
 
 def connected(conn, name="steady"):

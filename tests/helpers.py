@@ -1,0 +1,85 @@
+"""What many tests use: the project's root, probes of ports and processes, a real local
+cluster for a block, and the sum model with a predict call over REST."""
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clipper.cluster.cluster_dir import cluster_path_of  # noqa: E402
+from clipper_admin import ClipperConnection, LocalContainerManager  # noqa: E402
+from clipper_admin.docker.images import local_base_image  # noqa: E402
+
+DEFAULT_PORTS = (1337, 1338, 7000, 1390)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.closing(socket.socket()) as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((host, port)) == 0
+
+
+def processes_under(base: Path):
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            marker = cluster_path_of(process) or ""
+            if marker.startswith(str(base)) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+@contextlib.contextmanager
+def local_cluster(name="test-cluster", query_port=1337, management_port=1338, rpc_port=7000,
+                  metric_port=1390, **start_kwargs):
+    """A real local cluster for the duration of the block."""
+    manager = LocalContainerManager(cluster_name=name, clipper_query_port=query_port,
+                                    clipper_management_port=management_port,
+                                    clipper_rpc_port=rpc_port, clipper_metric_port=metric_port)
+    conn = ClipperConnection(manager)
+    conn.start_clipper(**start_kwargs)
+    try:
+        yield conn
+    finally:
+        conn.stop_all(graceful=False)
+
+
+def total(xs):
+    """The model most tests deploy: the sum of each input."""
+    return [str(sum(x)) for x in xs]
+
+
+def predict(conn, app, payload, timeout=10, **kwargs):
+    """POST ``payload`` to the application's predict route; the response, whatever its status."""
+    return requests.post(f"http://{conn.get_query_addr()}/{app}/predict", json=payload,
+                         timeout=timeout, **kwargs)
+
+
+def prediction(conn, app, payload, timeout=10):
+    """The JSON answer of a prediction that must succeed."""
+    response = predict(conn, app, payload, timeout)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def built_local_base(python, unavailable=""):
+    """docker/build-local-base.sh's base with ``python``, built if needed; else skip, saying why."""
+    local_base = local_base_image(python)
+    if local_base is None:
+        pytest.skip(f"{unavailable} (no Debian release has Python {python})")
+    if os.geteuid() != 0 or not shutil.which("debootstrap"):
+        pytest.skip(f"{unavailable} (building {local_base} needs root and debootstrap)")
+    build = subprocess.run(["sh", str(ROOT / "docker" / "build-local-base.sh"), python],
+                           capture_output=True, text=True)
+    if build.returncode != 0:
+        pytest.skip(f"could not build {local_base}: {build.stderr[-800:]}")
+    return local_base
