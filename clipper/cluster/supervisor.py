@@ -185,8 +185,8 @@ class Supervisor:
             process = ProcessRecord(record["pid"], record["create_time"]).process()
             if process is not None and record["role"] != WATCHDOG and process.pid != os.getpid():
                 self._adopted[record["name"]] = Adopted(process)
-        adopted = {a.pid for a in self._adopted.values()}
-        strays = [p for p in registry.processes_marked_with(self.cluster.path) if p.pid not in adopted]
+        keep = {a.pid for a in self._adopted.values()} | {c.process.pid for c in self.children if c.process}
+        strays = [p for p in registry.processes_marked_with(self.cluster.path) if p.pid not in keep]
         if strays:
             log.warning("stopping %d unrecorded processes of the cluster", len(strays))
             registry.terminate(strays, STRAY_STOP_GRACE)
@@ -228,10 +228,10 @@ class Supervisor:
         except BlockingIOError:
             log.info("another supervisor keeps this cluster; exiting")
             return
-        self.cluster.set_supervisor(ProcessRecord.of(os.getpid()))
         try:
+            self._start_watchdog()            # first: from now on a kill -9 of this one is repaired
+            self.cluster.set_supervisor(ProcessRecord.of(os.getpid()))
             self._adopt_survivors()
-            self._start_watchdog()
             self._start_servers()
             while not self._stopping:
                 if self._reload:
