@@ -1,7 +1,7 @@
 """clipper_admin 0.4.1's public API for a modern, Clipper-compatible cluster (Python 3.9+).
 
 ``__all__`` lists the names clipper_admin 0.4.1 exported, then ours.
-Backends that need an optional SDK (Docker) are imported on first use, so that
+Backends that need an optional SDK (Docker, Ray) are imported on first use, so that
 ``import clipper_admin`` stays light and works without them.
 """
 import importlib
@@ -9,22 +9,24 @@ import importlib
 from clipper_admin.version import __registry__, __version__
 from clipper_admin.exceptions import ClipperException, MissingDependency, UnconnectedException
 from clipper_admin.container_manager import ContainerManager
-from clipper_admin.clipper_admin import ClipperConnection
+from clipper_admin.clipper_admin import CLIPPER_TEMP_DIR, ClipperConnection
 from clipper_admin.local import LocalContainerManager
+from clipper_admin.kubernetes import KubernetesContainerManager
 from clipper_admin.backends import backend_from_args, stop_all_clusters
 
 __all__ = [
     # clipper_admin 0.4.1's names
-    "ClipperConnection", "DockerContainerManager", "ClipperException", "UnconnectedException",
-    "deployers", "__version__",
+    "ClipperConnection", "DockerContainerManager", "KubernetesContainerManager", "ClipperException",
+    "UnconnectedException", "CLIPPER_TEMP_DIR", "deployers", "__version__",
     # ours
-    "ContainerManager", "LocalContainerManager", "MissingDependency", "backend_from_args",
+    "ContainerManager", "LocalContainerManager", "RayContainerManager", "MissingDependency", "backend_from_args",
     "stop_all_clusters", "__registry__",
 ]
 
 # name -> (module that defines it, the extra it needs), imported when the name is first used
 _ON_FIRST_USE = {
     "DockerContainerManager": ("clipper_admin.docker", "docker"),
+    "RayContainerManager": ("clipper_admin.ray", "ray"),
     "deployers": ("clipper_admin.deployers", None),
 }
 

@@ -31,6 +31,9 @@ BACKENDS: Dict[str, Backend] = {
     "docker": Backend("clipper_admin.docker", "DockerContainerManager", "stop_all_docker_clusters",
                       "Docker cluster", "containers",
                       "Using the Docker backend (containers on the local Docker engine)"),
+    "ray": Backend("clipper_admin.ray", "RayContainerManager", "stop_all_ray_clusters",
+                   "Ray cluster", "actors",
+                   "Using the Ray backend (the Ray cluster at $RAY_ADDRESS, else the one on this machine)"),
 }
 
 

@@ -95,21 +95,21 @@ def clean_environment(*path):
     return env
 
 
-def venv_with_requirements(python):
-    """A venv of ``python`` with requirements.txt installed as the README says, in a clean
-    environment (so nothing may need a compiler); its interpreter."""
-    requirements = (ROOT / "requirements.txt").read_bytes()
+def venv_with_requirements(python, files=("requirements.txt",)):
+    """A venv of ``python`` with the requirements ``files`` installed as the README says, in a
+    clean environment (so nothing may need a compiler); its interpreter."""
+    requirements = b"".join((ROOT / name).read_bytes() for name in files)
     key = hashlib.sha256(str(python).encode() + requirements).hexdigest()[:12]
     venv = CACHE / f"venv-{Path(python).parent.parent.name}-{key}"
     venv_python = venv / "bin" / "python"
     if not (venv / "ready").exists():
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([str(python), "-m", "venv", str(venv)], check=True)
-        install = subprocess.run([str(venv_python), "-m", "pip", "install", "-q", "-r",
-                                  str(ROOT / "requirements.txt")], capture_output=True, text=True,
-                                 env=clean_environment(venv_python.parent))
-        skip_if_offline(install, f"install requirements.txt for {python}")
-        assert install.returncode == 0, f"pip install -r requirements.txt failed on {python}:\n" \
+        install = subprocess.run([str(venv_python), "-m", "pip", "install", "-q",
+                                  *(argument for name in files for argument in ("-r", str(ROOT / name)))],
+                                 capture_output=True, text=True, env=clean_environment(venv_python.parent))
+        skip_if_offline(install, f"install {' '.join(files)} for {python}")
+        assert install.returncode == 0, f"pip install of {' '.join(files)} failed on {python}:\n" \
                                         f"{install.stderr[-1500:]}"
         (venv / "ready").touch()
     return venv_python

@@ -11,16 +11,17 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 
 from clipper import launch as recipe
 from clipper.cluster import registry
+from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.cluster.registry import ClusterDir, ProcessRecord
 from clipper.cluster.supervisor import PROJECT_ROOT
 from clipper.config import MODEL_CONTAINER, Config
 from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper_admin.container_manager import (
-    CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT,
-    ContainerManager)
+    CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.exceptions import ClipperException
 
@@ -37,11 +38,12 @@ class LocalContainerManager(ContainerManager):
     def __init__(self, cluster_name="default-cluster", clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
                  clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None, redis_port=6379,
-                 host="127.0.0.1", clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT,
+                 host="127.0.0.1", clipper_metric_port=None,
                  admin_token=None, max_body_size=Config.max_body_size, rpc_auth="auto"):
         """``host``: where the servers listen (loopback unless you mean it). ``admin_token``
         (default $CLIPPER_ADMIN_TOKEN): if set, /admin calls need it as a bearer token.
         ``max_body_size``: the largest request body the frontends accept, in bytes.
+        ``clipper_metric_port`` (Prometheus): default the query port + 53.
         ``rpc_auth``: who may connect to the RPC port as a model container: "auto" (only
         the cluster's own containers, by CURVE keys, when there is an admin token or
         ``host`` is not loopback; anyone otherwise), "curve" (always keys) or "open"
@@ -68,6 +70,7 @@ class LocalContainerManager(ContainerManager):
         config = self._cluster_config(cache_size, qf_http_timeout_content, self.host, self._redis_url())
         try:
             self.cluster.create({"cluster_name": self.cluster_name, "embedded_redis": self.redis_ip is None,
+                                 "gpus": self._machine_gpus(),
                                  "config": config.replace(redis_dir=str(self.cluster.path / "redis")).as_dict()})
             supervisor = self._start_supervisor()
             self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
@@ -97,6 +100,13 @@ class LocalContainerManager(ContainerManager):
             env=self._supervisor_env(), cwd=str(self.cluster.path), stdin=subprocess.DEVNULL,
             stdout=open(self.cluster.logs / "supervisor.log", "ab"), stderr=subprocess.STDOUT,
             start_new_session=True)          # its own session: Ctrl-C in our terminal spares it
+
+    @staticmethod
+    def _machine_gpus():
+        try:
+            return machine_gpus()
+        except ValueError as error:
+            raise ClipperException(str(error)) from None
 
     def _supervisor_env(self):
         env = dict(os.environ)
@@ -183,19 +193,29 @@ class LocalContainerManager(ContainerManager):
                                    "deploy it again from a working Python")
         return python
 
-    def deploy_model(self, name, version, input_type, image, num_replicas=1):
-        self.set_num_replicas(name, version, input_type, image, num_replicas)
+    def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
+        """``image``: a model directory from ``build_model`` (no Docker image runs here)."""
+        self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus)
 
-    def set_num_replicas(self, name, version, input_type, image, num_replicas):
+    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
+        """``num_gpus``: GPUs per replica (CUDA_VISIBLE_DEVICES); None keeps the version's."""
         if not os.path.isfile(os.path.join(str(image), "func.pkl")):
             raise ClipperException(
-                f"The local backend runs model directories holding func.pkl; {image!r} is not one "
-                "(Docker images need DockerContainerManager)")
+                f"On the local backend a model's image is a model directory holding func.pkl (what "
+                f"build_model returns here); {image!r} is not one. To run a Docker image, use "
+                "DockerContainerManager (the scripts: --backend docker)")
         python = self._python_for(str(image))
         with self.cluster.editing_replicas() as models:
-            models[f"{name}:{version}"] = {"name": name, "version": str(version),
-                                           "input_type": input_type, "model_dir": str(image),
-                                           "python": python, "count": num_replicas}
+            key = f"{name}:{version}"
+            if num_gpus is None:
+                num_gpus = models.get(key, {}).get("gpus", 0)
+            try:
+                pick_devices(self.cluster.settings().get("gpus", []), num_gpus, Counter())
+            except ValueError as error:
+                raise ClipperException(f"Model {name}:{version}: {error}") from None
+            models[key] = {"name": name, "version": str(version), "input_type": input_type,
+                           "model_dir": str(image), "python": python, "count": num_replicas,
+                           "gpus": num_gpus}
         self._wait_applied()
 
     def get_num_replicas(self, name, version):

@@ -10,6 +10,7 @@ import requests
 from clipper_admin import ClipperConnection, DockerContainerManager
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL, CLIPPER_MODEL_CONTAINER_LABEL
 from clipper_admin.deployers import python as python_deployer
+from clipper_admin.docker.images import pip_ca_bundle
 from conftest import port_open
 from scripts import run_script
 
@@ -66,8 +67,19 @@ def test_every_role_is_a_labelled_container_on_loopback(cluster, docker_client):
         assert container.labels["team"] == "tests" and "TZ=UTC" in container.attrs["Config"]["Env"]
         assert container.attrs["HostConfig"]["Memory"] == 1 << 30
         assert TOKEN not in " ".join(container.attrs["Args"])
+    # With a token, the RPC port takes only the cluster's containers (CURVE keys, through
+    # the environment): the replica got its keys, and they are on no command line.
+    replica, = containers(docker_client, **{"ai.clipper.role": "model-container"})
+    secret = dict(item.split("=", 1) for item in replica.attrs["Config"]["Env"])["CLIPPER_RPC_CLIENT_SECRET_KEY"]
+    assert secret and all(secret not in " ".join(c.attrs["Args"]) for c in containers(docker_client))
     without_token = requests.post(f"http://{cluster.cm.get_admin_addr()}/admin/get_all_applications", json={})
     assert without_token.status_code == 401
+    # With an admin token the RPC port needs the containers' CURVE key: the replica has it,
+    # and not the frontend's secret.
+    replica, = containers(docker_client, **{"ai.clipper.role": "model-container"})
+    replica_environment = " ".join(replica.attrs["Config"]["Env"])
+    assert "CLIPPER_RPC_CLIENT_SECRET_KEY=" in replica_environment
+    assert "CLIPPER_RPC_SERVER_SECRET_KEY" not in replica_environment
     assert predict(cluster, [1.0, 2.5]) == {"query_id": predict(cluster, [0.0])["query_id"] - 1,
                                             "output": 3.5, "default": False}
 
@@ -107,10 +119,23 @@ def test_a_model_image_is_the_model_directory_and_a_rebuild_leaves_no_untagged_i
     image = cluster.build_model("dock-rebuild", 1, str(tmp_path), None)
     try:
         assert image == "dock-rebuild:1"
-        shown = docker_client.containers.run(image, entrypoint=["cat", "/model/weights.txt"], remove=True)
+        shown = docker_client.containers.run(image, ["/model/weights.txt"], entrypoint=["cat"], remove=True)
         assert shown == b"second"
         with pytest.raises(docker.errors.ImageNotFound):
             docker_client.images.get(first.id)
+    finally:
+        docker_client.images.remove(image)
+
+
+def test_pkgs_to_install_trust_what_the_clients_pip_trusts(cluster, docker_client, tmp_path):
+    """Behind a TLS-inspecting proxy (as here) pip in the image needs the client's CA bundle."""
+    if pip_ca_bundle() is None:
+        pytest.skip("pip here trusts no extra CA bundle (no PIP_CERT, no cert in pip's config)")
+    image = cluster.build_model("dock-pkgs", 1, str(tmp_path), None, pkgs_to_install=["six>=1.16"])
+    try:
+        shown = docker_client.containers.run(image, ["-c", "import six; print(six.__version__)"],
+                                             entrypoint=["python"], remove=True)
+        assert shown.strip().startswith(b"1.")
     finally:
         docker_client.images.remove(image)
 

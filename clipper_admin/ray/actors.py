@@ -1,0 +1,212 @@
+"""The Ray actors of a Ray-backed Clipper cluster. Ray only places, finds and restarts them:
+each runs Clipper's own, unchanged processes, and queries go from the query frontend to the
+model containers over Clipper's RPC, never through Ray.
+
+- ``ClusterFrontends`` (one per cluster): Redis and both frontends, run on its node by the
+  local backend's supervisor (which restarts any of them that dies); it also holds the model
+  directories in Ray's object store, so that replicas on any node can fetch them.
+- ``ModelReplica`` (one per replica): one ``python -m clipper model-container`` process,
+  restarted when it exits; it dies with the actor (PR_SET_PDEATHSIG).
+"""
+import ctypes
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import ray
+
+import clipper
+from clipper import launch as recipe
+from clipper.config import Config, is_loopback
+from clipper_admin.deployers.deployer_utils import read_model_metadata
+from clipper_admin.local import LocalContainerManager
+
+# The directory that holds the ``clipper`` package: on the nodes, where Ray unpacked it.
+CLIPPER_ROOT = str(Path(clipper.__file__).resolve().parents[1])
+MAX_RESTART_DELAY = 5.0
+HEALTHY_RUN_SECONDS = 10.0
+
+
+def node_state_dir(namespace, cluster_name):
+    """This node's directory for one cluster: the frontends' state, unpacked models, logs."""
+    path = Path(tempfile.gettempdir()) / f"clipper-ray-{os.getuid()}" / namespace / cluster_name
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def zip_directory(path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(Path(path).rglob("*")):
+            if file.is_file():
+                archive.write(file, file.relative_to(path))
+    return buffer.getvalue()
+
+
+def where_am_i() -> dict:
+    context = ray.get_runtime_context()
+    return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid()}
+
+
+class _LocalFrontends(LocalContainerManager):
+    """The local backend on this node, with the replica timeout of a multi-node cluster."""
+
+    def __init__(self, replica_timeout, **kwargs):
+        super().__init__(**kwargs)
+        self.replica_timeout = replica_timeout
+
+    def _cluster_config(self, *args):
+        return super()._cluster_config(*args).replace(replica_timeout=self.replica_timeout)
+
+
+class ClusterFrontends:
+    """Redis and both frontends on the node Ray chose, plus the cluster's model files."""
+
+    def __init__(self, settings: dict):
+        self.settings = dict(settings)
+        self.dir = node_state_dir(settings["namespace"], settings["cluster_name"])
+        self.settings["host"] = settings["host"] or ray.util.get_node_ip_address()
+        if not is_loopback(self.settings["host"]) and (not settings["admin_token"] or settings["rpc_auth"] == "open"):
+            raise ValueError(
+                f"The frontends would listen on {self.settings['host']}, beyond loopback, without "
+                "an admin token or without RPC authentication: pass admin_token= (or set "
+                "CLIPPER_ADMIN_TOKEN) and keep rpc_auth 'auto' or 'curve'")
+        # The local backend, with its state on this node: it runs and restarts the processes.
+        os.environ["CLIPPER_STATE_DIR"] = str(self.dir / "state")
+        self.local = _LocalFrontends(
+            settings["replica_timeout"], cluster_name=settings["cluster_name"], host=self.settings["host"],
+            clipper_query_port=settings["query_port"], clipper_management_port=settings["management_port"],
+            clipper_rpc_port=settings["rpc_port"], clipper_metric_port=settings["metrics_port"],
+            admin_token=settings["admin_token"], max_body_size=settings["max_body_size"],
+            rpc_auth=settings["rpc_auth"])
+        if self.local.cluster.is_running():       # this actor was restarted, its processes were not
+            self.local.connect()
+        else:
+            self.local.start_clipper(cache_size=settings["cache_size"],
+                                     qf_http_timeout_content=settings["body_timeout"])
+        self.models = {}
+        self._reload_models()
+
+    def info(self) -> dict:
+        return {**self.settings, **where_am_i()}
+
+    def replica_config(self) -> dict:
+        """What a model container needs of the cluster's Config (not the frontend's secret key)."""
+        config = Config(**self.local.cluster.settings()["config"])
+        return config.replace(rpc_server_secret_key="", admin_token="").as_dict()
+
+    # ---- model files, in the object store (and on this node's disk, for a restart) ----
+    def _model_file(self, key):
+        return self.dir / "models" / f"{key}.zip"
+
+    def put_model(self, key, data: bytes) -> None:
+        path = self._model_file(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        self.models[key] = ray.put(data)
+
+    def model(self, key):
+        """``[ObjectRef]`` of the zipped model directory (in a list, so Ray does not fetch it)."""
+        return [self.models[key]] if key in self.models else []
+
+    def _reload_models(self):
+        for path in sorted((self.dir / "models").glob("*.zip")):
+            self.models[path.name[:-len(".zip")]] = ray.put(path.read_bytes())
+
+    # ---- logs and stopping ----
+    def logs(self) -> dict:
+        return {f"{self.settings['cluster_name']}-{log.name}": log.read_text(errors="replace")
+                for log in sorted(self.local.cluster.logs.glob("*.log"))}
+
+    def stop(self, graceful=True) -> None:
+        self.local.stop_all(graceful)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _die_with_parent():
+    """In the child, before exec: SIGKILL when the actor's process goes, however it goes."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class ModelReplica:
+    """One model container process on the node Ray chose; restarted when it exits."""
+
+    def __init__(self, settings: dict, name: str, version: str, input_type: str, model_key: str,
+                 replica: int):
+        self.label = f"{name}_{version}-{replica}"
+        frontends = ray.get_actor(f"{settings['cluster_name']}/frontends", namespace=settings["namespace"])
+        config = Config(**ray.get(frontends.replica_config.remote()))
+        refs = ray.get(frontends.model.remote(model_key))
+        if not refs:
+            raise ValueError(f"The files of model {name}:{version} are gone from the cluster; "
+                             "deploy the version again")
+        self.dir = node_state_dir(settings["namespace"], settings["cluster_name"]) / "replicas" / self.label
+        shutil.rmtree(self.dir, ignore_errors=True)
+        (self.dir / "model").mkdir(parents=True)
+        with zipfile.ZipFile(io.BytesIO(ray.get(refs[0]))) as archive:
+            archive.extractall(self.dir / "model")
+        self.log_path = self.dir / "model-container.log"
+        self.launch = recipe.model_container(config, name, version, input_type, str(self.dir / "model"))
+        # The interpreter that pickled the model if this node has it, else the actor's own.
+        python = read_model_metadata(str(self.dir / "model")).get("python")
+        self.command = self.launch.argv(python if python and os.access(python, os.X_OK) else sys.executable)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("CLIPPER_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [CLIPPER_ROOT, env.get("PYTHONPATH")]))
+        self.env = {**env, **self.launch.env}
+        self.process = None
+        self.failures = 0
+        self.exit_code = None
+        self.stopping = False
+        self._start()
+        threading.Thread(target=self._keep_running, daemon=True).start()
+
+    def _start(self):
+        self.started_at = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, cwd=str(self.dir),
+                                            stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+
+    def _keep_running(self):
+        while not self.stopping:
+            code = self.process.wait()
+            if self.stopping:
+                return
+            ran = time.monotonic() - self.started_at
+            self.failures = 0 if ran >= HEALTHY_RUN_SECONDS else self.failures + 1
+            self.exit_code = code
+            time.sleep(0 if not self.failures else min(MAX_RESTART_DELAY, 0.1 * 2 ** self.failures))
+            if not self.stopping:
+                self._start()
+
+    def info(self) -> dict:
+        return {**where_am_i(), "label": self.label, "process_pid": self.process.pid,
+                "failures": self.failures, "exit_code": self.exit_code,
+                "cuda_visible_devices": self.env.get("CUDA_VISIBLE_DEVICES")}
+
+    def log(self, last_lines=None) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-last_lines:]) if last_lines else text
+
+    def stop(self, graceful=True) -> None:
+        self.stopping = True
+        self.process.terminate()
+        try:
+            self.process.wait(self.launch.stop_grace if graceful else 0)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+

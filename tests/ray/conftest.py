@@ -1,0 +1,85 @@
+"""A real three-node Ray cluster on loopback for the Ray backend's tests (skipped without Ray).
+
+Ray resolves 127.0.0.1 to the machine's primary address and then listens there. What keeps
+it on loopback, set here for the cluster and for this process (the driver):
+- RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray's single-machine mode (its default on macOS and
+  Windows), in which a node's address is 127.0.0.1 and every server binds it; `ray start`
+  refuses worker nodes in that mode, so the nodes come from Ray's own multi-node test
+  harness, ray.cluster_utils.Cluster (tests/ray/cluster_host.py), each its own processes;
+- AUTOSCALER_METRIC_PORT and DASHBOARD_METRIC_PORT: fixed ports, moved into our block;
+- a HOME with ~/ray_bootstrap_config.yaml: without it, Ray's dashboard asks the cloud
+  metadata services (169.254.169.254, metadata.google.internal) who hosts it, even with
+  usage stats off; and RAY_USAGE_STATS_REPORT_URL on loopback (see below);
+- health checks every 0.5 s: a dead node is declared dead in ~2 s, not ~15 s.
+Every process of the cluster carries RAY_TEST_MARKER_ENV; the session fails if any is left.
+"""
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ray_helpers import RAY_TEST_MARKER_ENV, marked_processes
+
+HERE = Path(__file__).resolve().parent
+GCS_PORT = 21500
+LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "AUTOSCALER_METRIC_PORT": "21510",
+    "DASHBOARD_METRIC_PORT": "21511",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # With usage stats off, Ray still reports "off" to usage-stats.ray.io: to loopback instead
+    # (nothing listens there).
+    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:21512/",
+}
+FAST_NODE_FAILURE_ENV = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
+                         "RAY_health_check_failure_threshold": "3"}
+# Ray reads its settings when imported: this process is a driver of the test cluster too.
+os.environ.update(LOOPBACK_ENV)
+
+ray = pytest.importorskip("ray", reason="the Ray backend's tests need Ray: pip install -r requirements-ray.txt")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """``{"address", "nodes": [{"node_id", "raylet_pid"}, ...] (head, GPU worker, worker),
+    "marker"}``; the test process joins it as a driver through RayContainerManager."""
+    scratch = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))    # short: unix socket paths
+    (scratch / "home").mkdir()
+    (scratch / "home" / "ray_bootstrap_config.yaml").write_text("{}\n")
+    marker = str(scratch)
+    env = {**os.environ, **LOOPBACK_ENV, **FAST_NODE_FAILURE_ENV, RAY_TEST_MARKER_ENV: marker,
+           "HOME": str(scratch / "home"), "RAY_TMPDIR": str(scratch)}
+    host = subprocess.Popen([sys.executable, str(HERE / "cluster_host.py"), str(GCS_PORT)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=open(scratch / "cluster_host.log", "wb"), env=env, text=True)
+    line = host.stdout.readline()
+    if not line:
+        host.wait(30)
+        raise RuntimeError(f"the Ray test cluster did not start:\n{(scratch / 'cluster_host.log').read_text()[-3000:]}")
+    cluster = {**json.loads(line), "marker": marker}
+    os.environ["RAY_ADDRESS"] = cluster["address"]     # where RayContainerManager finds it
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)
+        host.stdin.close()
+        try:
+            host.wait(60)
+        except subprocess.TimeoutExpired:
+            host.kill()
+        leftovers = marked_processes(marker)
+        for process in leftovers:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(leftovers, timeout=10)
+        if not os.environ.get("CLIPPERTEST_KEEP_RAY_LOGS"):
+            subprocess.run(["rm", "-rf", str(scratch)])
+        assert not leftovers, f"left running after the Ray cluster stopped: " \
+                              f"{[(p.pid, p.name()) for p in leftovers]}"

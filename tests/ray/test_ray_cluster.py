@@ -1,0 +1,52 @@
+"""The Ray backend's cluster: on loopback only, the example scripts, closeClipper.py."""
+import os
+import socket
+
+import psutil
+import pytest
+import requests
+
+from clipper_admin import ClipperConnection, ClipperException
+from clipper_admin.deployers import python as python_deployer
+from clipper_admin.ray import RayContainerManager
+from ray_helpers import assert_nothing_left, marked_processes, off_loopback
+
+
+def feature_sum(xs):
+    return [str(sum(x)) for x in xs]
+
+
+def test_cluster_and_clipper_stay_on_loopback(ray_cluster):
+    # With an admin token, the replicas also authenticate to the RPC port (CURVE keys).
+    manager = RayContainerManager(cluster_name="loopback", admin_token="a-token")
+    conn = ClipperConnection(manager)
+    conn.start_clipper()
+    try:
+        conn.register_application("loop", "doubles", "-1.0", 1000000)
+        python_deployer.deploy_python_closure(conn, name="loop-model", version=1, input_type="doubles",
+                                              func=feature_sum, num_replicas=3)
+        conn.link_model_to_app("loop", "loop-model")
+        answer = requests.post(f"http://{conn.get_query_addr()}/loop/predict", json={"input": [1.0, 2.0]})
+        assert answer.json()["output"] == 3.0, answer.text
+        # Every process of the cluster, Ray's and Clipper's, and this one (a Ray driver).
+        processes = marked_processes(ray_cluster["marker"]) + [psutil.Process(os.getpid())]
+        names = [p.name() for p in processes]
+        assert names.count("raylet") == 3 and "gcs_server" in names, names
+        assert len([p for p in processes if p.cmdline()[1:4] == ["-m", "clipper", "model-container"]]) == 3
+        listening = {c.laddr.port for p in processes for c in p.net_connections("inet") if c.status == "LISTEN"}
+        assert {1337, 1338, 7000, 1390} <= listening
+        assert not off_loopback(processes)
+    finally:
+        conn.stop_all()
+
+
+def test_a_taken_port_is_one_clear_error_and_leaves_nothing(ray_cluster):
+    with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", 1337))
+        blocker.listen()
+        with pytest.raises(ClipperException) as refused:
+            ClipperConnection(RayContainerManager(cluster_name="taken")).start_clipper()
+    assert str(refused.value).startswith("Clipper did not start: Port 1337 (query frontend) is already "
+                                         "in use on 127.0.0.1"), str(refused.value)
+    assert_nothing_left(ray_cluster["marker"])
