@@ -4,8 +4,9 @@ With no option, every cluster of every backend; --cluster and --backend narrow t
 Safe to run again: with nothing left, it says so.
 """
 import argparse
+import sys
 
-from clipper_admin import stop_all_clusters
+from clipper_admin import ClipperException, stop_all_clusters
 from clipper_admin.backends import BACKENDS
 
 if __name__ == '__main__':
@@ -13,7 +14,10 @@ if __name__ == '__main__':
     parser.add_argument("--cluster", metavar="NAME", help="stop only the cluster of this name")
     parser.add_argument("--backend", choices=list(BACKENDS), help="stop only the clusters of this backend")
     args = parser.parse_args()
-    stopped = stop_all_clusters(backend=args.backend, cluster_name=args.cluster)
+    try:
+        stopped = stop_all_clusters(backend=args.backend, cluster_name=args.cluster)
+    except ClipperException as error:
+        sys.exit("Error: %s" % error.msg)
     for what in stopped:
         print("Stopped Clipper %s" % what)
     if not stopped:

@@ -2,6 +2,7 @@
 
     clipper start  [--backend local|docker] [--cluster-name NAME] [--query-port N] ...
     clipper status [--backend ...] [--cluster-name NAME]
+    clipper recover [--backend ...] [--cluster-name NAME]   (after a crash or a reboot)
     clipper stop   [--backend ...] [--cluster-name NAME]    (as closeClipper.py: all, or those named)
 
 The same ClipperConnection calls a script would make; a cluster started here outlives the
@@ -21,6 +22,8 @@ def _parser():
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("start", "start a cluster and leave it running"),
                        ("status", "what a running cluster serves"),
+                       ("recover", "start a cluster that crashed (or whose machine restarted) "
+                                   "again, as it was, from its state"),
                        ("stop", "stop clusters: every one, or those of --backend and/or --cluster-name")):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--backend", choices=list(BACKENDS), default=None if name == "stop" else "local")
@@ -45,6 +48,13 @@ def start(args):
           f"/<application>/predict, management at http://{conn.cm.get_admin_addr()}")
 
 
+def recover(args):
+    conn = ClipperConnection(manager_for(args.backend, cluster_name=args.cluster_name))
+    conn.connect()                   # a crashed local cluster is started again from its state
+    print(f"Cluster '{args.cluster_name}' is running: predictions at http://{conn.get_query_addr()}"
+          f"/<application>/predict, management at http://{conn.cm.get_admin_addr()}")
+
+
 def status(args):
     conn = ClipperConnection(manager_for(args.backend, cluster_name=args.cluster_name))
     conn.connect()
@@ -63,7 +73,7 @@ def stop(args):
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
-        {"start": start, "status": status, "stop": stop}[args.command](args)
+        {"start": start, "status": status, "recover": recover, "stop": stop}[args.command](args)
     except ClipperException as error:
         print(f"Error: {error.msg}", file=sys.stderr)
         return 1

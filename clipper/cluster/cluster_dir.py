@@ -5,10 +5,12 @@ Layout of ``<base>/<cluster_name>/`` (base: $CLIPPER_STATE_DIR, default ~/.clipp
   supervisor.json  the supervisor's pid and start time
   processes.json   every running process (role, pid, start time), written by the supervisor
   replicas.json    the wanted model replicas, written by clients, applied on SIGHUP
+  supervisor.lock  held by the one running supervisor
+  stopping         present while the cluster is being stopped: nothing may replace its supervisor
   logs/ redis/ models/
 Processes are identified by pid *and* start time, so a recycled pid is never signalled.
-Every process of a cluster has CLIPPER_CLUSTER_DIR in its environment, which finds
-leftovers even when the directory is gone.
+Every process of a cluster (the supervisor and its watchdog too) has CLIPPER_CLUSTER_DIR in
+its environment, which finds them all even when the directory is gone.
 """
 import contextlib
 import fcntl
@@ -28,6 +30,8 @@ SUPERVISOR_FILE = "supervisor.json"
 PROCESSES_FILE = "processes.json"
 REPLICAS_FILE = "replicas.json"
 LOCK_FILE = "lock"
+SUPERVISOR_LOCK_FILE = "supervisor.lock"
+STOPPING_FILE = "stopping"
 MARKER_ENV = "CLIPPER_CLUSTER_DIR"
 REDIS_SOCKET_FILE = "redis.sock"
 # What redis-server (or valkey-server) shows as its title: "<binary> unixsocket:<cluster dir>/redis.sock".
@@ -111,6 +115,13 @@ class ClusterDir:
     def is_running(self) -> bool:
         supervisor = self.supervisor()
         return supervisor is not None and supervisor.alive()
+
+    def mark_stopping(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.path / STOPPING_FILE).touch()
+
+    def is_stopping(self) -> bool:
+        return (self.path / STOPPING_FILE).exists()
 
     # ---- processes ----
     def processes(self) -> List[dict]:
@@ -198,6 +209,23 @@ def processes_marked_with(cluster_path: Path) -> List[psutil.Process]:
     return found
 
 
+def cluster_processes(cluster: "ClusterDir") -> List[psutil.Process]:
+    """Every live process of a cluster: its supervisor and the processes it recorded, and
+    whatever carries the cluster's marker (which needs no directory)."""
+    records = [cluster.supervisor()] + [ProcessRecord(r["pid"], r["create_time"]) for r in cluster.processes()]
+    live = [process for process in (record.process() for record in records if record) if process]
+    return list({process.pid: process
+                 for process in live + processes_marked_with(cluster.path)}.values())
+
+
+def is_keeper(process: psutil.Process) -> bool:
+    """A supervisor or its watchdog: what restarts the others, so what is stopped first."""
+    with contextlib.suppress(psutil.Error):
+        command = " ".join(process.cmdline())
+        return "-m clipper supervisor" in command or "-m clipper.cluster.watchdog" in command
+    return False
+
+
 def orphan_cluster_paths() -> List[Path]:
     """Cluster directories named by running processes under the base dir, listed or not."""
     base = str(base_dir())
@@ -217,8 +245,27 @@ def terminate(processes: List[psutil.Process], grace: float) -> None:
     for process in processes:
         with contextlib.suppress(psutil.Error):
             process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=grace)
+    alive = _wait_gone(processes, grace)
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()
-    psutil.wait_procs(alive, timeout=5)
+    _wait_gone(alive, 5)
+
+
+def _wait_gone(processes: List[psutil.Process], timeout: float) -> List[psutil.Process]:
+    """Those still running after ``timeout``. An exited process whose parent has not reaped it
+    yet (a zombie: say, the supervisor of a script that still runs) is gone, although
+    psutil.wait_procs would wait for it until the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [process for process in processes if _running(process)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -4,7 +4,14 @@ Started detached (its own session) by LocalContainerManager, so the cluster outl
 script that started it, as Clipper's Docker containers do. It restarts any process that
 dies (Clipper did not), applies the wanted replicas on SIGHUP, records every process in
 processes.json, and on SIGTERM stops everything: model replicas first, Redis last.
+
+One supervisor at a time keeps a cluster (it holds supervisor.lock). A watchdog child takes
+its place if it is killed; a supervisor that starts where processes of the cluster still
+run (after that, or after a crash) adopts those it finds in processes.json and stops any
+other process that carries the cluster's marker.
 """
+import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -16,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import psutil
+
 from clipper import launch as recipe
+from clipper.cluster import cluster_dir
 from clipper.cluster.gpus import device_environment, pick_devices
 from clipper.cluster.cluster_dir import MARKER_ENV, ClusterDir, ProcessRecord
 from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config
@@ -29,6 +39,47 @@ LOOP_SECONDS = 0.1
 # A process that ran at least this long before dying is restarted at once.
 HEALTHY_RUN_SECONDS = 10.0
 MAX_RESTART_DELAY = 5.0
+WATCHDOG = "watchdog"
+WATCHDOG_STOP_GRACE = 1.0
+STRAY_STOP_GRACE = 2.0
+
+
+class Adopted:
+    """A process of the cluster that an earlier supervisor started: watched and stopped
+    through psutil, with the part of subprocess.Popen's interface the supervisor uses.
+    Its exit code is not ours to read: -1."""
+
+    def __init__(self, process: psutil.Process):
+        self._process = process
+        self.pid = process.pid
+        self.returncode: Optional[int] = None
+
+    def poll(self) -> Optional[int]:
+        if self.returncode is None:
+            try:
+                if not self._process.is_running() or self._process.status() == psutil.STATUS_ZOMBIE:
+                    self.returncode = -1
+            except psutil.Error:
+                self.returncode = -1
+        return self.returncode
+
+    def terminate(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            self._process.terminate()
+
+    def kill(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            self._process.kill()
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        try:
+            self._process.wait(timeout)
+        except psutil.TimeoutExpired:
+            raise subprocess.TimeoutExpired(str(self.pid), timeout) from None
+        except psutil.Error:
+            pass
+        self.returncode = -1
+        return self.returncode
 
 
 @dataclass(eq=False)
@@ -40,7 +91,7 @@ class Child:
     env: Dict[str, str]
     stop_grace: float
     details: Dict[str, object] = field(default_factory=dict)
-    process: Optional[subprocess.Popen] = None
+    process: Optional[subprocess.Popen] = None      # or Adopted
     started_at: float = 0.0
     failures: int = 0             # exits in a row that came too soon
     last_exit: Optional[int] = None
@@ -67,6 +118,7 @@ class Supervisor:
         self._stopping = False
         self._reload = True
         self._last_written = None
+        self._adopted: Dict[str, Adopted] = {}       # by child name, until a slot claims them
 
     # ---- process management ----
     def _env(self, extra: Dict[str, str]) -> Dict[str, str]:
@@ -78,7 +130,11 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         child.started_at = time.monotonic()
-        with open(self.cluster.logs / f"{child.name}.log", "ab") as log_file:
+        if child.name in self._adopted:      # still running from the previous supervisor
+            child.process = self._adopted.pop(child.name)
+            log.info("adopted %s (pid %d)", child.name, child.process.pid)
+            return
+        with self._log_file(child.name) as log_file:
             try:
                 child.process = subprocess.Popen(
                     child.command, env=child.env, stdin=subprocess.DEVNULL, stdout=log_file,
@@ -89,6 +145,12 @@ class Supervisor:
                 child.restart_at = child.started_at + MAX_RESTART_DELAY
                 return
         log.info("started %s (pid %d)", child.name, child.process.pid)
+
+    def _log_file(self, name: str):
+        try:
+            return open(self.cluster.logs / f"{name}.log", "ab")
+        except OSError:                   # the state directory was deleted: keep running
+            return open(os.devnull, "wb")
 
     def _stop(self, children: List[Child]) -> None:
         running = [c for c in children if c.process and c.process.poll() is None]
@@ -119,6 +181,26 @@ class Supervisor:
                             "replica": index, "gpus": devices})
 
     # ---- start-up ----
+    def _adopt_survivors(self) -> None:
+        """Take over the processes a previous supervisor recorded that still run; stop any
+        other process of the cluster (started but not yet recorded when that one died)."""
+        for record in self.cluster.processes():
+            process = ProcessRecord(record["pid"], record["create_time"]).process()
+            if process is not None and record["role"] != WATCHDOG and process.pid != os.getpid():
+                self._adopted[record["name"]] = Adopted(process)
+        keep = {a.pid for a in self._adopted.values()} | {c.process.pid for c in self.children if c.process}
+        strays = [p for p in cluster_dir.processes_marked_with(self.cluster.path) if p.pid not in keep]
+        if strays:
+            log.warning("stopping %d unrecorded processes of the cluster", len(strays))
+            cluster_dir.terminate(strays, STRAY_STOP_GRACE)
+
+    def _start_watchdog(self) -> None:
+        me = ProcessRecord.of(os.getpid())
+        child = Child(WATCHDOG, WATCHDOG, [sys.executable, "-m", "clipper.cluster.watchdog", str(self.cluster.path),
+                                           str(me.pid), repr(me.create_time)], self._env({}), WATCHDOG_STOP_GRACE)
+        self.children.append(child)
+        self._start(child)
+
     def _start_servers(self) -> None:
         for launch in recipe.servers(self.config, self.settings.get("embedded_redis", False)):
             child = self._child(launch)
@@ -143,13 +225,22 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
-        self.cluster.set_supervisor(ProcessRecord.of(os.getpid()))
+        self._lock = open(self.cluster.path / cluster_dir.SUPERVISOR_LOCK_FILE, "a")
         try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another supervisor keeps this cluster; exiting")
+            return
+        try:
+            self._start_watchdog()            # first: from now on a kill -9 of this one is repaired
+            self.cluster.set_supervisor(ProcessRecord.of(os.getpid()))
+            self._adopt_survivors()
             self._start_servers()
             while not self._stopping:
                 if self._reload:
                     self._reload = False
                     self._apply_wanted_replicas()
+                    self._stop_unclaimed()
                 self._restart_exited()
                 self._write_processes()
                 time.sleep(LOOP_SECONDS)
@@ -180,6 +271,17 @@ class Supervisor:
                 self._start(child)
         self.generation = wanted["generation"]
 
+    def _stop_unclaimed(self) -> None:
+        """Adopted processes that no longer have a place (e.g. replicas of a version that
+        was stopped meanwhile)."""
+        unclaimed, self._adopted = list(self._adopted.values()), {}
+        for process in unclaimed:
+            process.terminate()
+        for process in unclaimed:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(STRAY_STOP_GRACE)
+            process.kill()
+
     def _restart_exited(self) -> None:
         now = time.monotonic()
         for child in self.children:
@@ -202,16 +304,21 @@ class Supervisor:
                    for c in self.children if c.failures}
         state = (self.generation, [(r["name"], r["pid"]) for r in records], failing)
         if state != self._last_written:
-            self.cluster.write_processes(self.generation, records, failing)
+            try:
+                self.cluster.write_processes(self.generation, records, failing)
+            except OSError as error:      # the state directory was deleted: keep serving
+                log.warning("cannot record the cluster's processes: %s", error)
             self._last_written = state
 
     def _shutdown(self) -> None:
         log.info("stopping the cluster")
         by_role = lambda *roles: [c for c in self.children if c.role in roles]
+        self._stop(by_role(WATCHDOG))         # first: it would take the place of a stopped supervisor
         self._stop(by_role(MODEL_CONTAINER))
         self._stop(by_role(QUERY_FRONTEND, MANAGEMENT_FRONTEND))
         self._stop(by_role(REDIS))
-        self.cluster.write_processes(self.generation, [], {})
+        with contextlib.suppress(OSError):
+            self.cluster.write_processes(self.generation, [], {})
 
 
 def main(config) -> None:

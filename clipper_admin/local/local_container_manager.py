@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 
 from clipper import launch as recipe
@@ -17,7 +18,7 @@ from clipper.cluster import cluster_dir
 from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.cluster.cluster_dir import ClusterDir, ProcessRecord
 from clipper.cluster.supervisor import PROJECT_ROOT
-from clipper.config import Config
+from clipper.config import MODEL_CONTAINER, Config
 from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager)
@@ -71,11 +72,7 @@ class LocalContainerManager(ContainerManager):
             self.cluster.create({"cluster_name": self.cluster_name, "embedded_redis": self.redis_ip is None,
                                  "gpus": self._machine_gpus(),
                                  "config": config.replace(redis_dir=str(self.cluster.path / "redis")).as_dict()})
-            supervisor = subprocess.Popen(
-                [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
-                env=self._supervisor_env(), cwd=str(self.cluster.path), stdin=subprocess.DEVNULL,
-                stdout=open(self.cluster.logs / "supervisor.log", "ab"), stderr=subprocess.STDOUT,
-                start_new_session=True)      # its own session: Ctrl-C in our terminal spares it
+            supervisor = self._start_supervisor()
             self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
             self._wait_until_serving(recipe.servers(config, embedded_redis=False),
                                      lambda: self._start_failure() if supervisor.poll() is not None else None)
@@ -97,6 +94,13 @@ class LocalContainerManager(ContainerManager):
                                    f"({socket_path}); set CLIPPER_STATE_DIR to a shorter path")
         return f"unix://{socket_path}"
 
+    def _start_supervisor(self):
+        return subprocess.Popen(
+            [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
+            env=self._supervisor_env(), cwd=str(self.cluster.path), stdin=subprocess.DEVNULL,
+            stdout=open(self.cluster.logs / "supervisor.log", "ab"), stderr=subprocess.STDOUT,
+            start_new_session=True)          # its own session: Ctrl-C in our terminal spares it
+
     @staticmethod
     def _machine_gpus():
         try:
@@ -117,9 +121,14 @@ class LocalContainerManager(ContainerManager):
         return "its supervisor exited.\n" + "\n".join(tails)
 
     def connect(self):
+        """Connect to the cluster of this name; if it crashed (or the machine restarted), start
+        it again first from its state, as it was: every application, model version, link and
+        replica count (Redis's append-only file and the wanted replicas are on disk)."""
         if not self.cluster.is_running():
-            raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' "
-                                   f"(looked in {self.cluster.path}). Start one with start_clipper().")
+            if not self.cluster.exists() or self.cluster.is_stopping():
+                raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' "
+                                       f"(looked in {self.cluster.path}). Start one with start_clipper().")
+            self._recover()
         config = Config(**self.cluster.settings()["config"])
         self.host = config.host
         self.public_host = _public_host(config.host)
@@ -129,6 +138,29 @@ class LocalContainerManager(ContainerManager):
         self.clipper_metric_port = config.metrics_port
         if self.admin_token is None:
             self.admin_token = config.admin_token
+
+    def _recover(self):
+        logger.warning("Clipper cluster '%s' is not running (it crashed, or the machine restarted); "
+                       "starting it again from its state in %s", self.cluster_name, self.cluster.path)
+        config = Config(**self.cluster.settings()["config"])
+        supervisor = self._start_supervisor()
+        # Ours gives way if a watchdog's supervisor took the cluster first: that is no failure.
+        self._wait_until_serving(
+            recipe.servers(config, embedded_redis=False),
+            lambda: self._start_failure() if supervisor.poll() is not None and not self.cluster.is_running()
+            else None)
+        wanted = sum(model["count"] for model in self.cluster.wanted_replicas()["models"].values())
+        deadline = time.monotonic() + APPLY_TIMEOUT_SECONDS
+        while self._running_replicas() < wanted:
+            if time.monotonic() > deadline:
+                raise ClipperException(f"The cluster '{self.cluster_name}' did not restart its model "
+                                       f"replicas; see {self.cluster.logs / 'supervisor.log'}")
+            time.sleep(0.05)
+        logger.info("Clipper cluster '%s' is running again", self.cluster_name)
+
+    def _running_replicas(self):
+        return sum(1 for record in self.cluster.processes() if record["role"] == MODEL_CONTAINER
+                   and ProcessRecord(record["pid"], record["create_time"]).alive())
 
     def stop_all(self, graceful=True):
         stopped = stop_cluster(self.cluster, graceful)
@@ -232,23 +264,25 @@ def _public_host(host):
 
 
 def stop_cluster(cluster: ClusterDir, graceful=True):
-    """Stop every process of a local cluster and remove its state; 0 if nothing ran."""
-    if not cluster.path.exists():
-        return 0
-    supervisor = cluster.supervisor()
-    process = supervisor.process() if supervisor else None
-    grace = recipe.CLUSTER_STOP_SECONDS if graceful else 0
-    stopped = len(cluster.processes()) if process is not None else 0
-    if process is not None:
-        cluster_dir.terminate([process], grace)   # the supervisor stops its children in order
-        stopped += 1
-    recorded = [p for p in (ProcessRecord(r["pid"], r["create_time"]).process()
-                            for r in cluster.processes()) if p is not None]
-    leftovers = {p.pid: p for p in recorded + cluster_dir.processes_marked_with(cluster.path)}.values()
-    cluster_dir.terminate(list(leftovers), 2 if graceful else 0)
-    stopped += len(leftovers)
+    """Stop every process of a local cluster and remove its state; how many processes ran.
+
+    Its processes are found by their marker as well as in its records, so a lost directory
+    hides none. The supervisor and its watchdog go first (the supervisor stops the others in
+    order), so that nothing is restarted meanwhile. If any process survives, the state is
+    kept and ClipperException says which."""
+    cluster.mark_stopping()                  # a watchdog must not replace the stopped supervisor
+    found = cluster_dir.cluster_processes(cluster)
+    keepers = [process for process in found if cluster_dir.is_keeper(process)]
+    cluster_dir.terminate(keepers, recipe.CLUSTER_STOP_SECONDS if graceful else 0)
+    cluster_dir.terminate(cluster_dir.cluster_processes(cluster), 2 if graceful else 0)
+    survivors = cluster_dir.cluster_processes(cluster)
+    if survivors:
+        raise ClipperException(
+            f"Could not stop {len(survivors)} processes of the Clipper cluster '{cluster.name}' "
+            f"(pids {', '.join(str(p.pid) for p in survivors)}); stop them with kill -9 and run "
+            "python closeClipper.py again")
     shutil.rmtree(cluster.path, ignore_errors=True)
-    return stopped
+    return len(found)
 
 
 def stop_all_local_clusters(graceful=True, names=None):

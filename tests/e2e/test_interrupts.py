@@ -4,6 +4,7 @@ Ctrl-C is how the script is meant to end; `kill` and `timeout` send SIGTERM and 
 terminal sends SIGHUP, which must stop the cluster in the same way. A Ctrl-C may also come
 while the script imports, starts the cluster or deploys, and a second one while it stops.
 """
+import shutil
 import signal
 import time
 
@@ -77,3 +78,13 @@ def test_more_ctrl_c_while_stopping_do_not_cut_the_stop_short(clipper_state_dir)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = finish(process)
     assert_stopped_cleanly(process, "stopping Clipper" + stdout, stderr, clipper_state_dir)
+
+
+def test_ctrl_c_stops_everything_even_without_the_state_directory(clipper_state_dir):
+    process = start_script("basicQuery.py")
+    wait_for_predictions(process, 1)
+    shutil.rmtree(clipper_state_dir / "default-cluster")
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = finish(process)
+    assert_stopped_cleanly(process, stdout, stderr, clipper_state_dir)
+    assert "Stopped Clipper cluster 'default-cluster' (6 processes)" in stderr

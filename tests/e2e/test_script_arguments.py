@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from clipper_admin.backends import BACKENDS
 from helpers import local_cluster, processes_under
 from scripts import run_script
 
@@ -39,7 +40,7 @@ def test_an_invalid_clipper_backend_is_an_error(bystander, clipper_state_dir):
     before = {p.pid for p in processes_under(clipper_state_dir)}
     result = run_script("basicQuerySimplified.py", env={**os.environ, "CLIPPER_BACKEND": "dokcer"})
     assert result.returncode == 2
-    assert "CLIPPER_BACKEND='dokcer' is not a backend; use one of: local, docker" in result.stderr
+    assert f"CLIPPER_BACKEND='dokcer' is not a backend; use one of: {', '.join(BACKENDS)}" in result.stderr
     assert {p.pid for p in processes_under(clipper_state_dir)} == before
 
 

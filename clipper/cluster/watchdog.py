@@ -1,0 +1,38 @@
+"""Replaces a local cluster's supervisor that was killed (kill -9, the OOM killer).
+
+The supervisor runs this as one of its children, and restarts it if it dies. When the
+supervisor is gone without having stopped the cluster (when it stops the cluster, it stops
+this watchdog first; ``stop_all`` also marks the cluster as stopping), the watchdog becomes
+the new supervisor in place: that one adopts the processes that still run, restarts the
+others, and starts a new watchdog.
+
+    python -m clipper.cluster.watchdog <cluster dir> <supervisor pid> <supervisor start time>
+"""
+import os
+import sys
+import time
+from pathlib import Path
+
+from clipper.cluster.cluster_dir import ClusterDir, ProcessRecord
+
+POLL_SECONDS = 0.2
+
+
+def main(argv) -> None:
+    cluster_dir, pid, create_time = argv
+    cluster = ClusterDir(Path(cluster_dir))
+    supervisor = ProcessRecord(int(pid), float(create_time))
+    while supervisor.alive():
+        time.sleep(POLL_SECONDS)
+    if not cluster.exists() or cluster.is_stopping():
+        return                    # stopped on purpose, or its state is gone: nothing to keep
+    print(f"the supervisor (pid {pid}) is gone; taking its place", flush=True)
+    # The new supervisor logs where the first one did.
+    log = os.open(cluster.logs / "supervisor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.execv(sys.executable, [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={cluster_dir}"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

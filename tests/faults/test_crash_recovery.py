@@ -1,0 +1,155 @@
+"""A local cluster's whole life through crashes: nothing is lost, nothing is left behind.
+
+- its state directory deleted while it runs: stop_all() and closeClipper.py still find and
+  stop every process (by the marker they all carry), and say how many;
+- its supervisor killed with kill -9: a new one takes its place and keeps repairing;
+- every process killed with kill -9 (as a power cut or a reboot would): connect(), or the
+  `clipper recover` command, brings it back as it was, serving the same predictions.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import requests
+
+from clipper.cluster.registry import cluster_processes
+from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
+from clipper_admin.deployers import python as python_deployer
+from helpers import ROOT, local_cluster, port_open
+from scripts import run_script
+
+NAME = "crashy"
+PORTS = dict(query_port=1537, management_port=1538, rpc_port=7200, metric_port=1590)
+INPUTS = [[1.0, 2.0, 3.0], [0.5, -4.0]]
+
+
+def total(xs):
+    return [str(sum(x)) for x in xs]
+
+
+def doubled(xs):
+    return [str(2 * sum(x)) for x in xs]
+
+
+def predictions(conn, app):
+    """The outputs of INPUTS, once none is a default output (replicas may still connect)."""
+    deadline = time.monotonic() + 30
+    while True:
+        answers = [answer(conn, app, x) for x in INPUTS]
+        if not any(a["default"] for a in answers):
+            return [a["output"] for a in answers]
+        assert time.monotonic() < deadline, f"{app} still answers defaults: {answers}"
+        time.sleep(0.1)
+
+
+def answer(conn, app, x):
+    try:
+        response = requests.post(f"http://{conn.get_query_addr()}/{app}/predict", json={"input": x}, timeout=5)
+    except requests.RequestException as error:
+        return {"default": True, "error": str(error)}
+    return response.json() if response.status_code == 200 else {"default": True, "error": response.text}
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.05)
+
+
+def all_gone(pids):
+    return not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                   for pid in pids)
+
+
+def assert_all_stopped(pids):
+    wait_for(lambda: all_gone(pids), 10, "every process of the cluster stopping")
+    assert not any(port_open(port) for port in PORTS.values())
+
+
+@pytest.mark.parametrize("how", ["stop_all", "closeClipper.py"])
+def test_a_deleted_state_directory_hides_no_process(how, clipper_state_dir):
+    with local_cluster(NAME, **PORTS) as conn:
+        python_deployer.create_endpoint(conn, "sum", "doubles", total)
+        pids = {p.pid for p in cluster_processes(conn.cm.cluster)}
+        assert len(pids) == 6, "supervisor, watchdog, Redis, two frontends, one replica"
+        shutil.rmtree(conn.cm.cluster.path)
+        time.sleep(0.5)                       # the supervisor notices, and keeps serving
+        assert predictions(conn, "sum") == [6.0, -3.5]
+        if how == "stop_all":
+            conn.stop_all()
+        else:
+            result = run_script("closeClipper.py", "--cluster", NAME)
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.strip() == f"Stopped Clipper cluster '{NAME}' (6 processes)"
+        assert_all_stopped(pids)
+
+
+def test_a_killed_supervisor_is_replaced_and_keeps_repairing(clipper_state_dir):
+    with local_cluster(NAME, **PORTS) as conn:
+        python_deployer.create_endpoint(conn, "sum", "doubles", total)
+        cluster = conn.cm.cluster
+        first = cluster.supervisor()
+        replica = next(r for r in cluster.processes() if r["role"] == "model-container")
+        os.kill(first.pid, signal.SIGKILL)
+        wait_for(lambda: cluster.is_running() and cluster.supervisor() != first, 10,
+                 "a new supervisor taking the place of the killed one")
+        assert predictions(conn, "sum") == [6.0, -3.5]
+        adopted = [r for r in cluster.processes() if r["role"] == "model-container"]
+        assert [r["pid"] for r in adopted] == [replica["pid"]], "the running replica is adopted"
+
+        os.kill(replica["pid"], signal.SIGKILL)   # repaired by the new supervisor
+        wait_for(lambda: any(r["role"] == "model-container" and r["pid"] != replica["pid"]
+                             for r in cluster.processes()), 10, "the killed replica restarting")
+        assert predictions(conn, "sum") == [6.0, -3.5]
+        other = ClipperConnection(LocalContainerManager(cluster_name=NAME))
+        other.connect()
+        assert other.get_all_apps() == ["sum"]
+
+
+def state_of(conn):
+    return {"apps": sorted(conn.get_all_apps(verbose=True), key=lambda a: a["name"]),
+            "models": sorted(conn.get_all_models(verbose=True), key=lambda m: (m["model_name"], m["model_version"])),
+            "links": {app: conn.get_linked_models(app) for app in ("sum", "other")},
+            "replicas": {version: conn.cm.get_num_replicas("calc", version) for version in ("1", "2")}}
+
+
+@pytest.mark.parametrize("recover_with", ["connect()", "clipper recover"])
+def test_after_every_process_is_killed_the_cluster_comes_back_as_it_was(recover_with, clipper_state_dir):
+    with local_cluster(NAME, **PORTS) as conn:
+        python_deployer.deploy_python_closure(conn, "calc", "1", "doubles", total)
+        python_deployer.deploy_python_closure(conn, "calc", "2", "doubles", doubled, num_replicas=2)
+        for app in ("sum", "other"):
+            conn.register_application(app, "doubles", "-1.0", 100000)
+            conn.link_model_to_app(app, "calc")
+        before = state_of(conn), predictions(conn, "sum"), predictions(conn, "other")
+        assert before[1] == [12.0, -7.0] and before[2] == before[1]
+        assert before[0]["replicas"] == {"1": 1, "2": 2}
+
+        processes = cluster_processes(conn.cm.cluster)
+        for stop in (signal.SIGSTOP, signal.SIGKILL):   # all at once, as a power cut: none reacts
+            for process in processes:
+                process.send_signal(stop)
+        assert_all_stopped([p.pid for p in processes])
+
+        again = ClipperConnection(LocalContainerManager(cluster_name=NAME))
+        if recover_with == "connect()":
+            again.connect()
+        else:
+            result = subprocess.run([sys.executable, "-m", "clipper_admin.cli", "recover",
+                                     f"--cluster-name={NAME}"], cwd=ROOT, capture_output=True, text=True,
+                                    timeout=120)
+            assert result.returncode == 0, result.stderr
+            assert f"Cluster '{NAME}' is running" in result.stdout
+            again.connect()
+        assert (state_of(again), predictions(again, "sum"), predictions(again, "other")) == before
+
+        again.stop_all()                          # still wipes the whole cluster
+        assert not conn.cm.cluster.path.exists()
+        with pytest.raises(ClipperException, match="No running Clipper cluster"):
+            ClipperConnection(LocalContainerManager(cluster_name=NAME)).connect()
