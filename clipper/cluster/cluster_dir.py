@@ -94,6 +94,9 @@ class ClusterDir:
     def logs(self) -> Path:
         return self.path / "logs"
 
+    def exists(self) -> bool:
+        return (self.path / CLUSTER_FILE).exists()
+
     def create(self, settings: dict) -> None:
         for directory in (self.path, self.logs, self.path / "redis", self.path / "models"):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import requests
 
-from clipper.cluster.registry import cluster_processes
+from clipper.cluster.cluster_dir import cluster_processes
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin.deployers import python as python_deployer
 from helpers import ROOT, local_cluster, port_open
