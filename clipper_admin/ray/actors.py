@@ -27,6 +27,7 @@ import clipper
 from clipper import launch as recipe
 from clipper.config import Config, is_loopback
 from clipper_admin.deployers.deployer_utils import read_model_metadata
+from clipper_admin.local import LocalContainerManager
 
 # The directory that holds the ``clipper`` package: on the nodes, where Ray unpacked it.
 CLIPPER_ROOT = str(Path(clipper.__file__).resolve().parents[1])
@@ -56,11 +57,21 @@ def where_am_i() -> dict:
             "pid": os.getpid()}
 
 
+class _LocalFrontends(LocalContainerManager):
+    """The local backend on this node, with the replica timeout of a multi-node cluster."""
+
+    def __init__(self, replica_timeout, **kwargs):
+        super().__init__(**kwargs)
+        self.replica_timeout = replica_timeout
+
+    def _cluster_config(self, *args):
+        return super()._cluster_config(*args).replace(replica_timeout=self.replica_timeout)
+
+
 class ClusterFrontends:
     """Redis and both frontends on the node Ray chose, plus the cluster's model files."""
 
     def __init__(self, settings: dict):
-        from clipper_admin.local import LocalContainerManager
         self.settings = dict(settings)
         self.dir = node_state_dir(settings["namespace"], settings["cluster_name"])
         self.settings["host"] = settings["host"] or ray.util.get_node_ip_address()
@@ -71,8 +82,8 @@ class ClusterFrontends:
                 "CLIPPER_ADMIN_TOKEN) and keep rpc_auth 'auto' or 'curve'")
         # The local backend, with its state on this node: it runs and restarts the processes.
         os.environ["CLIPPER_STATE_DIR"] = str(self.dir / "state")
-        self.local = LocalContainerManager(
-            cluster_name=settings["cluster_name"], host=self.settings["host"],
+        self.local = _LocalFrontends(
+            settings["replica_timeout"], cluster_name=settings["cluster_name"], host=self.settings["host"],
             clipper_query_port=settings["query_port"], clipper_management_port=settings["management_port"],
             clipper_rpc_port=settings["rpc_port"], clipper_metric_port=settings["metrics_port"],
             admin_token=settings["admin_token"], max_body_size=settings["max_body_size"],

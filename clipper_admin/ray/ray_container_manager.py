@@ -9,8 +9,10 @@ namespace, so any process on any node finds the cluster. Model directories trave
 Ray's object store. Needs Ray (requirements-ray.txt, Python 3.10+) on every node.
 """
 import hashlib
+import importlib.util
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,6 +33,9 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "clipper"
 IMAGE_PREFIX = "ray-object-store:"
 STOP_TIMEOUT_SECONDS = recipe.CLUSTER_STOP_SECONDS + 10
+# Clipper drops a silent replica after this long: well before Ray declares its node dead
+# (about 15 s with Ray's defaults), and longer than a batch of most models takes.
+DEFAULT_REPLICA_TIMEOUT = 5.0
 # A replica that has not answered within this long is starting, or waiting for resources.
 INFO_TIMEOUT_SECONDS = 1.0
 # A replica still silent after this long, while the resources it needs are not free, is
@@ -51,7 +56,7 @@ def _import_ray():
     return ray
 
 
-def _connect_ray(address, namespace):
+def connect_ray(address=None, namespace=NAMESPACE):
     """Join the Ray cluster at ``address`` (default $RAY_ADDRESS, else the one `ray start`
     started on this machine); never start a Ray of our own, which would end with the script.
     Our packages travel to the nodes with the job (py_modules): the nodes need only the
@@ -78,19 +83,24 @@ class RayContainerManager(ContainerManager):
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT,
                  clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT, host=None, admin_token=None,
                  max_body_size=Config.max_body_size, rpc_auth=auth.AUTO, frontend_resources=None,
-                 replica_num_cpus=1, replica_num_gpus=0, replica_resources=None):
+                 replica_num_cpus=1, replica_num_gpus=0, replica_resources=None,
+                 replica_timeout=DEFAULT_REPLICA_TIMEOUT):
         """``address``: the Ray cluster (default $RAY_ADDRESS, else the one on this machine).
         ``host``: where the frontends listen (default: their node's Ray address; beyond
         loopback only with ``admin_token`` and ``rpc_auth`` not "open"; see LocalContainerManager
         for ``rpc_auth``). ``frontend_resources``: Ray resources that choose
         the frontends' node (default: the head node). ``replica_num_cpus``,
-        ``replica_num_gpus``, ``replica_resources``: what each model replica needs."""
+        ``replica_num_gpus``, ``replica_resources``: what each model replica needs.
+        ``replica_timeout``: seconds of silence after which the query frontend drops a replica
+        (one whose machine vanished without closing its connection); keep it longer than the
+        longest batch takes, as a busy replica sends nothing until its batch is done."""
         super().__init__(cluster_name, None, clipper_query_port, clipper_management_port,
                          clipper_rpc_port, clipper_metric_port, None, None, admin_token,
                          max_body_size, rpc_auth)
         self.address = address
         self.namespace = namespace
         self.host = host            # None: the frontends' node's Ray address
+        self.replica_timeout = replica_timeout
         self.frontend_resources = frontend_resources or {"node:__internal_head__": 0.001}
         self.replica_options = {"num_cpus": replica_num_cpus, "num_gpus": replica_num_gpus,
                                 "resources": replica_resources or {}}
@@ -99,7 +109,7 @@ class RayContainerManager(ContainerManager):
     # ---- Ray ----
     @property
     def _ray(self):
-        return _connect_ray(self.address, self.namespace)
+        return connect_ray(self.address, self.namespace)
 
     def _actor_options(self, name, **options):
         # Detached: the cluster outlives the script, as Clipper's containers do. Restarted
@@ -142,7 +152,7 @@ class RayContainerManager(ContainerManager):
                     "query_port": self.clipper_query_port, "management_port": self.clipper_management_port,
                     "rpc_port": self.clipper_rpc_port, "metrics_port": self.clipper_metric_port,
                     "admin_token": self.admin_token, "max_body_size": self.max_body_size,
-                    "rpc_auth": self.rpc_auth,
+                    "rpc_auth": self.rpc_auth, "replica_timeout": float(self.replica_timeout),
                     "cache_size": cache_size, "body_timeout": qf_http_timeout_content}
         frontends = ray.remote(ClusterFrontends).options(**self._actor_options(
             "frontends", num_cpus=0, resources=self.frontend_resources)).remote(settings)
@@ -333,11 +343,15 @@ class RayContainerManager(ContainerManager):
         frontends = self._frontends()
         if frontends is not None:
             texts.update(ray.get(frontends.logs.remote(), timeout=STOP_TIMEOUT_SECONDS))
-        for actor_name, handle in self._replicas_named("").items():
-            call = handle.log.remote()
-            if ray.wait([call], timeout=STOP_TIMEOUT_SECONDS)[0]:
-                label = actor_name.split("/", 2)[2].replace("/", "_")
+        calls = {handle.log.remote(): actor_name for actor_name, handle in self._replicas_named("").items()}
+        # Replicas still starting or waiting for resources have no log yet.
+        ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=INFO_TIMEOUT_SECONDS * 5)
+        for call in ready:
+            label = calls[call].split("/", 2)[2].replace("/", "_")
+            try:
                 texts[f"{self.cluster_name}-model-{label}.log"] = ray.get(call)
+            except ray.exceptions.RayError:
+                continue
         paths = []
         for file_name, text in sorted(texts.items()):
             path = os.path.join(logging_dir, file_name)
@@ -365,12 +379,16 @@ def _retry_while_name_taken(create, timeout=STOP_TIMEOUT_SECONDS):
 
 
 def _cause(error):
-    """The first line that says why an actor died, without Ray's traceback."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
+    """What an actor's exception said, without Ray's traceback or the exception's class."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     for line in reversed(lines):
-        if "Error:" in line:
-            return line.strip()
+        raised = _RAISED.match(line)
+        if raised:
+            return raised.group(1)
     return lines[-1] if lines else type(error).__name__
+
+
+_RAISED = re.compile(r"^[\w.]*(?:Error|Exception): (.+)$")
 
 
 def _local_ray_address():
@@ -398,14 +416,12 @@ def stop_all_ray_clusters(graceful=True, names=None, namespace=NAMESPACE):
 
     Returns ``[(cluster_name, actors_stopped), ...]``.
     """
-    try:
-        import ray  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("ray") is None:
         return []
     address = _local_ray_address()
     if address is None:
         return []
-    ray = _connect_ray(address, namespace)
+    ray = connect_ray(address, namespace)
     found = sorted({entry["name"].split("/", 1)[0] for entry in ray.util.list_named_actors(all_namespaces=True)
                     if entry["namespace"] == namespace and "/" in entry["name"]})
     return [(name, RayContainerManager(address, name, namespace).stop_all(graceful))

@@ -9,7 +9,7 @@ it on loopback, set here for the cluster and for this process (the driver):
 - AUTOSCALER_METRIC_PORT and DASHBOARD_METRIC_PORT: fixed ports, moved into our block;
 - a HOME with ~/ray_bootstrap_config.yaml: without it, Ray's dashboard asks the cloud
   metadata services (169.254.169.254, metadata.google.internal) who hosts it, even with
-  usage stats off;
+  usage stats off; and RAY_USAGE_STATS_REPORT_URL on loopback (see below);
 - health checks every 0.5 s: a dead node is declared dead in ~2 s, not ~15 s.
 Every process of the cluster carries RAY_TEST_MARKER_ENV; the session fails if any is left.
 """
@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
@@ -34,6 +33,9 @@ LOOPBACK_ENV = {
     "AUTOSCALER_METRIC_PORT": "21510",
     "DASHBOARD_METRIC_PORT": "21511",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # With usage stats off, Ray still reports "off" to usage-stats.ray.io: to loopback instead
+    # (nothing listens there).
+    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:21512/",
 }
 FAST_NODE_FAILURE_ENV = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
                          "RAY_health_check_failure_threshold": "3"}

@@ -63,8 +63,8 @@ def wait_for_predictions(process, count, timeout=180):
 
 
 def clipper_actors():
-    import ray
-    return [entry["name"] for entry in ray.util.list_named_actors(all_namespaces=True)
+    from clipper_admin.ray import connect_ray
+    return [entry["name"] for entry in connect_ray().util.list_named_actors(all_namespaces=True)
             if entry["namespace"] == "clipper"]
 
 

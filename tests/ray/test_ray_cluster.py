@@ -1,13 +1,15 @@
 """The Ray backend's cluster: on loopback only, the example scripts, closeClipper.py."""
 import os
+import socket
 
 import psutil
+import pytest
 import requests
 
-from clipper_admin import ClipperConnection
+from clipper_admin import ClipperConnection, ClipperException
 from clipper_admin.deployers import python as python_deployer
 from clipper_admin.ray import RayContainerManager
-from ray_helpers import marked_processes, off_loopback
+from ray_helpers import assert_nothing_left, marked_processes, off_loopback
 
 
 def feature_sum(xs):
@@ -36,3 +38,15 @@ def test_cluster_and_clipper_stay_on_loopback(ray_cluster):
         assert not off_loopback(processes)
     finally:
         conn.stop_all()
+
+
+def test_a_taken_port_is_one_clear_error_and_leaves_nothing(ray_cluster):
+    with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", 1337))
+        blocker.listen()
+        with pytest.raises(ClipperException) as refused:
+            ClipperConnection(RayContainerManager(cluster_name="taken")).start_clipper()
+    assert str(refused.value).startswith("Clipper did not start: Port 1337 (query frontend) is already "
+                                         "in use on 127.0.0.1"), str(refused.value)
+    assert_nothing_left(ray_cluster["marker"])

@@ -1,4 +1,6 @@
 """Model replicas on the Ray backend: placement over nodes, scaling, logs, GPUs."""
+import os
+import signal
 import time
 
 import psutil
@@ -83,3 +85,25 @@ def test_each_gpu_replica_gets_its_own_gpu_and_an_extra_one_waits(ray_cluster, r
     assert len(connected_replicas(conn, "gpu-model")) == 2     # the others keep serving
     conn.set_num_replicas("gpu-model", 2)                      # the waiting one is dropped
     assert conn.get_num_replicas("gpu-model") == 2
+
+
+def test_the_frontends_actor_killed_is_restarted_and_the_servers_keep_serving(ray_clipper):
+    conn = ray_clipper("restart")
+    python_deployer.create_endpoint(conn, "steady", "doubles", feature_sum, default_output="-1.0")
+    ray = pytest.importorskip("ray")
+    first = ray.get(conn.cm._frontends().info.remote())
+    os.kill(first["pid"], signal.SIGKILL)
+    url = f"http://{conn.get_query_addr()}/steady/predict"
+    assert requests.post(url, json={"input": [1.0, 2.0]}).json()["output"] == 3.0
+    deadline = time.monotonic() + 60
+    while True:                    # Ray restarts the actor, which takes the servers back
+        try:
+            again = ray.get(conn.cm._frontends().info.remote(), timeout=5)
+            break
+        except ray.exceptions.RayError:
+            assert time.monotonic() < deadline, "the frontends' actor was not restarted"
+            time.sleep(0.2)
+    assert again["pid"] != first["pid"]
+    assert requests.post(url, json={"input": [2.0, 2.0]}).json()["output"] == 4.0
+    conn.set_num_replicas("steady", 2)        # model files still there for a new replica
+    assert len(connected_replicas(conn, "steady")) == 2

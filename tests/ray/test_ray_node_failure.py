@@ -1,13 +1,14 @@
-"""A worker node of the Ray cluster dies (kill -9 of its raylet) while 8 clients query.
+"""Faults under load from 8 clients: a replica falls silent; a worker node of the Ray cluster
+dies (kill -9 of its raylet). Clipper, not Ray, decides that a replica is gone.
 
-Runs last (file order): the test cluster keeps one node fewer afterwards.
+Runs last (file order: test_ray_node_failure): the test cluster keeps one node fewer afterwards.
 """
 import os
 import signal
 import threading
 import time
 
-import pytest
+import psutil
 
 from clipper_admin import ClipperConnection
 from clipper_admin.deployers import python as python_deployer
@@ -19,6 +20,48 @@ SLO_MICROS = 300000
 
 def total(xs):
     return [str(sum(x)) for x in xs]
+
+
+def connected(conn, name="steady"):
+    return [r for r in conn.get_all_model_replicas(verbose=True) if r["model_name"] == name]
+
+
+def test_a_silent_replica_is_dropped_within_the_heartbeat_timeout_and_rejoins(ray_cluster):
+    timeout = 2.0
+    conn = ClipperConnection(RayContainerManager(cluster_name="silent", replica_timeout=timeout))
+    conn.start_clipper()
+    try:
+        python_deployer.create_endpoint(conn, "steady", "doubles", total, default_output="-1.0",
+                                        slo_micros=SLO_MICROS, num_replicas=2)
+        victim = psutil.Process(conn.cm.replica_info("steady", 1)[0]["process_pid"])
+        frozen, dropped = {}, {}
+
+        def freeze_and_watch():       # as a machine that vanished: no FIN, no heartbeat
+            frozen["at"] = time.monotonic()
+            victim.suspend()
+            while len(connected(conn)) != 1 and time.monotonic() < frozen["at"] + 10:
+                time.sleep(0.05)
+            dropped["at"] = time.monotonic()
+
+        timer = threading.Timer(1.0, freeze_and_watch)
+        timer.start()
+        results = run_load(conn, "steady", clients=8, seconds=6, timeout=5)
+        timer.join()
+        assert all(r.status == 200 for r in results)
+        slowest = max(r.elapsed for r in results)
+        assert slowest < SLO_MICROS / 1e6 + 0.5, f"a request took {slowest:.2f} s"
+        assert dropped["at"] - frozen["at"] < timeout + 1.5, "the silent replica was not dropped in time"
+        defaulted = [r for r in results if r.default]
+        print(f"silent replica: dropped {dropped['at'] - frozen['at']:.1f} s after it froze "
+              f"(timeout {timeout} s); {len(results)} requests, {len(defaulted)} default outputs, "
+              f"slowest {slowest * 1000:.0f} ms")
+        victim.resume()
+        deadline = time.monotonic() + 30
+        while len(connected(conn)) != 2:
+            assert time.monotonic() < deadline, "the replica did not rejoin once it answered again"
+            time.sleep(0.1)
+    finally:
+        conn.stop_all()
 
 
 def test_node_killed_under_load_no_request_fails_and_replicas_come_back(ray_cluster):
