@@ -47,7 +47,6 @@ GPUS_LABEL = "ai.clipper.gpus"               # ours: the GPU ids a model contain
 GPUS_PER_REPLICA_LABEL = "ai.clipper.gpus_per_replica"
 ADMIN_TOKEN_VARIABLE = env_name("admin_token")
 MODEL_PATH_VARIABLE = env_name("model_path")
-# The RPC keys a model container presents (clipper.rpc.auth).
 # The servers listen here; with host networking, the model containers connect here too.
 LOOPBACK = "127.0.0.1"
 # A replica restarted this often by Docker is failing, not starting.
