@@ -1,8 +1,14 @@
 """Clipper's hello world, continuously: predict on 200 random doubles until Ctrl-C.
 
-Same set-up as basicQuerySimplified.py. Ctrl-C stops the cluster and exits cleanly; any
-other failure also stops the cluster before the script exits with an error.
+Same set-up as basicQuerySimplified.py. Ctrl-C (or kill, or closing the terminal) stops the
+cluster and exits cleanly, at any moment; any other failure also stops the cluster before
+the script exits with an error.
 """
+from clipper_admin.interrupts import exit_cleanly_on_signals
+
+# Before anything else, so that even a Ctrl-C during the imports below stops cleanly.
+exit_cleanly_on_signals()
+
 from datetime import datetime
 import json
 import time
@@ -35,7 +41,7 @@ def predict(addr, x):
 
 
 if __name__ == '__main__':
-    clipper_conn = ClipperConnection(backend_from_args())
+    clipper_conn = ClipperConnection(backend_from_args(description=__doc__))
     clipper_conn.start_clipper()
     try:
         clipper_conn.register_application(
@@ -47,7 +53,5 @@ if __name__ == '__main__':
         while True:
             predict(clipper_conn.get_query_addr(), np.random.random(200))
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        print("Ctrl-C: stopping Clipper", flush=True)
     finally:
         clipper_conn.stop_all()

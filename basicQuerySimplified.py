@@ -31,7 +31,7 @@ def predict(addr, x):
 
 
 if __name__ == '__main__':
-    clipper_conn = ClipperConnection(backend_from_args())
+    clipper_conn = ClipperConnection(backend_from_args(description=__doc__))
     clipper_conn.start_clipper()
     try:
         # An application is the REST endpoint; queries past the 100 ms objective get "-1.0".

@@ -1,13 +1,21 @@
-"""Stop every Clipper cluster and model container left on this machine.
+"""Stop the Clipper clusters left on this machine (say, after a script was killed).
 
-Use it after a script that started a cluster crashed or was killed. Safe to run again:
-with nothing left, it says so.
+With no option, every cluster of every backend; --cluster and --backend narrow that down.
+Safe to run again: with nothing left, it says so.
 """
+import argparse
+
 from clipper_admin import stop_all_clusters
+from clipper_admin.backends import BACKENDS
 
 if __name__ == '__main__':
-    stopped = stop_all_clusters()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cluster", metavar="NAME", help="stop only the cluster of this name")
+    parser.add_argument("--backend", choices=list(BACKENDS), help="stop only the clusters of this backend")
+    args = parser.parse_args()
+    stopped = stop_all_clusters(backend=args.backend, cluster_name=args.cluster)
     for what in stopped:
         print("Stopped Clipper %s" % what)
     if not stopped:
-        print("No Clipper cluster is running.")
+        print("No Clipper cluster is running." if args.cluster is None
+              else "No Clipper cluster named '%s' is running." % args.cluster)

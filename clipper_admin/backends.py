@@ -1,57 +1,82 @@
-"""Choosing a backend for the example scripts: --backend, else $CLIPPER_BACKEND, else local."""
+"""The backends, in one place: how a script chooses one, and how to stop what each left running.
+
+Each is imported only when used, so a backend whose SDK is not installed (Docker) costs
+nothing until it is asked for.
+"""
 import argparse
+import importlib
 import os
 import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 from clipper_admin.exceptions import ClipperException
 
-BACKENDS = ("local", "docker", "ray")
+
+@dataclass(frozen=True)
+class Backend:
+    module: str             # where its ContainerManager and its stop-every-cluster function live
+    manager: str            # its ContainerManager, a name clipper_admin exports
+    stop_clusters: str      # function (graceful, names) -> [(cluster name, count stopped)]
+    stopped: str            # closeClipper.py prints "Stopped Clipper <stopped> 'x' (3 <unit>)"
+    unit: str
+    using: str              # the line a script prints when it starts
 
 
-def backend_from_args(argv=None, **manager_kwargs):
-    """The ContainerManager the user asked for on the command line or in the environment."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--backend", choices=BACKENDS,
-                        default=os.environ.get("CLIPPER_BACKEND") or "local")
-    backend = parser.parse_known_args(argv)[0].backend
+BACKENDS: Dict[str, Backend] = {
+    "local": Backend("clipper_admin.local", "LocalContainerManager", "stop_all_local_clusters",
+                     "cluster", "processes",
+                     "Using the local backend (processes on this machine; "
+                     "--backend docker or CLIPPER_BACKEND=docker for Docker)"),
+    "docker": Backend("clipper_admin.docker", "DockerContainerManager", "stop_all_docker_clusters",
+                      "Docker cluster", "containers",
+                      "Using the Docker backend (containers on the local Docker engine)"),
+    "ray": Backend("clipper_admin.ray", "RayContainerManager", "stop_all_ray_clusters",
+                   "Ray cluster", "actors",
+                   "Using the Ray backend (the Ray cluster at $RAY_ADDRESS, else the one on this machine)"),
+}
+
+
+def backend_from_args(argv=None, description=None, **manager_kwargs):
+    """The ContainerManager the user asked for: ``--backend``, else $CLIPPER_BACKEND, else local.
+
+    ``--help`` and bad arguments (or a $CLIPPER_BACKEND that names no backend) end the
+    script here, before anything starts."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=list(BACKENDS),
+                        help="where the cluster runs (default: $CLIPPER_BACKEND, else local)")
+    backend = parser.parse_args(argv).backend or os.environ.get("CLIPPER_BACKEND") or "local"
+    if backend not in BACKENDS:
+        parser.error(f"CLIPPER_BACKEND={backend!r} is not a backend; use one of: {', '.join(BACKENDS)}")
     _report_clipper_errors_briefly()
     manager = manager_for(backend, **manager_kwargs)
-    if backend == "docker":
-        print("Using the Docker backend (containers on the local Docker engine)")
-    elif backend == "ray":
-        print("Using the Ray backend (the Ray cluster at $RAY_ADDRESS, else the one on this machine)")
-    else:
-        print("Using the local backend (processes on this machine; "
-              "--backend docker or CLIPPER_BACKEND=docker for Docker)")
+    print(BACKENDS[backend].using)
     return manager
 
 
 def manager_for(backend, **manager_kwargs):
-    """A ContainerManager of the named backend."""
-    if backend == "docker":
-        from clipper_admin import DockerContainerManager
-        return DockerContainerManager(**manager_kwargs)
-    if backend == "ray":
-        from clipper_admin import RayContainerManager
-        return RayContainerManager(**manager_kwargs)
-    from clipper_admin.local import LocalContainerManager
-    return LocalContainerManager(**manager_kwargs)
+    """A ContainerManager of the named backend (MissingDependency if its SDK is not installed)."""
+    import clipper_admin
+    return getattr(clipper_admin, BACKENDS[backend].manager)(**manager_kwargs)
 
 
-def stop_all_clusters():
-    """Stop every Clipper cluster left on this machine, local, on the Ray cluster this machine
-    belongs to (if Ray is installed), or on a Docker engine that answers;
-    ``[(what was stopped, e.g. "cluster 'x' (5 processes)"), ...]``."""
-    from clipper_admin.local import stop_all_local_clusters
-    from clipper_admin.ray import stop_all_ray_clusters
-    stopped = [f"Ray cluster '{name}' ({count} actors)" for name, count in stop_all_ray_clusters()]
-    stopped += [f"cluster '{name}' ({count} processes)" for name, count in stop_all_local_clusters()]
-    try:
-        from clipper_admin.docker import stop_all_docker_clusters
-    except ModuleNotFoundError:      # no Docker SDK here: no Docker cluster was started from here
-        return stopped
-    return stopped + [f"Docker cluster '{name}' ({count} containers)"
-                      for name, count in stop_all_docker_clusters()]
+def stop_all_clusters(backend: Optional[str] = None, cluster_name: Optional[str] = None,
+                      graceful: bool = True) -> List[str]:
+    """Stop the Clipper clusters left on this machine: all of them, or those of one backend
+    and/or of one name. ``[what was stopped, e.g. "cluster 'x' (5 processes)", ...]``."""
+    names = None if cluster_name is None else [cluster_name]
+    stopped = []
+    for kind in (BACKENDS.values() if backend is None else [BACKENDS[backend]]):
+        try:
+            module = importlib.import_module(kind.module)
+        except ModuleNotFoundError as error:
+            if (error.name or "").startswith("clipper"):
+                raise
+            continue                 # its SDK is not installed: no cluster of it was started from here
+        stopped += [f"{kind.stopped} '{name}' ({count} {kind.unit})"
+                    for name, count in getattr(module, kind.stop_clusters)(graceful, names)]
+    return stopped
 
 
 def _report_clipper_errors_briefly():

@@ -2,7 +2,7 @@
 
     clipper start  [--backend local|docker] [--cluster-name NAME] [--query-port N] ...
     clipper status [--backend ...] [--cluster-name NAME]
-    clipper stop   [--backend ...] [--cluster-name NAME]    (without a name: every cluster)
+    clipper stop   [--backend ...] [--cluster-name NAME]    (as closeClipper.py: all, or those named)
 
 The same ClipperConnection calls a script would make; a cluster started here outlives the
 command, as Clipper's did.
@@ -21,9 +21,9 @@ def _parser():
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("start", "start a cluster and leave it running"),
                        ("status", "what a running cluster serves"),
-                       ("stop", "stop a cluster (without --cluster-name: every cluster)")):
+                       ("stop", "stop clusters: every one, or those of --backend and/or --cluster-name")):
         command = commands.add_parser(name, help=text, description=text)
-        command.add_argument("--backend", choices=BACKENDS, default="local")
+        command.add_argument("--backend", choices=list(BACKENDS), default=None if name == "stop" else "local")
         command.add_argument("--cluster-name", default=None if name == "stop" else "default-cluster")
         if name == "start":
             for port, default in (("query", 1337), ("management", 1338), ("rpc", 7000), ("metric", 1390)):
@@ -56,13 +56,8 @@ def status(args):
 
 
 def stop(args):
-    if args.cluster_name is None:
-        stopped = stop_all_clusters()
-        print("\n".join(f"Stopped {what}" for what in stopped) or "No Clipper cluster is running.")
-        return
-    manager = manager_for(args.backend, cluster_name=args.cluster_name)
-    ClipperConnection(manager).stop_all()
-    print(f"Stopped cluster '{args.cluster_name}'")
+    stopped = stop_all_clusters(backend=args.backend, cluster_name=args.cluster_name)
+    print("\n".join(f"Stopped Clipper {what}" for what in stopped) or "No Clipper cluster is running.")
 
 
 def main(argv=None):

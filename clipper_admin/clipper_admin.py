@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_LABEL = []
 DEFAULT_PREDICTION_CACHE_SIZE_BYTES = 33554432
 REQUEST_TIMEOUT_SECONDS = 30
+# 0.4.1's scratch directory, kept for scripts that use it; nothing here writes to it.
+CLIPPER_TEMP_DIR = "/tmp/clipper"
 
 
 def _check_name(kind, value):
@@ -31,6 +33,18 @@ def _check_name(kind, value):
             "consist of lower case alphanumeric characters or '-', and must start and end with "
             "an alphanumeric character (regex used for validation is "
             "'[a-z0-9]([-a-z0-9]*[a-z0-9])?\\Z')")
+
+
+def _gpus_if_asked(num_gpus):
+    """GPUs reach the backend only when asked for, so a ContainerManager written for
+    0.4.1's interface (no num_gpus) keeps working."""
+    return {} if num_gpus in (None, 0) else {"num_gpus": num_gpus}
+
+
+def _check_gpus(num_gpus):
+    if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 0:
+        raise ClipperException(f"num_gpus must be a whole number of GPUs per replica (0 or more), "
+                               f"not {num_gpus!r}")
 
 
 class ClipperConnection(object):
@@ -261,12 +275,13 @@ class ClipperConnection(object):
     # ---- models ----
     def build_and_deploy_model(self, name, version, input_type, model_data_path, base_image,
                                labels=None, container_registry=None, num_replicas=1,
-                               batch_size=-1, pkgs_to_install=None):
+                               batch_size=-1, pkgs_to_install=None, num_gpus=0):
         """``build_model`` followed by ``deploy_model``; see both."""
         self._require_connection()
         image = self.build_model(name, version, model_data_path, base_image, container_registry,
                                  pkgs_to_install)
-        self.deploy_model(name, version, input_type, image, labels, num_replicas, batch_size)
+        self.deploy_model(name, version, input_type, image, labels, num_replicas, batch_size,
+                          num_gpus)
 
     def build_model(self, name, version, model_data_path, base_image, container_registry=None,
                     pkgs_to_install=None):
@@ -300,7 +315,7 @@ class ClipperConnection(object):
                                    container_registry, pkgs_to_install)
 
     def deploy_model(self, name, version, input_type, image, labels=None, num_replicas=1,
-                     batch_size=-1):
+                     batch_size=-1, num_gpus=0):
         """Register a new model version, make it current and start its replicas.
 
         Parameters
@@ -317,6 +332,9 @@ class ClipperConnection(object):
             Replicas to start.
         batch_size : int
             The largest batch sent to a replica; -1 lets adaptive batching choose.
+        num_gpus : int
+            Ours, not in 0.4.1: GPUs given to each replica (CUDA_VISIBLE_DEVICES locally,
+            device requests on Docker); more than the machine has is refused.
 
         Returns once every replica is connected to the query frontend, so the next query is
         answered by the model.
@@ -331,10 +349,11 @@ class ClipperConnection(object):
         version = str(version)
         _check_name("name", name)
         _check_name("version", version)
+        _check_gpus(num_gpus)
         if self.get_model_info(name, version) is not None:
             raise ClipperException(f"model with name '{name}' and version '{version}' already exists")
         self.cm.deploy_model(name=name, version=version, input_type=input_type, image=image,
-                             num_replicas=num_replicas)
+                             num_replicas=num_replicas, **_gpus_if_asked(num_gpus))
         self.register_model(name, version, input_type, image=image, labels=labels,
                             batch_size=batch_size)
         self._wait_for_replicas(name, version, num_replicas)
@@ -371,21 +390,25 @@ class ClipperConnection(object):
         version = self.get_current_model_version(name) if version is None else str(version)
         return self.cm.get_num_replicas(name, version)
 
-    def set_num_replicas(self, name, num_replicas, version=None):
+    def set_num_replicas(self, name, num_replicas, version=None, num_gpus=None):
         """Start or stop replicas of a model version (``version`` None: the current one) until
-        ``num_replicas`` run; returns once exactly that many are connected.
+        ``num_replicas`` run; returns once exactly that many are connected. ``num_gpus`` (ours):
+        GPUs for each replica started from now on; None keeps the version's.
 
         Raises ClipperException for an unknown or containerless version, or when the replicas
         do not connect.
         """
         self._require_connection()
+        if num_gpus is not None:
+            _check_gpus(num_gpus)
         version = self.get_current_model_version(name) if version is None else str(version)
         info = self.get_model_info(name, version)
         if info is None:
             raise ClipperException(f"Cannot add container for non-registered model {name}:{version}")
         if info["container_name"] == CONTAINERLESS_MODEL_IMAGE:
             raise ClipperException(f"Cannot resize the replica set for containerless model {name}:{version}")
-        self.cm.set_num_replicas(name, version, info["input_type"], info["container_name"], num_replicas)
+        self.cm.set_num_replicas(name, version, info["input_type"], info["container_name"], num_replicas,
+                                 **_gpus_if_asked(num_gpus))
         self._wait_for_replicas(name, version, num_replicas)
 
     def get_all_models(self, verbose=False):

@@ -19,6 +19,9 @@ CLIPPER_INTERNAL_MANAGEMENT_PORT = 1338
 CLIPPER_INTERNAL_RPC_PORT = 7000
 CLIPPER_INTERNAL_METRIC_PORT = 1390
 CLIPPER_INTERNAL_REDIS_PORT = 6379
+# The Prometheus port follows the query port (1390 for Clipper's 1337), so that every port a
+# cluster takes comes from its own parameters: clusters on other query ports never share it.
+METRIC_PORT_OFFSET = CLIPPER_INTERNAL_METRIC_PORT - CLIPPER_INTERNAL_QUERY_PORT
 CLIPPER_DOCKER_LABEL = "ai.clipper.container.label"
 CLIPPER_MODEL_CONTAINER_LABEL = "ai.clipper.model_container.label"
 CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL = "ai.clipper.query_frontend.label"
@@ -41,6 +44,10 @@ def parse_model_container_label(label):
     return splits
 
 
+def default_metric_port(query_port):
+    return query_port + METRIC_PORT_OFFSET
+
+
 def is_valid_name(value) -> bool:
     return bool(_NAME_PATTERN.match(str(value)))
 
@@ -49,21 +56,25 @@ class ContainerManager(abc.ABC):
     """What ClipperConnection needs from a backend (clipper_admin 0.4.1's interface)."""
 
     cluster_identifier = "default-cluster"
+    # What a start raises when one of the cluster's ports is taken.
+    port_taken_error = ClipperException
 
     def __init__(self, cluster_name="default-cluster", public_host="localhost",
                  clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
                  clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT,
-                 clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT, redis_ip=None,
+                 clipper_metric_port=None, redis_ip=None,
                  redis_port=CLIPPER_INTERNAL_REDIS_PORT, admin_token=None,
                  max_body_size=Config.max_body_size, rpc_auth=auth.AUTO):
+        """``clipper_metric_port`` None: the query port + 53 (see METRIC_PORT_OFFSET)."""
         self.cluster_name = cluster_name
         self.cluster_identifier = cluster_name
         self.public_host = public_host
         self.clipper_query_port = clipper_query_port
         self.clipper_management_port = clipper_management_port
         self.clipper_rpc_port = clipper_rpc_port
-        self.clipper_metric_port = clipper_metric_port
+        self.clipper_metric_port = (default_metric_port(clipper_query_port) if clipper_metric_port is None
+                                    else clipper_metric_port)
         self.redis_ip = redis_ip            # None: the cluster runs its own Redis
         self.redis_port = redis_port
         self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
@@ -83,7 +94,7 @@ class ContainerManager(abc.ABC):
                       **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token))
 
     def _require_free_ports(self, listen_host, extra=()):
-        require_free_ports(listen_host, [*self.serving_ports(), *extra])
+        require_free_ports(listen_host, [*self.serving_ports(), *extra], taken_error=self.port_taken_error)
 
     @staticmethod
     def _wait_until_serving(launches, failure):
@@ -104,8 +115,8 @@ class ContainerManager(abc.ABC):
         """Find a running cluster of this name; raise ClipperException if there is none."""
 
     @abc.abstractmethod
-    def deploy_model(self, name, version, input_type, image, num_replicas=1):
-        """Start ``num_replicas`` containers of a model version."""
+    def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
+        """Start ``num_replicas`` containers of a model version, each with ``num_gpus`` GPUs."""
 
     def build_model(self, name, version, model_data_path, base_image, container_registry=None,
                     pkgs_to_install=None):
@@ -117,8 +128,9 @@ class ContainerManager(abc.ABC):
         pass
 
     @abc.abstractmethod
-    def set_num_replicas(self, name, version, input_type, image, num_replicas):
-        pass
+    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
+        """Start or stop containers of the version; new ones get ``num_gpus`` GPUs each
+        (None: as many as the version's replicas have)."""
 
     @abc.abstractmethod
     def get_logs(self, logging_dir):

@@ -15,12 +15,13 @@ def port_taken(host, port):
     return False
 
 
-def require_free_ports(host, ports):
-    """``ports``: ``[(role, port), ...]``; one clear error for the first that cannot be used."""
+def require_free_ports(host, ports, taken_error=ClipperException):
+    """``ports``: ``[(role, port), ...]``; one clear error for the first that cannot be used
+    (of type ``taken_error`` when the port is taken)."""
     for role, port in ports:
         if not 0 < port < 65536:
             raise ClipperException(f"Port {port} ({role}) is not a valid TCP port")
         if port_taken(host, port):
-            raise ClipperException(
+            raise taken_error(
                 f"Port {port} ({role}) is already in use on {host}. Stop whatever uses "
                 "it, e.g. another Clipper cluster with: python closeClipper.py")

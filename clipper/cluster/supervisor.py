@@ -11,11 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from clipper import launch as recipe
+from clipper.cluster.gpus import device_environment, pick_devices
 from clipper.cluster.registry import MARKER_ENV, ClusterDir, ProcessRecord
 from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config
 from clipper.launch import Launch
@@ -106,14 +108,15 @@ class Supervisor:
         return Child(name or launch.role, launch.role, launch.argv(python), self._env(launch.env),
                      launch.stop_grace, details or {})
 
-    def _replica_child(self, model: dict, index: int) -> Child:
+    def _replica_child(self, model: dict, index: int, devices: List[str]) -> Child:
         # '_' cannot occur in model names, so this name is unambiguous (as Clipper's labels).
         name = f"model-{model['name']}_{model['version']}-{index}"
         launch = recipe.model_container(self.config, model["name"], model["version"],
-                                        model["input_type"], model["model_dir"])
+                                        model["input_type"], model["model_dir"],
+                                        extra_env=device_environment(devices))
         return self._child(launch, name, model["python"],
                            {"model_name": model["name"], "model_version": model["version"],
-                            "replica": index})
+                            "replica": index, "gpus": devices})
 
     # ---- start-up ----
     def _start_servers(self) -> None:
@@ -161,17 +164,18 @@ class Supervisor:
 
     def _apply_wanted_replicas(self) -> None:
         wanted = self.cluster.wanted_replicas()
-        slots = {}
-        for model in wanted["models"].values():
-            for index in range(model["count"]):
-                child = self._replica_child(model, index)
-                slots[child.name] = child
+        slots = {f"model-{m['name']}_{m['version']}-{index}": (m, index)
+                 for m in wanted["models"].values() for index in range(m["count"])}
         current = {c.name: c for c in self.children if c.role == MODEL_CONTAINER}
         surplus = [child for name, child in current.items() if name not in slots]
         self._stop(surplus)
         self.children = [c for c in self.children if c not in surplus]
-        for name, child in slots.items():
+        gpus_in_use = Counter(device for c in self.children for device in c.details.get("gpus", []))
+        for name, (model, index) in slots.items():
             if name not in current:
+                devices = pick_devices(self.settings.get("gpus", []), model.get("gpus", 0), gpus_in_use)
+                gpus_in_use.update(devices)
+                child = self._replica_child(model, index, devices)
                 self.children.append(child)
                 self._start(child)
         self.generation = wanted["generation"]

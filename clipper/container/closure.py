@@ -5,6 +5,7 @@ when all inputs have the same length, else a 1-D object array of 1-D arrays; str
 1-D object array of ``bytes``; bytes inputs are signed int8. So Clipper predict functions
 run unchanged.
 """
+import functools
 import os
 import sys
 from typing import Callable, List, Sequence
@@ -12,6 +13,7 @@ from typing import Callable, List, Sequence
 import cloudpickle
 import numpy as np
 
+from clipper.container.frameworks import load_model_args, read_metadata
 from clipper.datatypes import InputType
 
 FUNCTION_FILE = "func.pkl"
@@ -19,12 +21,17 @@ MODULES_DIR = "modules"
 
 
 def load_function(model_path: str) -> Callable:
-    """Unpickle ``<model_path>/func.pkl``; ``<model_path>/modules`` is importable, as in Clipper."""
+    """Unpickle ``<model_path>/func.pkl``; ``<model_path>/modules`` is importable, as in Clipper.
+
+    For a framework model, its model is loaded here, once, and bound before the batch
+    argument, so the result is always called as ``function(batch)``."""
     modules = os.path.join(model_path, MODULES_DIR)
     if os.path.isdir(modules):
         sys.path.append(modules)
     with open(os.path.join(model_path, FUNCTION_FILE), "rb") as f:
-        return cloudpickle.load(f)
+        function = cloudpickle.load(f)
+    model_args = load_model_args(model_path, read_metadata(model_path))
+    return functools.partial(function, *model_args) if model_args else function
 
 
 def shape_batch(input_type: InputType, inputs: Sequence[bytes]):

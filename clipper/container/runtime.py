@@ -108,6 +108,7 @@ def _errors(count: int, message: str) -> List[bytes]:
 
 def main(config) -> None:
     from clipper.container.closure import load_function, run_batch
+    from clipper.container.frameworks import FrameworkMissing
     if not (config.model_name and config.model_version and config.model_path):
         raise SystemExit("CLIPPER_MODEL_NAME, CLIPPER_MODEL_VERSION and CLIPPER_MODEL_PATH must be set")
     input_type = InputType.parse(config.input_type)
@@ -116,6 +117,9 @@ def main(config) -> None:
     except ImportError as error:
         # Exit code 3, as Clipper's closure container: a package the model needs is missing.
         log.error("cannot load the model: %s (deploy it with pkgs_to_install=[...])", error)
+        raise SystemExit(3)
+    except FrameworkMissing as error:
+        log.error("cannot load the model: %s", error)
         raise SystemExit(3)
     runtime = ContainerRuntime(config.model_name, config.model_version, input_type,
                                f"tcp://{config.ip}:{config.port}",

@@ -1,20 +1,26 @@
-"""Serialising a Python function into a model directory, as Clipper's deployers do."""
+"""Serialising a Python function (and a framework's model) into a model directory, as
+Clipper's deployers do, and deploying that directory."""
 import contextlib
+import importlib
+import importlib.metadata
 import json
 import logging
 import os
+import shutil
 import sys
 import sysconfig
 import tempfile
 
 import cloudpickle
 
+# Which interpreter pickled the function (it must also load it: cloudpickle is not portable
+# across Python versions) and, for a framework model, how the replica loads it.
+from clipper.container.frameworks import METADATA_FILE
+from clipper_admin.exceptions import ClipperException
+
 logger = logging.getLogger(__name__)
 
 FUNCTION_FILE = "func.pkl"
-# Which interpreter pickled the function: it must also load it (cloudpickle is not portable
-# across Python versions).
-METADATA_FILE = "clipper_model.json"
 
 
 def _is_users_own_module(module):
@@ -27,10 +33,10 @@ def _is_users_own_module(module):
 
 
 @contextlib.contextmanager
-def _pickled_by_value(func):
-    """cloudpickle stores functions of importable modules by reference, and the container
-    cannot import the user's own files: ship such a module's code with the function."""
-    module = sys.modules.get(getattr(func, "__module__", None) or "")
+def _pickled_by_value(obj):
+    """cloudpickle stores functions and classes of importable modules by reference, and the
+    container cannot import the user's own files: ship such a module's code with the object."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")   # an instance: its class's
     by_value = _is_users_own_module(module)
     if by_value:
         cloudpickle.register_pickle_by_value(module)
@@ -54,12 +60,72 @@ def save_python_function(name, func):
     return serialization_dir
 
 
+def save_object(obj, path):
+    """cloudpickle ``obj`` to ``path``, with the user's own classes by value."""
+    with open(path, "wb") as f, _pickled_by_value(obj):
+        cloudpickle.dump(obj, f)
+
+
 def read_model_metadata(model_dir):
     try:
         with open(os.path.join(model_dir, METADATA_FILE)) as f:
             return json.load(f)
     except (OSError, ValueError):
         return {}
+
+
+def _update_model_metadata(model_dir, **fields):
+    metadata = {**read_model_metadata(model_dir), **fields}
+    with open(os.path.join(model_dir, METADATA_FILE), "w") as f:
+        json.dump(metadata, f)
+
+
+def import_framework(module_name, framework, deployer):
+    """Import a framework the deployer needs, or say what to install (no ImportError)."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as error:
+        raise ClipperException(
+            f"{deployer} needs {module_name}, which this Python cannot import ({error}). Install "
+            f"it with: pip install -r requirements-{framework}.txt (or pip install "
+            f"'clipper-revival[{framework}]')") from None
+
+
+def pinned_requirements(*module_names):
+    """pip requirements for the distributions that provide these modules, at the versions
+    installed here (a Docker model image gets the framework the model was saved with)."""
+    providers = importlib.metadata.packages_distributions()
+    requirements = []
+    for module_name in module_names:
+        for distribution in providers.get(module_name, []):
+            version = importlib.metadata.version(distribution).split("+")[0]   # 2.13.0+cpu
+            requirements.append(f"{distribution}=={version}")
+    return sorted(set(requirements))
+
+
+def deploy_model_directory(clipper_conn, name, version, input_type, func, base_image, labels,
+                           registry, num_replicas, batch_size, pkgs_to_install, num_gpus,
+                           framework=None, save_model=None):
+    """Save ``func`` in a fresh model directory and, for a framework model, the model too:
+    ``save_model(directory)`` writes it in the framework's own format and returns what the
+    replica needs to load it (metadata fields). Then build and deploy the directory."""
+    serialization_dir = save_python_function(name, func)
+    try:
+        if framework:
+            try:
+                details = save_model(serialization_dir) or {}
+            except ClipperException:
+                raise
+            except Exception as error:
+                raise ClipperException(f"Could not save the {framework} model: "
+                                       f"{type(error).__name__}: {error}") from error
+            _update_model_metadata(serialization_dir, framework=framework, **details)
+            logger.info("Saved the %s model of %s", framework, name)
+        clipper_conn.build_and_deploy_model(name, version, input_type, serialization_dir,
+                                            base_image, labels, registry, num_replicas,
+                                            batch_size, pkgs_to_install, num_gpus=num_gpus)
+    finally:
+        shutil.rmtree(serialization_dir, ignore_errors=True)
 
 
 def run_locally(query, func, input_type):

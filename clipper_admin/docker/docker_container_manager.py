@@ -1,29 +1,35 @@
 """The Docker backend: every role of a cluster is a container on the local Docker engine.
 
 As in clipper_admin 0.4.1, containers carry Clipper's labels, so that ``connect()``,
-``stop_all()`` and closeClipper.py find a cluster again from any process. Unlike 0.4.1, the
-containers use host networking and listen on 127.0.0.1 only, images are built here from
-docker/Dockerfile (nothing is pulled from Clipper's frozen images), and crashed containers
-are restarted by Docker.
+``stop_all()`` and closeClipper.py find a cluster again from any process, and a model image
+(ours from ``build_model``, or any RPC v3 container) runs as-is, told where to connect by
+Clipper's environment variables. Unlike 0.4.1, the containers use host networking and listen
+on 127.0.0.1 only; the only host ports a cluster takes are its query, management, RPC and
+metrics ports (Redis listens on a unix socket in a volume of the cluster); images are built
+here from docker/Dockerfile (nothing is pulled from Clipper's frozen images); and crashed
+containers are restarted by Docker.
 """
+import dataclasses
 import logging
 import os
 import random
 import time
+from collections import Counter
 
 import docker
 import docker.errors
-import requests
+import docker.types
 
-from clipper.config import Config, env_name
+from clipper import launch as recipe
+from clipper.cluster.gpus import machine_gpus, pick_devices
+from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config, env_name
 from clipper_admin.container_manager import (
-    CLIPPER_DOCKER_LABEL, CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT,
-    CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_REDIS_PORT, CLIPPER_INTERNAL_RPC_PORT,
-    CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL, CLIPPER_MODEL_CONTAINER_LABEL,
-    CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL, ContainerManager, create_model_container_label)
+    CLIPPER_DOCKER_LABEL, CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT,
+    CLIPPER_INTERNAL_REDIS_PORT, CLIPPER_INTERNAL_RPC_PORT, CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL,
+    CLIPPER_MODEL_CONTAINER_LABEL, CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL, ContainerManager,
+    create_model_container_label)
 from clipper_admin.docker.images import build_model_image, default_base_image, ensure_runtime_image
 from clipper_admin.exceptions import ClipperException
-from clipper_admin.ports import require_free_ports
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +39,34 @@ PORT_LABELS = {"redis": "ai.clipper.redis.port", "management": "ai.clipper.manag
                "rpc": "ai.clipper.query_frontend.rpc.port", "metric": "ai.clipper.metric.port"}
 ROLE_LABEL = "ai.clipper.role"               # ours: which process a container runs
 RUNTIME_IMAGE_LABEL = "ai.clipper.runtime.image"
+# Clipper 0.4.1's label of each role's containers.
+CLIPPER_ROLE_LABELS = {QUERY_FRONTEND: CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL,
+                       MANAGEMENT_FRONTEND: CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL}
+GPUS_LABEL = "ai.clipper.gpus"               # ours: the GPU ids a model container was given
+GPUS_PER_REPLICA_LABEL = "ai.clipper.gpus_per_replica"
 ADMIN_TOKEN_VARIABLE = env_name("admin_token")
-START_TIMEOUT_SECONDS = 120
-STOP_GRACE_SECONDS = 10
+MODEL_PATH_VARIABLE = env_name("model_path")
+# The servers listen here; with host networking, the model containers connect here too.
+LOOPBACK = "127.0.0.1"
 # A replica restarted this often by Docker is failing, not starting.
 FAILING_RESTARTS = 2
+# The cluster's own volume, mounted in every server: Redis's socket and append-only file.
+STATE_MOUNT = "/clipper"
+REDIS_URL = f"unix://{STATE_MOUNT}/redis.sock"
+CONFLICT = 409                             # the engine's answer while a removal is under way
+VOLUME_RELEASE_SECONDS = 30
+
+
+class PortInUseError(ClipperException, docker.errors.APIError):
+    """A port the cluster needs is taken. Also a ``docker.errors.APIError``, as the engine's
+    error was in 0.4.1, so Clipper-era code that catches or retries on either still does."""
+
+    def __init__(self, msg):
+        super().__init__(msg)
+        self.explanation = msg
+
+    def __str__(self):
+        return self.msg
 
 
 def engine():
@@ -52,6 +81,8 @@ def engine():
 
 
 class DockerContainerManager(ContainerManager):
+    port_taken_error = PortInUseError
+
     def __init__(self, cluster_name="default-cluster", docker_ip_address="localhost",
                  use_centralized_log=False, fluentd_port=24224,
                  clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
@@ -59,73 +90,110 @@ class DockerContainerManager(ContainerManager):
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None,
                  redis_port=CLIPPER_INTERNAL_REDIS_PORT, prometheus_port=9090,
                  docker_network="clipper_network", extra_container_kwargs=None,
-                 base_image=None, clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT, redis_image=None,
+                 base_image=None, clipper_metric_port=None,
                  admin_token=None, max_body_size=Config.max_body_size):
-        """0.4.1's parameters; containers share the host's network, so ``docker_network``,
-        ``prometheus_port`` and the centralized log options have no effect. Ours:
-        ``base_image`` (default $CLIPPER_DOCKER_BASE_IMAGE, else python:<this minor>-slim)
-        under the runtime image; ``redis_image`` to run Redis from an image of your own;
-        ``admin_token`` and ``max_body_size`` as for LocalContainerManager."""
-        self.cluster_name = cluster_name
-        self.cluster_identifier = cluster_name
-        self.public_host = docker_ip_address
-        self.clipper_query_port = clipper_query_port
-        self.clipper_management_port = clipper_management_port
-        self.clipper_rpc_port = clipper_rpc_port
-        self.clipper_metric_port = clipper_metric_port
-        self.redis_ip = redis_ip
-        self.redis_port = redis_port
-        self.redis_image = redis_image
+        """0.4.1's parameters, and its public attributes. Containers share the host's network,
+        so ``docker_network`` and ``prometheus_port`` have no effect; Redis started here
+        listens on a unix socket, so ``redis_port`` is used only with ``redis_ip``; with
+        ``use_centralized_log`` no log collector is started: ``get_clipper_logs`` reads every
+        container's log from Docker either way. Ours: ``clipper_metric_port`` (Prometheus;
+        default: the query port + 53); ``base_image`` (default $CLIPPER_DOCKER_BASE_IMAGE,
+        else python:<this minor>-slim) under the runtime image; ``admin_token`` and
+        ``max_body_size`` as for LocalContainerManager."""
+        super().__init__(cluster_name, docker_ip_address, clipper_query_port, clipper_management_port,
+                         clipper_rpc_port, clipper_metric_port, redis_ip, redis_port, admin_token,
+                         max_body_size)
+        self.external_redis = redis_ip is not None
+        self.prometheus_port = prometheus_port
+        self.docker_network = docker_network
+        self.centralize_log = use_centralized_log
+        self.log_config = {"type": "json-file"}
+        self.logging_system_instance = None
+        self.logger = logging.LoggerAdapter(logger, {"cluster_name": cluster_name})
+        # As 0.4.1: the user's labels go to every container, with the cluster's label.
         self.extra_container_kwargs = dict(extra_container_kwargs or {})
-        self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
-        self.max_body_size = max_body_size
+        self.common_labels = {**self.extra_container_kwargs.pop("labels", {}), CLIPPER_DOCKER_LABEL: cluster_name}
         self.base_image = base_image or os.environ.get("CLIPPER_DOCKER_BASE_IMAGE") or default_base_image()
         self.runtime_image = None
-        self._client = None
+        self._docker_client = None
 
     @property
-    def client(self):
-        if self._client is None:          # on first use: constructing needs no engine
-            self._client = engine()
-        return self._client
+    def docker_client(self):
+        if self._docker_client is None:   # on first use: constructing needs no engine
+            self._docker_client = engine()
+        return self._docker_client
+
+    @docker_client.setter
+    def docker_client(self, client):
+        self._docker_client = client
+
+    @property
+    def public_hostname(self):            # 0.4.1's name
+        return self.public_host
+
+    @public_hostname.setter
+    def public_hostname(self, host):
+        self.public_host = host
 
     # ---- containers of this cluster ----
     def _containers(self, **labels):
         wanted = {CLIPPER_DOCKER_LABEL: self.cluster_name, **labels}
-        return self.client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in wanted.items()]})
+        return self.docker_client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in wanted.items()]})
 
     def _model_containers(self, name=None, version=None):
-        labels = {ROLE_LABEL: "model-container"}
+        labels = {ROLE_LABEL: MODEL_CONTAINER}
         if name is not None:
             labels[CLIPPER_MODEL_CONTAINER_LABEL] = create_model_container_label(name, version)
         return self._containers(**labels)
 
-    def _run(self, role, arguments, image=None, environment=None, labels=None, name=None):
+    def _run(self, launch, image=None, labels=None, name=None, device_requests=None):
+        """A container of ``launch`` (clipper.launch): a server runs the runtime image with the
+        launch's command and the cluster's volume; a model replica runs ``image`` as-is."""
         # As in 0.4.1, the user's extra_container_kwargs go to every container; labels and
         # environment are merged with ours, and what the cluster needs to work wins.
-        kwargs = {"restart_policy": {"Name": "unless-stopped"}, **self.extra_container_kwargs}
-        all_labels = {**kwargs.pop("labels", {}), CLIPPER_DOCKER_LABEL: self.cluster_name,
-                      ROLE_LABEL: role, RUNTIME_IMAGE_LABEL: self.runtime_image,
+        kwargs = {"restart_policy": {"Name": "unless-stopped"}, "log_config": self.log_config,
+                  **self.extra_container_kwargs}
+        all_labels = {**self.common_labels, ROLE_LABEL: launch.role, RUNTIME_IMAGE_LABEL: self.runtime_image,
                       **{label: str(port) for label, port in self._ports().items()}, **(labels or {})}
-        all_environment = {**_as_dict(kwargs.pop("environment", {})), **(environment or {})}
-        kwargs.update(name=f"{self.cluster_name}-{name or role}-{random.randint(0, 100000)}",
-                      labels=all_labels, environment=all_environment, network_mode="host", detach=True)
+        kwargs.update(name=f"{self.cluster_name}-{name or launch.role}-{random.randint(0, 100000)}",
+                      labels=all_labels, environment={**_as_dict(kwargs.get("environment", {})), **launch.env},
+                      network_mode="host", detach=True)
         kwargs.pop("network", None)        # host networking: no network to join
-        return self.client.containers.run(image or self.runtime_image, arguments, **kwargs)
+        if device_requests:
+            kwargs["device_requests"] = device_requests
+        if image is not None:
+            return self.docker_client.containers.run(image, **kwargs)
+        kwargs["volumes"] = {**kwargs.get("volumes", {}), self._state_volume(): {"bind": STATE_MOUNT, "mode": "rw"}}
+        return self.docker_client.containers.run(self.runtime_image, launch.image_command(), **kwargs)
 
     def _ports(self):
-        return {PORT_LABELS["redis"]: self.redis_port, PORT_LABELS["management"]: self.clipper_management_port,
-                PORT_LABELS["query"]: self.clipper_query_port, PORT_LABELS["rpc"]: self.clipper_rpc_port,
-                PORT_LABELS["metric"]: self.clipper_metric_port}
+        ports = {PORT_LABELS["management"]: self.clipper_management_port, PORT_LABELS["query"]: self.clipper_query_port,
+                 PORT_LABELS["rpc"]: self.clipper_rpc_port, PORT_LABELS["metric"]: self.clipper_metric_port}
+        if self.external_redis:
+            ports[PORT_LABELS["redis"]] = self.redis_port
+        return ports
+
+    def _state_volume(self):
+        """The cluster's volume, labelled as its containers are, so that stop_all finds it."""
+        name = f"clipper-{self.cluster_name}-state"
+        try:
+            self.docker_client.volumes.get(name)
+        except docker.errors.NotFound:
+            self.docker_client.volumes.create(name, labels={CLIPPER_DOCKER_LABEL: self.cluster_name})
+        return name
 
     @staticmethod
     def _remove(containers, graceful=True):
         for container in containers:
+            role = container.labels.get(ROLE_LABEL, MODEL_CONTAINER)
             try:
-                container.stop(timeout=STOP_GRACE_SECONDS if graceful else 0)
+                container.stop(timeout=round(recipe.STOP_GRACE_SECONDS.get(role, 0)) if graceful else 0)
                 container.remove(force=True)
             except docker.errors.NotFound:
                 pass                       # already gone
+            except docker.errors.APIError as error:
+                if error.status_code != CONFLICT:
+                    raise                  # a conflict: its removal is already under way
 
     # ---- cluster ----
     def start_clipper(self, query_frontend_image=None, mgmt_frontend_image=None,
@@ -139,69 +207,41 @@ class DockerContainerManager(ContainerManager):
             raise ClipperException(
                 f"Clipper cluster '{self.cluster_name}' is already running on the Docker engine. "
                 "Use connect() to use it, or stop it with: python closeClipper.py")
-        ports = self.serving_ports()
-        if self.redis_ip is None:
-            ports.append(("Redis", self.redis_port))
-        require_free_ports("127.0.0.1", ports)
-        self.runtime_image = ensure_runtime_image(self.client, self.base_image)
-        if self.admin_token is None:
-            self.admin_token = os.environ.get("CLIPPER_ADMIN_TOKEN", "")
-        # The token goes through the environment: command lines are visible to every user.
-        token = {ADMIN_TOKEN_VARIABLE: self.admin_token}
+        self._require_free_ports(LOOPBACK)
+        self.runtime_image = ensure_runtime_image(self.docker_client, self.base_image)
+        # Redis started here listens on a unix socket in the cluster's volume: it takes no
+        # host port, so a Redis of the user's own on 6379 (or another cluster's) is never in
+        # the way.
+        redis_url = f"redis://{self.redis_ip}:{self.redis_port}" if self.external_redis else REDIS_URL
+        config = self._cluster_config(cache_size, qf_http_timeout_content, LOOPBACK, redis_url).replace(
+            redis_dir=STATE_MOUNT)
+        launches = recipe.servers(config, embedded_redis=not self.external_redis)
         try:
-            redis_url = self._start_redis()
-            common = ["--host=127.0.0.1", f"--redis-url={redis_url}", f"--body-timeout={qf_http_timeout_content}",
-                      f"--max-body-size={self.max_body_size}"]
-            self._run("management-frontend",
-                      ["management-frontend", *common, f"--management-port={self.clipper_management_port}"],
-                      environment=token, labels={CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL: ""})
-            self._run("query-frontend",
-                      ["query-frontend", *common, f"--query-port={self.clipper_query_port}",
-                       f"--rpc-port={self.clipper_rpc_port}", f"--metrics-port={self.clipper_metric_port}",
-                       f"--cache-size={cache_size}"],
-                      environment=token, labels={CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL: ""})
-            self._wait_until_serving()
+            for launch in launches:
+                self._run(launch, labels={CLIPPER_ROLE_LABELS[launch.role]: ""}
+                          if launch.role in CLIPPER_ROLE_LABELS else None)
+            # Redis's socket is inside the volume: the frontends answer only once it does.
+            self._wait_until_serving([launch for launch in launches if launch.role != REDIS], self._start_failure)
         except BaseException:              # Ctrl-C or a failed start: leave nothing behind
             self.stop_all(graceful=False)
             raise
         logger.info("Clipper cluster '%s' started (Docker containers, image %s)",
                     self.cluster_name, self.runtime_image)
 
-    def _start_redis(self):
-        if self.redis_ip is not None:
-            return f"redis://{self.redis_ip}:{self.redis_port}"
-        if self.redis_image:
-            self._run("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port),
-                                "--appendonly", "yes", "--appendfsync", "always",
-                                "--notify-keyspace-events", "AKE"], image=self.redis_image)
-        else:
-            self._run("redis", ["redis", "--host=127.0.0.1", "--cluster-dir=/data",
-                                f"--redis-url=redis://127.0.0.1:{self.redis_port}"])
-        return f"redis://127.0.0.1:{self.redis_port}"
-
-    def _wait_until_serving(self):
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        for url in (f"http://127.0.0.1:{self.clipper_management_port}/admin/ping",
-                    f"http://127.0.0.1:{self.clipper_query_port}/metrics"):
-            while True:
-                try:
-                    if requests.get(url, timeout=2).ok:
-                        break
-                except requests.RequestException:
-                    pass
-                failing = [c for c in self._containers() if _restarts(c) >= FAILING_RESTARTS]
-                if failing or time.monotonic() > deadline:
-                    raise ClipperException("Clipper did not start.\n" + "\n".join(
-                        f"--- {c.name} ---\n{_log_tail(c)}" for c in (failing or self._containers())))
-                time.sleep(0.2)
+    def _start_failure(self):
+        """The logs of the containers Docker keeps restarting, if any."""
+        failing = [c for c in self._containers() if _restarts(c) >= FAILING_RESTARTS]
+        return "\n".join(f"--- {c.name} ---\n{_log_tail(c)}" for c in failing) or None
 
     def connect(self):
-        frontends = self._containers(**{ROLE_LABEL: "query-frontend"})
+        frontends = self._containers(**{ROLE_LABEL: QUERY_FRONTEND})
         if not frontends:
             raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' on the "
                                    "Docker engine. Start one with start_clipper().")
         labels = frontends[0].labels
-        self.redis_port = int(labels[PORT_LABELS["redis"]])
+        self.external_redis = PORT_LABELS["redis"] in labels
+        if self.external_redis:
+            self.redis_port = int(labels[PORT_LABELS["redis"]])
         self.clipper_management_port = int(labels[PORT_LABELS["management"]])
         self.clipper_query_port = int(labels[PORT_LABELS["query"]])
         self.clipper_rpc_port = int(labels[PORT_LABELS["rpc"]])
@@ -212,11 +252,27 @@ class DockerContainerManager(ContainerManager):
 
     def stop_all(self, graceful=True):
         containers = self._containers()
-        order = {"model-container": 0, "query-frontend": 1, "management-frontend": 1, "redis": 2}
-        self._remove(sorted(containers, key=lambda c: order.get(c.labels.get(ROLE_LABEL), 0)), graceful)
+        order = {MODEL_CONTAINER: 0, REDIS: 2}        # then the frontends, then Redis
+        self._remove(sorted(containers, key=lambda c: order.get(c.labels.get(ROLE_LABEL), 1)), graceful)
+        self._remove_volumes()
         if containers:
             logger.info("Stopped Clipper cluster '%s' (%d containers)", self.cluster_name, len(containers))
         return len(containers)
+
+    def _remove_volumes(self):
+        deadline = time.monotonic() + VOLUME_RELEASE_SECONDS
+        for volume in self.docker_client.volumes.list(filters={"label": f"{CLIPPER_DOCKER_LABEL}={self.cluster_name}"}):
+            while True:
+                try:
+                    volume.remove(force=True)
+                    break
+                except docker.errors.NotFound:
+                    break
+                except docker.errors.APIError as error:
+                    # In use until the engine has finished removing the cluster's containers.
+                    if error.status_code != CONFLICT or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
 
     def get_logs(self, logging_dir):
         os.makedirs(logging_dir, exist_ok=True)
@@ -234,28 +290,46 @@ class DockerContainerManager(ContainerManager):
         """An image ``[registry/]name:version`` of the runtime image plus the model directory.
         Clipper's closure base images are not used: the runtime image replaces them."""
         if self.runtime_image is None:
-            self.runtime_image = ensure_runtime_image(self.client, self.base_image)
+            self.runtime_image = ensure_runtime_image(self.docker_client, self.base_image)
         tag = f"{name}:{version}"
         if container_registry:
             tag = f"{container_registry}/{tag}"
-        return build_model_image(self.client, self.runtime_image, tag, model_data_path, pkgs_to_install)
+        return build_model_image(self.docker_client, self.runtime_image, tag, model_data_path, pkgs_to_install)
 
-    def deploy_model(self, name, version, input_type, image, num_replicas=1):
-        self.set_num_replicas(name, version, input_type, image, num_replicas)
+    def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
+        """Run ``image`` as-is, ``num_replicas`` times: one from ``build_model``, or any
+        container that speaks Clipper's RPC v3 and reads Clipper's environment variables."""
+        self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus)
 
     def get_num_replicas(self, name, version):
         return len(self._model_containers(name, version))
 
-    def set_num_replicas(self, name, version, input_type, image, num_replicas):
+    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
+        """New containers get ``num_gpus`` GPUs each as device requests, the least used first."""
         current = self._model_containers(name, version)
+        if num_gpus is None:
+            num_gpus = int(current[0].labels.get(GPUS_PER_REPLICA_LABEL, 0)) if current else 0
+        try:
+            devices = machine_gpus()
+            pick_devices(devices, num_gpus, Counter())
+        except ValueError as error:
+            raise ClipperException(f"Model {name}:{version}: {error}") from None
+        in_use = Counter(device for container in self._model_containers()
+                         for device in container.labels.get(GPUS_LABEL, "").split(",") if device)
         self._remove(current[num_replicas:])
-        environment = {"CLIPPER_MODEL_NAME": name, "CLIPPER_MODEL_VERSION": str(version),
-                       "CLIPPER_INPUT_TYPE": input_type, "CLIPPER_IP": "127.0.0.1",
-                       "CLIPPER_PORT": str(self.clipper_rpc_port)}
+        launch = recipe.model_container(Config(host=LOOPBACK, rpc_port=self.clipper_rpc_port),
+                                        name, version, input_type, model_path="")
+        # The image says where its model is (build_model's: /model), as in 0.4.1.
+        launch = dataclasses.replace(launch, env={key: value for key, value in launch.env.items()
+                                                  if key != MODEL_PATH_VARIABLE})
         for _ in range(num_replicas - len(current)):
-            self._run("model-container", ["model-container"], image=image, environment=environment,
-                      labels={CLIPPER_MODEL_CONTAINER_LABEL: create_model_container_label(name, version)},
-                      name=f"{name}_{version}")
+            chosen = pick_devices(devices, num_gpus, in_use)
+            in_use.update(chosen)
+            requests_ = [docker.types.DeviceRequest(device_ids=chosen, capabilities=[["gpu"]])] if chosen else None
+            self._run(launch, image=image, name=f"{name}_{version}",
+                      labels={CLIPPER_MODEL_CONTAINER_LABEL: create_model_container_label(name, version),
+                              GPUS_LABEL: ",".join(chosen), GPUS_PER_REPLICA_LABEL: str(num_gpus)},
+                      device_requests=requests_)
 
     def replica_failure(self, name, version):
         failing = [c for c in self._model_containers(name, version) if _restarts(c) >= FAILING_RESTARTS]
@@ -288,13 +362,17 @@ def _log_tail(container, lines=15):
     return container.logs(tail=lines).decode(errors="replace").rstrip()
 
 
-def stop_all_docker_clusters(graceful=True):
-    """Stop every Clipper cluster on the local Docker engine: ``[(cluster_name, containers)]``.
-    Without a reachable engine there is nothing to stop."""
+def stop_all_docker_clusters(graceful=True, names=None):
+    """Stop every Clipper cluster on the local Docker engine (or only those in ``names``):
+    ``[(cluster_name, containers)]``. Without a reachable engine there is nothing to stop."""
     try:
         client = engine()
     except ClipperException:
         return []
-    names = {c.labels[CLIPPER_DOCKER_LABEL]
+    # A cluster is its containers and its volume: either may be what is left of it.
+    found = {c.labels[CLIPPER_DOCKER_LABEL]
              for c in client.containers.list(all=True, filters={"label": CLIPPER_DOCKER_LABEL})}
-    return [(name, DockerContainerManager(cluster_name=name).stop_all(graceful)) for name in sorted(names)]
+    found |= {v.attrs["Labels"][CLIPPER_DOCKER_LABEL]
+              for v in client.volumes.list(filters={"label": CLIPPER_DOCKER_LABEL})}
+    return [(name, DockerContainerManager(cluster_name=name).stop_all(graceful))
+            for name in sorted(found) if names is None or name in names]

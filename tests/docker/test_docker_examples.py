@@ -3,12 +3,14 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 
 import docker.errors
 import pytest
 
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL
-from clipper_admin.docker.images import CLIENT_PYTHON
+from clipper_admin.docker.images import CLIENT_PYTHON, DEBIAN_RELEASE_OF_PYTHON
+from conftest import built_local_base
 from scripts import (RESPONSE_LINE, pyenv_python, run_script, start_script, venv_with_requirements,
                      wait_for_predictions)
 
@@ -16,11 +18,21 @@ from scripts import (RESPONSE_LINE, pyenv_python, run_script, start_script, venv
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 
+def docker_client_venv(python):
+    return venv_with_requirements(python, files=("requirements.txt", "requirements-docker.txt"))
+
+
 @pytest.fixture
-def engine_with_base(docker_client, base_image):
+def engine_with_base(engine, base_image):
     os.environ["CLIPPER_DOCKER_BASE_IMAGE"] = base_image
-    yield docker_client
+    yield engine
     os.environ.pop("CLIPPER_DOCKER_BASE_IMAGE")
+
+
+@pytest.fixture
+def engine(docker_client):
+    """The engine, checked for leftovers after the test."""
+    yield docker_client
     left = docker_client.containers.list(all=True, filters={"label": CLIPPER_DOCKER_LABEL})
     for container in left:          # so that one failure does not fail every later test
         container.remove(force=True)
@@ -71,8 +83,23 @@ def test_a_base_without_the_clients_python_is_refused_before_building(engine_wit
     python = pyenv_python(other)
     if python is None:
         pytest.skip(f"Python {other} is not installed (pyenv versions)")
-    result = run_script("basicQuerySimplified.py", "--backend", "docker", python=venv_with_requirements(python))
+    result = run_script("basicQuerySimplified.py", "--backend", "docker", python=docker_client_venv(python))
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"Error: The base image {base_image} has Python {CLIENT_PYTHON}, but this client runs Python {other}: "
         "models are cloudpickled"), result.stderr
+
+
+@pytest.mark.parametrize("python", sorted(DEBIAN_RELEASE_OF_PYTHON))
+def test_offline_a_client_on_each_debian_python_uses_its_local_base_without_a_pull(engine, python):
+    """No Docker Hub here: the client's Python gets its Debian base, and no run waits on a pull."""
+    client = sys.executable if python == CLIENT_PYTHON else pyenv_python(python)
+    if client is None:
+        pytest.skip(f"Python {python} is not installed (pyenv versions)")
+    built_local_base(python)
+    environment = {key: value for key, value in os.environ.items() if key != "CLIPPER_DOCKER_BASE_IMAGE"}
+    result = run_script("basicQuerySimplified.py", "--backend", "docker", timeout=600, env=environment,
+                        python=client if python == CLIENT_PYTHON else docker_client_venv(client))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sum(bool(RESPONSE_LINE.match(line)) for line in result.stdout.splitlines()) == 1, result.stdout
+    assert "Pulling base image" not in result.stderr

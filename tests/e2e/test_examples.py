@@ -1,6 +1,4 @@
 """The three example scripts, run exactly as the README says, as subprocesses."""
-import signal
-
 from conftest import processes_under
 from scripts import RESPONSE_LINE, assert_nothing_left, run_script, start_script, wait_for_predictions
 
@@ -13,20 +11,6 @@ def test_basic_query_simplified_prints_one_prediction_and_cleans_up(clipper_stat
     predictions = [line for line in lines if RESPONSE_LINE.match(line)]
     assert len(predictions) == 1, result.stdout
     assert predictions[0].startswith("""'{"query_id":0,"output":""")
-    assert_nothing_left(clipper_state_dir)
-
-
-def test_basic_query_stops_cleanly_on_ctrl_c(clipper_state_dir):
-    process = start_script("basicQuery.py")
-    try:
-        wait_for_predictions(process, 3)
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 0, stderr
-    assert "Traceback" not in stderr
-    assert "stopping Clipper" in stdout
     assert_nothing_left(clipper_state_dir)
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from scripts import RESPONSE_LINE, ROOT, assert_nothing_left, venv_with_requirements
+from scripts import RESPONSE_LINE, ROOT, assert_nothing_left, skip_if_offline, venv_with_requirements
 
 PORTS = ["--query-port=21337", "--management-port=21338", "--rpc-port=27000", "--metric-port=21390"]
 
@@ -17,8 +17,7 @@ def installed(tmp_path_factory):
     python = venv_with_requirements(sys.executable)
     install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
                               str(ROOT)], capture_output=True, text=True)
-    if install.returncode != 0 and "No matching distribution found for setuptools" in install.stderr:
-        pytest.skip("pip install . needs setuptools from the package index, which is unreachable")
+    skip_if_offline(install, "install the build backend (setuptools)")
     assert install.returncode == 0, install.stderr[-2000:]
     return python
 
@@ -51,7 +50,7 @@ def test_clipper_command_starts_reports_and_stops_a_cluster(installed, tmp_path,
         assert again.returncode == 1 and "already running" in again.stderr
     finally:
         stopped = run([clipper, "stop", "--cluster-name=cli"], tmp_path)
-    assert stopped.returncode == 0 and "Stopped cluster 'cli'" in stopped.stdout
+    assert stopped.returncode == 0 and "Stopped Clipper cluster 'cli'" in stopped.stdout
     missing = run([clipper, "status", "--cluster-name=cli"], tmp_path)
     assert missing.returncode == 1 and "No running Clipper cluster named 'cli'" in missing.stderr
     assert_nothing_left(clipper_state_dir)

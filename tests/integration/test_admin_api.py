@@ -176,7 +176,8 @@ def test_build_model_then_deploy_model(conn, tmp_path):
     assert os.path.isfile(os.path.join(image, "func.pkl"))
     conn.deploy_model("built", 1, "doubles", image, num_replicas=2)
     assert len(replicas_of(conn, "built", 1)) == 2
-    with pytest.raises(ClipperException, match="model directories holding func.pkl"):
+    with pytest.raises(ClipperException, match="a model's image is a model directory holding func.pkl .*"
+                                               "To run a Docker image, use DockerContainerManager"):
         conn.deploy_model("built", 2, "doubles", "some/docker-image:1")
 
 

@@ -1,0 +1,72 @@
+"""deployers.tensorflow: a tf.Module and a TF1-style session built here, served over REST."""
+import json
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed (pip install -r requirements-tensorflow.txt)")
+
+from clipper_admin import ClipperException  # noqa: E402
+from clipper_admin.deployers import tensorflow as tf_deployer  # noqa: E402
+from deployer_checks import SLO_MICROS, assert_serves  # noqa: E402
+
+INPUTS = np.random.default_rng(5).normal(size=(6, 3)).round(3).tolist()
+WEIGHTS = np.array([[0.5, -1.0], [2.0, 0.25], [-0.75, 1.5]])
+
+
+class Affine(tf.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = tf.Variable(WEIGHTS, dtype=tf.float64)
+        self.b = tf.Variable([0.1, -0.2], dtype=tf.float64)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float64)])
+    def __call__(self, x):
+        return tf.nn.sigmoid(tf.matmul(x, self.w) + self.b)
+
+
+def predict(model, inputs):
+    return [json.dumps(row) for row in model(tf.constant(np.stack(inputs))).numpy().tolist()]
+
+
+def test_a_tf_module_is_saved_as_a_savedmodel_and_served(clipper_conn):
+    module = Affine()
+    tf_deployer.create_endpoint(clipper_conn, "tf-module", "doubles", predict, module,
+                                slo_micros=SLO_MICROS)
+    assert_serves(clipper_conn, "tf-module", INPUTS, module(tf.constant(INPUTS, tf.float64)).numpy())
+
+
+def test_a_savedmodel_directory_is_served(clipper_conn, tmp_path):
+    module = Affine()
+    tf.saved_model.save(module, str(tmp_path / "saved"))
+    tf_deployer.create_endpoint(clipper_conn, "tf-saved", "doubles", predict, str(tmp_path / "saved"),
+                                slo_micros=SLO_MICROS)
+    assert_serves(clipper_conn, "tf-saved", INPUTS, module(tf.constant(INPUTS, tf.float64)).numpy())
+
+
+def session_predict(sess, inputs):
+    # 0.4.1's style: tensors by name in the session's graph.
+    preds = sess.run("probabilities:0", feed_dict={"pixels:0": np.stack(inputs)})
+    return [json.dumps(row) for row in preds.tolist()]
+
+
+def test_a_tf1_session_is_saved_and_served_in_a_session(clipper_conn):
+    graph = tf.Graph()
+    with graph.as_default():
+        pixels = tf.compat.v1.placeholder(tf.float64, [None, 3], name="pixels")
+        weights = tf.compat.v1.Variable(WEIGHTS, name="weights")
+        tf.nn.softmax(tf.matmul(pixels, weights), name="probabilities")
+        initialize = tf.compat.v1.global_variables_initializer()
+    sess = tf.compat.v1.Session(graph=graph)
+    sess.run(initialize)
+    expected = session_predict(sess, INPUTS)
+    tf_deployer.create_endpoint(clipper_conn, "tf-session", "doubles", session_predict, sess,
+                                slo_micros=SLO_MICROS)
+    assert_serves(clipper_conn, "tf-session", INPUTS, [json.loads(e) for e in expected])
+
+
+def test_a_frozen_graph_alone_gets_a_clear_error(clipper_conn, tmp_path):
+    (tmp_path / "frozen.pb").write_bytes(b"")
+    with pytest.raises(ClipperException, match="SavedModel directory"):
+        tf_deployer.deploy_tensorflow_model(clipper_conn, "frozen", 1, "doubles", predict,
+                                            str(tmp_path / "frozen.pb"))

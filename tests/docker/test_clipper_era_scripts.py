@@ -1,0 +1,135 @@
+"""What Clipper-era scripts do on the Docker backend: several clusters on one machine (and a
+Redis of the user's own on 6379), a model image of the user's own, 0.4.1's attributes and
+names, and the engine's exception type for a taken port."""
+import contextlib
+import io
+import socket
+import tarfile
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+import requests
+
+from clipper_admin import ClipperConnection, ClipperException, DockerContainerManager, LocalContainerManager
+from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL
+from clipper_admin.docker.images import pip_ca_bundle
+from conftest import ROOT, port_open
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
+# Only the query, management and RPC ports are given, as a 0.4.1 script gives them; the
+# metrics port and Redis must not need any more.
+SIDE_A = dict(clipper_query_port=32337, clipper_management_port=32338, clipper_rpc_port=32700)
+SIDE_B = dict(clipper_query_port=33337, clipper_management_port=33338, clipper_rpc_port=33700)
+LOCAL = dict(clipper_query_port=34337, clipper_management_port=34338, clipper_rpc_port=34700)
+RPC_IMAGE = "clipper-test/rpc-container:1"
+
+
+@contextlib.contextmanager
+def users_own_redis_port():
+    """127.0.0.1:6379 taken, as by a Redis of the user's own (or already taken by one)."""
+    with socket.socket() as listener:
+        with contextlib.suppress(OSError):
+            listener.bind(("127.0.0.1", 6379))
+            listener.listen()
+        assert port_open(6379)
+        yield
+
+
+@pytest.fixture(scope="module")
+def side_by_side(docker_client, base_image):
+    """Two Docker clusters and a local one at once."""
+    started = []
+    with users_own_redis_port():
+        try:
+            for name, ports in (("side-a", SIDE_A), ("side-b", SIDE_B)):
+                started.append(ClipperConnection(DockerContainerManager(cluster_name=name, base_image=base_image,
+                                                                        **ports)))
+                started[-1].start_clipper()
+            started.append(ClipperConnection(LocalContainerManager(cluster_name="side-local", **LOCAL)))
+            started[-1].start_clipper()
+            yield dict(zip(("a", "b", "local"), started))
+        finally:
+            for conn in started:
+                conn.stop_all(graceful=False)
+
+
+def test_two_docker_clusters_and_a_local_one_run_side_by_side(side_by_side):
+    for conn in side_by_side.values():
+        metrics = requests.get(f"http://{conn.get_metric_addr()}/metrics", timeout=10)
+        assert metrics.status_code == 200 and "# TYPE" in metrics.text
+    assert {key: conn.get_metric_addr() for key, conn in side_by_side.items()} == {
+        "a": "localhost:32390", "b": "localhost:33390", "local": "localhost:34390"}
+    # Each has its own Redis: what one registers, the others do not see.
+    side_by_side["a"].register_application("only-in-a", "doubles", "0", 100000)
+    assert [app["name"] for app in side_by_side["a"].get_all_apps(verbose=True)] == ["only-in-a"]
+    assert side_by_side["b"].get_all_apps() == [] and side_by_side["local"].get_all_apps() == []
+
+
+def test_a_taken_port_raises_what_clipper_era_code_catches(side_by_side, docker_client, base_image):
+    clashing = ClipperConnection(DockerContainerManager(cluster_name="side-clash", base_image=base_image,
+                                                        clipper_query_port=SIDE_A["clipper_query_port"],
+                                                        clipper_management_port=35338, clipper_rpc_port=35700))
+    with pytest.raises(docker.errors.APIError) as raised:      # as 0.4.1's engine error was
+        clashing.start_clipper()
+    assert isinstance(raised.value, ClipperException)
+    assert str(raised.value) == raised.value.msg == (
+        "Port 32337 (query frontend) is already in use on 127.0.0.1. Stop whatever uses it, e.g. "
+        "another Clipper cluster with: python closeClipper.py")
+    assert not docker_client.containers.list(all=True, filters={"label": f"{CLIPPER_DOCKER_LABEL}=side-clash"})
+
+
+def test_0_4_1_attributes_and_get_clipper_logs(side_by_side, tmp_path):
+    manager = DockerContainerManager(cluster_name="side-a", use_centralized_log=True, redis_ip="10.0.0.9",
+                                     extra_container_kwargs={"labels": {"team": "x"}}, **SIDE_A)
+    assert manager.centralize_log is True and DockerContainerManager().centralize_log is False
+    assert isinstance(manager.docker_client, docker.DockerClient)
+    assert (manager.public_hostname, manager.redis_ip, manager.external_redis, manager.redis_port,
+            manager.prometheus_port, manager.docker_network, manager.cluster_identifier) == (
+        "localhost", "10.0.0.9", True, 6379, 9090, "clipper_network", "side-a")
+    assert manager.common_labels == {"team": "x", CLIPPER_DOCKER_LABEL: "side-a"}
+    assert manager.extra_container_kwargs == {} and manager.logging_system_instance is None
+    conn = ClipperConnection(manager)
+    conn.connect()
+    logs = conn.get_clipper_logs(logging_dir=str(tmp_path))
+    assert len(logs) == 3 and all(Path(path).stat().st_size > 0 for path in logs)
+
+
+def build_rpc_image(client, base_image):
+    """An image as a user builds one: their own container script on a plain Python base."""
+    files = {"Dockerfile": (
+        f"FROM {base_image}\n"
+        "RUN python3 -m venv /venv\n"
+        "COPY pip-ca.cr[t] clipper_rpc.py rpc_container.py /rpc/\n"
+        "RUN if [ -f /rpc/pip-ca.crt ]; then export PIP_CERT=/rpc/pip-ca.crt; fi; /venv/bin/pip install -q pyzmq\n"
+        'CMD ["/venv/bin/python", "/rpc/rpc_container.py"]\n').encode(),
+        "clipper_rpc.py": (ROOT / "tests" / "compat" / "clipper_rpc.py").read_bytes(),
+        "rpc_container.py": (ROOT / "tests" / "docker" / "rpc_container.py").read_bytes()}
+    if pip_ca_bundle():
+        files["pip-ca.crt"] = pip_ca_bundle().read_bytes()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    context.seek(0)
+    client.images.build(fileobj=context, custom_context=True, tag=RPC_IMAGE, network_mode="host", rm=True)
+
+
+def test_deploy_model_runs_the_users_own_image_with_clippers_environment(side_by_side, docker_client, base_image):
+    build_rpc_image(docker_client, base_image)
+    conn = side_by_side["b"]
+    try:
+        conn.register_application("own-image", "doubles", "default", 2_000_000)
+        conn.deploy_model("own-image", 3, "doubles", RPC_IMAGE, num_replicas=2)
+        conn.link_model_to_app("own-image", "own-image")
+        response = requests.post(f"http://{conn.get_query_addr()}/own-image/predict",
+                                 json={"input": [1.5, 2.0]}, timeout=10)
+        assert response.json()["output"] == "own-image:3:3.5", response.text
+        assert conn.get_num_replicas("own-image", 3) == 2
+        assert len(conn.get_all_model_replicas()) == 2
+    finally:
+        conn.stop_all_model_containers()
+        docker_client.images.remove(RPC_IMAGE, force=True)

@@ -1,0 +1,60 @@
+"""The example scripts' arguments: help and mistakes start and stop nothing; closeClipper.py
+stops only what it is asked to."""
+import os
+
+import pytest
+
+from conftest import local_cluster, processes_under
+from scripts import run_script
+
+# A cluster of the user's own that no --help or typo may touch, on ports of its own.
+BYSTANDER_PORTS = dict(query_port=1437, management_port=1438, rpc_port=7100, metric_port=1490)
+
+
+@pytest.fixture(scope="module")
+def bystander():
+    with local_cluster("bystander", **BYSTANDER_PORTS) as conn:
+        yield conn
+
+
+@pytest.mark.parametrize("script", ["basicQuerySimplified.py", "basicQuery.py", "closeClipper.py"])
+def test_help_starts_and_stops_nothing(script, bystander, clipper_state_dir):
+    before = {p.pid for p in processes_under(clipper_state_dir)}
+    result = run_script(script, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: {script}") and "--backend" in result.stdout
+    assert {p.pid for p in processes_under(clipper_state_dir)} == before
+
+
+@pytest.mark.parametrize("script", ["basicQuerySimplified.py", "basicQuery.py", "closeClipper.py"])
+def test_an_unknown_argument_is_an_error(script, bystander, clipper_state_dir):
+    before = {p.pid for p in processes_under(clipper_state_dir)}
+    result = run_script(script, "--clustr", "x")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --clustr x" in result.stderr and "Traceback" not in result.stderr
+    assert {p.pid for p in processes_under(clipper_state_dir)} == before
+
+
+def test_an_invalid_clipper_backend_is_an_error(bystander, clipper_state_dir):
+    before = {p.pid for p in processes_under(clipper_state_dir)}
+    result = run_script("basicQuerySimplified.py", env={**os.environ, "CLIPPER_BACKEND": "dokcer"})
+    assert result.returncode == 2
+    assert "CLIPPER_BACKEND='dokcer' is not a backend; use one of: local, docker" in result.stderr
+    assert {p.pid for p in processes_under(clipper_state_dir)} == before
+
+
+def test_close_clipper_stops_only_the_named_cluster_or_backend(bystander, clipper_state_dir):
+    with local_cluster("target"):
+        assert run_script("closeClipper.py", "--backend", "docker").stdout.strip() \
+            == "No Clipper cluster is running."
+        result = run_script("closeClipper.py", "--cluster", "target")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("Stopped Clipper cluster 'target' (")
+        assert len(result.stdout.splitlines()) == 1, result.stdout
+        assert not (clipper_state_dir / "target").exists()
+        assert bystander.get_all_apps() == [], "the other cluster should still answer"
+        again = run_script("closeClipper.py", "--cluster", "target")
+        assert again.stdout.strip() == "No Clipper cluster named 'target' is running."
+    result = run_script("closeClipper.py", "--backend", "local")
+    assert result.stdout.startswith("Stopped Clipper cluster 'bystander' (")
+    assert not processes_under(clipper_state_dir)
