@@ -12,7 +12,9 @@ classifies a batch. The reference is that same function called directly on batch
 same size on the same device (bare PyTorch, no serving). Reported: images/s, p50/p99
 latency per request (per batch for bare PyTorch), the ratio ours/bare at each batch size,
 and adaptive batching against batch size 1. Needs torch, torchvision and this project's
-requirements.txt.
+requirements.txt; for a GPU machine without a package index, carry the wheels:
+``pip download -d wheels -r requirements.txt`` here (same Python and platform), then
+``pip install --no-index --find-links wheels -r requirements.txt`` there.
 """
 import argparse
 import asyncio

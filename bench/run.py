@@ -6,7 +6,7 @@
 Load comes from wrk (Debian's package) on loopback; every server listens on 127.0.0.1.
 Every scenario is measured in the same run on the same machine:
 - floors: an HTTP server that parses the same JSON and sums it, bare (uvloop + httptools) and
-  on aiohttp (our HTTP stack), the latter on uvloop and on asyncio (why we run uvloop);
+  on aiohttp (the management API's HTTP stack), the latter on uvloop and on asyncio;
 - the peer: Ray Serve with the same function, default and throughput-optimized (skipped,
   saying so, when its venv is missing);
 - our cluster with the sum-model (a Python closure, 200 doubles): cache off, cache on

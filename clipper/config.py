@@ -49,14 +49,18 @@ class Config:
     cache_size: int = setting(DEFAULT_CACHE_SIZE, QUERY_FRONTEND)   # bytes; 0 disables the cache
     max_body_size: int = setting(4 * 1024 * 1024, *FRONTENDS)  # largest request body, bytes
     body_timeout: float = setting(300.0, *FRONTENDS)      # seconds to receive a request body
+    header_timeout: float = setting(10.0, QUERY_FRONTEND)  # seconds to receive a request's headers
+    max_batch_size: int = setting(10_000, QUERY_FRONTEND)  # most inputs in one input_batch
     admin_token: str = setting("", *FRONTENDS)            # if set, /admin calls need this bearer token
     redis_timeout: float = setting(2.0, MANAGEMENT_FRONTEND)  # seconds for any of its Redis calls
     replica_timeout: float = setting(30.0, QUERY_FRONTEND)  # silence before a replica is dropped
-    # RPC authentication (CURVE keys, Z85; see clipper.rpc.auth); empty: the RPC port is open
+    # RPC authentication (CURVE keys, Z85; see clipper.rpc.auth); empty: the RPC port is open.
+    # The query frontend also holds the containers' keys, so that a backend can read them
+    # from it when it starts a replica later (the Docker backend does).
     rpc_server_secret_key: str = setting("", QUERY_FRONTEND)
     rpc_client_public_key: str = setting("", QUERY_FRONTEND)   # the only key the frontend admits
-    rpc_server_public_key: str = setting("", MODEL_CONTAINER)
-    rpc_client_secret_key: str = setting("", MODEL_CONTAINER)
+    rpc_server_public_key: str = setting("", MODEL_CONTAINER, QUERY_FRONTEND)
+    rpc_client_secret_key: str = setting("", MODEL_CONTAINER, QUERY_FRONTEND)
     # model container
     model_name: str = setting("", MODEL_CONTAINER)
     model_version: str = setting("", MODEL_CONTAINER)

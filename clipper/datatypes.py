@@ -1,8 +1,6 @@
 """Clipper's five input types: their RPC codes, names and memory layouts."""
 import enum
 
-import numpy as np
-
 
 class InputType(enum.IntEnum):
     """Codes as sent in RPC frames (Clipper's ``DataType`` enum)."""
@@ -20,8 +18,11 @@ class InputType(enum.IntEnum):
 
     @property
     def numpy_dtype(self):
-        """Element type a model container sees (bytes arrive as signed int8, as in Clipper)."""
-        return _NUMPY_DTYPES[self]
+        """Element type a model container sees (bytes arrive as signed int8, as in Clipper).
+        numpy is imported here, not above: the frontends never need it (14 MiB each)."""
+        import numpy as np
+        code = _NUMPY_DTYPES[self]
+        return None if code is None else np.dtype(code)
 
     @classmethod
     def parse(cls, name: str) -> "InputType":
@@ -43,10 +44,10 @@ _CANONICAL = {
 }
 
 _NUMPY_DTYPES = {
-    InputType.BYTES: np.dtype(np.int8),
-    InputType.INTS: np.dtype("<i4"),
-    InputType.FLOATS: np.dtype("<f4"),
-    InputType.DOUBLES: np.dtype("<f8"),
+    InputType.BYTES: "i1",
+    InputType.INTS: "<i4",
+    InputType.FLOATS: "<f4",
+    InputType.DOUBLES: "<f8",
     InputType.STRINGS: None,
 }
 

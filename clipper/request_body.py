@@ -1,12 +1,16 @@
 """Reading a request body safely: JSON content type, bounded size, bounded time.
 
-Shared by both frontends; each turns BodyError into its own error format.
+The content-type check is shared by both frontends; ``read_json_body`` is the management
+frontend's (aiohttp); the query frontend's HTTP layer reads bodies itself. Each API renders
+a BodyError in its own format.
 """
 import asyncio
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Optional, Union
 
 from clipper.errors import RequestError
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 JSON_MEDIA_TYPES = ("application/json",)
 
@@ -16,14 +20,22 @@ class BodyError(RequestError):
         super().__init__(message, status=status)
 
 
-async def read_json_body(request: web.Request, timeout: float) -> bytes:
-    """The raw body of a JSON request, or BodyError with a 4xx status that says what to fix."""
-    media_type = request.content_type
-    # aiohttp reports a missing Content-Type as application/octet-stream.
-    if "Content-Type" in request.headers and not (
-            media_type in JSON_MEDIA_TYPES or media_type.endswith("+json")):
+def check_json_media_type(content_type: Optional[Union[str, bytes]]) -> None:
+    """Refuse (415) a body that says it is not JSON; a body that says nothing is read as JSON."""
+    if content_type is None:
+        return
+    if isinstance(content_type, bytes):
+        content_type = content_type.decode("latin-1")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if not (media_type in JSON_MEDIA_TYPES or media_type.endswith("+json")):
         raise BodyError(415, f"Content-Type {media_type} is not supported: send JSON with "
                              "Content-Type: application/json")
+
+
+async def read_json_body(request: "web.Request", timeout: float) -> bytes:
+    """The raw body of a JSON request, or BodyError with a 4xx status that says what to fix."""
+    from aiohttp import web      # only the management frontend reads bodies through aiohttp
+    check_json_media_type(request.headers.get("Content-Type"))
     try:
         return await asyncio.wait_for(request.read(), timeout)
     except web.HTTPRequestEntityTooLarge:

@@ -1,11 +1,9 @@
-"""Run an aiohttp application until SIGTERM/SIGINT; one clear line if the port is taken."""
+"""Run a server until SIGTERM/SIGINT; one clear line if the port is taken."""
 import asyncio
 import errno
 import logging
 import signal
-from typing import Callable
-
-from aiohttp import web
+from typing import Awaitable, Callable
 
 from clipper import eventloop
 from clipper.config import is_loopback
@@ -20,16 +18,14 @@ def warn_if_exposed(host: str, role: str) -> None:
                     role, host)
 
 
-async def _serve(build_app: Callable[[], web.Application], host: str, port: int, role: str) -> None:
+async def serve_until_stopped(start: Callable[[], Awaitable[object]], host: str, port: int,
+                              role: str) -> None:
+    """``await start()`` begins serving and returns what to ``await stop()`` on SIGTERM/SIGINT;
+    a port already in use ends the process with one clear line."""
     warn_if_exposed(host, role)
-    app = build_app()
-    # Idle keep-alive connections are closed after a minute, not aiohttp's hour.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=60)
-    await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, backlog=1024).start()
+        server = await start()
     except OSError as error:
-        await runner.cleanup()
         if error.errno == errno.EADDRINUSE:
             raise SystemExit(f"{role}: port {port} on {host} is already in use "
                              "(is another Clipper cluster running? stop it with: python closeClipper.py)")
@@ -41,10 +37,12 @@ async def _serve(build_app: Callable[[], web.Application], host: str, port: int,
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
     log.info("%s stopping", role)
-    await runner.cleanup()
+    await server.stop()
 
 
-def serve(build_app: Callable[[], web.Application], host: str, port: int, role: str) -> None:
-    """``build_app`` runs inside the loop: on Python 3.9, queues and events made before it
-    starts are bound to another loop."""
-    eventloop.run(_serve(build_app, host, port, role))
+def serve(build_app, host: str, port: int, role: str) -> None:
+    """Serve an aiohttp application; ``build_app`` runs inside the loop (on Python 3.9, queues
+    and events made before it starts are bound to another loop). aiohttp is imported only
+    here: the query frontend does without it."""
+    from clipper.aiohttp_runner import start
+    eventloop.run(serve_until_stopped(lambda: start(build_app, host, port), host, port, role))

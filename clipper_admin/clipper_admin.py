@@ -35,10 +35,10 @@ def _check_name(kind, value):
             "'[a-z0-9]([-a-z0-9]*[a-z0-9])?\\Z')")
 
 
-def _gpus_if_asked(num_gpus):
-    """GPUs reach the backend only when asked for, so a ContainerManager written for
-    0.4.1's interface (no num_gpus) keeps working."""
-    return {} if num_gpus in (None, 0) else {"num_gpus": num_gpus}
+def _gpus_if_asked(num_gpus, default):
+    """GPUs reach the backend only when asked for (not the call's default), so a
+    ContainerManager written for 0.4.1's interface (no num_gpus) keeps working."""
+    return {} if num_gpus == default else {"num_gpus": num_gpus}
 
 
 def _check_gpus(num_gpus):
@@ -353,7 +353,7 @@ class ClipperConnection(object):
         if self.get_model_info(name, version) is not None:
             raise ClipperException(f"model with name '{name}' and version '{version}' already exists")
         self.cm.deploy_model(name=name, version=version, input_type=input_type, image=image,
-                             num_replicas=num_replicas, **_gpus_if_asked(num_gpus))
+                             num_replicas=num_replicas, **_gpus_if_asked(num_gpus, 0))
         self.register_model(name, version, input_type, image=image, labels=labels,
                             batch_size=batch_size)
         self._wait_for_replicas(name, version, num_replicas)
@@ -408,7 +408,7 @@ class ClipperConnection(object):
         if info["container_name"] == CONTAINERLESS_MODEL_IMAGE:
             raise ClipperException(f"Cannot resize the replica set for containerless model {name}:{version}")
         self.cm.set_num_replicas(name, version, info["input_type"], info["container_name"], num_replicas,
-                                 **_gpus_if_asked(num_gpus))
+                                 **_gpus_if_asked(num_gpus, None))
         self._wait_for_replicas(name, version, num_replicas)
 
     def get_all_models(self, verbose=False):

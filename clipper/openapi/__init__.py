@@ -1,8 +1,6 @@
 """OpenAPI descriptions of the two REST APIs, kept here as JSON and served at /openapi.json."""
 from pathlib import Path
 
-from aiohttp import web
-
 HERE = Path(__file__).resolve().parent
 
 
@@ -11,7 +9,10 @@ def document(api: str) -> bytes:
     return (HERE / f"{api}.json").read_bytes()
 
 
-def route(api: str) -> web.RouteDef:
+def route(api: str):
+    """The aiohttp route of the management API's description (the query frontend serves
+    its own without aiohttp)."""
+    from aiohttp import web
     body = document(api)
 
     async def serve(_request: web.Request) -> web.Response:

@@ -7,10 +7,11 @@ itself, on the metrics port (1390, the exporter's port).
 """
 import re
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
 
+from clipper.errors import RequestError
+from clipper.query_frontend import http
 from clipper.query_frontend.metrics import MetricsRegistry
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
@@ -37,14 +38,21 @@ class ClipperCollector:
                                                 value=number)
 
 
-def build_app(metrics: MetricsRegistry) -> web.Application:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClipperCollector(metrics))
+class PrometheusApp(http.Application):
+    """GET /metrics on the metrics port, served by the query frontend's own HTTP layer."""
 
-    async def scrape(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+    def __init__(self, metrics: MetricsRegistry):
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ClipperCollector(metrics))
 
-    app = web.Application()
-    app.add_routes([web.get("/metrics", scrape)])
-    return app
+    def handle(self, request: http.Request) -> http.Response:
+        if request.path != "/metrics":
+            raise RequestError(f"No route {request.method} {request.path}: metrics are GET /metrics", 404)
+        if request.method not in ("GET", "HEAD"):
+            raise RequestError(f"{request.method} is not allowed on /metrics: use GET, HEAD", 405,
+                               headers={"Allow": "GET, HEAD"})
+        return http.Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST.encode())
+
+    def render_error(self, error: RequestError, request) -> http.Response:
+        headers = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in error.headers.items())
+        return http.Response(error.status, error.message.encode(), b"text/plain; charset=utf-8", headers)

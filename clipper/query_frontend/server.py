@@ -1,29 +1,31 @@
 """The query frontend: REST predictions in, batches to model containers out.
 
 Nothing on the prediction path touches Redis or blocks the event loop; the cluster view
-is kept current in the background (state.py) and consulted in memory.
+is kept current in the background (state.py) and consulted in memory. HTTP is served by
+http.py (llhttp through httptools); every handler error is rendered by ``render_error``.
 """
 import asyncio
+import contextlib
 import itertools
 import logging
-from typing import Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import orjson
-from aiohttp import web
 
-from clipper import openapi
+from clipper import eventloop, openapi, server_runner
 from clipper.config import Config
 from clipper.datatypes import InputType
-from clipper.query_frontend import prometheus
+from clipper.errors import RequestError
+from clipper.query_frontend import http, prometheus
 from clipper.query_frontend.cache import PredictionCache
 from clipper.query_frontend.dispatch import Batch, DeadlineExpired, Dispatcher, ModelError, Task
 from clipper.query_frontend.metrics import METER_TICK_SECONDS, MetricsRegistry
 from clipper.query_frontend.rpc_server import RpcServer
-from clipper.query_frontend.state import ModelId, StateFollower
+from clipper.query_frontend.state import ClusterView, ModelId, StateFollower
 from clipper.redis_schema import App, Container, Model
-from clipper.request_body import BodyError, read_json_body
+from clipper.request_body import check_json_media_type
 from clipper.rest import responses
-from clipper.rest.inputs import InputError, load_json_object, parse_predict_body
+from clipper.rest.inputs import InputError, PredictRequest, load_json_object, parse_predict_body
 from clipper.store import Store
 
 log = logging.getLogger("clipper.query_frontend")
@@ -37,6 +39,10 @@ UPDATE_SCHEMA = """
 """
 
 Scheduled = Union[None, bytes, asyncio.Future]   # no model / cached output / pending output
+# Inputs scheduled per turn of the event loop: a batch of thousands is scheduled in slices,
+# so that the queries of other clients are served in between.
+SCHEDULE_SLICE = 500
+KEEPALIVE_TIMEOUT = 60.0     # idle keep-alive connections are closed after a minute
 
 
 class ReplicaRegistry:
@@ -75,7 +81,7 @@ class ReplicaRegistry:
                 log.warning("could not record replicas in Redis: %s", error)
 
 
-class QueryFrontend:
+class QueryFrontend(http.Application):
     def __init__(self, config: Config):
         self.config = config
         self.store = Store(config.redis_url)
@@ -86,16 +92,19 @@ class QueryFrontend:
         self.follower = StateFollower(self.store, self._on_model_change, self.registry.resync)
         self.query_ids = itertools.count()
         self.dispatcher: Optional[Dispatcher] = None
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self._description = openapi.document("query")
         self._predictions = self.metrics.counter("internal:aggregate_num_predictions")
         self._throughput = self.metrics.meter("internal:aggregate_model_throughput")
         self._cache_lookups = self.metrics.counter("internal:prediction_cache_lookups")
         self._cache_hit_ratio = self.metrics.ratio("internal:prediction_cache_hit_ratio")
 
     # ---- lifecycle ----
-    async def background(self, app: web.Application):
-        """aiohttp cleanup context: start the RPC server and state follower, stop them after."""
-        loop = asyncio.get_running_loop()
-        self.dispatcher = Dispatcher(self.rpc.send_batch, loop.time, self._on_batch)
+    @contextlib.asynccontextmanager
+    async def running(self):
+        """Start the RPC server and the state follower; stop them after."""
+        self.loop = asyncio.get_running_loop()
+        self.dispatcher = Dispatcher(self.rpc.send_batch, self.loop.time, self._on_batch)
         self.rpc.attach(self.dispatcher)
         self.rpc.bind()
         await self.store.clear_containers()   # replicas of an earlier frontend must reconnect
@@ -103,21 +112,23 @@ class QueryFrontend:
                  (self.rpc.run(), self.follower.run(), self.registry.run(), self._tick_meters())]
         await asyncio.wait_for(self.follower.wait_ready(), timeout=30)
         prometheus = await self._serve_prometheus()
-        yield
-        if prometheus is not None:
-            await prometheus.cleanup()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self.store.close()
+        try:
+            yield
+        finally:
+            if prometheus is not None:
+                await prometheus.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.store.close()
 
-    async def _serve_prometheus(self) -> Optional[web.AppRunner]:
+    async def _serve_prometheus(self) -> Optional[http.Server]:
         if not self.config.metrics_port:
             return None
-        runner = web.AppRunner(prometheus.build_app(self.metrics), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, self.config.host, self.config.metrics_port).start()
-        return runner
+        limits = http.Limits(self.config.max_body_size, self.config.header_timeout,
+                             self.config.body_timeout, KEEPALIVE_TIMEOUT)
+        return await http.Server(prometheus.PrometheusApp(self.metrics), limits).start(
+            self.config.host, self.config.metrics_port)
 
     def _on_model_change(self, model_id: ModelId, model: Optional[Model]) -> None:
         if model is not None and self.dispatcher is not None:
@@ -139,77 +150,97 @@ class QueryFrontend:
         self.metrics.histogram(prefix + "batch_size", "queries").observe(size)
         self.metrics.histogram(prefix + "prediction_latency", "microseconds").observe(latency * 1e6)
 
-    # ---- routes ----
-    def routes(self):
-        return [web.post("/{app}/predict", self.predict), web.post("/{app}/predict/", self.predict),
-                web.post("/{app}/update", self.update), web.post("/{app}/update/", self.update),
-                web.get("/metrics", self.report_metrics), openapi.route("query")]
+    # ---- HTTP ----
+    def handle(self, request: http.Request) -> http.Answer:
+        route, app_name = _route(request.path)
+        if route is None:
+            raise RequestError(f"No route {request.method} {request.path}. Predictions are "
+                               "POST /<application>/predict; metrics are GET /metrics.", 404, "Not found")
+        handler = ROUTES[route].get(request.method)
+        if handler is None:
+            allowed = ", ".join(ROUTES[route])
+            raise RequestError(f"{request.method} is not allowed on {request.path}: use {allowed}",
+                               405, "Method not allowed", {"Allow": allowed})
+        return getattr(self, handler)(request, app_name)
 
-    async def report_metrics(self, request: web.Request) -> web.Response:
+    def render_error(self, error: RequestError, request: Optional[http.Request]) -> http.Response:
+        """The one place errors become answers: Clipper's {"error", "cause"} JSON, but plain
+        text where Clipper answers plain text: a body /update cannot accept."""
+        headers = b"".join(b"%s: %s\r\n" % (name.encode(), value.encode())
+                           for name, value in error.headers.items())
+        if (request is not None and error.status in PLAIN_TEXT_UPDATE_ERRORS
+                and _route(request.path)[0] == UPDATE):
+            return http.Response(error.status, error.message.encode(), b"text/plain; charset=utf-8", headers)
+        return http.Response(error.status, responses.error(error.kind, error.message), headers=headers)
+
+    def report_metrics(self, request: http.Request, _app_name=None) -> http.Response:
         self._cache_lookups.count = self.cache.lookups
         self._cache_hit_ratio.numerator, self._cache_hit_ratio.denominator = self.cache.hits, self.cache.lookups
-        return web.Response(body=self.metrics.report_json(), content_type="application/json")
+        return http.Response(200, self.metrics.report_json())
 
-    async def _find_app(self, name: str) -> Optional[App]:
+    def describe(self, request: http.Request, _app_name=None) -> http.Response:
+        return http.Response(200, self._description)
+
+    # ---- predictions ----
+    def predict(self, request: http.Request, app_name: str) -> http.Answer:
+        """Answered at once when the cluster view is current and the request small; else
+        after a state barrier, or in slices so that a big batch never holds the loop long."""
+        started = self.loop.time()
+        check_json_media_type(request.headers.get(b"content-type"))
+        view = self.follower.view if self.follower.settled.is_set() else None
+        app = view.apps.get(app_name) if view is not None else None
+        if app is None:
+            return self._predict_later(request, app_name, started)
+        parsed = self._parse(request, app)
+        model_id = _model_for(view, app, parsed.version, final=False)
+        if model_id is _STALE or len(parsed.inputs) > SCHEDULE_SLICE:
+            return self._predict_later(request, app_name, started, app, parsed)
+        return self._gather(app, self._schedule(model_id, parsed.inputs, started, app),
+                            parsed.is_batch, started)
+
+    async def _predict_later(self, request: http.Request, app_name: str, started: float,
+                             app: Optional[App] = None, parsed: Optional[PredictRequest] = None):
+        if app is None:
+            app = await self._find_app(app_name)
+            parsed = self._parse(request, app)
+        model_id = await self._resolve_model(app, parsed.version)
+        scheduled: List[Scheduled] = []
+        for first in range(0, len(parsed.inputs), SCHEDULE_SLICE):
+            if first:
+                await asyncio.sleep(0)        # let other clients' requests in
+            scheduled += self._schedule(model_id, parsed.inputs[first:first + SCHEDULE_SLICE], started, app)
+        answer = self._gather(app, scheduled, parsed.is_batch, started)
+        if isinstance(answer, http.Deferred):
+            answer = await answer.wait()
+        return answer
+
+    def _parse(self, request: http.Request, app: App) -> PredictRequest:
+        return parse_predict_body(request.body, InputType.parse(app.input_type), self.config.max_batch_size)
+
+    async def _find_app(self, name: str) -> App:
         app = (await self.follower.current_view()).apps.get(name)
         if app is None:
             await self.follower.sync()          # it may have been registered a moment ago
             app = self.follower.view.apps.get(name)
+        if app is None:
+            raise RequestError(f"No application named '{name}' is registered. Register it with "
+                               "ClipperConnection.register_application.", 404, "Unknown application")
         return app
 
-    async def predict(self, request: web.Request) -> web.Response:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        app = await self._find_app(request.match_info["app"])
-        if app is None:
-            return _json_response(404, responses.error(
-                "Unknown application", f"No application named '{request.match_info['app']}' is "
-                "registered. Register it with ClipperConnection.register_application."))
-        try:
-            raw = await read_json_body(request, self.config.body_timeout)
-            parsed = parse_predict_body(raw, InputType.parse(app.input_type))
-            model_id = await self._resolve_model(app, parsed.version)
-        except BodyError as error:
-            return _json_response(error.status, responses.error("Bad request", str(error)))
-        except InputError as error:
-            return _json_response(400, responses.error("Json error", str(error)))
-        except LookupError as error:
-            return _json_response(400, responses.error("Query processing error", error.args[0]))
-        slo = app.latency_slo_micros / 1e6
-        deadline = started + slo
-        scheduled = [self._schedule(model_id, item, deadline, slo) for item in parsed.inputs]
-        pending = [s for s in scheduled if isinstance(s, asyncio.Future) and not s.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
-        bodies, failed = zip(*(self._answer(app, s) for s in scheduled)) if scheduled else ((), ())
-        self._record_app(app, started, loop.time(), bodies, scheduled)
-        if parsed.is_batch:
-            return _json_response(200, responses.batch(bodies))
-        return _json_response(500 if failed[0] else 200, bodies[0])
-
     async def _resolve_model(self, app: App, version: Optional[str]) -> Optional[ModelId]:
-        view = await self.follower.current_view()
-        model_name = view.linked_model(app.name)
-        if model_name is None or (version or view.current_versions.get(model_name)) is None:
+        model_id = _model_for(await self.follower.current_view(), app, version, final=False)
+        if model_id is _STALE:
             await self.follower.sync()            # a link or version may be seconds old
-            view = self.follower.view
-            model_name = view.linked_model(app.name)
-        if model_name is None:
-            if version is not None:
-                raise LookupError(f"Application {app.name} has no linked model, so version "
-                                  f"{version} cannot be selected")
-            return None
-        if version is None:
-            version = view.current_versions.get(model_name)
-            return (model_name, version) if version else None
-        if not view.has_version(model_name, version):
-            await self.follower.sync()
-            if not self.follower.view.has_version(model_name, version):
-                raise LookupError(f"Requested version: {version} does not exist for model: {model_name}")
-        return model_name, version
+            model_id = _model_for(self.follower.view, app, version, final=True)
+        return model_id
 
-    def _schedule(self, model_id: Optional[ModelId], item: bytes, deadline: float,
-                  slo: float) -> Scheduled:
+    def _schedule(self, model_id: Optional[ModelId], inputs: List[bytes], started: float,
+                  app: App) -> List[Scheduled]:
+        slo = app.latency_slo_micros / 1e6
+        return [self._schedule_one(model_id, item, started + slo, slo) for item in inputs]
+
+    def _schedule_one(self, model_id: Optional[ModelId], item: bytes, deadline: float,
+                      slo: float) -> Scheduled:
         if model_id is None:
             return None
         key = (model_id[0], model_id[1], item)
@@ -221,7 +252,7 @@ class QueryFrontend:
             return cached
         if not self.dispatcher.accepts(model_id):
             return None                    # no replica connected: the default, at once
-        future = asyncio.get_running_loop().create_future()
+        future = self.loop.create_future()
         future.add_done_callback(_consume_exception)
         task = Task(item, deadline, slo, future)
         self.cache.track(key, task)
@@ -229,30 +260,64 @@ class QueryFrontend:
         self.dispatcher.submit(model_id, task)
         return future
 
-    def _answer(self, app: App, scheduled: Scheduled):
-        """One prediction object and whether it reports a model error."""
+    def _gather(self, app: App, scheduled: List[Scheduled], is_batch: bool,
+                started: float) -> http.Answer:
+        """The answer now if every output is known, else one written when the last output
+        arrives or the objective passes, from the callback that settles it."""
+        pending = [s for s in scheduled if isinstance(s, asyncio.Future) and not s.done()]
+        if not pending:
+            return self._render(app, scheduled, is_batch, started)
+        answer = http.Deferred()
+        waiting = len(pending)
+
+        def finish(_future=None):
+            nonlocal waiting
+            if _future is not None:
+                waiting -= 1
+                if waiting:
+                    return
+            if not answer.settled:
+                deadline.cancel()
+                answer.settle(self._render(app, scheduled, is_batch, started))
+
+        deadline = self.loop.call_at(started + app.latency_slo_micros / 1e6, finish)
+        for future in pending:
+            future.add_done_callback(finish)
+        return answer
+
+    def _render(self, app: App, scheduled: List[Scheduled], is_batch: bool, started: float) -> http.Response:
+        bodies, defaults, failed = [], 0, False
+        for outcome in scheduled:
+            body, is_default, failed = self._answer(app, outcome)
+            bodies.append(body)
+            defaults += is_default
+        self._record_app(app, started, self.loop.time(), len(bodies), defaults)
+        if is_batch:
+            return http.Response(200, responses.batch(bodies))
+        return http.Response(500 if failed else 200, bodies[0])
+
+    def _answer(self, app: App, scheduled: Scheduled) -> Tuple[bytes, bool, bool]:
+        """One prediction object, whether it is the default output, whether it is a model error."""
         query_id = next(self.query_ids)
         if scheduled is None:
-            return self._default(app, query_id, responses.NO_CONNECTED_MODELS), False
+            return self._default(app, query_id, responses.NO_CONNECTED_MODELS), True, False
         if isinstance(scheduled, bytes):
-            return responses.prediction(query_id, responses.sniff_output(scheduled), False), False
-        if not scheduled.done() or isinstance(scheduled.exception(), DeadlineExpired):
-            return self._default(app, query_id, responses.SLO_MISSED), False
+            return responses.prediction(query_id, responses.sniff_output(scheduled), False), False, False
+        if not scheduled.done() or scheduled.cancelled() or isinstance(scheduled.exception(), DeadlineExpired):
+            return self._default(app, query_id, responses.SLO_MISSED), True, False
         if isinstance(scheduled.exception(), ModelError):
-            return responses.model_error(query_id, str(scheduled.exception())), True
+            return responses.model_error(query_id, str(scheduled.exception())), False, True
         if scheduled.exception() is not None:
-            return self._default(app, query_id, responses.SLO_MISSED), False
-        return responses.prediction(query_id, responses.sniff_output(scheduled.result()), False), False
+            return self._default(app, query_id, responses.SLO_MISSED), True, False
+        return responses.prediction(query_id, responses.sniff_output(scheduled.result()), False), False, False
 
     @staticmethod
     def _default(app: App, query_id: int, explanation: str) -> bytes:
         return responses.prediction(query_id, responses.sniff_output(app.default_output.encode()),
                                     True, explanation)
 
-    def _record_app(self, app: App, started: float, finished: float, bodies, scheduled) -> None:
+    def _record_app(self, app: App, started: float, finished: float, count: int, defaults: int) -> None:
         prefix = f"app:{app.name}:"
-        count = len(bodies)
-        defaults = sum(1 for body in bodies if b'"default":true' in body)
         self.metrics.histogram(prefix + "prediction_latency", "microseconds").observe(
             (finished - started) * 1e6)
         self.metrics.meter(prefix + "prediction_throughput").count += count
@@ -261,28 +326,69 @@ class QueryFrontend:
         ratio.numerator += defaults
         ratio.denominator += count
 
-    async def update(self, request: web.Request) -> web.Response:
+    async def update(self, request: http.Request, app_name: str) -> http.Response:
         """Feedback: checked like Clipper's, and, as with Clipper's only policy, a no-op."""
-        app = await self._find_app(request.match_info["app"])
-        if app is None:
-            return _json_response(404, responses.error(
-                "Unknown application", f"No application named '{request.match_info['app']}' is registered."))
-        try:
-            document = load_json_object(await read_json_body(request, self.config.body_timeout))
-            if type(document.get("uid")) is not int:
-                raise InputError("Error parsing JSON: JSON key uid must be an integer. "
-                                 f"Expected JSON schema: {UPDATE_SCHEMA}")
-            if type(document.get("label")) not in (int, float):
-                raise InputError("Error parsing JSON: JSON key label must be a number. "
-                                 f"Expected JSON schema: {UPDATE_SCHEMA}")
-            parse_predict_body(orjson.dumps({"input": document.get("input")}),
-                               InputType.parse(app.input_type))
-        except BodyError as error:
-            return web.Response(status=error.status, text=str(error), content_type="text/plain")
-        except InputError as error:
-            return web.Response(status=400, text=str(error), content_type="text/plain")
+        check_json_media_type(request.headers.get(b"content-type"))
+        app = await self._find_app(app_name)
+        document = load_json_object(request.body)
+        if type(document.get("uid")) is not int:
+            raise InputError("Error parsing JSON: JSON key uid must be an integer. "
+                             f"Expected JSON schema: {UPDATE_SCHEMA}")
+        if type(document.get("label")) not in (int, float):
+            raise InputError("Error parsing JSON: JSON key label must be a number. "
+                             f"Expected JSON schema: {UPDATE_SCHEMA}")
+        parse_predict_body(orjson.dumps({"input": document.get("input")}), InputType.parse(app.input_type))
         next(self.query_ids)
-        return web.Response(text="Feedback received? 1", content_type="text/plain")
+        return http.Response(200, b"Feedback received? 1", b"text/plain; charset=utf-8")
+
+
+_STALE = object()     # the view may be behind: decide after a state barrier
+
+
+def _model_for(view: ClusterView, app: App, version: Optional[str], final: bool):
+    """The model version that answers ``app`` (None: no model, defaults), or _STALE when the
+    view lacks something that may be moments old and ``final`` is False."""
+    model_name = view.linked_model(app.name)
+    if model_name is None:
+        if not final:
+            return _STALE
+        if version is not None:
+            raise RequestError(f"Application {app.name} has no linked model, so version "
+                               f"{version} cannot be selected", kind="Query processing error")
+        return None
+    if version is None:
+        version = view.current_versions.get(model_name)
+        if version is None and not final:
+            return _STALE
+        return (model_name, version) if version else None
+    if not view.has_version(model_name, version):
+        if not final:
+            return _STALE
+        raise RequestError(f"Requested version: {version} does not exist for model: {model_name}",
+                           kind="Query processing error")
+    return model_name, version
+
+
+PREDICT, UPDATE, METRICS, OPENAPI = "/{app}/predict", "/{app}/update", "/metrics", "/openapi.json"
+# Route -> method -> handler. /{app}/predict/ and /{app}/update/ are accepted too, as in Clipper.
+# A HEAD is answered as a GET without the body (http.py leaves it out).
+ROUTES: Dict[str, Dict[str, str]] = {
+    PREDICT: {"POST": "predict"}, UPDATE: {"POST": "update"},
+    METRICS: {"GET": "report_metrics", "HEAD": "report_metrics"},
+    OPENAPI: {"GET": "describe", "HEAD": "describe"},
+}
+_APP_ROUTES = {"predict": PREDICT, "update": UPDATE}
+PLAIN_TEXT_UPDATE_ERRORS = frozenset((400, 408, 413, 415))
+
+
+def _route(path: str) -> Tuple[Optional[str], Optional[str]]:
+    """(route, application name) of a path; route None when no route matches."""
+    if path in (METRICS, OPENAPI):
+        return path, None
+    parts = path.split("/")
+    if parts[0] == "" and len(parts) in (3, 4) and parts[1] and (len(parts) == 3 or parts[3] == ""):
+        return _APP_ROUTES.get(parts[2]), parts[1]
+    return None, None
 
 
 def _consume_exception(future: asyncio.Future) -> None:
@@ -291,26 +397,15 @@ def _consume_exception(future: asyncio.Future) -> None:
         future.exception()
 
 
-def _json_response(status: int, body: bytes) -> web.Response:
-    return web.Response(status=status, body=body, content_type="application/json")
-
-
-async def not_found(request: web.Request) -> web.Response:
-    return _json_response(404, responses.error(
-        "Not found", f"No route {request.method} {request.path}. Predictions are "
-        "POST /<application>/predict; metrics are GET /metrics."))
-
-
-def build_app(config: Config) -> web.Application:
+async def _serve(config: Config) -> None:
     frontend = QueryFrontend(config)
-    app = web.Application(client_max_size=config.max_body_size)
-    app.add_routes(frontend.routes())
-    app.router.add_route("*", "/{tail:.*}", not_found)
-    app.cleanup_ctx.append(frontend.background)
-    app["frontend"] = frontend
-    return app
+    limits = http.Limits(config.max_body_size, config.header_timeout, config.body_timeout,
+                         KEEPALIVE_TIMEOUT)
+    async with frontend.running():
+        await server_runner.serve_until_stopped(
+            lambda: http.Server(frontend, limits).start(config.host, config.query_port), config.host,
+            config.query_port, "query frontend")
 
 
 def main(config: Config) -> None:
-    from clipper.server_runner import serve
-    serve(lambda: build_app(config), config.host, config.query_port, "query frontend")
+    eventloop.run(_serve(config))

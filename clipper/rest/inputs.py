@@ -14,6 +14,7 @@ from typing import List, Optional
 import orjson
 
 from clipper.datatypes import InputType
+from clipper.errors import RequestError
 
 PREDICT_SCHEMA = """
   {
@@ -30,8 +31,10 @@ _ELEMENT_NAMES = {
 }
 
 
-class InputError(ValueError):
+class InputError(RequestError):
     """The request body cannot be served; the message says what to fix."""
+
+    kind = "Json error"
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,9 @@ def load_json_object(body: bytes) -> dict:
     return document
 
 
-def parse_predict_body(body: bytes, input_type: InputType) -> PredictRequest:
+def parse_predict_body(body: bytes, input_type: InputType,
+                       max_batch_size: Optional[int] = None) -> PredictRequest:
+    """``max_batch_size``: the most inputs an ``input_batch`` may hold (413 beyond)."""
     document = load_json_object(body)
     version = parse_version(document.get("version"))
     if "input" in document:
@@ -82,6 +87,10 @@ def parse_predict_body(body: bytes, input_type: InputType) -> PredictRequest:
             raise schema_error(
                 f"Type mismatch! JSON key input_batch expected type Array but found type "
                 f"{json_type_name(batch)}")
+        if max_batch_size is not None and len(batch) > max_batch_size:
+            raise InputError(f"The batch has {len(batch)} inputs, more than {max_batch_size}, the "
+                             "limit of this server (max_batch_size): send it in smaller batches",
+                             413, "Batch too large")
         inputs = [encode_input(item, input_type, "input_batch") for item in batch]
         # A batch of one is answered unwrapped, as Clipper does.
         return PredictRequest(inputs, len(inputs) != 1, version)

@@ -21,6 +21,8 @@ log = logging.getLogger("clipper.rpc.auth")
 
 AUTO, CURVE, OPEN = "auto", "curve", "open"
 MODES = (AUTO, CURVE, OPEN)
+# The Config fields a model container needs.
+CONTAINER_KEY_FIELDS = ("rpc_server_public_key", "rpc_client_secret_key")
 
 
 def cluster_keys(mode: str, host: str, admin_token: str) -> Dict[str, str]:

@@ -23,6 +23,7 @@ import docker.types
 from clipper import launch as recipe
 from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config, env_name
+from clipper.rpc import auth
 from clipper_admin.container_manager import (
     CLIPPER_DOCKER_LABEL, CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT,
     CLIPPER_INTERNAL_REDIS_PORT, CLIPPER_INTERNAL_RPC_PORT, CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL,
@@ -46,6 +47,7 @@ GPUS_LABEL = "ai.clipper.gpus"               # ours: the GPU ids a model contain
 GPUS_PER_REPLICA_LABEL = "ai.clipper.gpus_per_replica"
 ADMIN_TOKEN_VARIABLE = env_name("admin_token")
 MODEL_PATH_VARIABLE = env_name("model_path")
+# The RPC keys a model container presents (clipper.rpc.auth).
 # The servers listen here; with host networking, the model containers connect here too.
 LOOPBACK = "127.0.0.1"
 # A replica restarted this often by Docker is failing, not starting.
@@ -91,18 +93,19 @@ class DockerContainerManager(ContainerManager):
                  redis_port=CLIPPER_INTERNAL_REDIS_PORT, prometheus_port=9090,
                  docker_network="clipper_network", extra_container_kwargs=None,
                  base_image=None, clipper_metric_port=None,
-                 admin_token=None, max_body_size=Config.max_body_size):
+                 admin_token=None, max_body_size=Config.max_body_size, rpc_auth=auth.AUTO):
         """0.4.1's parameters, and its public attributes. Containers share the host's network,
         so ``docker_network`` and ``prometheus_port`` have no effect; Redis started here
         listens on a unix socket, so ``redis_port`` is used only with ``redis_ip``; with
         ``use_centralized_log`` no log collector is started: ``get_clipper_logs`` reads every
         container's log from Docker either way. Ours: ``clipper_metric_port`` (Prometheus;
         default: the query port + 53); ``base_image`` (default $CLIPPER_DOCKER_BASE_IMAGE,
-        else python:<this minor>-slim) under the runtime image; ``admin_token`` and
-        ``max_body_size`` as for LocalContainerManager."""
+        else python:<this minor>-slim) under the runtime image; ``admin_token``,
+        ``max_body_size`` and ``rpc_auth`` as for LocalContainerManager (with an admin token,
+        a model image of your own needs ``rpc_auth="open"``: it cannot authenticate)."""
         super().__init__(cluster_name, docker_ip_address, clipper_query_port, clipper_management_port,
                          clipper_rpc_port, clipper_metric_port, redis_ip, redis_port, admin_token,
-                         max_body_size)
+                         max_body_size, rpc_auth)
         self.external_redis = redis_ip is not None
         self.prometheus_port = prometheus_port
         self.docker_network = docker_network
@@ -233,12 +236,17 @@ class DockerContainerManager(ContainerManager):
         failing = [c for c in self._containers() if _restarts(c) >= FAILING_RESTARTS]
         return "\n".join(f"--- {c.name} ---\n{_log_tail(c)}" for c in failing) or None
 
-    def connect(self):
+    def _query_frontend(self):
+        """The cluster's query frontend container: its labels and environment describe the cluster."""
         frontends = self._containers(**{ROLE_LABEL: QUERY_FRONTEND})
         if not frontends:
             raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' on the "
                                    "Docker engine. Start one with start_clipper().")
-        labels = frontends[0].labels
+        return frontends[0]
+
+    def connect(self):
+        frontend = self._query_frontend()
+        labels = frontend.labels
         self.external_redis = PORT_LABELS["redis"] in labels
         if self.external_redis:
             self.redis_port = int(labels[PORT_LABELS["redis"]])
@@ -248,7 +256,7 @@ class DockerContainerManager(ContainerManager):
         self.clipper_metric_port = int(labels[PORT_LABELS["metric"]])
         self.runtime_image = labels[RUNTIME_IMAGE_LABEL]
         if self.admin_token is None:
-            self.admin_token = _as_dict(frontends[0].attrs["Config"]["Env"]).get(ADMIN_TOKEN_VARIABLE, "")
+            self.admin_token = _as_dict(frontend.attrs["Config"]["Env"]).get(ADMIN_TOKEN_VARIABLE, "")
 
     def stop_all(self, graceful=True):
         containers = self._containers()
@@ -317,8 +325,9 @@ class DockerContainerManager(ContainerManager):
         in_use = Counter(device for container in self._model_containers()
                          for device in container.labels.get(GPUS_LABEL, "").split(",") if device)
         self._remove(current[num_replicas:])
-        launch = recipe.model_container(Config(host=LOOPBACK, rpc_port=self.clipper_rpc_port),
-                                        name, version, input_type, model_path="")
+        launch = recipe.model_container(
+            Config(host=LOOPBACK, rpc_port=self.clipper_rpc_port, **self._rpc_container_keys()),
+            name, version, input_type, model_path="")
         # The image says where its model is (build_model's: /model), as in 0.4.1.
         launch = dataclasses.replace(launch, env={key: value for key, value in launch.env.items()
                                                   if key != MODEL_PATH_VARIABLE})
@@ -330,6 +339,14 @@ class DockerContainerManager(ContainerManager):
                       labels={CLIPPER_MODEL_CONTAINER_LABEL: create_model_container_label(name, version),
                               GPUS_LABEL: ",".join(chosen), GPUS_PER_REPLICA_LABEL: str(num_gpus)},
                       device_requests=requests_)
+
+    def _rpc_container_keys(self):
+        """The keys a model container needs to reach this cluster's RPC port, as the query
+        frontend's environment holds them ({}: its RPC port is open)."""
+        frontends = self._containers(**{ROLE_LABEL: QUERY_FRONTEND})
+        environment = _as_dict(frontends[0].attrs["Config"]["Env"]) if frontends else {}
+        return {field: environment[env_name(field)] for field in auth.CONTAINER_KEY_FIELDS
+                if environment.get(env_name(field))}
 
     def replica_failure(self, name, version):
         failing = [c for c in self._model_containers(name, version) if _restarts(c) >= FAILING_RESTARTS]

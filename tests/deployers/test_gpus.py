@@ -55,6 +55,9 @@ def test_replicas_get_their_own_devices_round_robin(four_gpu_cluster):
     # Scaling up keeps two GPUs per replica; the new one gets the least used devices.
     conn.set_num_replicas("on-gpus", 4)
     assert replica_devices(conn, "on-gpus")[3] == "2,3"
+    # Asking for none from now on: the next replica sees no GPU.
+    conn.set_num_replicas("on-gpus", 5, num_gpus=0)
+    assert replica_devices(conn, "on-gpus")[4] == ""
 
 
 def test_a_replica_that_asked_for_none_sees_no_gpu(four_gpu_cluster):

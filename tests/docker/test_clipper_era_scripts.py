@@ -4,14 +4,17 @@ names, and the engine's exception type for a taken port."""
 import contextlib
 import io
 import socket
+import subprocess
 import tarfile
 from pathlib import Path
 
 import docker
 import docker.errors
 import pytest
+import redis
 import requests
 
+from clipper.cluster.redis_binary import find_redis_server
 from clipper_admin import ClipperConnection, ClipperException, DockerContainerManager, LocalContainerManager
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL
 from clipper_admin.docker.images import pip_ca_bundle
@@ -23,6 +26,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 SIDE_A = dict(clipper_query_port=32337, clipper_management_port=32338, clipper_rpc_port=32700)
 SIDE_B = dict(clipper_query_port=33337, clipper_management_port=33338, clipper_rpc_port=33700)
 LOCAL = dict(clipper_query_port=34337, clipper_management_port=34338, clipper_rpc_port=34700)
+EXTERNAL = dict(clipper_query_port=36337, clipper_management_port=36338, clipper_rpc_port=36700)
 RPC_IMAGE = "clipper-test/rpc-container:1"
 
 
@@ -133,3 +137,25 @@ def test_deploy_model_runs_the_users_own_image_with_clippers_environment(side_by
     finally:
         conn.stop_all_model_containers()
         docker_client.images.remove(RPC_IMAGE, force=True)
+
+
+def test_a_redis_of_the_users_own_is_used_and_found_again(docker_client, base_image, tmp_path):
+    """0.4.1's redis_ip/redis_port: no Redis container; connect() reads the port label."""
+    server = subprocess.Popen([find_redis_server(), "--port", "36379", "--bind", "127.0.0.1", "--save", "",
+                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    conn = ClipperConnection(DockerContainerManager(cluster_name="side-ext", base_image=base_image,
+                                                    redis_ip="127.0.0.1", redis_port=36379, **EXTERNAL))
+    try:
+        conn.start_clipper()
+        conn.register_application("in-users-redis", "doubles", "0", 100000)
+        assert redis.Redis(port=36379, db=5).hget("in-users-redis", "input_type") == b"doubles"
+        roles = {c.labels["ai.clipper.role"] for c in docker_client.containers.list(
+            filters={"label": f"{CLIPPER_DOCKER_LABEL}=side-ext"})}
+        assert roles == {"management-frontend", "query-frontend"}
+        again = DockerContainerManager(cluster_name="side-ext")
+        again.connect()
+        assert (again.external_redis, again.redis_port) == (True, 36379)
+    finally:
+        conn.stop_all(graceful=False)
+        server.terminate()
+        server.wait(10)

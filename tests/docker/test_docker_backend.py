@@ -67,8 +67,19 @@ def test_every_role_is_a_labelled_container_on_loopback(cluster, docker_client):
         assert container.labels["team"] == "tests" and "TZ=UTC" in container.attrs["Config"]["Env"]
         assert container.attrs["HostConfig"]["Memory"] == 1 << 30
         assert TOKEN not in " ".join(container.attrs["Args"])
+    # With a token, the RPC port takes only the cluster's containers (CURVE keys, through
+    # the environment): the replica got its keys, and they are on no command line.
+    replica, = containers(docker_client, **{"ai.clipper.role": "model-container"})
+    secret = dict(item.split("=", 1) for item in replica.attrs["Config"]["Env"])["CLIPPER_RPC_CLIENT_SECRET_KEY"]
+    assert secret and all(secret not in " ".join(c.attrs["Args"]) for c in containers(docker_client))
     without_token = requests.post(f"http://{cluster.cm.get_admin_addr()}/admin/get_all_applications", json={})
     assert without_token.status_code == 401
+    # With an admin token the RPC port needs the containers' CURVE key: the replica has it,
+    # and not the frontend's secret.
+    replica, = containers(docker_client, **{"ai.clipper.role": "model-container"})
+    replica_environment = " ".join(replica.attrs["Config"]["Env"])
+    assert "CLIPPER_RPC_CLIENT_SECRET_KEY=" in replica_environment
+    assert "CLIPPER_RPC_SERVER_SECRET_KEY" not in replica_environment
     assert predict(cluster, [1.0, 2.5]) == {"query_id": predict(cluster, [0.0])["query_id"] - 1,
                                             "output": 3.5, "default": False}
 

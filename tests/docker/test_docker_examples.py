@@ -103,3 +103,23 @@ def test_offline_a_client_on_each_debian_python_uses_its_local_base_without_a_pu
     assert result.returncode == 0, result.stderr[-3000:]
     assert sum(bool(RESPONSE_LINE.match(line)) for line in result.stdout.splitlines()) == 1, result.stdout
     assert "Pulling base image" not in result.stderr
+
+
+def test_offline_a_client_on_a_python_debian_lacks_is_told_exactly_what_to_do(engine):
+    python = next((v for v in ("3.12", "3.10", "3.9") if v not in DEBIAN_RELEASE_OF_PYTHON and pyenv_python(v)), None)
+    if python is None:
+        pytest.skip("no Python without a Debian release is installed (pyenv versions)")
+    environment = {key: value for key, value in os.environ.items() if key != "CLIPPER_DOCKER_BASE_IMAGE"}
+    result = run_script("basicQuerySimplified.py", "--backend", "docker", timeout=600, env=environment,
+                        python=docker_client_venv(pyenv_python(python)))
+    if result.returncode == 0:
+        pytest.skip(f"python:{python}-slim could be had here (Docker Hub answers, or it was loaded)")
+    assert "Traceback" not in result.stderr, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"Error: The base image python:{python}-slim is not here and cannot be pulled"), error
+    assert (f"No Debian release has Python {python} (they have 3.11 (bookworm) and 3.13 (trixie)), so it cannot "
+            f"be built here. Either load it from a machine with Docker Hub access (there: docker pull "
+            f"python:{python}-slim && docker save python:{python}-slim -o base.tar; here: docker load -i "
+            f"base.tar), or give an image with Python {python} as DockerContainerManager(base_image=...) or "
+            "CLIPPER_DOCKER_BASE_IMAGE, or run this client on Python 3.11 or 3.13 after: "
+            "sh docker/build-local-base.sh <that version>") in error

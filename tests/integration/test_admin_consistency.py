@@ -214,36 +214,40 @@ def _close(sock):
 
 @pytest.fixture
 def redis_behind_proxy(tmp_path):
-    server = subprocess.Popen([find_redis_server(), "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
-                               "--save", "", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=REDIS_PORT, db=5, socket_timeout=5)
-    _wait_until(lambda: client.ping(), redis.ConnectionError)
-    proxy = ReplyEatingProxy(REDIS_PORT)
-    frontend = subprocess.Popen(
-        [sys.executable, "-m", "clipper", "management-frontend", f"--management-port={ADMIN_PORT}",
-         f"--redis-url=redis://127.0.0.1:{proxy.port}", f"--redis-timeout={REDIS_TIMEOUT}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_until(lambda: requests.get(f"http://127.0.0.1:{ADMIN_PORT}/admin/ping", timeout=1).ok,
-                requests.RequestException)
+    started = []
+    proxy = None
     try:
+        server = subprocess.Popen([find_redis_server(), "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
+                                   "--save", "", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+        started.append(server)
+        client = redis.Redis(port=REDIS_PORT, db=5, socket_timeout=5)
+        _wait_until(lambda: client.ping(), redis.ConnectionError)
+        proxy = ReplyEatingProxy(REDIS_PORT)
+        started.insert(0, subprocess.Popen(
+            [sys.executable, "-m", "clipper", "management-frontend", f"--management-port={ADMIN_PORT}",
+             f"--redis-url=redis://127.0.0.1:{proxy.port}", f"--redis-timeout={REDIS_TIMEOUT}"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait_until(lambda: requests.get(f"http://127.0.0.1:{ADMIN_PORT}/admin/ping", timeout=1).ok,
+                    requests.RequestException)
         yield server, client, proxy
     finally:
-        os.kill(server.pid, signal.SIGCONT)
-        for process in (frontend, server):
+        for process in started:          # the frontend first, Redis (perhaps stopped) last
+            os.kill(process.pid, signal.SIGCONT)
             process.terminate()
             process.wait(10)
-        proxy.close()
+        if proxy is not None:
+            proxy.close()
 
 
-def _wait_until(check, errors, timeout=20):
+def _wait_until(check, errors, timeout=60):
     deadline = time.monotonic() + timeout
     while True:
         try:
             if check():
                 return
         except errors:
-            if time.monotonic() > deadline:
-                raise
+            pass
+        assert time.monotonic() < deadline, f"not ready within {timeout} s"
         time.sleep(0.05)
 
 

@@ -1,11 +1,14 @@
 """Hostile and broken requests: each gets a clear 4xx, and the cluster keeps serving."""
 import gzip
 import socket
+import threading
 import time
 
+import orjson
 import pytest
 import requests
 
+from clipper.config import Config
 from clipper_admin import ClipperConnection, LocalContainerManager
 from clipper_admin.deployers import python as python_deployer
 
@@ -13,6 +16,7 @@ PORTS = dict(clipper_query_port=51337, clipper_management_port=51338, clipper_rp
              clipper_metric_port=51390)
 BODY_LIMIT = 256 * 1024
 BODY_TIMEOUT = 1
+SINGLE_SLO_MICROS = 100_000
 
 
 def total(xs):
@@ -26,6 +30,7 @@ def cluster():
     conn.start_clipper(qf_http_timeout_content=BODY_TIMEOUT)
     try:
         python_deployer.create_endpoint(conn, "sum", "doubles", total)
+        python_deployer.create_endpoint(conn, "single", "doubles", total, slo_micros=SINGLE_SLO_MICROS)
         yield conn
     finally:
         conn.stop_all(graceful=False)
@@ -156,3 +161,63 @@ def test_clients_that_vanish_mid_request_leave_nothing_broken(cluster, still_ser
             for _ in range(50):
                 with raw_connection(cluster, api) as connection:
                     connection.sendall(cut)
+
+
+@pytest.mark.parametrize("api, path, body", [
+    ("query", b"/sum/predict", b'{"input": [1.0, 2.0]}'),
+    ("management", b"/admin/add_app", b'{"name": "half-closed", "input_type": "doubles", '
+                                      b'"default_output": "0", "latency_slo_micros": 100000}')])
+def test_a_client_that_half_closes_gets_its_answer(cluster, still_serving, api, path, body):
+    """shutdown(SHUT_WR) after the request is legal HTTP/1.1; both servers dropped such clients."""
+    with raw_connection(cluster, api) as connection:
+        connection.sendall(b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body))
+        connection.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := connection.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    assert reply.endswith(b'"output":3.0,"default":false}' if api == "query"
+                          else b"Successfully added application with name 'half-closed'")
+
+
+def test_a_batch_over_the_limit_gets_413_naming_it(cluster, still_serving):
+    limit = Config.max_batch_size
+    response = post(predict_url(cluster), orjson.dumps({"input_batch": [[0.0]] * (limit + 1)}))
+    assert response.status_code == 413 and f"more than {limit}" in cause(response)
+    assert "max_batch_size" in cause(response)
+
+
+def test_the_largest_batch_does_not_stall_other_clients(cluster, still_serving):
+    """While the largest batch the limits allow is parsed, scheduled and answered, a single
+    query of another application is answered within its objective (plus a margin)."""
+    slo = SINGLE_SLO_MICROS / 1e6
+    inputs = min(Config.max_batch_size, (BODY_LIMIT - 20) // len(b"[0],"))
+    big = orjson.dumps({"input_batch": [[i % 10] for i in range(inputs)]})
+    assert len(big) <= BODY_LIMIT
+    finished = threading.Event()
+    answered = []
+
+    def send_big_batches():
+        with requests.Session() as session:
+            for _ in range(3):
+                response = session.post(predict_url(cluster), data=big, timeout=60,
+                                        headers={"Content-Type": "application/json"})
+                answered.append(len(response.json()["batch_predictions"]))
+        finished.set()
+
+    latencies = []
+    with requests.Session() as session:
+        session.post(predict_url(cluster, "single"), json={"input": [0.5]}, timeout=10)  # warm
+        sender = threading.Thread(target=send_big_batches)
+        sender.start()
+        i = 0
+        while not finished.is_set():
+            i += 1
+            started = time.monotonic()
+            response = session.post(predict_url(cluster, "single"), json={"input": [float(i)]}, timeout=10)
+            latencies.append(time.monotonic() - started)
+            assert response.json()["default"] is False and response.json()["output"] == float(i)
+        sender.join()
+    assert answered == [inputs] * 3
+    assert len(latencies) > 5 and max(latencies) < slo + 0.15, sorted(latencies)[-5:]

@@ -27,6 +27,10 @@ def shout(xs):
     return ['"%s"' % x.decode().upper() for x in xs]
 
 
+def says_default(xs):
+    return ['{"default": true}' for _ in xs]
+
+
 def picky(xs):
     if any(x[0] < 0 for x in xs):
         raise ValueError("negative inputs are not supported")
@@ -41,6 +45,7 @@ MODELS = {
     "bytes-app": ("bytes", lengths),
     "strings-app": ("strings", shout),
     "picky-app": ("doubles", picky),
+    "says-default-app": ("doubles", says_default),
 }
 
 
@@ -118,6 +123,16 @@ def test_unknown_app_and_route_get_404_with_a_reason(cluster):
     assert response.status_code == 404 and "POST /<application>/predict" in response.json()["cause"]
 
 
+def test_a_wrong_method_on_a_route_gets_405_with_allow(cluster):
+    addr = cluster.get_query_addr()
+    for method, path, allowed in (("GET", "/doubles-app/predict", "POST"), ("PUT", "/doubles-app/update/", "POST"),
+                                  ("POST", "/metrics", "GET, HEAD"), ("DELETE", "/openapi.json", "GET, HEAD")):
+        response = requests.request(method, f"http://{addr}{path}", timeout=10)
+        assert response.status_code == 405 and response.headers["Allow"] == allowed
+        assert response.json() == {"error": "Method not allowed",
+                                   "cause": f"{method} is not allowed on {path}: use {allowed}"}
+
+
 def test_version_pinning(cluster):
     assert predict(cluster, "doubles-app", {"input": [1.0], "version": "1"}).json()["output"] == 1.0
     response = predict(cluster, "doubles-app", {"input": [1.0], "version": "9"})
@@ -174,3 +189,15 @@ def test_prometheus_endpoint_has_the_same_figures(cluster):
     assert float(gauges["app_doubles_app_num_predictions_count"]) == \
         float(counters["app:doubles-app:num_predictions"]["count"])
     assert "model_doubles_app_1_batch_size_p99" in gauges
+
+
+def test_an_output_that_reads_default_is_counted_as_the_models(cluster):
+    """Whether an answer was the default travels with it; the text of an output does not count."""
+    def default_ratio():
+        document = requests.get(f"http://{cluster.get_query_addr()}/metrics", timeout=10).json()
+        ratios = {k: v for entry in document["ratio_counters"] for k, v in entry.items()}
+        return ratios["app:says-default-app:default_prediction_ratio"]["ratio"]
+    body = predict(cluster, "says-default-app", {"input_batch": [[1.0], [2.0]]}).json()
+    assert [p["output"] for p in body["batch_predictions"]] == [{"default": True}] * 2
+    assert all(p["default"] is False for p in body["batch_predictions"])
+    assert float(default_ratio()) == 0.0

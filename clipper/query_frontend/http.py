@@ -1,0 +1,451 @@
+"""HTTP/1.1 for the query API: llhttp's parser (httptools), our limits, timeouts and order.
+
+Parsing is httptools' (llhttp, the parser of Node.js and uvicorn): it refuses malformed
+framing, Content-Length with Transfer-Encoding, duplicate lengths and bad chunks. This module
+adds what a server owes its other clients: bounded headers (431) and bodies (413), a
+deadline for the headers and another for the body (408), an idle keep-alive limit,
+answers in request order (pipelining), and an answer for a client that half-closes its
+socket after its request. A handler answers with a ``Response`` at once or with a future of
+one, so a prediction is written from the callback that settles it, not by a woken coroutine.
+"""
+import asyncio
+import logging
+import time
+import weakref
+import zlib
+from collections import deque
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Awaitable, Callable, Deque, Dict, Optional, Union
+from urllib.parse import unquote
+
+import httptools
+
+from clipper.errors import RequestError
+
+log = logging.getLogger("clipper.query_frontend.http")
+
+MAX_LINE_SIZE = 8190             # request line and each header line, as aiohttp's defaults
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 64 * 1024     # all header lines of one request
+MAX_QUEUED_ANSWERS = 64          # pipelined requests read ahead of their answers
+LINGER_SECONDS = 5.0             # after a refusal, how long the rest of a request is dropped
+DECODERS = {b"gzip": 16 + zlib.MAX_WBITS, b"x-gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_size: int
+    header_timeout: float        # first byte of a request (or the connection) to its last header
+    body_timeout: float          # last header to last body byte
+    keepalive_timeout: float     # idle between requests
+
+
+class Request:
+    __slots__ = ("method", "path", "headers", "body")
+
+    def __init__(self, method: str, path: str, headers: Dict[bytes, bytes], body: bytes):
+        self.method = method
+        self.path = path
+        self.headers = headers        # lower-case names; a repeated header keeps its last value
+        self.body = body
+
+
+class Response:
+    __slots__ = ("status", "body", "content_type", "headers")
+
+    def __init__(self, status: int, body: bytes, content_type: bytes = b"application/json",
+                 headers: bytes = b""):
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers        # extra header lines, each ending in CRLF
+
+
+class Deferred:
+    """An answer given later: ``settle`` writes it at once, from the caller's callback,
+    without waking a coroutine (no extra turn of the event loop)."""
+    __slots__ = ("response", "_on_settled")
+
+    def __init__(self):
+        self.response: Optional[Response] = None
+        self._on_settled: Optional[Callable[[], None]] = None
+
+    @property
+    def settled(self) -> bool:
+        return self.response is not None
+
+    def settle(self, response: Response) -> None:
+        self.response = response
+        if self._on_settled is not None:
+            self._on_settled()
+
+    async def wait(self) -> Response:
+        """For a coroutine that needs the response itself."""
+        if self.response is None:
+            future = asyncio.get_running_loop().create_future()
+            self._on_settled = lambda: future.done() or future.set_result(None)
+            await future
+        return self.response
+
+
+Answer = Union[Response, Deferred, Awaitable[Response]]
+
+
+class Application:
+    """What a connection serves: ``handle`` answers a request, ``render_error`` an error of
+    the request itself (``request`` is None when it could not even be read)."""
+
+    def handle(self, request: Request) -> Answer:
+        raise NotImplementedError
+
+    def render_error(self, error: RequestError, request: Optional[Request]) -> Response:
+        raise NotImplementedError
+
+
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_date = [0, b""]
+
+
+def _http_date() -> bytes:
+    now = int(time.time())
+    if now != _date[0]:
+        _date[:] = now, formatdate(now, usegmt=True).encode()
+    return _date[1]
+
+
+def encode(response: Response, keep_alive: bool, head: bool = False) -> bytes:
+    return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\n%s%s\r\n%s" % (
+        response.status, _REASONS.get(response.status, b""), response.content_type, len(response.body),
+        _http_date(), response.headers, b"" if keep_alive else b"Connection: close\r\n",
+        b"" if head else response.body)
+
+
+# What a connection waits for, and so which deadline applies.
+_REQUEST, _HEADERS, _BODY, _ANSWER, _IDLE = range(5)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection; the parser's callbacks build one request at a time."""
+
+    def __init__(self, app: Application, limits: Limits):
+        self.app = app
+        self.limits = limits
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: Optional[asyncio.Transport] = None
+        self.answers: Deque = deque()     # [answer, keep_alive, head] in request order
+        self.closing = False              # no more requests are read; close once answered
+        self.lingering = False            # after a refusal: read and drop what still comes
+        self.state = _REQUEST
+        self.deadline: Optional[float] = None
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.timer_at = 0.0
+        self.header_bytes = 0
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self.url = b""
+        self.headers: Dict[bytes, bytes] = {}
+        self.header_count = 0
+        self.body: list = []
+        self.body_size = 0
+
+    # ---- connection ----
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self._wait(_REQUEST, self.limits.header_timeout)
+
+    def connection_lost(self, exc) -> None:
+        self.closing = True
+        self.transport = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def eof_received(self) -> bool:
+        """A half-closed client (shutdown(SHUT_WR)) still reads: answer what it asked."""
+        self.closing = True
+        if not self.answers or self.lingering:
+            return False                  # nothing asked (or half a request): close now
+        return True                       # kept open for writing; closed once answered
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.state == _HEADERS:
+            self.header_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._stop_reading()          # no protocol upgrades: answer, then close
+        except httptools.HttpParserCallbackError as error:
+            if not isinstance(error.__context__, _Stop):   # a bug of ours, not the client's
+                log.exception("reading a request failed")
+                self._refuse(RequestError("Internal server error", 500))
+        except httptools.HttpParserError as error:
+            if not self.closing:
+                self._refuse(RequestError(f"Malformed HTTP request: {error}", 400))
+        if self.state == _HEADERS and self.header_bytes > MAX_HEADER_BYTES and not self.closing:
+            self._refuse(RequestError(
+                f"The request headers are larger than {MAX_HEADER_BYTES} bytes, the limit of this server",
+                431))
+
+    # ---- parser callbacks ----
+    def on_message_begin(self) -> None:
+        if self.closing:                  # a request pipelined after the last one we answer
+            raise _Stop
+        self._reset_message()
+        self.header_bytes = 0
+        self._wait(_HEADERS, self.limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > MAX_LINE_SIZE:
+            self._refuse(RequestError(
+                f"The request target is longer than {MAX_LINE_SIZE} bytes, the limit of this server", 414))
+            raise _Stop
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        if self.header_count > MAX_HEADERS or len(name) + len(value) + 2 > MAX_LINE_SIZE:
+            self._refuse(RequestError(
+                f"The request has a header line longer than {MAX_LINE_SIZE} bytes or more than "
+                f"{MAX_HEADERS} headers, the limits of this server", 431))
+            raise _Stop
+        self.headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        length = self.headers.get(b"content-length")
+        if length is not None and int(length) > self.limits.max_body_size:
+            self._refuse(self._too_large())
+            raise _Stop
+        if self.headers.get(b"expect", b"").lower() == b"100-continue" and not self.answers:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._wait(_BODY, self.limits.body_timeout)
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > self.limits.max_body_size:
+            self._refuse(self._too_large())
+            raise _Stop
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        keep_alive = self.parser.should_keep_alive()
+        method = self.parser.get_method().decode("ascii", "replace")
+        self._wait(_ANSWER, None)
+        if not keep_alive:
+            self.closing = True           # read no request after this one
+        request = None
+        try:
+            body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+            request = Request(method, _path(self.url), self.headers, self._decoded(body))
+            answer = self.app.handle(request)
+        except RequestError as error:
+            answer = self.app.render_error(error, request)
+        except Exception:                # a bug of ours: logged, answered 500, connection kept
+            log.exception("answering %s %r failed", method, self.url[:200])
+            answer = self.app.render_error(RequestError("Internal server error", 500), request)
+        self._queue(answer, keep_alive, request, method == "HEAD")
+        self._reset_message()
+
+    # ---- answers, in request order ----
+    def _queue(self, answer: Answer, keep_alive: bool, request: Optional[Request] = None,
+               head: bool = False) -> None:
+        if type(answer) is Response and not self.answers:
+            self._write(answer, keep_alive, head)
+            self._after_write()
+            return
+        entry = [answer, keep_alive, head, request]
+        self.answers.append(entry)
+        if type(answer) is Deferred:
+            answer._on_settled = self._flush
+        elif type(answer) is not Response:
+            answer = asyncio.ensure_future(answer)
+            entry[0] = answer
+            answer.add_done_callback(self._flush)
+        if len(self.answers) > MAX_QUEUED_ANSWERS and self.transport is not None:
+            self.transport.pause_reading()
+        self._flush()
+
+    def _flush(self, _done=None) -> None:
+        while self.answers:
+            answer, keep_alive, head, request = self.answers[0]
+            if type(answer) is Deferred:
+                if answer.response is None:
+                    return
+                answer = answer.response
+            elif type(answer) is not Response:
+                if not answer.done():
+                    return
+                answer = self._outcome(answer, request)
+            self.answers.popleft()
+            self._write(answer, keep_alive, head)
+            if not keep_alive:
+                self.answers.clear()
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+        self._after_write()
+
+    def _outcome(self, future: asyncio.Future, request: Optional[Request]) -> Response:
+        if future.cancelled():
+            error = RequestError("The request was cancelled: the server is stopping", 503)
+        else:
+            error = future.exception()
+            if error is None:
+                return future.result()
+        if not isinstance(error, RequestError):      # a bug of ours, not the client's
+            log.error("answering a request failed", exc_info=error)
+            error = RequestError("Internal server error", 500)
+        return self.app.render_error(error, request)
+
+    def _write(self, response: Response, keep_alive: bool, head: bool) -> None:
+        if self.transport is not None:
+            self.transport.write(encode(response, keep_alive and not self.closing, head))
+            if not keep_alive:
+                self.closing = True
+
+    def _after_write(self) -> None:
+        if self.answers or self.transport is None:
+            return
+        if self.closing:
+            self._close()
+        elif self.state == _ANSWER:
+            self._wait(_IDLE, self.limits.keepalive_timeout)
+
+    def _close(self) -> None:
+        if self.lingering and self.transport.can_write_eof():
+            # The client may still be sending the body we refused: were it to find the socket
+            # closed, its system would discard our answer. We end our side and drop the rest.
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
+
+    def finish(self) -> None:
+        """The server stops: answer what was asked, then close."""
+        if self.transport is not None and not self.closing:
+            self._stop_reading()
+
+    # ---- refusals and timeouts ----
+    def _refuse(self, error: RequestError) -> None:
+        """Answer an unreadable request (after those before it) and read no more."""
+        self.closing = self.lingering = True
+        self._wait(_ANSWER, None)
+        self._queue(self.app.render_error(error, None), False)
+
+    def _stop_reading(self) -> None:
+        """Read nothing more; close once every request read so far is answered."""
+        self.closing = True
+        self._wait(_ANSWER, None)
+        if self.transport is not None:
+            if self.answers:
+                self.transport.pause_reading()
+            else:
+                self._close()
+
+    def _too_large(self) -> RequestError:
+        return RequestError(f"The request body is larger than {self.limits.max_body_size} bytes, "
+                            "the limit of this server", 413)
+
+    def _decoded(self, body: bytes) -> bytes:
+        """The body without its Content-Encoding, still within the body limit."""
+        encoding = self.headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding == b"identity" or not body:
+            return body
+        if encoding not in DECODERS:
+            raise RequestError(f"Content-Encoding {encoding.decode('latin-1')} is not supported: "
+                               "send the body as it is, or gzip or deflate it", 415)
+        decoder = zlib.decompressobj(DECODERS[encoding])
+        try:
+            decoded = decoder.decompress(body, self.limits.max_body_size + 1)
+        except zlib.error as error:
+            raise RequestError(f"The request body could not be decoded: {error}") from None
+        if len(decoded) > self.limits.max_body_size:
+            raise self._too_large()
+        if not decoder.eof:
+            raise RequestError("The request body could not be decoded: it ends too early")
+        return decoded
+
+    def _wait(self, state: int, seconds: Optional[float]) -> None:
+        """From now on wait for ``state``, for at most ``seconds`` (None: no limit)."""
+        self.state = state
+        if seconds is None:
+            self.deadline = None
+            return
+        self.deadline = self.loop.time() + seconds
+        if self.timer is not None and self.timer_at > self.deadline:
+            self.timer.cancel()
+            self.timer = None
+        if self.timer is None:
+            self._arm(self.deadline)
+
+    def _arm(self, when: float) -> None:
+        self.timer_at = when
+        self.timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.deadline is None or self.transport is None:
+            return
+        if self.loop.time() < self.deadline:
+            self._arm(self.deadline)
+        elif self.state == _BODY:
+            self._refuse(RequestError(
+                f"The request body did not arrive within {self.limits.body_timeout:g} s", 408))
+        elif self.state == _HEADERS:
+            self._refuse(RequestError(
+                f"The request headers did not arrive within {self.limits.header_timeout:g} s", 408))
+        else:                             # nothing asked: a new or idle connection
+            self.transport.close()
+
+
+class _Stop(Exception):
+    """Raised in a parser callback: this connection reads no further."""
+
+
+def _path(url: bytes) -> str:
+    """The decoded path of a request target (origin form, or absolute form for proxies)."""
+    if b"?" in url or b"#" in url or not url.startswith(b"/"):
+        try:
+            url = httptools.parse_url(url).path or b"/"
+        except httptools.HttpParserInvalidURLError:
+            raise RequestError(f"The request target {url[:100]!r} is not a URL") from None
+    path = url.decode("utf-8", "replace")
+    return unquote(path) if "%" in path else path
+
+
+class Server:
+    """The listening socket and its connections."""
+
+    def __init__(self, app: Application, limits: Limits):
+        self.app = app
+        self.limits = limits
+        self.connections: "weakref.WeakSet[Connection]" = weakref.WeakSet()
+        self.listener: Optional[asyncio.AbstractServer] = None
+
+    def _connection(self) -> Connection:
+        connection = Connection(self.app, self.limits)
+        self.connections.add(connection)
+        return connection
+
+    async def start(self, host: str, port: int, backlog: int = 1024) -> "Server":
+        self.listener = await asyncio.get_running_loop().create_server(
+            self._connection, host, port, backlog=backlog)
+        return self
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop listening, answer what was asked (within ``grace`` seconds), close."""
+        self.listener.close()
+        for connection in list(self.connections):
+            connection.finish()
+        deadline = asyncio.get_running_loop().time() + grace
+        while any(c.transport is not None for c in self.connections):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()

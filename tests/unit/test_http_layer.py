@@ -1,0 +1,231 @@
+"""The query frontend's HTTP layer (clipper/query_frontend/http.py) on a real socket.
+
+A small application stands in for the frontend: it answers at once, later (a Deferred
+settled by a timer, as predictions are settled by the RPC callback), or with a bug.
+Short limits and timeouts keep these tests fast; the frontend's own are in Config.
+"""
+import asyncio
+import contextlib
+import gzip
+import socket
+import threading
+import time
+
+import orjson
+import pytest
+
+from clipper.errors import RequestError
+from clipper.query_frontend import http
+
+LIMITS = http.Limits(max_body_size=1024, header_timeout=0.5, body_timeout=0.5, keepalive_timeout=3)
+
+
+class EchoApp(http.Application):
+    """/now answers at once, /later/<ms> after that many milliseconds, /bug raises KeyError."""
+
+    def handle(self, request):
+        if request.path == "/bug":
+            raise KeyError("internal")
+        if request.path == "/refused":
+            raise RequestError("no such thing", 404, "Not found")
+        body = b"%s %s %s" % (request.method.encode(), request.path.encode(), request.body)
+        if request.path.startswith("/later/"):
+            answer = http.Deferred()
+            delay = int(request.path.rsplit("/", 1)[1]) / 1000
+            asyncio.get_running_loop().call_later(delay, answer.settle, http.Response(200, body, b"text/plain"))
+            return answer
+        return http.Response(200, body, b"text/plain")
+
+    def render_error(self, error, request):
+        return http.Response(error.status, orjson.dumps({"error": error.kind, "cause": error.message}))
+
+
+@pytest.fixture(scope="module")
+def port():
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder = {}
+
+    async def main():
+        holder["server"] = await http.Server(EchoApp(), LIMITS).start("127.0.0.1", 0)
+        holder["port"] = holder["server"].listener.sockets[0].getsockname()[1]
+        started.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(main()), loop.run_forever()), daemon=True)
+    thread.start()
+    started.wait(10)
+    yield holder["port"]
+    asyncio.run_coroutine_threadsafe(holder["server"].stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def connect(port):
+    return contextlib.closing(socket.create_connection(("127.0.0.1", port), timeout=5))
+
+
+def post(path, body=b"", extra=b""):
+    return b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n%s\r\n%s" % (path, len(body), extra, body)
+
+
+def read_until_closed(connection, timeout=5.0):
+    connection.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = connection.recv(65536)
+        except socket.timeout:
+            return data + b"<still open>"
+        if not chunk:
+            return data
+        data += chunk
+
+
+def read_responses(connection, count):
+    """``count`` responses (status, body) from a keep-alive connection."""
+    data, answers = b"", []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = connection.recv(65536)
+            assert chunk, f"closed after {len(answers)} answers: {data!r}"
+            data += chunk
+        head, data = data.split(b"\r\n\r\n", 1)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(data) < length:
+            data += connection.recv(65536)
+        answers.append((int(head.split(b" ")[1]), data[:length]))
+        data = data[length:]
+    return answers
+
+
+def test_pipelined_requests_are_answered_in_order(port):
+    with connect(port) as connection:
+        connection.sendall(post(b"/later/200", b"a") + post(b"/now", b"b") + post(b"/later/50", b"c")
+                           + post(b"/now", b"d"))
+        answers = read_responses(connection, 4)
+    assert answers == [(200, b"POST /later/200 a"), (200, b"POST /now b"), (200, b"POST /later/50 c"),
+                       (200, b"POST /now d")]
+
+
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",     # CL.TE smuggling
+    b"Content-Length: 4\r\nContent-Length: 5\r\n\r\nabcd",                   # two lengths
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabcd\r\n0\r\n\r\n",            # bad chunk size
+    b"Content-Length: -1\r\n\r\n",
+    b"Content-Length : 4\r\n\r\nabcd",                                       # space before colon
+])
+def test_malformed_framing_is_refused_and_the_connection_closed(port, framing):
+    with connect(port) as connection:
+        connection.sendall(b"POST /now HTTP/1.1\r\nHost: t\r\n" + framing + post(b"/now", b"smuggled"))
+        reply = read_until_closed(connection)
+    assert reply.startswith(b"HTTP/1.1 400 ") and b"Malformed HTTP request" in reply
+    assert b"smuggled" not in reply
+
+
+def test_chunked_bodies_are_read(port):
+    with connect(port) as connection:
+        connection.sendall(b"POST /now HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        assert read_responses(connection, 1) == [(200, b"POST /now abcde")]
+
+
+def test_limits_get_413_414_431(port):
+    for request, status in ((post(b"/now", b"x" * 1025), 413),
+                            (b"POST /now HTTP/1.1\r\nContent-Length: 5000\r\n\r\n", 413),
+                            (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
+                            (b"GET /now HTTP/1.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+                            (b"GET /now HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431)):
+        with connect(port) as connection:
+            connection.sendall(request)
+            reply = read_until_closed(connection)
+        assert reply.startswith(b"HTTP/1.1 %d " % status), (status, reply[:100])
+
+
+def test_an_endless_header_is_cut_off(port):
+    with connect(port) as connection:
+        connection.sendall(b"GET /now HTTP/1.1\r\nX-Endless: ")
+        with contextlib.suppress(OSError):       # the server may close while we still send
+            for _ in range(200):
+                connection.sendall(b"a" * 1000)
+        reply = read_until_closed(connection)
+    assert reply.startswith(b"HTTP/1.1 431 ")
+
+
+def test_slow_and_idle_header_senders_are_cut_off(port):
+    started = time.monotonic()
+    with connect(port) as idle, connect(port) as slow:
+        slow.sendall(b"GET /now HTTP/1.1\r\nHo")
+        assert read_until_closed(idle) == b""               # nothing asked: closed, no answer
+        reply = read_until_closed(slow)
+    assert reply.startswith(b"HTTP/1.1 408 ") and b"headers did not arrive within 0.5 s" in reply
+    assert time.monotonic() - started < LIMITS.header_timeout + 1
+
+
+def test_keep_alive_clients_may_idle_longer_than_the_header_timeout(port):
+    with connect(port) as connection:
+        connection.sendall(post(b"/now", b"1"))
+        assert read_responses(connection, 1) == [(200, b"POST /now 1")]
+        time.sleep(LIMITS.header_timeout * 3)                # idle, below the keep-alive limit
+        connection.sendall(post(b"/now", b"2"))
+        assert read_responses(connection, 1) == [(200, b"POST /now 2")]
+
+
+def test_a_slow_body_gets_408(port):
+    with connect(port) as connection:
+        connection.sendall(b"POST /now HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        reply = read_until_closed(connection)
+    assert reply.startswith(b"HTTP/1.1 408 ") and b"body did not arrive within 0.5 s" in reply
+
+
+@pytest.mark.parametrize("path", [b"/now", b"/later/100"])
+def test_a_half_closed_client_gets_its_answer(port, path):
+    with connect(port) as connection:
+        connection.sendall(post(path, b"x"))
+        connection.shutdown(socket.SHUT_WR)
+        reply = read_until_closed(connection)
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"POST " + path + b" x")
+
+
+def test_a_bug_answers_500_and_the_connection_keeps_serving(port, caplog):
+    with connect(port) as connection:
+        connection.sendall(post(b"/bug") + post(b"/refused") + post(b"/now", b"ok"))
+        answers = read_responses(connection, 3)
+    assert answers[0][0] == 500 and orjson.loads(answers[0][1])["cause"] == "Internal server error"
+    assert answers[1] == (404, b'{"error":"Not found","cause":"no such thing"}')
+    assert answers[2] == (200, b"POST /now ok")
+    assert "KeyError" in caplog.text
+
+
+def test_compressed_bodies_are_decoded_within_the_limit(port):
+    with connect(port) as connection:
+        connection.sendall(post(b"/now", gzip.compress(b"hello"), b"Content-Encoding: gzip\r\n"))
+        assert read_responses(connection, 1) == [(200, b"POST /now hello")]
+        connection.sendall(post(b"/now", gzip.compress(b"0" * 5000), b"Content-Encoding: gzip\r\n"))
+        assert read_responses(connection, 1)[0][0] == 413
+        connection.sendall(post(b"/now", b"not gzip", b"Content-Encoding: gzip\r\n"))
+        status, body = read_responses(connection, 1)[0]
+        assert status == 400 and b"could not be decoded" in body
+
+
+def test_expect_100_continue(port):
+    with connect(port) as connection:
+        connection.sendall(b"POST /now HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        assert connection.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        connection.sendall(b"hi")
+        assert read_responses(connection, 1) == [(200, b"POST /now hi")]
+
+
+def test_http_1_0_and_connection_close_are_answered_then_closed(port):
+    for request in (b"POST /now HTTP/1.0\r\nContent-Length: 1\r\n\r\nx",
+                    b"POST /now HTTP/1.1\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx" + post(b"/now", b"y")):
+        with connect(port) as connection:
+            connection.sendall(request)
+            reply = read_until_closed(connection)
+        assert reply.endswith(b"POST /now x") and b"Connection: close" in reply
+
+
+def test_targets_are_decoded_and_absolute_form_is_read(port):
+    with connect(port) as connection:
+        connection.sendall(b"POST http://t/now HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+                           b"POST /a%20b?x=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        assert read_responses(connection, 2) == [(200, b"POST /now "), (200, b"POST /a b ")]
