@@ -134,3 +134,11 @@ def built_local_base(python, unavailable=""):
     if build.returncode != 0:
         pytest.skip(f"could not build {local_base}: {build.stderr[-800:]}")
     return local_base
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A three-node Ray cluster on 127.0.0.1 (tests/ray/ray_cluster.py); skips without Ray."""
+    from ray_cluster import loopback_ray_cluster     # tests/ray is on sys.path for its tests
+    with loopback_ray_cluster() as cluster:
+        yield cluster
