@@ -79,3 +79,11 @@ def base_image(docker_client):
     except ClipperException as error:
         unavailable = str(error)
     return built_local_base(CLIENT_PYTHON, unavailable)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A three-node Ray cluster on 127.0.0.1 (tests/ray/ray_cluster.py); skips without Ray."""
+    from ray_cluster import loopback_ray_cluster     # tests/ray is on sys.path for its tests
+    with loopback_ray_cluster() as cluster:
+        yield cluster

@@ -32,6 +32,7 @@ from clipper_admin.local import LocalContainerManager
 # The directory that holds the ``clipper`` package: on the nodes, where Ray unpacked it.
 CLIPPER_ROOT = str(Path(clipper.__file__).resolve().parents[1])
 MAX_RESTART_DELAY = 5.0
+RAYLET_CHECK_SECONDS = 0.5
 HEALTHY_RUN_SECONDS = 10.0
 
 
@@ -168,6 +169,7 @@ class ModelReplica:
         self.stopping = False
         self._start()
         threading.Thread(target=self._keep_running, daemon=True).start()
+        threading.Thread(target=self._exit_with_raylet, args=(os.getppid(),), daemon=True).start()
 
     def _start(self):
         self.started_at = time.monotonic()
@@ -188,9 +190,19 @@ class ModelReplica:
             if not self.stopping:
                 self._start()
 
+    def _exit_with_raylet(self, raylet_pid):
+        """An idle actor does not notice that its node's raylet died, and Ray has already
+        started it again elsewhere: a duplicate that nobody would stop. Go, and the model
+        container with it (our parent is the raylet while it lives)."""
+        while os.getppid() == raylet_pid:
+            time.sleep(RAYLET_CHECK_SECONDS)
+        self.stopping = True
+        self.process.kill()
+        os._exit(1)
+
     def info(self) -> dict:
         return {**where_am_i(), "label": self.label, "process_pid": self.process.pid,
-                "failures": self.failures, "exit_code": self.exit_code,
+                "failures": self.failures, "exit_code": self.exit_code, "gpus": len(ray.get_gpu_ids()),
                 "cuda_visible_devices": self.env.get("CUDA_VISIBLE_DEVICES")}
 
     def log(self, last_lines=None) -> str:

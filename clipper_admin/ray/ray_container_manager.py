@@ -105,6 +105,7 @@ class RayContainerManager(ContainerManager):
         self.replica_options = {"num_cpus": replica_num_cpus, "num_gpus": replica_num_gpus,
                                 "resources": replica_resources or {}}
         self._silent_since = {}     # replica actor name -> when it was first seen not answering
+        self._needs = {}            # (name, version) -> Ray options of the replicas started here
 
     # ---- Ray ----
     @property
@@ -246,21 +247,23 @@ class RayContainerManager(ContainerManager):
         self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus)
 
     def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
-        """``num_gpus``: GPUs for each new replica (Ray's logical GPUs; None: the manager's
-        ``replica_num_gpus``)."""
+        """``num_gpus``: GPUs for each new replica (Ray's logical GPUs; None: as many as the
+        version's running replicas have, else the manager's ``replica_num_gpus``)."""
         from clipper_admin.ray.actors import ModelReplica
         if not str(image).startswith(IMAGE_PREFIX):
             raise ClipperException(f"The Ray backend runs models built by its build_model (deploy_python_closure "
                                    f"does that); {image!r} is not one")
         ray = self._ray
         current = self._replicas(name, version)
+        if num_gpus is None and current:
+            running = self._answering(current.values())
+            if running:
+                num_gpus = ray.get(running[0].info.remote())["gpus"]
         settings = {"cluster_name": self.cluster_name, "namespace": self.namespace}
         for index in range(num_replicas):
             if index not in current:
                 # SPREAD: replicas go to different nodes where they can; never pinned to a node.
-                needs = dict(self.replica_options)
-                if num_gpus is not None:
-                    needs["num_gpus"] = num_gpus
+                needs = self._replica_needs(name, version, num_gpus)
                 options = self._actor_options(_replica_name(name, version, index),
                                               scheduling_strategy="SPREAD", **needs)
                 _retry_while_name_taken(lambda: ray.remote(ModelReplica).options(**options).remote(
@@ -311,7 +314,7 @@ class RayContainerManager(ContainerManager):
             actor_name = f"{self.cluster_name}/{_replica_name(name, version, index)}"
             if not ready:
                 silent_since = self._silent_since.setdefault(actor_name, time.monotonic())
-                missing = self._missing_resources()
+                missing = self._missing_resources(name, version)
                 if missing and time.monotonic() - silent_since > WAITING_REPORT_SECONDS:
                     return (f"Replica {index} is waiting for resources no node has free ({missing}); "
                             "it starts when they are free. Lower num_replicas, or add nodes.")
@@ -327,11 +330,20 @@ class RayContainerManager(ContainerManager):
                         f"{info['exit_code']}). Last lines of its log:\n{log}")
         return None
 
-    def _missing_resources(self):
-        """What one replica needs beyond what the Ray cluster has free, as text ('' if nothing)."""
+    def _replica_needs(self, name, version, num_gpus=None):
+        """The Ray options of a new replica; remembered, to say later what it waits for."""
+        needs = dict(self.replica_options)
+        if num_gpus is not None:
+            needs["num_gpus"] = num_gpus
+        self._needs[(name, str(version))] = needs
+        return needs
+
+    def _missing_resources(self, name, version):
+        """What a replica of this version needs beyond what the Ray cluster has free, as text
+        ('' if nothing)."""
         free = self._ray.available_resources()
-        needs = {"CPU": self.replica_options["num_cpus"], "GPU": self.replica_options["num_gpus"],
-                 **self.replica_options["resources"]}
+        options = self._needs.get((name, str(version)), self.replica_options)
+        needs = {"CPU": options["num_cpus"], "GPU": options["num_gpus"], **options["resources"]}
         short = {name: amount for name, amount in needs.items() if amount and free.get(name, 0) < amount}
         return ", ".join(f"{name}: needs {amount}, {free.get(name, 0):g} free" for name, amount in short.items())
 

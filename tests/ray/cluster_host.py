@@ -1,9 +1,9 @@
 """A Ray cluster of a head and two worker nodes on this machine, for the Ray backend's tests.
 
-Run by tests/ray/conftest.py as its own process with Ray's multi-node test harness
+Run by tests/ray/ray_cluster.py as its own process with Ray's multi-node test harness
 (ray.cluster_utils.Cluster): every node is its own set of processes (GCS, raylet, agents),
 as with `ray start`. Prints one JSON line (the address and each node's id and raylet pid),
-then keeps the cluster until its stdin closes. The environment the conftest gives it keeps
+then keeps the cluster until its stdin closes. The environment ray_cluster.py gives it keeps
 every listener and connection on 127.0.0.1.
 """
 import json

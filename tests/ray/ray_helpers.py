@@ -1,4 +1,4 @@
-"""Helpers of the Ray backend's tests (the fixture is in this directory's conftest.py)."""
+"""Helpers of the Ray backend's tests (the cluster itself: ray_cluster.py)."""
 import contextlib
 import os
 import signal

@@ -67,9 +67,9 @@ def test_replicas_spread_over_the_nodes_and_scale(ray_cluster, ray_clipper, tmp_
 
 
 def test_each_gpu_replica_gets_its_own_gpu_and_an_extra_one_waits(ray_cluster, ray_clipper):
-    conn = ray_clipper("gpus", replica_num_gpus=1)
+    conn = ray_clipper("gpus")
     python_deployer.deploy_python_closure(conn, name="gpu-model", version=1, input_type="doubles",
-                                          func=feature_sum, num_replicas=2)
+                                          func=feature_sum, num_replicas=2, num_gpus=1)
     placed = conn.cm.replica_info("gpu-model", 1)
     devices = [psutil.Process(info["process_pid"]).environ().get("CUDA_VISIBLE_DEVICES")
                for info in placed.values()]
@@ -77,7 +77,7 @@ def test_each_gpu_replica_gets_its_own_gpu_and_an_extra_one_waits(ray_cluster, r
     assert {info["node_id"] for info in placed.values()} == {ray_cluster["nodes"][1]["node_id"]}
 
     started = time.monotonic()
-    with pytest.raises(ClipperException) as refused:
+    with pytest.raises(ClipperException) as refused:     # a new replica also asks for 1 GPU
         conn.set_num_replicas("gpu-model", 3)
     print(f"refused after {time.monotonic() - started:.1f} s: {refused.value}")
     assert "2 of 3 replicas" in str(refused.value)

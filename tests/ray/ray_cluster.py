@@ -1,4 +1,6 @@
-"""A real three-node Ray cluster on loopback for the Ray backend's tests (skipped without Ray).
+"""A real three-node Ray cluster on loopback for the Ray backend's tests (skipped without Ray);
+the session fixture ``ray_cluster`` (tests/conftest.py) runs it. (No conftest.py here: test
+modules elsewhere import names from ``conftest``, and a second one would shadow the first.)
 
 Ray resolves 127.0.0.1 to the machine's primary address and then listens there. What keeps
 it on loopback, set here for the cluster and for this process (the driver):
@@ -39,16 +41,15 @@ LOOPBACK_ENV = {
 }
 FAST_NODE_FAILURE_ENV = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
                          "RAY_health_check_failure_threshold": "3"}
-# Ray reads its settings when imported: this process is a driver of the test cluster too.
-os.environ.update(LOOPBACK_ENV)
-
-ray = pytest.importorskip("ray", reason="the Ray backend's tests need Ray: pip install -r requirements-ray.txt")
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
+@contextlib.contextmanager
+def loopback_ray_cluster():
     """``{"address", "nodes": [{"node_id", "raylet_pid"}, ...] (head, GPU worker, worker),
     "marker"}``; the test process joins it as a driver through RayContainerManager."""
+    # Ray reads its settings when imported: this process is a driver of the test cluster too.
+    os.environ.update(LOOPBACK_ENV)
+    ray = pytest.importorskip("ray", reason="the Ray backend's tests need Ray: pip install -r requirements-ray.txt")
     scratch = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))    # short: unix socket paths
     (scratch / "home").mkdir()
     (scratch / "home" / "ray_bootstrap_config.yaml").write_text("{}\n")
