@@ -92,8 +92,12 @@ class ClusterFrontends:
         if self.local.cluster.is_running():       # this actor was restarted, its processes were not
             self.local.connect()
         else:
-            self.local.start_clipper(cache_size=settings["cache_size"],
-                                     qf_http_timeout_content=settings["body_timeout"])
+            try:
+                self.local.start_clipper(cache_size=settings["cache_size"],
+                                         qf_http_timeout_content=settings["body_timeout"])
+            except BaseException:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                raise
         self.models = {}
         self._reload_models()
 
