@@ -104,7 +104,7 @@ def test_a_replica_killed_mid_batch_loses_no_query(clipper_conn, tmp_path):
     python_deployer.create_endpoint(clipper_conn, "sturdy", "doubles", recording_model(log, fixed=1.0),
                                     slo_micros=10_000_000, num_replicas=2)
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(predict, clipper_conn, "sturdy", [4.0, 4.0], 20)
+        pending = pool.submit(predict, clipper_conn, "sturdy", {"input": [4.0, 4.0]}, 20)
         deadline = time.monotonic() + 10
         while not calls(log):
             assert time.monotonic() < deadline
@@ -135,12 +135,12 @@ def test_identical_queries_sharing_an_evaluation_each_keep_their_own_deadline(cl
     python_deployer.create_endpoint(clipper_conn, "patient", "doubles", sleeping_model,
                                     default_output="-1.0", slo_micros=3_000_000, batch_size=1)
     with ThreadPoolExecutor(3) as pool:
-        blocker = pool.submit(predict, clipper_conn, "patient", [4.0])   # the replica: busy 4 s
+        blocker = pool.submit(predict, clipper_conn, "patient", {"input": [4.0]})   # the replica: busy 4 s
         time.sleep(0.2)
-        first = pool.submit(predict, clipper_conn, "patient", [0.0])     # waits until 3.2 s
+        first = pool.submit(predict, clipper_conn, "patient", {"input": [0.0]})     # waits until 3.2 s
         time.sleep(2.3)
         second_sent = time.monotonic()
-        second = pool.submit(predict, clipper_conn, "patient", [0.0])    # same input, until 5.5 s
+        second = pool.submit(predict, clipper_conn, "patient", {"input": [0.0]})    # same input, until 5.5 s
         second_body = second.result().json()
         second_took = time.monotonic() - second_sent
         assert first.result().json()["default"] is True                 # its objective passed
