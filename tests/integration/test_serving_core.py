@@ -5,7 +5,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
 from clipper_admin.deployers import python as python_deployer
 from loadgen import run_load
 from helpers import predict
@@ -32,10 +31,11 @@ def calls(log_path):
 
 def test_batches_grow_under_load_and_shrink_when_replies_are_late(clipper_conn, tmp_path):
     log, slow = str(tmp_path / "calls"), str(tmp_path / "slow")
-    # Objective 100 ms: a batch may take 50 ms. Fast: 0.2 ms per item. Slow: 20 ms per item.
+    # Objective 100 ms: a batch may take 50 ms. Each call costs 5 ms (so queries queue up
+    # while one runs), plus 0.2 ms per item when fast and 20 ms per item when slow.
     python_deployer.create_endpoint(
         clipper_conn, "aimd", "doubles",
-        recording_model(log, per_item=0.0002, slow_flag=slow, slow_per_item=0.02),
+        recording_model(log, per_item=0.0002, fixed=0.005, slow_flag=slow, slow_per_item=0.02),
         slo_micros=100_000)
     run_load(clipper_conn, "aimd", clients=24, seconds=4)
     fast_sizes = [size for _, size in calls(log)]
