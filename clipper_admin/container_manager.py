@@ -48,6 +48,11 @@ def default_metric_port(query_port):
     return query_port + METRIC_PORT_OFFSET
 
 
+def public_host_for(host):
+    """How clients address servers that listen on ``host``."""
+    return "localhost" if host == "127.0.0.1" else host
+
+
 def is_valid_name(value) -> bool:
     return bool(_NAME_PATTERN.match(str(value)))
 

@@ -21,7 +21,8 @@ from clipper.cluster.supervisor import PROJECT_ROOT
 from clipper.config import MODEL_CONTAINER, Config
 from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper_admin.container_manager import (
-    CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager)
+    CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager,
+    public_host_for)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.exceptions import ClipperException
 
@@ -48,7 +49,7 @@ class LocalContainerManager(ContainerManager):
         the cluster's own containers, by CURVE keys, when there is an admin token or
         ``host`` is not loopback; anyone otherwise), "curve" (always keys) or "open"
         (anyone, as in Clipper: for real Clipper model containers)."""
-        super().__init__(cluster_name, _public_host(host), clipper_query_port,
+        super().__init__(cluster_name, public_host_for(host), clipper_query_port,
                          clipper_management_port, clipper_rpc_port, clipper_metric_port,
                          redis_ip, redis_port, admin_token, max_body_size, rpc_auth)
         self.host = host
@@ -131,7 +132,7 @@ class LocalContainerManager(ContainerManager):
             self._recover()
         config = Config(**self.cluster.settings()["config"])
         self.host = config.host
-        self.public_host = _public_host(config.host)
+        self.public_host = public_host_for(config.host)
         self.clipper_query_port = config.query_port
         self.clipper_management_port = config.management_port
         self.clipper_rpc_port = config.rpc_port
@@ -257,10 +258,6 @@ class LocalContainerManager(ContainerManager):
             paths.append(target)
         return paths
 
-
-
-def _public_host(host):
-    return "localhost" if host == "127.0.0.1" else host
 
 
 def stop_cluster(cluster: ClusterDir, graceful=True):

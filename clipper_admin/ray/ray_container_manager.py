@@ -25,7 +25,7 @@ from clipper.config import Config
 from clipper.rpc import auth
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT,
-    CLIPPER_INTERNAL_RPC_PORT, ContainerManager)
+    CLIPPER_INTERNAL_RPC_PORT, ContainerManager, public_host_for)
 from clipper_admin.exceptions import ClipperException, MissingDependency
 
 logger = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class RayContainerManager(ContainerManager):
 
     def _adopt(self, info):
         self.host = info["host"]
-        self.public_host = "localhost" if info["host"] == "127.0.0.1" else info["host"]
+        self.public_host = public_host_for(info["host"])
         self.clipper_query_port = info["query_port"]
         self.clipper_management_port = info["management_port"]
         self.clipper_rpc_port = info["rpc_port"]

@@ -6,6 +6,7 @@ against our own reading of it. Frames are listed as the container sees them (a l
 empty delimiter, no identity); little-endian u32/u64 throughout.
 """
 import struct
+import time
 
 RPC_VERSION = 3
 NEW_CONTAINER, CONTAINER_CONTENT, HEARTBEAT = 0, 1, 2
@@ -91,3 +92,25 @@ def parse_from_clipper(frames):
     inputs = frames[7:]
     assert [len(i) for i in inputs] == header[2:], "sizes are in bytes, one per input frame"
     return {"type": "predict", "msg_id": frames[3], "input_type": header[0], "inputs": inputs}
+
+
+def serve(socket, registration, answer, running=lambda: True, poll_millis=1000,
+          heartbeat_seconds=5.0):
+    """A container's side of a session on a connected DEALER ``socket``, as Clipper's
+    containers behave: heartbeat while idle, send ``registration`` (``new_container(...)``)
+    when the frontend asks for metadata, and reply to each prediction request with
+    ``answer(message)`` (one bytes output per input). Returns once ``running()`` is false."""
+    socket.send_multipart(heartbeat())
+    last_heartbeat = time.monotonic()
+    while running():
+        if not socket.poll(poll_millis):
+            if time.monotonic() - last_heartbeat > heartbeat_seconds:
+                socket.send_multipart(heartbeat())
+                last_heartbeat = time.monotonic()
+            continue
+        message = parse_from_clipper(socket.recv_multipart())
+        if message["type"] == "heartbeat_reply":
+            if message["heartbeat_type"] == REQUEST_CONTAINER_METADATA:
+                socket.send_multipart(registration)
+            continue
+        socket.send_multipart(prediction_response(message["msg_id"], answer(message)))

@@ -51,24 +51,15 @@ class ClipperStyleContainer(threading.Thread):
             socket.close()
 
     def _serve(self, socket):
-        socket.send_multipart(rpc.heartbeat())
-        last_heartbeat = time.monotonic()
-        while not self.stopping.is_set():
-            if not socket.poll(100):    # short polls, so that the test can stop the thread
-                if time.monotonic() - last_heartbeat > IDLE_HEARTBEAT_SECONDS:
-                    socket.send_multipart(rpc.heartbeat())
-                    last_heartbeat = time.monotonic()
-                continue
-            message = rpc.parse_from_clipper(socket.recv_multipart())
-            if message["type"] == "heartbeat_reply":
-                if message["heartbeat_type"] == rpc.REQUEST_CONTAINER_METADATA:
-                    socket.send_multipart(self.registration)
-                continue
-            # Clipper's container raises on a batch of another type.
-            assert message["input_type"] == rpc.TYPE_CODES[self.input_type], message
-            self.batches.append(len(message["inputs"]))
-            outputs = [self.predict(i).encode() for i in message["inputs"]]
-            socket.send_multipart(rpc.prediction_response(message["msg_id"], outputs))
+        # Short polls, so that the test can stop the thread.
+        rpc.serve(socket, self.registration, self._answer, lambda: not self.stopping.is_set(),
+                  poll_millis=100, heartbeat_seconds=IDLE_HEARTBEAT_SECONDS)
+
+    def _answer(self, message):
+        # Clipper's container raises on a batch of another type.
+        assert message["input_type"] == rpc.TYPE_CODES[self.input_type], message
+        self.batches.append(len(message["inputs"]))
+        return [self.predict(i).encode() for i in message["inputs"]]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ of doubles with "<name>:<version>:<sum>" per input, so a test sees the environme
 """
 import os
 import struct
-import time
 
 import zmq
 
@@ -21,22 +20,12 @@ def main():
     socket = zmq.Context.instance().socket(zmq.DEALER)
     socket.connect(address)
     print(f"{name}:{version} ({input_type}) connecting to {address}", flush=True)
-    socket.send_multipart(rpc.heartbeat())
-    last_heartbeat = time.monotonic()
-    while True:
-        if not socket.poll(1000):
-            if time.monotonic() - last_heartbeat > HEARTBEAT_SECONDS:
-                socket.send_multipart(rpc.heartbeat())
-                last_heartbeat = time.monotonic()
-            continue
-        message = rpc.parse_from_clipper(socket.recv_multipart())
-        if message["type"] == "heartbeat_reply":
-            if message["heartbeat_type"] == rpc.REQUEST_CONTAINER_METADATA:
-                socket.send_multipart(rpc.new_container(name, version, input_type))
-            continue
+
+    def answer(message):
         sums = [sum(struct.unpack("<%dd" % (len(i) // 8), i)) for i in message["inputs"]]
-        outputs = [f"{name}:{version}:{total}".encode() for total in sums]
-        socket.send_multipart(rpc.prediction_response(message["msg_id"], outputs))
+        return [f"{name}:{version}:{total}".encode() for total in sums]
+    rpc.serve(socket, rpc.new_container(name, version, input_type), answer,
+              heartbeat_seconds=HEARTBEAT_SECONDS)
 
 
 if __name__ == "__main__":
