@@ -32,14 +32,14 @@ function setup(thread)
 end
 
 local body_file = os.getenv("BENCH_BODY_FILE")
-local bodies, next_body = {}, 0
+local prepared, next_body = {}, 0
 
 function init(args)
   wrk.body = fixed
   count = first or 0
   if body_file then
-    for line in io.lines(body_file) do
-      if #line > 0 then bodies[#bodies + 1] = line end
+    for line in io.lines(body_file) do   -- each request formatted once: wrk then only sends
+      if #line > 0 then prepared[#prepared + 1] = wrk.format(nil, nil, nil, line) end
     end
     next_body = (first or 0) / 1000000000 * 7
   end
@@ -53,9 +53,9 @@ if os.getenv("BENCH_COUNT_DEFAULTS") == "1" then
 end
 
 function request()
-  if #bodies > 0 then
+  if #prepared > 0 then
     next_body = next_body + 1
-    return wrk.format(nil, nil, nil, bodies[next_body % #bodies + 1])
+    return prepared[next_body % #prepared + 1]
   end
   if unique then
     count = count + 1
