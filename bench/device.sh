@@ -51,26 +51,32 @@ export PYTHONUNBUFFERED=1
 $PYTHON -c "import zmq, redis, httptools, orjson, uvloop, aiohttp, cloudpickle, psutil, numpy, sys
 from clipper.cluster.redis_binary import find_redis_server
 print('python', sys.version.split()[0], 'redis server', find_redis_server() or sys.exit('no redis-server'))" || exit 1
-$PYTHON -c "import torch, torchvision; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 ulimit -n 65536 2>/dev/null
 
 cores=$(nproc)
+gpus=$($PYTHON -c "import torch, torchvision; print(torch.cuda.device_count())") || gpus=0
+gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
+# Replicas are given GPUs from what nvidia-smi lists; tell the cluster if only PyTorch sees them.
+[ "$gpus" -gt 0 ] && [ -z "$gpu" ] && export CLIPPER_GPU_COUNT=$gpus
 device=cpu
-gpu=
-if gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1) \
-        && [ -n "$gpu" ] && [ -z "$smoke" ]; then
-    device=cuda
-fi
-export BENCH_MACHINE="device machine (${gpu:-no GPU})"
+[ "$gpus" -gt 0 ] && [ -z "$smoke" ] && device=cuda
+export BENCH_MACHINE="device machine (${gpu:-$gpus GPUs as PyTorch sees them})"
 # wrk gets the last quarter of the cores to itself (4 of 16), the servers the rest.
 wrk_cpus=()
 [ "$cores" -ge 8 ] && wrk_cpus=(--wrk-cpus "$(( cores - cores / 4 ))-$(( cores - 1 ))")
 echo "$BENCH_MACHINE, $cores cores, ${wrk_cpus[*]:-wrk on the same cores}"
 
 step "A: GPU serving ($device)"
-if [ -n "$smoke" ]; then a_args=(--device cpu --quick --query-workers 1,2); else a_args=(--device "$device"); fi
-timeout -k 10 240 $PYTHON bench/gpu_serving.py "${a_args[@]}" "${wrk_cpus[@]}" --out "$out" >"$out/gpu.log" 2>&1
-echo "gpu_serving.py exited with $?"; grep -v ' INFO ' "$out/gpu.log" | tail -5
+if [ -n "$smoke" ]; then a_args=(--device cpu --quick --query-workers 1,2); else a_args=(--device cuda); fi
+if [ "$device" = cuda ] || [ -n "$smoke" ]; then
+    timeout -k 10 240 $PYTHON bench/gpu_serving.py "${a_args[@]}" "${wrk_cpus[@]}" --out "$out" >"$out/gpu.log" 2>&1
+    echo "gpu_serving.py exited with $?"; grep -v ' INFO ' "$out/gpu.log" | tail -5
+else
+    echo "no GPU that PyTorch can use: skipped"
+fi
+for j in "$out"/*-gpu*.json; do      # cut short: the Markdown of what it measured
+    [ -f "$j" ] && [ ! -f "${j%.json}.md" ] && $PYTHON bench/gpu_serving.py --report "$j" >/dev/null
+done
 
 step "B: serving benchmark on $cores cores"
 if [ -n "$smoke" ]; then b_args=(--seconds 1 --concurrency 1,16,64 --query-workers 1,2); else

@@ -47,7 +47,9 @@ TARGET_SHARE = 0.25
 def resnet18_fp16(device):
     import torch
     import torchvision
-    torch.manual_seed(0)        # cuDNN's default choice of kernels: adaptive batches vary in size
+    torch.manual_seed(0)
+    # cuDNN's default kernels, not its benchmark mode: adaptive batches come in many sizes,
+    # and benchmark mode would time kernels anew for each while the clients wait.
     return torchvision.models.resnet18(weights=None).to(device).half().eval()
 
 
@@ -85,7 +87,7 @@ def bare_pytorch(device, rows, batch_size, seconds, scratch):
     """The model function called directly on batches of ``batch_size``: images/s, ms per batch."""
     predict = make_predict(device, str(scratch / f"bare-{batch_size}"))
     batches = [rows[start:start + batch_size] for start in range(0, len(rows) - batch_size + 1, batch_size)]
-    for batch in batches[:3]:                       # warm-up: the model, cuDNN's choice of kernels
+    for batch in batches[:3]:                       # warm-up: the model on the device, CUDA's start
         predict(batch)
     latencies, stop = [], time.monotonic() + seconds
     while time.monotonic() < stop:
