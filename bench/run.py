@@ -17,6 +17,7 @@ Every scenario is measured in the same run on the same machine:
 Prints the figures and the project's targets as ratios (PASS/MISS); writes them to
 bench/results/<date>.md and .json with a PNG of latency against concurrency.
 --profile adds py-spy profiles of the query frontend under load (bench/results/).
+--query-workers N runs our cluster with N query frontend processes sharing the port.
 """
 import argparse
 import datetime
@@ -98,9 +99,9 @@ def measure_floors(results, seconds):
             results[name] = series(url, seconds)
 
 
-def measure_ours(results, seconds, profile_stem):
+def measure_ours(results, seconds, profile_stem, query_workers=1):
     profiles = []
-    with servers.cluster(cache_size=0) as conn:
+    with servers.cluster(cache_size=0, query_workers=query_workers) as conn:
         url, defaults = deploy(conn, "sum", feature_sum)
         results[report.OURS] = series(url, seconds, defaults=defaults)
         if profile_stem:
@@ -111,7 +112,7 @@ def measure_ours(results, seconds, profile_stem):
         for name, batch_size in ((report.ADAPTIVE, -1), (report.ONE_BY_ONE, 1)):
             url, defaults = deploy(conn, "adaptive" if batch_size < 0 else "one-by-one", costly_per_call, batch_size)
             results[name] = series(url, seconds, concurrency=(64,), defaults=defaults)
-    with servers.cluster(cache_size=32 * 2 ** 20) as conn:
+    with servers.cluster(cache_size=32 * 2 ** 20, query_workers=query_workers) as conn:
         url, defaults = deploy(conn, "sum", feature_sum)
         results[report.HITS] = series(url, seconds, body="fixed", defaults=defaults)
         results[report.MISSES] = series(url, seconds, body="unique", defaults=defaults)
@@ -138,6 +139,8 @@ def main(argv=None):
     parser.add_argument("--seconds", type=int, help="seconds per point")
     parser.add_argument("--no-peer", action="store_true", help="skip Ray Serve")
     parser.add_argument("--profile", action="store_true", help="also profile the query frontend with py-spy")
+    parser.add_argument("--query-workers", type=int, default=1,
+                        help="query frontend processes of our cluster (SO_REUSEPORT), default 1")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -147,16 +150,18 @@ def main(argv=None):
     date = datetime.date.today().isoformat()
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    stem = out / f"{date}{'-quick' if args.quick else ''}"
+    workers = f"-workers{args.query_workers}" if args.query_workers != 1 else ""
+    stem = out / f"{date}{'-quick' if args.quick else ''}{workers}"
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as state_dir:
         os.environ["CLIPPER_STATE_DIR"] = state_dir      # the cluster's state stays out of ~/.clipper
         hop = roundtrip.describe(roundtrip.measure(1000 if args.quick else 5000))
         measure_floors(results, seconds)
-        profiles = measure_ours(results, seconds, stem if args.profile else None)
+        profiles = measure_ours(results, seconds, stem if args.profile else None, args.query_workers)
         peer = "Peer: skipped (--no-peer)." if args.no_peer else measure_peer(results, seconds)
     checks = report.targets(results)
-    context = {"date": date, "seconds": seconds, "peer": peer, "notes": [hop], "profiles": profiles}
+    context = {"date": date, "seconds": seconds, "peer": peer, "profiles": profiles,
+               "notes": [hop, f"Our cluster: {args.query_workers} query frontend process(es)."]}
     text = report.markdown(results, checks, context)
     print(text)
     stem.with_suffix(".md").write_text(text)

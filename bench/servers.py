@@ -160,9 +160,10 @@ def ray_peer(throughput_optimized: bool, max_ongoing_requests: int = 256):
 
 
 @contextlib.contextmanager
-def cluster(cache_size: int):
+def cluster(cache_size: int, query_workers: int = 1):
     """Our cluster on the benchmark's ports; its state goes where CLIPPER_STATE_DIR says."""
-    conn = ClipperConnection(LocalContainerManager(cluster_name="bench", **CLUSTER_PORTS))
+    conn = ClipperConnection(LocalContainerManager(cluster_name="bench", query_workers=query_workers,
+                                                   **CLUSTER_PORTS))
     try:
         conn.start_clipper(cache_size=cache_size)
         yield conn
@@ -171,7 +172,8 @@ def cluster(cache_size: int):
 
 
 def query_frontend_pid(conn) -> int:
-    return next(p["pid"] for p in conn.cm.cluster.processes() if p["role"] == "query-frontend")
+    """The query frontend's process (worker 0, when there are several)."""
+    return next(p["pid"] for p in conn.cm.cluster.processes() if p["name"] == "query-frontend")
 
 
 def app_url(app: str) -> str:
