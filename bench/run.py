@@ -151,7 +151,7 @@ def main(argv=None):
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     workers = f"-workers{args.query_workers}" if args.query_workers != 1 else ""
-    stem = out / f"{date}{'-quick' if args.quick else ''}{workers}"
+    stem = out / f"{date}{workers}{'-quick' if args.quick else ''}"
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as state_dir:
         os.environ["CLIPPER_STATE_DIR"] = state_dir      # the cluster's state stays out of ~/.clipper
