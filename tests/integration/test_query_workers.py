@@ -6,11 +6,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
+import psutil
 import pytest
 import redis
 import requests
 
 from clipper import redis_schema as schema
+from clipper.cluster.cluster_dir import cluster_processes
 from clipper.config import Config
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin import cli
@@ -128,6 +130,29 @@ def test_a_killed_worker_is_restarted_and_predictions_keep_being_answered(conn):
     before = worker_counts(conn)[1]
     predict_on_new_connections(conn, 100, first=30_000)
     wait_for(lambda: worker_counts(conn)[1] > before, 10, "the restarted worker answering")
+
+
+def test_a_killed_supervisor_adopts_every_worker_and_recover_restarts_them(conn):
+    cluster = conn.cm.cluster
+    first, workers = cluster.supervisor(), {n: p for n, p in pids(conn).items() if "query" in n}
+    os.kill(first.pid, signal.SIGKILL)
+    wait_for(lambda: cluster.is_running() and cluster.supervisor() != first, 10, "a new supervisor")
+    wait_for(lambda: {n: p for n, p in pids(conn).items() if "query" in n} == workers, 10,
+             "the running workers adopted")
+    # Every process killed at once (a power cut): connect() starts the cluster again, N workers.
+    processes = cluster_processes(cluster)
+    for stop in (signal.SIGSTOP, signal.SIGKILL):
+        for process in processes:
+            process.send_signal(stop)
+    wait_for(lambda: not any(psutil.pid_exists(p.pid) and psutil.Process(p.pid).status() != psutil.STATUS_ZOMBIE
+                             for p in processes), 10, "every process gone")
+    again = ClipperConnection(LocalContainerManager(cluster_name="workers"))
+    again.connect()
+    assert again.cm.query_workers == WORKERS
+    assert {"query-frontend", "query-frontend-1"} <= set(pids(again))
+    # Replicas may still be connecting, as after any recovery; then both workers answer.
+    wait_for(lambda: not [a for a in predict_on_new_connections(again, 100, first=40_000)
+                          if a["default"]], 30, "the recovered workers answering with the model")
 
 
 def test_stop_all_leaves_no_process(conn, clipper_state_dir):
