@@ -24,6 +24,11 @@ log = logging.getLogger("clipper.container")
 # An idle connection heartbeats this often, so a restarted frontend finds the replica quickly.
 HEARTBEAT_SECONDS = 1.0
 RECONNECT_MILLIS = 20
+# With several workers, a batch that arrives waits this share of the last model call's time
+# (at most MERGE_WAIT_MAX_SECONDS) for the next batches of the workers answered last: they
+# come a moment after their answers, and would otherwise alternate with it, call by call.
+MERGE_WAIT_SHARE = 0.1
+MERGE_WAIT_MAX_SECONDS = 0.002
 # Without any message from the frontend for this long, start a new session (as Clipper does).
 SESSION_TIMEOUT_SECONDS = 30.0
 
@@ -47,6 +52,7 @@ class Link:
         self.socket.connect(address)
         # The first heartbeat goes when the connection is made (see ``reconnected``).
         self.last_heard = self.last_sent = time.monotonic()
+        self.answered = False     # answered a batch and has not sent one since
 
     def send(self, frames, copy: bool = True) -> None:
         self.socket.send_multipart(frames, copy=copy)
@@ -87,6 +93,7 @@ class ContainerRuntime:
         self.secret_key = secret_key
         self.context = zmq.Context()
         self._stopping = False
+        self._last_call_seconds = 0.0
 
     def stop(self, *_args) -> None:
         self._stopping = True
@@ -115,11 +122,9 @@ class ContainerRuntime:
             poller.register(link.monitor, zmq.POLLIN)
         wait = min(link.heartbeat_due() for link in links) - time.monotonic()
         ready = dict(poller.poll(max(0, math.ceil(wait * 1000))))
-        requests = []
-        for link in links:
-            if link.socket in ready:
-                link.last_heard = time.monotonic()
-                requests += [(link, request) for request in self._receive_waiting(link)]
+        requests = self._receive([link for link in links if link.socket in ready])
+        if requests and len(links) > 1:
+            requests += self._wait_for_answered(links, requests)
         if requests:
             self._answer(requests)
         now = time.monotonic()
@@ -131,6 +136,33 @@ class ContainerRuntime:
                 links[index] = Link(self, link.address)
             elif connected or now >= link.heartbeat_due():
                 link.send(codec.encode_heartbeat())
+
+    def _receive(self, links: List[Link]) -> List[Tuple[Link, codec.PredictionRequest]]:
+        requests = []
+        for link in links:
+            link.last_heard = time.monotonic()
+            for request in self._receive_waiting(link):
+                link.answered = False
+                requests.append((link, request))
+        return requests
+
+    def _wait_for_answered(self, links: List[Link], requests) -> List[Tuple[Link, codec.PredictionRequest]]:
+        """The batches of the workers answered last that arrive within the merge wait."""
+        have = {link for link, _ in requests}
+        expected = [link for link in links if link.answered and link not in have]
+        deadline = time.monotonic() + min(MERGE_WAIT_SHARE * self._last_call_seconds, MERGE_WAIT_MAX_SECONDS)
+        more = []
+        while expected and time.monotonic() < deadline:
+            poller = zmq.Poller()
+            for link in expected:
+                poller.register(link.socket, zmq.POLLIN)
+            ready = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+            arrived = [link for link in expected if link.socket in ready]
+            more += self._receive(arrived)
+            expected = [link for link in expected if link not in arrived]
+        for link in expected:      # nothing came: do not wait for it again until answered
+            link.answered = False
+        return more
 
     def _receive_waiting(self, link: Link) -> List[codec.PredictionRequest]:
         """Handle the control messages waiting on ``link``; return its prediction requests."""
@@ -160,11 +192,14 @@ class ContainerRuntime:
                     f"got {request.input_type.canonical_name}")), copy=False)
         if not served:
             return
+        started = time.monotonic()
         outputs = self._predict([item for _, request in served for item in request.inputs])
+        self._last_call_seconds = time.monotonic() - started
         first = 0
         for link, request in served:
             last = first + len(request.inputs)
             link.send(codec.encode_prediction_response(request.msg_id, outputs[first:last]), copy=False)
+            link.answered = True
             first = last
 
     def _predict(self, inputs: List[bytes]) -> List[bytes]:

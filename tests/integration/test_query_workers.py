@@ -94,8 +94,10 @@ def test_workers_share_the_load_batches_merge_and_metrics_count_the_cluster(conn
     answers = predict_on_new_connections(conn, 600)
     assert not [a for a in answers if a["default"]], "every query answered by the model"
     # One worker sends at most BATCH_SIZE inputs per batch: a larger model call merged the
-    # batches of both workers.
-    assert max(int(a["output"]) for a in answers) > BATCH_SIZE
+    # batches of both workers. Most queries are answered by such calls (the workers' batches
+    # do not alternate, call by call).
+    merged = [a for a in answers if int(a["output"]) > BATCH_SIZE]
+    assert len(merged) > len(answers) / 2, sorted(int(a["output"]) for a in answers)
     wait_for(lambda: sum(worker_counts(conn)) == 600, 10, "every worker publishing its count")
     assert all(count > 0 for count in worker_counts(conn)), worker_counts(conn)
     # Whichever worker answers /metrics reports both workers' predictions (once each has
