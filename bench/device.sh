@@ -6,6 +6,7 @@
 #                                         # beside it: about 7 minutes, results in OUT_DIR
 #   bash bench/device.sh --smoke OUT_DIR  # anywhere (a CPU is enough): the same steps, short points
 #   bash bench/device.sh report OUT_DIR   # here, after: copy the results into bench/results/
+#   PARTS=gpu bash bench/device.sh OUT_DIR  # only A (PARTS=cpu: only B; default both)
 #
 # .whl/: the wheels the machine lacks (python3 -m pip download ... --python-version 3.12, see
 # the README's Benchmark section); .wrk/: wrk.bin (Debian's wrk) and lib/, the libraries it links.
@@ -66,10 +67,12 @@ wrk_cpus=()
 [ "$cores" -ge 8 ] && wrk_cpus=(--wrk-cpus "$(( cores - cores / 4 ))-$(( cores - 1 ))")
 echo "$BENCH_MACHINE, $cores cores, ${wrk_cpus[*]:-wrk on the same cores}"
 
+parts=${PARTS:-gpu cpu}
+if [[ " $parts " == *" gpu "* ]]; then
 step "A: GPU serving ($device)"
 if [ -n "$smoke" ]; then a_args=(--device cpu --quick --query-workers 1,2); else a_args=(--device cuda); fi
 if [ "$device" = cuda ] || [ -n "$smoke" ]; then
-    timeout -k 10 240 $PYTHON bench/gpu_serving.py "${a_args[@]}" "${wrk_cpus[@]}" --out "$out" >"$out/gpu.log" 2>&1
+    timeout -k 10 330 $PYTHON bench/gpu_serving.py "${a_args[@]}" "${wrk_cpus[@]}" --out "$out" >"$out/gpu.log" 2>&1
     echo "gpu_serving.py exited with $?"; grep -v ' INFO ' "$out/gpu.log" | tail -5
 else
     echo "no GPU that PyTorch can use: skipped"
@@ -78,12 +81,17 @@ for j in "$out"/*-gpu*.json; do      # cut short: the Markdown of what it measur
     [ -f "$j" ] && [ ! -f "${j%.json}.md" ] && $PYTHON bench/gpu_serving.py --report "$j" >/dev/null
 done
 
+fi
+
+if [[ " $parts " == *" cpu "* ]]; then
 step "B: serving benchmark on $cores cores"
 if [ -n "$smoke" ]; then b_args=(--seconds 1 --concurrency 1,16,64 --query-workers 1,2); else
     b_args=(--seconds 4 --concurrency 1,16,64,256 --query-workers 1,8); fi
 timeout -k 10 240 $PYTHON bench/run.py --no-peer --tag 16core "${b_args[@]}" "${wrk_cpus[@]}" --out "$out" \
     >"$out/16core.log" 2>&1
 echo "run.py exited with $?"; grep -v ' INFO ' "$out/16core.log" | tail -3
+
+fi
 
 step "done"
 echo
