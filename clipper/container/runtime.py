@@ -7,6 +7,7 @@ an idle container heartbeats every second, so a restarted frontend finds it quic
 """
 import logging
 import signal
+import socket as sockets
 import time
 import traceback
 from typing import Callable, List, Sequence
@@ -39,16 +40,26 @@ class ContainerRuntime:
         self.secret_key = secret_key
         self.context = zmq.Context()
         self._stopping = False
+        self._wakeup = None           # read end of the signal wake-up socket pair
 
     def stop(self, *_args) -> None:
         self._stopping = True
 
     def serve_forever(self) -> None:
+        # SIGTERM ends the wait for the next message at once: the signal's wake-up byte makes
+        # the poll return (pyzmq resumes an interrupted poll, which held a stop up to its
+        # timeout). A batch in progress is still finished and answered.
+        self._wakeup, wakeup_write = sockets.socketpair()
+        wakeup_write.setblocking(False)
+        signal.set_wakeup_fd(wakeup_write.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self.stop)
         try:
             while not self._stopping:
                 self._session()
         finally:
+            signal.set_wakeup_fd(-1)
+            self._wakeup.close()
+            wakeup_write.close()
             self.context.term()
 
     def _session(self) -> None:
@@ -58,13 +69,19 @@ class ContainerRuntime:
         if self.server_public_key:
             auth.present_curve(socket, self.server_public_key, self.secret_key)
         socket.connect(self.address)
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        poller.register(self._wakeup, zmq.POLLIN)
         try:
             socket.send_multipart(codec.encode_heartbeat())
             last_heard = time.monotonic()
             while not self._stopping:
-                if socket.poll(POLL_MILLIS, zmq.POLLIN):
+                ready = dict(poller.poll(POLL_MILLIS))
+                if socket in ready:
                     last_heard = time.monotonic()
                     self._handle(socket, socket.recv_multipart())
+                elif self._wakeup.fileno() in ready:
+                    self._wakeup.recv(4096)          # a signal: the loop looks at _stopping
                 elif time.monotonic() - last_heard > SESSION_TIMEOUT_SECONDS:
                     log.info("no word from %s for %.0f s; reconnecting", self.address,
                              SESSION_TIMEOUT_SECONDS)

@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 import clipper_rpc as rpc
+from clipper.container import runtime
 from clipper.cluster.cluster_dir import MARKER_ENV
 from clipper_admin.deployers.deployer_utils import save_python_function
 from helpers import ROOT, local_cluster, prediction
@@ -183,6 +184,7 @@ def our_container(clipper_state_dir):
                "CLIPPER_IP": "127.0.0.1", "CLIPPER_PORT": str(PEER_PORT)}
         processes.append(subprocess.Popen([sys.executable, "-m", "clipper", "model-container"],
                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        frontend.container = processes[-1]
         return frontend
 
     yield start
@@ -206,6 +208,18 @@ def test_our_container_registers_and_serves_doubles(our_container):
                                                   struct.pack("<2d", 0.5, 0.25)])
     assert even == [b"float64[2, 2] array([1., 2.])", b"float64[2, 2] array([0.5 , 0.25])"]
     assert len(frontend.registered) == 1    # one session throughout
+
+
+def test_our_container_stops_at_once_when_idle(our_container):
+    """SIGTERM ends an idle container's wait for the next message: it does not wait for the
+    poll to time out (a second between heartbeats), which held up every stop_all."""
+    frontend = our_container("doubles")
+    frontend.accept_container()
+    time.sleep(0.2)             # past its registration, into the wait for the next message
+    frontend.container.terminate()
+    terminated = time.monotonic()
+    assert frontend.container.wait(10) in (0, -15)
+    assert time.monotonic() - terminated < runtime.POLL_MILLIS / 1000 / 2
 
 
 def test_our_container_serves_strings(our_container):
