@@ -31,6 +31,7 @@ from clipper.cluster.gpus import device_environment, pick_devices
 from clipper.cluster.cluster_dir import MARKER_ENV, ClusterDir, ProcessRecord
 from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config
 from clipper.launch import Launch
+from clipper.signal_wakeup import SignalWakeup
 
 log = logging.getLogger("clipper.supervisor")
 
@@ -222,6 +223,7 @@ class Supervisor:
 
     # ---- main loop ----
     def run(self) -> None:
+        wakeup = SignalWakeup()        # a stop or a change of replicas is acted on at once
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
@@ -243,9 +245,10 @@ class Supervisor:
                     self._stop_unclaimed()
                 self._restart_exited()
                 self._write_processes()
-                time.sleep(LOOP_SECONDS)
+                wakeup.sleep(LOOP_SECONDS)
         finally:
             self._shutdown()
+            wakeup.close()
 
     def _on_stop(self, *_args) -> None:
         self._stopping = True

@@ -7,15 +7,15 @@ an idle container heartbeats every second, so a restarted frontend finds it quic
 """
 import logging
 import signal
-import socket as sockets
 import time
 import traceback
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import zmq
 
 from clipper.datatypes import InputType
 from clipper.rpc import auth, codec
+from clipper.signal_wakeup import SignalWakeup
 
 log = logging.getLogger("clipper.container")
 
@@ -40,26 +40,21 @@ class ContainerRuntime:
         self.secret_key = secret_key
         self.context = zmq.Context()
         self._stopping = False
-        self._wakeup = None           # read end of the signal wake-up socket pair
+        self._wakeup: Optional[SignalWakeup] = None
 
     def stop(self, *_args) -> None:
         self._stopping = True
 
     def serve_forever(self) -> None:
-        # SIGTERM ends the wait for the next message at once: the signal's wake-up byte makes
-        # the poll return (pyzmq resumes an interrupted poll, which held a stop up to its
-        # timeout). A batch in progress is still finished and answered.
-        self._wakeup, wakeup_write = sockets.socketpair()
-        wakeup_write.setblocking(False)
-        signal.set_wakeup_fd(wakeup_write.fileno(), warn_on_full_buffer=False)
+        # SIGTERM ends the wait for the next message at once (without the wake-up, the poll
+        # ran to its timeout first); a batch in progress is still answered.
+        self._wakeup = SignalWakeup()
         signal.signal(signal.SIGTERM, self.stop)
         try:
             while not self._stopping:
                 self._session()
         finally:
-            signal.set_wakeup_fd(-1)
             self._wakeup.close()
-            wakeup_write.close()
             self.context.term()
 
     def _session(self) -> None:
@@ -81,7 +76,7 @@ class ContainerRuntime:
                     last_heard = time.monotonic()
                     self._handle(socket, socket.recv_multipart())
                 elif self._wakeup.fileno() in ready:
-                    self._wakeup.recv(4096)          # a signal: the loop looks at _stopping
+                    self._wakeup.drain()             # a signal: the loop looks at _stopping
                 elif time.monotonic() - last_heard > SESSION_TIMEOUT_SECONDS:
                     log.info("no word from %s for %.0f s; reconnecting", self.address,
                              SESSION_TIMEOUT_SECONDS)
