@@ -25,6 +25,8 @@ from typing import Dict, Iterator, List, Optional
 
 import psutil
 
+from clipper.launch import READY_POLL_SECONDS
+
 CLUSTER_FILE = "cluster.json"
 SUPERVISOR_FILE = "supervisor.json"
 PROCESSES_FILE = "processes.json"
@@ -168,7 +170,7 @@ class ClusterDir:
                 return True
             if not self.is_running():
                 return False
-            time.sleep(0.05)
+            time.sleep(READY_POLL_SECONDS)
         return False
 
     def log_tail(self, log_name: str, lines: int = 15) -> str:

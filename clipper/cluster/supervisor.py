@@ -203,11 +203,16 @@ class Supervisor:
         self._start(child)
 
     def _start_servers(self) -> None:
+        """All at once (the frontends retry Redis until it answers); then wait for Redis, so
+        that a Redis that cannot start stops the start with its reason."""
+        started = []
         for launch in recipe.servers(self.config, self.settings.get("embedded_redis", False)):
             child = self._child(launch)
             self.children.append(child)
             self._start(child)
-            if launch.role == REDIS:        # the frontends need it at once
+            started.append((child, launch))
+        for child, launch in started:
+            if launch.role == REDIS:
                 self._wait_until_ready(child, launch)
 
     def _wait_until_ready(self, child: Child, launch: Launch) -> None:

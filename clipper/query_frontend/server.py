@@ -27,7 +27,7 @@ from clipper.redis_schema import App, Container, Model
 from clipper.request_body import check_json_media_type
 from clipper.rest import responses
 from clipper.rest.inputs import InputError, PredictRequest, load_json_object, parse_predict_body
-from clipper.store import Store
+from clipper.store import REDIS_ERRORS, Store
 
 log = logging.getLogger("clipper.query_frontend")
 
@@ -44,6 +44,9 @@ Scheduled = Union[None, bytes, asyncio.Future]   # no model / cached output / pe
 # so that the queries of other clients are served in between.
 SCHEDULE_SLICE = 500
 KEEPALIVE_TIMEOUT = 60.0     # idle keep-alive connections are closed after a minute
+# Redis starts beside the frontends: until it answers, retry this often, this long.
+REDIS_START_RETRY_SECONDS = 0.01
+REDIS_START_TIMEOUT_SECONDS = 30.0
 
 
 class ReplicaRecorder:
@@ -108,10 +111,10 @@ class QueryFrontend(http.Application):
         self.dispatcher = Dispatcher(self.rpc.send_batch, self.loop.time, self._on_batch)
         self.rpc.attach(self.dispatcher)
         self.rpc.bind()
-        await self.store.clear_containers()   # replicas of an earlier frontend must reconnect
+        await asyncio.wait_for(self._clear_containers(), timeout=REDIS_START_TIMEOUT_SECONDS)
         tasks = [asyncio.create_task(coro) for coro in
                  (self.rpc.run(), self.follower.run(), self.replica_recorder.run(), self._tick_meters())]
-        await asyncio.wait_for(self.follower.wait_ready(), timeout=30)
+        await asyncio.wait_for(self.follower.wait_ready(), timeout=REDIS_START_TIMEOUT_SECONDS)
         prometheus = await self._serve_prometheus()
         try:
             yield
@@ -122,6 +125,14 @@ class QueryFrontend(http.Application):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.store.close()
+
+    async def _clear_containers(self) -> None:
+        """Replicas of an earlier frontend must reconnect; waits for Redis to answer."""
+        while True:
+            try:
+                return await self.store.clear_containers()
+            except REDIS_ERRORS:
+                await asyncio.sleep(REDIS_START_RETRY_SECONDS)
 
     async def _serve_prometheus(self) -> Optional[http.Server]:
         if not self.config.metrics_port:
