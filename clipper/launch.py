@@ -5,7 +5,6 @@ For each role (Redis, the two frontends, a model replica) this module says how i
 readiness is checked, and how long it may take to stop. The local supervisor, the Docker
 backend and the Ray backend only differ in *where* they run the command.
 """
-import http.client
 import socket
 import sys
 import time
@@ -116,17 +115,22 @@ def _probe(url: str) -> bool:
         return True
     parsed = urlparse(url)
     try:
-        if parsed.scheme == "http":
-            connection = http.client.HTTPConnection(parsed.hostname, parsed.port,
-                                                    timeout=PROBE_TIMEOUT_SECONDS)
-            try:
-                connection.request("GET", parsed.path or "/")
-                return connection.getresponse().status == 200
-            finally:
-                connection.close()
-        return _redis_answers_ping(parsed)
-    except (OSError, http.client.HTTPException):    # not up yet: refused, reset, timed out
+        return _http_ok(parsed) if parsed.scheme == "http" else _redis_answers_ping(parsed)
+    except OSError:              # not up yet: refused, reset, timed out
         return False
+
+
+def _http_ok(parsed) -> bool:
+    """GET answers 200."""
+    import http.client          # here: the supervisor only pings Redis
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=PROBE_TIMEOUT_SECONDS)
+    try:
+        connection.request("GET", parsed.path or "/")
+        return connection.getresponse().status == 200
+    except http.client.HTTPException:
+        return False
+    finally:
+        connection.close()
 
 
 def _redis_answers_ping(parsed) -> bool:
