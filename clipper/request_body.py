@@ -22,7 +22,7 @@ class BodyError(RequestError):
 
 def check_json_media_type(content_type: Optional[Union[str, bytes]]) -> None:
     """Refuse (415) a body that says it is not JSON; a body that says nothing is read as JSON."""
-    if content_type is None:
+    if content_type is None or content_type == b"application/json":
         return
     if isinstance(content_type, bytes):
         content_type = content_type.decode("latin-1")

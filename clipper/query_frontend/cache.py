@@ -2,14 +2,16 @@
 
 Clipper kept only a 64-bit hash of the input, so two inputs with the same hash shared an
 answer; we keep the input bytes in the key and compare them. Identical queries in flight
-share one evaluation (a dispatch Task: its future, and a deadline each of them may extend);
-an evaluation that fails or expires leaves nothing behind.
+share one evaluation (a dispatch Task, whose deadline each of them may extend); an
+evaluation that fails or expires leaves nothing behind. What is kept is the output as the
+answer embeds it (``responses.sniff_output``), so a hit re-encodes nothing.
 Eviction is least recently used.
 """
 from collections import OrderedDict
 from typing import Dict, Hashable, Optional, Tuple, Union
 
 from clipper.query_frontend.dispatch import Task
+from clipper.rest.responses import sniff_output
 
 # Rough per-entry bookkeeping (key tuple, dict slots, bytes headers), counted against the bound.
 ENTRY_OVERHEAD = 200
@@ -29,7 +31,7 @@ class PredictionCache:
         return self.capacity > 0
 
     def lookup(self, key: Tuple[str, str, bytes]) -> Optional[Union[bytes, Task]]:
-        """A finished output, the evaluation of an identical query in flight, or None."""
+        """A finished output (as JSON), the evaluation of an identical query in flight, or None."""
         if not self.enabled:
             return None
         self.lookups += 1
@@ -39,7 +41,7 @@ class PredictionCache:
             self.hits += 1
             return output
         pending = self._pending.get(key)
-        if pending is None or pending.future.done():   # a finished one is collected next
+        if pending is None or pending.done:   # a finished one is collected next
             return None
         self.hits += 1
         return pending
@@ -49,15 +51,14 @@ class PredictionCache:
         if not self.enabled:
             return
         self._pending[key] = task
-        task.future.add_done_callback(lambda done: self._finish(key, task))
+        task.add_done_callback(lambda done: self._finish(key, done))
 
     def _finish(self, key, task: Task) -> None:
         if self._pending.get(key) is task:
             del self._pending[key]
-        future = task.future
-        if future.cancelled() or future.exception() is not None:
+        if task.error is not None:
             return
-        output = future.result()
+        output = sniff_output(task.output)
         cost = _cost(key, output)
         if cost > self.capacity or key in self._done:
             return

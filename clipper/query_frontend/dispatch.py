@@ -38,13 +38,38 @@ class ModelError(Exception):
     """The model raised, or its container answered with the wrong number of outputs."""
 
 
-@dataclass(eq=False)
 class Task:
-    input: bytes
-    deadline: float          # loop time; the latest deadline of the queries waiting for it
-    slo: float               # seconds
-    future: "object"         # asyncio.Future resolved with the output bytes
-    queued: bool = False     # waiting in its model's queue (not in a batch)
+    """One evaluation of one input. It settles once, with an output or an error, and calls
+    whoever waits for it right then: a reply's callbacks write the answers in the same turn
+    of the event loop (an asyncio future would schedule them for the next one)."""
+    __slots__ = ("input", "deadline", "slo", "queued", "done", "output", "error", "_callbacks")
+
+    def __init__(self, input: bytes, deadline: float, slo: float):
+        self.input = input
+        self.deadline = deadline   # loop time; the latest deadline of the queries waiting for it
+        self.slo = slo             # seconds
+        self.queued = False        # waiting in its model's queue (not in a batch)
+        self.done = False
+        self.output: Optional[bytes] = None
+        self.error: Optional[Exception] = None
+        self._callbacks: List[Callable[["Task"], None]] = []
+
+    def add_done_callback(self, callback: Callable[["Task"], None]) -> None:
+        if self.done:
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+    def settle(self, output: Optional[bytes] = None, error: Optional[Exception] = None) -> None:
+        if self.done:
+            return
+        self.done, self.output, self.error = True, output, error
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:       # one waiter's bug must not keep the answer from the others
+                log.exception("a callback of a settled query failed")
 
 
 class BatchSizer:
@@ -102,11 +127,11 @@ class ModelQueue:
         batch = []
         while self.tasks and len(batch) < limit:
             deadline, _, task = heapq.heappop(self.tasks)
-            if task.future.done() or deadline != task.deadline:
+            if task.done or deadline != task.deadline:
                 continue          # nobody waits for it any more, or queued again with a later deadline
             task.queued = False
             if deadline <= now:
-                task.future.set_exception(DeadlineExpired())
+                task.settle(error=DeadlineExpired())
                 continue
             batch.append(task)
         return batch
@@ -196,14 +221,14 @@ class Dispatcher:
         if len(outputs) != len(batch.tasks):
             error = ModelError(f"the model returned {len(outputs)} outputs for {len(batch.tasks)} inputs")
             for task in batch.tasks:
-                _settle(task, error=error)
+                task.settle(error=error)
         else:
             for task, output in zip(batch.tasks, outputs):
                 if output.startswith(ERROR_OUTPUT_PREFIX):
-                    _settle(task, error=ModelError(
+                    task.settle(error=ModelError(
                         output[len(ERROR_OUTPUT_PREFIX):].decode("utf-8", "replace")))
                 else:
-                    _settle(task, result=output)
+                    task.settle(output)
         queue = self.queues.get(replica.model_id)
         if queue and replica.identity in queue.replicas:
             queue.idle.append(replica)
@@ -217,13 +242,13 @@ class Dispatcher:
                 live = []
                 for entry in queue.tasks:
                     deadline, _, task = entry
-                    if task.future.done() or deadline != task.deadline:
+                    if task.done or deadline != task.deadline:
                         continue
                     if deadline > now:
                         live.append(entry)
                     else:
                         task.queued = False
-                        task.future.set_exception(DeadlineExpired())
+                        task.settle(error=DeadlineExpired())
                 heapq.heapify(live)
                 queue.tasks = live
 
@@ -244,11 +269,3 @@ class Dispatcher:
                 self.remove_replica(replica)
                 return
 
-
-def _settle(task: Task, result: Optional[bytes] = None, error: Optional[Exception] = None) -> None:
-    if task.future.done():
-        return
-    if error is not None:
-        task.future.set_exception(error)
-    else:
-        task.future.set_result(result)

@@ -77,7 +77,7 @@ class Histogram:
         if len(self.samples) < self.reservoir_size:
             self.samples.append(value)
         else:
-            slot = random.randrange(self.seen)
+            slot = int(random.random() * self.seen)
             if slot < self.reservoir_size:
                 self.samples[slot] = value
 

@@ -18,7 +18,7 @@ from clipper.datatypes import InputType
 from clipper.errors import RequestError
 from clipper.query_frontend import http, prometheus
 from clipper.query_frontend.cache import PredictionCache
-from clipper.query_frontend.dispatch import Batch, DeadlineExpired, Dispatcher, ModelError, Task
+from clipper.query_frontend.dispatch import Batch, Dispatcher, ModelError, Task
 from clipper.query_frontend.metrics import METER_TICK_SECONDS, MetricSet
 from clipper.query_frontend.rpc_server import RpcServer
 from clipper.query_frontend.state import ClusterView, StateFollower
@@ -39,7 +39,7 @@ UPDATE_SCHEMA = """
   }
 """
 
-Scheduled = Union[None, bytes, asyncio.Future]   # no model / cached output / pending output
+Scheduled = Union[None, bytes, Task]   # no model / cached output (JSON) / an evaluation
 # Inputs scheduled per turn of the event loop: a batch of thousands is scheduled in slices,
 # so that the queries of other clients are served in between.
 SCHEDULE_SLICE = 500
@@ -102,6 +102,9 @@ class QueryFrontend(http.Application):
         self._throughput = self.metrics.meter("internal:aggregate_model_throughput")
         self._cache_lookups = self.metrics.counter("internal:prediction_cache_lookups")
         self._cache_hit_ratio = self.metrics.ratio("internal:prediction_cache_hit_ratio")
+        # The metrics each prediction updates, found once per application and model version.
+        self._app_metrics: Dict[str, tuple] = {}
+        self._model_metrics: Dict[ModelId, tuple] = {}
 
     # ---- lifecycle ----
     @contextlib.asynccontextmanager
@@ -146,6 +149,7 @@ class QueryFrontend(http.Application):
         if model is not None and self.dispatcher is not None:
             self.dispatcher.set_batch_size(model_id, model.batch_size)
         elif model is None:
+            self._model_metrics.pop(model_id, None)
             self.metrics.remove_prefix("model:%s:%s:" % model_id)
 
     async def _tick_meters(self) -> None:
@@ -154,13 +158,22 @@ class QueryFrontend(http.Application):
             self.metrics.tick()
 
     def _on_batch(self, batch: Batch, latency: float) -> None:
-        prefix = "model:%s:%s:" % batch.replica.model_id
+        model_id = batch.replica.model_id
+        metrics = self._model_metrics.get(model_id)
+        if metrics is None:
+            prefix = "model:%s:%s:" % model_id
+            metrics = self._model_metrics[model_id] = (
+                self.metrics.counter(prefix + "num_predictions"),
+                self.metrics.meter(prefix + "prediction_throughput"),
+                self.metrics.histogram(prefix + "batch_size", "queries"),
+                self.metrics.histogram(prefix + "prediction_latency", "microseconds"))
+        predictions, throughput, batch_sizes, latencies = metrics
         size = len(batch.tasks)
         self._throughput.count += size
-        self.metrics.counter(prefix + "num_predictions").count += size
-        self.metrics.meter(prefix + "prediction_throughput").count += size
-        self.metrics.histogram(prefix + "batch_size", "queries").observe(size)
-        self.metrics.histogram(prefix + "prediction_latency", "microseconds").observe(latency * 1e6)
+        predictions.count += size
+        throughput.count += size
+        batch_sizes.observe(size)
+        latencies.observe(latency * 1e6)
 
     # ---- HTTP ----
     def handle(self, request: http.Request) -> http.Answer:
@@ -257,34 +270,32 @@ class QueryFrontend(http.Application):
             return None
         key = (model_id[0], model_id[1], item)
         cached = self.cache.lookup(key)
-        if isinstance(cached, Task):       # an identical query in flight: wait for its answer
+        if type(cached) is Task:           # an identical query in flight: wait for its answer
             self.dispatcher.extend_deadline(model_id, cached, deadline)
-            return cached.future
+            return cached
         if cached is not None:
             return cached
         if not self.dispatcher.accepts(model_id):
             return None                    # no replica connected: the default, at once
-        future = self.loop.create_future()
-        future.add_done_callback(_consume_exception)
-        task = Task(item, deadline, slo, future)
+        task = Task(item, deadline, slo)
         self.cache.track(key, task)
         self._predictions.count += 1
         self.dispatcher.submit(model_id, task)
-        return future
+        return task
 
     def _gather(self, app: App, scheduled: List[Scheduled], is_batch: bool,
                 started: float) -> http.Answer:
         """The answer now if every output is known, else one written when the last output
         arrives or the objective passes, from the callback that settles it."""
-        pending = [s for s in scheduled if isinstance(s, asyncio.Future) and not s.done()]
+        pending = [s for s in scheduled if type(s) is Task and not s.done]
         if not pending:
             return self._render(app, scheduled, is_batch, started)
         answer = http.Deferred()
         waiting = len(pending)
 
-        def finish(_future=None):
+        def finish(_task=None):
             nonlocal waiting
-            if _future is not None:
+            if _task is not None:
                 waiting -= 1
                 if waiting:
                     return
@@ -293,8 +304,8 @@ class QueryFrontend(http.Application):
                 answer.settle(self._render(app, scheduled, is_batch, started))
 
         deadline = self.loop.call_at(started + app.latency_slo_micros / 1e6, finish)
-        for future in pending:
-            future.add_done_callback(finish)
+        for task in pending:
+            task.add_done_callback(finish)
         return answer
 
     def _render(self, app: App, scheduled: List[Scheduled], is_batch: bool, started: float) -> http.Response:
@@ -313,15 +324,15 @@ class QueryFrontend(http.Application):
         query_id = next(self.query_ids)
         if scheduled is None:
             return self._default(app, query_id, responses.NO_CONNECTED_MODELS), True, False
-        if isinstance(scheduled, bytes):
-            return responses.prediction(query_id, responses.sniff_output(scheduled), False), False, False
-        if not scheduled.done() or scheduled.cancelled() or isinstance(scheduled.exception(), DeadlineExpired):
+        if type(scheduled) is bytes:       # from the cache, already JSON
+            return responses.prediction(query_id, scheduled, False), False, False
+        if not scheduled.done:
             return self._default(app, query_id, responses.SLO_MISSED), True, False
-        if isinstance(scheduled.exception(), ModelError):
-            return responses.model_error(query_id, str(scheduled.exception())), False, True
-        if scheduled.exception() is not None:
-            return self._default(app, query_id, responses.SLO_MISSED), True, False
-        return responses.prediction(query_id, responses.sniff_output(scheduled.result()), False), False, False
+        if scheduled.error is None:
+            return responses.prediction(query_id, responses.sniff_output(scheduled.output), False), False, False
+        if isinstance(scheduled.error, ModelError):
+            return responses.model_error(query_id, str(scheduled.error)), False, True
+        return self._default(app, query_id, responses.SLO_MISSED), True, False
 
     @staticmethod
     def _default(app: App, query_id: int, explanation: str) -> bytes:
@@ -329,14 +340,20 @@ class QueryFrontend(http.Application):
                                     True, explanation)
 
     def _record_app(self, app: App, started: float, finished: float, count: int, defaults: int) -> None:
-        prefix = f"app:{app.name}:"
-        self.metrics.histogram(prefix + "prediction_latency", "microseconds").observe(
-            (finished - started) * 1e6)
-        self.metrics.meter(prefix + "prediction_throughput").count += count
-        self.metrics.counter(prefix + "num_predictions").count += count
-        ratio = self.metrics.ratio(prefix + "default_prediction_ratio")
-        ratio.numerator += defaults
-        ratio.denominator += count
+        metrics = self._app_metrics.get(app.name)
+        if metrics is None:
+            prefix = f"app:{app.name}:"
+            metrics = self._app_metrics[app.name] = (
+                self.metrics.histogram(prefix + "prediction_latency", "microseconds"),
+                self.metrics.meter(prefix + "prediction_throughput"),
+                self.metrics.counter(prefix + "num_predictions"),
+                self.metrics.ratio(prefix + "default_prediction_ratio"))
+        latency, throughput, predictions, default_ratio = metrics
+        latency.observe((finished - started) * 1e6)
+        throughput.count += count
+        predictions.count += count
+        default_ratio.numerator += defaults
+        default_ratio.denominator += count
 
     async def update(self, request: http.Request, app_name: str) -> http.Response:
         """Feedback: checked like Clipper's, and, as with Clipper's only policy, a no-op."""
@@ -402,11 +419,6 @@ def _route(path: str) -> Tuple[Optional[str], Optional[str]]:
         return _APP_ROUTES.get(parts[2]), parts[1]
     return None, None
 
-
-def _consume_exception(future: asyncio.Future) -> None:
-    """Mark a failure as seen: expired queries may have nobody waiting for them."""
-    if not future.cancelled():
-        future.exception()
 
 
 async def _serve(config: Config) -> None:

@@ -7,9 +7,9 @@ expected (``1`` means ``1.0``), base64 is checked strictly, and NaN/Infinity are
 """
 import base64
 import binascii
+import struct
 from array import array
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import orjson
 
@@ -37,8 +37,7 @@ class InputError(RequestError):
     kind = "Json error"
 
 
-@dataclass(frozen=True)
-class PredictRequest:
+class PredictRequest(NamedTuple):
     inputs: List[bytes]
     is_batch: bool
     version: Optional[str]
@@ -79,8 +78,12 @@ def parse_predict_body(body: bytes, input_type: InputType,
     """``max_batch_size``: the most inputs an ``input_batch`` may hold (413 beyond)."""
     document = load_json_object(body)
     version = parse_version(document.get("version"))
+    # Every ``true`` has an r, every ``false`` an f; two byte scans (memchr) are much cheaper
+    # than a substring search, and a body that has either letter elsewhere is checked fully.
+    may_hold_bools = b"r" in body or b"f" in body
     if "input" in document:
-        return PredictRequest([encode_input(document["input"], input_type, "input")], False, version)
+        return PredictRequest([encode_input(document["input"], input_type, "input", may_hold_bools)],
+                              False, version)
     if "input_batch" in document:
         batch = document["input_batch"]
         if not isinstance(batch, list):
@@ -91,7 +94,7 @@ def parse_predict_body(body: bytes, input_type: InputType,
             raise InputError(f"The batch has {len(batch)} inputs, more than {max_batch_size}, the "
                              "limit of this server (max_batch_size): send it in smaller batches",
                              413, "Batch too large")
-        inputs = [encode_input(item, input_type, "input_batch") for item in batch]
+        inputs = [encode_input(item, input_type, "input_batch", may_hold_bools) for item in batch]
         # A batch of one is answered unwrapped, as Clipper does.
         return PredictRequest(inputs, len(inputs) != 1, version)
     raise schema_error("JSON object does not have required keys input or input_batch")
@@ -106,8 +109,9 @@ def parse_version(version) -> Optional[str]:
         f"Type mismatch! JSON key version expected type String but found type {json_type_name(version)}")
 
 
-def encode_input(value, input_type: InputType, key: str) -> bytes:
-    """One JSON input -> the bytes a container receives for it."""
+def encode_input(value, input_type: InputType, key: str, may_hold_bools: bool = True) -> bytes:
+    """One JSON input -> the bytes a container receives for it. ``may_hold_bools``: False
+    when the JSON text cannot hold a ``true`` or ``false``, which allows a faster check."""
     if input_type in (InputType.STRINGS, InputType.BYTES):
         if not isinstance(value, str):
             raise schema_error(
@@ -121,13 +125,22 @@ def encode_input(value, input_type: InputType, key: str) -> bytes:
     if not isinstance(value, list):
         raise schema_error(
             f"Type mismatch! JSON key {key} expected type Array but found type {json_type_name(value)}")
-    return _encode_numbers(value, input_type, key)
+    return _encode_numbers(value, input_type, key, may_hold_bools)
 
 
 _NUMBER_TYPES = frozenset((float, int))   # exact types: a bool is not a JSON number
+_PACK_CODES = {InputType.INTS: "i", InputType.FLOATS: "f", InputType.DOUBLES: "d"}
 
 
-def _encode_numbers(values: list, input_type: InputType, key: str) -> bytes:
+def _encode_numbers(values: list, input_type: InputType, key: str, may_hold_bools: bool = True) -> bytes:
+    if not may_hold_bools:
+        # struct refuses any non-number and any int32/float32 out of range by itself; only a
+        # bool would pass for a number, and there is none. Twice as fast as the checks
+        # below, which name the element at fault when struct refuses.
+        try:
+            return struct.pack("<%d%s" % (len(values), _PACK_CODES[input_type]), *values)
+        except (struct.error, OverflowError):
+            pass
     if input_type is InputType.INTS:
         # bool is a subclass of int in Python but not a JSON number.
         if not all(type(v) is int and _INT32_MIN <= v <= _INT32_MAX for v in values):

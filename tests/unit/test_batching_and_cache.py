@@ -33,7 +33,7 @@ def run(coroutine):
 
 def evaluation(loop, deadline=10.0):
     """An evaluation in flight, as the query frontend tracks it."""
-    return Task(b"input", deadline, 1.0, loop.create_future())
+    return Task(b"input", deadline, 1.0)
 
 
 def test_cache_shares_in_flight_and_keeps_only_successes():
@@ -45,15 +45,17 @@ def test_cache_shares_in_flight_and_keeps_only_successes():
         pending = evaluation(loop)
         cache.track(key, pending)
         assert cache.lookup(key) is pending                    # identical query in flight
-        pending.future.set_exception(RuntimeError("model failed"))
+        pending.settle(error=RuntimeError("model failed"))
         assert cache.lookup(key) is None                       # a failure is never shared
-        await asyncio.sleep(0)
         assert cache.lookup(key) is None                       # failure left nothing behind
         pending = evaluation(loop)
         cache.track(key, pending)
-        pending.future.set_result(b"42")
-        await asyncio.sleep(0)
-        assert cache.lookup(key) == b"42"
+        pending.settle(b'"forty-two"')
+        assert cache.lookup(key) == b'"forty-two"'             # kept as the answer embeds it
+        other = evaluation(loop)
+        cache.track(("m", "1", b"other"), other)
+        other.settle(b"not json")
+        assert cache.lookup(("m", "1", b"other")) == b'"not json"'   # a string, as Clipper
         assert cache.lookup(("m", "2", b"input")) is None      # the version is part of the key
     run(scenario())
 
@@ -66,16 +68,14 @@ def test_cache_is_bounded_in_bytes_and_evicts_least_recently_used():
         for i in range(3):
             pending = evaluation(loop)
             cache.track(("m", "1", b"%010d" % i), pending)
-            pending.future.set_result(b"%02d" % i)
-        await asyncio.sleep(0)
-        assert cache.lookup(("m", "1", b"%010d" % 0)) == b"00"   # 0 is now the most recent
+            pending.settle(b"%d" % (10 + i))              # JSON numbers: kept as they are
+        assert cache.lookup(("m", "1", b"%010d" % 0)) == b"10"   # 0 is now the most recent
         pending = evaluation(loop)
         cache.track(("m", "1", b"%010d" % 3), pending)
-        pending.future.set_result(b"03")
-        await asyncio.sleep(0)
+        pending.settle(b"13")
         assert cache.size <= cache.capacity
         assert cache.lookup(("m", "1", b"%010d" % 1)) is None     # least recently used went
-        assert cache.lookup(("m", "1", b"%010d" % 0)) == b"00"
+        assert cache.lookup(("m", "1", b"%010d" % 0)) == b"10"
     run(scenario())
 
 
@@ -92,18 +92,18 @@ def test_dispatcher_never_sends_expired_queries_and_requeues_a_lost_batch():
         model = ("m", "1")
         first = Replica(b"a", model, 0, InputType.DOUBLES, BatchSizer(), loop.time())
         dispatcher.add_replica(first)
-        expired = Task(b"old", loop.time() - 1, 1.0, loop.create_future())
-        live = Task(b"new", loop.time() + 5, 5.0, loop.create_future())
+        expired = Task(b"old", loop.time() - 1, 1.0)
+        live = Task(b"new", loop.time() + 5, 5.0)
         dispatcher.submit(model, expired)
         dispatcher.submit(model, live)
         assert [t.input for t in sent[-1][1].tasks] == [b"new"]
-        assert isinstance(expired.future.exception(), Exception)
+        assert expired.done and isinstance(expired.error, Exception)
         second = Replica(b"b", model, 1, InputType.DOUBLES, BatchSizer(), loop.time())
         dispatcher.add_replica(second)
         dispatcher.remove_replica(first)                        # died with "new" in flight
         assert sent[-1][0] is second and [t.input for t in sent[-1][1].tasks] == [b"new"]
         dispatcher.on_response(b"b", sent[-1][1].msg_id, [b"7"])
-        assert live.future.result() == b"7"
+        assert live.output == b"7"
     run(scenario())
 
 
@@ -123,19 +123,19 @@ def test_a_shared_evaluation_lives_until_the_last_deadline_of_its_queries():
         model = ("m", "1")
         busy = Replica(b"a", model, 0, InputType.DOUBLES, BatchSizer(), 0.0)
         dispatcher.add_replica(busy)
-        dispatcher.submit(model, Task(b"slow", 10.0, 10.0, loop.create_future()))
-        shared = Task(b"x", 3.0, 3.0, loop.create_future())     # first query: deadline 3 s
+        dispatcher.submit(model, Task(b"slow", 10.0, 10.0))
+        shared = Task(b"x", 3.0, 3.0)     # first query: deadline 3 s
         dispatcher.submit(model, shared)
         clock.now = 2.5
         dispatcher.extend_deadline(model, shared, 5.5)          # an identical query at 2.5 s
         dispatcher.extend_deadline(model, shared, 4.0)          # an earlier deadline changes nothing
         clock.now = 3.5
         dispatcher.expire()
-        assert not shared.future.done(), "expired at the first query's deadline"
+        assert not shared.done, "expired at the first query's deadline"
         dispatcher.on_response(b"a", sent[0].msg_id, [b"1"])    # the replica is free at 3.5 s
         assert [t.input for t in sent[-1].tasks] == [b"x"]
         dispatcher.on_response(b"a", sent[-1].msg_id, [b"7"])
-        assert shared.future.result() == b"7"
+        assert shared.output == b"7"
         clock.now = 6.0
         dispatcher.expire()                                     # a stale queue entry is harmless
     run(scenario())
@@ -152,3 +152,17 @@ def test_a_version_whose_replicas_all_left_accepts_no_query():
     dispatcher.remove_replica(replica)
     assert not dispatcher.accepts(model)
     loop.close()
+
+
+def test_a_settled_evaluation_calls_its_waiters_at_once_and_once(caplog):
+    """The answer is written from the reply's own callback: no event-loop turn in between."""
+    task, seen = Task(b"x", 10.0, 1.0), []
+    task.add_done_callback(lambda done: seen.append(("first", done.output)))
+    task.add_done_callback(lambda done: 1 / 0)                 # a waiter's bug
+    task.add_done_callback(lambda done: seen.append(("third", done.output)))
+    task.settle(b"7")
+    assert seen == [("first", b"7"), ("third", b"7")]          # the bug stopped no other waiter
+    assert "callback of a settled query failed" in caplog.text
+    task.settle(b"8")                                          # settles once
+    task.add_done_callback(lambda done: seen.append(("late", done.output)))
+    assert seen[-1] == ("late", b"7") and task.output == b"7"

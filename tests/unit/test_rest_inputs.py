@@ -75,6 +75,14 @@ def test_ragged_batch_becomes_object_array():
     assert batch.dtype == object and [row.tolist() for row in batch] == [[1.0], [1.0, 2.0]]
 
 
+@given(st.lists(st.one_of(finite_doubles, int32s), max_size=30), st.sampled_from(["", ', "version": "2"']))
+def test_every_check_packs_the_same_bytes(values, extra):
+    """With or without letters that may belong to a bool (the version string), the bytes
+    are the same: the fast path (no such letter) and the full checks agree."""
+    parsed = parse_predict_body(('{"input": %s%s}' % (json.dumps(values), extra)).encode(), InputType.DOUBLES)
+    assert parsed.inputs[0] == struct.pack("<%dd" % len(values), *values)
+
+
 def test_integers_are_accepted_as_doubles():
     parsed = parse_predict_body(b'{"input": [1, 2.5]}', InputType.DOUBLES)
     assert parsed.inputs[0] == struct.pack("<2d", 1.0, 2.5)
@@ -92,6 +100,12 @@ def test_version_is_read_as_a_string():
     (b'{"input": "abc"}', InputType.DOUBLES, "expected type Array but found type String"),
     (b'{"input": [1.0, "x"]}', InputType.DOUBLES, "of type String is not of type double"),
     (b'{"input": [true]}', InputType.DOUBLES, "of type True is not of type double"),
+    (b'{"input": [1, 2, false]}', InputType.INTS, "of type False is not of type int"),
+    (b'{"input": [1.0, null]}', InputType.FLOATS, "of type Null is not of type float"),
+    (b'{"input": [1.0, [2.0]]}', InputType.DOUBLES, "of type Array is not of type double"),
+    (b'{"input": [1.0, {"a": 1}]}', InputType.DOUBLES, "of type Object is not of type double"),
+    (b'{"input": [1, -2147483649]}', InputType.INTS, "outside the int32 range"),
+    (b'{"input": [1, 1e39]}', InputType.FLOATS, "float32 range"),
     (b'{"input": [1.5]}', InputType.INTS, "not of type int"),
     (b'{"input": [4294967296]}', InputType.INTS, "outside the int32 range"),
     (b'{"input": [1e39]}', InputType.FLOATS, "float32 range"),
