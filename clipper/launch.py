@@ -5,6 +5,7 @@ For each role (Redis, the two frontends, a model replica) this module says how i
 readiness is checked, and how long it may take to stop. The local supervisor, the Docker
 backend and the Ray backend only differ in *where* they run the command.
 """
+import os
 import socket
 import sys
 import time
@@ -64,8 +65,11 @@ def redis(config: Config) -> Launch:
 
 
 def management_frontend(config: Config) -> Launch:
+    # It makes no TLS connection, but importing aiohttp builds two client TLS contexts, each
+    # loading the system's CA bundle: an empty bundle takes 50 ms off its start (of 300).
     return _launch(MANAGEMENT_FRONTEND, config,
-                   f"http://{_reachable(config.host)}:{config.management_port}/admin/ping")
+                   f"http://{_reachable(config.host)}:{config.management_port}/admin/ping",
+                   extra_env={"SSL_CERT_FILE": os.devnull})
 
 
 def query_frontend(config: Config) -> Launch:
