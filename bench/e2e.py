@@ -1,9 +1,10 @@
 """Where basicQuerySimplified.py's time goes, and what a cluster holds in memory.
 
-    python bench/e2e.py [--runs 3] [--base REVISION]
+    python bench/e2e.py [--runs 3] [--base REVISION ...]
 
 1. The whole script, end to end (wall time of `python basicQuerySimplified.py`, median of
-   --runs), for this checkout and, with --base, for another git revision in the same run.
+   --runs), for this checkout and, with --base, for other git revisions in the same run,
+   in turns (each lever's commit, say), with each one's ratio to the first --base.
 2. The same steps timed one by one in this process: interpreter start and imports (in a
    child, as the script pays them), start_clipper (with when Redis and each frontend
    process was started), register, deploy, link, first query, stop_all.
@@ -143,23 +144,26 @@ def export(revision: str, into: Path) -> Path:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--base", help="a git revision to time the whole script of, in the same run")
+    parser.add_argument("--base", action="append", default=[],
+                        help="a git revision to time the whole script of, in the same run (repeatable)")
     args = parser.parse_args(argv)
     lines = [f"# basicQuerySimplified.py, end to end, {datetime.date.today().isoformat()}", "",
              f"{report.machine()}; local backend; medians of {args.runs} runs.", ""]
     with tempfile.TemporaryDirectory(prefix="e2e-") as scratch:
         os.environ["CLIPPER_STATE_DIR"] = str(Path(scratch) / "state")
         trees = {"this checkout": REPO}
-        if args.base:
-            trees[f"`{args.base}`"] = export(args.base, Path(scratch) / "base")
+        for index, revision in enumerate(args.base):
+            trees[f"`{revision}`"] = export(revision, Path(scratch) / f"base{index}")
         wholes = {name: [] for name in trees}
         for _ in range(args.runs):
             for name, tree in trees.items():
                 wholes[name].append(whole_script(tree))
         timed, memory = steps()
-    lines += ["| whole script | seconds (median) | runs |", "|---|---:|---|"]
-    lines += [f"| {name} | {statistics.median(runs):.2f} | {', '.join(f'{r:.2f}' for r in runs)} |"
-              for name, runs in wholes.items()]
+    reference = statistics.median(wholes[f"`{args.base[0]}`"]) if args.base else None
+    lines += ["| whole script | seconds (median) | / first base | runs |", "|---|---:|---:|---|"]
+    lines += [f"| {name} | {statistics.median(runs):.2f} | "
+              f"{f'{statistics.median(runs) / reference:.2f}' if reference else ''} | "
+              f"{', '.join(f'{r:.2f}' for r in runs)} |" for name, runs in wholes.items()]
     lines += ["", "| step (this checkout, timed one by one) | seconds |", "|---|---:|"]
     lines += [f"| {label} | {seconds:.3f} |" for label, seconds in timed]
     lines += [f"| sum | {sum(s for _, s in timed):.2f} |", "",
