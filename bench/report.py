@@ -81,13 +81,14 @@ def observations(results):
 
 
 def machine() -> str:
-    return (f"Machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}, Python "
-            f"{platform.python_version()}")
+    """This machine; BENCH_MACHINE, when set, names it (a lent machine's host name says little)."""
+    return (f"Machine: {os.environ.get('BENCH_MACHINE') or platform.node()}, {os.cpu_count()} cores, "
+            f"{platform.platform()}, Python {platform.python_version()}")
 
 
 def markdown(results, checks, context) -> str:
     lines = [f"# Benchmark, {context['date']}", "",
-             f"{machine()}; wrk on the same cores, loopback; {context['seconds']} s per point "
+             f"{context.get('machine') or machine()}; wrk on the same cores unless a note says otherwise, loopback; {context['seconds']} s per point "
              f"after a warm-up; 200 doubles per request. {context['peer']}", "",
              "| scenario | clients | requests/s | p50 (ms) | p99 (ms) | failed | wrk (cores) |",
              "|---|---:|---:|---:|---:|---:|---:|"]

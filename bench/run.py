@@ -2,6 +2,9 @@
 
     sh bench/setup-peer.sh          # once: bench dependencies, and Ray Serve in its own venv
     python bench/run.py             # about 8 minutes; --quick: 2 s per point, about 2 minutes
+    python bench/run.py --no-peer --concurrency 1,16,64,256 --query-workers 1,8 --wrk-cpus 12-15 \
+        --seconds 4 --tag 16core --out DIR      # a 16-core machine: wrk on 4 cores of its own
+    python bench/run.py --report DIR/<date>-16core.json     # the Markdown again, from the JSON
 
 Load comes from wrk (Debian's package) on loopback; every server listens on 127.0.0.1.
 Every scenario is measured in the same run on the same machine:
@@ -17,6 +20,8 @@ Every scenario is measured in the same run on the same machine:
 Prints the figures and the project's targets as ratios (PASS/MISS); writes them to
 bench/results/<date>.md and .json with a PNG of latency against concurrency.
 --profile adds py-spy profiles of the query frontend under load (bench/results/).
+--query-workers 1,8 measures our cluster (cache off) once per count of query frontend
+processes, where LocalContainerManager takes ``query_workers``; the targets use the first.
 """
 import argparse
 import datetime
@@ -36,7 +41,7 @@ import pyspy  # noqa: E402
 import roundtrip  # noqa: E402
 import report  # noqa: E402
 import servers  # noqa: E402
-from load import wrk  # noqa: E402
+from load import reserve_cores, wrk  # noqa: E402
 from clipper_admin.deployers import python as python_deployer  # noqa: E402
 
 CONCURRENCY = (1, 16, 64)
@@ -91,18 +96,28 @@ def deploy(conn, app, func, batch_size=-1):
     return servers.app_url(app), lambda: default_outputs(app)
 
 
-def measure_floors(results, seconds):
+def measure_floors(results, seconds, concurrency=CONCURRENCY):
     for name, kind, loop in ((report.BARE_FLOOR, "bare", "uvloop"), (report.AIOHTTP_FLOOR, "aiohttp", "uvloop"),
                              (report.AIOHTTP_ASYNCIO, "aiohttp", "asyncio")):
         with servers.floor(kind, loop) as url:
-            results[name] = series(url, seconds)
+            results[name] = series(url, seconds, concurrency=concurrency)
 
 
-def measure_ours(results, seconds, profile_stem):
+def workers_label(workers) -> str:
+    return f"{report.OURS}, {workers} query workers"
+
+
+def measure_ours(results, seconds, profile_stem, concurrency=CONCURRENCY, query_workers=(None,)):
+    """Our cluster; with several ``query_workers`` counts, the first is "ours" (the targets')
+    and each other one is measured again, cache off."""
     profiles = []
-    with servers.cluster(cache_size=0) as conn:
+    for workers in query_workers[1:]:
+        with servers.cluster(cache_size=0, query_workers=workers) as conn:
+            url, defaults = deploy(conn, "sum", feature_sum)
+            results[workers_label(workers)] = series(url, seconds, concurrency=concurrency, defaults=defaults)
+    with servers.cluster(cache_size=0, query_workers=query_workers[0]) as conn:
         url, defaults = deploy(conn, "sum", feature_sum)
-        results[report.OURS] = series(url, seconds, defaults=defaults)
+        results[report.OURS] = series(url, seconds, concurrency=concurrency, defaults=defaults)
         if profile_stem:
             for c in (1, 64):
                 out = Path(f"{profile_stem}-query-frontend-c{c}.txt")
@@ -111,10 +126,10 @@ def measure_ours(results, seconds, profile_stem):
         for name, batch_size in ((report.ADAPTIVE, -1), (report.ONE_BY_ONE, 1)):
             url, defaults = deploy(conn, "adaptive" if batch_size < 0 else "one-by-one", costly_per_call, batch_size)
             results[name] = series(url, seconds, concurrency=(64,), defaults=defaults)
-    with servers.cluster(cache_size=32 * 2 ** 20) as conn:
+    with servers.cluster(cache_size=32 * 2 ** 20, query_workers=query_workers[0]) as conn:
         url, defaults = deploy(conn, "sum", feature_sum)
-        results[report.HITS] = series(url, seconds, body="fixed", defaults=defaults)
-        results[report.MISSES] = series(url, seconds, body="unique", defaults=defaults)
+        results[report.HITS] = series(url, seconds, body="fixed", concurrency=concurrency, defaults=defaults)
+        results[report.MISSES] = series(url, seconds, body="unique", concurrency=concurrency, defaults=defaults)
     return profiles
 
 
@@ -132,31 +147,67 @@ def measure_peer(results, seconds):
     return " ".join([f"Peer: Ray Serve {servers.ray_version()} in its own venv."] + notes)
 
 
+def counts(text: str) -> tuple:
+    return tuple(int(part) for part in text.split(","))
+
+
+def rewrite_report(path: Path) -> None:
+    """The Markdown of a run's JSON (from another machine, say), written beside it."""
+    document = json.loads(path.read_text())
+    results = {name: {int(c): point for c, point in points.items()} if points else points
+               for name, points in document["results"].items()}
+    checks = [(t["target"], t["ratio"], t["op"], t["bound"]) for t in document["targets"]]
+    text = report.markdown(results, checks, document)
+    path.with_suffix(".md").write_text(text)
+    print(text)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 s per point instead of 10 (a smoke run)")
     parser.add_argument("--seconds", type=int, help="seconds per point")
     parser.add_argument("--no-peer", action="store_true", help="skip Ray Serve")
     parser.add_argument("--profile", action="store_true", help="also profile the query frontend with py-spy")
+    parser.add_argument("--concurrency", type=counts, default=CONCURRENCY,
+                        help="clients per point, e.g. 1,16,64,256 (default 1,16,64; 1 and 64 are the targets')")
+    parser.add_argument("--query-workers", type=counts, default=(None,),
+                        help="query frontend processes, e.g. 1,8 (where LocalContainerManager takes query_workers)")
+    parser.add_argument("--wrk-cpus", help="cores for wrk alone, e.g. 12-15 (the servers get the rest)")
+    parser.add_argument("--tag", help="added to the results' file name: <date>-<tag>")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="where the results go")
+    parser.add_argument("--report", type=Path, help="only write the Markdown of this JSON file beside it")
     args = parser.parse_args(argv)
+    if args.report:
+        return rewrite_report(args.report)
+    if args.query_workers != (None,) and not servers.query_workers_supported():
+        print("LocalContainerManager takes no query_workers here: one query frontend process", flush=True)
+        args.query_workers = (None,)
+    if args.wrk_cpus:
+        reserve_cores(args.wrk_cpus)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
     if args.profile and not pyspy.available():
         raise SystemExit("--profile needs py-spy: pip install -r bench/requirements.txt")
     seconds = args.seconds or (2 if args.quick else 10)
     date = datetime.date.today().isoformat()
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    stem = out / f"{date}{'-quick' if args.quick else ''}"
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{date}{'-' + args.tag if args.tag else ''}{'-quick' if args.quick else ''}"
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as state_dir:
         os.environ["CLIPPER_STATE_DIR"] = state_dir      # the cluster's state stays out of ~/.clipper
         hop = roundtrip.describe(roundtrip.measure(1000 if args.quick else 5000))
-        measure_floors(results, seconds)
-        profiles = measure_ours(results, seconds, stem if args.profile else None)
+        measure_floors(results, seconds, args.concurrency)
+        profiles = measure_ours(results, seconds, stem if args.profile else None, args.concurrency, args.query_workers)
         peer = "Peer: skipped (--no-peer)." if args.no_peer else measure_peer(results, seconds)
     checks = report.targets(results)
-    context = {"date": date, "seconds": seconds, "peer": peer, "notes": [hop], "profiles": profiles}
+    notes = [hop]
+    if args.query_workers != (None,):
+        notes.append(f"Ours: {args.query_workers[0]} query frontend process(es).")
+    if args.wrk_cpus:
+        notes.append(f"wrk ran on cores {args.wrk_cpus} alone, the servers on the others.")
+    context = {"date": date, "seconds": seconds, "peer": peer, "notes": notes, "profiles": profiles,
+               "machine": report.machine()}
     text = report.markdown(results, checks, context)
     print(text)
     stem.with_suffix(".md").write_text(text)
