@@ -129,7 +129,17 @@ class ClipperStyleFrontend:
     def __init__(self, port):
         self.socket = zmq.Context.instance().socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.bind(f"tcp://127.0.0.1:{port}")
+        # The previous test's peer closed this port, but ZeroMQ's I/O thread releases it a
+        # moment after close() returns.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                self.socket.bind(f"tcp://127.0.0.1:{port}")
+                break
+            except zmq.ZMQError as error:
+                if error.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         self.registered = {}            # identity -> its new-container message
         self.next_msg_id = 0            # Clipper counts batches from 0
 
