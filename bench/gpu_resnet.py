@@ -22,7 +22,6 @@ import base64
 import json
 import multiprocessing
 import os
-import statistics
 import sys
 import tempfile
 import time

@@ -12,8 +12,8 @@ inputs). Load comes from wrk (bench/load.py), 1 client and ``--clients`` (256), 
 inputs; default outputs count as failures, and the app's latency objective (``--slo-ms``) is
 printed beside p99. The model function counts the batches it is given, so the mean batch is
 what the GPU saw. The reference: the same function called directly on batches of 1, 32 and 128
-on the same device (bare PyTorch, no serving). With ``query_workers`` in
-LocalContainerManager, each variant is measured with every ``--query-workers`` count.
+on the same device (bare PyTorch, no serving). Each variant is measured with every
+``--query-workers`` count (query frontend processes sharing the port).
 Target: at ``--clients``, at least 0.25 of bare PyTorch's batch-128 rate, p99 within the objective.
 """
 import argparse
@@ -132,7 +132,7 @@ def measure_variant(conn, args, workers, input_type, body_file, batch_log, data,
     wrk(url, max(args.clients), 2, body_file=body_file)
     for clients in args.clients:
         measured = point(url, clients, args.seconds, body_file, batch_log)
-        measured.update(input_type=input_type, query_workers=workers or 1)
+        measured.update(input_type=input_type, query_workers=workers)
         data["served"].append(measured)
         print(f"  {input_type}, {workers or 1} query worker(s), {clients} clients: "
               f"{measured['images_per_s']:,.0f} images/s, p99 {measured['p99_ms']:.1f} ms, "
@@ -143,9 +143,7 @@ def measure_variant(conn, args, workers, input_type, body_file, batch_log, data,
 
 def measure_served(args, bodies, scratch, data, save):
     """Every variant; one that fails is recorded and the others still run (one run, one chance)."""
-    workers_counts = args.query_workers if servers.query_workers_supported() else [None]
-    data["query_workers_supported"] = workers_counts != [None]
-    for workers in workers_counts:
+    for workers in args.query_workers:
         try:
             with servers.cluster(cache_size=0, query_workers=workers) as conn:
                 for input_type in ("floats", "bytes"):
@@ -194,8 +192,6 @@ def markdown(data) -> str:
             lines.append(f"- bytes / floats (JSON lists), {workers} query worker(s), {clients} clients: "
                          f"{r['images_per_s'] / floats['images_per_s']:.2f}x the images/s")
     lines += [f"- failed to measure: {error}" for error in data.get("errors", [])]
-    if not data.get("query_workers_supported", True):
-        lines.append("- LocalContainerManager has no `query_workers` here: one query frontend process.")
     return "\n".join(lines) + "\n"
 
 
@@ -207,7 +203,7 @@ def main(argv=None):
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")],
                         help="concurrent clients per point (default 1,256; quick 1,16)")
     parser.add_argument("--query-workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8],
-                        help="query frontend processes, when LocalContainerManager takes query_workers")
+                        help="query frontend processes to measure, e.g. 1,8")
     parser.add_argument("--slo-ms", type=int, default=100, help="the app's latency objective")
     parser.add_argument("--wrk-cpus", help="cores for wrk alone, e.g. 12-15 (the rest serve)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where <date>-gpu.json/.md go")

@@ -21,7 +21,7 @@ Prints the figures and the project's targets as ratios (PASS/MISS); writes them 
 bench/results/<date>.md and .json with a PNG of latency against concurrency.
 --profile adds py-spy profiles of the query frontend under load (bench/results/).
 --query-workers 1,8 measures our cluster (cache off) once per count of query frontend
-processes, where LocalContainerManager takes ``query_workers``; the targets use the first.
+processes sharing the port (SO_REUSEPORT); the targets use the first.
 """
 import argparse
 import datetime
@@ -107,7 +107,7 @@ def workers_label(workers) -> str:
     return f"{report.OURS}, {workers} query workers"
 
 
-def measure_ours(results, seconds, profile_stem, concurrency=CONCURRENCY, query_workers=(None,)):
+def measure_ours(results, seconds, profile_stem, concurrency=CONCURRENCY, query_workers=(1,)):
     """Our cluster; with several ``query_workers`` counts, the first is "ours" (the targets')
     and each other one is measured again, cache off."""
     profiles = []
@@ -170,8 +170,8 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true", help="also profile the query frontend with py-spy")
     parser.add_argument("--concurrency", type=counts, default=CONCURRENCY,
                         help="clients per point, e.g. 1,16,64,256 (default 1,16,64; 1 and 64 are the targets')")
-    parser.add_argument("--query-workers", type=counts, default=(None,),
-                        help="query frontend processes, e.g. 1,8 (where LocalContainerManager takes query_workers)")
+    parser.add_argument("--query-workers", type=counts, default=(1,),
+                        help="query frontend processes, e.g. 1,8 (default 1)")
     parser.add_argument("--wrk-cpus", help="cores for wrk alone, e.g. 12-15 (the servers get the rest)")
     parser.add_argument("--tag", help="added to the results' file name: <date>-<tag>")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where the results go")
@@ -179,9 +179,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.report:
         return rewrite_report(args.report)
-    if args.query_workers != (None,) and not servers.query_workers_supported():
-        print("LocalContainerManager takes no query_workers here: one query frontend process", flush=True)
-        args.query_workers = (None,)
     if args.wrk_cpus:
         reserve_cores(args.wrk_cpus)
     if not shutil.which("wrk"):
@@ -202,7 +199,7 @@ def main(argv=None):
         peer = "Peer: skipped (--no-peer)." if args.no_peer else measure_peer(results, seconds)
     checks = report.targets(results)
     notes = [hop]
-    if args.query_workers != (None,):
+    if args.query_workers != (1,):
         notes.append(f"Ours: {args.query_workers[0]} query frontend process(es).")
     if args.wrk_cpus:
         notes.append(f"wrk ran on cores {args.wrk_cpus} alone, the servers on the others.")

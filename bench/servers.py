@@ -6,7 +6,6 @@
   found again by a marker in its environment and stopped, nothing else.
 """
 import contextlib
-import inspect
 import os
 import signal
 import socket
@@ -160,16 +159,12 @@ def ray_peer(throughput_optimized: bool, max_ongoing_requests: int = 256):
             stop_marked(marker)
 
 
-def query_workers_supported() -> bool:
-    return "query_workers" in inspect.signature(LocalContainerManager.__init__).parameters
-
-
 @contextlib.contextmanager
-def cluster(cache_size: int, query_workers=None):
+def cluster(cache_size: int, query_workers: int = 1):
     """Our cluster on the benchmark's ports; its state goes where CLIPPER_STATE_DIR says.
-    ``query_workers``: query frontend processes (None: LocalContainerManager's default)."""
-    workers = {} if query_workers is None else {"query_workers": query_workers}
-    conn = ClipperConnection(LocalContainerManager(cluster_name="bench", **CLUSTER_PORTS, **workers))
+    ``query_workers``: query frontend processes sharing the query port."""
+    conn = ClipperConnection(LocalContainerManager(cluster_name="bench", query_workers=query_workers,
+                                                   **CLUSTER_PORTS))
     try:
         conn.start_clipper(cache_size=cache_size)
         yield conn

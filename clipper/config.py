@@ -54,6 +54,10 @@ class Config:
     admin_token: str = setting("", *FRONTENDS)            # if set, /admin calls need this bearer token
     redis_timeout: float = setting(2.0, MANAGEMENT_FRONTEND)  # seconds for any of its Redis calls
     replica_timeout: float = setting(30.0, QUERY_FRONTEND)  # silence before a replica is dropped
+    # Query frontend processes sharing the query port (SO_REUSEPORT when more than one);
+    # worker k binds the RPC port rpc_port + k, and each replica connects to all of them.
+    query_workers: int = setting(1, QUERY_FRONTEND, MODEL_CONTAINER)
+    query_worker: int = setting(0, QUERY_FRONTEND)        # this worker's index, 0..query_workers-1
     # RPC authentication (CURVE keys, Z85; see clipper.rpc.auth); empty: the RPC port is open.
     # The query frontend also holds the containers' keys, so that a backend can read them
     # from it when it starts a replica later (the Docker backend does).

@@ -40,8 +40,14 @@ class Launch:
     """One process of a cluster: what to run, how to tell it is serving, how to stop it."""
     role: str
     env: Dict[str, str]
-    ready_url: str = ""          # http:// (GET answers 200), redis:// or unix:// (PING, no password); "" = none
+    ready_url: str = ""          # http:// (GET answers 200), redis:// or unix:// (PING, no
+                                 # password), tcp:// (accepts a connection); "" = none
     stop_grace: float = 0.0
+    name: str = ""               # of the process, where a role has several; "" = the role
+
+    @property
+    def process_name(self) -> str:
+        return self.name or self.role
 
     def argv(self, python: str = sys.executable) -> List[str]:
         if self.role == REDIS:
@@ -60,9 +66,9 @@ class Launch:
 
 
 def _launch(role: str, config: Config, ready_url: str = "",
-            extra_env: Optional[Dict[str, str]] = None) -> Launch:
+            extra_env: Optional[Dict[str, str]] = None, name: str = "") -> Launch:
     return Launch(role, {**config.environment(role), **(extra_env or {})}, ready_url,
-                  STOP_GRACE_SECONDS[role])
+                  STOP_GRACE_SECONDS[role], name)
 
 
 def redis(config: Config) -> Launch:
@@ -82,10 +88,23 @@ def query_frontend(config: Config) -> Launch:
     return _launch(QUERY_FRONTEND, config, f"http://{_reachable(config.host)}:{config.query_port}/metrics")
 
 
+def query_frontends(config: Config) -> List[Launch]:
+    """The query frontend's workers: worker 0 is named as the role, worker k
+    ``query-frontend-k``. The query port is shared, so a later worker is checked on its own
+    RPC port (it accepts HTTP connections only once it serves; the kernel sends none before)."""
+    workers = [query_frontend(config.replace(query_worker=0))]
+    for k in range(1, config.query_workers):
+        worker = config.replace(query_worker=k)
+        workers.append(_launch(QUERY_FRONTEND, worker,
+                               f"tcp://{_reachable(config.host)}:{config.rpc_port + k}",
+                               name=f"{QUERY_FRONTEND}-{k}"))
+    return workers
+
+
 def servers(config: Config, embedded_redis: bool) -> List[Launch]:
     """The cluster's servers in start order (stop in the reverse order)."""
     return ([redis(config)] if embedded_redis else []) + [management_frontend(config),
-                                                          query_frontend(config)]
+                                                          *query_frontends(config)]
 
 
 def model_container(config: Config, name: str, version: str, input_type: str, model_path: str,
@@ -124,6 +143,9 @@ def _probe(url: str) -> bool:
         return True
     parsed = urlparse(url)
     try:
+        if parsed.scheme == "tcp":
+            with socket.create_connection((parsed.hostname, parsed.port), PROBE_TIMEOUT_SECONDS):
+                return True
         return _http_ok(parsed) if parsed.scheme == "http" else _redis_answers_ping(parsed)
     except OSError:              # not up yet: refused, reset, timed out
         return False

@@ -20,6 +20,14 @@ APP_MODEL_LINKS_DB = 7
 # makes every check-then-write of the management frontend atomic (see store.py).
 WRITE_TOKEN_DB = 0
 WRITE_TOKEN_KEY = "clipper:last-write"
+# Ours: each query frontend worker's metrics, when several share the query port (the
+# frontends follow DBs 2, 5, 6 and 7 only, so these writes wake none of them).
+WORKER_METRICS_DB = 0
+
+
+def worker_metrics_key(worker: int) -> str:
+    return f"clipper:query-worker-metrics:{worker}"
+
 
 DEFAULT_POLICY = "DefaultOutputSelectionPolicy"
 DEFAULT_BATCH_SIZE = -1

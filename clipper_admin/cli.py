@@ -1,6 +1,6 @@
 """The ``clipper`` command: start, inspect and stop clusters from a shell.
 
-    clipper start  [--backend local|docker] [--cluster-name NAME] [--query-port N] ...
+    clipper start  [--backend local|docker] [--cluster-name NAME] [--query-port N] [--query-workers N] ...
     clipper status [--backend ...] [--cluster-name NAME]
     clipper recover [--backend ...] [--cluster-name NAME]   (after a crash or a reboot)
     clipper stop   [--backend ...] [--cluster-name NAME]    (as closeClipper.py: all, or those named)
@@ -33,6 +33,9 @@ def _parser():
                 command.add_argument(f"--{port}-port", type=int, default=default)
             command.add_argument("--cache-size", type=int, default=33554432,
                                  help="prediction cache in bytes; 0 turns it off")
+            command.add_argument("--query-workers", type=int, default=1,
+                                 help="query frontend processes sharing the query port (local backend); "
+                                      "worker k takes the RPC port rpc-port + k")
     return parser
 
 
@@ -42,7 +45,14 @@ def _ports(args):
 
 
 def start(args):
-    conn = ClipperConnection(manager_for(args.backend, cluster_name=args.cluster_name, **_ports(args)))
+    workers = {}
+    if args.query_workers != 1:
+        if args.backend != "local":
+            raise ClipperException(f"--query-workers: only the local backend runs several query "
+                                   f"frontend processes, not the {args.backend} backend")
+        workers = {"query_workers": args.query_workers}
+    conn = ClipperConnection(manager_for(args.backend, cluster_name=args.cluster_name, **_ports(args),
+                                         **workers))
     conn.start_clipper(cache_size=args.cache_size)
     print(f"Cluster '{args.cluster_name}' is running: predictions at http://{conn.get_query_addr()}"
           f"/<application>/predict, management at http://{conn.cm.get_admin_addr()}")

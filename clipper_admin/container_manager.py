@@ -63,6 +63,8 @@ class ContainerManager(abc.ABC):
     cluster_identifier = "default-cluster"
     # What a start raises when one of the cluster's ports is taken.
     port_taken_error = ClipperException
+    # Query frontend processes (only the local backend runs more than one).
+    query_workers = 1
 
     def __init__(self, cluster_name="default-cluster", public_host="localhost",
                  clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
@@ -96,7 +98,7 @@ class ContainerManager(abc.ABC):
                       metrics_port=self.clipper_metric_port, redis_url=redis_url,
                       cache_size=cache_size, body_timeout=float(body_timeout),
                       max_body_size=self.max_body_size, admin_token=self.admin_token,
-                      **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token))
+                      query_workers=self.query_workers, **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token))
 
     def _require_free_ports(self, listen_host, extra=()):
         require_free_ports(listen_host, [*self.serving_ports(), *extra], taken_error=self.port_taken_error)
@@ -158,7 +160,9 @@ class ContainerManager(abc.ABC):
         """The ports a cluster listens on, named for error messages."""
         return [("query frontend", self.clipper_query_port),
                 ("management frontend", self.clipper_management_port),
-                ("model RPC", self.clipper_rpc_port), ("Prometheus metrics", self.clipper_metric_port)]
+                ("model RPC", self.clipper_rpc_port), ("Prometheus metrics", self.clipper_metric_port),
+                *((f"model RPC of query frontend worker {k}", self.clipper_rpc_port + k)
+                  for k in range(1, self.query_workers))]
 
     def get_admin_addr(self):
         return f"{self.public_host}:{self.clipper_management_port}"

@@ -172,7 +172,7 @@ class Supervisor:
 
     def _child(self, launch: Launch, name: str = "", python: str = sys.executable,
                details: Optional[Dict[str, object]] = None) -> Child:
-        return Child(name or launch.role, launch.role, launch.argv(python), self._env(launch.env),
+        return Child(name or launch.process_name, launch.role, launch.argv(python), self._env(launch.env),
                      launch.stop_grace, details or {})
 
     def _replica_child(self, model: dict, index: int, devices: List[str]) -> Child:

@@ -1,15 +1,18 @@
 """A model container's side of Clipper's RPC: connect, register, serve batches, heartbeat.
 
 It behaves as Clipper's Python container towards the query frontend (so it also works
-with the original Clipper), with two differences: an exception in the model is reported
-for that batch (see ``codec.ERROR_OUTPUT_PREFIX``) and the container keeps serving, and
-an idle container heartbeats every second, so a restarted frontend finds it quickly.
+with the original Clipper), with three differences: an exception in the model is reported
+for that batch (see ``codec.ERROR_OUTPUT_PREFIX``) and the container keeps serving; an idle
+connection heartbeats every second, so a restarted frontend finds it quickly; and it serves
+several query frontend workers at once, one connection each, calling the model once on the
+batches of all of them that are waiting.
 """
 import logging
+import math
 import signal
 import time
 import traceback
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import zmq
 
@@ -19,27 +22,79 @@ from clipper.signal_wakeup import SignalWakeup
 
 log = logging.getLogger("clipper.container")
 
-POLL_MILLIS = 1000
+# An idle connection heartbeats this often, so a restarted frontend finds the replica quickly.
+HEARTBEAT_SECONDS = 1.0
+RECONNECT_MILLIS = 20
+# With several workers, a batch that arrives waits this share of the last model call's time
+# (at most MERGE_WAIT_MAX_SECONDS) for the next batches of the workers answered last: they
+# come a moment after their answers, and would otherwise alternate with it, call by call.
+MERGE_WAIT_SHARE = 0.1
+MERGE_WAIT_MAX_SECONDS = 0.002
 # Without any message from the frontend for this long, start a new session (as Clipper does).
 SESSION_TIMEOUT_SECONDS = 30.0
 
 Handler = Callable[[InputType, Sequence[bytes]], List[bytes]]
 
 
+class Link:
+    """The connection to one query frontend worker: a DEALER with a fresh identity. Its
+    monitor tells when the connection is made, or made again (to a restarted frontend): the
+    frontend then hears a heartbeat at once, and registers the replica before it serves."""
+
+    def __init__(self, runtime: "ContainerRuntime", address: str):
+        self.address = address
+        self.socket = runtime.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        # Retry a lost connection soon: a restarted frontend waits for its replicas.
+        self.socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MILLIS)
+        if runtime.server_public_key:
+            auth.present_curve(self.socket, runtime.server_public_key, runtime.secret_key)
+        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.socket.connect(address)
+        # The first heartbeat goes when the connection is made (see ``reconnected``).
+        self.last_heard = self.last_sent = time.monotonic()
+        self.answered = False     # answered a batch and has not sent one since
+
+    def send(self, frames, copy: bool = True) -> None:
+        self.socket.send_multipart(frames, copy=copy)
+        self.last_sent = time.monotonic()
+
+    def heartbeat_due(self) -> float:
+        return max(self.last_heard, self.last_sent) + HEARTBEAT_SECONDS
+
+    def reconnected(self) -> bool:
+        """Whether the connection was made again since the last call."""
+        made = False
+        while True:
+            try:
+                self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return made
+            made = True
+
+    def close(self) -> None:
+        self.socket.disable_monitor()
+        self.monitor.close(0)
+        self.socket.close(0)
+
+
 class ContainerRuntime:
     def __init__(self, model_name: str, model_version: str, input_type: InputType,
-                 address: str, handler: Handler, server_public_key: str = "", secret_key: str = ""):
-        """With ``server_public_key`` (and this container's ``secret_key``), the connection
-        is CURVE-authenticated, as the cluster's frontend requires (clipper.rpc.auth)."""
+                 addresses: Sequence[str], handler: Handler, server_public_key: str = "",
+                 secret_key: str = ""):
+        """``addresses``: the RPC address of every query frontend worker; the replica serves
+        them all. With ``server_public_key`` (and this container's ``secret_key``), the
+        connections are CURVE-authenticated, as the cluster's frontend requires (clipper.rpc.auth)."""
         self.model_name = model_name
         self.model_version = model_version
         self.input_type = input_type
-        self.address = address
+        self.addresses = list(addresses)
         self.handler = handler
         self.server_public_key = server_public_key
         self.secret_key = secret_key
         self.context = zmq.Context()
         self._stopping = False
+        self._last_call_seconds = 0.0
         self._wakeup: Optional[SignalWakeup] = None
 
     def stop(self, *_args) -> None:
@@ -47,71 +102,128 @@ class ContainerRuntime:
 
     def serve_forever(self) -> None:
         # SIGTERM ends the wait for the next message at once (without the wake-up, the poll
-        # ran to its timeout first); a batch in progress is still answered.
+        # ran to its timeout, up to a heartbeat interval, first); a batch in progress is
+        # still answered.
         self._wakeup = SignalWakeup()
         signal.signal(signal.SIGTERM, self.stop)
         try:
-            while not self._stopping:
-                self._session()
+            self.serve()
         finally:
             self._wakeup.close()
+
+    def serve(self) -> None:
+        """Serve until ``stop()``."""
+        links = [Link(self, address) for address in self.addresses]
+        try:
+            while not self._stopping:
+                self._turn(links)
+        finally:
+            for link in links:
+                link.close()
             self.context.term()
 
-    def _session(self) -> None:
-        """One connection with a fresh identity, until the frontend falls silent."""
-        socket = self.context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        if self.server_public_key:
-            auth.present_curve(socket, self.server_public_key, self.secret_key)
-        socket.connect(self.address)
+    def _turn(self, links: List[Link]) -> None:
+        """Wait for messages; answer every prediction request waiting on any link with one
+        model call (so the batches of several workers make one batch); keep idle links alive."""
         poller = zmq.Poller()
-        poller.register(socket, zmq.POLLIN)
-        poller.register(self._wakeup, zmq.POLLIN)
-        try:
-            socket.send_multipart(codec.encode_heartbeat())
-            last_heard = time.monotonic()
-            while not self._stopping:
-                ready = dict(poller.poll(POLL_MILLIS))
-                if socket in ready:
-                    last_heard = time.monotonic()
-                    self._handle(socket, socket.recv_multipart())
-                elif self._wakeup.fileno() in ready:
-                    self._wakeup.drain()             # a signal: the loop looks at _stopping
-                elif time.monotonic() - last_heard > SESSION_TIMEOUT_SECONDS:
-                    log.info("no word from %s for %.0f s; reconnecting", self.address,
-                             SESSION_TIMEOUT_SECONDS)
-                    return
-                else:
-                    socket.send_multipart(codec.encode_heartbeat())
-        finally:
-            socket.close(0)
+        for link in links:
+            poller.register(link.socket, zmq.POLLIN)
+            poller.register(link.monitor, zmq.POLLIN)
+        if self._wakeup is not None:
+            poller.register(self._wakeup, zmq.POLLIN)
+        wait = min(link.heartbeat_due() for link in links) - time.monotonic()
+        ready = dict(poller.poll(max(0, math.ceil(wait * 1000))))
+        if self._wakeup is not None and self._wakeup.fileno() in ready:
+            self._wakeup.drain()            # a signal: the serving loop looks at _stopping
+        requests = self._receive([link for link in links if link.socket in ready])
+        if requests and len(links) > 1:
+            requests += self._wait_for_answered(links, requests)
+        if requests:
+            self._answer(requests)
+        now = time.monotonic()
+        for index, link in enumerate(links):
+            connected = link.monitor in ready and link.reconnected()
+            if now - link.last_heard > SESSION_TIMEOUT_SECONDS:
+                log.info("no word from %s for %.0f s; reconnecting", link.address, SESSION_TIMEOUT_SECONDS)
+                link.close()
+                links[index] = Link(self, link.address)
+            elif connected or now >= link.heartbeat_due():
+                link.send(codec.encode_heartbeat())
 
-    def _handle(self, socket: zmq.Socket, frames: List[bytes]) -> None:
-        try:
-            message = codec.decode_clipper_message(frames)
-        except codec.ProtocolError as error:
-            log.error("ignoring a malformed message from the frontend: %s", error)
-            return
-        if isinstance(message, codec.HeartbeatReply):
-            if message.heartbeat_type == codec.HEARTBEAT_REQUEST_METADATA:
-                socket.send_multipart(codec.encode_new_container(
-                    self.model_name, self.model_version, self.input_type))
-                log.info("registered %s:%s with %s", self.model_name, self.model_version, self.address)
-            return
-        socket.send_multipart(codec.encode_prediction_response(
-            message.msg_id, self._predict(message)), copy=False)
+    def _receive(self, links: List[Link]) -> List[Tuple[Link, codec.PredictionRequest]]:
+        requests = []
+        for link in links:
+            link.last_heard = time.monotonic()
+            for request in self._receive_waiting(link):
+                link.answered = False
+                requests.append((link, request))
+        return requests
 
-    def _predict(self, request: codec.PredictionRequest) -> List[bytes]:
-        if request.input_type != self.input_type:
-            return _errors(len(request.inputs),
-                           f"this container takes {self.input_type.canonical_name}, "
-                           f"got {request.input_type.canonical_name}")
+    def _wait_for_answered(self, links: List[Link], requests) -> List[Tuple[Link, codec.PredictionRequest]]:
+        """The batches of the workers answered last that arrive within the merge wait."""
+        have = {link for link, _ in requests}
+        expected = [link for link in links if link.answered and link not in have]
+        deadline = time.monotonic() + min(MERGE_WAIT_SHARE * self._last_call_seconds, MERGE_WAIT_MAX_SECONDS)
+        more = []
+        while expected and time.monotonic() < deadline:
+            poller = zmq.Poller()
+            for link in expected:
+                poller.register(link.socket, zmq.POLLIN)
+            ready = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+            arrived = [link for link in expected if link.socket in ready]
+            more += self._receive(arrived)
+            expected = [link for link in expected if link not in arrived]
+        for link in expected:      # nothing came: do not wait for it again until answered
+            link.answered = False
+        return more
+
+    def _receive_waiting(self, link: Link) -> List[codec.PredictionRequest]:
+        """Handle the control messages waiting on ``link``; return its prediction requests."""
+        requests = []
+        while True:
+            try:
+                frames = link.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return requests
+            try:
+                message = codec.decode_clipper_message(frames)
+            except codec.ProtocolError as error:
+                log.error("ignoring a malformed message from the frontend: %s", error)
+                continue
+            if not isinstance(message, codec.HeartbeatReply):
+                requests.append(message)
+            elif message.heartbeat_type == codec.HEARTBEAT_REQUEST_METADATA:
+                link.send(codec.encode_new_container(self.model_name, self.model_version, self.input_type))
+                log.info("registered %s:%s with %s", self.model_name, self.model_version, link.address)
+
+    def _answer(self, requests: List[Tuple[Link, codec.PredictionRequest]]) -> None:
+        served = [(link, r) for link, r in requests if r.input_type == self.input_type]
+        for link, request in requests:
+            if request.input_type != self.input_type:
+                link.send(codec.encode_prediction_response(request.msg_id, _errors(
+                    len(request.inputs), f"this container takes {self.input_type.canonical_name}, "
+                    f"got {request.input_type.canonical_name}")), copy=False)
+        if not served:
+            return
+        started = time.monotonic()
+        outputs = self._predict([item for _, request in served for item in request.inputs])
+        self._last_call_seconds = time.monotonic() - started
+        first = 0
+        for link, request in served:
+            last = first + len(request.inputs)
+            link.send(codec.encode_prediction_response(request.msg_id, outputs[first:last]), copy=False)
+            link.answered = True
+            first = last
+
+    def _predict(self, inputs: List[bytes]) -> List[bytes]:
         try:
-            return self.handler(request.input_type, request.inputs)
+            outputs = self.handler(self.input_type, inputs)
+            if len(outputs) != len(inputs):
+                raise ValueError(f"the model returned {len(outputs)} outputs for {len(inputs)} inputs")
+            return outputs
         except Exception as error:  # the model's fault: report it, keep serving
-            log.error("the model raised on a batch of %d:\n%s", len(request.inputs),
-                      traceback.format_exc())
-            return _errors(len(request.inputs), f"{type(error).__name__}: {error}")
+            log.error("the model raised on a batch of %d:\n%s", len(inputs), traceback.format_exc())
+            return _errors(len(inputs), f"{type(error).__name__}: {error}")
 
 
 def _errors(count: int, message: str) -> List[bytes]:
@@ -133,8 +245,9 @@ def main(config) -> None:
     except FrameworkMissing as error:
         log.error("cannot load the model: %s", error)
         raise SystemExit(3)
-    runtime = ContainerRuntime(config.model_name, config.model_version, input_type,
-                               f"tcp://{config.ip}:{config.port}",
+    # Query frontend worker k listens on port + k.
+    addresses = [f"tcp://{config.ip}:{config.port + k}" for k in range(config.query_workers)]
+    runtime = ContainerRuntime(config.model_name, config.model_version, input_type, addresses,
                                lambda kind, inputs: run_batch(function, kind, inputs),
                                config.rpc_server_public_key, config.rpc_client_secret_key)
     runtime.serve_forever()

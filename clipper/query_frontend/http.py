@@ -431,9 +431,11 @@ class Server:
         self.connections.add(connection)
         return connection
 
-    async def start(self, host: str, port: int, backlog: int = 1024) -> "Server":
+    async def start(self, host: str, port: int, backlog: int = 1024,
+                    reuse_port: bool = False) -> "Server":
+        """``reuse_port``: several processes listen on the port; the kernel spreads connections."""
         self.listener = await asyncio.get_running_loop().create_server(
-            self._connection, host, port, backlog=backlog)
+            self._connection, host, port, backlog=backlog, reuse_port=reuse_port or None)
         return self
 
     async def stop(self, grace: float = 2.0) -> None:

@@ -4,6 +4,10 @@ The document has Clipper's shape (docs/protocol.md, 7.1 The /metrics document): 
 ``counters``, ``ratio_counters``, ``meters``, ``histograms``, each a list of single-key
 objects, every leaf value a string, pretty-printed. Updates are plain attribute writes so
 that they cost almost nothing on the prediction path.
+
+Several processes' metrics add up: ``MetricSet.snapshot()`` is one process's as JSON-able
+data, ``MetricSet.merged(snapshots)`` their sum (counters, meters and ratios add, histograms
+pool their samples).
 """
 import json
 import math
@@ -28,6 +32,12 @@ class Counter:
     def report(self) -> dict:
         return {"count": str(self.count)}
 
+    def state(self) -> dict:
+        return {"count": self.count}
+
+    def absorb(self, state: dict) -> None:
+        self.count += state["count"]
+
 
 class RatioCounter:
     def __init__(self):
@@ -37,6 +47,13 @@ class RatioCounter:
     def report(self) -> dict:
         ratio = self.numerator / self.denominator if self.denominator else float("nan")
         return {"ratio": _fmt(ratio)}
+
+    def state(self) -> dict:
+        return {"numerator": self.numerator, "denominator": self.denominator}
+
+    def absorb(self, state: dict) -> None:
+        self.numerator += state["numerator"]
+        self.denominator += state["denominator"]
 
 
 class Meter:
@@ -56,11 +73,32 @@ class Meter:
             old = self._rates[i]
             self._rates[i] = instant if old < 0 else old + alpha * (instant - old)
 
-    def report(self) -> dict:
+    def state(self) -> dict:
         elapsed = max(time.monotonic() - self._created, 1e-9)
-        return {"unit": "events per second", "rate": _fmt(self.count / elapsed),
-                "rate_1min": _fmt(self._rates[0]), "rate_5min": _fmt(self._rates[1]),
-                "rate_15min": _fmt(self._rates[2])}
+        return {"count": self.count, "rate": self.count / elapsed, "rates": list(self._rates)}
+
+    def report(self) -> dict:
+        state = self.state()
+        return {"unit": "events per second", "rate": _fmt(state["rate"]),
+                "rate_1min": _fmt(state["rates"][0]), "rate_5min": _fmt(state["rates"][1]),
+                "rate_15min": _fmt(state["rates"][2])}
+
+
+class MeterSum(Meter):
+    """Several processes' meters added up; a moving average not yet ticked (-1) adds nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self._rate = 0.0
+
+    def absorb(self, state: dict) -> None:
+        self.count += state["count"]
+        self._rate += state["rate"]
+        self._rates = [mine if theirs < 0 else max(mine, 0.0) + theirs
+                       for mine, theirs in zip(self._rates, state["rates"])]
+
+    def state(self) -> dict:
+        return {"count": self.count, "rate": self._rate, "rates": list(self._rates)}
 
 
 class Histogram:
@@ -94,6 +132,14 @@ class Histogram:
                      "p99": pick(0.99)}
         return {"unit": self.unit, "size": str(len(values)),
                 **{key: _fmt(value) for key, value in stats.items()}}
+
+    def state(self) -> dict:
+        return {"unit": self.unit, "samples": self.samples, "seen": self.seen}
+
+    def absorb(self, state: dict) -> None:
+        """Pool the samples (a merged histogram only reports: it may exceed the reservoir)."""
+        self.samples.extend(state["samples"])
+        self.seen += state["seen"]
 
 
 class MetricSet:
@@ -134,10 +180,31 @@ class MetricSet:
         document = {}
         for category, kind in self.CATEGORIES:
             entries = [{name: metric.report()} for name, metric in sorted(self.metrics.items())
-                       if type(metric) is kind]
+                       if isinstance(metric, kind)]
             if entries:
                 document[category] = entries
         return document
 
     def report_json(self) -> bytes:
         return json.dumps(self.report(), indent=4).encode()
+
+    def snapshot(self) -> dict:
+        """Every metric's state as JSON-able data: {name: [category, state]}."""
+        categories = {kind: category for category, kind in self.CATEGORIES}
+        return {name: [categories[type(metric)], metric.state()] for name, metric in self.metrics.items()}
+
+    @classmethod
+    def merged(cls, snapshots: List[dict]) -> "MetricSet":
+        """The sum of several processes' snapshots, for reporting."""
+        total = cls()
+        for snapshot in snapshots:
+            for name, (category, state) in snapshot.items():
+                metric = total.metrics.get(name)
+                if metric is None:
+                    metric = total.metrics[name] = _EMPTY[category](state)
+                metric.absorb(state)
+        return total
+
+
+_EMPTY = {"counters": lambda state: Counter(), "ratio_counters": lambda state: RatioCounter(),
+          "meters": lambda state: MeterSum(), "histograms": lambda state: Histogram(state["unit"])}

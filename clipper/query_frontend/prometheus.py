@@ -12,7 +12,6 @@ from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
 
 from clipper.errors import RequestError
 from clipper.query_frontend import http
-from clipper.query_frontend.metrics import MetricSet
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -22,7 +21,7 @@ def gauge_name(metric: str, field: str) -> str:
 
 
 class ClipperCollector:
-    def __init__(self, metrics: MetricSet):
+    def __init__(self, metrics):
         self.metrics = metrics
 
     def collect(self):
@@ -41,7 +40,8 @@ class ClipperCollector:
 class PrometheusApp(http.Application):
     """GET /metrics on the metrics port, served by the query frontend's own HTTP layer."""
 
-    def __init__(self, metrics: MetricSet):
+    def __init__(self, metrics):
+        """``metrics``: what to report (``report()``): a MetricSet, or the cluster's WorkerMetrics."""
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ClipperCollector(metrics))
 

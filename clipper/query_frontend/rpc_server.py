@@ -30,7 +30,7 @@ MAX_MESSAGES_PER_DRAIN = 256
 class RpcServer:
     def __init__(self, config: Config, recorder):
         """``recorder`` records replicas in Redis: ``added(Container)``, ``removed(Container)``."""
-        self.address = f"tcp://{config.host}:{config.rpc_port}"
+        self.address = f"tcp://{config.host}:{config.rpc_port + config.query_worker}"
         self.replica_timeout = config.replica_timeout
         self.recorder = recorder
         # Plain sockets read from the event loop's own poller: zmq.asyncio spends a future,

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections import Counter
 from typing import Dict, List, Optional, Tuple, Union
 
 import orjson
@@ -22,6 +23,7 @@ from clipper.query_frontend.dispatch import Batch, Dispatcher, ModelError, Task
 from clipper.query_frontend.metrics import METER_TICK_SECONDS, MetricSet
 from clipper.query_frontend.rpc_server import RpcServer
 from clipper.query_frontend.state import ClusterView, StateFollower
+from clipper.query_frontend.worker_metrics import WorkerMetrics
 from clipper.redis_schema import ModelId
 from clipper.redis_schema import App, Container, Model
 from clipper.request_body import check_json_media_type
@@ -44,6 +46,7 @@ Scheduled = Union[None, bytes, Task]   # no model / cached output (JSON) / an ev
 # so that the queries of other clients are served in between.
 SCHEDULE_SLICE = 500
 KEEPALIVE_TIMEOUT = 60.0     # idle keep-alive connections are closed after a minute
+REPLICA_WAIT_SECONDS = 2.0   # how long a later worker waits for the listed replicas to register
 # Redis starts beside the frontends: until it answers, retry this often, this long.
 REDIS_START_RETRY_SECONDS = 0.01
 REDIS_START_TIMEOUT_SECONDS = 30.0
@@ -85,13 +88,31 @@ class ReplicaRecorder:
                 log.warning("could not record replicas in Redis: %s", error)
 
 
+class NoRecorder:
+    """A later query frontend worker's recorder: worker 0 alone lists the replicas in Redis,
+    so that the management API lists each once."""
+
+    def added(self, container: Container) -> None:
+        pass
+
+    def removed(self, container: Container) -> None:
+        pass
+
+    def resync(self) -> None:
+        pass
+
+
 class QueryFrontend(http.Application):
     def __init__(self, config: Config):
         self.config = config
         self.store = Store(config.redis_url)
-        self.replica_recorder = ReplicaRecorder(self.store)
+        self.is_first_worker = config.query_worker == 0
+        self.replica_recorder = ReplicaRecorder(self.store) if self.is_first_worker else NoRecorder()
         self.rpc = RpcServer(config, self.replica_recorder)
         self.metrics = MetricSet()
+        # What /metrics reports: this process's metrics, or with several workers the cluster's.
+        self.reported_metrics = self.metrics if config.query_workers == 1 else WorkerMetrics(
+            self.metrics, self.store, config.query_worker, config.query_workers, self._count_cache)
         self.cache = PredictionCache(config.cache_size)
         self.follower = StateFollower(self.store, self._on_model_change, self.replica_recorder.resync)
         self.query_ids = itertools.count()
@@ -114,10 +135,17 @@ class QueryFrontend(http.Application):
         self.dispatcher = Dispatcher(self.rpc.send_batch, self.loop.time, self._on_batch)
         self.rpc.attach(self.dispatcher)
         self.rpc.bind()
-        await asyncio.wait_for(self._clear_containers(), timeout=REDIS_START_TIMEOUT_SECONDS)
-        tasks = [asyncio.create_task(coro) for coro in
-                 (self.rpc.run(), self.follower.run(), self.replica_recorder.run(), self._tick_meters())]
+        await asyncio.wait_for(self._until_redis_answers(), timeout=REDIS_START_TIMEOUT_SECONDS)
+        background = [self.rpc.run(), self.follower.run(), self._tick_meters()]
+        if self.is_first_worker:
+            await self.store.clear_containers()   # replicas of an earlier frontend must reconnect
+            background.append(self.replica_recorder.run())
+        if isinstance(self.reported_metrics, WorkerMetrics):
+            background.append(self.reported_metrics.run())
+        tasks = [asyncio.create_task(coro) for coro in background]
         await asyncio.wait_for(self.follower.wait_ready(), timeout=REDIS_START_TIMEOUT_SECONDS)
+        if not self.is_first_worker:
+            await self._wait_for_listed_replicas()
         prometheus = await self._serve_prometheus()
         try:
             yield
@@ -129,20 +157,33 @@ class QueryFrontend(http.Application):
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.store.close()
 
-    async def _clear_containers(self) -> None:
-        """Replicas of an earlier frontend must reconnect; waits for Redis to answer."""
+    async def _until_redis_answers(self) -> None:
+        """Redis starts beside the frontends: until it answers, try again shortly."""
         while True:
             try:
-                return await self.store.clear_containers()
+                return await self.store.ping()
             except REDIS_ERRORS:
                 await asyncio.sleep(REDIS_START_RETRY_SECONDS)
 
+    async def _wait_for_listed_replicas(self) -> None:
+        """Before a later worker serves (say, restarted after a crash), let the replicas that
+        worker 0 lists register with it too, so that its first queries get the model's
+        answers rather than the default; a replica that does not come within the bound does
+        not hold the worker back."""
+        wanted = Counter((c.model_name, c.model_version) for c in await self.store.containers())
+        deadline = self.loop.time() + REPLICA_WAIT_SECONDS
+        while self.loop.time() < deadline:
+            connected = Counter(replica.model_id for replica in self.rpc.replicas.values())
+            if all(connected[model_id] >= count for model_id, count in wanted.items()):
+                return
+            await asyncio.sleep(0.01)
+
     async def _serve_prometheus(self) -> Optional[http.Server]:
-        if not self.config.metrics_port:
+        if not self.config.metrics_port or not self.is_first_worker:
             return None
         limits = http.Limits(self.config.max_body_size, self.config.header_timeout,
                              self.config.body_timeout, KEEPALIVE_TIMEOUT)
-        return await http.Server(prometheus.PrometheusApp(self.metrics), limits).start(
+        return await http.Server(prometheus.PrometheusApp(self.reported_metrics), limits).start(
             self.config.host, self.config.metrics_port)
 
     def _on_model_change(self, model_id: ModelId, model: Optional[Model]) -> None:
@@ -199,9 +240,12 @@ class QueryFrontend(http.Application):
         return http.Response(error.status, responses.error(error.kind, error.message), headers=headers)
 
     def report_metrics(self, request: http.Request, _app_name=None) -> http.Response:
+        self._count_cache()
+        return http.Response(200, self.reported_metrics.report_json())
+
+    def _count_cache(self) -> None:
         self._cache_lookups.count = self.cache.lookups
         self._cache_hit_ratio.numerator, self._cache_hit_ratio.denominator = self.cache.hits, self.cache.lookups
-        return http.Response(200, self.metrics.report_json())
 
     def describe(self, request: http.Request, _app_name=None) -> http.Response:
         return http.Response(200, self._description)
@@ -427,8 +471,9 @@ async def _serve(config: Config) -> None:
                          KEEPALIVE_TIMEOUT)
     async with frontend.running():
         await server_runner.serve_until_stopped(
-            lambda: http.Server(frontend, limits).start(config.host, config.query_port), config.host,
-            config.query_port, "query frontend")
+            lambda: http.Server(frontend, limits).start(config.host, config.query_port,
+                                                        reuse_port=config.query_workers > 1),
+            config.host, config.query_port, "query frontend")
 
 
 def main(config: Config) -> None:

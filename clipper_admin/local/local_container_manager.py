@@ -40,7 +40,8 @@ class LocalContainerManager(ContainerManager):
                  clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None, redis_port=6379,
                  host="127.0.0.1", clipper_metric_port=None,
-                 admin_token=None, max_body_size=Config.max_body_size, rpc_auth="auto"):
+                 admin_token=None, max_body_size=Config.max_body_size, rpc_auth="auto",
+                 query_workers=Config.query_workers):
         """``host``: where the servers listen (loopback unless you mean it). ``admin_token``
         (default $CLIPPER_ADMIN_TOKEN): if set, /admin calls need it as a bearer token.
         ``max_body_size``: the largest request body the frontends accept, in bytes.
@@ -48,7 +49,13 @@ class LocalContainerManager(ContainerManager):
         ``rpc_auth``: who may connect to the RPC port as a model container: "auto" (only
         the cluster's own containers, by CURVE keys, when there is an admin token or
         ``host`` is not loopback; anyone otherwise), "curve" (always keys) or "open"
-        (anyone, as in Clipper: for real Clipper model containers)."""
+        (anyone, as in Clipper: for real Clipper model containers).
+        ``query_workers``: query frontend processes sharing the query port (SO_REUSEPORT);
+        worker k takes the RPC port ``clipper_rpc_port + k``, and each replica of ours
+        serves them all. A real Clipper container connects to one RPC port: worker 0 only."""
+        if not (isinstance(query_workers, int) and query_workers >= 1):
+            raise ClipperException(f"query_workers must be a whole number >= 1, not {query_workers!r}")
+        self.query_workers = query_workers
         super().__init__(cluster_name, public_host_for(host), clipper_query_port,
                          clipper_management_port, clipper_rpc_port, clipper_metric_port,
                          redis_ip, redis_port, admin_token, max_body_size, rpc_auth)
@@ -61,7 +68,8 @@ class LocalContainerManager(ContainerManager):
                       qf_http_timeout_request=5, qf_http_timeout_content=300,
                       num_frontend_replicas=1):
         if num_frontend_replicas != 1:
-            raise ClipperException("The local backend runs exactly one query frontend")
+            raise ClipperException("The local backend runs one query frontend; for several "
+                                   "processes sharing its port, use LocalContainerManager(query_workers=N)")
         if self.cluster.is_running():
             raise ClipperException(
                 f"Clipper cluster '{self.cluster_name}' is already running. Use connect() to use it, "
@@ -116,8 +124,9 @@ class LocalContainerManager(ContainerManager):
         return env
 
     def _start_failure(self):
+        workers = [f"query-frontend-{k}" for k in range(1, self.query_workers)]
         tails = [f"--- {name}.log ---\n{tail}" for name in
-                 ("supervisor", "redis", "management-frontend", "query-frontend")
+                 ("supervisor", "redis", "management-frontend", "query-frontend", *workers)
                  if (tail := self.cluster.log_tail(name, 8))]
         return "its supervisor exited.\n" + "\n".join(tails)
 
@@ -137,6 +146,7 @@ class LocalContainerManager(ContainerManager):
         self.clipper_management_port = config.management_port
         self.clipper_rpc_port = config.rpc_port
         self.clipper_metric_port = config.metrics_port
+        self.query_workers = config.query_workers
         if self.admin_token is None:
             self.admin_token = config.admin_token
 
