@@ -1,9 +1,10 @@
 """Where basicQuerySimplified.py's time goes, and what a cluster holds in memory.
 
-    python bench/e2e.py [--runs 3] [--base REVISION]
+    python bench/e2e.py [--runs 3] [--base REVISION ...]
 
 1. The whole script, end to end (wall time of `python basicQuerySimplified.py`, median of
-   --runs), for this checkout and, with --base, for another git revision in the same run.
+   --runs), for this checkout and, with --base, for other git revisions in the same run,
+   in turns (each lever's commit, say), with each one's ratio to the first --base.
 2. The same steps timed one by one in this process: interpreter start and imports (in a
    child, as the script pays them), start_clipper (with when Redis and each frontend
    process was started), register, deploy, link, first query, stop_all.
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +31,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 import report  # noqa: E402
+from clipper import launch as recipe  # noqa: E402
+from clipper.config import REDIS, Config  # noqa: E402
 
 PORTS = dict(clipper_query_port=22337, clipper_management_port=22338, clipper_rpc_port=27100,
              clipper_metric_port=22390)
@@ -63,16 +67,20 @@ def steps():
     from clipper_admin.deployers import python as python_deployer
 
     conn = ClipperConnection(LocalContainerManager(cluster_name="e2e", **PORTS))
-    started = time.time()
+    answered = {}
+    watcher = threading.Thread(target=watch_servers, args=(conn.cm.cluster, answered), daemon=True)
+    started = time.monotonic()
+    watcher.start()
     conn.start_clipper()
-    ready = time.time()
-    created = {p["role"]: p["create_time"] for p in conn.cm.cluster.processes()}
-    order = sorted(created.items(), key=lambda item: item[1])
+    ready = time.monotonic()
+    watcher.join()
     previous = started
-    for role, at in order:
-        timed.append((f"start_clipper: until {role} is started", at - previous))
+    for role, at in sorted(answered.items(), key=lambda item: item[1]):
+        what = "the supervisor's start, then Redis's" if role == REDIS else "both frontends start with Redis"
+        timed.append((f"start_clipper: until the {role} answers ({what})" if previous == started
+                      else f"start_clipper: then until the {role} answers", at - previous))
         previous = at
-    timed.append(("start_clipper: until every server answers", ready - previous))
+    timed.append(("start_clipper: then until it returns", ready - previous))
     try:
         for label, call in (
                 ("register_application", lambda: conn.register_application(
@@ -91,6 +99,20 @@ def steps():
         conn.stop_all()
         timed.append(("stop_all", time.perf_counter() - began))
     return timed, memory
+
+
+def watch_servers(cluster, answered, poll_seconds=0.002, timeout=60.0):
+    """Record in ``answered`` when each server of a starting cluster first answers
+    (time.monotonic()), probing as the launch recipe does."""
+    deadline = time.monotonic() + timeout
+    while not cluster.settings() and time.monotonic() < deadline:
+        time.sleep(poll_seconds)
+    pending = recipe.servers(Config(**cluster.settings()["config"]), embedded_redis=True)
+    while pending and time.monotonic() < deadline:
+        for launch in [launch for launch in pending if launch.is_ready()]:
+            answered[launch.role] = time.monotonic()
+            pending.remove(launch)
+        time.sleep(poll_seconds)
 
 
 def memory_of(pid: int):
@@ -122,23 +144,26 @@ def export(revision: str, into: Path) -> Path:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--base", help="a git revision to time the whole script of, in the same run")
+    parser.add_argument("--base", action="append", default=[],
+                        help="a git revision to time the whole script of, in the same run (repeatable)")
     args = parser.parse_args(argv)
     lines = [f"# basicQuerySimplified.py, end to end, {datetime.date.today().isoformat()}", "",
              f"{report.machine()}; local backend; medians of {args.runs} runs.", ""]
     with tempfile.TemporaryDirectory(prefix="e2e-") as scratch:
         os.environ["CLIPPER_STATE_DIR"] = str(Path(scratch) / "state")
         trees = {"this checkout": REPO}
-        if args.base:
-            trees[f"`{args.base}`"] = export(args.base, Path(scratch) / "base")
+        for index, revision in enumerate(args.base):
+            trees[f"`{revision}`"] = export(revision, Path(scratch) / f"base{index}")
         wholes = {name: [] for name in trees}
         for _ in range(args.runs):
             for name, tree in trees.items():
                 wholes[name].append(whole_script(tree))
         timed, memory = steps()
-    lines += ["| whole script | seconds (median) | runs |", "|---|---:|---|"]
-    lines += [f"| {name} | {statistics.median(runs):.2f} | {', '.join(f'{r:.2f}' for r in runs)} |"
-              for name, runs in wholes.items()]
+    reference = statistics.median(wholes[f"`{args.base[0]}`"]) if args.base else None
+    lines += ["| whole script | seconds (median) | / first base | runs |", "|---|---:|---:|---|"]
+    lines += [f"| {name} | {statistics.median(runs):.2f} | "
+              f"{f'{statistics.median(runs) / reference:.2f}' if reference else ''} | "
+              f"{', '.join(f'{r:.2f}' for r in runs)} |" for name, runs in wholes.items()]
     lines += ["", "| step (this checkout, timed one by one) | seconds |", "|---|---:|"]
     lines += [f"| {label} | {seconds:.3f} |" for label, seconds in timed]
     lines += [f"| sum | {sum(s for _, s in timed):.2f} |", "",

@@ -83,6 +83,10 @@ class Store:
     def client(self, db: int) -> aioredis.Redis:
         return self._db[db]
 
+    async def ping(self) -> None:
+        """Raises one of REDIS_ERRORS unless Redis answers."""
+        await self._db[schema.WRITE_TOKEN_DB].ping()
+
     async def close(self) -> None:
         for client in self._db.values():
             await client.aclose()

@@ -93,7 +93,7 @@ class ClipperConnection(object):
                 raise ClipperException(
                     f"{len(connected)} of {num_replicas} replicas of model {name}:{version} "
                     f"connected. {failure or f'Timed out after {recipe.REPLICA_TIMEOUT_SECONDS} s.'}")
-            time.sleep(0.05)
+            time.sleep(recipe.READY_POLL_SECONDS)
 
     # ---- cluster ----
     def start_clipper(self, query_frontend_image="clipper/query_frontend:0.4.1",

@@ -4,6 +4,7 @@ Python's default turns Ctrl-C into a traceback wherever it lands and ignores not
 it should: SIGTERM (``kill``, ``timeout``) and SIGHUP (the terminal was closed) end the
 script at once, so its ``finally`` never stops the cluster it started.
 """
+import atexit
 import os
 import signal
 import sys
@@ -19,6 +20,9 @@ def exit_cleanly_on_signals(what="Clipper"):
     def first(signum, _frame):
         for each in STOP_SIGNALS:
             signal.signal(each, later)
+        # Python puts the default handlers back while it exits, so a late signal would kill
+        # the script whose stop is done (status -15 instead of 0): ignore them from then on.
+        atexit.register(_ignore_stop_signals)
         _say(f"{STOP_SIGNALS[signum]}: stopping {what}\n", sys.stdout)
         raise SystemExit(0)
 
@@ -27,6 +31,11 @@ def exit_cleanly_on_signals(what="Clipper"):
 
     for each in STOP_SIGNALS:
         signal.signal(each, first)
+
+
+def _ignore_stop_signals():
+    for each in STOP_SIGNALS:
+        signal.signal(each, signal.SIG_IGN)
 
 
 def _say(line, stream):

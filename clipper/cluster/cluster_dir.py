@@ -25,6 +25,8 @@ from typing import Dict, Iterator, List, Optional
 
 import psutil
 
+from clipper.launch import READY_POLL_SECONDS
+
 CLUSTER_FILE = "cluster.json"
 SUPERVISOR_FILE = "supervisor.json"
 PROCESSES_FILE = "processes.json"
@@ -34,6 +36,7 @@ SUPERVISOR_LOCK_FILE = "supervisor.lock"
 STOPPING_FILE = "stopping"
 MARKER_ENV = "CLIPPER_CLUSTER_DIR"
 REDIS_SOCKET_FILE = "redis.sock"
+GONE_POLL_SECONDS = 0.005     # how often a stop looks whether its processes are gone
 # What redis-server (or valkey-server) shows as its title: "<binary> unixsocket:<cluster dir>/redis.sock".
 _REDIS_TITLE = re.compile(r"\S*(?:redis|valkey)-server unixsocket:(\S+)/" + re.escape(REDIS_SOCKET_FILE) + r"\b")
 
@@ -168,7 +171,7 @@ class ClusterDir:
                 return True
             if not self.is_running():
                 return False
-            time.sleep(0.05)
+            time.sleep(READY_POLL_SECONDS)
         return False
 
     def log_tail(self, log_name: str, lines: int = 15) -> str:
@@ -264,7 +267,7 @@ def _wait_gone(processes: List[psutil.Process], timeout: float) -> List[psutil.P
         alive = [process for process in processes if _running(process)]
         if not alive or time.monotonic() >= deadline:
             return alive
-        time.sleep(0.02)
+        time.sleep(GONE_POLL_SECONDS)
 
 
 def _running(process: psutil.Process) -> bool:

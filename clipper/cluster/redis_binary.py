@@ -47,15 +47,19 @@ def redis_server_command(data_dir: Path, socket_path: Optional[str] = None,
             "--daemonize", "no"]
 
 
-def main(config) -> None:
-    """``python -m clipper redis``: redis-server in this process's place, listening where
-    ``redis_url`` says (a unix:// socket, or TCP on the host and the URL's port), keeping
-    its append-only file in ``redis_dir``."""
+def server_command(config) -> List[str]:
+    """redis-server's command line for a cluster's ``config``: listening where ``redis_url``
+    says (a unix:// socket, or TCP on the host and the URL's port), keeping its append-only
+    file in ``redis_dir`` (made here if missing)."""
     url = urlparse(config.redis_url)
     data_dir = Path(config.redis_dir)
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if url.scheme == "unix":
-        command = redis_server_command(data_dir, socket_path=url.path)
-    else:
-        command = redis_server_command(data_dir, host=config.host, port=url.port or 6379)
+        return redis_server_command(data_dir, socket_path=url.path)
+    return redis_server_command(data_dir, host=config.host, port=url.port or 6379)
+
+
+def main(config) -> None:
+    """``python -m clipper redis`` (a container's command): redis-server in its place."""
+    command = server_command(config)
     os.execv(command[0], command)

@@ -31,6 +31,7 @@ from clipper.cluster.gpus import device_environment, pick_devices
 from clipper.cluster.cluster_dir import MARKER_ENV, ClusterDir, ProcessRecord
 from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config
 from clipper.launch import Launch
+from clipper.signal_wakeup import SignalWakeup
 
 log = logging.getLogger("clipper.supervisor")
 
@@ -42,6 +43,7 @@ MAX_RESTART_DELAY = 5.0
 WATCHDOG = "watchdog"
 WATCHDOG_STOP_GRACE = 1.0
 STRAY_STOP_GRACE = 2.0
+STOP_POLL_SECONDS = 0.005
 
 
 class Adopted:
@@ -153,17 +155,20 @@ class Supervisor:
             return open(os.devnull, "wb")
 
     def _stop(self, children: List[Child]) -> None:
+        """SIGTERM, then SIGKILL each child still running after its grace. All are watched
+        together at a short interval (Popen.wait polls ever more slowly, up to 50 ms)."""
         running = [c for c in children if c.process and c.process.poll() is None]
         for child in running:
             child.process.terminate()
         started = time.monotonic()
-        for child in running:
-            try:
-                child.process.wait(timeout=max(0.0, started + child.stop_grace - time.monotonic()))
-            except subprocess.TimeoutExpired:
+        while running:
+            time.sleep(STOP_POLL_SECONDS)
+            running = [c for c in running if c.process.poll() is None]
+            for child in [c for c in running if time.monotonic() > started + c.stop_grace]:
                 log.warning("%s did not stop within %.0f s; killing it", child.name, child.stop_grace)
                 child.process.kill()
                 child.process.wait()
+                running.remove(child)
 
     def _child(self, launch: Launch, name: str = "", python: str = sys.executable,
                details: Optional[Dict[str, object]] = None) -> Child:
@@ -202,11 +207,16 @@ class Supervisor:
         self._start(child)
 
     def _start_servers(self) -> None:
+        """All at once (the frontends retry Redis until it answers); then wait for Redis, so
+        that a Redis that cannot start stops the start with its reason."""
+        started = []
         for launch in recipe.servers(self.config, self.settings.get("embedded_redis", False)):
             child = self._child(launch)
             self.children.append(child)
             self._start(child)
-            if launch.role == REDIS:        # the frontends need it at once
+            started.append((child, launch))
+        for child, launch in started:
+            if launch.role == REDIS:
                 self._wait_until_ready(child, launch)
 
     def _wait_until_ready(self, child: Child, launch: Launch) -> None:
@@ -222,6 +232,7 @@ class Supervisor:
 
     # ---- main loop ----
     def run(self) -> None:
+        wakeup = SignalWakeup()        # a stop or a change of replicas is acted on at once
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
@@ -243,9 +254,10 @@ class Supervisor:
                     self._stop_unclaimed()
                 self._restart_exited()
                 self._write_processes()
-                time.sleep(LOOP_SECONDS)
+                wakeup.sleep(LOOP_SECONDS)
         finally:
             self._shutdown()
+            wakeup.close()
 
     def _on_stop(self, *_args) -> None:
         self._stopping = True

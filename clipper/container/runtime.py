@@ -12,12 +12,13 @@ import math
 import signal
 import time
 import traceback
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import zmq
 
 from clipper.datatypes import InputType
 from clipper.rpc import auth, codec
+from clipper.signal_wakeup import SignalWakeup
 
 log = logging.getLogger("clipper.container")
 
@@ -94,13 +95,21 @@ class ContainerRuntime:
         self.context = zmq.Context()
         self._stopping = False
         self._last_call_seconds = 0.0
+        self._wakeup: Optional[SignalWakeup] = None
 
     def stop(self, *_args) -> None:
         self._stopping = True
 
     def serve_forever(self) -> None:
+        # SIGTERM ends the wait for the next message at once (without the wake-up, the poll
+        # ran to its timeout, up to a heartbeat interval, first); a batch in progress is
+        # still answered.
+        self._wakeup = SignalWakeup()
         signal.signal(signal.SIGTERM, self.stop)
-        self.serve()
+        try:
+            self.serve()
+        finally:
+            self._wakeup.close()
 
     def serve(self) -> None:
         """Serve until ``stop()``."""
@@ -120,8 +129,12 @@ class ContainerRuntime:
         for link in links:
             poller.register(link.socket, zmq.POLLIN)
             poller.register(link.monitor, zmq.POLLIN)
+        if self._wakeup is not None:
+            poller.register(self._wakeup, zmq.POLLIN)
         wait = min(link.heartbeat_due() for link in links) - time.monotonic()
         ready = dict(poller.poll(max(0, math.ceil(wait * 1000))))
+        if self._wakeup is not None and self._wakeup.fileno() in ready:
+            self._wakeup.drain()            # a signal: the serving loop looks at _stopping
         requests = self._receive([link for link in links if link.socket in ready])
         if requests and len(links) > 1:
             requests += self._wait_for_answered(links, requests)

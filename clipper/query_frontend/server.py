@@ -29,7 +29,7 @@ from clipper.redis_schema import App, Container, Model
 from clipper.request_body import check_json_media_type
 from clipper.rest import responses
 from clipper.rest.inputs import InputError, PredictRequest, load_json_object, parse_predict_body
-from clipper.store import Store
+from clipper.store import REDIS_ERRORS, Store
 
 log = logging.getLogger("clipper.query_frontend")
 
@@ -47,6 +47,9 @@ Scheduled = Union[None, bytes, Task]   # no model / cached output (JSON) / an ev
 SCHEDULE_SLICE = 500
 KEEPALIVE_TIMEOUT = 60.0     # idle keep-alive connections are closed after a minute
 REPLICA_WAIT_SECONDS = 2.0   # how long a later worker waits for the listed replicas to register
+# Redis starts beside the frontends: until it answers, retry this often, this long.
+REDIS_START_RETRY_SECONDS = 0.01
+REDIS_START_TIMEOUT_SECONDS = 30.0
 
 
 class ReplicaRecorder:
@@ -132,6 +135,7 @@ class QueryFrontend(http.Application):
         self.dispatcher = Dispatcher(self.rpc.send_batch, self.loop.time, self._on_batch)
         self.rpc.attach(self.dispatcher)
         self.rpc.bind()
+        await asyncio.wait_for(self._until_redis_answers(), timeout=REDIS_START_TIMEOUT_SECONDS)
         background = [self.rpc.run(), self.follower.run(), self._tick_meters()]
         if self.is_first_worker:
             await self.store.clear_containers()   # replicas of an earlier frontend must reconnect
@@ -139,7 +143,7 @@ class QueryFrontend(http.Application):
         if isinstance(self.reported_metrics, WorkerMetrics):
             background.append(self.reported_metrics.run())
         tasks = [asyncio.create_task(coro) for coro in background]
-        await asyncio.wait_for(self.follower.wait_ready(), timeout=30)
+        await asyncio.wait_for(self.follower.wait_ready(), timeout=REDIS_START_TIMEOUT_SECONDS)
         if not self.is_first_worker:
             await self._wait_for_listed_replicas()
         prometheus = await self._serve_prometheus()
@@ -152,6 +156,14 @@ class QueryFrontend(http.Application):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.store.close()
+
+    async def _until_redis_answers(self) -> None:
+        """Redis starts beside the frontends: until it answers, try again shortly."""
+        while True:
+            try:
+                return await self.store.ping()
+            except REDIS_ERRORS:
+                await asyncio.sleep(REDIS_START_RETRY_SECONDS)
 
     async def _wait_for_listed_replicas(self) -> None:
         """Before a later worker serves (say, restarted after a crash), let the replicas that

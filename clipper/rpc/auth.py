@@ -10,12 +10,15 @@ authenticate, so a cluster serving them chooses ``rpc_auth="open"``.
 """
 import hmac
 import logging
-from typing import Dict
-
-import zmq
-from zmq.auth.thread import ThreadAuthenticator
+from typing import TYPE_CHECKING, Dict
 
 from clipper.config import is_loopback
+
+# pyzmq is imported where it is used: a client that starts an open cluster, or a replica
+# without keys, does not load it for this module (its ZAP thread alone pulls in asyncio).
+if TYPE_CHECKING:
+    import zmq
+    from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger("clipper.rpc.auth")
 
@@ -31,6 +34,7 @@ def cluster_keys(mode: str, host: str, admin_token: str) -> Dict[str, str]:
         raise ValueError(f"rpc_auth must be one of {', '.join(MODES)}, not {mode!r}")
     if mode == OPEN or (mode == AUTO and not admin_token and is_loopback(host)):
         return {}
+    import zmq
     server_public, server_secret = zmq.curve_keypair()
     client_public, client_secret = zmq.curve_keypair()
     return {"rpc_server_secret_key": server_secret.decode(),
@@ -52,10 +56,11 @@ class _OneKey:
         return False
 
 
-def require_curve(context: zmq.Context, socket: zmq.Socket, secret_key: str,
-                  allowed_public_key: str) -> ThreadAuthenticator:
+def require_curve(context: "zmq.Context", socket: "zmq.Socket", secret_key: str,
+                  allowed_public_key: str) -> "ThreadAuthenticator":
     """Make ``socket`` (not yet bound) a CURVE server that admits only ``allowed_public_key``.
     Returns the ZAP handler, to ``stop()`` before the context is terminated."""
+    from zmq.auth.thread import ThreadAuthenticator
     authenticator = ThreadAuthenticator(context, log=log)
     authenticator.start()
     authenticator.configure_curve_callback("*", _OneKey(allowed_public_key))
@@ -64,8 +69,9 @@ def require_curve(context: zmq.Context, socket: zmq.Socket, secret_key: str,
     return authenticator
 
 
-def present_curve(socket: zmq.Socket, server_public_key: str, secret_key: str) -> None:
+def present_curve(socket: "zmq.Socket", server_public_key: str, secret_key: str) -> None:
     """Make ``socket`` (not yet connected) a CURVE client of ``server_public_key``."""
+    import zmq
     socket.curve_serverkey = server_public_key.encode()
     socket.curve_secretkey = secret_key.encode()
     socket.curve_publickey = zmq.curve_public(secret_key.encode())

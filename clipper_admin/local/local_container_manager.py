@@ -166,7 +166,7 @@ class LocalContainerManager(ContainerManager):
             if time.monotonic() > deadline:
                 raise ClipperException(f"The cluster '{self.cluster_name}' did not restart its model "
                                        f"replicas; see {self.cluster.logs / 'supervisor.log'}")
-            time.sleep(0.05)
+            time.sleep(recipe.READY_POLL_SECONDS)
         logger.info("Clipper cluster '%s' is running again", self.cluster_name)
 
     def _running_replicas(self):

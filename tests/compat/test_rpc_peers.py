@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 import clipper_rpc as rpc
+from clipper.container import runtime
 from clipper.cluster.cluster_dir import MARKER_ENV
 from clipper_admin.deployers.deployer_utils import save_python_function
 from helpers import ROOT, local_cluster, prediction
@@ -128,7 +129,17 @@ class ClipperStyleFrontend:
     def __init__(self, port):
         self.socket = zmq.Context.instance().socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.bind(f"tcp://127.0.0.1:{port}")
+        # The previous test's peer closed this port, but ZeroMQ's I/O thread releases it a
+        # moment after close() returns.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                self.socket.bind(f"tcp://127.0.0.1:{port}")
+                break
+            except zmq.ZMQError as error:
+                if error.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         self.registered = {}            # identity -> its new-container message
         self.next_msg_id = 0            # Clipper counts batches from 0
 
@@ -183,6 +194,7 @@ def our_container(clipper_state_dir):
                "CLIPPER_IP": "127.0.0.1", "CLIPPER_PORT": str(PEER_PORT)}
         processes.append(subprocess.Popen([sys.executable, "-m", "clipper", "model-container"],
                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        frontend.container = processes[-1]
         return frontend
 
     yield start
@@ -206,6 +218,18 @@ def test_our_container_registers_and_serves_doubles(our_container):
                                                   struct.pack("<2d", 0.5, 0.25)])
     assert even == [b"float64[2, 2] array([1., 2.])", b"float64[2, 2] array([0.5 , 0.25])"]
     assert len(frontend.registered) == 1    # one session throughout
+
+
+def test_our_container_stops_at_once_when_idle(our_container):
+    """SIGTERM ends an idle container's wait for the next message: it does not wait for the
+    poll to time out (up to a heartbeat interval), which held up every stop_all."""
+    frontend = our_container("doubles")
+    frontend.accept_container()
+    time.sleep(0.2)             # past its registration, into the wait for the next message
+    frontend.container.terminate()
+    terminated = time.monotonic()
+    assert frontend.container.wait(10) in (0, -15)
+    assert time.monotonic() - terminated < runtime.HEARTBEAT_SECONDS / 2
 
 
 def test_our_container_serves_strings(our_container):

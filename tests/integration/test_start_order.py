@@ -1,0 +1,53 @@
+"""A cluster's servers start at once: a frontend that is up before Redis waits for it.
+
+Redis and both frontends are started together (the frontends' imports take longer than
+Redis's start, and nothing waits in between), so a frontend must not fail when Redis does
+not answer yet: it retries until it does, and is ready only then. The processes are the
+real ones, started from the launch recipe.
+"""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from clipper import launch as recipe
+from clipper.cluster.cluster_dir import MARKER_ENV
+from clipper.config import Config
+from helpers import ROOT
+
+PORTS = dict(query_port=26337, management_port=26338, rpc_port=26700, metrics_port=26390)
+
+
+@pytest.fixture
+def start(clipper_state_dir, tmp_path):
+    """start(launch): run one role of the launch recipe; stopped after the test."""
+    processes = []
+
+    def run(launch):
+        env = {**os.environ, **launch.env, "PYTHONPATH": str(ROOT),
+               MARKER_ENV: str(clipper_state_dir / "start-order")}
+        process = subprocess.Popen(launch.argv(), env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        processes.append(process)
+        return process
+
+    yield run
+    for process in reversed(processes):
+        process.terminate()
+        process.communicate(timeout=10)
+
+
+def test_query_frontend_started_before_redis_waits_for_it(start, tmp_path):
+    config = Config(host="127.0.0.1", redis_url=f"unix://{tmp_path / 'redis.sock'}",
+                    redis_dir=str(tmp_path / "redis"), **PORTS)
+    frontend_launch = recipe.query_frontend(config)
+    frontend = start(frontend_launch)
+    time.sleep(1.5)                     # long enough to have imported and found no Redis
+    assert frontend.poll() is None, frontend.stderr.read().decode()[-2000:]
+    assert not frontend_launch.is_ready()     # ready means serving: not without Redis
+    start(recipe.redis(config))
+    recipe.wait_until_ready([frontend_launch], lambda: None if frontend.poll() is None
+                            else f"the query frontend exited: {frontend.stderr.read().decode()[-2000:]}",
+                            timeout=30)
