@@ -96,6 +96,8 @@ class ContainerRuntime:
         self._stopping = False
         self._last_call_seconds = 0.0
         self._wakeup: Optional[SignalWakeup] = None
+        self._polled_links: List[Link] = []
+        self._polled: Optional[zmq.Poller] = None
 
     def stop(self, *_args) -> None:
         self._stopping = True
@@ -125,12 +127,7 @@ class ContainerRuntime:
     def _turn(self, links: List[Link]) -> None:
         """Wait for messages; answer every prediction request waiting on any link with one
         model call (so the batches of several workers make one batch); keep idle links alive."""
-        poller = zmq.Poller()
-        for link in links:
-            poller.register(link.socket, zmq.POLLIN)
-            poller.register(link.monitor, zmq.POLLIN)
-        if self._wakeup is not None:
-            poller.register(self._wakeup, zmq.POLLIN)
+        poller = self._poller(links)
         wait = min(link.heartbeat_due() for link in links) - time.monotonic()
         ready = dict(poller.poll(max(0, math.ceil(wait * 1000))))
         if self._wakeup is not None and self._wakeup.fileno() in ready:
@@ -149,6 +146,19 @@ class ContainerRuntime:
                 links[index] = Link(self, link.address)
             elif connected or now >= link.heartbeat_due():
                 link.send(codec.encode_heartbeat())
+
+    def _poller(self, links: List[Link]) -> zmq.Poller:
+        """The poller of these links (and of the signal wake-up), made again only when a
+        link was replaced: making one every turn cost each batch a few microseconds."""
+        if self._polled_links != links:
+            poller = zmq.Poller()
+            for link in links:
+                poller.register(link.socket, zmq.POLLIN)
+                poller.register(link.monitor, zmq.POLLIN)
+            if self._wakeup is not None:
+                poller.register(self._wakeup, zmq.POLLIN)
+            self._polled_links, self._polled = list(links), poller
+        return self._polled
 
     def _receive(self, links: List[Link]) -> List[Tuple[Link, codec.PredictionRequest]]:
         requests = []
