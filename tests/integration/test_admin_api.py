@@ -1,5 +1,6 @@
 """Every ClipperConnection method on a real local cluster: what it returns, what it changes."""
 import os
+import time
 
 import pytest
 
@@ -65,11 +66,17 @@ def test_applications(conn):
         conn.unregister_application("app-a")
 
 
-def test_unregistered_app_stops_being_served_at_once(conn):
+def test_unregistered_app_stops_being_served_as_soon_as_redis_says_so(conn):
+    """The query frontend hears of the deletion from Redis's notification, within moments
+    (Clipper served a deleted app until its frontend restarted). A loaded machine can hand
+    the next query to the frontend before the notification: so a short deadline, not zero."""
     conn.register_application("fleeting", "doubles", "0.5", 100000)
     assert predict(conn, "fleeting", {"input": [1.0]}).status_code == 200
     conn.unregister_application("fleeting")
-    assert predict(conn, "fleeting", {"input": [1.0]}).status_code == 404
+    deadline = time.monotonic() + 1.0
+    while predict(conn, "fleeting", {"input": [1.0]}).status_code != 404:
+        assert time.monotonic() < deadline, "the deleted application is still served after 1 s"
+        time.sleep(0.01)
 
 
 def test_containerless_model_links_and_their_checks(conn):
