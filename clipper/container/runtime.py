@@ -18,6 +18,7 @@ import zmq
 
 from clipper.datatypes import InputType
 from clipper.rpc import auth, codec
+from clipper.rpc.sockets import NOBLOCK, has_message
 from clipper.signal_wakeup import SignalWakeup
 
 log = logging.getLogger("clipper.container")
@@ -190,11 +191,8 @@ class ContainerRuntime:
     def _receive_waiting(self, link: Link) -> List[codec.PredictionRequest]:
         """Handle the control messages waiting on ``link``; return its prediction requests."""
         requests = []
-        while True:
-            try:
-                frames = link.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return requests
+        while has_message(link.socket):
+            frames = link.socket.recv_multipart(NOBLOCK)
             try:
                 message = codec.decode_clipper_message(frames)
             except codec.ProtocolError as error:
@@ -205,6 +203,7 @@ class ContainerRuntime:
             elif message.heartbeat_type == codec.HEARTBEAT_REQUEST_METADATA:
                 link.send(codec.encode_new_container(self.model_name, self.model_version, self.input_type))
                 log.info("registered %s:%s with %s", self.model_name, self.model_version, link.address)
+        return requests
 
     def _answer(self, requests: List[Tuple[Link, codec.PredictionRequest]]) -> None:
         served = [(link, r) for link, r in requests if r.input_type == self.input_type]

@@ -19,6 +19,7 @@ from clipper.query_frontend.dispatch import Batch, BatchSizer, Dispatcher, Repli
 from clipper.config import Config
 from clipper.redis_schema import Container
 from clipper.rpc import auth, codec
+from clipper.rpc.sockets import NOBLOCK, has_message
 
 log = logging.getLogger("clipper.query_frontend.rpc")
 
@@ -99,7 +100,7 @@ class RpcServer:
     def _schedule_drain_if_waiting(self) -> None:
         """The socket's file descriptor is edge-triggered, and a send may consume the edge of
         an arrival: ZeroMQ's EVENTS says whether a message is waiting, so look again then."""
-        if not self._drain_pending and _has_message(self.socket):
+        if not self._drain_pending and has_message(self.socket):
             self._drain_pending = True
             self._loop.call_soon(self._drain)
 
@@ -186,18 +187,10 @@ class RpcServer:
 
 
 
-_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
-
-
-def _has_message(socket: zmq.Socket) -> bool:
-    # Asking EVENTS costs a third of a failed non-blocking receive (which raises zmq.Again).
-    return bool(socket.getsockopt(_EVENTS) & _POLLIN)
-
-
 def _receive_waiting(socket: zmq.Socket, handle: Callable[[List[bytes]], None]) -> bool:
     """Hand each waiting message to ``handle``; True if the limit left some waiting."""
     for _ in range(MAX_MESSAGES_PER_DRAIN):
-        if not _has_message(socket):
+        if not has_message(socket):
             return False
-        handle(socket.recv_multipart(_NOBLOCK))
+        handle(socket.recv_multipart(NOBLOCK))
     return True
