@@ -45,6 +45,15 @@ def port_free(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
+def wait_for_free_port(port: int, timeout: float = 30) -> None:
+    """The previous server's processes (Ray's proxies) may release the port a moment late."""
+    deadline = time.monotonic() + timeout
+    while not port_free(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"port {port} is taken: stop what listens there first")
+        time.sleep(0.2)
+
+
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -75,8 +84,7 @@ def wait_until_answered(url: str, process: subprocess.Popen, timeout: float = 12
 def subprocess_server(command, port: int, env=None):
     """Run ``command`` in its own process group until the block ends; yields its predict URL.
     Its output goes to a temporary log, whose end is in the error if it does not come up."""
-    if not port_free(port):    # else we would measure whatever listens there
-        raise RuntimeError(f"port {port} is taken: stop what listens there first")
+    wait_for_free_port(port)    # else we would measure whatever listens there
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
