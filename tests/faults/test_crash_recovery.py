@@ -6,6 +6,7 @@
 - every process killed with kill -9 (as a power cut or a reboot would): connect(), or the
   `clipper recover` command, brings it back as it was, serving the same predictions.
 """
+import contextlib
 import os
 import shutil
 import signal
@@ -69,7 +70,19 @@ def all_gone(pids):
 
 def assert_all_stopped(pids):
     wait_for(lambda: all_gone(pids), 10, "every process of the cluster stopping")
-    assert not any(port_open(port) for port in PORTS.values())
+    open_ports = [port for port in PORTS.values() if port_open(port)]
+    assert not open_ports, f"ports {open_ports} still listened on, by {listeners(open_ports)}"
+
+
+def listeners(ports):
+    """Who holds ``ports``: pid and command line, to tell a survivor from a stranger."""
+    found = []
+    for connection in psutil.net_connections("tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port in ports and connection.pid:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(connection.pid)
+                found.append((connection.laddr.port, connection.pid, " ".join(process.cmdline())[:200]))
+    return found
 
 
 @pytest.mark.parametrize("how", ["stop_all", "closeClipper.py"])
