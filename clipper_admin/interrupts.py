@@ -8,8 +8,17 @@ import atexit
 import os
 import signal
 import sys
+import threading
 
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+
+
+class StopSignal(SystemExit):
+    """Raised where the script is when a stop signal arrives: exits with status 0."""
+
+    def __init__(self, signum: int):
+        super().__init__(0)
+        self.signum = signum
 
 
 def exit_cleanly_on_signals(what="Clipper"):
@@ -17,18 +26,37 @@ def exit_cleanly_on_signals(what="Clipper"):
     raising SystemExit where the script is, so its ``finally`` blocks (and a start that is
     under way) stop what was started. Any later one only asks to wait: the stop it would
     otherwise cut short is what leaves processes behind."""
+    announced = []
+
     def first(signum, _frame):
         for each in STOP_SIGNALS:
             signal.signal(each, later)
-        # Python puts the default handlers back while it exits, so a late signal would kill
-        # the script whose stop is done (status -15 instead of 0): ignore them from then on.
-        atexit.register(_ignore_stop_signals)
-        _say(f"{STOP_SIGNALS[signum]}: stopping {what}\n", sys.stdout)
-        raise SystemExit(0)
+        if not announced:
+            announced.append(signum)
+            # Python puts the default handlers back while it exits, so a late signal would
+            # kill the script whose stop is done (status -15 instead of 0): ignore them then.
+            atexit.register(_ignore_stop_signals)
+            _say(f"{STOP_SIGNALS[signum]}: stopping {what}\n", sys.stdout)
+        raise StopSignal(signum)
 
     def later(signum, _frame):
         _say(f"{STOP_SIGNALS[signum]}: still stopping {what}, one moment\n", sys.stderr)
 
+    def deliver_again_if_dropped(unraisable, previous=sys.unraisablehook):
+        # A signal that lands in a callback Python runs for itself (a weakref callback of
+        # the import machinery, a __del__) has its exception printed and dropped there, and
+        # the script would run on: deliver it again, to be raised where the script is.
+        if isinstance(unraisable.exc_value, StopSignal):
+            for each in STOP_SIGNALS:
+                signal.signal(each, first)
+            # From another thread a moment later: sent now, it would land in this hook.
+            again = threading.Timer(0.01, os.kill, (os.getpid(), unraisable.exc_value.signum))
+            again.daemon = True
+            again.start()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = deliver_again_if_dropped
     for each in STOP_SIGNALS:
         signal.signal(each, first)
 

@@ -6,10 +6,13 @@ while the script imports, starts the cluster or deploys, and a second one while 
 """
 import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
+from helpers import ROOT
 from scripts import assert_nothing_left, start_script, wait_for_line, wait_for_predictions
 
 
@@ -88,3 +91,38 @@ def test_ctrl_c_stops_everything_even_without_the_state_directory(clipper_state_
     stdout, stderr = finish(process)
     assert_stopped_cleanly(process, stdout, stderr, clipper_state_dir)
     assert "Stopped Clipper cluster 'default-cluster' (6 processes)" in stderr
+
+
+DROPPED_SIGNAL_SCRIPT = """
+import os, signal, sys, time, weakref
+from clipper_admin.interrupts import exit_cleanly_on_signals
+exit_cleanly_on_signals()
+
+class Thing:
+    pass
+
+def callback(_ref):
+    # As when Ctrl-C lands in a weakref callback of the import machinery: Python prints
+    # and drops whatever such a callback raises.
+    os.kill(os.getpid(), signal.SIGINT)
+    sum(range(1000))
+
+thing = Thing()
+ref = weakref.ref(thing, callback)
+try:
+    del thing
+    time.sleep(5)
+    print("ran on after Ctrl-C")
+finally:
+    print("stopped")
+"""
+
+
+def test_a_ctrl_c_that_python_drops_in_a_callback_still_stops_the_script():
+    """Seen in CI: a Ctrl-C during the imports was printed as 'Exception ignored' and the
+    script went on to start a cluster and predict until killed."""
+    done = subprocess.run([sys.executable, "-c", DROPPED_SIGNAL_SCRIPT], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "Ctrl-C: stopping Clipper\nstopped\n"
+    assert "Exception ignored" not in done.stderr
