@@ -1,0 +1,120 @@
+"""The query frontend's own Python cost per request, in process: no sockets, no other process.
+
+    python bench/inprocess.py [--requests 20000]
+
+An HTTP request (200 doubles) is fed to the query frontend's connection as if read from a
+socket; its answer is written to a list. A cache hit never leaves the frontend; for a query
+that reaches the model, the replica's reply is settled in place (encoded as a container
+encodes it), so the batch bookkeeping and the RPC decoding count, the round trip does not.
+The floor is bench/floor_server.py's handler fed the same bytes. Prints microseconds per
+request, best of 9 slices, and the ratios to the floor: what our Python adds, apart from
+system calls and the scheduler.
+"""
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import floor_server  # noqa: E402
+from clipper import eventloop  # noqa: E402
+from clipper.config import Config  # noqa: E402
+from clipper.datatypes import InputType  # noqa: E402
+from clipper.query_frontend import http, server  # noqa: E402
+from clipper.query_frontend.dispatch import BatchSizer, Dispatcher, Replica  # noqa: E402
+from clipper.redis_schema import App  # noqa: E402
+from clipper.rpc import codec  # noqa: E402
+
+SLICES = 9
+
+
+def request(first_value: str) -> bytes:
+    body = ('{"input": [%s,' % first_value + ",".join("%.17g" % (i / 7) for i in range(1, 200)) + "]}").encode()
+    return (b"POST /bench/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+class Transport:
+    """What a connection writes to: kept, for the last answer to be checked."""
+
+    def __init__(self):
+        self.written = []
+
+    def write(self, data):
+        self.written.append(data)
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+    def close(self):
+        pass
+
+
+async def per_request(connection, requests, count, after=None) -> float:
+    """Microseconds per request, the best of SLICES slices (one loop turn per request)."""
+    transport = Transport()
+    connection.connection_made(transport)
+    best, sent = float("inf"), 0
+    for _ in range(SLICES):
+        started = time.perf_counter()
+        for _ in range(count // SLICES):
+            connection.data_received(requests[sent % len(requests)])
+            sent += 1
+            if after:
+                after()
+            await asyncio.sleep(0)
+        best = min(best, time.perf_counter() - started)
+    assert b'"default":false' in transport.written[-1], transport.written[-1][-200:]
+    return best / (count // SLICES) * 1e6
+
+
+def frontend(cache_size: int):
+    """A query frontend whose view holds the app and model, with one replica in place."""
+    config = Config(cache_size=cache_size)
+    frontend = server.QueryFrontend(config)
+    frontend.loop = asyncio.get_running_loop()
+    frontend.dispatcher = Dispatcher(frontend.rpc.send_batch, frontend.loop.time, frontend._on_batch)
+    frontend.rpc.attach(frontend.dispatcher)
+    frontend.rpc._loop = frontend.loop
+    frontend.rpc._send = lambda identity, frames: True          # the batch goes nowhere ...
+    view = frontend.follower.view
+    view.apps["bench"] = App("bench", "doubles", "-1.0", 1_000_000)
+    view.links["bench"] = ["sum"]
+    view.current_versions["sum"] = "1"
+    replica = Replica(b"replica", ("sum", "1"), 0, InputType.DOUBLES, BatchSizer(), frontend.loop.time())
+    frontend.rpc.replicas[replica.identity] = replica
+    frontend.dispatcher.add_replica(replica)
+
+    def reply():                                                 # ... and is answered here
+        for msg_id, batch in list(frontend.dispatcher.in_flight.items()):
+            frontend.rpc._on_message([replica.identity, *codec.encode_prediction_response(
+                msg_id, [b"12.5"] * len(batch.tasks))])
+    limits = http.Limits(config.max_body_size, 10, 10, 60)
+    return lambda: http.Connection(frontend, limits), reply
+
+
+async def main(count: int) -> None:
+    fixed = [request("0")]
+    distinct = [request("%d.5" % i) for i in range(count)]
+    floor = await per_request(floor_server.BareHttp(), fixed, count)
+    connection, reply = frontend(cache_size=100_000_000)
+    hit = await per_request(connection(), fixed, count, reply)
+    connection, reply = frontend(cache_size=0)
+    miss = await per_request(connection(), distinct, count, reply)
+    print(f"Python per request, in process (best of {SLICES} slices of {count // SLICES}):")
+    print(f"  floor (bare httptools handler)        {floor:6.1f} us")
+    print(f"  ours, cache hit                       {hit:6.1f} us  {hit / floor:4.1f}x the floor")
+    print(f"  ours, to the model and back, no cache {miss:6.1f} us  {miss / floor:4.1f}x the floor")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20000)
+    eventloop.run(main(parser.parse_args().requests))
