@@ -52,14 +52,14 @@ class Adopted:
     Its exit code is not ours to read: -1."""
 
     def __init__(self, process: psutil.Process):
-        self._process = process
+        self.process = process
         self.pid = process.pid
         self.returncode: Optional[int] = None
 
     def poll(self) -> Optional[int]:
         if self.returncode is None:
             try:
-                if not self._process.is_running() or self._process.status() == psutil.STATUS_ZOMBIE:
+                if not self.process.is_running() or self.process.status() == psutil.STATUS_ZOMBIE:
                     self.returncode = -1
             except psutil.Error:
                 self.returncode = -1
@@ -67,15 +67,15 @@ class Adopted:
 
     def terminate(self) -> None:
         with contextlib.suppress(psutil.Error):
-            self._process.terminate()
+            self.process.terminate()
 
     def kill(self) -> None:
         with contextlib.suppress(psutil.Error):
-            self._process.kill()
+            self.process.kill()
 
     def wait(self, timeout: Optional[float] = None) -> int:
         try:
-            self._process.wait(timeout)
+            self.process.wait(timeout)
         except psutil.TimeoutExpired:
             raise subprocess.TimeoutExpired(str(self.pid), timeout) from None
         except psutil.Error:
@@ -287,12 +287,7 @@ class Supervisor:
         """Adopted processes that no longer have a place (e.g. replicas of a version that
         was stopped meanwhile)."""
         unclaimed, self._adopted = list(self._adopted.values()), {}
-        for process in unclaimed:
-            process.terminate()
-        for process in unclaimed:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(STRAY_STOP_GRACE)
-            process.kill()
+        cluster_dir.terminate([adopted.process for adopted in unclaimed], STRAY_STOP_GRACE)
 
     def _restart_exited(self) -> None:
         now = time.monotonic()

@@ -66,12 +66,10 @@ class Link:
     def reconnected(self) -> bool:
         """Whether the connection was made again since the last call."""
         made = False
-        while True:
-            try:
-                self.monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return made
+        while has_message(self.monitor):
+            self.monitor.recv_multipart(NOBLOCK)
             made = True
+        return made
 
     def close(self) -> None:
         self.socket.disable_monitor()

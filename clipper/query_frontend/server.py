@@ -24,8 +24,7 @@ from clipper.query_frontend.metrics import METER_TICK_SECONDS, MetricSet
 from clipper.query_frontend.rpc_server import RpcServer
 from clipper.query_frontend.state import ClusterView, StateFollower
 from clipper.query_frontend.worker_metrics import WorkerMetrics
-from clipper.redis_schema import ModelId
-from clipper.redis_schema import App, Container, Model
+from clipper.redis_schema import App, Container, Model, ModelId
 from clipper.request_body import check_json_media_type
 from clipper.rest import responses
 from clipper.rest.inputs import InputError, PredictRequest, load_json_object, parse_predict_body

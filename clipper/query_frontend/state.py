@@ -3,7 +3,7 @@
 Predictions read only this view. It is kept current by keyspace notifications, as in
 Clipper; ``current_view()`` waits while a notified change is being re-read, and ``sync()`` is a barrier: once it returns, every change acknowledged by Redis
 before the call is visible (a PING on the subscription connection is answered in order).
-Unlike Clipper, deleted applications stop being served at once.
+Unlike Clipper, a deleted application stops being served as soon as its notification arrives.
 """
 import asyncio
 import logging

@@ -83,8 +83,9 @@ class LocalContainerManager(ContainerManager):
                                  "config": config.replace(redis_dir=str(self.cluster.path / "redis")).as_dict()})
             supervisor = self._start_supervisor()
             self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
-            self._wait_until_serving(recipe.servers(config, embedded_redis=False),
-                                     lambda: self._start_failure() if supervisor.poll() is not None else None)
+            servers = recipe.servers(config, embedded_redis=False)
+            self._wait_until_serving(
+                servers, lambda: self._start_failure(servers) if supervisor.poll() is not None else None)
         except BaseException:                # Ctrl-C or a failed start: leave nothing behind
             stop_cluster(self.cluster)       # (the supervisor carries the marker, if not yet recorded)
             raise
@@ -123,10 +124,10 @@ class LocalContainerManager(ContainerManager):
         env[cluster_dir.MARKER_ENV] = str(self.cluster.path)   # found by it even without the directory
         return env
 
-    def _start_failure(self):
-        workers = [f"query-frontend-{k}" for k in range(1, self.query_workers)]
+    def _start_failure(self, servers):
+        """Why the start failed: the end of each log (a process's log is named as it is)."""
         tails = [f"--- {name}.log ---\n{tail}" for name in
-                 ("supervisor", "redis", "management-frontend", "query-frontend", *workers)
+                 ("supervisor", "redis", *(launch.process_name for launch in servers))
                  if (tail := self.cluster.log_tail(name, 8))]
         return "its supervisor exited.\n" + "\n".join(tails)
 
@@ -156,9 +157,10 @@ class LocalContainerManager(ContainerManager):
         config = Config(**self.cluster.settings()["config"])
         supervisor = self._start_supervisor()
         # Ours gives way if a watchdog's supervisor took the cluster first: that is no failure.
+        servers = recipe.servers(config, embedded_redis=False)
         self._wait_until_serving(
-            recipe.servers(config, embedded_redis=False),
-            lambda: self._start_failure() if supervisor.poll() is not None and not self.cluster.is_running()
+            servers,
+            lambda: self._start_failure(servers) if supervisor.poll() is not None and not self.cluster.is_running()
             else None)
         wanted = sum(model["count"] for model in self.cluster.wanted_replicas()["models"].values())
         deadline = time.monotonic() + APPLY_TIMEOUT_SECONDS
