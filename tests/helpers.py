@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -20,6 +21,15 @@ from clipper_admin import ClipperConnection, LocalContainerManager  # noqa: E402
 from clipper_admin.docker.images import local_base_image  # noqa: E402
 
 DEFAULT_PORTS = (1337, 1338, 7000, 1390)
+
+
+def wait_for(condition, timeout, what, interval=0.05):
+    """Until ``condition()`` holds, failing the test after ``timeout`` s; returns the time it did."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(interval)
+    return time.monotonic()
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

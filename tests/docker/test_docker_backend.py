@@ -1,7 +1,6 @@
 """The Docker backend on a real engine: containers, labels, scaling, restarts, teardown."""
 import os
 import signal
-import time
 
 import docker.errors
 import pytest
@@ -11,7 +10,7 @@ from clipper_admin import ClipperConnection, DockerContainerManager
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL, CLIPPER_MODEL_CONTAINER_LABEL
 from clipper_admin.deployers import python as python_deployer
 from clipper_admin.docker.images import pip_ca_bundle
-from helpers import port_open, prediction, total
+from helpers import port_open, prediction, total, wait_for
 from scripts import run_script
 
 # The first test may build the base image (debootstrap) and the runtime image: minutes.
@@ -38,13 +37,6 @@ def cluster(docker_client, base_image):
 def containers(client, **labels):
     wanted = {CLIPPER_DOCKER_LABEL: "dock", **labels}
     return client.containers.list(filters={"label": [f"{k}={v}" for k, v in wanted.items()]})
-
-
-def wait_until(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(0.2)
 
 
 def test_every_role_is_a_labelled_container_on_loopback(cluster, docker_client):
@@ -82,14 +74,14 @@ def test_replicas_scale_as_containers(cluster, docker_client):
     assert len(cluster.get_all_model_replicas()) == 2
     cluster.set_num_replicas("dock-sum", 1)
     assert len(containers(docker_client, **{CLIPPER_MODEL_CONTAINER_LABEL: "dock-sum_1"})) == 1
-    wait_until(lambda: len(cluster.get_all_model_replicas()) == 1, 30, "the surplus replica leaving")
+    wait_for(lambda: len(cluster.get_all_model_replicas()) == 1, 30, "the surplus replica leaving", interval=0.2)
 
 
 def test_a_crashed_replica_is_restarted_by_docker(cluster, docker_client):
     replica, = containers(docker_client, **{CLIPPER_MODEL_CONTAINER_LABEL: "dock-sum_1"})
     os.kill(replica.attrs["State"]["Pid"], signal.SIGKILL)
-    wait_until(lambda: (replica.reload() or replica.attrs["RestartCount"]) >= 1, 30, "a restart")
-    wait_until(lambda: prediction(cluster, "dock-sum", {"input": [2.0]})["default"] is False, 30, "serving again")
+    wait_for(lambda: (replica.reload() or replica.attrs["RestartCount"]) >= 1, 30, "a restart", interval=0.2)
+    wait_for(lambda: prediction(cluster, "dock-sum", {"input": [2.0]})["default"] is False, 30, "serving again", interval=0.2)
 
 
 def test_another_process_connects_by_labels_and_gets_the_admin_token(cluster, tmp_path):

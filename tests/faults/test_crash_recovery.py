@@ -21,7 +21,7 @@ import requests
 from clipper.cluster.cluster_dir import cluster_processes
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin.deployers import python as python_deployer
-from helpers import ROOT, local_cluster, port_open
+from helpers import ROOT, local_cluster, port_open, wait_for
 from scripts import run_script
 
 NAME = "crashy"
@@ -54,13 +54,6 @@ def answer(conn, app, x):
     except requests.RequestException as error:
         return {"default": True, "error": str(error)}
     return response.json() if response.status_code == 200 else {"default": True, "error": response.text}
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(0.05)
 
 
 def all_gone(pids):

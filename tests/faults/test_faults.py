@@ -9,7 +9,7 @@ import requests
 
 from clipper_admin import ClipperException
 from clipper_admin.deployers import python as python_deployer
-from helpers import local_cluster, total
+from helpers import local_cluster, total, wait_for
 from loadgen import run_load
 
 SLO_MICROS = 300_000
@@ -32,14 +32,6 @@ def pid_of(conn, role, **details):
 
 def kill(pid):
     os.kill(pid, signal.SIGKILL)
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(0.05)
-    return time.monotonic()
 
 
 def predicts_for_real(conn, app="steady"):

@@ -2,7 +2,6 @@
 import os
 import signal
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
@@ -17,7 +16,7 @@ from clipper.config import Config
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin import cli
 from clipper_admin.deployers import python as python_deployer
-from helpers import processes_under
+from helpers import processes_under, wait_for
 
 WORKERS = 2
 BATCH_SIZE = 4          # the most inputs one worker puts in a batch
@@ -80,13 +79,6 @@ def worker_counts(conn):
     finally:
         client.close()
     return [orjson.loads(v)["internal:aggregate_num_predictions"][1]["count"] if v else 0 for v in values]
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(0.1)
 
 
 def test_workers_share_the_load_batches_merge_and_metrics_count_the_cluster(conn):
@@ -154,7 +146,7 @@ def test_a_killed_supervisor_adopts_every_worker_and_recover_restarts_them(conn)
     assert {"query-frontend", "query-frontend-1"} <= set(pids(again))
     # Replicas may still be connecting, as after any recovery; then both workers answer.
     wait_for(lambda: not [a for a in predict_on_new_connections(again, 100, first=40_000)
-                          if a["default"]], 30, "the recovered workers answering with the model")
+                          if a["default"]], 30, "the recovered workers answering with the model", interval=0.1)
 
 
 def test_stop_all_leaves_no_process(conn, clipper_state_dir):

@@ -7,7 +7,6 @@ real ones, started from the launch recipe.
 """
 import os
 import subprocess
-import sys
 import time
 
 import pytest

@@ -1,6 +1,5 @@
 """AIMD batch sizes and the prediction cache, without sockets."""
-import asyncio
-
+import time
 
 from clipper.query_frontend.cache import ENTRY_OVERHEAD, PredictionCache
 from clipper.query_frontend.dispatch import BatchSizer, Dispatcher, Replica, Task
@@ -27,56 +26,46 @@ def test_fixed_batch_size_never_moves():
     assert sizer.limit == 8
 
 
-def run(coroutine):
-    return asyncio.new_event_loop().run_until_complete(coroutine)
-
-
-def evaluation(loop, deadline=10.0):
+def evaluation(deadline=10.0):
     """An evaluation in flight, as the query frontend tracks it."""
     return Task(b"input", deadline, 1.0)
 
 
 def test_cache_shares_in_flight_and_keeps_only_successes():
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        cache = PredictionCache(10_000)
-        key = ("m", "1", b"input")
-        assert cache.lookup(key) is None
-        pending = evaluation(loop)
-        cache.track(key, pending)
-        assert cache.lookup(key) is pending                    # identical query in flight
-        pending.settle(error=RuntimeError("model failed"))
-        assert cache.lookup(key) is None                       # a failure is never shared
-        assert cache.lookup(key) is None                       # failure left nothing behind
-        pending = evaluation(loop)
-        cache.track(key, pending)
-        pending.settle(b'"forty-two"')
-        assert cache.lookup(key) == b'"forty-two"'             # kept as the answer embeds it
-        other = evaluation(loop)
-        cache.track(("m", "1", b"other"), other)
-        other.settle(b"not json")
-        assert cache.lookup(("m", "1", b"other")) == b'"not json"'   # a string, as Clipper
-        assert cache.lookup(("m", "2", b"input")) is None      # the version is part of the key
-    run(scenario())
+    cache = PredictionCache(10_000)
+    key = ("m", "1", b"input")
+    assert cache.lookup(key) is None
+    pending = evaluation()
+    cache.track(key, pending)
+    assert cache.lookup(key) is pending                    # identical query in flight
+    pending.settle(error=RuntimeError("model failed"))
+    assert cache.lookup(key) is None                       # a failure is never shared
+    assert cache.lookup(key) is None                       # failure left nothing behind
+    pending = evaluation()
+    cache.track(key, pending)
+    pending.settle(b'"forty-two"')
+    assert cache.lookup(key) == b'"forty-two"'             # kept as the answer embeds it
+    other = evaluation()
+    cache.track(("m", "1", b"other"), other)
+    other.settle(b"not json")
+    assert cache.lookup(("m", "1", b"other")) == b'"not json"'   # a string, as Clipper
+    assert cache.lookup(("m", "2", b"input")) is None      # the version is part of the key
 
 
 def test_cache_is_bounded_in_bytes_and_evicts_least_recently_used():
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        entry = ENTRY_OVERHEAD + 10 + 2
-        cache = PredictionCache(3 * entry)
-        for i in range(3):
-            pending = evaluation(loop)
-            cache.track(("m", "1", b"%010d" % i), pending)
-            pending.settle(b"%d" % (10 + i))              # JSON numbers: kept as they are
-        assert cache.lookup(("m", "1", b"%010d" % 0)) == b"10"   # 0 is now the most recent
-        pending = evaluation(loop)
-        cache.track(("m", "1", b"%010d" % 3), pending)
-        pending.settle(b"13")
-        assert cache.size <= cache.capacity
-        assert cache.lookup(("m", "1", b"%010d" % 1)) is None     # least recently used went
-        assert cache.lookup(("m", "1", b"%010d" % 0)) == b"10"
-    run(scenario())
+    entry = ENTRY_OVERHEAD + 10 + 2
+    cache = PredictionCache(3 * entry)
+    for i in range(3):
+        pending = evaluation()
+        cache.track(("m", "1", b"%010d" % i), pending)
+        pending.settle(b"%d" % (10 + i))              # JSON numbers: kept as they are
+    assert cache.lookup(("m", "1", b"%010d" % 0)) == b"10"   # 0 is now the most recent
+    pending = evaluation()
+    cache.track(("m", "1", b"%010d" % 3), pending)
+    pending.settle(b"13")
+    assert cache.size <= cache.capacity
+    assert cache.lookup(("m", "1", b"%010d" % 1)) is None     # least recently used went
+    assert cache.lookup(("m", "1", b"%010d" % 0)) == b"10"
 
 
 def test_disabled_cache_stores_nothing():
@@ -85,26 +74,23 @@ def test_disabled_cache_stores_nothing():
 
 
 def test_dispatcher_never_sends_expired_queries_and_requeues_a_lost_batch():
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        sent = []
-        dispatcher = Dispatcher(lambda replica, batch: sent.append((replica, batch)) or True, loop.time)
-        model = ("m", "1")
-        first = Replica(b"a", model, 0, InputType.DOUBLES, BatchSizer(), loop.time())
-        dispatcher.add_replica(first)
-        expired = Task(b"old", loop.time() - 1, 1.0)
-        live = Task(b"new", loop.time() + 5, 5.0)
-        dispatcher.submit(model, expired)
-        dispatcher.submit(model, live)
-        assert [t.input for t in sent[-1][1].tasks] == [b"new"]
-        assert expired.done and isinstance(expired.error, Exception)
-        second = Replica(b"b", model, 1, InputType.DOUBLES, BatchSizer(), loop.time())
-        dispatcher.add_replica(second)
-        dispatcher.remove_replica(first)                        # died with "new" in flight
-        assert sent[-1][0] is second and [t.input for t in sent[-1][1].tasks] == [b"new"]
-        dispatcher.on_response(b"b", sent[-1][1].msg_id, [b"7"])
-        assert live.output == b"7"
-    run(scenario())
+    sent = []
+    dispatcher = Dispatcher(lambda replica, batch: sent.append((replica, batch)) or True, time.monotonic)
+    model = ("m", "1")
+    first = Replica(b"a", model, 0, InputType.DOUBLES, BatchSizer(), time.monotonic())
+    dispatcher.add_replica(first)
+    expired = Task(b"old", time.monotonic() - 1, 1.0)
+    live = Task(b"new", time.monotonic() + 5, 5.0)
+    dispatcher.submit(model, expired)
+    dispatcher.submit(model, live)
+    assert [t.input for t in sent[-1][1].tasks] == [b"new"]
+    assert expired.done and isinstance(expired.error, Exception)
+    second = Replica(b"b", model, 1, InputType.DOUBLES, BatchSizer(), time.monotonic())
+    dispatcher.add_replica(second)
+    dispatcher.remove_replica(first)                        # died with "new" in flight
+    assert sent[-1][0] is second and [t.input for t in sent[-1][1].tasks] == [b"new"]
+    dispatcher.on_response(b"b", sent[-1][1].msg_id, [b"7"])
+    assert live.output == b"7"
 
 
 class FakeClock:
@@ -116,42 +102,37 @@ class FakeClock:
 
 
 def test_a_shared_evaluation_lives_until_the_last_deadline_of_its_queries():
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        clock, sent = FakeClock(), []
-        dispatcher = Dispatcher(lambda replica, batch: sent.append(batch) or True, clock)
-        model = ("m", "1")
-        busy = Replica(b"a", model, 0, InputType.DOUBLES, BatchSizer(), 0.0)
-        dispatcher.add_replica(busy)
-        dispatcher.submit(model, Task(b"slow", 10.0, 10.0))
-        shared = Task(b"x", 3.0, 3.0)     # first query: deadline 3 s
-        dispatcher.submit(model, shared)
-        clock.now = 2.5
-        dispatcher.extend_deadline(model, shared, 5.5)          # an identical query at 2.5 s
-        dispatcher.extend_deadline(model, shared, 4.0)          # an earlier deadline changes nothing
-        clock.now = 3.5
-        dispatcher.expire()
-        assert not shared.done, "expired at the first query's deadline"
-        dispatcher.on_response(b"a", sent[0].msg_id, [b"1"])    # the replica is free at 3.5 s
-        assert [t.input for t in sent[-1].tasks] == [b"x"]
-        dispatcher.on_response(b"a", sent[-1].msg_id, [b"7"])
-        assert shared.output == b"7"
-        clock.now = 6.0
-        dispatcher.expire()                                     # a stale queue entry is harmless
-    run(scenario())
+    clock, sent = FakeClock(), []
+    dispatcher = Dispatcher(lambda replica, batch: sent.append(batch) or True, clock)
+    model = ("m", "1")
+    busy = Replica(b"a", model, 0, InputType.DOUBLES, BatchSizer(), 0.0)
+    dispatcher.add_replica(busy)
+    dispatcher.submit(model, Task(b"slow", 10.0, 10.0))
+    shared = Task(b"x", 3.0, 3.0)     # first query: deadline 3 s
+    dispatcher.submit(model, shared)
+    clock.now = 2.5
+    dispatcher.extend_deadline(model, shared, 5.5)          # an identical query at 2.5 s
+    dispatcher.extend_deadline(model, shared, 4.0)          # an earlier deadline changes nothing
+    clock.now = 3.5
+    dispatcher.expire()
+    assert not shared.done, "expired at the first query's deadline"
+    dispatcher.on_response(b"a", sent[0].msg_id, [b"1"])    # the replica is free at 3.5 s
+    assert [t.input for t in sent[-1].tasks] == [b"x"]
+    dispatcher.on_response(b"a", sent[-1].msg_id, [b"7"])
+    assert shared.output == b"7"
+    clock.now = 6.0
+    dispatcher.expire()                                     # a stale queue entry is harmless
 
 
 def test_a_version_whose_replicas_all_left_accepts_no_query():
-    loop = asyncio.new_event_loop()
-    dispatcher = Dispatcher(lambda replica, batch: True, loop.time)
+    dispatcher = Dispatcher(lambda replica, batch: True, time.monotonic)
     model = ("m", "1")
     assert not dispatcher.accepts(model)
-    replica = Replica(b"a", model, 0, InputType.DOUBLES, BatchSizer(), loop.time())
+    replica = Replica(b"a", model, 0, InputType.DOUBLES, BatchSizer(), time.monotonic())
     dispatcher.add_replica(replica)
     assert dispatcher.accepts(model)
     dispatcher.remove_replica(replica)
     assert not dispatcher.accepts(model)
-    loop.close()
 
 
 def test_a_settled_evaluation_calls_its_waiters_at_once_and_once(caplog):
