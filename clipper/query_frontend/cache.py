@@ -5,10 +5,15 @@ answer; we keep the input bytes in the key and compare them. Identical queries i
 share one evaluation (a dispatch Task, whose deadline each of them may extend); an
 evaluation that fails or expires leaves nothing behind. What is kept is the output as the
 answer embeds it (``responses.sniff_output``), so a hit re-encodes nothing.
-Eviction is least recently used.
+
+A request body whose every input was answered from the cache is remembered too, with the
+outputs, so that the same body again is answered without parsing it. Such an entry is
+valid only for the cluster view it was made in (``generation``): any change to
+applications, links or versions makes it stale. Both kinds of entries share the bound;
+eviction is least recently used.
 """
 from collections import OrderedDict
-from typing import Dict, Hashable, Optional, Tuple, Union
+from typing import Any, Dict, Hashable, List, Optional, Tuple, Union
 
 from clipper.query_frontend.dispatch import Task
 from clipper.rest.responses import sniff_output
@@ -17,13 +22,25 @@ from clipper.rest.responses import sniff_output
 ENTRY_OVERHEAD = 200
 
 
+class RememberedBody:
+    """The answer to a request body whose inputs were all cached, in one cluster view."""
+    __slots__ = ("generation", "app", "outputs", "is_batch")
+
+    def __init__(self, generation: int, app: Any, outputs: List[bytes], is_batch: bool):
+        self.generation = generation
+        self.app = app
+        self.outputs = outputs
+        self.is_batch = is_batch
+
+
 class PredictionCache:
     def __init__(self, capacity_bytes: int):
         self.capacity = capacity_bytes
         self.size = 0
         self.lookups = 0
         self.hits = 0
-        self._done: "OrderedDict[Hashable, bytes]" = OrderedDict()
+        # key -> (output JSON or RememberedBody, cost in bytes)
+        self._done: "OrderedDict[Hashable, Tuple[Union[bytes, RememberedBody], int]]" = OrderedDict()
         self._pending: Dict[Hashable, Task] = {}
 
     @property
@@ -35,11 +52,11 @@ class PredictionCache:
         if not self.enabled:
             return None
         self.lookups += 1
-        output = self._done.get(key)
-        if output is not None:
+        entry = self._done.get(key)
+        if entry is not None:
             self._done.move_to_end(key)
             self.hits += 1
-            return output
+            return entry[0]
         pending = self._pending.get(key)
         if pending is None or pending.done:   # a finished one is collected next
             return None
@@ -53,21 +70,45 @@ class PredictionCache:
         self._pending[key] = task
         task.add_done_callback(lambda done: self._finish(key, done))
 
+    def lookup_body(self, app_name: str, body: bytes, generation: int) -> Optional[RememberedBody]:
+        """The remembered answer to ``body`` sent to ``app_name``, if made in ``generation``."""
+        if not self.enabled:
+            return None
+        key = (None, app_name, body)
+        entry = self._done.get(key)
+        if entry is None:
+            return None
+        remembered = entry[0]
+        if remembered.generation != generation:
+            self._discard(key)
+            return None
+        self._done.move_to_end(key)
+        count = len(remembered.outputs)
+        self.lookups += count
+        self.hits += count
+        return remembered
+
+    def remember_body(self, app_name: str, body: bytes, remembered: RememberedBody) -> None:
+        if self.enabled:
+            self._keep((None, app_name, body), remembered,
+                       len(body) + sum(map(len, remembered.outputs)) + ENTRY_OVERHEAD)
+
     def _finish(self, key, task: Task) -> None:
         if self._pending.get(key) is task:
             del self._pending[key]
-        if task.error is not None:
-            return
-        output = sniff_output(task.output)
-        cost = _cost(key, output)
+        if task.error is None:
+            output = sniff_output(task.output)
+            self._keep(key, output, len(key[2]) + len(output) + ENTRY_OVERHEAD)
+
+    def _keep(self, key, value, cost: int) -> None:
         if cost > self.capacity or key in self._done:
             return
-        self._done[key] = output
+        self._done[key] = (value, cost)
         self.size += cost
         while self.size > self.capacity:
-            old_key, old_output = self._done.popitem(last=False)
-            self.size -= _cost(old_key, old_output)
+            _, (_, old_cost) = self._done.popitem(last=False)
+            self.size -= old_cost
 
-
-def _cost(key: Tuple[str, str, bytes], output: bytes) -> int:
-    return len(key[2]) + len(output) + ENTRY_OVERHEAD
+    def _discard(self, key) -> None:
+        _, cost = self._done.pop(key)
+        self.size -= cost

@@ -18,7 +18,7 @@ from clipper.config import Config
 from clipper.datatypes import InputType
 from clipper.errors import RequestError
 from clipper.query_frontend import http, prometheus
-from clipper.query_frontend.cache import PredictionCache
+from clipper.query_frontend.cache import PredictionCache, RememberedBody
 from clipper.query_frontend.dispatch import Batch, Dispatcher, ModelError, Task
 from clipper.query_frontend.metrics import METER_TICK_SECONDS, MetricSet
 from clipper.query_frontend.rpc_server import RpcServer
@@ -256,15 +256,24 @@ class QueryFrontend(http.Application):
         started = self.loop.time()
         check_json_media_type(request.headers.get(b"content-type"))
         view = self.follower.view if self.follower.settled.is_set() else None
-        app = view.apps.get(app_name) if view is not None else None
+        if view is None:
+            return self._predict_later(request, app_name, started)
+        generation = self.follower.generation
+        remembered = self.cache.lookup_body(app_name, request.body, generation)
+        if remembered is not None:         # the same body, answered from the cache before
+            return self._render(remembered.app, remembered.outputs, remembered.is_batch, started)
+        app = view.apps.get(app_name)
         if app is None:
             return self._predict_later(request, app_name, started)
         parsed = self._parse(request, app)
         model_id = _model_for(view, app, parsed.version, final=False)
         if model_id is _STALE or len(parsed.inputs) > SCHEDULE_SLICE:
             return self._predict_later(request, app_name, started, app, parsed)
-        return self._gather(app, self._schedule(model_id, parsed.inputs, started, app),
-                            parsed.is_batch, started)
+        scheduled = self._schedule(model_id, parsed.inputs, started, app)
+        if self.cache.enabled and all(type(outcome) is bytes for outcome in scheduled):
+            self.cache.remember_body(app_name, request.body,
+                                     RememberedBody(generation, app, scheduled, parsed.is_batch))
+        return self._gather(app, scheduled, parsed.is_batch, started)
 
     async def _predict_later(self, request: http.Request, app_name: str, started: float,
                              app: Optional[App] = None, parsed: Optional[PredictRequest] = None):

@@ -57,6 +57,9 @@ class StateFollower:
         self._ready = asyncio.Event()
         self.settled = asyncio.Event()      # clear while a notified change is being applied
         self.settled.set()
+        # Counts changes to the view: what was derived from it in one generation (a
+        # remembered answer) is stale in the next.
+        self.generation = 0
 
     async def run(self) -> None:
         """Follow Redis forever; on any connection failure, resubscribe and reload."""
@@ -105,9 +108,11 @@ class StateFollower:
             async for message in pubsub.listen():
                 if message["type"] == "pmessage":
                     self.settled.clear()
+                    self.generation += 1
                     try:
                         await self._apply(*schema.parse_keyspace_channel(message["channel"]))
                     finally:
+                        self.generation += 1
                         self.settled.set()
                 elif _is_pong(message) and self._pongs:
                     pong = self._pongs.pop(0)
@@ -137,6 +142,7 @@ class StateFollower:
                 view.models[(model.name, model.version)] = model
         old_models = self.view.models
         self.view = view
+        self.generation += 1
         for model_id in set(old_models) | set(view.models):
             if old_models.get(model_id) != view.models.get(model_id):
                 self._on_model_change(model_id, view.models.get(model_id))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from clipper_admin.deployers import python as python_deployer
 from loadgen import run_load
-from helpers import predict
+from helpers import predict, wait_for
 
 
 def recording_model(log_path, per_item=0.0, fixed=0.0, slow_flag=None, slow_per_item=0.0):
@@ -59,6 +59,26 @@ def test_cache_hits_skip_the_model_and_failures_are_not_cached(clipper_conn, tmp
     assert len(calls(log)) == 1                   # a hit never reaches the model
     assert predict(clipper_conn, "cached", {"input": [2.0, 1.0]}).json()["output"] == 3.0
     assert len(calls(log)) == 2                   # a different input does
+
+
+def test_a_repeated_body_is_answered_from_the_cache_only_while_the_cluster_is_unchanged(clipper_conn):
+    """The same body a third time is answered without parsing it (the body is remembered
+    with its outputs); a new version, a pinned version and a removed link still decide."""
+    python_deployer.create_endpoint(clipper_conn, "repeated", "doubles",
+                                    lambda xs: [str(sum(x)) for x in xs], slo_micros=5_000_000)
+    body, pinned = {"input": [1.0, 2.0]}, {"input": [1.0, 2.0], "version": "1"}
+    for query in (body, pinned):
+        answers = [predict(clipper_conn, "repeated", query).json() for _ in range(4)]
+        assert [a["output"] for a in answers] == [3.0] * 4 and not any(a["default"] for a in answers)
+        assert len({a["query_id"] for a in answers}) == 4          # each answer its own query id
+    python_deployer.deploy_python_closure(clipper_conn, "repeated", 2, "doubles",
+                                          lambda xs: [str(10 * sum(x)) for x in xs])
+    wait_for(lambda: predict(clipper_conn, "repeated", body).json()["output"] == 30.0, 2,
+             "the new version's answer to a remembered body")
+    assert predict(clipper_conn, "repeated", pinned).json()["output"] == 3.0
+    clipper_conn.unlink_model_from_app("repeated", "repeated")
+    wait_for(lambda: predict(clipper_conn, "repeated", body).json()["default"], 2,
+             "the default once the model is unlinked")
 
 
 def test_model_errors_are_not_cached(clipper_conn, tmp_path):

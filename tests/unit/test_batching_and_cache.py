@@ -1,7 +1,7 @@
 """AIMD batch sizes and the prediction cache, without sockets."""
 import time
 
-from clipper.query_frontend.cache import ENTRY_OVERHEAD, PredictionCache
+from clipper.query_frontend.cache import ENTRY_OVERHEAD, PredictionCache, RememberedBody
 from clipper.query_frontend.dispatch import BatchSizer, Dispatcher, Replica, Task
 from clipper.datatypes import InputType
 
@@ -71,6 +71,34 @@ def test_cache_is_bounded_in_bytes_and_evicts_least_recently_used():
 def test_disabled_cache_stores_nothing():
     cache = PredictionCache(0)
     assert not cache.enabled and cache.lookup(("m", "1", b"x")) is None
+    cache.remember_body("app", b"{}", RememberedBody(1, None, [b"1"], False))
+    assert cache.lookup_body("app", b"{}", 1) is None
+
+
+def test_a_remembered_body_answers_only_its_app_in_its_generation_and_counts_as_hits():
+    cache = PredictionCache(10_000)
+    body = b'{"input": [1.0, 2.0]}'
+    cache.remember_body("app", body, RememberedBody(7, "the app", [b"3.0", b"4.0"], True))
+    remembered = cache.lookup_body("app", body, 7)
+    assert (remembered.app, remembered.outputs, remembered.is_batch) == ("the app", [b"3.0", b"4.0"], True)
+    assert (cache.lookups, cache.hits) == (2, 2)             # one per input, as a parsed hit
+    assert cache.lookup_body("other-app", body, 7) is None   # the app is part of the key
+    assert cache.lookup_body("app", body + b" ", 7) is None  # so is every byte of the body
+    assert cache.lookup_body("app", body, 8) is None         # the cluster view changed
+    assert cache.lookup_body("app", body, 7) is None         # ... and the stale entry is gone
+    assert cache.size == 0
+
+
+def test_remembered_bodies_share_the_bound_with_outputs():
+    body = b"x" * 100
+    cost = len(body) + len(b"0") + len(b"1") + ENTRY_OVERHEAD     # body, output, bookkeeping
+    cache = PredictionCache(2 * cost)
+    for i in range(3):
+        cache.remember_body("app", body + b"%d" % i, RememberedBody(1, None, [b"1"], False))
+    assert cache.size <= cache.capacity
+    assert cache.lookup_body("app", body + b"0", 1) is None     # least recently used went
+    assert cache.lookup_body("app", body + b"1", 1) is not None
+    assert cache.lookup_body("app", body + b"2", 1) is not None
 
 
 def test_dispatcher_never_sends_expired_queries_and_requeues_a_lost_batch():
