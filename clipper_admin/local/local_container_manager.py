@@ -52,7 +52,8 @@ class LocalContainerManager(ContainerManager):
         (anyone, as in Clipper: for real Clipper model containers).
         ``query_workers``: query frontend processes sharing the query port (SO_REUSEPORT);
         worker k takes the RPC port ``clipper_rpc_port + k``, and each replica of ours
-        serves them all. A real Clipper container connects to one RPC port: worker 0 only."""
+        serves them all. A real Clipper container connects to one RPC port: worker 0 only.
+        ``start_clipper(num_frontend_replicas=N)`` asks for the same as query_workers=N."""
         if not (isinstance(query_workers, int) and query_workers >= 1):
             raise ClipperException(f"query_workers must be a whole number >= 1, not {query_workers!r}")
         self.query_workers = query_workers
@@ -68,8 +69,16 @@ class LocalContainerManager(ContainerManager):
                       qf_http_timeout_request=5, qf_http_timeout_content=300,
                       num_frontend_replicas=1):
         if num_frontend_replicas != 1:
-            raise ClipperException("The local backend runs one query frontend; for several "
-                                   "processes sharing its port, use LocalContainerManager(query_workers=N)")
+            # Clipper's replicas of the query frontend behind one service are, here, query
+            # frontend workers behind one port.
+            if not (isinstance(num_frontend_replicas, int) and num_frontend_replicas >= 1):
+                raise ClipperException("num_frontend_replicas must be a whole number >= 1, "
+                                       f"not {num_frontend_replicas!r}")
+            if self.query_workers not in (1, num_frontend_replicas):
+                raise ClipperException(
+                    f"num_frontend_replicas={num_frontend_replicas} contradicts "
+                    f"LocalContainerManager(query_workers={self.query_workers}): give one of them")
+            self.query_workers = num_frontend_replicas
         if self.cluster.is_running():
             raise ClipperException(
                 f"Clipper cluster '{self.cluster_name}' is already running. Use connect() to use it, "

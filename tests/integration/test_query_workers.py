@@ -154,16 +154,29 @@ def test_stop_all_leaves_no_process(conn, clipper_state_dir):
     assert not processes_under(clipper_state_dir / "workers")
 
 
-def test_the_rpc_port_of_every_worker_must_be_free(clipper_state_dir):
+@pytest.mark.parametrize("workers", [{"query_workers": 2}, {"num_frontend_replicas": 2}])
+def test_the_rpc_port_of_every_worker_must_be_free(clipper_state_dir, workers):
+    """Clipper's start_clipper(num_frontend_replicas=N) asks for N workers too."""
+    manager_workers = {"query_workers": workers.get("query_workers", 1)}
+    start_workers = {"num_frontend_replicas": workers.get("num_frontend_replicas", 1)}
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 7011))
         taken.listen()
         manager = LocalContainerManager(cluster_name="taken", clipper_query_port=1347,
                                         clipper_management_port=1348, clipper_rpc_port=7010,
-                                        clipper_metric_port=1400, query_workers=2)
+                                        clipper_metric_port=1400, **manager_workers)
         with pytest.raises(ClipperException, match="Port 7011"):
-            ClipperConnection(manager).start_clipper()
+            ClipperConnection(manager).start_clipper(**start_workers)
     assert not processes_under(clipper_state_dir / "taken")
+
+
+def test_num_frontend_replicas_must_agree_with_query_workers(clipper_state_dir):
+    conn = ClipperConnection(LocalContainerManager(cluster_name="disagree", query_workers=3))
+    with pytest.raises(ClipperException, match="contradicts"):
+        conn.start_clipper(num_frontend_replicas=2)
+    with pytest.raises(ClipperException, match="whole number"):
+        ClipperConnection(LocalContainerManager(cluster_name="disagree")).start_clipper(num_frontend_replicas=0)
+    assert not processes_under(clipper_state_dir / "disagree")
 
 
 def test_only_the_local_backend_runs_several_workers(capsys):
