@@ -18,7 +18,7 @@ import zmq
 
 from clipper.datatypes import InputType
 from clipper.rpc import auth, codec
-from clipper.rpc.sockets import NOBLOCK, has_message
+from clipper.rpc.sockets import has_message, receive_frames, send_frames
 from clipper.signal_wakeup import SignalWakeup
 
 log = logging.getLogger("clipper.container")
@@ -57,7 +57,7 @@ class Link:
         self.answered = False     # answered a batch and has not sent one since
 
     def send(self, frames, copy: bool = True) -> None:
-        self.socket.send_multipart(frames, copy=copy)
+        send_frames(self.socket, frames, copy=copy)
         self.last_sent = time.monotonic()
 
     def heartbeat_due(self) -> float:
@@ -67,7 +67,7 @@ class Link:
         """Whether the connection was made again since the last call."""
         made = False
         while has_message(self.monitor):
-            self.monitor.recv_multipart(NOBLOCK)
+            receive_frames(self.monitor)
             made = True
         return made
 
@@ -190,7 +190,7 @@ class ContainerRuntime:
         """Handle the control messages waiting on ``link``; return its prediction requests."""
         requests = []
         while has_message(link.socket):
-            frames = link.socket.recv_multipart(NOBLOCK)
+            frames = receive_frames(link.socket)
             try:
                 message = codec.decode_clipper_message(frames)
             except codec.ProtocolError as error:

@@ -19,7 +19,7 @@ from clipper.query_frontend.dispatch import Batch, BatchSizer, Dispatcher, Repli
 from clipper.config import Config
 from clipper.redis_schema import Container
 from clipper.rpc import auth, codec
-from clipper.rpc.sockets import NOBLOCK, has_message
+from clipper.rpc.sockets import NOBLOCK, has_message, receive_frames, send_frames
 
 log = logging.getLogger("clipper.query_frontend.rpc")
 
@@ -88,7 +88,7 @@ class RpcServer:
 
     def _send(self, identity: bytes, frames) -> bool:
         try:
-            self.socket.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+            send_frames(self.socket, [identity, *frames], NOBLOCK, copy=False)
         except zmq.ZMQError as error:
             # ROUTER_MANDATORY: a peer that is gone fails right here (EHOSTUNREACH).
             log.debug("send to %r failed: %s", identity, error)
@@ -192,5 +192,5 @@ def _receive_waiting(socket: zmq.Socket, handle: Callable[[List[bytes]], None]) 
     for _ in range(MAX_MESSAGES_PER_DRAIN):
         if not has_message(socket):
             return False
-        handle(socket.recv_multipart(NOBLOCK))
+        handle(receive_frames(socket))
     return True

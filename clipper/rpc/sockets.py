@@ -1,7 +1,16 @@
-"""What both ends of the RPC ask of their ZeroMQ sockets."""
+"""What both ends of the RPC ask of their ZeroMQ sockets.
+
+Messages are sent and received frame by frame here rather than with pyzmq's
+send_multipart/recv_multipart, which combine pyzmq's enum flags for every frame (an enum
+operation costs about as much as sending a small frame): a 9-frame request and its receipt
+take 14 us this way against 24 us.
+"""
+from typing import List, Sequence
+
 import zmq
 
 NOBLOCK = int(zmq.NOBLOCK)      # plain ints: pyzmq's enum flags cost an enum operation per use
+_SNDMORE, _RCVMORE = int(zmq.SNDMORE), int(zmq.RCVMORE)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
@@ -10,3 +19,21 @@ def has_message(socket: zmq.Socket) -> bool:
     meant to be read, and asking costs a third of a failed non-blocking receive (which
     raises zmq.Again)."""
     return bool(socket.getsockopt(_EVENTS) & _POLLIN)
+
+
+def send_frames(socket: zmq.Socket, frames: Sequence[bytes], flags: int = 0, copy: bool = True) -> None:
+    """Send one multipart message. A send that fails on the first frame (a peer that is gone,
+    with ROUTER_MANDATORY) raises before anything is queued, as send_multipart does."""
+    send, more, last = socket.send, flags | _SNDMORE, len(frames) - 1
+    for index in range(last):
+        send(frames[index], more, copy=copy)
+    send(frames[last], flags, copy=copy)
+
+
+def receive_frames(socket: zmq.Socket) -> List[bytes]:
+    """The frames of the message that waits (call only when ``has_message``)."""
+    recv = socket.recv
+    frames = [recv(NOBLOCK)]
+    while socket.getsockopt(_RCVMORE):
+        frames.append(recv(NOBLOCK))
+    return frames
