@@ -1,12 +1,13 @@
 """Each performance lever on its own: the query frontend of several git revisions, in one run.
 
-    python bench/levers.py base=main lean-http=abc123 this=WORKTREE [--seconds 10]
+    python bench/levers.py base=main lean-http=abc123 this=WORKTREE [--seconds 10] [--hits] [--tag NAME]
 
 Every revision's tree is exported (git archive; WORKTREE is this checkout as it is) and
 runs its own cluster, cache off, with the same sum model, on its own port block; wrk then
 loads them in turns, 1 client for all, then 64 clients for all, so that the machine's
 other load falls on every revision alike. The bare floor is measured in the same run.
-Prints a Markdown table and writes bench/results/<date>-levers.md and .json.
+--hits: the cache on (32 MiB) and every request the same, so all but the first are hits.
+Prints a Markdown table and writes bench/results/<date>-levers[-NAME].md and .json.
 """
 import argparse
 import contextlib
@@ -40,7 +41,7 @@ base = int(sys.argv[1])
 conn = ClipperConnection(LocalContainerManager(
     cluster_name=f"lever{base}", clipper_query_port=base + 1, clipper_management_port=base + 2,
     clipper_rpc_port=base + 3, clipper_metric_port=base + 4))
-conn.start_clipper(cache_size=0)
+conn.start_clipper(cache_size=int(sys.argv[2]))
 try:
     python_deployer.create_endpoint(conn, "sum", "doubles", feature_sum, slo_micros=1_000_000)
     print("ready", flush=True)
@@ -48,6 +49,9 @@ try:
 finally:
     conn.stop_all()
 """
+
+
+HITS_CACHE_SIZE = 32 * 1024 * 1024
 
 
 def export(revision: str, into: Path) -> Path:
@@ -61,9 +65,9 @@ def export(revision: str, into: Path) -> Path:
 
 
 @contextlib.contextmanager
-def cluster_of(tree: Path, base_port: int):
+def cluster_of(tree: Path, base_port: int, cache_size: int):
     """A cluster run by ``tree``'s own code; yields its predict URL."""
-    process = subprocess.Popen([sys.executable, "-c", CLUSTER_SCRIPT, str(base_port)], cwd=str(tree),
+    process = subprocess.Popen([sys.executable, "-c", CLUSTER_SCRIPT, str(base_port), str(cache_size)], cwd=str(tree),
                                env={**os.environ, "PYTHONPATH": str(tree)}, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True)
     try:
@@ -81,7 +85,10 @@ def main(argv=None):
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--concurrency", default="1,64")
     parser.add_argument("--rounds", type=int, default=3, help="turns over all revisions; medians are reported")
+    parser.add_argument("--hits", action="store_true", help="cache on, the same request every time")
+    parser.add_argument("--tag", help="added to the results' file name: <date>-levers-<tag>")
     args = parser.parse_args(argv)
+    cache_size, body = (HITS_CACHE_SIZE, "fixed") if args.hits else (0, "unique")
     named = [item.split("=", 1) for item in args.revisions]
     concurrency = [int(c) for c in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory(prefix="levers-") as scratch, contextlib.ExitStack() as stack:
@@ -89,21 +96,22 @@ def main(argv=None):
         urls = {}
         for index, (name, revision) in enumerate(named):
             tree = export(revision, Path(scratch) / f"tree{index}")
-            urls[name] = stack.enter_context(cluster_of(tree, 31000 + 10 * index))
+            urls[name] = stack.enter_context(cluster_of(tree, 31000 + 10 * index, cache_size))
         floor = stack.enter_context(servers.floor("bare"))
         urls = {report.BARE_FLOOR: floor, **urls}
         for url in urls.values():                   # warm-up
-            wrk(url, max(concurrency), max(1, args.seconds // 2))
+            wrk(url, max(concurrency), max(1, args.seconds // 2), body=body)
         rounds = {}
         for _ in range(args.rounds):
             for c in concurrency:
                 for name, url in urls.items():
-                    rounds.setdefault(name, {}).setdefault(c, []).append(wrk(url, c, args.seconds))
+                    rounds.setdefault(name, {}).setdefault(c, []).append(wrk(url, c, args.seconds, body=body))
                     time.sleep(0.5)
         results = {name: {c: median_point(points) for c, points in by_c.items()} for name, by_c in rounds.items()}
-    text = markdown(results, named, concurrency, args.seconds, args.rounds)
+    text = markdown(results, named, concurrency, args.seconds, args.rounds,
+                    "cache on, every request the same (hits)" if args.hits else "cache off")
     print(text)
-    stem = HERE / "results" / f"{datetime.date.today().isoformat()}-levers"
+    stem = HERE / "results" / f"{datetime.date.today().isoformat()}-levers{'-' + args.tag if args.tag else ''}"
     stem.with_suffix(".md").write_text(text)
     stem.with_suffix(".json").write_text(json.dumps({"revisions": dict(named), "results": results}, indent=1))
 
@@ -116,11 +124,11 @@ def median_point(points):
             "failed": sum(p["failed"] for p in points), "rounds": points}
 
 
-def markdown(results, named, concurrency, seconds, rounds) -> str:
+def markdown(results, named, concurrency, seconds, rounds, cache: str) -> str:
     floor = results[report.BARE_FLOOR]
     lines = [f"# Levers, {datetime.date.today().isoformat()}", "",
              f"{report.machine()}; wrk on the same cores, loopback; {seconds} s per point, {rounds} rounds "
-             "in turns over the revisions, medians; cache off, 200 doubles per request.", "",
+             f"in turns over the revisions, medians; {cache}, 200 doubles per request.", "",
              "| revision | " + " | ".join(f"{c} client{'s' if c > 1 else ''}: req/s (p50 ms)" for c in concurrency)
              + " | p50 / floor at 1 | req/s / floor at 64 |",
              "|---|" + "---:|" * (len(concurrency) + 2)]

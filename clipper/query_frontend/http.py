@@ -196,8 +196,7 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.closing:                  # a request pipelined after the last one we answer
             raise _Stop
-        self._reset_message()
-        self.header_bytes = 0
+        self.header_bytes = 0             # the last message reset the rest when it completed
         self._wait(_HEADERS, self.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:

