@@ -193,12 +193,12 @@ def main(argv=None):
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as state_dir:
         os.environ["CLIPPER_STATE_DIR"] = state_dir      # the cluster's state stays out of ~/.clipper
-        hop = roundtrip.describe(roundtrip.measure(1000 if args.quick else 5000))
+        hop = roundtrip.measure(1000 if args.quick else 5000)
         measure_floors(results, seconds, args.concurrency)
         profiles = measure_ours(results, seconds, stem if args.profile else None, args.concurrency, args.query_workers)
         peer = "Peer: skipped (--no-peer)." if args.no_peer else measure_peer(results, seconds)
     checks = report.targets(results)
-    notes = [hop]
+    notes = [roundtrip.describe(hop), *report.hop_bound(results, hop["zmq_tcp"])]
     if args.query_workers != (1,):
         notes.append(f"Ours: {args.query_workers[0]} query frontend process(es).")
     if args.wrk_cpus:
