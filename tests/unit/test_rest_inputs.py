@@ -65,6 +65,15 @@ def test_input_batch_keeps_order(rows):
     assert shape_batch(InputType.DOUBLES, parsed.inputs).tolist() == rows
 
 
+def test_a_batch_is_one_writable_array_of_rows_as_the_model_gets_it():
+    batch = shape_batch(InputType.DOUBLES, [struct.pack("<2d", 1.0, 2.0), struct.pack("<2d", 3.0, 4.0)])
+    assert batch.shape == (2, 2) and batch.dtype == np.float64
+    batch -= 1.0                                    # models may normalise their input in place
+    assert batch.tolist() == [[0.0, 1.0], [2.0, 3.0]]
+    assert shape_batch(InputType.INTS, [b"", b""]).shape == (2, 0)
+    assert shape_batch(InputType.DOUBLES, []).shape == (0, 0)
+
+
 def test_batch_of_one_is_answered_unwrapped():
     assert not parse_predict_body(body({"input_batch": [[1.0]]}), InputType.DOUBLES).is_batch
 
