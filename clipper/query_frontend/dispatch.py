@@ -46,7 +46,7 @@ class Task:
 
     def __init__(self, input: bytes, deadline: float, slo: float):
         self.input = input
-        self.deadline = deadline   # loop time; the latest deadline of the queries waiting for it
+        self.deadline = deadline   # monotonic time; the latest deadline of the queries waiting for it
         self.slo = slo             # seconds
         self.queued = False        # waiting in its model's queue (not in a batch)
         self.done = False

@@ -172,6 +172,18 @@ def test_metrics_report_clippers_shape(cluster):
     assert document == cluster.inspect_instance() or "counters" in cluster.inspect_instance()
 
 
+def test_latencies_are_measured_in_microseconds_not_whole_milliseconds(cluster):
+    """The event loop's clock counts whole milliseconds; latencies of a fast model must not
+    all read 0 or 1000 us."""
+    for value in range(20):
+        predict(cluster, "doubles-app", {"input": [float(value), 0.25]})
+    document = requests.get(f"http://{cluster.get_query_addr()}/metrics", timeout=10).json()
+    histograms = {k: v for entry in document["histograms"] for k, v in entry.items()}
+    for name in ("app:doubles-app:prediction_latency", "model:doubles-app:1:prediction_latency"):
+        p50 = float(histograms[name]["p50"])
+        assert 0 < p50 < 1_000_000 and p50 % 1000 != 0, f"{name}: p50 {p50} us"
+
+
 def test_prometheus_endpoint_has_the_same_figures(cluster):
     predict(cluster, "doubles-app", {"input": [1.0, 2.0]})
     text = requests.get(f"http://{cluster.get_metric_addr()}/metrics", timeout=10).text
