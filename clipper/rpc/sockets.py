@@ -1,10 +1,10 @@
 """What both ends of the RPC ask of their ZeroMQ sockets.
 
 Messages are sent and received frame by frame here rather than with pyzmq's
-send_multipart/recv_multipart, which combine pyzmq's enum flags for every frame (an enum
-operation costs about as much as sending a small frame), and ask the socket for RCVMORE
-after every frame: a 9-frame request and its receipt take 14 us this way against 24 us
-(a batch of 30 outputs, 37 frames: 37 us against 52 us with RCVMORE alone).
+send_multipart/recv_multipart: those combine pyzmq's enum flags for every frame (an enum
+operation costs about as much as sending a small frame) and ask the socket for RCVMORE
+after every frame, where each received frame says itself whether more follow. A 9-frame
+request, sent and received, takes 14 us this way against 24 us.
 """
 from typing import List, Sequence
 
