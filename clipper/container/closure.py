@@ -58,13 +58,12 @@ def shape_batch(input_type: InputType, inputs: Sequence[bytes]):
 
 
 def run_batch(function: Callable, input_type: InputType, inputs: Sequence[bytes]) -> List[bytes]:
-    """Call the model once; each output is str()-ed and UTF-8 encoded, as Clipper does."""
+    """Call the model once; each output is str()-ed and UTF-8 encoded, as Clipper does. The
+    runtime checks that there is one output per input, whatever the handler."""
     outputs = function(shape_batch(input_type, inputs))
     try:
         outputs = list(outputs)
     except TypeError:
         raise TypeError(f"the model returned {type(outputs).__name__}, not a list "
                         "with one output per input") from None
-    if len(outputs) != len(inputs):
-        raise ValueError(f"the model returned {len(outputs)} outputs for {len(inputs)} inputs")
     return [str(output).encode("utf-8") for output in outputs]

@@ -94,3 +94,26 @@ def test_batches_waiting_on_two_workers_make_one_model_call():
             worker.socket.close(0)
         context.term()
     assert not thread.is_alive()
+
+
+def test_a_model_that_returns_too_few_outputs_fails_every_query_of_the_call():
+    """The outputs of a merged call are split back by count: with one missing, no query
+    may get another's output."""
+    context = zmq.Context()
+    worker = Worker(context)
+    runtime = ContainerRuntime("m", "1", DOUBLES, [worker.address], lambda kind, inputs: [b"only one"])
+    thread = threading.Thread(target=runtime.serve)
+    try:
+        thread.start()
+        worker.register()
+        worker.send(1, [b"a", b"b"])
+        outputs = worker.outputs(1)
+        assert len(outputs) == 2
+        assert all(output.startswith(codec.ERROR_OUTPUT_PREFIX) for output in outputs)
+        assert b"the model returned 1 outputs for 2 inputs" in outputs[0]
+    finally:
+        runtime.stop()
+        thread.join(5)
+        worker.socket.close(0)
+        context.term()
+    assert not thread.is_alive()
