@@ -35,6 +35,12 @@ REPLICA_FAILURES_REPORTED = 2
 MAX_SOCKET_PATH = 100
 
 
+def _process_count(name: str, value) -> int:
+    if not (isinstance(value, int) and value >= 1):
+        raise ClipperException(f"{name} must be a whole number >= 1, not {value!r}")
+    return value
+
+
 class LocalContainerManager(ContainerManager):
     def __init__(self, cluster_name="default-cluster", clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
                  clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
@@ -54,9 +60,7 @@ class LocalContainerManager(ContainerManager):
         worker k takes the RPC port ``clipper_rpc_port + k``, and each replica of ours
         serves them all. A real Clipper container connects to one RPC port: worker 0 only.
         ``start_clipper(num_frontend_replicas=N)`` asks for the same as query_workers=N."""
-        if not (isinstance(query_workers, int) and query_workers >= 1):
-            raise ClipperException(f"query_workers must be a whole number >= 1, not {query_workers!r}")
-        self.query_workers = query_workers
+        self.query_workers = _process_count("query_workers", query_workers)
         super().__init__(cluster_name, public_host_for(host), clipper_query_port,
                          clipper_management_port, clipper_rpc_port, clipper_metric_port,
                          redis_ip, redis_port, admin_token, max_body_size, rpc_auth)
@@ -71,9 +75,7 @@ class LocalContainerManager(ContainerManager):
         if num_frontend_replicas != 1:
             # Clipper's replicas of the query frontend behind one service are, here, query
             # frontend workers behind one port.
-            if not (isinstance(num_frontend_replicas, int) and num_frontend_replicas >= 1):
-                raise ClipperException("num_frontend_replicas must be a whole number >= 1, "
-                                       f"not {num_frontend_replicas!r}")
+            _process_count("num_frontend_replicas", num_frontend_replicas)
             if self.query_workers not in (1, num_frontend_replicas):
                 raise ClipperException(
                     f"num_frontend_replicas={num_frontend_replicas} contradicts "
