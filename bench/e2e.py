@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 import report  # noqa: E402
+from revisions import export  # noqa: E402
 from clipper import launch as recipe  # noqa: E402
 from clipper.config import REDIS, Config  # noqa: E402
 
@@ -132,13 +133,6 @@ def memory_figures(conn):
     for index, p in enumerate(p for p in conn.cm.cluster.processes() if p["pid"] not in before):
         rows.append((f"added model replica {index + 2}", *memory_of(p["pid"])))
     return rows
-
-
-def export(revision: str, into: Path) -> Path:
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision], check=True, capture_output=True).stdout
-    into.mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 def main(argv=None):

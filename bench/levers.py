@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import report  # noqa: E402
+from revisions import export  # noqa: E402
 import servers  # noqa: E402
 from load import wrk  # noqa: E402
 
@@ -52,16 +52,6 @@ finally:
 
 
 HITS_CACHE_SIZE = 32 * 1024 * 1024
-
-
-def export(revision: str, into: Path) -> Path:
-    """The tree of ``revision`` (WORKTREE: this checkout, uncommitted changes included)."""
-    if revision == "WORKTREE":
-        return REPO
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 @contextlib.contextmanager
