@@ -68,7 +68,7 @@ def observations(results):
         floor64, ours64 = results[BARE_FLOOR][64], results[OURS][64]
         lines.append(f"Load generator: wrk drove the bare floor to {floor64['rps']:,.0f} req/s at 64 clients, "
                      f"{floor64['rps'] / ours64['rps']:.1f}x what our cluster answered, so wrk does not limit our "
-                     f"figures; it used {ours64['wrk_cores']:.2f} of the {os.cpu_count()} cores while loading our cluster.")
+                     f"figures; it kept {ours64['wrk_cores']:.2f} cores busy while loading our cluster.")
     if clean(results.get(AIOHTTP_FLOOR)) and clean(results.get(AIOHTTP_ASYNCIO)):
         gains = ", ".join(f"{rps(results, AIOHTTP_FLOOR, c) / rps(results, AIOHTTP_ASYNCIO, c) - 1:+.0%} at {c} "
                           f"({rps(results, AIOHTTP_FLOOR, c):,.0f} vs {rps(results, AIOHTTP_ASYNCIO, c):,.0f} req/s)"
