@@ -8,8 +8,9 @@ import importlib
 
 from clipper_admin.version import __registry__, __version__
 from clipper_admin.exceptions import ClipperException, MissingDependency, UnconnectedException
-from clipper_admin.container_manager import ContainerManager
-from clipper_admin.clipper_admin import CLIPPER_TEMP_DIR, ClipperConnection
+from clipper_admin.container_manager import CONTAINERLESS_MODEL_IMAGE, ClusterAdapter, ContainerManager
+from clipper_admin.clipper_admin import (
+    CLIPPER_TEMP_DIR, DEFAULT_LABEL, DEFAULT_PREDICTION_CACHE_SIZE_BYTES, ClipperConnection)
 from clipper_admin.local import LocalContainerManager
 from clipper_admin.kubernetes import KubernetesContainerManager
 from clipper_admin.backends import backend_from_args, stop_all_clusters
@@ -17,7 +18,8 @@ from clipper_admin.backends import backend_from_args, stop_all_clusters
 __all__ = [
     # clipper_admin 0.4.1's names
     "ClipperConnection", "DockerContainerManager", "KubernetesContainerManager", "ClipperException",
-    "UnconnectedException", "CLIPPER_TEMP_DIR", "deployers", "__version__",
+    "UnconnectedException", "CLIPPER_TEMP_DIR", "DEFAULT_LABEL", "DEFAULT_PREDICTION_CACHE_SIZE_BYTES",
+    "CONTAINERLESS_MODEL_IMAGE", "ClusterAdapter", "deployers", "__version__",
     # ours
     "ContainerManager", "LocalContainerManager", "RayContainerManager", "MissingDependency", "backend_from_args",
     "stop_all_clusters", "__registry__",

@@ -5,6 +5,7 @@ the checks before a start, and the one wait until the servers answer. Each backe
 says where a role's process runs (``clipper.launch`` says what it runs).
 """
 import abc
+import logging
 import os
 import re
 
@@ -19,18 +20,38 @@ CLIPPER_INTERNAL_MANAGEMENT_PORT = 1338
 CLIPPER_INTERNAL_RPC_PORT = 7000
 CLIPPER_INTERNAL_METRIC_PORT = 1390
 CLIPPER_INTERNAL_REDIS_PORT = 6379
+CLIPPER_INTERNAL_FLUENTD_PORT = 24224
 # The Prometheus port follows the query port (1390 for Clipper's 1337), so that every port a
 # cluster takes comes from its own parameters: clusters on other query ports never share it.
 METRIC_PORT_OFFSET = CLIPPER_INTERNAL_METRIC_PORT - CLIPPER_INTERNAL_QUERY_PORT
 CLIPPER_DOCKER_LABEL = "ai.clipper.container.label"
+CLIPPER_NAME_LABEL = "ai.clipper.name"
 CLIPPER_MODEL_CONTAINER_LABEL = "ai.clipper.model_container.label"
 CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL = "ai.clipper.query_frontend.label"
 CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL = "ai.clipper.management_frontend.label"
 CLIPPER_QUERY_FRONTEND_ID_LABEL = "ai.clipper.query_frontend.id"
 CONTAINERLESS_MODEL_IMAGE = "NO_CONTAINER"
+# 0.4.1's port labels of a cluster's containers (the Docker backend reads them back in connect()).
+CLIPPER_DOCKER_PORT_LABELS = {
+    "redis": "ai.clipper.redis.port",
+    "query_rest": "ai.clipper.query_frontend.query.port",
+    "query_rpc": "ai.clipper.query_frontend.rpc.port",
+    "management": "ai.clipper.management.port",
+    "metric": "ai.clipper.metric.port",
+    "fluentd": "ai.clipper.fluentd.port",
+}
+CLIPPER_METRIC_CONFIG_LABEL = "ai.clipper.metric.config"
+CLIPPER_FLUENTD_CONFIG_LABEL = "ai.clipper.fluentd.config"
 _MODEL_CONTAINER_LABEL_DELIMITER = "_"
 # Model names and versions must be DNS-1123 labels (they name containers and processes).
 _NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+
+
+class ClusterAdapter(logging.LoggerAdapter):
+    """0.4.1's log adapter: prefixes each message with ``[cluster_name]`` (``extra``)."""
+
+    def process(self, msg, kwargs):
+        return "[{}] {}".format(self.extra["cluster_name"], msg), kwargs
 
 
 def create_model_container_label(name, version):
@@ -40,7 +61,7 @@ def create_model_container_label(name, version):
 def parse_model_container_label(label):
     splits = label.split(_MODEL_CONTAINER_LABEL_DELIMITER)
     if len(splits) != 2:
-        raise ValueError(f"Unable to parse model container label {label}")
+        raise ClipperException(f"Unable to parse model container label {label}")
     return splits
 
 

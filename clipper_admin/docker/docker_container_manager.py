@@ -25,7 +25,7 @@ from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config, env_name
 from clipper.rpc import auth
 from clipper_admin.container_manager import (
-    CLIPPER_DOCKER_LABEL, CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT,
+    CLIPPER_DOCKER_LABEL, CLIPPER_DOCKER_PORT_LABELS, CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT,
     CLIPPER_INTERNAL_REDIS_PORT, CLIPPER_INTERNAL_RPC_PORT, CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL,
     CLIPPER_MODEL_CONTAINER_LABEL, CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL, ContainerManager,
     create_model_container_label)
@@ -35,9 +35,9 @@ from clipper_admin.exceptions import ClipperException
 logger = logging.getLogger(__name__)
 
 # Clipper 0.4.1's port labels, read back by connect().
-PORT_LABELS = {"redis": "ai.clipper.redis.port", "management": "ai.clipper.management.port",
-               "query": "ai.clipper.query_frontend.query.port",
-               "rpc": "ai.clipper.query_frontend.rpc.port", "metric": "ai.clipper.metric.port"}
+PORT_LABELS = {"redis": CLIPPER_DOCKER_PORT_LABELS["redis"], "management": CLIPPER_DOCKER_PORT_LABELS["management"],
+               "query": CLIPPER_DOCKER_PORT_LABELS["query_rest"], "rpc": CLIPPER_DOCKER_PORT_LABELS["query_rpc"],
+               "metric": CLIPPER_DOCKER_PORT_LABELS["metric"]}
 ROLE_LABEL = "ai.clipper.role"               # ours: which process a container runs
 RUNTIME_IMAGE_LABEL = "ai.clipper.runtime.image"
 # Clipper 0.4.1's label of each role's containers.

@@ -25,3 +25,36 @@ def test_every_port_a_cluster_takes_follows_its_own_parameters(manager):
     assert manager().clipper_metric_port == 1390
     assert manager(clipper_query_port=2337).clipper_metric_port == 2390
     assert manager(clipper_query_port=2337, clipper_metric_port=9999).clipper_metric_port == 9999
+
+
+def test_the_names_0_4_1s_star_import_exported():
+    """0.4.1's __init__ did ``from .clipper_admin import *`` with no __all__, so its module
+    constants were clipper_admin's own names."""
+    from clipper_admin.clipper_admin import DEFAULT_LABEL, DEFAULT_PREDICTION_CACHE_SIZE_BYTES
+    assert clipper_admin.DEFAULT_PREDICTION_CACHE_SIZE_BYTES == DEFAULT_PREDICTION_CACHE_SIZE_BYTES == 33554432
+    assert clipper_admin.DEFAULT_LABEL == DEFAULT_LABEL == []
+    assert clipper_admin.CONTAINERLESS_MODEL_IMAGE == "NO_CONTAINER"
+    assert clipper_admin.ClusterAdapter is clipper_admin.container_manager.ClusterAdapter
+
+
+def test_container_manager_module_has_what_0_4_1s_backends_imported():
+    """A ContainerManager written for 0.4.1 imports these, as 0.4.1's own backends did."""
+    import logging
+    from clipper_admin.container_manager import (
+        CLIPPER_DOCKER_PORT_LABELS, CLIPPER_FLUENTD_CONFIG_LABEL, CLIPPER_INTERNAL_FLUENTD_PORT,
+        CLIPPER_METRIC_CONFIG_LABEL, CLIPPER_NAME_LABEL, ClusterAdapter, parse_model_container_label)
+    from clipper_admin.docker.docker_container_manager import PORT_LABELS
+    assert CLIPPER_DOCKER_PORT_LABELS == {
+        "redis": "ai.clipper.redis.port", "query_rest": "ai.clipper.query_frontend.query.port",
+        "query_rpc": "ai.clipper.query_frontend.rpc.port", "management": "ai.clipper.management.port",
+        "metric": "ai.clipper.metric.port", "fluentd": "ai.clipper.fluentd.port"}
+    assert set(PORT_LABELS.values()) <= set(CLIPPER_DOCKER_PORT_LABELS.values())
+    assert (CLIPPER_NAME_LABEL, CLIPPER_METRIC_CONFIG_LABEL, CLIPPER_FLUENTD_CONFIG_LABEL,
+            CLIPPER_INTERNAL_FLUENTD_PORT) == ("ai.clipper.name", "ai.clipper.metric.config",
+                                               "ai.clipper.fluentd.config", 24224)
+    adapter = ClusterAdapter(logging.getLogger("t"), {"cluster_name": "c1"})
+    assert adapter.process("hello", {}) == ("[c1] hello", {})
+    assert parse_model_container_label("m_1") == ["m", "1"]
+    with pytest.raises(ClipperException, match="Unable to parse model container label a_b_c"):
+        parse_model_container_label("a_b_c")
+
