@@ -8,9 +8,10 @@ class ClipperException(Exception):
 
 class UnconnectedException(ClipperException):
     def __init__(self, *args):
-        super().__init__(
-            "No connection to Clipper cluster. Call ClipperConnection.connect to connect to an "
-            "existing cluster or ClipperConnnection.start_clipper to create a new one", *args)
+        # ``message`` as well as ``msg``: 0.4.1 set both.
+        self.message = ("No connection to Clipper cluster. Call ClipperConnection.connect to connect "
+                        "to an existing cluster or ClipperConnnection.start_clipper to create a new one")
+        super().__init__(self.message, *args)
 
 
 class MissingDependency(ClipperException, ImportError):

@@ -58,3 +58,9 @@ def test_container_manager_module_has_what_0_4_1s_backends_imported():
     with pytest.raises(ClipperException, match="Unable to parse model container label a_b_c"):
         parse_model_container_label("a_b_c")
 
+
+def test_unconnected_exception_keeps_its_message_attribute():
+    error = clipper_admin.UnconnectedException()
+    assert error.message == error.msg == str(error)
+    assert error.message.startswith("No connection to Clipper cluster.")
+
