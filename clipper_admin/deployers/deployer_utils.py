@@ -47,6 +47,12 @@ def _pickled_by_value(obj):
             cloudpickle.unregister_pickle_by_value(module)
 
 
+def serialize_object(obj):
+    """0.4.1's helper: ``obj`` cloudpickled to bytes, with the user's own classes by value."""
+    with _pickled_by_value(obj):
+        return cloudpickle.dumps(obj)
+
+
 def save_python_function(name, func):
     """Write ``func`` to ``func.pkl`` in a fresh directory; return the directory."""
     serialization_dir = tempfile.mkdtemp(suffix="clipper")

@@ -64,3 +64,10 @@ def test_unconnected_exception_keeps_its_message_attribute():
     assert error.message == error.msg == str(error)
     assert error.message.startswith("No connection to Clipper cluster.")
 
+
+def test_serialize_object_is_a_cloudpickle_round_trip():
+    import pickle
+    from clipper_admin.deployers.deployer_utils import serialize_object
+    offset = 3
+    data = serialize_object(lambda x: x + offset)
+    assert isinstance(data, bytes) and pickle.loads(data)(1) == 4
