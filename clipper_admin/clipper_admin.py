@@ -12,7 +12,7 @@ import warnings
 import requests
 
 from clipper import launch as recipe
-from clipper_admin.container_manager import CONTAINERLESS_MODEL_IMAGE, is_valid_name
+from clipper_admin.container_manager import CONTAINERLESS_MODEL_IMAGE, ClusterAdapter, is_valid_name
 from clipper_admin.exceptions import ClipperException, UnconnectedException
 
 logging.basicConfig(format="%(asctime)s %(levelname)-8s [%(filename)s:%(lineno)d] %(message)s",
@@ -51,6 +51,9 @@ class ClipperConnection(object):
     def __init__(self, container_manager):
         self.connected = False
         self.cm = container_manager
+        # 0.4.1's public logger: messages prefixed with the cluster's name.
+        self.logger = ClusterAdapter(logger, {"cluster_name": getattr(container_manager, "cluster_identifier",
+                                                                      "default-cluster")})
         self._http = requests.Session()
 
     # ---- plumbing ----
@@ -129,7 +132,7 @@ class ClipperConnection(object):
         self.cm.start_clipper(query_frontend_image, mgmt_frontend_image, frontend_exporter_image,
                               cache_size, qf_http_thread_pool_size, qf_http_timeout_request,
                               qf_http_timeout_content, num_frontend_replicas)
-        logger.info("Clipper is running")
+        self.logger.info("Clipper is running")
         self.connected = True
 
     def connect(self):
@@ -142,7 +145,7 @@ class ClipperConnection(object):
         """
         self.cm.connect()
         self.connected = True
-        logger.info("Successfully connected to Clipper cluster at {}".format(self.cm.get_query_addr()))
+        self.logger.info("Successfully connected to Clipper cluster at {}".format(self.cm.get_query_addr()))
 
     def stop_all(self, graceful=True):
         """Stop every process or container of the cluster (model replicas first) and forget it.
@@ -154,7 +157,7 @@ class ClipperConnection(object):
         """
         self.cm.stop_all(graceful=graceful)
         self.connected = False
-        logger.info("Stopped all Clipper cluster and all model containers")
+        self.logger.info("Stopped all Clipper cluster and all model containers")
 
     def get_query_addr(self):
         """The ``host:port`` that serves predictions (``POST http://<addr>/<app>/predict``).
@@ -214,7 +217,7 @@ class ClipperConnection(object):
         self._admin("add_app", {"name": name, "input_type": input_type,
                                 "default_output": default_output,
                                 "latency_slo_micros": slo_micros})
-        logger.info("Application {app} was successfully registered".format(app=name))
+        self.logger.info("Application {app} was successfully registered".format(app=name))
 
     def unregister_application(self, name):
         """Remove an application; its links go with it.
@@ -222,7 +225,7 @@ class ClipperConnection(object):
         Raises ClipperException if no application has this name.
         """
         self._admin("delete_app", {"name": name})
-        logger.info("Application {app} was successfully unregistered".format(app=name))
+        self.logger.info("Application {app} was successfully unregistered".format(app=name))
 
     def delete_application(self, name):
         """Deprecated alias of ``unregister_application``."""
@@ -239,7 +242,7 @@ class ClipperConnection(object):
         or another model is already linked.
         """
         self._admin("add_model_links", {"app_name": app_name, "model_names": [model_name]})
-        logger.info("Model {model} is now linked to application {app}".format(model=model_name, app=app_name))
+        self.logger.info("Model {model} is now linked to application {app}".format(model=model_name, app=app_name))
 
     def unlink_model_from_app(self, app_name, model_name):
         """Remove the link between an application and a model.
@@ -247,7 +250,7 @@ class ClipperConnection(object):
         Raises ClipperException when there is no such link.
         """
         self._admin("delete_model_links", {"app_name": app_name, "model_names": [model_name]})
-        logger.info("Model {model} is now removed to application {app}".format(model=model_name, app=app_name))
+        self.logger.info("Model {model} is now removed to application {app}".format(model=model_name, app=app_name))
 
     def get_all_apps(self, verbose=False):
         """The registered applications.
@@ -357,7 +360,7 @@ class ClipperConnection(object):
         self.register_model(name, version, input_type, image=image, labels=labels,
                             batch_size=batch_size)
         self._wait_for_replicas(name, version, num_replicas)
-        logger.info("Done deploying model {name}:{version}.".format(name=name, version=version))
+        self.logger.info("Done deploying model {name}:{version}.".format(name=name, version=version))
 
     def register_model(self, name, version, input_type, image=None, labels=None, batch_size=-1):
         """Register a model version (and make it current) without starting any replica.
@@ -372,7 +375,7 @@ class ClipperConnection(object):
             "model_name": name, "model_version": version, "labels": labels or DEFAULT_LABEL,
             "input_type": input_type, "container_name": image or CONTAINERLESS_MODEL_IMAGE,
             "model_data_path": "DEPRECATED", "batch_size": batch_size})
-        logger.info("Successfully registered model {name}:{version}".format(name=name, version=version))
+        self.logger.info("Successfully registered model {name}:{version}".format(name=name, version=version))
 
     def get_current_model_version(self, name):
         """The version of model ``name`` that queries go to.
@@ -468,7 +471,7 @@ class ClipperConnection(object):
     def _stop_and_delete(self, model_versions):
         self.cm.stop_models(model_versions)
         self._delete_versions(model_versions)
-        logger.info("Stopped all containers for these models and versions:\n{}".format(model_versions))
+        self.logger.info("Stopped all containers for these models and versions:\n{}".format(model_versions))
 
     def _delete_versions(self, model_versions):
         """Unregister stopped versions; return once no replica of them is listed (the query
@@ -505,7 +508,7 @@ class ClipperConnection(object):
         model_versions = self._versions_by_model(lambda m: True)
         self.cm.stop_all_model_containers()
         self._delete_versions(model_versions)
-        logger.info("Stopped all Clipper model containers")
+        self.logger.info("Stopped all Clipper model containers")
 
     # ---- local check of a predict function ----
     def test_predict_function(self, query, func, input_type):

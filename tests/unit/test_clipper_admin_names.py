@@ -1,9 +1,11 @@
 """clipper_admin 0.4.1's module-level names that Clipper-era scripts import, and the ports a
 cluster takes by default (no engine or cluster needed)."""
+import logging
+
 import pytest
 
 import clipper_admin
-from clipper_admin import ClipperException, DockerContainerManager, LocalContainerManager
+from clipper_admin import ClipperConnection, ClipperException, DockerContainerManager, LocalContainerManager
 
 
 def test_clipper_temp_dir_is_0_4_1s():
@@ -71,3 +73,11 @@ def test_serialize_object_is_a_cloudpickle_round_trip():
     offset = 3
     data = serialize_object(lambda x: x + offset)
     assert isinstance(data, bytes) and pickle.loads(data)(1) == 4
+
+
+def test_connection_logs_with_the_cluster_name(caplog):
+    """0.4.1's ClipperConnection.logger prefixes messages with the cluster's name."""
+    conn = ClipperConnection(LocalContainerManager(cluster_name="named-cluster"))
+    with caplog.at_level(logging.INFO, logger="clipper_admin"):
+        conn.logger.info("hello")
+    assert "[named-cluster] hello" in caplog.text
