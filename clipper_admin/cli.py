@@ -29,8 +29,10 @@ def _parser():
         command.add_argument("--backend", choices=list(BACKENDS), default=None if name == "stop" else "local")
         command.add_argument("--cluster-name", default=None if name == "stop" else "default-cluster")
         if name == "start":
-            for port, default in (("query", 1337), ("management", 1338), ("rpc", 7000), ("metric", 1390)):
+            for port, default in (("query", 1337), ("management", 1338), ("rpc", 7000)):
                 command.add_argument(f"--{port}-port", type=int, default=default)
+            command.add_argument("--metric-port", type=int, default=None,
+                                 help="Prometheus metrics (default: the query port + 53)")
             command.add_argument("--cache-size", type=int, default=33554432,
                                  help="prediction cache in bytes; 0 turns it off")
             command.add_argument("--query-workers", type=int, default=1,

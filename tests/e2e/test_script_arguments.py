@@ -5,7 +5,7 @@ import os
 import pytest
 
 from clipper_admin.backends import BACKENDS
-from helpers import local_cluster, processes_under
+from helpers import local_cluster, port_open, processes_under
 from scripts import run_script
 
 # A cluster of the user's own that no --help or typo may touch, on ports of its own.
@@ -59,3 +59,16 @@ def test_close_clipper_stops_only_the_named_cluster_or_backend(bystander, clippe
     result = run_script("closeClipper.py", "--backend", "local")
     assert result.stdout.startswith("Stopped Clipper cluster 'bystander' (")
     assert not processes_under(clipper_state_dir)
+
+
+def test_clipper_start_puts_the_metrics_port_beside_its_query_port(bystander, clipper_state_dir):
+    """`clipper start --query-port N` takes N + 53 for metrics, as the README says (it took
+    1390 whatever the query port, so a second cluster's start failed on the first's)."""
+    ports = ["--query-port", "1537", "--management-port", "1538", "--rpc-port", "7200"]
+    result = run_script("-m", "clipper_admin.cli", "start", "--cluster-name", "side", *ports)
+    try:
+        assert result.returncode == 0, result.stderr
+        assert port_open(1590) and not port_open(1390)
+    finally:
+        assert run_script("-m", "clipper_admin.cli", "stop", "--cluster-name", "side").returncode == 0
+    assert not processes_under(clipper_state_dir / "side")
