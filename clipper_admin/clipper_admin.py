@@ -355,11 +355,22 @@ class ClipperConnection(object):
         _check_gpus(num_gpus)
         if self.get_model_info(name, version) is not None:
             raise ClipperException(f"model with name '{name}' and version '{version}' already exists")
+        previous = [m["model_version"] for m in self.get_all_models(verbose=True)
+                    if m["model_name"] == name and m["is_current_version"]]
         self.cm.deploy_model(name=name, version=version, input_type=input_type, image=image,
                              num_replicas=num_replicas, **_gpus_if_asked(num_gpus, 0))
         self.register_model(name, version, input_type, image=image, labels=labels,
                             batch_size=batch_size)
-        self._wait_for_replicas(name, version, num_replicas)
+        try:
+            self._wait_for_replicas(name, version, num_replicas)
+        except ClipperException as error:
+            # The version is registered and current (as in 0.4.1): say so, and how to undo it.
+            undo = (f"go back with set_model_version('{name}', '{previous[0]}'), then remove it"
+                    if previous else "remove it")
+            raise ClipperException(
+                f"{error.msg}\nModel {name}:{version} stays registered as the current version, so "
+                f"its applications get their default output: {undo} with "
+                f"stop_versioned_models({{'{name}': ['{version}']}}).") from None
         self.logger.info("Done deploying model {name}:{version}.".format(name=name, version=version))
 
     def register_model(self, name, version, input_type, image=None, labels=None, batch_size=-1):

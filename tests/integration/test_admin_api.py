@@ -142,6 +142,29 @@ def test_versions_deploy_roll_back_and_pin(conn):
         python_deployer.deploy_python_closure(conn, "versioned", 2, "doubles", version_two)
 
 
+class Unloadable:
+    """Its replica cannot unpickle it, so the replica exits at every start."""
+    def __reduce__(self):
+        return (int, ("not a number",))
+
+
+def test_a_failed_deploy_says_what_is_left_and_how_to_undo_it(conn):
+    python_deployer.create_endpoint(conn, "undone", "doubles", version_one, slo_micros=2000000)
+    broken = Unloadable()
+    with pytest.raises(ClipperException) as failure:
+        python_deployer.deploy_python_closure(conn, "undone", 2, "doubles", lambda xs: [str(broken)])
+    assert "keeps exiting" in failure.value.msg
+    assert failure.value.msg.endswith(
+        "Model undone:2 stays registered as the current version, so its applications get their "
+        "default output: go back with set_model_version('undone', '1'), then remove it with "
+        "stop_versioned_models({'undone': ['2']}).")
+    conn.set_model_version("undone", "1")
+    conn.stop_versioned_models({"undone": ["2"]})
+    assert predict(conn, "undone", {"input": [0.0]}).json()["output"] == 1
+    python_deployer.deploy_python_closure(conn, "undone", 2, "doubles", version_two)
+    assert predict(conn, "undone", {"input": [0.0]}).json()["output"] == 2
+
+
 def test_replicas_scale_and_inactive_versions_stop(conn):
     python_deployer.create_endpoint(conn, "scaled", "doubles", version_one, slo_micros=2000000)
     assert conn.get_num_replicas("scaled") == 1
