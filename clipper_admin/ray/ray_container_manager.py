@@ -139,10 +139,10 @@ class RayContainerManager(ContainerManager):
                       frontend_exporter_image=None, cache_size=33554432, qf_http_thread_pool_size=1,
                       qf_http_timeout_request=5, qf_http_timeout_content=300,
                       num_frontend_replicas=1):
-        from clipper_admin.ray.actors import ClusterFrontends
         if num_frontend_replicas != 1:
             raise ClipperException("The Ray backend runs exactly one query frontend")
-        ray = self._ray
+        ray = self._ray             # first: without Ray, MissingDependency says what to install
+        from clipper_admin.ray.actors import ClusterFrontends
         if self._frontends() is not None:
             raise ClipperException(
                 f"Clipper cluster '{self.cluster_name}' is already running on this Ray cluster. "

@@ -72,3 +72,15 @@ def test_clipper_start_puts_the_metrics_port_beside_its_query_port(bystander, cl
     finally:
         assert run_script("-m", "clipper_admin.cli", "stop", "--cluster-name", "side").returncode == 0
     assert not processes_under(clipper_state_dir / "side")
+
+
+@pytest.mark.parametrize("backend, sdk", [("ray", "ray"), ("docker", "docker")])
+def test_a_backend_without_its_sdk_says_what_to_install(backend, sdk, clipper_state_dir):
+    """(--backend ray without Ray ended in a ModuleNotFoundError traceback.)"""
+    hidden = (f"import runpy, sys; sys.modules[{sdk!r}] = None; "
+              f"sys.argv = ['basicQuerySimplified.py', '--backend', {backend!r}]; "
+              "runpy.run_path('basicQuerySimplified.py', run_name='__main__')")
+    result = run_script("-c", hidden)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"pip install -r requirements-{backend}.txt" in result.stderr
