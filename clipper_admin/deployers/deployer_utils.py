@@ -68,8 +68,8 @@ def save_python_function(name, func):
 
 def save_object(obj, path):
     """cloudpickle ``obj`` to ``path``, with the user's own classes by value."""
-    with open(path, "wb") as f, _pickled_by_value(obj):
-        cloudpickle.dump(obj, f)
+    with open(path, "wb") as f:
+        f.write(serialize_object(obj))
 
 
 def read_model_metadata(model_dir):
@@ -115,6 +115,9 @@ def deploy_model_directory(clipper_conn, name, version, input_type, func, base_i
     """Save ``func`` in a fresh model directory and, for a framework model, the model too:
     ``save_model(directory)`` writes it in the framework's own format and returns what the
     replica needs to load it (metadata fields). Then build and deploy the directory."""
+    if not callable(func):      # else every query would answer "'int' object is not callable"
+        raise ClipperException(f"func must be a function of a batch of inputs (a list) that returns "
+                               f"one output per input; got {type(func).__name__} {func!r:.100}")
     serialization_dir = save_python_function(name, func)
     try:
         if framework:

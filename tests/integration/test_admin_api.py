@@ -165,6 +165,12 @@ def test_a_failed_deploy_says_what_is_left_and_how_to_undo_it(conn):
     assert predict(conn, "undone", {"input": [0.0]}).json()["output"] == 2
 
 
+def test_a_model_that_is_not_a_function_is_refused_before_anything_starts(conn):
+    with pytest.raises(ClipperException, match="func must be a function of a batch of inputs .* got int 42"):
+        python_deployer.deploy_python_closure(conn, "not-callable", 1, "doubles", 42)
+    assert conn.get_model_info("not-callable", 1) is None
+
+
 def test_replicas_scale_and_inactive_versions_stop(conn):
     python_deployer.create_endpoint(conn, "scaled", "doubles", version_one, slo_micros=2000000)
     assert conn.get_num_replicas("scaled") == 1
