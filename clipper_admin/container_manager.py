@@ -43,6 +43,8 @@ CLIPPER_DOCKER_PORT_LABELS = {
 CLIPPER_METRIC_CONFIG_LABEL = "ai.clipper.metric.config"
 CLIPPER_FLUENTD_CONFIG_LABEL = "ai.clipper.fluentd.config"
 _MODEL_CONTAINER_LABEL_DELIMITER = "_"
+# The end of every backend's "no such cluster" error.
+START_HINT = "Start one with start_clipper() (`clipper start` on the command line)."
 # Model names and versions must be DNS-1123 labels (they name containers and processes).
 _NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 

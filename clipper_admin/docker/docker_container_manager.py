@@ -28,7 +28,7 @@ from clipper_admin.container_manager import (
     CLIPPER_DOCKER_LABEL, CLIPPER_DOCKER_PORT_LABELS, CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT,
     CLIPPER_INTERNAL_REDIS_PORT, CLIPPER_INTERNAL_RPC_PORT, CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL,
     CLIPPER_MODEL_CONTAINER_LABEL, CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL, ContainerManager,
-    create_model_container_label)
+    START_HINT, create_model_container_label)
 from clipper_admin.docker.images import build_model_image, default_base_image, ensure_runtime_image
 from clipper_admin.exceptions import ClipperException
 
@@ -240,7 +240,7 @@ class DockerContainerManager(ContainerManager):
         frontends = self._containers(**{ROLE_LABEL: QUERY_FRONTEND})
         if not frontends:
             raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' on the "
-                                   "Docker engine. Start one with start_clipper().")
+                                   "Docker engine. " + START_HINT)
         return frontends[0]
 
     def connect(self):

@@ -22,7 +22,7 @@ from clipper.config import MODEL_CONTAINER, Config
 from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager,
-    public_host_for)
+    START_HINT, public_host_for)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.exceptions import ClipperException
 
@@ -149,7 +149,7 @@ class LocalContainerManager(ContainerManager):
         if not self.cluster.is_running():
             if not self.cluster.exists() or self.cluster.is_stopping():
                 raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' "
-                                       f"(looked in {self.cluster.path}). Start one with start_clipper().")
+                                       f"(looked in {self.cluster.path}). " + START_HINT)
             self._recover()
         config = Config(**self.cluster.settings()["config"])
         self.host = config.host

@@ -25,7 +25,7 @@ from clipper.config import Config
 from clipper.rpc import auth
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT,
-    CLIPPER_INTERNAL_RPC_PORT, ContainerManager, public_host_for)
+    CLIPPER_INTERNAL_RPC_PORT, START_HINT, ContainerManager, public_host_for)
 from clipper_admin.exceptions import ClipperException, MissingDependency
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class RayContainerManager(ContainerManager):
         frontends = self._frontends()
         if frontends is None:
             raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' in the "
-                                   f"Ray namespace '{self.namespace}'. Start one with start_clipper().")
+                                   f"Ray namespace '{self.namespace}'. " + START_HINT)
         self._adopt(self._ray.get(frontends.info.remote(), timeout=recipe.START_TIMEOUT_SECONDS))
 
     def stop_all(self, graceful=True):

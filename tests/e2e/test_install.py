@@ -53,4 +53,5 @@ def test_clipper_command_starts_reports_and_stops_a_cluster(installed, tmp_path,
     assert stopped.returncode == 0 and "Stopped Clipper cluster 'cli'" in stopped.stdout
     missing = run([clipper, "status", "--cluster-name=cli"], tmp_path)
     assert missing.returncode == 1 and "No running Clipper cluster named 'cli'" in missing.stderr
+    assert "`clipper start` on the command line" in missing.stderr
     assert_nothing_left(clipper_state_dir)
