@@ -9,6 +9,7 @@ socket after its request. A handler answers with a ``Response`` at once or with 
 one, so a prediction is written from the callback that settles it, not by a woken coroutine.
 """
 import asyncio
+import itertools
 import logging
 import time
 import weakref
@@ -17,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Awaitable, Callable, Deque, Dict, Optional, Union
+from typing import Awaitable, Callable, Deque, Dict, Optional, Tuple, Union
 from urllib.parse import unquote
 
 import httptools
@@ -93,6 +94,14 @@ class Deferred:
 Answer = Union[Response, Deferred, Awaitable[Response]]
 
 
+class _Held:
+    """A request read while the client was not reading its answers: handled once it does."""
+    __slots__ = ("method", "url", "headers", "body")
+
+    def __init__(self, method: str, url: bytes, headers: Dict[bytes, bytes], body: bytes):
+        self.method, self.url, self.headers, self.body = method, url, headers, body
+
+
 class Application:
     """What a connection serves: ``handle`` answers a request, ``render_error`` an error of
     the request itself (``request`` is None when it could not even be read)."""
@@ -138,6 +147,9 @@ class Connection(asyncio.Protocol):
         self.answers: Deque = deque()     # [answer, keep_alive, head] in request order
         self.closing = False              # no more requests are read; close once answered
         self.lingering = False            # after a refusal: read and drop what still comes
+        self.write_paused = False         # the client reads its answers slower than it asks
+        self.reading_paused = False       # by us, for the two reasons above
+        self.held = 0                     # requests in ``answers`` not handled yet (_Held)
         self.state = _REQUEST
         self.deadline: Optional[float] = None
         self.timer: Optional[asyncio.TimerHandle] = None
@@ -163,6 +175,17 @@ class Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    def pause_writing(self) -> None:
+        """The client does not read its answers: read no more requests, and hold those read
+        already (_Held) until it does, so that small requests asking for large answers cannot
+        pile up answers in memory without bound."""
+        self.write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._flush()
 
     def eof_received(self) -> bool:
         """A half-closed client (shutdown(SHUT_WR)) still reads: answer what it asked."""
@@ -237,18 +260,25 @@ class Connection(asyncio.Protocol):
         self._wait(_ANSWER, None)
         if not keep_alive:
             self.closing = True           # read no request after this one
-        request = None
-        try:
-            body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
-            request = Request(method, _path(self.url), self.headers, self._decoded(body))
-            answer = self.app.handle(request)
-        except RequestError as error:
-            answer = self.app.render_error(error, request)
-        except Exception:                # a bug of ours: logged, answered 500, connection kept
-            log.exception("answering %s %r failed", method, self.url[:200])
-            answer = self.app.render_error(RequestError("Internal server error", 500), request)
+        body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+        if self.write_paused:
+            answer, request = _Held(method, self.url, self.headers, body), None
+        else:
+            answer, request = self._handle(method, self.url, self.headers, body)
         self._queue(answer, keep_alive, request, method == "HEAD")
         self._reset_message()
+
+    def _handle(self, method: str, url: bytes, headers: Dict[bytes, bytes],
+                body: bytes) -> Tuple[Answer, Optional[Request]]:
+        request = None
+        try:
+            request = Request(method, _path(url), headers, self._decoded(body, headers))
+            return self.app.handle(request), request
+        except RequestError as error:
+            return self.app.render_error(error, request), request
+        except Exception:                # a bug of ours: logged, answered 500, connection kept
+            log.exception("answering %s %r failed", method, url[:200])
+            return self.app.render_error(RequestError("Internal server error", 500), request), request
 
     # ---- answers, in request order ----
     def _queue(self, answer: Answer, keep_alive: bool, request: Optional[Request] = None,
@@ -259,19 +289,41 @@ class Connection(asyncio.Protocol):
             return
         entry = [answer, keep_alive, head, request]
         self.answers.append(entry)
-        if type(answer) is Deferred:
-            answer._on_settled = self._flush
-        elif type(answer) is not Response:
-            answer = asyncio.ensure_future(answer)
-            entry[0] = answer
-            answer.add_done_callback(self._flush)
+        self._track(entry)
         if len(self.answers) > MAX_QUEUED_ANSWERS and self.transport is not None:
-            self.transport.pause_reading()
+            self._pause_reading()
         self._flush()
 
+    def _track(self, entry: list) -> None:
+        """Have the answer of ``entry`` flushed when it is ready."""
+        answer = entry[0]
+        if type(answer) is Deferred:
+            answer._on_settled = self._flush
+        elif type(answer) is _Held:
+            self.held += 1
+        elif type(answer) is not Response:
+            entry[0] = asyncio.ensure_future(answer)
+            entry[0].add_done_callback(self._flush)
+
+    def _handle_held(self) -> None:
+        """Handle the held requests among the next MAX_QUEUED_ANSWERS, in order."""
+        for entry in itertools.islice(self.answers, MAX_QUEUED_ANSWERS):
+            held = entry[0]
+            if type(held) is _Held:
+                self.held -= 1
+                entry[0], entry[3] = self._handle(held.method, held.url, held.headers, held.body)
+                self._track(entry)
+
     def _flush(self, _done=None) -> None:
+        if self.held and not self.write_paused:
+            self._handle_held()
         while self.answers:
             answer, keep_alive, head, request = self.answers[0]
+            if type(answer) is _Held:
+                if self.write_paused:
+                    return
+                self._handle_held()       # the next ones, now that those before are written
+                continue
             if type(answer) is Deferred:
                 if answer.response is None:
                     return
@@ -284,9 +336,22 @@ class Connection(asyncio.Protocol):
             self._write(answer, keep_alive, head)
             if not keep_alive:
                 self.answers.clear()
-        if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
+        if self.reading_paused and self.transport is not None and not self.closing and not self.write_paused:
+            self._resume_reading()
         self._after_write()
+
+    def _pause_reading(self) -> None:
+        self.reading_paused = True
+        self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        self.reading_paused = False
+        self.transport.resume_reading()
+        # A request begun while we did not read gets its whole time again: the wait was ours.
+        if self.state == _HEADERS:
+            self._wait(_HEADERS, self.limits.header_timeout)
+        elif self.state == _BODY:
+            self._wait(_BODY, self.limits.body_timeout)
 
     def _outcome(self, future: asyncio.Future, request: Optional[Request]) -> Response:
         if future.cancelled():
@@ -349,9 +414,9 @@ class Connection(asyncio.Protocol):
         return RequestError(f"The request body is larger than {self.limits.max_body_size} bytes, "
                             "the limit of this server", 413)
 
-    def _decoded(self, body: bytes) -> bytes:
+    def _decoded(self, body: bytes, headers: Dict[bytes, bytes]) -> bytes:
         """The body without its Content-Encoding, still within the body limit."""
-        encoding = self.headers.get(b"content-encoding", b"identity").strip().lower()
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
         if encoding == b"identity" or not body:
             return body
         if encoding not in DECODERS:
@@ -391,6 +456,8 @@ class Connection(asyncio.Protocol):
             return
         if self.loop.time() < self.deadline:
             self._arm(self.deadline)
+        elif self.reading_paused and self.state in (_HEADERS, _BODY):
+            pass                          # we do not read it: timed again when we do
         elif self.state == _BODY:
             self._refuse(RequestError(
                 f"The request body did not arrive within {self.limits.body_timeout:g} s", 408))

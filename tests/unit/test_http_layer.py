@@ -7,6 +7,8 @@ Short limits and timeouts keep these tests fast; the frontend's own are in Confi
 import asyncio
 import contextlib
 import gzip
+import itertools
+import select
 import socket
 import threading
 import time
@@ -229,3 +231,33 @@ def test_targets_are_decoded_and_absolute_form_is_read(port):
         connection.sendall(b"POST http://t/now HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
                            b"POST /a%20b?x=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
         assert read_responses(connection, 2) == [(200, b"POST /now "), (200, b"POST /a b ")]
+
+
+def test_a_client_that_does_not_read_its_answers_is_not_read_further(port):
+    """Pipelined requests from a client that reads none of its answers: once the answers
+    it has not read fill the socket buffers, the server reads no more of its requests (it
+    used to read and answer them all, holding every answer in memory: 218 MB in 2 s here),
+    and when the client reads, however late, every answer comes, in order."""
+    requests = (post(b"/now", b"%06d" % index + b"x" * 994) for index in itertools.count())
+    sent, pending = 0, b""
+    with connect(port) as connection:
+        connection.setblocking(False)
+        while sent < 30_000:                 # 31 MB of requests, 33 MB of answers
+            if not pending:
+                pending = next(requests)
+            if not select.select([], [connection], [], 1.0)[1]:
+                break                        # the server stopped reading
+            pending = pending[connection.send(pending):]
+            sent += not pending
+        assert sent < 30_000, "the server read every request of a client that reads nothing"
+        # Longer than the header and body timeouts: the request cut off in the server's
+        # buffer waits for us, not we for it, so it gets no 408.
+        time.sleep(max(LIMITS.header_timeout, LIMITS.body_timeout) * 2)
+        connection.setblocking(True)
+        connection.settimeout(5)
+        rest = threading.Thread(target=connection.sendall, args=(pending,))   # as we read
+        rest.start()
+        answers = read_responses(connection, sent + 1)
+        rest.join()
+    assert [body[10:16] for _, body in answers] == [b"%06d" % index for index in range(sent + 1)]
+    assert {status for status, _ in answers} == {200}
