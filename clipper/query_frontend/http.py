@@ -255,7 +255,8 @@ class Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        keep_alive = self.parser.should_keep_alive()
+        # No upgrade (nor CONNECT) is made: its answer says the connection closes after it.
+        keep_alive = self.parser.should_keep_alive() and not self.parser.should_upgrade()
         method = self.parser.get_method().decode("ascii", "replace")
         self._wait(_ANSWER, None)
         if not keep_alive:

@@ -261,3 +261,17 @@ def test_a_client_that_does_not_read_its_answers_is_not_read_further(port):
         rest.join()
     assert [body[10:16] for _, body in answers] == [b"%06d" % index for index in range(sent + 1)]
     assert {status for status, _ in answers} == {200}
+
+
+@pytest.mark.parametrize("request_line", [
+    b"GET /now HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    b"CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n",
+])
+def test_an_upgrade_is_answered_with_connection_close(port, request_line):
+    """No protocol is switched to: the answer says that the connection closes after it (it
+    used to close without saying so, so a request pipelined behind it vanished unanswered)."""
+    with connect(port) as connection:
+        connection.sendall(request_line + post(b"/now", b"behind"))
+        reply = read_until_closed(connection)
+    assert reply.count(b"HTTP/1.1 ") == 1 and b"\r\nConnection: close\r\n" in reply
+    assert b"behind" not in reply
