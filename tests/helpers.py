@@ -12,11 +12,14 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+import zmq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clipper.cluster.cluster_dir import cluster_path_of  # noqa: E402
+from clipper.datatypes import InputType  # noqa: E402
+from clipper.rpc import auth, codec  # noqa: E402
 from clipper_admin import ClipperConnection, LocalContainerManager  # noqa: E402
 from clipper_admin.docker.images import local_base_image  # noqa: E402
 
@@ -93,3 +96,32 @@ def built_local_base(python, unavailable=""):
     if build.returncode != 0:
         pytest.skip(f"could not build {local_base}: {build.stderr[-800:]}")
     return local_base
+
+
+def rpc_peer(rpc_port, name, version="1", seconds=3.0, curve=None):
+    """Connect to the RPC port as a replica of ``name``:``version``, as our containers do;
+    return every message the frontend sent it (a registration starts with a request for
+    metadata). ``curve``: (the frontend's public key, this peer's secret key)."""
+    context = zmq.Context()
+    peer = context.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    if curve:
+        auth.present_curve(peer, *curve)
+    peer.connect(f"tcp://127.0.0.1:{rpc_port}")
+    received, deadline = [], time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            if peer.poll(200):
+                message = codec.decode_clipper_message(peer.recv_multipart())
+                received.append(message)
+                if getattr(message, "heartbeat_type", None) == codec.HEARTBEAT_REQUEST_METADATA:
+                    peer.send_multipart(codec.encode_new_container(name, version, InputType.DOUBLES))
+            else:
+                try:
+                    peer.send_multipart(codec.encode_heartbeat(), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+    finally:
+        peer.close(0)
+        context.term()
+    return received

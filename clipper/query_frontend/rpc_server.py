@@ -17,6 +17,8 @@ from zmq.utils.monitor import parse_monitor_message
 
 from clipper.query_frontend.dispatch import Batch, BatchSizer, Dispatcher, Replica
 from clipper.config import Config
+from clipper.errors import RequestError
+from clipper.management.requests import check_group_string
 from clipper.redis_schema import Container
 from clipper.rpc import auth, codec
 from clipper.rpc.sockets import NOBLOCK, has_message, receive_frames, send_frames
@@ -135,6 +137,13 @@ class RpcServer:
             log.error("container %s:%s speaks RPC version %d, not %d; ignoring it",
                       message.model_name, message.model_version, message.rpc_version,
                       codec.RPC_VERSION)
+            return
+        try:        # the management API's rule: these become parts of Redis keys
+            check_group_string(message.model_name, "model name")
+            check_group_string(message.model_version, "model version")
+        except RequestError as error:
+            log.error("a container announced model %r:%r; ignoring it: %s",
+                      message.model_name[:200], message.model_version[:200], error.message)
             return
         model_id = (message.model_name, message.model_version)
         replica = Replica(identity, model_id, next(self._replica_ids[model_id]),

@@ -9,9 +9,10 @@ import pytest
 import requests
 
 from clipper.config import Config
+from clipper.rpc import codec
 from clipper_admin import ClipperConnection, LocalContainerManager
 from clipper_admin.deployers import python as python_deployer
-from helpers import total
+from helpers import rpc_peer, total
 
 PORTS = dict(clipper_query_port=23337, clipper_management_port=23338, clipper_rpc_port=23700,
              clipper_metric_port=23390)
@@ -218,3 +219,12 @@ def test_the_largest_batch_does_not_stall_other_clients(cluster, still_serving):
         sender.join()
     assert answered == [inputs] * 3
     assert len(latencies) > 5 and max(latencies) < slo + 0.15, sorted(latencies)[-5:]
+
+
+def test_a_container_announcing_a_name_the_api_refuses_is_not_registered(cluster, still_serving):
+    """Model names and versions become parts of Redis keys: a container on the (open) RPC port
+    that announces one with ',' or ':' is ignored, as the management API refuses them."""
+    received = rpc_peer(PORTS["clipper_rpc_port"], "fake:1", version="1,x", seconds=2)
+    assert any(getattr(m, "heartbeat_type", None) == codec.HEARTBEAT_REQUEST_METADATA for m in received)
+    replicas = cluster.get_all_model_replicas(verbose=True)
+    assert replicas and all(r["model_name"] in ("sum", "single") for r in replicas), replicas

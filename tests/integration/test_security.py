@@ -10,10 +10,10 @@ import pytest
 import requests
 import zmq
 
-from clipper.datatypes import InputType
-from clipper.rpc import auth, codec
+from clipper.rpc import codec
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin.deployers import python as python_deployer
+import helpers
 from helpers import local_cluster
 
 TOKEN = "s3cret-token-for-tests"
@@ -92,31 +92,7 @@ def test_the_token_and_keys_appear_in_no_log_and_no_command_line(guarded, tmp_pa
 
 
 def rpc_peer(name, seconds=3.0, curve=None):
-    """Connect to the RPC port as a replica of ``name``:1, as our containers do; return every
-    message the frontend sent it (a registration starts with a request for metadata)."""
-    context = zmq.Context()
-    peer = context.socket(zmq.DEALER)
-    peer.setsockopt(zmq.LINGER, 0)
-    if curve:
-        auth.present_curve(peer, *curve)
-    peer.connect(f"tcp://127.0.0.1:{PORTS['rpc_port']}")
-    received, deadline = [], time.monotonic() + seconds
-    try:
-        while time.monotonic() < deadline:
-            if peer.poll(200):
-                message = codec.decode_clipper_message(peer.recv_multipart())
-                received.append(message)
-                if getattr(message, "heartbeat_type", None) == codec.HEARTBEAT_REQUEST_METADATA:
-                    peer.send_multipart(codec.encode_new_container(name, "1", InputType.DOUBLES))
-            else:
-                try:
-                    peer.send_multipart(codec.encode_heartbeat(), zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
-    finally:
-        peer.close(0)
-        context.term()
-    return received
+    return helpers.rpc_peer(PORTS["rpc_port"], name, seconds=seconds, curve=curve)
 
 
 def test_an_rpc_peer_without_the_cluster_key_is_refused_and_gets_no_query(guarded):
