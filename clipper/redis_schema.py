@@ -4,6 +4,7 @@ The layout is Clipper 0.4's (docs/protocol.md, 4 Redis state) so that either sid
 swapped for the original. No other module spells a key.
 """
 import json
+import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -80,7 +81,9 @@ def model_key(name: str, version: str) -> str:
 
 
 def model_versions_pattern(name: str) -> str:
-    return f"{name}:*"
+    # A name may hold Redis's glob characters (the API refuses only ',' and ':'): escaped,
+    # "s*" does not match the versions of "sum".
+    return re.sub(r"([\\*?\[\]])", r"\\\1", name) + ":*"
 
 
 def split_model_key(key: str) -> Tuple[str, str]:

@@ -228,3 +228,14 @@ def test_a_container_announcing_a_name_the_api_refuses_is_not_registered(cluster
     assert any(getattr(m, "heartbeat_type", None) == codec.HEARTBEAT_REQUEST_METADATA for m in received)
     replicas = cluster.get_all_model_replicas(verbose=True)
     assert replicas and all(r["model_name"] in ("sum", "single") for r in replicas), replicas
+
+
+@pytest.mark.parametrize("name", ["s*", "su?", "[s]um"])
+def test_a_model_name_with_glob_characters_matches_only_itself(cluster, still_serving, name):
+    """Clipper allows these characters in names; the lookup of a model's versions must not
+    take them for a pattern that matches another model ("s*" is not "sum")."""
+    response = post(admin_url(cluster, "set_model_version"),
+                     orjson.dumps({"model_name": name, "model_version": "1"}))
+    assert response.status_code == 400
+    assert response.text == f"Cannot set version for nonexistent model '{name}'"
+    assert cluster.get_current_model_version("sum") == "1"
