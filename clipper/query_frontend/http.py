@@ -239,6 +239,14 @@ class Connection(asyncio.Protocol):
         self.headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        coding = self.headers.get(b"transfer-encoding")
+        if coding is not None and coding.strip().lower() != b"chunked":
+            # llhttp reads the chunks and leaves any other coding (gzip, chunked) undone.
+            self._refuse(RequestError(
+                f"Transfer-Encoding {coding.decode('latin-1')[:100]} is not supported: send the "
+                "body chunked or with a Content-Length (and gzip it with Content-Encoding)", 501,
+                "Not implemented"))
+            raise _Stop
         length = self.headers.get(b"content-length")
         if length is not None and int(length) > self.limits.max_body_size:
             self._refuse(self._too_large())

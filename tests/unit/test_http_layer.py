@@ -131,6 +131,17 @@ def test_chunked_bodies_are_read(port):
         assert read_responses(connection, 1) == [(200, b"POST /now abcde")]
 
 
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"deflate,chunked", b"x-custom, chunked"])
+def test_a_transfer_coding_other_than_chunked_gets_501(port, coding):
+    """The parser would read the chunks and leave the coding undone, handing on gzip bytes."""
+    with connect(port) as connection:
+        connection.sendall(b"POST /now HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: " + coding
+                           + b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + post(b"/now", b"behind"))
+        reply = read_until_closed(connection)
+    assert reply.startswith(b"HTTP/1.1 501 ") and b"is not supported" in reply
+    assert b"behind" not in reply
+
+
 def test_limits_get_413_414_431(port):
     for request, status in ((post(b"/now", b"x" * 1025), 413),
                             (b"POST /now HTTP/1.1\r\nContent-Length: 5000\r\n\r\n", 413),
