@@ -95,8 +95,13 @@ class ContainerManager(abc.ABC):
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT,
                  clipper_metric_port=None, redis_ip=None,
                  redis_port=CLIPPER_INTERNAL_REDIS_PORT, admin_token=None,
-                 max_body_size=Config.max_body_size, rpc_auth=auth.AUTO):
+                 max_body_size=Config.max_body_size, rpc_auth=auth.AUTO,
+                 max_batch_size=Config.max_batch_size, header_timeout=Config.header_timeout):
         """``clipper_metric_port`` None: the query port + 53 (see METRIC_PORT_OFFSET)."""
+        if type(max_batch_size) is not int or max_batch_size < 1:
+            raise ClipperException(f"max_batch_size must be a whole number of at least 1, not {max_batch_size!r}")
+        if type(header_timeout) not in (int, float) or not header_timeout > 0:
+            raise ClipperException(f"header_timeout must be a number of seconds above 0, not {header_timeout!r}")
         self.cluster_name = cluster_name
         self.cluster_identifier = cluster_name
         self.public_host = public_host
@@ -109,6 +114,8 @@ class ContainerManager(abc.ABC):
         self.redis_port = redis_port
         self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
         self.max_body_size = max_body_size
+        self.max_batch_size = max_batch_size      # most inputs in one input_batch (413 beyond)
+        self.header_timeout = header_timeout      # seconds to receive a request's headers
         self.rpc_auth = rpc_auth            # "auto": CURVE with a token or beyond loopback
 
     # ---- starting, for every backend ----
@@ -120,7 +127,8 @@ class ContainerManager(abc.ABC):
                       management_port=self.clipper_management_port, rpc_port=self.clipper_rpc_port,
                       metrics_port=self.clipper_metric_port, redis_url=redis_url,
                       cache_size=cache_size, body_timeout=float(body_timeout),
-                      max_body_size=self.max_body_size, admin_token=self.admin_token,
+                      max_body_size=self.max_body_size, max_batch_size=self.max_batch_size,
+                      header_timeout=float(self.header_timeout), admin_token=self.admin_token,
                       query_workers=self.query_workers, **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token))
 
     def _require_free_ports(self, listen_host, extra=()):

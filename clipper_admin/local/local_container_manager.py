@@ -47,10 +47,13 @@ class LocalContainerManager(ContainerManager):
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None, redis_port=6379,
                  host="127.0.0.1", clipper_metric_port=None,
                  admin_token=None, max_body_size=Config.max_body_size, rpc_auth="auto",
-                 query_workers=Config.query_workers):
+                 query_workers=Config.query_workers, max_batch_size=Config.max_batch_size,
+                 header_timeout=Config.header_timeout):
         """``host``: where the servers listen (loopback unless you mean it). ``admin_token``
         (default $CLIPPER_ADMIN_TOKEN): if set, /admin calls need it as a bearer token.
         ``max_body_size``: the largest request body the frontends accept, in bytes.
+        ``max_batch_size``: the most inputs in one ``input_batch`` (413 beyond).
+        ``header_timeout``: seconds a client has to send a request's headers (408 after).
         ``clipper_metric_port`` (Prometheus): default the query port + 53.
         ``rpc_auth``: who may connect to the RPC port as a model container: "auto" (only
         the cluster's own containers, by CURVE keys, when there is an admin token or
@@ -63,7 +66,8 @@ class LocalContainerManager(ContainerManager):
         self.query_workers = _process_count("query_workers", query_workers)
         super().__init__(cluster_name, public_host_for(host), clipper_query_port,
                          clipper_management_port, clipper_rpc_port, clipper_metric_port,
-                         redis_ip, redis_port, admin_token, max_body_size, rpc_auth)
+                         redis_ip, redis_port, admin_token, max_body_size, rpc_auth,
+                         max_batch_size=max_batch_size, header_timeout=header_timeout)
         self.host = host
         self.cluster = ClusterDir(cluster_dir.base_dir() / cluster_name)
 

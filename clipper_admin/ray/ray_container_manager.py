@@ -84,7 +84,8 @@ class RayContainerManager(ContainerManager):
                  clipper_metric_port=CLIPPER_INTERNAL_METRIC_PORT, host=None, admin_token=None,
                  max_body_size=Config.max_body_size, rpc_auth=auth.AUTO, frontend_resources=None,
                  replica_num_cpus=1, replica_num_gpus=0, replica_resources=None,
-                 replica_timeout=DEFAULT_REPLICA_TIMEOUT):
+                 replica_timeout=DEFAULT_REPLICA_TIMEOUT, max_batch_size=Config.max_batch_size,
+                 header_timeout=Config.header_timeout):
         """``address``: the Ray cluster (default $RAY_ADDRESS, else the one on this machine).
         ``host``: where the frontends listen (default: their node's Ray address; beyond
         loopback only with ``admin_token`` and ``rpc_auth`` not "open"; see LocalContainerManager
@@ -93,10 +94,12 @@ class RayContainerManager(ContainerManager):
         ``replica_num_gpus``, ``replica_resources``: what each model replica needs.
         ``replica_timeout``: seconds of silence after which the query frontend drops a replica
         (one whose machine vanished without closing its connection); keep it longer than the
-        longest batch takes, as a busy replica sends nothing until its batch is done."""
+        longest batch takes, as a busy replica sends nothing until its batch is done.
+        ``max_batch_size``, ``header_timeout``: as for LocalContainerManager."""
         super().__init__(cluster_name, None, clipper_query_port, clipper_management_port,
                          clipper_rpc_port, clipper_metric_port, None, None, admin_token,
-                         max_body_size, rpc_auth)
+                         max_body_size, rpc_auth, max_batch_size=max_batch_size,
+                         header_timeout=header_timeout)
         self.address = address
         self.namespace = namespace
         self.host = host            # None: the frontends' node's Ray address

@@ -10,7 +10,7 @@ import requests
 
 from clipper.config import Config
 from clipper.rpc import codec
-from clipper_admin import ClipperConnection, LocalContainerManager
+from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin.deployers import python as python_deployer
 from helpers import rpc_peer, total
 
@@ -239,3 +239,33 @@ def test_a_model_name_with_glob_characters_matches_only_itself(cluster, still_se
     assert response.status_code == 400
     assert response.text == f"Cannot set version for nonexistent model '{name}'"
     assert cluster.get_current_model_version("sum") == "1"
+
+
+def test_a_managed_cluster_takes_its_batch_limit_and_header_timeout():
+    """max_batch_size and header_timeout reach the query frontend of a cluster that
+    LocalContainerManager starts (they could be set only on processes started by hand)."""
+    ports = dict(clipper_query_port=23437, clipper_management_port=23438, clipper_rpc_port=23800,
+                 clipper_metric_port=23490)
+    conn = ClipperConnection(LocalContainerManager(cluster_name="limits", max_batch_size=2,
+                                                   header_timeout=0.5, **ports))
+    conn.start_clipper()
+    try:
+        python_deployer.create_endpoint(conn, "sum", "doubles", total)
+        assert post(predict_url(conn), orjson.dumps({"input_batch": [[1.0]] * 2})).status_code == 200
+        response = post(predict_url(conn), orjson.dumps({"input_batch": [[1.0]] * 3}))
+        assert response.status_code == 413 and "more than 2" in cause(response)
+        with socket.create_connection(("127.0.0.1", ports["clipper_query_port"])) as half_sent:
+            half_sent.sendall(b"POST /sum/predict HTTP/1.1\r\nHost: t\r\n")
+            half_sent.settimeout(10)
+            started = time.monotonic()
+            reply = half_sent.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408 ") and time.monotonic() - started < 3
+    finally:
+        conn.stop_all()
+
+
+@pytest.mark.parametrize("settings", [dict(max_batch_size=0), dict(max_batch_size=2.5),
+                                      dict(header_timeout=0), dict(header_timeout="10")])
+def test_frontend_limits_out_of_range_are_refused(settings):
+    with pytest.raises(ClipperException, match="must be"):
+        LocalContainerManager(cluster_name="never-started", **settings)
