@@ -56,6 +56,13 @@ class ClusterAdapter(logging.LoggerAdapter):
         return "[{}] {}".format(self.extra["cluster_name"], msg), kwargs
 
 
+def whole_number(name: str, value) -> int:
+    """``value``, a whole number >= 1 (a bool is not one), or ClipperException naming ``name``."""
+    if not (type(value) is int and value >= 1):
+        raise ClipperException(f"{name} must be a whole number >= 1, not {value!r}")
+    return value
+
+
 def create_model_container_label(name, version):
     return f"{name}{_MODEL_CONTAINER_LABEL_DELIMITER}{version}"
 
@@ -98,8 +105,6 @@ class ContainerManager(abc.ABC):
                  max_body_size=Config.max_body_size, rpc_auth=auth.AUTO,
                  max_batch_size=Config.max_batch_size, header_timeout=Config.header_timeout):
         """``clipper_metric_port`` None: the query port + 53 (see METRIC_PORT_OFFSET)."""
-        if type(max_batch_size) is not int or max_batch_size < 1:
-            raise ClipperException(f"max_batch_size must be a whole number of at least 1, not {max_batch_size!r}")
         if type(header_timeout) not in (int, float) or not header_timeout > 0:
             raise ClipperException(f"header_timeout must be a number of seconds above 0, not {header_timeout!r}")
         self.cluster_name = cluster_name
@@ -114,7 +119,7 @@ class ContainerManager(abc.ABC):
         self.redis_port = redis_port
         self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
         self.max_body_size = max_body_size
-        self.max_batch_size = max_batch_size      # most inputs in one input_batch (413 beyond)
+        self.max_batch_size = whole_number("max_batch_size", max_batch_size)   # most inputs in one input_batch
         self.header_timeout = header_timeout      # seconds to receive a request's headers
         self.rpc_auth = rpc_auth            # "auto": CURVE with a token or beyond loopback
 

@@ -22,7 +22,7 @@ from clipper.config import MODEL_CONTAINER, Config
 from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager,
-    START_HINT, public_host_for)
+    START_HINT, public_host_for, whole_number)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.exceptions import ClipperException
 
@@ -33,12 +33,6 @@ APPLY_TIMEOUT_SECONDS = 60
 REPLICA_FAILURES_REPORTED = 2
 # AF_UNIX paths are limited to 108 bytes.
 MAX_SOCKET_PATH = 100
-
-
-def _process_count(name: str, value) -> int:
-    if not (isinstance(value, int) and value >= 1):
-        raise ClipperException(f"{name} must be a whole number >= 1, not {value!r}")
-    return value
 
 
 class LocalContainerManager(ContainerManager):
@@ -63,7 +57,7 @@ class LocalContainerManager(ContainerManager):
         worker k takes the RPC port ``clipper_rpc_port + k``, and each replica of ours
         serves them all. A real Clipper container connects to one RPC port: worker 0 only.
         ``start_clipper(num_frontend_replicas=N)`` asks for the same as query_workers=N."""
-        self.query_workers = _process_count("query_workers", query_workers)
+        self.query_workers = whole_number("query_workers", query_workers)
         super().__init__(cluster_name, public_host_for(host), clipper_query_port,
                          clipper_management_port, clipper_rpc_port, clipper_metric_port,
                          redis_ip, redis_port, admin_token, max_body_size, rpc_auth,
@@ -79,7 +73,7 @@ class LocalContainerManager(ContainerManager):
         if num_frontend_replicas != 1:
             # Clipper's replicas of the query frontend behind one service are, here, query
             # frontend workers behind one port.
-            _process_count("num_frontend_replicas", num_frontend_replicas)
+            whole_number("num_frontend_replicas", num_frontend_replicas)
             if self.query_workers not in (1, num_frontend_replicas):
                 raise ClipperException(
                     f"num_frontend_replicas={num_frontend_replicas} contradicts "
