@@ -34,10 +34,8 @@ from clipper_admin.exceptions import ClipperException
 
 logger = logging.getLogger(__name__)
 
-# Clipper 0.4.1's port labels, read back by connect().
-PORT_LABELS = {"redis": CLIPPER_DOCKER_PORT_LABELS["redis"], "management": CLIPPER_DOCKER_PORT_LABELS["management"],
-               "query": CLIPPER_DOCKER_PORT_LABELS["query_rest"], "rpc": CLIPPER_DOCKER_PORT_LABELS["query_rpc"],
-               "metric": CLIPPER_DOCKER_PORT_LABELS["metric"]}
+# Clipper 0.4.1's port labels (CLIPPER_DOCKER_PORT_LABELS) are read back by connect().
+PORT_LABELS = CLIPPER_DOCKER_PORT_LABELS
 ROLE_LABEL = "ai.clipper.role"               # ours: which process a container runs
 RUNTIME_IMAGE_LABEL = "ai.clipper.runtime.image"
 # Clipper 0.4.1's label of each role's containers.
@@ -171,8 +169,8 @@ class DockerContainerManager(ContainerManager):
         return self.docker_client.containers.run(self.runtime_image, launch.image_command(), **kwargs)
 
     def _ports(self):
-        ports = {PORT_LABELS["management"]: self.clipper_management_port, PORT_LABELS["query"]: self.clipper_query_port,
-                 PORT_LABELS["rpc"]: self.clipper_rpc_port, PORT_LABELS["metric"]: self.clipper_metric_port}
+        ports = {PORT_LABELS["management"]: self.clipper_management_port, PORT_LABELS["query_rest"]: self.clipper_query_port,
+                 PORT_LABELS["query_rpc"]: self.clipper_rpc_port, PORT_LABELS["metric"]: self.clipper_metric_port}
         if self.external_redis:
             ports[PORT_LABELS["redis"]] = self.redis_port
         return ports
@@ -252,8 +250,8 @@ class DockerContainerManager(ContainerManager):
         if self.external_redis:
             self.redis_port = int(labels[PORT_LABELS["redis"]])
         self.clipper_management_port = int(labels[PORT_LABELS["management"]])
-        self.clipper_query_port = int(labels[PORT_LABELS["query"]])
-        self.clipper_rpc_port = int(labels[PORT_LABELS["rpc"]])
+        self.clipper_query_port = int(labels[PORT_LABELS["query_rest"]])
+        self.clipper_rpc_port = int(labels[PORT_LABELS["query_rpc"]])
         self.clipper_metric_port = int(labels[PORT_LABELS["metric"]])
         self.runtime_image = labels[RUNTIME_IMAGE_LABEL]
         if self.admin_token is None:
