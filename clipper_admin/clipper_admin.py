@@ -355,8 +355,7 @@ class ClipperConnection(object):
         _check_gpus(num_gpus)
         if self.get_model_info(name, version) is not None:
             raise ClipperException(f"model with name '{name}' and version '{version}' already exists")
-        previous = [m["model_version"] for m in self.get_all_models(verbose=True)
-                    if m["model_name"] == name and m["is_current_version"]]
+        previous = self._current_version(name)
         self.cm.deploy_model(name=name, version=version, input_type=input_type, image=image,
                              num_replicas=num_replicas, **_gpus_if_asked(num_gpus, 0))
         self.register_model(name, version, input_type, image=image, labels=labels,
@@ -365,8 +364,8 @@ class ClipperConnection(object):
             self._wait_for_replicas(name, version, num_replicas)
         except ClipperException as error:
             # The version is registered and current (as in 0.4.1): say so, and how to undo it.
-            undo = (f"go back with set_model_version('{name}', '{previous[0]}'), then remove it"
-                    if previous else "remove it")
+            undo = (f"go back with set_model_version('{name}', '{previous}'), then remove it"
+                    if previous is not None else "remove it")
             raise ClipperException(
                 f"{error.msg}\nModel {name}:{version} stays registered as the current version, so "
                 f"its applications get their default output: {undo} with "
@@ -393,10 +392,17 @@ class ClipperConnection(object):
 
         Raises ClipperException if no version of the model is registered.
         """
+        version = self._current_version(name)
+        if version is None:
+            raise ClipperException("No versions of model {} registered with Clipper".format(name))
+        return version
+
+    def _current_version(self, name):
+        """The current version of model ``name``, or None."""
         for model in self.get_all_models(verbose=True):
             if model["model_name"] == name and model["is_current_version"]:
                 return model["model_version"]
-        raise ClipperException("No versions of model {} registered with Clipper".format(name))
+        return None
 
     def get_num_replicas(self, name, version=None):
         """How many replicas of a model version run (``version`` None: the current one)."""
