@@ -3,6 +3,7 @@ import os
 import time
 
 import pytest
+import requests
 
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager, UnconnectedException
 from clipper_admin.deployers import python as python_deployer
@@ -140,6 +141,29 @@ def test_versions_deploy_roll_back_and_pin(conn):
         conn.get_current_model_version("nope")
     with pytest.raises(ClipperException, match="already exists"):
         python_deployer.deploy_python_closure(conn, "versioned", 2, "doubles", version_two)
+
+
+def test_every_query_after_a_change_returns_sees_it(conn):
+    """Read your writes: once set_model_version (or a link) has returned, no query is answered
+    from the query frontend's older view. Each flip is followed at once by a query; before the
+    management frontend waited for the query frontend to apply its changes, about 1 query in
+    70 got the other version's answer."""
+    python_deployer.create_endpoint(conn, "flipped", "doubles", version_one, slo_micros=2000000)
+    python_deployer.deploy_python_closure(conn, "flipped", 2, "doubles", version_two)
+    session = requests.Session()
+    url = f"http://{conn.get_query_addr()}/flipped/predict"
+    answers = []
+    for flip in range(300):
+        wanted = 1 + flip % 2
+        conn.set_model_version("flipped", wanted)
+        answers.append((wanted, session.post(url, json={"input": [float(flip)]}, timeout=10).json()["output"]))
+    assert [flip for flip, (wanted, got) in enumerate(answers) if got != wanted] == []
+    for index in range(30):
+        conn.register_application(f"linked-{index}", "doubles", "default", 2000000)
+        conn.link_model_to_app(f"linked-{index}", "flipped")
+        answer = session.post(f"http://{conn.get_query_addr()}/linked-{index}/predict",
+                              json={"input": [1.0]}, timeout=10).json()
+        assert answer["default"] is False, answer
 
 
 class Unloadable:
