@@ -183,7 +183,10 @@ class ClipperConnection(object):
         -------
         list of str
             The paths of the files written.
+
+        Raises UnconnectedException when not connected.
         """
+        self._require_connection()
         return self.cm.get_logs(logging_dir)
 
     def inspect_instance(self):

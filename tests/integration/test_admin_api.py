@@ -31,6 +31,8 @@ def test_methods_need_a_connection():
     unconnected = ClipperConnection(LocalContainerManager(cluster_name="never-started"))
     with pytest.raises(UnconnectedException, match="No connection to Clipper cluster"):
         unconnected.register_application("a", "doubles", "0", 1000)
+    with pytest.raises(UnconnectedException):       # as in 0.4.1 (it answered [] here)
+        unconnected.get_clipper_logs()
     with pytest.raises(ClipperException, match="No running Clipper cluster named 'never-started'"):
         unconnected.connect()
 
