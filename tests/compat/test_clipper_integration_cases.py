@@ -6,6 +6,7 @@ which answers "1.0" to every input) over an empty model directory, either built 
 (``build_and_deploy_model``) or run as an image (``deploy_model``).
 """
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -78,5 +79,13 @@ def test_get_logs_creates_log_files(conn):
         paths = conn.get_clipper_logs(logging_dir=log_dir)
         assert len(paths) >= 1 and all(os.path.isfile(path) for path in paths)
     finally:
-        import shutil
         shutil.rmtree(log_dir)
+
+
+@pytest.mark.parametrize("image, is_noop", [
+    ("clipper/noop-container:0.4.1", True), ("localhost:5000/noop-container:develop", True),
+    ("noop-container", True), ("clipper/noop-container-bench:0.4.1", False),
+    ("my-noop-container:1", False), ("clipper/python36-closure-container:0.4.1", False)])
+def test_which_images_are_clippers_noop_container(image, is_noop):
+    from clipper_admin.clipper_images import is_noop_image
+    assert is_noop_image(image) is is_noop
