@@ -147,7 +147,7 @@ class LocalContainerManager(ContainerManager):
         it again first from its state, as it was: every application, model version, link and
         replica count (Redis's append-only file and the wanted replicas are on disk)."""
         if not self.cluster.is_running():
-            if not self.cluster.exists() or self.cluster.is_stopping():
+            if not self.crashed():
                 raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' "
                                        f"(looked in {self.cluster.path}). " + START_HINT)
             self._recover()
@@ -161,6 +161,11 @@ class LocalContainerManager(ContainerManager):
         self.query_workers = config.query_workers
         if self.admin_token is None:
             self.admin_token = config.admin_token
+
+    def crashed(self):
+        """Whether the cluster of this name is down but not stopped: it crashed, or the
+        machine restarted; ``connect()`` starts it again."""
+        return self.cluster.exists() and not self.cluster.is_running() and not self.cluster.is_stopping()
 
     def _recover(self):
         logger.warning("Clipper cluster '%s' is not running (it crashed, or the machine restarted); "
