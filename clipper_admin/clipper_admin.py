@@ -373,7 +373,8 @@ class ClipperConnection(object):
             raise ClipperException(f"model with name '{name}' and version '{version}' already exists")
         previous = self._current_version(name)
         from clipper_admin.clipper_images import is_noop_image
-        if is_noop_image(image) and not self.cm.runs_images:
+        # (A ContainerManager written for 0.4.1's interface has no runs_images: it runs images.)
+        if is_noop_image(image) and not getattr(self.cm, "runs_images", True):
             image = self.build_model(name, version, None, image)
         self.cm.deploy_model(name=name, version=version, input_type=input_type, image=image,
                              num_replicas=num_replicas, **_gpus_if_asked(num_gpus, 0))
