@@ -59,6 +59,8 @@ def test_applications(conn):
         conn.register_application("app-c", "dubbles", "0", 1000)
     with pytest.raises(ClipperException, match="Invalid application name"):
         conn.register_application("bad/name", "doubles", "0", 1000)
+    with pytest.raises(ClipperException, match="latency_slo_micros must be a positive number"):
+        conn.register_application("app-c", "doubles", "0", 0)    # Clipper took it: every query a default
     conn.unregister_application("app-b")
     assert conn.get_app_info("app-b") is None
     with pytest.warns(DeprecationWarning):
