@@ -36,6 +36,8 @@ MAX_SOCKET_PATH = 100
 
 
 class LocalContainerManager(ContainerManager):
+    runs_images = False   # a model is a directory from build_model
+
     def __init__(self, cluster_name="default-cluster", clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
                  clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None, redis_port=6379,

@@ -32,6 +32,8 @@ def test_methods_need_a_connection():
     unconnected = ClipperConnection(LocalContainerManager(cluster_name="never-started"))
     with pytest.raises(UnconnectedException, match="No connection to Clipper cluster"):
         unconnected.register_application("a", "doubles", "0", 1000)
+    with pytest.raises(UnconnectedException):       # as in 0.4.1 (it answered [] here)
+        unconnected.get_clipper_logs()
     with pytest.raises(ClipperException, match="No running Clipper cluster named 'never-started'"):
         unconnected.connect()
 
@@ -58,6 +60,8 @@ def test_applications(conn):
         conn.register_application("app-c", "dubbles", "0", 1000)
     with pytest.raises(ClipperException, match="Invalid application name"):
         conn.register_application("bad/name", "doubles", "0", 1000)
+    with pytest.raises(ClipperException, match="latency_slo_micros must be a positive number"):
+        conn.register_application("app-c", "doubles", "0", 0)    # Clipper took it: every query a default
     conn.unregister_application("app-b")
     assert conn.get_app_info("app-b") is None
     with pytest.warns(DeprecationWarning):
