@@ -13,6 +13,7 @@ import warnings
 import requests
 
 from clipper import launch as recipe
+from clipper_admin import clipper_images
 from clipper_admin.container_manager import CONTAINERLESS_MODEL_IMAGE, ClusterAdapter, is_valid_name
 from clipper_admin.exceptions import ClipperException, UnconnectedException
 
@@ -320,7 +321,6 @@ class ClipperConnection(object):
         version = str(version)
         _check_name("name", name)
         _check_name("version", version)
-        from clipper_admin import clipper_images
         if not clipper_images.is_noop_image(base_image):
             return self.cm.build_model(name, version, model_data_path, base_image,
                                        container_registry, pkgs_to_install)
@@ -372,9 +372,8 @@ class ClipperConnection(object):
         if self.get_model_info(name, version) is not None:
             raise ClipperException(f"model with name '{name}' and version '{version}' already exists")
         previous = self._current_version(name)
-        from clipper_admin.clipper_images import is_noop_image
         # (A ContainerManager written for 0.4.1's interface has no runs_images: it runs images.)
-        if is_noop_image(image) and not getattr(self.cm, "runs_images", True):
+        if clipper_images.is_noop_image(image) and not getattr(self.cm, "runs_images", True):
             image = self.build_model(name, version, None, image)
         self.cm.deploy_model(name=name, version=version, input_type=input_type, image=image,
                              num_replicas=num_replicas, **_gpus_if_asked(num_gpus, 0))
