@@ -343,8 +343,8 @@ class ClipperConnection(object):
         input_type : str
             "ints", "floats", "doubles", "bytes" or "strings".
         image : str
-            What ``build_model`` returned; on the local and Ray backends also Clipper's noop
-            container image, served as ``build_model`` builds it.
+            What ``build_model`` returned, or Clipper's noop container image, served as
+            ``build_model`` builds it (on Docker also any image of the engine's).
         labels : list of str, optional
             Free-form labels stored with the model.
         num_replicas : int

@@ -1,4 +1,5 @@
-"""Clipper's own model images, served where no image runs (the local and Ray backends).
+"""Clipper's own model images: served as a model directory where no image runs (the local
+and Ray backends), built as an image of ours on Docker (clipper_admin/docker/images.py).
 
 Clipper's tests and benchmarks deploy its noop container, ``<registry>/noop-container:<tag>``,
 as a base image for ``build_model`` or as an image for ``deploy_model``. Its behaviour is

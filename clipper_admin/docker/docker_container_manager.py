@@ -29,7 +29,8 @@ from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_REDIS_PORT, CLIPPER_INTERNAL_RPC_PORT, CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL,
     CLIPPER_MODEL_CONTAINER_LABEL, CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL, ContainerManager,
     START_HINT, create_model_container_label)
-from clipper_admin.docker.images import build_model_image, default_base_image, ensure_runtime_image
+from clipper_admin.clipper_images import is_noop_image
+from clipper_admin.docker.images import build_model_image, default_base_image, ensure_noop_image, ensure_runtime_image
 from clipper_admin.exceptions import ClipperException
 
 logger = logging.getLogger(__name__)
@@ -295,13 +296,22 @@ class DockerContainerManager(ContainerManager):
     def build_model(self, name, version, model_data_path, base_image, container_registry=None,
                     pkgs_to_install=None):
         """An image ``[registry/]name:version`` of the runtime image plus the model directory.
-        Clipper's closure base images are not used: the runtime image replaces them."""
-        if self.runtime_image is None:
-            self.runtime_image = ensure_runtime_image(self.docker_client, self.base_image)
+        Clipper's closure base images are not used: the runtime image replaces them. On
+        Clipper's noop container, it is built on that image, as in 0.4.1."""
         tag = f"{name}:{version}"
         if container_registry:
             tag = f"{container_registry}/{tag}"
-        return build_model_image(self.docker_client, self.runtime_image, tag, model_data_path, pkgs_to_install)
+        base = self._noop_image(base_image) if is_noop_image(base_image) else self._runtime_image()
+        return build_model_image(self.docker_client, base, tag, model_data_path, pkgs_to_install)
+
+    def _runtime_image(self):
+        if self.runtime_image is None:
+            self.runtime_image = ensure_runtime_image(self.docker_client, self.base_image)
+        return self.runtime_image
+
+    def _noop_image(self, image):
+        """Clipper's noop container ``image``: the engine's, or our own built under its name."""
+        return ensure_noop_image(self.docker_client, self._runtime_image(), image)
 
     def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
         """Run ``image`` as-is, ``num_replicas`` times: one from ``build_model``, or any
@@ -321,6 +331,8 @@ class DockerContainerManager(ContainerManager):
             pick_devices(devices, num_gpus, Counter())
         except ValueError as error:
             raise ClipperException(f"Model {name}:{version}: {error}") from None
+        if is_noop_image(image) and num_replicas > len(current):
+            image = self._noop_image(image)     # 0.4.1 pulled it; Clipper's registry is frozen
         in_use = Counter(device for container in self._model_containers()
                          for device in container.labels.get(GPUS_LABEL, "").split(",") if device)
         self._remove(current[num_replicas:])

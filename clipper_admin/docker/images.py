@@ -7,10 +7,12 @@ pip trusts the CA bundle the client's pip trusts (a TLS-inspecting proxy needs i
 """
 import hashlib
 import io
+import json
 import logging
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -19,6 +21,7 @@ from pathlib import Path
 import docker.errors
 
 from clipper.container.frameworks import read_metadata
+from clipper_admin.clipper_images import noop_model_directory
 from clipper_admin.exceptions import ClipperException
 
 logger = logging.getLogger(__name__)
@@ -29,6 +32,8 @@ RUNTIME_REPOSITORY = "clipper-revived/runtime"
 # python3 is each of these versions.
 DEBIAN_RELEASE_OF_PYTHON = {"3.11": "bookworm", "3.13": "trixie"}
 MODEL_PATH_IN_IMAGE = "/model"
+# On our own build of Clipper's noop container: the runtime image it was built on.
+NOOP_RUNTIME_LABEL = "ai.clipper.noop.runtime"
 # In a build context when the client's pip trusts an extra CA; the Dockerfiles pass it to pip.
 PIP_CA_FILE = "pip-ca.crt"
 # Models are cloudpickled by the client: they load only under the same Python minor version.
@@ -175,13 +180,14 @@ def _exists(client, image):
     return _image_id(client, image) is not None
 
 
-def model_image_context(runtime_image, model_dir, pkgs_to_install=None):
+def model_image_context(runtime_image, model_dir, pkgs_to_install=None, labels=None):
     """The build context of a model image, ``{name in the context: bytes or a path}``:
     ``runtime_image`` + the model directory at /model (+ pip packages, if any), running the
     model container by default. A framework model's image gets its framework at the
     client's version (and Java for PySpark), as its metadata lists them."""
     metadata = read_metadata(str(model_dir))
     lines = [f"FROM {runtime_image}"]
+    lines += [f"LABEL {key}={json.dumps(value)}" for key, value in (labels or {}).items()]
     files = {"model": Path(model_dir)}
     if metadata.get("apt_packages"):
         lines.append("RUN apt-get update && apt-get install -y --no-install-recommends "
@@ -201,14 +207,36 @@ def model_image_context(runtime_image, model_dir, pkgs_to_install=None):
     return files
 
 
-def build_model_image(client, runtime_image, tag, model_dir, pkgs_to_install=None):
+def build_model_image(client, runtime_image, tag, model_dir, pkgs_to_install=None, labels=None):
     """Build the model image ``tag`` (see ``model_image_context``); return ``tag``."""
-    files = model_image_context(runtime_image, model_dir, pkgs_to_install)
+    files = model_image_context(runtime_image, model_dir, pkgs_to_install, labels)
     previous = _image_id(client, tag)
     _build(client, tag, _context(files))
     if previous not in (None, _image_id(client, tag)):
         _remove_unused(client, previous)  # a rebuilt name:version would leave it untagged
     return tag
+
+
+def ensure_noop_image(client, runtime_image, tag):
+    """Clipper's noop container image ``tag``, to run or build on, as 0.4.1 pulled it. The
+    engine's own ``tag`` is used as-is (say, Clipper's image, loaded by the user); else our
+    own is built under that name: ``runtime_image`` serving the noop container's answers.
+    Nothing is pulled: Clipper's registry is frozen, and an offline run must not wait."""
+    try:
+        found = client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        found = None
+    if found is not None and found.labels.get(NOOP_RUNTIME_LABEL) in (None, runtime_image):
+        return tag              # not ours, or ours on this runtime image
+    logger.info("Clipper's noop container %s is not on this Docker engine (and is not pulled): "
+                "building our own under that name from %s; it answers \"1.0\" to every input, "
+                "as Clipper's does", tag, runtime_image)
+    model_dir = noop_model_directory()
+    try:
+        return build_model_image(client, runtime_image, tag, model_dir,
+                                 labels={NOOP_RUNTIME_LABEL: runtime_image})
+    finally:
+        shutil.rmtree(model_dir, ignore_errors=True)
 
 
 def _image_id(client, image):

@@ -159,3 +159,49 @@ def test_a_redis_of_the_users_own_is_used_and_found_again(docker_client, base_im
         conn.stop_all(graceful=False)
         server.terminate()
         server.wait(10)
+
+
+# Clipper's noop container's name, with a tag of the tests' own (a user's image is left alone).
+NOOP_IMAGE = "clipper/noop-container:tests"
+
+
+def model_containers_of(client, cluster_name, ancestor):
+    """As Clipper's integration tests count a model's containers: by the image they descend from."""
+    return client.containers.list(filters={"ancestor": ancestor, "label": f"{CLIPPER_DOCKER_LABEL}={cluster_name}"})
+
+
+def test_clippers_noop_container_is_served_by_name_without_a_pull(side_by_side, docker_client, caplog):
+    """Clipper's tests deploy its noop container by name, and build on it; 0.4.1 pulled it."""
+    conn = side_by_side["a"]
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        docker_client.images.remove(NOOP_IMAGE, force=True)
+    try:
+        conn.register_application("noop-app", "doubles", "default", 2_000_000)
+        with caplog.at_level("INFO"):
+            conn.deploy_model("noop", "1", "doubles", NOOP_IMAGE, num_replicas=2)
+        assert f"Clipper's noop container {NOOP_IMAGE} is not on this Docker engine" in caplog.text
+        conn.link_model_to_app("noop-app", "noop")
+        response = requests.post(f"http://{conn.get_query_addr()}/noop-app/predict", json={"input": [1.5]}, timeout=10)
+        assert response.json() == {"query_id": 0, "output": 1.0, "default": False}, response.text
+        assert len(model_containers_of(docker_client, "side-a", NOOP_IMAGE)) == 2
+        # As 0.4.1 built on it: a model image built on the noop container descends from it.
+        conn.build_and_deploy_model("noop-built", "1", "doubles", None, NOOP_IMAGE)
+        assert len(model_containers_of(docker_client, "side-a", NOOP_IMAGE)) == 3
+        assert len(model_containers_of(docker_client, "side-a", "noop-built:1")) == 1
+    finally:
+        conn.stop_all_model_containers()
+        docker_client.images.remove("noop-built:1", force=True)
+        docker_client.images.remove(NOOP_IMAGE, force=True)
+
+
+def test_a_noop_container_image_of_the_users_own_is_used_as_it_is(side_by_side, docker_client, base_image):
+    users_own = "clipper/noop-container:users-own"
+    docker_client.images.get(base_image).tag(users_own)
+    try:
+        side_by_side["b"].build_model("on-users-noop", "1", None, users_own)
+        assert docker_client.images.get(users_own).id == docker_client.images.get(base_image).id
+        ancestors = [layer["Id"] for layer in docker_client.images.get("on-users-noop:1").history()]
+        assert docker_client.images.get(base_image).id in ancestors
+    finally:
+        docker_client.images.remove("on-users-noop:1", force=True)
+        docker_client.images.remove(users_own)
