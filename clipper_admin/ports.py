@@ -17,10 +17,16 @@ def port_taken(host, port):
 
 def require_free_ports(host, ports, taken_error=ClipperException):
     """``ports``: ``[(role, port), ...]``; one clear error for the first that cannot be used
-    (of type ``taken_error`` when the port is taken)."""
+    (of type ``taken_error`` when the port is taken, by another process or by another of
+    ``ports``: as the engine's error was in 0.4.1, so a retry with new ports catches both)."""
+    roles_of_port = {}
     for role, port in ports:
         if not 0 < port < 65536:
             raise ClipperException(f"Port {port} ({role}) is not a valid TCP port")
+        if port in roles_of_port:
+            raise taken_error(f"Port {port} is given to both the {roles_of_port[port]} and the {role}: "
+                              "each needs a port of its own")
+        roles_of_port[port] = role
         if port_taken(host, port):
             raise taken_error(
                 f"Port {port} ({role}) is already in use on {host}. Stop whatever uses "

@@ -269,3 +269,16 @@ def test_a_managed_cluster_takes_its_batch_limit_and_header_timeout():
 def test_frontend_limits_out_of_range_are_refused(settings):
     with pytest.raises(ClipperException, match="must be"):
         LocalContainerManager(cluster_name="never-started", **settings)
+
+
+def test_a_port_given_to_two_roles_is_refused_before_anything_starts():
+    """Without this check the cluster started, and its query frontend kept failing with
+    "port already in use (is another Clipper cluster running?)" while start_clipper waited."""
+    conn = ClipperConnection(LocalContainerManager(cluster_name="one-port-two-roles", clipper_query_port=23537,
+                                                   clipper_management_port=23538, clipper_rpc_port=23537))
+    with pytest.raises(ClipperException) as raised:
+        conn.start_clipper()
+    assert str(raised.value) == ("Port 23537 is given to both the query frontend and the model RPC: "
+                                 "each needs a port of its own")
+    with pytest.raises(ClipperException, match="No running Clipper cluster"):
+        ClipperConnection(LocalContainerManager(cluster_name="one-port-two-roles")).connect()
