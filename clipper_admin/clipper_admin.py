@@ -6,6 +6,7 @@ the replicas are connected (so the first query is not a default output), and a d
 a version that is already registered fails before any container is started.
 """
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -183,12 +184,12 @@ class ClipperConnection(object):
         Returns
         -------
         list of str
-            The paths of the files written.
+            The absolute paths of the files written (``~`` in ``logging_dir`` is expanded).
 
         Raises UnconnectedException when not connected.
         """
         self._require_connection()
-        return self.cm.get_logs(logging_dir)
+        return self.cm.get_logs(os.path.abspath(os.path.expanduser(logging_dir)))
 
     def inspect_instance(self):
         """The query frontend's metrics document (``GET /metrics``) as a dict: counters,

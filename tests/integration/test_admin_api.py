@@ -250,6 +250,16 @@ def test_logs_and_instance(conn, tmp_path):
     assert "counters" in conn.inspect_instance()
 
 
+def test_logs_go_where_0_4_1_put_them(conn, tmp_path, monkeypatch):
+    """As 0.4.1: "~" is the home directory (not a directory named "~"), and the paths are absolute."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    home_logs = conn.get_clipper_logs("~/clipper-logs")
+    assert home_logs and all(path.startswith(str(tmp_path / "home" / "clipper-logs") + os.sep) for path in home_logs)
+    assert all(os.path.isabs(path) for path in conn.get_clipper_logs())      # default: clipper_logs/
+    assert not (tmp_path / "~").exists()
+
+
 def test_predict_function_locally(conn):
     assert conn.test_predict_function({"input": [1.0, 2.0]}, lambda xs: [str(sum(x)) for x in xs],
                                       "doubles") == ["3.0"]
