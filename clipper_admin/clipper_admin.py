@@ -362,8 +362,9 @@ class ClipperConnection(object):
         Raises
         ------
         ClipperException
-            The version exists already, a name is invalid, or the replicas did not connect
-            (the message says why, e.g. the end of a crashing replica's log).
+            The version exists already, a name is invalid, the image cannot be had (Docker),
+            or the replicas did not connect (the message says why, e.g. the end of a crashing
+            replica's log).
         """
         self._require_connection()
         version = str(version)

@@ -57,9 +57,9 @@ CONFLICT = 409                             # the engine's answer while a removal
 VOLUME_RELEASE_SECONDS = 30
 
 
-class PortInUseError(ClipperException, docker.errors.APIError):
-    """A port the cluster needs is taken. Also a ``docker.errors.APIError``, as the engine's
-    error was in 0.4.1, so Clipper-era code that catches or retries on either still does."""
+class EngineError(ClipperException):
+    """A ClipperException that is also the engine's error type of the same failure in 0.4.1
+    (the subclass's other base), so Clipper-era code that catches either still does."""
 
     def __init__(self, msg):
         super().__init__(msg)
@@ -67,6 +67,14 @@ class PortInUseError(ClipperException, docker.errors.APIError):
 
     def __str__(self):
         return self.msg
+
+
+class PortInUseError(EngineError, docker.errors.APIError):
+    """A port the cluster needs is taken."""
+
+
+class ImageUnavailableError(EngineError, docker.errors.ImageNotFound):
+    """A model image is not on the engine and cannot be pulled."""
 
 
 def engine():
@@ -331,8 +339,9 @@ class DockerContainerManager(ContainerManager):
             pick_devices(devices, num_gpus, Counter())
         except ValueError as error:
             raise ClipperException(f"Model {name}:{version}: {error}") from None
-        if is_noop_image(image) and num_replicas > len(current):
-            image = self._noop_image(image)     # 0.4.1 pulled it; Clipper's registry is frozen
+        if num_replicas > len(current):
+            # Clipper's noop container: 0.4.1 pulled it, but Clipper's registry is frozen.
+            image = self._noop_image(image) if is_noop_image(image) else self._pulled(image)
         in_use = Counter(device for container in self._model_containers()
                          for device in container.labels.get(GPUS_LABEL, "").split(",") if device)
         self._remove(current[num_replicas:])
@@ -350,6 +359,21 @@ class DockerContainerManager(ContainerManager):
                       labels={CLIPPER_MODEL_CONTAINER_LABEL: create_model_container_label(name, version),
                               GPUS_LABEL: ",".join(chosen), GPUS_PER_REPLICA_LABEL: str(num_gpus)},
                       device_requests=requests_)
+
+    def _pulled(self, image):
+        """``image``, pulled if the engine lacks it; one clear error if it cannot be had."""
+        try:
+            self.docker_client.images.get(image)
+        except docker.errors.ImageNotFound:
+            logger.info("Pulling image %s", image)
+            try:
+                self.docker_client.images.pull(image)
+            except docker.errors.APIError as error:
+                raise ImageUnavailableError(
+                    f"The image {image} is not on this Docker engine and cannot be pulled "
+                    f"({error.explanation or error}). Build it with build_model (or deploy with "
+                    "build_and_deploy_model), or load it into the engine: docker load -i <file>") from None
+        return image
 
     def _rpc_container_keys(self):
         """The keys a model container needs to reach this cluster's RPC port, as the query

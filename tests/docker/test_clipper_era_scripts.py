@@ -205,3 +205,15 @@ def test_a_noop_container_image_of_the_users_own_is_used_as_it_is(side_by_side, 
     finally:
         docker_client.images.remove("on-users-noop:1", force=True)
         docker_client.images.remove(users_own)
+
+
+def test_an_image_that_cannot_be_had_is_one_clear_error_and_registers_nothing(side_by_side):
+    conn = side_by_side["b"]
+    with pytest.raises(docker.errors.ImageNotFound) as raised:      # the engine's type, as in 0.4.1
+        conn.deploy_model("absent", 1, "doubles", "clipper-test/absent-image:1")
+    assert isinstance(raised.value, ClipperException)
+    assert str(raised.value).startswith(
+        "The image clipper-test/absent-image:1 is not on this Docker engine and cannot be pulled (")
+    assert str(raised.value).endswith("Build it with build_model (or deploy with build_and_deploy_model), "
+                                      "or load it into the engine: docker load -i <file>")
+    assert conn.get_all_models() == [] and conn.get_num_replicas("absent", 1) == 0
