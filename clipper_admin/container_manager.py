@@ -103,7 +103,8 @@ class ContainerManager(abc.ABC):
                  clipper_metric_port=None, redis_ip=None,
                  redis_port=CLIPPER_INTERNAL_REDIS_PORT, admin_token=None,
                  max_body_size=Config.max_body_size, rpc_auth=auth.AUTO,
-                 max_batch_size=Config.max_batch_size, header_timeout=Config.header_timeout):
+                 max_batch_size=Config.max_batch_size, header_timeout=Config.header_timeout,
+                 max_output_size=Config.max_output_size):
         """``clipper_metric_port`` None: the query port + 53 (see METRIC_PORT_OFFSET)."""
         if type(header_timeout) not in (int, float) or not header_timeout > 0:
             raise ClipperException(f"header_timeout must be a number of seconds above 0, not {header_timeout!r}")
@@ -121,6 +122,7 @@ class ContainerManager(abc.ABC):
         self.max_body_size = max_body_size
         self.max_batch_size = whole_number("max_batch_size", max_batch_size)   # most inputs in one input_batch
         self.header_timeout = header_timeout      # seconds to receive a request's headers
+        self.max_output_size = whole_number("max_output_size", max_output_size)   # bytes, one model output
         self.rpc_auth = rpc_auth            # "auto": CURVE with a token or beyond loopback
 
     # ---- starting, for every backend ----
@@ -134,6 +136,7 @@ class ContainerManager(abc.ABC):
                       cache_size=cache_size, body_timeout=float(body_timeout),
                       max_body_size=self.max_body_size, max_batch_size=self.max_batch_size,
                       header_timeout=float(self.header_timeout), admin_token=self.admin_token,
+                      max_output_size=self.max_output_size,
                       query_workers=self.query_workers, **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token))
 
     def _require_free_ports(self, listen_host, extra=()):

@@ -9,6 +9,8 @@ instead of only after 30 s of silence, and its batch in flight is handed to anot
 import asyncio
 import itertools
 import logging
+import math
+import time
 from collections import defaultdict
 from typing import Callable, Dict, List, Optional
 
@@ -24,6 +26,9 @@ from clipper.rpc import auth, codec
 from clipper.rpc.sockets import NOBLOCK, has_message, receive_frames, send_frames
 
 log = logging.getLogger("clipper.query_frontend.rpc")
+
+LOG_LINES_PER_WINDOW = 20
+LOG_WINDOW_SECONDS = 10.0
 
 LIVENESS_CHECK_PERIOD = 1.0
 # Messages handled per wake-up before giving HTTP requests their turn.
@@ -43,6 +48,10 @@ class RpcServer:
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.LINGER, 0)
+        # libzmq checks each frame's length as it arrives and disconnects a peer that announces
+        # more: a frame is never buffered whole first.
+        self.max_frame_size = config.max_output_size if config.max_output_size > 0 else -1
+        self.socket.setsockopt(zmq.MAXMSGSIZE, self.max_frame_size)
         self._authenticator = None
         if config.rpc_server_secret_key:
             self._authenticator = auth.require_curve(self.context, self.socket,
@@ -172,7 +181,12 @@ class RpcServer:
 
     def _on_monitor_event(self, frames: List[bytes]) -> None:
         event = parse_monitor_message(frames)
-        if event["event"] == zmq.EVENT_DISCONNECTED and not self._probe_pending:
+        if event["event"] != zmq.EVENT_DISCONNECTED:
+            return
+        # libzmq says no more: the peer closed, or it broke the protocol and was cut off.
+        log.info("an RPC peer disconnected: it left, or broke the protocol (e.g. with a frame "
+                 "over max_output_size, %s bytes)", self.max_frame_size if self.max_frame_size > 0 else "no limit")
+        if not self._probe_pending:
             # The peer's pipe is torn down just after this event: probe a moment later.
             self._probe_pending = True
             self._loop.call_later(0.05, self.probe)
@@ -194,6 +208,34 @@ class RpcServer:
                     self.drop(replica, f"silent for {self.replica_timeout:.0f} s")
             self.dispatcher.expire()
 
+
+
+class LogRateLimit(logging.Filter):
+    """Lets at most ``lines`` records through per ``seconds``. What this logger says is about
+    RPC peers, whom anyone on an open port can make it say: a peer sending malformed messages
+    as fast as it can wrote 10 MB of log a second. The first line after some were left out
+    says how many."""
+
+    def __init__(self, lines: int = LOG_LINES_PER_WINDOW, seconds: float = LOG_WINDOW_SECONDS):
+        super().__init__()
+        self.lines, self.seconds = lines, seconds
+        self._window_start, self._passed, self._left_out = -math.inf, 0, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._window_start >= self.seconds:
+            self._window_start, self._passed = now, 0
+        if self._passed >= self.lines:
+            self._left_out += 1
+            return False
+        self._passed += 1
+        if self._left_out:
+            record.msg = f"({self._left_out} lines about RPC peers left out before this one) {record.msg}"
+            self._left_out = 0
+        return True
+
+
+log.addFilter(LogRateLimit())
 
 
 def _receive_waiting(socket: zmq.Socket, handle: Callable[[List[bytes]], None]) -> bool:

@@ -88,7 +88,7 @@ class ClusterFrontends:
             clipper_query_port=settings["query_port"], clipper_management_port=settings["management_port"],
             clipper_rpc_port=settings["rpc_port"], clipper_metric_port=settings["metrics_port"],
             admin_token=settings["admin_token"], max_body_size=settings["max_body_size"],
-            rpc_auth=settings["rpc_auth"])
+            rpc_auth=settings["rpc_auth"], max_output_size=settings["max_output_size"])
         if self.local.cluster.is_running():       # this actor was restarted, its processes were not
             self.local.connect()
         else:

@@ -1,0 +1,108 @@
+"""Hostile peers on the (open) RPC port: whatever they send, the query frontend keeps its
+memory, keeps serving the real replicas, and drops the peer."""
+import threading
+
+import psutil
+import pytest
+import requests
+import zmq
+
+from clipper.rpc import codec
+
+from clipper_admin.deployers import python as python_deployer
+from helpers import local_cluster, raw_rpc_connection, total, zmtp_frame_header
+
+PORTS = dict(query_port=27337, management_port=27338, rpc_port=27700, metric_port=27390)
+MiB = 1024 * 1024
+MAX_OUTPUT = 16 * MiB
+
+
+def sized_output(xs):
+    """An output of x[0] MiB for each input x."""
+    return ["x" * int(x[0] * 1024 * 1024) for x in xs]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with local_cluster(name="rpc-peers", manager_kwargs={"max_output_size": MAX_OUTPUT}, **PORTS) as conn:
+        python_deployer.create_endpoint(conn, "sum", "doubles", total)
+        yield conn
+
+
+def frontend_process(conn):
+    [pid] = [p["pid"] for p in conn.cm.cluster.processes() if p["role"] == "query-frontend"]
+    return psutil.Process(pid)
+
+
+def predicting_meanwhile(conn, stop):
+    """Predictions sent one after another until ``stop`` is set; their answers."""
+    answers = []
+
+    def run():
+        with requests.Session() as session:
+            while not stop.is_set():
+                answers.append(session.post(f"http://{conn.get_query_addr()}/sum/predict",
+                                            json={"input": [1.0, 2.0]}, timeout=5).json())
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, answers
+
+
+def test_a_peer_sending_an_oversized_frame_is_dropped_before_the_frontend_buffers_it(cluster):
+    frontend = frontend_process(cluster)
+    rss_before = frontend.memory_info().rss
+    stop = threading.Event()
+    thread, answers = predicting_meanwhile(cluster, stop)
+    frame_size, sent = 1024 * MiB, 0
+    try:
+        with raw_rpc_connection(PORTS["rpc_port"]) as peer:
+            peer.sendall(zmtp_frame_header(0, more=True) + zmtp_frame_header(frame_size))
+            block = bytes(MiB)
+            with pytest.raises(OSError):       # the frontend closes the connection
+                while sent < frame_size:
+                    peer.sendall(block)
+                    sent += len(block)
+    finally:
+        stop.set()
+        thread.join()
+    assert sent < frame_size / 4, f"the frontend took {sent // MiB} MiB of the frame"
+    grown = frontend.memory_info().rss - rss_before
+    assert grown < 64 * MiB, f"the frontend grew by {grown // MiB} MiB"
+    assert answers and all(a["output"] == 3.0 and a["default"] is False for a in answers), answers[-3:]
+
+
+def test_a_flood_of_malformed_messages_writes_a_few_log_lines(cluster):
+    """Each malformed message used to log a warning: 10 MB of log a second from one peer."""
+    log_file = cluster.cm.cluster.path / "logs" / "query-frontend.log"
+    size_before = log_file.stat().st_size
+    context = zmq.Context()
+    peer = context.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    try:
+        peer.connect(f"tcp://127.0.0.1:{PORTS['rpc_port']}")
+        for _ in range(20_000):
+            peer.send_multipart([b"", b"junk"])
+        peer.send_multipart(codec.encode_heartbeat())     # answered once all the junk was read
+        assert peer.poll(30_000), "the frontend did not answer the heartbeat after the junk"
+    finally:
+        peer.close(0)
+        context.term()
+    grown = log_file.stat().st_size - size_before
+    assert grown < 20_000, f"the query frontend's log grew by {grown} bytes"
+    assert "malformed" in log_file.read_text()[size_before:]
+    assert requests.post(f"http://{cluster.get_query_addr()}/sum/predict", json={"input": [1.0, 2.0]},
+                         timeout=5).json()["output"] == 3.0
+
+
+def test_outputs_up_to_the_limit_come_through_and_a_larger_one_is_a_clear_error(cluster):
+    """A model's output travels in one frame: one over max_output_size would get its replica
+    disconnected (and its batch sent again, and again), so the replica answers it as an error."""
+    python_deployer.create_endpoint(cluster, "sized", "doubles", sized_output)
+    url = f"http://{cluster.get_query_addr()}/sized/predict"
+    response = requests.post(url, json={"input": [8.0]}, timeout=30)
+    assert response.status_code == 200 and len(response.json()["output"]) == 8 * MiB
+    response = requests.post(url, json={"input_batch": [[1.0], [17.0]]}, timeout=30)
+    small, large = response.json()["batch_predictions"]
+    assert len(small["output"]) == MiB
+    assert f"most {MAX_OUTPUT} (its max_output_size)" in large["error"] + large.get("cause", ""), large
+    assert requests.post(url, json={"input": [2.0]}, timeout=30).status_code == 200
