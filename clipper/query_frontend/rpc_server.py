@@ -167,6 +167,8 @@ class RpcServer:
             return
         log.info("replica %d of model %s:%s dropped: %s", replica.replica_id, *replica.model_id, reason)
         self.dispatcher.remove_replica(replica)
+        if not self.dispatcher.accepts(replica.model_id):     # its last replica: numbering restarts
+            self._replica_ids.pop(replica.model_id, None)
         self.recorder.removed(self._container(replica, -1))
 
     @staticmethod

@@ -1,0 +1,82 @@
+"""The query frontend's RPC server on a real ZeroMQ port, without a cluster: what peers that
+come and go leave behind."""
+import asyncio
+import contextlib
+import threading
+import time
+
+import zmq
+
+from clipper.config import Config
+from clipper.datatypes import InputType
+from clipper.query_frontend.dispatch import Dispatcher
+from clipper.query_frontend.rpc_server import LIVENESS_CHECK_PERIOD, RpcServer
+from clipper.rpc import codec
+from helpers import wait_for
+
+
+class Recorder:
+    """What the frontend would write to Redis: the replicas connected now."""
+
+    def __init__(self):
+        self.live = {}
+
+    def added(self, container):
+        self.live[(container.model_name, container.replica_id)] = container
+
+    def removed(self, container):
+        self.live.pop((container.model_name, container.replica_id))
+
+
+def serving(port):
+    """An RpcServer on ``port``, run by an event loop in a thread; returns it and a stop()."""
+    recorder = Recorder()
+    server = RpcServer(Config(rpc_port=port), recorder)
+    server.attach(Dispatcher(server.send_batch, time.monotonic))
+    server.bind()
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(server.run())
+
+    def run():
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(task)
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def stop():
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(5)
+        loop.close()
+    return server, recorder, stop
+
+
+def register(context, port, name):
+    peer = context.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(f"tcp://127.0.0.1:{port}")
+    peer.send_multipart(codec.encode_new_container(name, "1", InputType.DOUBLES))
+    return peer
+
+
+def test_peers_registering_under_ever_new_names_leave_nothing_behind():
+    """Each name used to keep a queue and a replica counter for good: a peer registering
+    under new names, over and over, grew the frontend by about 1.5 KB a name."""
+    port = 27710
+    server, recorder, stop = serving(port)
+    context = zmq.Context()
+    try:
+        peers = [register(context, port, f"fake{i}") for i in range(50)]
+        wait_for(lambda: len(recorder.live) == 50, 10, "50 registrations")
+        for peer in peers:
+            peer.close(0)
+        wait_for(lambda: not recorder.live, 10, "every fake replica dropped")
+        time.sleep(LIVENESS_CHECK_PERIOD * 1.5)       # the liveness check clears empty queues
+        assert server.dispatcher.queues == {}
+        # A version whose replicas all left numbers its next one from 0 again.
+        again = register(context, port, "fake7")
+        wait_for(lambda: recorder.live, 10, "a new registration")
+        assert list(recorder.live) == [("fake7", 0)]
+        again.close(0)
+    finally:
+        context.term()
+        stop()
