@@ -1,5 +1,8 @@
-"""Hostile peers on the (open) RPC port: whatever they send, the query frontend keeps its
-memory, keeps serving the real replicas, and drops the peer."""
+"""Hostile local peers on the (open) RPC port and the query port: whatever they send or
+hold, the query frontend keeps its memory, keeps serving, and drops the peer."""
+import contextlib
+import resource
+import socket
 import threading
 
 import psutil
@@ -106,3 +109,40 @@ def test_outputs_up_to_the_limit_come_through_and_a_larger_one_is_a_clear_error(
     assert len(small["output"]) == MiB
     assert f"most {MAX_OUTPUT} (its max_output_size)" in large["error"] + large.get("cause", ""), large
     assert requests.post(url, json={"input": [2.0]}, timeout=30).status_code == 200
+
+
+@contextlib.contextmanager
+def open_file_limit(soft):
+    """This process, and what it starts meanwhile, may open only ``soft`` files."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+def test_a_peer_holding_more_connections_than_the_soft_file_limit_locks_no_one_out():
+    """Each connection holds a file descriptor, and the soft limit is often 1,024: a local
+    process holding that many idle connections left new clients reset. The frontends take
+    the hard limit."""
+    soft = 256
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 4 * soft:
+        pytest.skip("the hard limit on open files is too low to tell")
+    ports = dict(query_port=27437, management_port=27438, rpc_port=27800, metric_port=27490)
+    with open_file_limit(soft):                   # the cluster's processes inherit it
+        cluster = local_cluster(name="many-connections", **ports)
+        conn = cluster.__enter__()
+    held = []
+    try:
+        python_deployer.create_endpoint(conn, "sum", "doubles", total)
+        for port in (ports["query_port"], ports["management_port"], ports["rpc_port"]):
+            held += [socket.create_connection(("127.0.0.1", port)) for _ in range(soft + 50)]
+        response = requests.post(f"http://{conn.get_query_addr()}/sum/predict",
+                                 json={"input": [1.0, 2.0]}, timeout=5)
+        assert response.json()["output"] == 3.0
+        assert requests.get(f"http://{conn.cm.get_admin_addr()}/admin/ping", timeout=5).text == "PONG"
+    finally:
+        for connection in held:
+            connection.close()
+        cluster.__exit__(None, None, None)
