@@ -129,12 +129,15 @@ def rpc_peer(rpc_port, name, version="1", seconds=3.0, curve=None):
 
 
 @contextlib.contextmanager
-def raw_rpc_connection(rpc_port):
+def raw_rpc_connection(rpc_port, routing_id=b""):
     """A plain TCP connection to the RPC port that has done ZeroMQ's handshake (ZMTP 3.0,
-    NULL mechanism, as a DEALER): what is sent on it then is frames, written as they go, so
-    a test can stream a frame or a message far larger than it ever holds in memory."""
+    NULL mechanism, as a DEALER, bringing ``routing_id`` if any): what is sent on it then is
+    frames, written as they go, so a test can stream a frame or a message far larger than it
+    ever holds in memory."""
     greeting = b"\xff" + bytes(8) + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\x00") + bytes(32)
     ready = b"\x05READY" + b"\x0bSocket-Type" + (6).to_bytes(4, "big") + b"DEALER"
+    if routing_id:
+        ready += b"\x08Identity" + len(routing_id).to_bytes(4, "big") + routing_id
     connection = socket.create_connection(("127.0.0.1", rpc_port))
     try:
         connection.sendall(greeting + bytes([0x04, len(ready)]) + ready)

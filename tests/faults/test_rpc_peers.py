@@ -4,6 +4,7 @@ import contextlib
 import resource
 import socket
 import threading
+import time
 
 import psutil
 import pytest
@@ -74,6 +75,33 @@ def test_a_peer_sending_an_oversized_frame_is_dropped_before_the_frontend_buffer
     assert answers and all(a["output"] == 3.0 and a["default"] is False for a in answers), answers[-3:]
 
 
+def test_a_peer_that_takes_the_routing_ids_the_frontend_would_give_cannot_end_it(cluster):
+    """libzmq numbered anonymous peers from the same start in every process (C's rand(),
+    never seeded) and aborts on a duplicate: peers that took the next numbers as their own
+    ids, then one more anonymous peer, ended the query frontend at once."""
+    frontend = frontend_process(cluster)
+    first = 0x6B8B4567                  # rand()'s first number, unseeded (glibc)
+    with contextlib.ExitStack() as held:
+        for n in range(50):
+            routing_id = b"\x00" + (first + n).to_bytes(4, "big")
+            held.enter_context(raw_rpc_connection(PORTS["rpc_port"], routing_id))
+        time.sleep(0.5)
+        context = zmq.Context()
+        anonymous = context.socket(zmq.DEALER)
+        anonymous.setsockopt(zmq.LINGER, 0)
+        anonymous.connect(f"tcp://127.0.0.1:{PORTS['rpc_port']}")
+        anonymous.send_multipart(codec.encode_heartbeat())
+        try:
+            assert anonymous.poll(5000), "the frontend did not answer a new peer"
+        finally:
+            anonymous.close(0)
+            context.term()
+    assert frontend.is_running() and frontend.status() != psutil.STATUS_ZOMBIE
+    assert frontend_process(cluster).pid == frontend.pid, "the query frontend was restarted"
+    assert requests.post(f"http://{cluster.get_query_addr()}/sum/predict", json={"input": [1.0, 2.0]},
+                         timeout=5).json()["output"] == 3.0
+
+
 def test_a_flood_of_malformed_messages_writes_a_few_log_lines(cluster):
     """Each malformed message used to log a warning: 10 MB of log a second from one peer."""
     log_file = cluster.cm.cluster.path / "logs" / "query-frontend.log"
@@ -92,7 +120,6 @@ def test_a_flood_of_malformed_messages_writes_a_few_log_lines(cluster):
         context.term()
     grown = log_file.stat().st_size - size_before
     assert grown < 20_000, f"the query frontend's log grew by {grown} bytes"
-    assert "malformed" in log_file.read_text()[size_before:]
     assert requests.post(f"http://{cluster.get_query_addr()}/sum/predict", json={"input": [1.0, 2.0]},
                          timeout=5).json()["output"] == 3.0
 

@@ -2,6 +2,7 @@
 come and go leave behind."""
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 
@@ -10,7 +11,7 @@ import zmq
 from clipper.config import Config
 from clipper.datatypes import InputType
 from clipper.query_frontend.dispatch import Dispatcher
-from clipper.query_frontend.rpc_server import LIVENESS_CHECK_PERIOD, RpcServer
+from clipper.query_frontend.rpc_server import LIVENESS_CHECK_PERIOD, LogRateLimit, RpcServer
 from clipper.rpc import codec
 from helpers import wait_for
 
@@ -80,3 +81,14 @@ def test_peers_registering_under_ever_new_names_leave_nothing_behind():
     finally:
         context.term()
         stop()
+
+
+def test_the_log_says_a_few_lines_per_window_then_how_many_it_left_out():
+    limit = LogRateLimit(lines=3, seconds=0.2)
+    records = [logging.LogRecord("rpc", logging.WARNING, __file__, 1, "junk %d", (n,), None)
+               for n in range(10)]
+    assert [limit.filter(record) for record in records] == [True] * 3 + [False] * 7
+    time.sleep(0.25)
+    later = logging.LogRecord("rpc", logging.INFO, __file__, 1, "a peer left", (), None)
+    assert limit.filter(later)
+    assert later.getMessage() == "(7 lines about RPC peers left out before this one) a peer left"
