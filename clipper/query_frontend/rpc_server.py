@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Set
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -23,7 +23,8 @@ from clipper.errors import RequestError
 from clipper.management.requests import check_group_string
 from clipper.redis_schema import Container
 from clipper.rpc import auth, codec
-from clipper.rpc.sockets import NOBLOCK, has_message, receive_frames, seed_routing_ids, send_frames
+from clipper.rpc.sockets import (
+    NOBLOCK, has_message, receive_frames, seed_routing_ids, send_frames, shut_down_connection)
 
 log = logging.getLogger("clipper.query_frontend.rpc")
 
@@ -33,12 +34,17 @@ LOG_WINDOW_SECONDS = 10.0
 LIVENESS_CHECK_PERIOD = 1.0
 # Messages handled per wake-up before giving HTTP requests their turn.
 MAX_MESSAGES_PER_DRAIN = 256
+# The most RPC connections open at once; more are closed as they come. Far more replicas
+# than one frontend serves, and a bound on how many routing ids one peer can take (see
+# seed_routing_ids) that does not grow with the open-file limit.
+MAX_CONNECTIONS = 1024
 
 
 class RpcServer:
     def __init__(self, config: Config, recorder):
         """``recorder`` records replicas in Redis: ``added(Container)``, ``removed(Container)``."""
-        self.address = f"tcp://{config.host}:{config.rpc_port + config.query_worker}"
+        self.port = config.rpc_port + config.query_worker
+        self.address = f"tcp://{config.host}:{self.port}"
         self.replica_timeout = config.replica_timeout
         self.recorder = recorder
         # Plain sockets read from the event loop's own poller: zmq.asyncio spends a future,
@@ -66,6 +72,7 @@ class RpcServer:
         self._probe_pending = False
         self._drain_pending = False
         self._monitor: Optional[zmq.Socket] = None
+        self._connections: Set[int] = set()     # file descriptors of the open connections
 
     def bind(self) -> None:
         self.socket.bind(self.address)
@@ -75,7 +82,7 @@ class RpcServer:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self._loop.add_reader(self.socket.FD, self._drain)
         self._loop.add_reader(self._monitor.FD, self._drain_monitor)
         self._drain()           # messages may have arrived before the readers were added
@@ -184,8 +191,11 @@ class RpcServer:
 
     def _on_monitor_event(self, frames: List[bytes]) -> None:
         event = parse_monitor_message(frames)
-        if event["event"] != zmq.EVENT_DISCONNECTED:
+        fd = int(event["value"])
+        if event["event"] == zmq.EVENT_ACCEPTED:
+            self._on_accepted(fd)
             return
+        self._connections.discard(fd)
         # libzmq says no more: the peer closed, or it broke the protocol and was cut off.
         log.info("an RPC peer disconnected: it left, or broke the protocol (e.g. with a frame "
                  "over max_output_size, %s bytes)", self.max_frame_size if self.max_frame_size > 0 else "no limit")
@@ -193,6 +203,14 @@ class RpcServer:
             # The peer's pipe is torn down just after this event: probe a moment later.
             self._probe_pending = True
             self._loop.call_later(0.05, self.probe)
+
+    def _on_accepted(self, fd: int) -> None:
+        if len(self._connections) < MAX_CONNECTIONS:
+            self._connections.add(fd)
+            return
+        log.warning("closed a new RPC connection: %d are open, the most this frontend takes",
+                    MAX_CONNECTIONS)
+        shut_down_connection(fd, self.port)
 
     def probe(self) -> None:
         """Send a keep-alive to every replica; a failed send means the peer is gone."""

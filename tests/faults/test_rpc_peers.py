@@ -11,6 +11,7 @@ import pytest
 import requests
 import zmq
 
+from clipper.query_frontend.rpc_server import MAX_CONNECTIONS
 from clipper.rpc import codec
 
 from clipper_admin.deployers import python as python_deployer
@@ -100,6 +101,45 @@ def test_a_peer_that_takes_the_routing_ids_the_frontend_would_give_cannot_end_it
     assert frontend_process(cluster).pid == frontend.pid, "the query frontend was restarted"
     assert requests.post(f"http://{cluster.get_query_addr()}/sum/predict", json={"input": [1.0, 2.0]},
                          timeout=5).json()["output"] == 3.0
+
+
+def is_closed(connection):
+    """Whether the other end closed ``connection`` (what it sent before is read past)."""
+    connection.setblocking(False)
+    try:
+        while connection.recv(65536):
+            pass
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_connections_beyond_the_most_the_frontend_takes_are_closed_and_the_others_served(cluster):
+    """Each connection may take a routing id: the count of them bounds how fast a peer can
+    guess the ones libzmq will give (see the test above)."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 2 * MAX_CONNECTIONS:
+        pytest.skip("the hard limit on open files is below what the test holds")
+    with contextlib.ExitStack() as held:
+        connections = [held.enter_context(raw_rpc_connection(PORTS["rpc_port"]))
+                       for _ in range(MAX_CONNECTIONS + 50)]
+        time.sleep(1)
+        closed = sum(map(is_closed, connections))
+        assert 50 <= closed <= 52, closed      # the replica holds one connection
+        assert requests.post(f"http://{cluster.get_query_addr()}/sum/predict",
+                             json={"input": [1.0, 2.0]}, timeout=5).json()["output"] == 3.0
+    context = zmq.Context()                    # once they are gone, new peers are let in
+    peer = context.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    try:
+        peer.connect(f"tcp://127.0.0.1:{PORTS['rpc_port']}")
+        time.sleep(0.5)
+        peer.send_multipart(codec.encode_heartbeat())
+        assert peer.poll(5000), "a new peer was not answered"
+    finally:
+        peer.close(0)
+        context.term()
 
 
 def test_a_flood_of_malformed_messages_writes_a_few_log_lines(cluster):
