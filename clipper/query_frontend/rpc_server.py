@@ -83,7 +83,7 @@ class RpcServer:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._monitor = self.socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        self._loop.add_reader(self.socket.FD, self._drain)
+        self._loop.add_reader(self.socket.FD, self._on_readable)
         self._loop.add_reader(self._monitor.FD, self._drain_monitor)
         self._drain()           # messages may have arrived before the readers were added
         self._drain_monitor()
@@ -124,11 +124,19 @@ class RpcServer:
             self._loop.call_soon(self._drain)
 
     # ---- receiving ----
+    def _on_readable(self) -> None:
+        if not self._drain_pending:             # else a drain is on its way, and looks anyway
+            self._drain()
+
     def _drain(self) -> None:
-        self._drain_pending = False
+        # Pending while it runs, so that its answers (heartbeat replies, next batches) do not
+        # each schedule another drain: drains used to double every turn of the loop under a
+        # flood of heartbeats, and HTTP requests waited seconds behind them.
+        self._drain_pending = True
         if _receive_waiting(self.socket, self._on_message):
-            self._drain_pending = True          # the limit left some: after other work
-            self._loop.call_soon(self._drain)
+            self._loop.call_soon(self._drain)   # the limit left some: after other work
+        else:
+            self._drain_pending = False
 
     def _on_message(self, frames: List[bytes]) -> None:
         identity, *frames = frames
