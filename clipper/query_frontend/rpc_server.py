@@ -133,10 +133,14 @@ class RpcServer:
         # each schedule another drain: drains used to double every turn of the loop under a
         # flood of heartbeats, and HTTP requests waited seconds behind them.
         self._drain_pending = True
-        if _receive_waiting(self.socket, self._on_message):
-            self._loop.call_soon(self._drain)   # the limit left some: after other work
-        else:
-            self._drain_pending = False
+        more = False
+        try:
+            more = _receive_waiting(self.socket, self._on_message)
+        finally:        # a bug of ours in a handler must not leave the socket unread for good
+            if more:
+                self._loop.call_soon(self._drain)   # the limit left some: after other work
+            else:
+                self._drain_pending = False
 
     def _on_message(self, frames: List[bytes]) -> None:
         identity, *frames = frames
