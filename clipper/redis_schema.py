@@ -30,6 +30,19 @@ def worker_metrics_key(worker: int) -> str:
     return f"clipper:query-worker-metrics:{worker}"
 
 
+# Ours: after each write, the management frontend publishes a nonce here and waits until
+# every query frontend that received it has pushed an acknowledgement to the list
+# sync_ack_key(nonce) (in SYNC_DB), which each does once it has applied every change
+# notified before the nonce: a change that has been answered is a change queries see.
+SYNC_CHANNEL = "clipper:state-sync"
+SYNC_DB = 0
+SYNC_ACK_SECONDS = 10          # an acknowledgement nobody waits for any more expires
+
+
+def sync_ack_key(nonce: str) -> str:
+    return f"clipper:state-sync:{nonce}"
+
+
 DEFAULT_POLICY = "DefaultOutputSelectionPolicy"
 DEFAULT_BATCH_SIZE = -1
 CURRENT_VERSION_PREFIX = "CURRENT_MODEL_VERSION:"

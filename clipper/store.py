@@ -108,6 +108,26 @@ class Store:
         raise Unavailable("The cluster's state changed too often to apply this change; nothing "
                           "was changed. Retry in a moment.")
 
+    async def followers_synced(self, timeout: float) -> bool:
+        """Wait until every query frontend following the state has applied the writes made so
+        far (at most ``timeout`` seconds); False if one did not say so in time."""
+        nonce = secrets.token_hex(8)
+        client = self._db[schema.SYNC_DB]
+        followers = await client.publish(schema.SYNC_CHANNEL, nonce)
+        try:
+            for _ in range(followers):
+                if await client.blpop([schema.sync_ack_key(nonce)], timeout) is None:
+                    return False
+            return True
+        finally:
+            if followers:
+                await client.delete(schema.sync_ack_key(nonce))
+
+    async def acknowledge_sync(self, nonce: str) -> None:
+        key = schema.sync_ack_key(nonce)
+        async with self._db[schema.SYNC_DB].pipeline(transaction=True) as pipe:
+            await pipe.rpush(key, 1).expire(key, schema.SYNC_ACK_SECONDS).execute()
+
     async def _settle(self, seen: str, token: str, error: Exception) -> None:
         try:
             outcome = await self._settle_write(

@@ -15,6 +15,7 @@ import sys
 from clipper_admin.backends import BACKENDS, manager_for, stop_all_clusters
 from clipper_admin.clipper_admin import ClipperConnection
 from clipper_admin.exceptions import ClipperException
+from clipper_admin.local import LocalContainerManager
 
 
 def _parser():
@@ -68,7 +69,12 @@ def recover(args):
 
 
 def status(args):
-    conn = ClipperConnection(manager_for(args.backend, cluster_name=args.cluster_name))
+    manager = manager_for(args.backend, cluster_name=args.cluster_name)
+    if isinstance(manager, LocalContainerManager) and manager.crashed():   # a look starts nothing
+        raise ClipperException(f"Cluster '{args.cluster_name}' is not running: it crashed, or the machine "
+                               f"restarted. `clipper recover --cluster-name {args.cluster_name}` starts "
+                               "it again as it was.")
+    conn = ClipperConnection(manager)
     conn.connect()
     print(json.dumps({"cluster": args.cluster_name, "backend": args.backend,
                       "query_address": conn.get_query_addr(), "management_address": conn.cm.get_admin_addr(),

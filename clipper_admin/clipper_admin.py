@@ -6,12 +6,14 @@ the replicas are connected (so the first query is not a default output), and a d
 a version that is already registered fails before any container is started.
 """
 import logging
+import shutil
 import time
 import warnings
 
 import requests
 
 from clipper import launch as recipe
+from clipper_admin import clipper_images
 from clipper_admin.container_manager import CONTAINERLESS_MODEL_IMAGE, ClusterAdapter, is_valid_name
 from clipper_admin.exceptions import ClipperException, UnconnectedException
 
@@ -182,7 +184,10 @@ class ClipperConnection(object):
         -------
         list of str
             The paths of the files written.
+
+        Raises UnconnectedException when not connected.
         """
+        self._require_connection()
         return self.cm.get_logs(logging_dir)
 
     def inspect_instance(self):
@@ -298,6 +303,8 @@ class ClipperConnection(object):
             A directory holding the model (for a closure, its ``func.pkl``).
         base_image : str
             Clipper's base image name; the Docker backend uses its own runtime image instead.
+            Clipper's noop container (``<registry>/noop-container:<tag>``) makes a model that
+            answers "1.0" to every input, as that image does (``model_data_path`` is unused).
         container_registry : str, optional
             Docker backend: a registry prefix for the image name.
         pkgs_to_install : list of str, optional
@@ -314,8 +321,16 @@ class ClipperConnection(object):
         version = str(version)
         _check_name("name", name)
         _check_name("version", version)
-        return self.cm.build_model(name, version, model_data_path, base_image,
-                                   container_registry, pkgs_to_install)
+        if not clipper_images.is_noop_image(base_image):
+            return self.cm.build_model(name, version, model_data_path, base_image,
+                                       container_registry, pkgs_to_install)
+        # Clipper's noop container ignores the model directory: serve its answers instead.
+        noop_dir = clipper_images.noop_model_directory()
+        try:
+            return self.cm.build_model(name, version, noop_dir, base_image, container_registry,
+                                       pkgs_to_install)
+        finally:
+            shutil.rmtree(noop_dir, ignore_errors=True)
 
     def deploy_model(self, name, version, input_type, image, labels=None, num_replicas=1,
                      batch_size=-1, num_gpus=0):
@@ -328,7 +343,8 @@ class ClipperConnection(object):
         input_type : str
             "ints", "floats", "doubles", "bytes" or "strings".
         image : str
-            What ``build_model`` returned.
+            What ``build_model`` returned; on the local and Ray backends also Clipper's noop
+            container image, served as ``build_model`` builds it.
         labels : list of str, optional
             Free-form labels stored with the model.
         num_replicas : int
@@ -356,6 +372,9 @@ class ClipperConnection(object):
         if self.get_model_info(name, version) is not None:
             raise ClipperException(f"model with name '{name}' and version '{version}' already exists")
         previous = self._current_version(name)
+        # (A ContainerManager written for 0.4.1's interface has no runs_images: it runs images.)
+        if clipper_images.is_noop_image(image) and not getattr(self.cm, "runs_images", True):
+            image = self.build_model(name, version, None, image)
         self.cm.deploy_model(name=name, version=version, input_type=input_type, image=image,
                              num_replicas=num_replicas, **_gpus_if_asked(num_gpus, 0))
         self.register_model(name, version, input_type, image=image, labels=labels,

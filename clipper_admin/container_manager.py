@@ -95,6 +95,12 @@ class ContainerManager(abc.ABC):
     port_taken_error = ClipperException
     # Query frontend processes (only the local backend runs more than one).
     query_workers = 1
+    # Whether deploy_model runs a Docker image by its name (the local and Ray backends run
+    # model directories; Clipper's noop container image is served there as one of ours).
+    runs_images = True
+    # 0.4.1's DockerContainerManager attribute, read by Clipper's tests: no backend sends the
+    # logs to a collector (get_clipper_logs reads each process's or container's own).
+    centralize_log = False
 
     def __init__(self, cluster_name="default-cluster", public_host="localhost",
                  clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,

@@ -4,7 +4,8 @@ Mutations answer plain text, queries answer JSON. Handlers raise ``RequestError`
 unless it says otherwise); one middleware renders every error as Clipper's plain text.
 Where Clipper wrote no response at all (invalid input type, unknown route) we answer 400
 or 404; a wrong method on a known route gets 405. Every change is one atomic
-check-then-write (``Store.update``), so concurrent operators cannot both succeed.
+check-then-write (``Store.update``), so concurrent operators cannot both succeed, and is
+answered once the query frontends serve from it.
 """
 import hmac
 import logging
@@ -28,6 +29,8 @@ from clipper.store import NOTHING_CHANGED, REDIS_ERRORS, Store
 log = logging.getLogger("clipper.management")
 
 STORE = web.AppKey("store", Store)
+# How long a write's answer waits for the query frontends to apply it.
+SYNC_TIMEOUT_SECONDS = 1.0
 
 
 def text(message: str, status: int = 200, headers=None) -> web.Response:
@@ -85,6 +88,8 @@ class ManagementAPI:
         self.store = store
         self.body_timeout = config.body_timeout
         self.token = config.admin_token.encode()
+        # Within the Redis call timeout: the wait is one blocking Redis call.
+        self.sync_timeout = min(SYNC_TIMEOUT_SECONDS, config.redis_timeout / 2)
 
     def routes(self):
         post = {
@@ -110,6 +115,20 @@ class ManagementAPI:
             return await handler(await read_json_body(request, self.body_timeout))
         return guarded
 
+    async def _write(self, plan) -> None:
+        """Apply a change, then answer only once the query frontends serve from it, so that a
+        query sent after the answer never meets the state before (bounded: a frontend that
+        does not acknowledge in time is logged, and the change, applied, is answered)."""
+        await self.store.update(plan)
+        try:
+            synced = await self.store.followers_synced(self.sync_timeout)
+        except REDIS_ERRORS as error:
+            synced = False
+            log.warning("could not tell the query frontends of a change (%s)", error)
+        if not synced:
+            log.warning("a query frontend did not acknowledge a change within %.2f s: its queries "
+                        "may see the state before it for a moment", self.sync_timeout)
+
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
         return scheme == "Bearer" and hmac.compare_digest(offered.encode(), self.token)
@@ -132,7 +151,7 @@ class ManagementAPI:
             if await self.store.get_app(name):
                 raise RequestError(f"application '{name}' already exists")
             return writes.app_added(app)
-        await self.store.update(plan)
+        await self._write(plan)
         return text(f"Successfully added application with name '{name}'")
 
     async def delete_app(self, raw: bytes) -> web.Response:
@@ -142,14 +161,14 @@ class ManagementAPI:
             if not await self.store.get_app(name):
                 raise RequestError(f"Application '{name}' does not exist")
             return writes.app_deleted(name)
-        await self.store.update(plan)
+        await self._write(plan)
         return text(f"Successfully deleted application with name '{name}'")
 
     # ---- links ----
     async def add_model_links(self, raw: bytes) -> web.Response:
         body = Body(raw, LINKS_SCHEMA)
         app_name, model_names = body.string("app_name"), body.strings("model_names")
-        await self.store.update(lambda: self._plan_links(app_name, model_names))
+        await self._write(lambda: self._plan_links(app_name, model_names))
         return text(f"Successfully linked model with name '{model_names[0]}' to application '{app_name}'")
 
     async def _plan_links(self, app_name: str, model_names: list):
@@ -191,7 +210,7 @@ class ManagementAPI:
                     raise RequestError(f"Cannot remove nonexistent link between app {app_name} "
                                        f"and model {model_name}")
             return writes.links_removed(app_name, model_names) if model_names else []
-        await self.store.update(plan)
+        await self._write(plan)
         return text("Success!")
 
     # ---- models ----
@@ -218,7 +237,7 @@ class ManagementAPI:
                 raise RequestError(f"model with name '{name}' and version '{version}' already exists")
             await self._check_linked_apps_accept(name, input_type)
             return writes.model_added(model)
-        await self.store.update(plan)
+        await self._write(plan)
         return text(f"Successfully added model with name '{name}' and input type "
                     f"'{input_type.canonical_name}'")
 
@@ -244,7 +263,7 @@ class ManagementAPI:
                                    f"name '{name}'")
             await self._check_linked_apps_accept(name, InputType.parse(model.input_type))
             return writes.current_version_set(name, version)
-        await self.store.update(plan)
+        await self._write(plan)
         return text(f"Successfully set model with name '{name}' to version '{version}'")
 
     async def delete_versioned_model(self, raw: bytes) -> web.Response:
@@ -255,7 +274,7 @@ class ManagementAPI:
             if not await self.store.model_exists(name, version):
                 raise RequestError(f"model with name '{name}' and version '{version}' does not exist")
             return writes.model_deleted(name, version, await self.store.current_version(name) == version)
-        await self.store.update(plan)
+        await self._write(plan)
         return text(f"Successfully deleted model with name '{name}' and version '{version}'")
 
     # ---- queries ----

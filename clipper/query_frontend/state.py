@@ -1,9 +1,12 @@
 """The query frontend's in-memory view of cluster state, following Redis changes.
 
 Predictions read only this view. It is kept current by keyspace notifications, as in
-Clipper; ``current_view()`` waits while a notified change is being re-read, and ``sync()`` is a barrier: once it returns, every change acknowledged by Redis
-before the call is visible (a PING on the subscription connection is answered in order).
-Unlike Clipper, a deleted application stops being served as soon as its notification arrives.
+Clipper; ``current_view()`` waits while a notified change is being re-read, and ``sync()``
+is a barrier: once it returns, every change acknowledged by Redis before the call is visible
+(a PING on the subscription connection is answered in order). The management frontend
+relies on the same order: it answers a write once every follower has acknowledged a nonce
+published after it, so a query sent after that answer sees the change. Unlike Clipper, a
+deleted application stops being served as soon as its notification arrives.
 """
 import asyncio
 import logging
@@ -101,6 +104,7 @@ class StateFollower:
         pubsub = self.store.client(schema.APPLICATION_DB).pubsub()
         try:
             await pubsub.psubscribe(*(schema.keyspace_pattern(db) for db in WATCHED_DBS))
+            await pubsub.subscribe(schema.SYNC_CHANNEL)
             await self._reload_all()
             self._pubsub = pubsub
             self._ready.set()
@@ -114,6 +118,10 @@ class StateFollower:
                     finally:
                         self.generation += 1
                         self.settled.set()
+                elif message["type"] == "message" and message["channel"] == schema.SYNC_CHANNEL:
+                    # Every change notified before it is applied: the management frontend
+                    # may answer the write it waits on.
+                    await self.store.acknowledge_sync(message["data"])
                 elif _is_pong(message) and self._pongs:
                     pong = self._pongs.pop(0)
                     if not pong.done():

@@ -36,6 +36,8 @@ MAX_SOCKET_PATH = 100
 
 
 class LocalContainerManager(ContainerManager):
+    runs_images = False   # a model is a directory from build_model
+
     def __init__(self, cluster_name="default-cluster", clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
                  clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,
                  clipper_rpc_port=CLIPPER_INTERNAL_RPC_PORT, redis_ip=None, redis_port=6379,
@@ -149,7 +151,7 @@ class LocalContainerManager(ContainerManager):
         it again first from its state, as it was: every application, model version, link and
         replica count (Redis's append-only file and the wanted replicas are on disk)."""
         if not self.cluster.is_running():
-            if not self.cluster.exists() or self.cluster.is_stopping():
+            if not self.crashed():
                 raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' "
                                        f"(looked in {self.cluster.path}). " + START_HINT)
             self._recover()
@@ -163,6 +165,11 @@ class LocalContainerManager(ContainerManager):
         self.query_workers = config.query_workers
         if self.admin_token is None:
             self.admin_token = config.admin_token
+
+    def crashed(self):
+        """Whether the cluster of this name is down but not stopped: it crashed, or the
+        machine restarted; ``connect()`` starts it again."""
+        return self.cluster.exists() and not self.cluster.is_running() and not self.cluster.is_stopping()
 
     def _recover(self):
         logger.warning("Clipper cluster '%s' is not running (it crashed, or the machine restarted); "

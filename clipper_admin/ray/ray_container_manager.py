@@ -77,6 +77,8 @@ def connect_ray(address=None, namespace=NAMESPACE):
 
 
 class RayContainerManager(ContainerManager):
+    runs_images = False   # a model is a directory from build_model
+
     def __init__(self, address=None, cluster_name="default-cluster", namespace=NAMESPACE,
                  clipper_query_port=CLIPPER_INTERNAL_QUERY_PORT,
                  clipper_management_port=CLIPPER_INTERNAL_MANAGEMENT_PORT,

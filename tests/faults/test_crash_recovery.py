@@ -147,6 +147,12 @@ def test_after_every_process_is_killed_the_cluster_comes_back_as_it_was(recover_
         if recover_with == "connect()":
             again.connect()
         else:
+            # A look at it first tells what happened and starts nothing.
+            looked = subprocess.run([sys.executable, "-m", "clipper_admin.cli", "status",
+                                     f"--cluster-name={NAME}"], cwd=ROOT, capture_output=True, text=True,
+                                    timeout=120)
+            assert looked.returncode == 1 and "clipper recover" in looked.stderr, looked.stderr
+            assert not conn.cm.cluster.is_running()
             result = subprocess.run([sys.executable, "-m", "clipper_admin.cli", "recover",
                                      f"--cluster-name={NAME}"], cwd=ROOT, capture_output=True, text=True,
                                     timeout=120)

@@ -3,6 +3,7 @@ import os
 import time
 
 import pytest
+import requests
 
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager, UnconnectedException
 from clipper_admin.deployers import python as python_deployer
@@ -31,6 +32,8 @@ def test_methods_need_a_connection():
     unconnected = ClipperConnection(LocalContainerManager(cluster_name="never-started"))
     with pytest.raises(UnconnectedException, match="No connection to Clipper cluster"):
         unconnected.register_application("a", "doubles", "0", 1000)
+    with pytest.raises(UnconnectedException):       # as in 0.4.1 (it answered [] here)
+        unconnected.get_clipper_logs()
     with pytest.raises(ClipperException, match="No running Clipper cluster named 'never-started'"):
         unconnected.connect()
 
@@ -57,6 +60,8 @@ def test_applications(conn):
         conn.register_application("app-c", "dubbles", "0", 1000)
     with pytest.raises(ClipperException, match="Invalid application name"):
         conn.register_application("bad/name", "doubles", "0", 1000)
+    with pytest.raises(ClipperException, match="latency_slo_micros must be a positive number"):
+        conn.register_application("app-c", "doubles", "0", 0)    # Clipper took it: every query a default
     conn.unregister_application("app-b")
     assert conn.get_app_info("app-b") is None
     with pytest.warns(DeprecationWarning):
@@ -140,6 +145,29 @@ def test_versions_deploy_roll_back_and_pin(conn):
         conn.get_current_model_version("nope")
     with pytest.raises(ClipperException, match="already exists"):
         python_deployer.deploy_python_closure(conn, "versioned", 2, "doubles", version_two)
+
+
+def test_every_query_after_a_change_returns_sees_it(conn):
+    """Read your writes: once set_model_version (or a link) has returned, no query is answered
+    from the query frontend's older view. Each flip is followed at once by a query; before the
+    management frontend waited for the query frontend to apply its changes, about 1 query in
+    70 got the other version's answer."""
+    python_deployer.create_endpoint(conn, "flipped", "doubles", version_one, slo_micros=2000000)
+    python_deployer.deploy_python_closure(conn, "flipped", 2, "doubles", version_two)
+    session = requests.Session()
+    url = f"http://{conn.get_query_addr()}/flipped/predict"
+    answers = []
+    for flip in range(300):
+        wanted = 1 + flip % 2
+        conn.set_model_version("flipped", wanted)
+        answers.append((wanted, session.post(url, json={"input": [float(flip)]}, timeout=10).json()["output"]))
+    assert [flip for flip, (wanted, got) in enumerate(answers) if got != wanted] == []
+    for index in range(30):
+        conn.register_application(f"linked-{index}", "doubles", "default", 2000000)
+        conn.link_model_to_app(f"linked-{index}", "flipped")
+        answer = session.post(f"http://{conn.get_query_addr()}/linked-{index}/predict",
+                              json={"input": [1.0]}, timeout=10).json()
+        assert answer["default"] is False, answer
 
 
 class Unloadable:

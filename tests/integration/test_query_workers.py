@@ -114,6 +114,27 @@ def test_replicas_are_listed_once(conn):
         conn.set_num_replicas("sizes", 1)
 
 
+def test_a_change_once_answered_is_served_by_every_worker(conn):
+    python_deployer.create_endpoint(conn, "flip", "doubles", lambda xs: ["1" for _ in xs],
+                                    slo_micros=5_000_000)
+    python_deployer.deploy_python_closure(conn, "flip", 2, "doubles", lambda xs: ["2" for _ in xs])
+    # Kept-alive connections, each to the worker the kernel gave it: a query right after a
+    # change, on a connection already open, is the quickest to reach a worker.
+    sessions = [requests.Session() for _ in range(6)]
+    url = f"http://{conn.get_query_addr()}/flip/predict"
+    try:
+        stale = []
+        for flip in range(300):
+            wanted = 1 + flip % 2
+            conn.set_model_version("flip", wanted)
+            answer = sessions[flip % len(sessions)].post(url, json={"input": [float(flip)]}, timeout=10).json()
+            if answer["output"] != wanted:
+                stale.append((flip, answer))
+        assert stale == []
+    finally:
+        conn.stop_models(["flip"])
+
+
 def test_a_killed_worker_is_restarted_and_predictions_keep_being_answered(conn):
     victim = pids(conn)["query-frontend-1"]
     os.kill(victim, signal.SIGKILL)
