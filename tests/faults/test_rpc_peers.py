@@ -12,10 +12,11 @@ import requests
 import zmq
 
 from clipper.query_frontend.rpc_server import MAX_CONNECTIONS
+from clipper.datatypes import InputType
 from clipper.rpc import codec
 
 from clipper_admin.deployers import python as python_deployer
-from helpers import local_cluster, raw_rpc_connection, total, zmtp_frame_header
+from helpers import local_cluster, raw_rpc_connection, total, wait_for, zmtp_frame_header
 
 PORTS = dict(query_port=27337, management_port=27338, rpc_port=27700, metric_port=27390)
 MiB = 1024 * 1024
@@ -174,6 +175,56 @@ def test_predictions_are_answered_during_a_flood_of_heartbeats(cluster):
         context.term()
     assert len(answers) >= 100, f"{len(answers)} predictions answered in 3 s of flood"
     assert all(a["output"] == 3.0 and a["default"] is False for a in answers)
+
+
+def test_answers_to_unknown_batches_repeated_answers_and_miscounted_outputs(cluster):
+    """A replica of the served model, on the open port, that answers each batch with an
+    answer to a batch never sent, then with one output too many, or twice. The frontend
+    ignores the unknown and repeated answers, reports the miscount, and keeps serving."""
+    context = zmq.Context()
+    fake = context.socket(zmq.DEALER)
+    fake.setsockopt(zmq.LINGER, 0)
+    fake.connect(f"tcp://127.0.0.1:{PORTS['rpc_port']}")
+    fake.send_multipart(codec.encode_new_container("sum", "1", InputType.DOUBLES))
+    stop, batches = threading.Event(), []
+
+    def answer_badly():
+        while not stop.is_set():
+            if not fake.poll(50):
+                continue
+            request = codec.decode_clipper_message(fake.recv_multipart())
+            if not isinstance(request, codec.PredictionRequest):
+                continue
+            batches.append(request.msg_id)
+            count = len(request.inputs)
+            fake.send_multipart(codec.encode_prediction_response(request.msg_id + 1000, [b"666"] * count))
+            if len(batches) % 2:
+                fake.send_multipart(codec.encode_prediction_response(request.msg_id, [b"7"] * (count + 1)))
+            else:
+                for output in (b"7", b"8"):
+                    fake.send_multipart(codec.encode_prediction_response(request.msg_id, [output] * count))
+    answering = threading.Thread(target=answer_badly)
+    answering.start()
+    outcomes = []
+    try:
+        wait_for(lambda: len(cluster.get_all_model_replicas()) == 2, 10, "the fake replica registered")
+        for i in range(40):            # inputs differ: the cache answers none of them
+            response = requests.post(f"http://{cluster.get_query_addr()}/sum/predict",
+                                     json={"input": [1.0, float(i)]}, timeout=5)
+            outcomes.append((response.status_code, response.json().get("output", response.json().get("cause"))))
+    finally:
+        stop.set()
+        answering.join()
+        fake.close(0)
+        context.term()
+    assert batches, "the fake replica got no batch"
+    allowed = {(200, 1.0 + i) for i in range(40)} | {(200, 7)} | {
+        (500, "the model returned 2 outputs for 1 inputs")}
+    assert set(outcomes) <= allowed, set(outcomes) - allowed
+    assert (200, 7) in outcomes and (500, "the model returned 2 outputs for 1 inputs") in outcomes
+    wait_for(lambda: len(cluster.get_all_model_replicas()) == 1, 10, "the fake replica dropped")
+    assert requests.post(f"http://{cluster.get_query_addr()}/sum/predict", json={"input": [5.0, 5.0]},
+                         timeout=5).json()["output"] == 10.0
 
 
 def test_a_flood_of_malformed_messages_writes_a_few_log_lines(cluster):
