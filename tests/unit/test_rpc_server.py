@@ -3,6 +3,7 @@ come and go leave behind."""
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 
@@ -13,6 +14,7 @@ from clipper.datatypes import InputType
 from clipper.query_frontend.dispatch import Dispatcher
 from clipper.query_frontend.rpc_server import LIVENESS_CHECK_PERIOD, LogRateLimit, RpcServer
 from clipper.rpc import codec
+from clipper.rpc.sockets import shut_down_connection
 from helpers import wait_for
 
 
@@ -92,3 +94,24 @@ def test_the_log_says_a_few_lines_per_window_then_how_many_it_left_out():
     later = logging.LogRecord("rpc", logging.INFO, __file__, 1, "a peer left", (), None)
     assert limit.filter(later)
     assert later.getMessage() == "(7 lines about RPC peers left out before this one) a peer left"
+
+
+def test_a_connection_is_shut_down_only_if_it_is_still_one_to_the_rpc_port():
+    """The descriptor libzmq reported may have been closed and reused (by an HTTP client's
+    connection, say) before the frontend acts on it: that one is left alone."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    with listener, socket.create_connection(("127.0.0.1", port)) as client:
+        accepted, _ = listener.accept()
+        with accepted:
+            shut_down_connection(accepted.fileno(), port + 1)      # another port's number
+            client.setblocking(False)
+            try:
+                client.recv(1)
+                raise AssertionError("the connection was closed")
+            except BlockingIOError:
+                pass
+            shut_down_connection(accepted.fileno(), port)
+            client.setblocking(True)
+            client.settimeout(5)
+            assert client.recv(1) == b""
