@@ -6,7 +6,6 @@ operation costs about as much as sending a small frame) and ask the socket for R
 after every frame, where each received frame says itself whether more follow. A 9-frame
 request, sent and received, takes 14 us this way against 24 us.
 """
-import ctypes
 import os
 import socket
 from typing import List, Sequence
@@ -53,6 +52,7 @@ def seed_routing_ids() -> None:
     when it then gives that number to another peer (a duplicate in its table). Knowing the
     numbers, one local process could end the query frontend at will; unknown, it has to
     guess among 2**32."""
+    import ctypes       # here: a model container, which imports this module too, needs no ctypes
     try:
         ctypes.CDLL(None).srand(int.from_bytes(os.urandom(4), "little"))
     except (OSError, AttributeError):     # pragma: no cover - no C library to reach (Windows)
