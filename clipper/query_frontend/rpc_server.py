@@ -130,8 +130,8 @@ class RpcServer:
 
     def _drain(self) -> None:
         # Pending while it runs, so that its answers (heartbeat replies, next batches) do not
-        # each schedule another drain: drains used to double every turn of the loop under a
-        # flood of heartbeats, and HTTP requests waited seconds behind them.
+        # each schedule another drain: under a flood of heartbeats, drains would double every
+        # turn of the loop, and HTTP requests wait seconds behind them.
         self._drain_pending = True
         more = False
         try:
