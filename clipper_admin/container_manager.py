@@ -87,6 +87,11 @@ def is_valid_name(value) -> bool:
     return bool(_NAME_PATTERN.match(str(value)))
 
 
+# The serving limits a manager takes (each an attribute of the same name) and hands to its
+# cluster's frontends.
+SERVING_LIMITS = ("max_body_size", "max_batch_size", "header_timeout", "max_output_size")
+
+
 class ContainerManager(abc.ABC):
     """What ClipperConnection needs from a backend (clipper_admin 0.4.1's interface)."""
 
@@ -125,6 +130,7 @@ class ContainerManager(abc.ABC):
         self.redis_ip = redis_ip            # None: the cluster runs its own Redis
         self.redis_port = redis_port
         self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
+        # SERVING_LIMITS: what a backend that starts its frontends elsewhere passes on.
         self.max_body_size = max_body_size
         self.max_batch_size = whole_number("max_batch_size", max_batch_size)   # most inputs in one input_batch
         self.header_timeout = header_timeout      # seconds to receive a request's headers

@@ -25,7 +25,7 @@ from clipper.config import Config
 from clipper.rpc import auth
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT,
-    CLIPPER_INTERNAL_RPC_PORT, START_HINT, ContainerManager, public_host_for)
+    CLIPPER_INTERNAL_RPC_PORT, SERVING_LIMITS, START_HINT, ContainerManager, public_host_for)
 from clipper_admin.exceptions import ClipperException, MissingDependency
 
 logger = logging.getLogger(__name__)
@@ -157,10 +157,10 @@ class RayContainerManager(ContainerManager):
         settings = {"cluster_name": self.cluster_name, "namespace": self.namespace, "host": self.host,
                     "query_port": self.clipper_query_port, "management_port": self.clipper_management_port,
                     "rpc_port": self.clipper_rpc_port, "metrics_port": self.clipper_metric_port,
-                    "admin_token": self.admin_token, "max_body_size": self.max_body_size,
-                    "rpc_auth": self.rpc_auth, "replica_timeout": float(self.replica_timeout),
-                    "max_output_size": self.max_output_size,
-                    "cache_size": cache_size, "body_timeout": qf_http_timeout_content}
+                    "admin_token": self.admin_token, "rpc_auth": self.rpc_auth,
+                    "replica_timeout": float(self.replica_timeout),
+                    "cache_size": cache_size, "body_timeout": qf_http_timeout_content,
+                    **{limit: getattr(self, limit) for limit in SERVING_LIMITS}}
         frontends = ray.remote(ClusterFrontends).options(**self._actor_options(
             "frontends", num_cpus=0, resources=self.frontend_resources)).remote(settings)
         try:
