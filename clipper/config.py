@@ -54,6 +54,10 @@ class Config:
     admin_token: str = setting("", *FRONTENDS)            # if set, /admin calls need this bearer token
     redis_timeout: float = setting(2.0, MANAGEMENT_FRONTEND)  # seconds for any of its Redis calls
     replica_timeout: float = setting(30.0, QUERY_FRONTEND)  # silence before a replica is dropped
+    # Largest frame an RPC peer may send (one model output is one frame), bytes: the query
+    # frontend disconnects a peer that announces a larger one, and our containers answer
+    # a larger output with an error instead of sending it. 0: no limit.
+    max_output_size: int = setting(64 * 1024 * 1024, QUERY_FRONTEND, MODEL_CONTAINER)
     # Query frontend processes sharing the query port (SO_REUSEPORT when more than one);
     # worker k binds the RPC port rpc_port + k, and each replica connects to all of them.
     query_workers: int = setting(1, QUERY_FRONTEND, MODEL_CONTAINER)

@@ -10,6 +10,9 @@ from clipper.config import is_loopback
 
 log = logging.getLogger("clipper")
 
+# Where the hard limit on open files is "unlimited", the most to ask for.
+MAX_OPEN_FILES = 1 << 20
+
 
 def warn_if_exposed(host: str, role: str) -> None:
     if not is_loopback(host):
@@ -18,11 +21,29 @@ def warn_if_exposed(host: str, role: str) -> None:
                     role, host)
 
 
+def raise_open_file_limit() -> None:
+    """Take the hard limit on open files, not the soft one (often 1,024): every connection
+    holds a file descriptor, so a local process holding a thousand idle or slow connections
+    would otherwise leave the server unable to accept anyone else."""
+    try:
+        import resource
+    except ImportError:      # pragma: no cover - Windows has no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as error:   # macOS caps it below the hard limit
+            log.info("could not raise the open-file limit from %d: %s", soft, error)
+
+
 async def serve_until_stopped(start: Callable[[], Awaitable[object]], host: str, port: int,
                               role: str) -> None:
     """``await start()`` begins serving and returns what to ``await stop()`` on SIGTERM/SIGINT;
     a port already in use ends the process with one clear line."""
     warn_if_exposed(host, role)
+    raise_open_file_limit()
     try:
         server = await start()
     except OSError as error:

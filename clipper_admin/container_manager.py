@@ -87,6 +87,11 @@ def is_valid_name(value) -> bool:
     return bool(_NAME_PATTERN.match(str(value)))
 
 
+# The serving limits a manager takes (each an attribute of the same name) and hands to its
+# cluster's frontends.
+SERVING_LIMITS = ("max_body_size", "max_batch_size", "header_timeout", "max_output_size")
+
+
 class ContainerManager(abc.ABC):
     """What ClipperConnection needs from a backend (clipper_admin 0.4.1's interface)."""
 
@@ -109,7 +114,8 @@ class ContainerManager(abc.ABC):
                  clipper_metric_port=None, redis_ip=None,
                  redis_port=CLIPPER_INTERNAL_REDIS_PORT, admin_token=None,
                  max_body_size=Config.max_body_size, rpc_auth=auth.AUTO,
-                 max_batch_size=Config.max_batch_size, header_timeout=Config.header_timeout):
+                 max_batch_size=Config.max_batch_size, header_timeout=Config.header_timeout,
+                 max_output_size=Config.max_output_size):
         """``clipper_metric_port`` None: the query port + 53 (see METRIC_PORT_OFFSET)."""
         if type(header_timeout) not in (int, float) or not header_timeout > 0:
             raise ClipperException(f"header_timeout must be a number of seconds above 0, not {header_timeout!r}")
@@ -124,9 +130,11 @@ class ContainerManager(abc.ABC):
         self.redis_ip = redis_ip            # None: the cluster runs its own Redis
         self.redis_port = redis_port
         self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
+        # SERVING_LIMITS: what a backend that starts its frontends elsewhere passes on.
         self.max_body_size = max_body_size
         self.max_batch_size = whole_number("max_batch_size", max_batch_size)   # most inputs in one input_batch
         self.header_timeout = header_timeout      # seconds to receive a request's headers
+        self.max_output_size = whole_number("max_output_size", max_output_size)   # bytes, one model output
         self.rpc_auth = rpc_auth            # "auto": CURVE with a token or beyond loopback
 
     # ---- starting, for every backend ----
@@ -140,6 +148,7 @@ class ContainerManager(abc.ABC):
                       cache_size=cache_size, body_timeout=float(body_timeout),
                       max_body_size=self.max_body_size, max_batch_size=self.max_batch_size,
                       header_timeout=float(self.header_timeout), admin_token=self.admin_token,
+                      max_output_size=self.max_output_size,
                       query_workers=self.query_workers, **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token))
 
     def _require_free_ports(self, listen_host, extra=()):

@@ -53,11 +53,12 @@ def processes_under(base: Path):
 
 @contextlib.contextmanager
 def local_cluster(name="test-cluster", query_port=1337, management_port=1338, rpc_port=7000,
-                  metric_port=1390, **start_kwargs):
+                  metric_port=1390, manager_kwargs=None, **start_kwargs):
     """A real local cluster for the duration of the block."""
     manager = LocalContainerManager(cluster_name=name, clipper_query_port=query_port,
                                     clipper_management_port=management_port,
-                                    clipper_rpc_port=rpc_port, clipper_metric_port=metric_port)
+                                    clipper_rpc_port=rpc_port, clipper_metric_port=metric_port,
+                                    **(manager_kwargs or {}))
     conn = ClipperConnection(manager)
     conn.start_clipper(**start_kwargs)
     try:
@@ -125,3 +126,26 @@ def rpc_peer(rpc_port, name, version="1", seconds=3.0, curve=None):
         peer.close(0)
         context.term()
     return received
+
+
+@contextlib.contextmanager
+def raw_rpc_connection(rpc_port, routing_id=b""):
+    """A plain TCP connection to the RPC port that has done ZeroMQ's handshake (ZMTP 3.0,
+    NULL mechanism, as a DEALER, bringing ``routing_id`` if any): what is sent on it then is
+    frames, written as they go, so a test can stream a frame or a message far larger than it
+    ever holds in memory."""
+    greeting = b"\xff" + bytes(8) + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\x00") + bytes(32)
+    ready = b"\x05READY" + b"\x0bSocket-Type" + (6).to_bytes(4, "big") + b"DEALER"
+    if routing_id:
+        ready += b"\x08Identity" + len(routing_id).to_bytes(4, "big") + routing_id
+    connection = socket.create_connection(("127.0.0.1", rpc_port))
+    try:
+        connection.sendall(greeting + bytes([0x04, len(ready)]) + ready)
+        yield connection
+    finally:
+        connection.close()
+
+
+def zmtp_frame_header(size, more=False):
+    """The bytes that start a ZMTP frame of ``size`` bytes (its long form)."""
+    return bytes([0x02 | (0x01 if more else 0)]) + size.to_bytes(8, "big")

@@ -80,10 +80,12 @@ class Link:
 class ContainerRuntime:
     def __init__(self, model_name: str, model_version: str, input_type: InputType,
                  addresses: Sequence[str], handler: Handler, server_public_key: str = "",
-                 secret_key: str = ""):
+                 secret_key: str = "", max_output_size: int = 0):
         """``addresses``: the RPC address of every query frontend worker; the replica serves
         them all. With ``server_public_key`` (and this container's ``secret_key``), the
-        connections are CURVE-authenticated, as the cluster's frontend requires (clipper.rpc.auth)."""
+        connections are CURVE-authenticated, as the cluster's frontend requires (clipper.rpc.auth).
+        ``max_output_size``: the frontend's limit on one output (0: none); a larger output is
+        answered as an error, since the frontend would drop the connection that sent it."""
         self.model_name = model_name
         self.model_version = model_version
         self.input_type = input_type
@@ -91,6 +93,7 @@ class ContainerRuntime:
         self.handler = handler
         self.server_public_key = server_public_key
         self.secret_key = secret_key
+        self.max_output_size = max_output_size
         self.context = zmq.Context()
         self._stopping = False
         self._last_call_seconds = 0.0
@@ -227,10 +230,19 @@ class ContainerRuntime:
             outputs = self.handler(self.input_type, inputs)
             if len(outputs) != len(inputs):
                 raise ValueError(f"the model returned {len(outputs)} outputs for {len(inputs)} inputs")
-            return outputs
         except Exception as error:  # the model's fault: report it, keep serving
             log.error("the model raised on a batch of %d:\n%s", len(inputs), traceback.format_exc())
             return _errors(len(inputs), f"{type(error).__name__}: {error}")
+        limit = self.max_output_size
+        if limit > 0 and outputs and max(map(len, outputs)) > limit:      # one C-level pass
+            outputs = [self._too_large(output) if len(output) > limit else output for output in outputs]
+        return outputs
+
+    def _too_large(self, output: bytes) -> bytes:
+        message = (f"the model returned an output of {len(output)} bytes; the cluster takes at "
+                   f"most {self.max_output_size} (its max_output_size)")
+        log.error("%s", message)
+        return _errors(1, message)[0]
 
 
 def _errors(count: int, message: str) -> List[bytes]:
@@ -256,5 +268,6 @@ def main(config) -> None:
     addresses = [f"tcp://{config.ip}:{config.port + k}" for k in range(config.query_workers)]
     runtime = ContainerRuntime(config.model_name, config.model_version, input_type, addresses,
                                lambda kind, inputs: run_batch(function, kind, inputs),
-                               config.rpc_server_public_key, config.rpc_client_secret_key)
+                               config.rpc_server_public_key, config.rpc_client_secret_key,
+                               config.max_output_size)
     runtime.serve_forever()

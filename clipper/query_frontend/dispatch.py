@@ -235,9 +235,11 @@ class Dispatcher:
             self._dispatch(queue)
 
     def expire(self) -> None:
-        """Drop queued queries whose deadline passed (nobody waits for them any more)."""
+        """Drop queued queries whose deadline passed (nobody waits for them any more), and
+        the queues of versions whose replicas all left once they hold no query: a peer on
+        the RPC port that registers under ever new names must leave nothing behind."""
         now = self._clock()
-        for queue in self.queues.values():
+        for model_id, queue in list(self.queues.items()):
             if queue.tasks and queue.tasks[0][0] <= now:
                 live = []
                 for entry in queue.tasks:
@@ -251,6 +253,8 @@ class Dispatcher:
                         task.settle(error=DeadlineExpired())
                 heapq.heapify(live)
                 queue.tasks = live
+            if not queue.replicas and not queue.tasks:
+                del self.queues[model_id]
 
     # ---- internals ----
     def _dispatch(self, queue: ModelQueue) -> None:

@@ -9,8 +9,10 @@ instead of only after 30 s of silence, and its batch in flight is handed to anot
 import asyncio
 import itertools
 import logging
+import math
+import time
 from collections import defaultdict
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Set
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -21,28 +23,42 @@ from clipper.errors import RequestError
 from clipper.management.requests import check_group_string
 from clipper.redis_schema import Container
 from clipper.rpc import auth, codec
-from clipper.rpc.sockets import NOBLOCK, has_message, receive_frames, send_frames
+from clipper.rpc.sockets import (
+    NOBLOCK, has_message, receive_frames, seed_routing_ids, send_frames, shut_down_connection)
 
 log = logging.getLogger("clipper.query_frontend.rpc")
+
+LOG_LINES_PER_WINDOW = 20
+LOG_WINDOW_SECONDS = 10.0
 
 LIVENESS_CHECK_PERIOD = 1.0
 # Messages handled per wake-up before giving HTTP requests their turn.
 MAX_MESSAGES_PER_DRAIN = 256
+# The most RPC connections open at once; more are closed as they come. Far more replicas
+# than one frontend serves, and a bound on how many routing ids one peer can take (see
+# seed_routing_ids) that does not grow with the open-file limit.
+MAX_CONNECTIONS = 1024
 
 
 class RpcServer:
     def __init__(self, config: Config, recorder):
         """``recorder`` records replicas in Redis: ``added(Container)``, ``removed(Container)``."""
-        self.address = f"tcp://{config.host}:{config.rpc_port + config.query_worker}"
+        self.port = config.rpc_port + config.query_worker
+        self.address = f"tcp://{config.host}:{self.port}"
         self.replica_timeout = config.replica_timeout
         self.recorder = recorder
         # Plain sockets read from the event loop's own poller: zmq.asyncio spends a future,
         # and often a loop iteration, on every message (with wrk at 1 connection, frontend
         # CPU per request fell from 407 to 361 us and p50 from 576 to 502 us).
         self.context = zmq.Context()
+        seed_routing_ids()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.LINGER, 0)
+        # libzmq checks each frame's length as it arrives and disconnects a peer that announces
+        # more: a frame is never buffered whole first.
+        self.max_frame_size = config.max_output_size if config.max_output_size > 0 else -1
+        self.socket.setsockopt(zmq.MAXMSGSIZE, self.max_frame_size)
         self._authenticator = None
         if config.rpc_server_secret_key:
             self._authenticator = auth.require_curve(self.context, self.socket,
@@ -56,6 +72,7 @@ class RpcServer:
         self._probe_pending = False
         self._drain_pending = False
         self._monitor: Optional[zmq.Socket] = None
+        self._connections: Set[int] = set()     # file descriptors of the open connections
 
     def bind(self) -> None:
         self.socket.bind(self.address)
@@ -65,8 +82,8 @@ class RpcServer:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self._loop.add_reader(self.socket.FD, self._drain)
+        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self._loop.add_reader(self.socket.FD, self._on_readable)
         self._loop.add_reader(self._monitor.FD, self._drain_monitor)
         self._drain()           # messages may have arrived before the readers were added
         self._drain_monitor()
@@ -107,11 +124,23 @@ class RpcServer:
             self._loop.call_soon(self._drain)
 
     # ---- receiving ----
+    def _on_readable(self) -> None:
+        if not self._drain_pending:             # else a drain is on its way, and looks anyway
+            self._drain()
+
     def _drain(self) -> None:
-        self._drain_pending = False
-        if _receive_waiting(self.socket, self._on_message):
-            self._drain_pending = True          # the limit left some: after other work
-            self._loop.call_soon(self._drain)
+        # Pending while it runs, so that its answers (heartbeat replies, next batches) do not
+        # each schedule another drain: under a flood of heartbeats, drains would double every
+        # turn of the loop, and HTTP requests wait seconds behind them.
+        self._drain_pending = True
+        more = False
+        try:
+            more = _receive_waiting(self.socket, self._on_message)
+        finally:        # a bug of ours in a handler must not leave the socket unread for good
+            if more:
+                self._loop.call_soon(self._drain)   # the limit left some: after other work
+            else:
+                self._drain_pending = False
 
     def _on_message(self, frames: List[bytes]) -> None:
         identity, *frames = frames
@@ -158,6 +187,8 @@ class RpcServer:
             return
         log.info("replica %d of model %s:%s dropped: %s", replica.replica_id, *replica.model_id, reason)
         self.dispatcher.remove_replica(replica)
+        if not self.dispatcher.accepts(replica.model_id):     # its last replica: numbering restarts
+            self._replica_ids.pop(replica.model_id, None)
         self.recorder.removed(self._container(replica, -1))
 
     @staticmethod
@@ -172,10 +203,26 @@ class RpcServer:
 
     def _on_monitor_event(self, frames: List[bytes]) -> None:
         event = parse_monitor_message(frames)
-        if event["event"] == zmq.EVENT_DISCONNECTED and not self._probe_pending:
+        fd = int(event["value"])
+        if event["event"] == zmq.EVENT_ACCEPTED:
+            self._on_accepted(fd)
+            return
+        self._connections.discard(fd)
+        # libzmq says no more: the peer closed, or it broke the protocol and was cut off.
+        log.info("an RPC peer disconnected: it left, or broke the protocol (e.g. with a frame "
+                 "over max_output_size, %s bytes)", self.max_frame_size if self.max_frame_size > 0 else "no limit")
+        if not self._probe_pending:
             # The peer's pipe is torn down just after this event: probe a moment later.
             self._probe_pending = True
             self._loop.call_later(0.05, self.probe)
+
+    def _on_accepted(self, fd: int) -> None:
+        if len(self._connections) < MAX_CONNECTIONS:
+            self._connections.add(fd)
+            return
+        log.warning("closed a new RPC connection: %d are open, the most this frontend takes",
+                    MAX_CONNECTIONS)
+        shut_down_connection(fd, self.port)
 
     def probe(self) -> None:
         """Send a keep-alive to every replica; a failed send means the peer is gone."""
@@ -194,6 +241,34 @@ class RpcServer:
                     self.drop(replica, f"silent for {self.replica_timeout:.0f} s")
             self.dispatcher.expire()
 
+
+
+class LogRateLimit(logging.Filter):
+    """Lets at most ``lines`` records through per ``seconds``. What this logger says is about
+    RPC peers, whom anyone on an open port can make it say: a peer sending malformed messages
+    as fast as it can wrote 10 MB of log a second. The first line after some were left out
+    says how many."""
+
+    def __init__(self, lines: int = LOG_LINES_PER_WINDOW, seconds: float = LOG_WINDOW_SECONDS):
+        super().__init__()
+        self.lines, self.seconds = lines, seconds
+        self._window_start, self._passed, self._left_out = -math.inf, 0, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._window_start >= self.seconds:
+            self._window_start, self._passed = now, 0
+        if self._passed >= self.lines:
+            self._left_out += 1
+            return False
+        self._passed += 1
+        if self._left_out:
+            record.msg = f"({self._left_out} lines about RPC peers left out before this one) {record.msg}"
+            self._left_out = 0
+        return True
+
+
+log.addFilter(LogRateLimit())
 
 
 def _receive_waiting(socket: zmq.Socket, handle: Callable[[List[bytes]], None]) -> bool:

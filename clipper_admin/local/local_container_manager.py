@@ -44,12 +44,15 @@ class LocalContainerManager(ContainerManager):
                  host="127.0.0.1", clipper_metric_port=None,
                  admin_token=None, max_body_size=Config.max_body_size, rpc_auth="auto",
                  query_workers=Config.query_workers, max_batch_size=Config.max_batch_size,
-                 header_timeout=Config.header_timeout):
+                 header_timeout=Config.header_timeout, max_output_size=Config.max_output_size):
         """``host``: where the servers listen (loopback unless you mean it). ``admin_token``
         (default $CLIPPER_ADMIN_TOKEN): if set, /admin calls need it as a bearer token.
         ``max_body_size``: the largest request body the frontends accept, in bytes.
         ``max_batch_size``: the most inputs in one ``input_batch`` (413 beyond).
         ``header_timeout``: seconds a client has to send a request's headers (408 after).
+        ``max_output_size``: the largest output, in bytes, a model may return for one input
+        (its replica answers a larger one with an error; the query frontend disconnects an
+        RPC peer that sends more in one frame).
         ``clipper_metric_port`` (Prometheus): default the query port + 53.
         ``rpc_auth``: who may connect to the RPC port as a model container: "auto" (only
         the cluster's own containers, by CURVE keys, when there is an admin token or
@@ -63,7 +66,8 @@ class LocalContainerManager(ContainerManager):
         super().__init__(cluster_name, public_host_for(host), clipper_query_port,
                          clipper_management_port, clipper_rpc_port, clipper_metric_port,
                          redis_ip, redis_port, admin_token, max_body_size, rpc_auth,
-                         max_batch_size=max_batch_size, header_timeout=header_timeout)
+                         max_batch_size=max_batch_size, header_timeout=header_timeout,
+                         max_output_size=max_output_size)
         self.host = host
         self.cluster = ClusterDir(cluster_dir.base_dir() / cluster_name)
 

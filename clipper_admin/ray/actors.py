@@ -26,6 +26,7 @@ import ray
 import clipper
 from clipper import launch as recipe
 from clipper.config import Config, is_loopback
+from clipper_admin.container_manager import SERVING_LIMITS
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.local import LocalContainerManager
 
@@ -87,8 +88,8 @@ class ClusterFrontends:
             settings["replica_timeout"], cluster_name=settings["cluster_name"], host=self.settings["host"],
             clipper_query_port=settings["query_port"], clipper_management_port=settings["management_port"],
             clipper_rpc_port=settings["rpc_port"], clipper_metric_port=settings["metrics_port"],
-            admin_token=settings["admin_token"], max_body_size=settings["max_body_size"],
-            rpc_auth=settings["rpc_auth"])
+            admin_token=settings["admin_token"], rpc_auth=settings["rpc_auth"],
+            **{limit: settings[limit] for limit in SERVING_LIMITS})
         if self.local.cluster.is_running():       # this actor was restarted, its processes were not
             self.local.connect()
         else:

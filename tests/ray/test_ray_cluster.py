@@ -17,8 +17,9 @@ def feature_sum(xs):
 
 
 def test_cluster_and_clipper_stay_on_loopback(ray_cluster):
-    # With an admin token, the replicas also authenticate to the RPC port (CURVE keys).
-    manager = RayContainerManager(cluster_name="loopback", admin_token="a-token")
+    # With an admin token, the replicas also authenticate to the RPC port (CURVE keys). The
+    # serving limits reach the frontends the Ray actor starts.
+    manager = RayContainerManager(cluster_name="loopback", admin_token="a-token", max_batch_size=2)
     conn = ClipperConnection(manager)
     conn.start_clipper()
     try:
@@ -28,6 +29,9 @@ def test_cluster_and_clipper_stay_on_loopback(ray_cluster):
         conn.link_model_to_app("loop", "loop-model")
         answer = requests.post(f"http://{conn.get_query_addr()}/loop/predict", json={"input": [1.0, 2.0]})
         assert answer.json()["output"] == 3.0, answer.text
+        too_many = requests.post(f"http://{conn.get_query_addr()}/loop/predict",
+                                 json={"input_batch": [[1.0]] * 3})
+        assert too_many.status_code == 413 and "more than 2" in too_many.text, too_many.text
         # Every process of the cluster, Ray's and Clipper's, and this one (a Ray driver).
         processes = marked_processes(ray_cluster["marker"]) + [psutil.Process(os.getpid())]
         names = [p.name() for p in processes]

@@ -1,0 +1,117 @@
+"""The query frontend's RPC server on a real ZeroMQ port, without a cluster: what peers that
+come and go leave behind."""
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+
+import zmq
+
+from clipper.config import Config
+from clipper.datatypes import InputType
+from clipper.query_frontend.dispatch import Dispatcher
+from clipper.query_frontend.rpc_server import LIVENESS_CHECK_PERIOD, LogRateLimit, RpcServer
+from clipper.rpc import codec
+from clipper.rpc.sockets import shut_down_connection
+from helpers import wait_for
+
+
+class Recorder:
+    """What the frontend would write to Redis: the replicas connected now."""
+
+    def __init__(self):
+        self.live = {}
+
+    def added(self, container):
+        self.live[(container.model_name, container.replica_id)] = container
+
+    def removed(self, container):
+        self.live.pop((container.model_name, container.replica_id))
+
+
+def serving(port):
+    """An RpcServer on ``port``, run by an event loop in a thread; returns it and a stop()."""
+    recorder = Recorder()
+    server = RpcServer(Config(rpc_port=port), recorder)
+    server.attach(Dispatcher(server.send_batch, time.monotonic))
+    server.bind()
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(server.run())
+
+    def run():
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(task)
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def stop():
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(5)
+        loop.close()
+    return server, recorder, stop
+
+
+def register(context, port, name):
+    peer = context.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(f"tcp://127.0.0.1:{port}")
+    peer.send_multipart(codec.encode_new_container(name, "1", InputType.DOUBLES))
+    return peer
+
+
+def test_peers_registering_under_ever_new_names_leave_nothing_behind():
+    """Each name used to keep a queue and a replica counter for good: a peer registering
+    under new names, over and over, grew the frontend by about 1.5 KB a name."""
+    port = 27710
+    server, recorder, stop = serving(port)
+    context = zmq.Context()
+    try:
+        peers = [register(context, port, f"fake{i}") for i in range(50)]
+        wait_for(lambda: len(recorder.live) == 50, 10, "50 registrations")
+        for peer in peers:
+            peer.close(0)
+        wait_for(lambda: not recorder.live, 10, "every fake replica dropped")
+        time.sleep(LIVENESS_CHECK_PERIOD * 1.5)       # the liveness check clears empty queues
+        assert server.dispatcher.queues == {}
+        # A version whose replicas all left numbers its next one from 0 again.
+        again = register(context, port, "fake7")
+        wait_for(lambda: recorder.live, 10, "a new registration")
+        assert list(recorder.live) == [("fake7", 0)]
+        again.close(0)
+    finally:
+        context.term()
+        stop()
+
+
+def test_the_log_says_a_few_lines_per_window_then_how_many_it_left_out():
+    limit = LogRateLimit(lines=3, seconds=0.2)
+    records = [logging.LogRecord("rpc", logging.WARNING, __file__, 1, "junk %d", (n,), None)
+               for n in range(10)]
+    assert [limit.filter(record) for record in records] == [True] * 3 + [False] * 7
+    time.sleep(0.25)
+    later = logging.LogRecord("rpc", logging.INFO, __file__, 1, "a peer left", (), None)
+    assert limit.filter(later)
+    assert later.getMessage() == "(7 lines about RPC peers left out before this one) a peer left"
+
+
+def test_a_connection_is_shut_down_only_if_it_is_still_one_to_the_rpc_port():
+    """The descriptor libzmq reported may have been closed and reused (by an HTTP client's
+    connection, say) before the frontend acts on it: that one is left alone."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    with listener, socket.create_connection(("127.0.0.1", port)) as client:
+        accepted, _ = listener.accept()
+        with accepted:
+            shut_down_connection(accepted.fileno(), port + 1)      # another port's number
+            client.setblocking(False)
+            try:
+                client.recv(1)
+                raise AssertionError("the connection was closed")
+            except BlockingIOError:
+                pass
+            shut_down_connection(accepted.fileno(), port)
+            client.setblocking(True)
+            client.settimeout(5)
+            assert client.recv(1) == b""
