@@ -226,11 +226,13 @@ def ensure_noop_image(client, runtime_image, tag):
         found = client.images.get(tag)
     except docker.errors.ImageNotFound:
         found = None
-    if found is not None and found.labels.get(NOOP_RUNTIME_LABEL) in (None, runtime_image):
+    built_on = found.labels.get(NOOP_RUNTIME_LABEL) if found is not None else None
+    if found is not None and built_on in (None, runtime_image):
         return tag              # not ours, or ours on this runtime image
-    logger.info("Clipper's noop container %s is not on this Docker engine (and is not pulled): "
-                "building our own under that name from %s; it answers \"1.0\" to every input, "
-                "as Clipper's does", tag, runtime_image)
+    why = (f"here is ours, built on another runtime image ({built_on})" if found is not None
+           else "is not on this Docker engine (and is not pulled)")
+    logger.info("Clipper's noop container %s %s: building our own under that name from %s; it "
+                "answers \"1.0\" to every input, as Clipper's does", tag, why, runtime_image)
     model_dir = noop_model_directory()
     try:
         return build_model_image(client, runtime_image, tag, model_dir,

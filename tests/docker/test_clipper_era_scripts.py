@@ -17,7 +17,7 @@ import requests
 from clipper.cluster.redis_binary import find_redis_server
 from clipper_admin import ClipperConnection, ClipperException, DockerContainerManager, LocalContainerManager
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL
-from clipper_admin.docker.images import pip_ca_bundle
+from clipper_admin.docker.images import NOOP_RUNTIME_LABEL, ensure_noop_image, pip_ca_bundle
 from helpers import ROOT, port_open
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -191,6 +191,17 @@ def test_clippers_noop_container_is_served_by_name_without_a_pull(side_by_side, 
     finally:
         conn.stop_all_model_containers()
         docker_client.images.remove("noop-built:1", force=True)
+        docker_client.images.remove(NOOP_IMAGE, force=True)
+
+
+def test_our_noop_container_image_on_another_runtime_image_is_built_again(side_by_side, docker_client, base_image):
+    ensure_noop_image(docker_client, base_image, NOOP_IMAGE)     # as another client's runtime left it
+    conn = side_by_side["b"]
+    try:
+        conn.build_model("on-noop", "1", None, NOOP_IMAGE)
+        assert docker_client.images.get(NOOP_IMAGE).labels[NOOP_RUNTIME_LABEL] == conn.cm.runtime_image
+    finally:
+        docker_client.images.remove("on-noop:1", force=True)
         docker_client.images.remove(NOOP_IMAGE, force=True)
 
 
