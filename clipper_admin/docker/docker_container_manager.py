@@ -304,10 +304,11 @@ class DockerContainerManager(ContainerManager):
     # ---- models ----
     def build_model(self, name, version, model_data_path, base_image, container_registry=None,
                     pkgs_to_install=None):
-        """An image ``[registry/]name:version`` of the runtime image plus the model directory.
-        Clipper's closure base images are not used: the runtime image replaces them. On
-        Clipper's noop container, it is built on that image, as in 0.4.1."""
-        tag = f"{name}:{version}"
+        """An image ``[registry/]<cluster>-name:version`` of the runtime image plus the model
+        directory, named as 0.4.1 named it: another cluster's build of the same name:version
+        never replaces it. Clipper's closure base images are not used: the runtime image
+        replaces them. On Clipper's noop container, it is built on that image, as in 0.4.1."""
+        tag = f"{self.cluster_name.lower()}-{name}:{version}"      # image names are lower-case
         if container_registry:
             tag = f"{container_registry}/{tag}"
         base = self._noop_image(base_image) if is_noop_image(base_image) else self._runtime_image()

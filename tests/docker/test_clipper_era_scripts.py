@@ -17,6 +17,7 @@ import requests
 from clipper.cluster.redis_binary import find_redis_server
 from clipper_admin import ClipperConnection, ClipperException, DockerContainerManager, LocalContainerManager
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL
+from clipper_admin.deployers import python as python_deployer
 from clipper_admin.docker.images import NOOP_RUNTIME_LABEL, ensure_noop_image, pip_ca_bundle
 from helpers import ROOT, port_open
 
@@ -187,10 +188,10 @@ def test_clippers_noop_container_is_served_by_name_without_a_pull(side_by_side, 
         # As 0.4.1 built on it: a model image built on the noop container descends from it.
         conn.build_and_deploy_model("noop-built", "1", "doubles", None, NOOP_IMAGE)
         assert len(model_containers_of(docker_client, "side-a", NOOP_IMAGE)) == 3
-        assert len(model_containers_of(docker_client, "side-a", "noop-built:1")) == 1
+        assert len(model_containers_of(docker_client, "side-a", "side-a-noop-built:1")) == 1
     finally:
         conn.stop_all_model_containers()
-        docker_client.images.remove("noop-built:1", force=True)
+        docker_client.images.remove("side-a-noop-built:1", force=True)
         docker_client.images.remove(NOOP_IMAGE, force=True)
 
 
@@ -201,7 +202,7 @@ def test_our_noop_container_image_on_another_runtime_image_is_built_again(side_b
         conn.build_model("on-noop", "1", None, NOOP_IMAGE)
         assert docker_client.images.get(NOOP_IMAGE).labels[NOOP_RUNTIME_LABEL] == conn.cm.runtime_image
     finally:
-        docker_client.images.remove("on-noop:1", force=True)
+        docker_client.images.remove("side-b-on-noop:1", force=True)
         docker_client.images.remove(NOOP_IMAGE, force=True)
 
 
@@ -211,10 +212,10 @@ def test_a_noop_container_image_of_the_users_own_is_used_as_it_is(side_by_side, 
     try:
         side_by_side["b"].build_model("on-users-noop", "1", None, users_own)
         assert docker_client.images.get(users_own).id == docker_client.images.get(base_image).id
-        ancestors = [layer["Id"] for layer in docker_client.images.get("on-users-noop:1").history()]
+        ancestors = [layer["Id"] for layer in docker_client.images.get("side-b-on-users-noop:1").history()]
         assert docker_client.images.get(base_image).id in ancestors
     finally:
-        docker_client.images.remove("on-users-noop:1", force=True)
+        docker_client.images.remove("side-b-on-users-noop:1", force=True)
         docker_client.images.remove(users_own)
 
 
@@ -228,3 +229,28 @@ def test_an_image_that_cannot_be_had_is_one_clear_error_and_registers_nothing(si
     assert str(raised.value).endswith("Build it with build_model (or deploy with build_and_deploy_model), "
                                       "or load it into the engine: docker load -i <file>")
     assert conn.get_all_models() == [] and conn.get_num_replicas("absent", 1) == 0
+
+
+def test_two_clusters_deploying_one_model_name_and_version_keep_their_own_models(side_by_side, docker_client):
+    """As in 0.4.1, a model image is named for its cluster, so another cluster's build of
+    the same name:version never replaces it (a later scale-up would start the other's model)."""
+    conns = {"a": side_by_side["a"], "b": side_by_side["b"]}
+    images = []
+    try:
+        for side, conn in conns.items():
+            conn.register_application("same-name", "doubles", "default", 2_000_000)
+            images.append(conn.build_model("same-name", 1, None, NOOP_IMAGE))
+            python_deployer.deploy_python_closure(conn, "same-name", 2, "doubles",
+                                                  lambda xs, side=side: [side] * len(xs))
+            conn.link_model_to_app("same-name", "same-name")
+        assert images == ["side-a-same-name:1", "side-b-same-name:1"]
+        conns["a"].set_num_replicas("same-name", 3)
+        answers = {requests.post(f"http://{conns['a'].get_query_addr()}/same-name/predict",
+                                 json={"input": [float(k)]}, timeout=10).json()["output"] for k in range(30)}
+        assert answers == {"a"}
+    finally:
+        for conn in conns.values():
+            conn.stop_all_model_containers()
+        for image in [f"side-{side}-same-name:{version}" for side in conns for version in (1, 2)] + [NOOP_IMAGE]:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_client.images.remove(image, force=True)

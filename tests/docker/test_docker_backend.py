@@ -33,7 +33,7 @@ def cluster(docker_client, base_image):
         yield conn
     finally:
         conn.stop_all(graceful=False)
-        docker_client.images.remove("dock-sum:1", force=True)
+        docker_client.images.remove("dock-dock-sum:1", force=True)
 
 
 def containers(client, **labels):
@@ -115,7 +115,7 @@ def test_a_model_image_is_the_model_directory_and_a_rebuild_leaves_no_untagged_i
     (tmp_path / "weights.txt").write_text("second")
     image = cluster.build_model("dock-rebuild", 1, str(tmp_path), None)
     try:
-        assert image == "dock-rebuild:1"
+        assert image == "dock-dock-rebuild:1"      # <cluster>-name:version, as 0.4.1
         assert file_in_image(docker_client, image, "/model/weights.txt") == b"second"
         with pytest.raises(docker.errors.ImageNotFound):
             docker_client.images.get(first.id)

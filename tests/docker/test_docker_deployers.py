@@ -43,7 +43,7 @@ def cluster(docker_client, base_image):
         yield conn
     finally:
         conn.stop_all(graceful=False)
-        for image in ("dock-onnx-model:1",):
+        for image in ("dock-onnx-dock-onnx-model:1",):
             try:
                 docker_client.images.remove(image, force=True)
             except Exception:

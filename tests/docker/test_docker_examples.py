@@ -38,7 +38,7 @@ def engine(docker_client):
         container.remove(force=True)
     assert not left, f"containers left behind: {[c.name for c in left]}"
     with contextlib.suppress(docker.errors.ImageNotFound):
-        docker_client.images.remove("sum-model:1", force=True)
+        docker_client.images.remove("default-cluster-sum-model:1", force=True)
 
 
 def test_simplified_example_on_docker(engine_with_base):
