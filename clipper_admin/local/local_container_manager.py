@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 APPLY_TIMEOUT_SECONDS = 60
 # Replica exits in a row, each soon after start, before a deploy gives up.
-REPLICA_FAILURES_REPORTED = 2
+FAILURES_REPORTED = 2      # quick exits in a row: a process that keeps exiting, not starting
 # AF_UNIX paths are limited to 108 bytes.
 MAX_SOCKET_PATH = 100
 
@@ -100,7 +100,7 @@ class LocalContainerManager(ContainerManager):
             self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
             servers = recipe.servers(config, embedded_redis=False)
             self._wait_until_serving(
-                servers, lambda: self._start_failure(servers) if supervisor.poll() is not None else None)
+                servers, lambda: self._start_failure(servers, supervisor.poll() is not None))
         except BaseException:                # Ctrl-C or a failed start: leave nothing behind
             stop_cluster(self.cluster)       # (the supervisor carries the marker, if not yet recorded)
             raise
@@ -139,12 +139,21 @@ class LocalContainerManager(ContainerManager):
         env[cluster_dir.MARKER_ENV] = str(self.cluster.path)   # found by it even without the directory
         return env
 
-    def _start_failure(self, servers):
-        """Why the start failed: the end of each log (a process's log is named as it is)."""
-        tails = [f"--- {name}.log ---\n{tail}" for name in
-                 ("supervisor", "redis", *(launch.process_name for launch in servers))
-                 if (tail := self.cluster.log_tail(name, 8))]
-        return "its supervisor exited.\n" + "\n".join(tails)
+    def _start_failure(self, servers, supervisor_exited):
+        """Why the start cannot succeed, or None while it may: the supervisor exited, or a
+        server keeps exiting (the supervisor would restart it until the start timed out).
+        With the end of each log concerned (a process's log is named as it is)."""
+        if supervisor_exited:
+            why, names = "its supervisor exited.", ("supervisor", "redis", *(launch.process_name for launch in servers))
+        else:
+            failing = self.cluster.failing()
+            names = [launch.process_name for launch in servers
+                     if failing.get(launch.process_name, {}).get("failures", 0) >= FAILURES_REPORTED]
+            if not names:
+                return None
+            why = f"{', '.join(names)} keeps exiting (restarted by the supervisor, it exits again)."
+        tails = [f"--- {name}.log ---\n{tail}" for name in names if (tail := self.cluster.log_tail(name, 8))]
+        return why + "\n" + "\n".join(tails)
 
     def connect(self):
         """Connect to the cluster of this name; if it crashed (or the machine restarted), start
@@ -179,9 +188,7 @@ class LocalContainerManager(ContainerManager):
         # Ours gives way if a watchdog's supervisor took the cluster first: that is no failure.
         servers = recipe.servers(config, embedded_redis=False)
         self._wait_until_serving(
-            servers,
-            lambda: self._start_failure(servers) if supervisor.poll() is not None and not self.cluster.is_running()
-            else None)
+            servers, lambda: self._start_failure(servers, supervisor.poll() is not None and not self.cluster.is_running()))
         wanted = sum(model["count"] for model in self.cluster.wanted_replicas()["models"].values())
         deadline = time.monotonic() + APPLY_TIMEOUT_SECONDS
         while self._running_replicas() < wanted:
@@ -275,7 +282,7 @@ class LocalContainerManager(ContainerManager):
     def replica_failure(self, name, version):
         for process, status in self.cluster.failing().items():
             if (status.get("model_name"), status.get("model_version")) == (name, str(version)) \
-                    and status["failures"] >= REPLICA_FAILURES_REPORTED:
+                    and status["failures"] >= FAILURES_REPORTED:
                 return (f"Its process {process} keeps exiting (exit code {status['exit_code']}). "
                         f"Last lines of its log:\n{self.cluster.log_tail(process)}")
         return None

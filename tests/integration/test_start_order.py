@@ -12,8 +12,9 @@ import time
 import pytest
 
 from clipper import launch as recipe
-from clipper.cluster.cluster_dir import MARKER_ENV
+from clipper.cluster.cluster_dir import MARKER_ENV, cluster_processes
 from clipper.config import Config
+from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from helpers import ROOT
 
 PORTS = dict(query_port=26337, management_port=26338, rpc_port=26700, metrics_port=26390)
@@ -50,3 +51,26 @@ def test_query_frontend_started_before_redis_waits_for_it(start, tmp_path):
     recipe.wait_until_ready([frontend_launch], lambda: None if frontend.poll() is None
                             else f"the query frontend exited: {frontend.stderr.read().decode()[-2000:]}",
                             timeout=30)
+
+
+def test_a_frontend_that_keeps_exiting_ends_the_start_with_its_log(clipper_state_dir, tmp_path, monkeypatch):
+    """The supervisor restarts a frontend that exits; one that exits at every start makes
+    start_clipper fail within seconds, with its log, instead of after the start's timeout."""
+    crashing = tmp_path / "site"
+    crashing.mkdir()
+    (crashing / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if 'query-frontend' in sys.argv:\n"
+        "    sys.stderr.write('deliberate crash of the query frontend at its start\\n')\n"
+        "    os._exit(3)\n")
+    monkeypatch.setenv("PYTHONPATH", str(crashing))
+    conn = ClipperConnection(LocalContainerManager(
+        cluster_name="crashing", clipper_query_port=PORTS["query_port"],
+        clipper_management_port=PORTS["management_port"], clipper_rpc_port=PORTS["rpc_port"],
+        clipper_metric_port=PORTS["metrics_port"]))
+    started = time.monotonic()
+    with pytest.raises(ClipperException, match="query-frontend keeps exiting") as failed:
+        conn.start_clipper()
+    assert "deliberate crash of the query frontend" in str(failed.value)
+    assert time.monotonic() - started < 60, "not the start's timeout (120 s)"
+    assert not conn.cm.cluster.is_running() and not cluster_processes(conn.cm.cluster)
