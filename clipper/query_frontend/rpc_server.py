@@ -133,10 +133,10 @@ class RpcServer:
         # each schedule another drain: under a flood of heartbeats, drains would double every
         # turn of the loop, and HTTP requests wait seconds behind them.
         self._drain_pending = True
-        more = False
-        try:
+        more = True     # unless it returns: a handler's exception (a bug of ours) may leave
+        try:            # messages behind, and the descriptor will not signal them again
             more = _receive_waiting(self.socket, self._on_message)
-        finally:        # a bug of ours in a handler must not leave the socket unread for good
+        finally:
             if more:
                 self._loop.call_soon(self._drain)   # the limit left some: after other work
             else:
