@@ -64,8 +64,13 @@ def shut_down_connection(fd: int, port: int) -> None:
     number may have been reused since libzmq reported it): libzmq then sees it end and
     frees it. Shutting down a duplicate of the descriptor leaves libzmq's own to close."""
     try:
-        duplicate = socket.socket(fileno=os.dup(fd))
-    except OSError:
+        copy = os.dup(fd)
+    except OSError:         # closed since
+        return
+    try:
+        duplicate = socket.socket(fileno=copy)
+    except OSError:         # reused by something that is no socket: the copy is still ours
+        os.close(copy)
         return
     with duplicate:
         try:

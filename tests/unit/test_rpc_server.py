@@ -3,6 +3,7 @@ come and go leave behind."""
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -115,6 +116,19 @@ def test_a_connection_is_shut_down_only_if_it_is_still_one_to_the_rpc_port():
             client.setblocking(True)
             client.settimeout(5)
             assert client.recv(1) == b""
+
+
+def test_a_descriptor_that_is_no_longer_a_socket_is_left_alone_and_nothing_leaks():
+    """Reused by a pipe, say: each look at it kept a duplicate of it open for good."""
+    read_end, write_end = os.pipe()
+    try:
+        open_before = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            shut_down_connection(read_end, 7000)
+        assert len(os.listdir("/proc/self/fd")) == open_before
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def test_a_handler_that_raises_leaves_no_message_waiting_for_the_next_arrival():
