@@ -347,9 +347,7 @@ class DockerContainerManager(ContainerManager):
         in_use = Counter(device for container in self._model_containers()
                          for device in container.labels.get(GPUS_LABEL, "").split(",") if device)
         self._remove(current[num_replicas:])
-        launch = recipe.model_container(
-            Config(host=LOOPBACK, rpc_port=self.clipper_rpc_port, **self._rpc_container_keys()),
-            name, version, input_type, model_path="")
+        launch = recipe.model_container(self._replica_config(), name, version, input_type, model_path="")
         # The image says where its model is (build_model's: /model), as in 0.4.1.
         launch = dataclasses.replace(launch, env={key: value for key, value in launch.env.items()
                                                   if key != MODEL_PATH_VARIABLE})
@@ -377,13 +375,10 @@ class DockerContainerManager(ContainerManager):
                     "build_and_deploy_model), or load it into the engine: docker load -i <file>") from None
         return image
 
-    def _rpc_container_keys(self):
-        """The keys a model container needs to reach this cluster's RPC port, as the query
-        frontend's environment holds them ({}: its RPC port is open)."""
+    def _replica_config(self):
         frontends = self._containers(**{ROLE_LABEL: QUERY_FRONTEND})
         environment = _as_dict(frontends[0].attrs["Config"]["Env"]) if frontends else {}
-        return {field: environment[env_name(field)] for field in auth.CONTAINER_KEY_FIELDS
-                if environment.get(env_name(field))}
+        return replica_config(environment, self.clipper_rpc_port)
 
     def replica_failure(self, name, version):
         failing = [c for c in self._model_containers(name, version) if _restarts(c) >= FAILING_RESTARTS]
@@ -398,6 +393,19 @@ class DockerContainerManager(ContainerManager):
 
     def stop_all_model_containers(self):
         self._remove(self._model_containers())
+
+
+# What a model container shares with the query frontend it serves: the keys to reach its RPC
+# port (none where it is open), and the largest output the frontend takes in one frame.
+SHARED_WITH_FRONTEND = (*auth.CONTAINER_KEY_FIELDS, "max_output_size")
+
+
+def replica_config(frontend_environment, rpc_port):
+    """A model container's Config, from the running query frontend's environment (the
+    cluster's settings, whichever manager started it)."""
+    shared = {env_name(field): frontend_environment[env_name(field)] for field in SHARED_WITH_FRONTEND
+              if frontend_environment.get(env_name(field))}
+    return Config.load([], shared).replace(host=LOOPBACK, rpc_port=rpc_port)
 
 
 def _as_dict(environment):
