@@ -12,6 +12,7 @@ import logging
 
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from clipper import openapi
 from clipper import redis_schema as schema
@@ -122,7 +123,7 @@ class ManagementAPI:
         await self.store.update(plan)
         try:
             synced = await self.store.followers_synced(self.sync_timeout)
-        except REDIS_ERRORS as error:
+        except RedisError as error:     # any: the change is made, and is answered as made
             synced = False
             log.warning("could not tell the query frontends of a change (%s)", error)
         if not synced:

@@ -14,9 +14,10 @@ REDIS_PORT = 16379
 
 
 @pytest.fixture
-def external_redis(tmp_path):
+def external_redis(tmp_path, request):
+    extra = getattr(request, "param", [])
     server = subprocess.Popen([find_redis_server(), "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
-                               "--save", "", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+                               "--save", "", "--dir", str(tmp_path), *extra], stdout=subprocess.DEVNULL)
     client = redis.Redis(port=REDIS_PORT)
     for _ in range(100):
         try:
@@ -49,3 +50,23 @@ def test_cluster_uses_the_given_redis_and_leaves_it_running(external_redis):
     finally:
         conn.stop_all()
     assert external_redis.ping()
+
+
+# A Redis that refuses the wait for the query frontends' acknowledgement (before 6.0, BLPOP
+# took whole seconds only and refused 1.0; here it is renamed away).
+@pytest.mark.parametrize("external_redis", [["--rename-command", "BLPOP", ""]], indirect=True)
+def test_a_change_applied_is_answered_as_applied_when_the_wait_for_the_frontends_fails(external_redis):
+    """The change was made, yet the management frontend answered 500: an operator retrying
+    it was then told the application already exists."""
+    from clipper_admin import ClipperConnection, LocalContainerManager
+    manager = LocalContainerManager(cluster_name="external-noblpop", clipper_query_port=12337,
+                                    clipper_management_port=12338, clipper_rpc_port=17001,
+                                    clipper_metric_port=12390, redis_ip="127.0.0.1",
+                                    redis_port=REDIS_PORT)
+    conn = ClipperConnection(manager)
+    conn.start_clipper()
+    try:
+        conn.register_application("noblpop", "doubles", "0", 100000)
+        assert conn.get_app_info("noblpop")["input_type"] == "doubles"
+    finally:
+        conn.stop_all()
