@@ -184,6 +184,8 @@ class LocalContainerManager(ContainerManager):
         logger.warning("Clipper cluster '%s' is not running (it crashed, or the machine restarted); "
                        "starting it again from its state in %s", self.cluster_name, self.cluster.path)
         config = Config(**self.cluster.settings()["config"])
+        # Failures the dead supervisor recorded are no news of this start (its cause may be gone).
+        self.cluster.write_processes(self.cluster.applied_generation(), self.cluster.processes(), {})
         supervisor = self._start_supervisor()
         # Ours gives way if a watchdog's supervisor took the cluster first: that is no failure.
         servers = recipe.servers(config, embedded_redis=False)

@@ -165,3 +165,23 @@ def test_after_every_process_is_killed_the_cluster_comes_back_as_it_was(recover_
         assert not conn.cm.cluster.path.exists()
         with pytest.raises(ClipperException, match="No running Clipper cluster"):
             ClipperConnection(LocalContainerManager(cluster_name=NAME)).connect()
+
+
+def test_a_frontend_that_failed_before_the_crash_does_not_fail_the_recovery(clipper_state_dir):
+    """The power cut came while the query frontend kept exiting (its cause since removed): the
+    record of its failures, left by the dead supervisor, ended connect() at once with "keeps
+    exiting" and the old log, before the new supervisor had started anything."""
+    with local_cluster(NAME, **PORTS) as conn:
+        cluster = conn.cm.cluster
+        processes = cluster_processes(cluster)
+        for stop in (signal.SIGSTOP, signal.SIGKILL):
+            for process in processes:
+                process.send_signal(stop)
+        assert_all_stopped([p.pid for p in processes])
+        frontend = next(p["name"] for p in cluster.processes() if p["name"].startswith("query"))
+        cluster.write_processes(cluster.applied_generation(), cluster.processes(),
+                                {frontend: {"failures": 3, "exit_code": 1}})
+
+        again = ClipperConnection(LocalContainerManager(cluster_name=NAME))
+        again.connect()
+        assert again.get_all_apps() == []
