@@ -10,6 +10,7 @@ its way, the store finds out whether it was applied, and raises ``Unavailable`` 
 import json
 import logging
 import secrets
+import time
 from typing import Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 import redis.asyncio as aioredis
@@ -114,9 +115,12 @@ class Store:
         nonce = secrets.token_hex(8)
         client = self._db[schema.SYNC_DB]
         followers = await client.publish(schema.SYNC_CHANNEL, nonce)
+        deadline = time.monotonic() + timeout       # for all of them together
         try:
             for _ in range(followers):
-                if await client.blpop([schema.sync_ack_key(nonce)], timeout) is None:
+                # BLPOP's timeout counts milliseconds, and 0 would wait for ever.
+                left = round(deadline - time.monotonic(), 3)
+                if left <= 0 or await client.blpop([schema.sync_ack_key(nonce)], left) is None:
                     return False
             return True
         finally:
