@@ -30,14 +30,19 @@ def external_redis(tmp_path, request):
     server.wait(10)
 
 
-def test_cluster_uses_the_given_redis_and_leaves_it_running(external_redis):
+def cluster_on_the_external_redis(name):
+    """A started cluster of ``name`` whose state is in the external Redis."""
     from clipper_admin import ClipperConnection, LocalContainerManager
-    manager = LocalContainerManager(cluster_name="external", clipper_query_port=12337,
-                                    clipper_management_port=12338, clipper_rpc_port=17001,
-                                    clipper_metric_port=12390, redis_ip="127.0.0.1",
-                                    redis_port=REDIS_PORT)
-    conn = ClipperConnection(manager)
+    conn = ClipperConnection(LocalContainerManager(
+        cluster_name=name, clipper_query_port=12337, clipper_management_port=12338,
+        clipper_rpc_port=17001, clipper_metric_port=12390, redis_ip="127.0.0.1", redis_port=REDIS_PORT))
     conn.start_clipper()
+    return conn
+
+
+def test_cluster_uses_the_given_redis_and_leaves_it_running(external_redis):
+    conn = cluster_on_the_external_redis("external")
+    manager = conn.cm
     try:
         python_deployer.create_endpoint(conn, "ext", "doubles", total)
         answer = requests.post(f"http://{conn.get_query_addr()}/ext/predict",
@@ -58,13 +63,7 @@ def test_cluster_uses_the_given_redis_and_leaves_it_running(external_redis):
 def test_a_change_applied_is_answered_as_applied_when_the_wait_for_the_frontends_fails(external_redis):
     """The change was made, yet the management frontend answered 500: an operator retrying
     it was then told the application already exists."""
-    from clipper_admin import ClipperConnection, LocalContainerManager
-    manager = LocalContainerManager(cluster_name="external-noblpop", clipper_query_port=12337,
-                                    clipper_management_port=12338, clipper_rpc_port=17001,
-                                    clipper_metric_port=12390, redis_ip="127.0.0.1",
-                                    redis_port=REDIS_PORT)
-    conn = ClipperConnection(manager)
-    conn.start_clipper()
+    conn = cluster_on_the_external_redis("external-noblpop")
     try:
         conn.register_application("noblpop", "doubles", "0", 100000)
         assert conn.get_app_info("noblpop")["input_type"] == "doubles"
