@@ -116,16 +116,13 @@ class Store:
         client = self._db[schema.SYNC_DB]
         followers = await client.publish(schema.SYNC_CHANNEL, nonce)
         deadline = time.monotonic() + timeout       # for all of them together
-        try:
-            for _ in range(followers):
-                # BLPOP's timeout counts milliseconds, and 0 would wait for ever.
-                left = round(deadline - time.monotonic(), 3)
-                if left <= 0 or await client.blpop([schema.sync_ack_key(nonce)], left) is None:
-                    return False
-            return True
-        finally:
-            if followers:
-                await client.delete(schema.sync_ack_key(nonce))
+        # No clean-up: the list is gone once all are popped, and late ones expire by themselves.
+        for _ in range(followers):
+            # BLPOP's timeout counts milliseconds, and 0 would wait for ever.
+            left = round(deadline - time.monotonic(), 3)
+            if left <= 0 or await client.blpop([schema.sync_ack_key(nonce)], left) is None:
+                return False
+        return True
 
     async def acknowledge_sync(self, nonce: str) -> None:
         key = schema.sync_ack_key(nonce)

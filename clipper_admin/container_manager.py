@@ -87,6 +87,10 @@ def is_valid_name(value) -> bool:
     return bool(_NAME_PATTERN.match(str(value)))
 
 
+# Exits in a row, each soon after its start, that make a process (a replica, a frontend) one
+# that keeps exiting, not one still starting: the deploy or the start then fails with its log.
+FAILURES_REPORTED = 2
+
 # The serving limits a manager takes (each an attribute of the same name) and hands to its
 # cluster's frontends.
 SERVING_LIMITS = ("max_body_size", "max_batch_size", "header_timeout", "max_output_size")
@@ -130,10 +134,10 @@ class ContainerManager(abc.ABC):
         self.redis_ip = redis_ip            # None: the cluster runs its own Redis
         self.redis_port = redis_port
         self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
-        # SERVING_LIMITS: what a backend that starts its frontends elsewhere passes on.
+        # SERVING_LIMITS, handed to the cluster's frontends (_cluster_config, the Ray actor).
         self.max_body_size = max_body_size
         self.max_batch_size = whole_number("max_batch_size", max_batch_size)   # most inputs in one input_batch
-        self.header_timeout = header_timeout      # seconds to receive a request's headers
+        self.header_timeout = float(header_timeout)      # seconds to receive a request's headers
         self.max_output_size = whole_number("max_output_size", max_output_size)   # bytes, one model output
         self.rpc_auth = rpc_auth            # "auto": CURVE with a token or beyond loopback
 
@@ -146,9 +150,7 @@ class ContainerManager(abc.ABC):
                       management_port=self.clipper_management_port, rpc_port=self.clipper_rpc_port,
                       metrics_port=self.clipper_metric_port, redis_url=redis_url,
                       cache_size=cache_size, body_timeout=float(body_timeout),
-                      max_body_size=self.max_body_size, max_batch_size=self.max_batch_size,
-                      header_timeout=float(self.header_timeout), admin_token=self.admin_token,
-                      max_output_size=self.max_output_size,
+                      admin_token=self.admin_token, **{limit: getattr(self, limit) for limit in SERVING_LIMITS},
                       query_workers=self.query_workers, **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token))
 
     def _require_free_ports(self, listen_host, extra=()):

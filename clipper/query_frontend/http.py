@@ -415,7 +415,7 @@ class Connection(asyncio.Protocol):
         self._wait(_ANSWER, None)
         if self.transport is not None:
             if self.answers:
-                self.transport.pause_reading()
+                self._pause_reading()
             else:
                 self._close()
 

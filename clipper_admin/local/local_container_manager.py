@@ -22,15 +22,13 @@ from clipper.config import MODEL_CONTAINER, Config
 from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager,
-    START_HINT, public_host_for, whole_number)
+    FAILURES_REPORTED, START_HINT, public_host_for, whole_number)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.exceptions import ClipperException
 
 logger = logging.getLogger(__name__)
 
 APPLY_TIMEOUT_SECONDS = 60
-# Replica exits in a row, each soon after start, before a deploy gives up.
-FAILURES_REPORTED = 2      # quick exits in a row: a process that keeps exiting, not starting
 # AF_UNIX paths are limited to 108 bytes.
 MAX_SOCKET_PATH = 100
 

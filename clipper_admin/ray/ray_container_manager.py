@@ -25,7 +25,8 @@ from clipper.config import Config
 from clipper.rpc import auth
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT,
-    CLIPPER_INTERNAL_RPC_PORT, SERVING_LIMITS, START_HINT, ContainerManager, public_host_for)
+    CLIPPER_INTERNAL_RPC_PORT, FAILURES_REPORTED, SERVING_LIMITS, START_HINT, ContainerManager,
+    public_host_for)
 from clipper_admin.exceptions import ClipperException, MissingDependency
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,6 @@ INFO_TIMEOUT_SECONDS = 1.0
 # reported as waiting for them. (Ray's public API does not say whether an actor is placed:
 # one that is starting on its node also holds its resources.)
 WAITING_REPORT_SECONDS = 10.0
-# A replica process that exits this many times in a row, soon after starting, fails a deploy.
-REPLICA_FAILURES_REPORTED = 2
 # Where `ray start` records the address of the cluster it started on this machine.
 RAY_CURRENT_CLUSTER_FILE = "ray_current_cluster"
 
@@ -330,7 +329,7 @@ class RayContainerManager(ContainerManager):
                 info = ray.get(call)
             except ray.exceptions.RayError as error:
                 return f"Replica {index} could not start: {_cause(error)}"
-            if info["failures"] >= REPLICA_FAILURES_REPORTED:
+            if info["failures"] >= FAILURES_REPORTED:
                 log = ray.get(handle.log.remote(12))
                 return (f"Its process on node {info['node_ip']} keeps exiting (exit code "
                         f"{info['exit_code']}). Last lines of its log:\n{log}")
