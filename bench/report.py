@@ -80,15 +80,16 @@ def observations(results):
     return lines
 
 
-def hop_bound(results, zmq_round_trip_us: float):
-    """What the hops alone cost at 1 client: the floor's HTTP round trip plus one ZeroMQ round
-    trip to a second process, with no work of ours on either side."""
+def hop_bound(results, round_trip_us: float):
+    """What the hops alone cost at 1 client: the floor's HTTP round trip plus one round trip
+    to a second process (as the local backend's replicas connect), with no work of ours on
+    either side."""
     if not clean(results.get(BARE_FLOOR)):
         return []
     floor = p50(results, BARE_FLOOR, 1)
-    hops = floor + zmq_round_trip_us
-    return [f"Hops alone at 1 client: the bare floor's p50 ({floor:.0f} us) plus one ZeroMQ round trip "
-            f"({zmq_round_trip_us:.0f} us) is {hops:.0f} us, {hops / floor:.2f}x the floor before any work "
+    hops = floor + round_trip_us
+    return [f"Hops alone at 1 client: the bare floor's p50 ({floor:.0f} us) plus one round trip to the "
+            f"replica ({round_trip_us:.0f} us) is {hops:.0f} us, {hops / floor:.2f}x the floor before any work "
             f"of the frontend or the model's process; a 3x bound leaves {3 * floor - hops:.0f} us for all of it."]
 
 

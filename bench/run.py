@@ -198,7 +198,7 @@ def main(argv=None):
         profiles = measure_ours(results, seconds, stem if args.profile else None, args.concurrency, args.query_workers)
         peer = "Peer: skipped (--no-peer)." if args.no_peer else measure_peer(results, seconds)
     checks = report.targets(results)
-    notes = [roundtrip.describe(hop), *report.hop_bound(results, hop["zmq_tcp"])]
+    notes = [roundtrip.describe(hop), *report.hop_bound(results, hop["stream_unix"])]
     if args.query_workers != (1,):
         notes.append(f"Ours: {args.query_workers[0]} query frontend process(es).")
     if args.wrk_cpus:

@@ -62,6 +62,10 @@ class Config:
     # worker k binds the RPC port rpc_port + k, and each replica connects to all of them.
     query_workers: int = setting(1, QUERY_FRONTEND, MODEL_CONTAINER)
     query_worker: int = setting(0, QUERY_FRONTEND)        # this worker's index, 0..query_workers-1
+    # Local backend: the cluster's state directory, where query frontend worker k also
+    # listens on the Unix socket rpc-k.sock, which the replicas use instead of TCP
+    # (clipper.rpc.stream); "": TCP only.
+    rpc_socket_dir: str = setting("", QUERY_FRONTEND, MODEL_CONTAINER)
     # RPC authentication (CURVE keys, Z85; see clipper.rpc.auth); empty: the RPC port is open.
     # The query frontend also holds the containers' keys, so that a backend can read them
     # from it when it starts a replica later (the Docker backend does).

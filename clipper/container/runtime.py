@@ -5,11 +5,13 @@ with the original Clipper), with three differences: an exception in the model is
 for that batch (see ``codec.ERROR_OUTPUT_PREFIX``) and the container keeps serving; an idle
 connection heartbeats every second, so a restarted frontend finds it quickly; and it serves
 several query frontend workers at once, one connection each, calling the model once on the
-batches of all of them that are waiting.
+batches of all of them that are waiting. A replica of the local backend sends the same
+messages over a Unix socket instead of ZeroMQ (clipper.rpc.stream).
 """
 import logging
 import math
 import signal
+import socket
 import time
 import traceback
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -17,7 +19,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import zmq
 
 from clipper.datatypes import InputType
-from clipper.rpc import auth, codec
+from clipper.rpc import auth, codec, stream
 from clipper.rpc.sockets import has_message, receive_frames, send_frames
 from clipper.signal_wakeup import SignalWakeup
 
@@ -41,6 +43,7 @@ class Link:
     """The connection to one query frontend worker: a DEALER with a fresh identity. Its
     monitor tells when the connection is made, or made again (to a restarted frontend): the
     frontend then hears a heartbeat at once, and registers the replica before it serves."""
+    broken = False      # ZeroMQ reconnects by itself
 
     def __init__(self, runtime: "ContainerRuntime", address: str):
         self.address = address
@@ -56,6 +59,20 @@ class Link:
         self.last_heard = self.last_sent = time.monotonic()
         self.answered = False     # answered a batch and has not sent one since
 
+    @property
+    def pollables(self) -> list:
+        return [self.socket, self.monitor]
+
+    def readable(self, ready) -> bool:
+        return self.socket in ready
+
+    def receive(self) -> List[List[bytes]]:
+        """The messages waiting, as lists of frames."""
+        messages = []
+        while has_message(self.socket):
+            messages.append(receive_frames(self.socket))
+        return messages
+
     def send(self, frames, copy: bool = True) -> None:
         send_frames(self.socket, frames, copy=copy)
         self.last_sent = time.monotonic()
@@ -63,18 +80,112 @@ class Link:
     def heartbeat_due(self) -> float:
         return max(self.last_heard, self.last_sent) + HEARTBEAT_SECONDS
 
-    def reconnected(self) -> bool:
+    def reconnected(self, ready) -> bool:
         """Whether the connection was made again since the last call."""
         made = False
-        while has_message(self.monitor):
-            receive_frames(self.monitor)
-            made = True
+        if self.monitor in ready:
+            while has_message(self.monitor):
+                receive_frames(self.monitor)
+                made = True
         return made
 
     def close(self) -> None:
         self.socket.disable_monitor()
         self.monitor.close(0)
         self.socket.close(0)
+
+
+class StreamLink:
+    """The connection to one query frontend worker over its Unix socket (clipper.rpc.stream),
+    with Link's interface. It heartbeats as soon as it connects, so that the frontend
+    registers it; when the connection is lost (or cannot be made), the runtime replaces it
+    with a new one after RECONNECT_MILLIS."""
+    RECEIVE_BYTES = 1 << 18
+
+    def __init__(self, runtime: "ContainerRuntime", address: str):
+        self.address = address
+        self.path = address[len(UNIX_SCHEME):]
+        self.reader = stream.MessageReader()
+        self.last_heard = self.last_sent = time.monotonic()
+        self.answered = False
+        self.socket: Optional[socket.socket] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.socket.settimeout(RECONNECT_MILLIS / 1000)
+            self.socket.connect(self.path)
+            self.socket.settimeout(None)
+        except OSError:         # the frontend is not (yet, or no longer) there
+            self._lose()
+            return
+        self.send(codec.encode_heartbeat())
+
+    @property
+    def broken(self) -> bool:
+        return self.socket is None
+
+    @property
+    def pollables(self) -> list:
+        return [] if self.socket is None else [self.socket]
+
+    def readable(self, ready) -> bool:
+        return self.socket is not None and self.socket.fileno() in ready
+
+    def receive(self) -> List[List[bytes]]:
+        messages = []
+        while self.socket is not None:
+            try:
+                data = self.socket.recv(self.RECEIVE_BYTES, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                log.info("the connection to %s closed; reconnecting", self.address)
+                self._lose()
+                break
+            try:
+                messages += self.reader.feed(data)
+            except stream.StreamError as error:
+                log.error("the frontend at %s broke the RPC framing (%s); reconnecting", self.address, error)
+                self._lose()
+                break
+            if len(data) < self.RECEIVE_BYTES:      # the kernel had no more a moment ago
+                break
+        return messages
+
+    def send(self, frames, copy: bool = True) -> None:
+        if self.socket is None:
+            return
+        try:
+            self.socket.sendall(stream.encode(frames))
+        except OSError:         # the frontend is gone: its batches go to other replicas
+            self._lose()
+            return
+        self.last_sent = time.monotonic()
+
+    def heartbeat_due(self) -> float:
+        """For a broken link: when to replace it."""
+        if self.socket is None:
+            return self.last_sent + RECONNECT_MILLIS / 1000
+        return max(self.last_heard, self.last_sent) + HEARTBEAT_SECONDS
+
+    def reconnected(self, ready) -> bool:
+        return False        # it heartbeats as it connects
+
+    def _lose(self) -> None:
+        self.close()
+        self.last_sent = time.monotonic()
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+
+
+UNIX_SCHEME = "unix://"
+
+
+def make_link(runtime: "ContainerRuntime", address: str):
+    return (StreamLink if address.startswith(UNIX_SCHEME) else Link)(runtime, address)
 
 
 class ContainerRuntime:
@@ -98,7 +209,7 @@ class ContainerRuntime:
         self._stopping = False
         self._last_call_seconds = 0.0
         self._wakeup: Optional[SignalWakeup] = None
-        self._polled_links: List[Link] = []
+        self._polled_sockets: list = []
         self._polled: Optional[zmq.Poller] = None
 
     def stop(self, *_args) -> None:
@@ -117,7 +228,7 @@ class ContainerRuntime:
 
     def serve(self) -> None:
         """Serve until ``stop()``."""
-        links = [Link(self, address) for address in self.addresses]
+        links = [make_link(self, address) for address in self.addresses]
         try:
             while not self._stopping:
                 self._turn(links)
@@ -134,32 +245,35 @@ class ContainerRuntime:
         ready = dict(poller.poll(max(0, math.ceil(wait * 1000))))
         if self._wakeup is not None and self._wakeup.fileno() in ready:
             self._wakeup.drain()            # a signal: the serving loop looks at _stopping
-        requests = self._receive([link for link in links if link.socket in ready])
+        requests = self._receive([link for link in links if link.readable(ready)])
         if requests and len(links) > 1:
             requests += self._wait_for_answered(links, requests)
         if requests:
             self._answer(requests)
         now = time.monotonic()
         for index, link in enumerate(links):
-            connected = link.monitor in ready and link.reconnected()
+            connected = link.reconnected(ready)
             if now - link.last_heard > SESSION_TIMEOUT_SECONDS:
                 log.info("no word from %s for %.0f s; reconnecting", link.address, SESSION_TIMEOUT_SECONDS)
                 link.close()
-                links[index] = Link(self, link.address)
+                links[index] = make_link(self, link.address)
             elif connected or now >= link.heartbeat_due():
                 link.send(codec.encode_heartbeat())
+            if links[index].broken and now >= links[index].heartbeat_due():
+                links[index] = make_link(self, link.address)
 
     def _poller(self, links: List[Link]) -> zmq.Poller:
-        """The poller of these links (and of the signal wake-up), made again only when a
-        link was replaced: making one every turn cost each batch a few microseconds."""
-        if self._polled_links != links:
+        """The poller of these links' sockets (and of the signal wake-up), made again only
+        when they changed (a link replaced, or its connection lost): making one every turn
+        cost each batch a few microseconds."""
+        pollables = [pollable for link in links for pollable in link.pollables]
+        if self._polled is None or self._polled_sockets != pollables:
             poller = zmq.Poller()
-            for link in links:
-                poller.register(link.socket, zmq.POLLIN)
-                poller.register(link.monitor, zmq.POLLIN)
+            for pollable in pollables:
+                poller.register(pollable, zmq.POLLIN)
             if self._wakeup is not None:
                 poller.register(self._wakeup, zmq.POLLIN)
-            self._polled_links, self._polled = list(links), poller
+            self._polled_sockets, self._polled = pollables, poller
         return self._polled
 
     def _receive(self, links: List[Link]) -> List[Tuple[Link, codec.PredictionRequest]]:
@@ -180,9 +294,10 @@ class ContainerRuntime:
         while expected and time.monotonic() < deadline:
             poller = zmq.Poller()
             for link in expected:
-                poller.register(link.socket, zmq.POLLIN)
+                for pollable in link.pollables[:1]:
+                    poller.register(pollable, zmq.POLLIN)
             ready = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
-            arrived = [link for link in expected if link.socket in ready]
+            arrived = [link for link in expected if link.readable(ready)]
             more += self._receive(arrived)
             expected = [link for link in expected if link not in arrived]
         for link in expected:      # nothing came: do not wait for it again until answered
@@ -192,8 +307,7 @@ class ContainerRuntime:
     def _receive_waiting(self, link: Link) -> List[codec.PredictionRequest]:
         """Handle the control messages waiting on ``link``; return its prediction requests."""
         requests = []
-        while has_message(link.socket):
-            frames = receive_frames(link.socket)
+        for frames in link.receive():
             try:
                 message = codec.decode_clipper_message(frames)
             except codec.ProtocolError as error:
@@ -264,8 +378,9 @@ def main(config) -> None:
     except FrameworkMissing as error:
         log.error("cannot load the model: %s", error)
         raise SystemExit(3)
-    # Query frontend worker k listens on port + k.
-    addresses = [f"tcp://{config.ip}:{config.port + k}" for k in range(config.query_workers)]
+    # Query frontend worker k listens on port + k, and in the local backend on its Unix socket.
+    addresses = [UNIX_SCHEME + stream.socket_path(config.rpc_socket_dir, k) if config.rpc_socket_dir
+                 else f"tcp://{config.ip}:{config.port + k}" for k in range(config.query_workers)]
     runtime = ContainerRuntime(config.model_name, config.model_version, input_type, addresses,
                                lambda kind, inputs: run_batch(function, kind, inputs),
                                config.rpc_server_public_key, config.rpc_client_secret_key,

@@ -15,7 +15,7 @@ import itertools
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional, Sequence
+from typing import Callable, Deque, Dict, Hashable, List, Optional, Sequence
 
 from clipper.datatypes import InputType
 from clipper.redis_schema import ModelId
@@ -94,7 +94,7 @@ class BatchSizer:
 
 @dataclass(eq=False)
 class Replica:
-    identity: bytes
+    identity: Hashable         # a ZeroMQ routing id, or the replica's stream connection
     model_id: ModelId
     replica_id: int
     input_type: InputType
@@ -117,7 +117,7 @@ class ModelQueue:
     batch_size: Optional[int] = None
     tasks: list = field(default_factory=list)                 # heap of (deadline, seq, Task)
     idle: Deque[Replica] = field(default_factory=deque)
-    replicas: Dict[bytes, Replica] = field(default_factory=dict)
+    replicas: Dict[Hashable, Replica] = field(default_factory=dict)
 
     def put(self, task: Task, seq: int) -> None:
         task.queued = True
@@ -206,7 +206,7 @@ class Dispatcher:
                 replica.sizer = BatchSizer(batch_size)
 
     # ---- replies ----
-    def on_response(self, identity: bytes, msg_id: int, outputs: Sequence[bytes]) -> None:
+    def on_response(self, identity: Hashable, msg_id: int, outputs: Sequence[bytes]) -> None:
         batch = self.in_flight.get(msg_id)
         if batch is None or batch.replica.identity != identity:
             log.debug("dropping a reply to unknown batch %d", msg_id)

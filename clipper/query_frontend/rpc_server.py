@@ -1,18 +1,23 @@
 """Clipper's side of the model-container RPC: a ZeroMQ ROUTER that containers connect to.
 
 Containers register (Heartbeat -> RequestContainerMetadata -> NewContainer), receive
-batches and heartbeat; with CURVE keys, only peers holding the cluster's container key
+batches and heartbeat. The replicas of the local backend send the same messages over a Unix
+socket in the cluster's state directory instead (clipper.rpc.stream), read by the event loop
+itself; with CURVE keys, only peers holding the cluster's container key
 can connect at all (clipper.rpc.auth). Beyond Clipper, a replica is dropped as soon as the socket says it
 is gone (ROUTER_MANDATORY sends fail, and a disconnect triggers a probe of every replica)
 instead of only after 30 s of silence, and its batch in flight is handed to another replica.
 """
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
+import os
+import socket
 import time
 from collections import defaultdict
-from typing import Callable, Dict, List, Optional, Set
+from typing import Callable, Dict, Hashable, List, Optional, Set
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -22,7 +27,7 @@ from clipper.config import Config
 from clipper.errors import RequestError
 from clipper.management.requests import check_group_string
 from clipper.redis_schema import Container
-from clipper.rpc import auth, codec
+from clipper.rpc import auth, codec, stream
 from clipper.rpc.sockets import (
     NOBLOCK, has_message, receive_frames, seed_routing_ids, send_frames, shut_down_connection)
 
@@ -64,7 +69,15 @@ class RpcServer:
             self._authenticator = auth.require_curve(self.context, self.socket,
                                                      config.rpc_server_secret_key,
                                                      config.rpc_client_public_key)
-        self.replicas: Dict[bytes, Replica] = {}
+        # Where the local backend's replicas connect instead ("": no Unix socket).
+        self.socket_path = (stream.socket_path(config.rpc_socket_dir, config.query_worker)
+                            if config.rpc_socket_dir else "")
+        self._listener: Optional[socket.socket] = None
+        self._stream_server: Optional[asyncio.AbstractServer] = None
+        self._stream_peers: Set["StreamPeer"] = set()
+        # A replica is known by its ZeroMQ routing id (bytes) or by its StreamPeer: no
+        # ZeroMQ peer can claim a stream peer's identity.
+        self.replicas: Dict[Hashable, Replica] = {}
         self._connection_ids = itertools.count()
         self._replica_ids = defaultdict(itertools.count)
         self.dispatcher: Optional[Dispatcher] = None
@@ -76,6 +89,8 @@ class RpcServer:
 
     def bind(self) -> None:
         self.socket.bind(self.address)
+        if self.socket_path:
+            self._listener = _unix_listener(self.socket_path)
 
     def attach(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
@@ -87,9 +102,18 @@ class RpcServer:
         self._loop.add_reader(self._monitor.FD, self._drain_monitor)
         self._drain()           # messages may have arrived before the readers were added
         self._drain_monitor()
+        if self._listener is not None:
+            self._stream_server = await self._loop.create_unix_server(
+                lambda: StreamPeer(self), sock=self._listener)
         try:
             await self._check_liveness()
         finally:
+            if self._stream_server is not None:
+                self._stream_server.close()
+                for peer in list(self._stream_peers):
+                    peer.transport.abort()
+                with contextlib.suppress(OSError):
+                    os.unlink(self.socket_path)
             self._loop.remove_reader(self._monitor.FD)
             self._loop.remove_reader(self.socket.FD)
             self.socket.disable_monitor()
@@ -105,7 +129,9 @@ class RpcServer:
                                                  [task.input for task in batch.tasks])
         return self._send(replica.identity, frames)
 
-    def _send(self, identity: bytes, frames) -> bool:
+    def _send(self, identity: Hashable, frames) -> bool:
+        if type(identity) is StreamPeer:
+            return identity.send(frames)
         try:
             send_frames(self.socket, [identity, *frames], NOBLOCK, copy=False)
         except zmq.ZMQError as error:
@@ -135,15 +161,18 @@ class RpcServer:
         self._drain_pending = True
         more = True     # unless it returns: a handler's exception (a bug of ours) may leave
         try:            # messages behind, and the descriptor will not signal them again
-            more = _receive_waiting(self.socket, self._on_message)
+            more = _receive_waiting(self.socket, self._on_routed_message)
         finally:
             if more:
                 self._loop.call_soon(self._drain)   # the limit left some: after other work
             else:
                 self._drain_pending = False
 
-    def _on_message(self, frames: List[bytes]) -> None:
-        identity, *frames = frames
+    def _on_routed_message(self, frames: List[bytes]) -> None:
+        self.on_message(frames[0], frames[1:])
+
+    def on_message(self, identity: Hashable, frames: List[bytes]) -> None:
+        """A message from the peer ``identity``, as a container's DEALER sends it."""
         try:
             message = codec.decode_container_message(frames)
         except codec.ProtocolError as error:
@@ -161,7 +190,7 @@ class RpcServer:
         elif isinstance(message, codec.NewContainer) and replica is None:
             self._register(identity, message)
 
-    def _register(self, identity: bytes, message: codec.NewContainer) -> None:
+    def _register(self, identity: Hashable, message: codec.NewContainer) -> None:
         if message.rpc_version != codec.RPC_VERSION:
             log.error("container %s:%s speaks RPC version %d, not %d; ignoring it",
                       message.model_name, message.model_version, message.rpc_version,
@@ -241,6 +270,51 @@ class RpcServer:
                     self.drop(replica, f"silent for {self.replica_timeout:.0f} s")
             self.dispatcher.expire()
 
+
+class StreamPeer(asyncio.Protocol):
+    """A replica connected over the Unix socket; it is its own identity."""
+
+    def __init__(self, server: RpcServer):
+        self.server = server
+        self.reader = stream.MessageReader(max(server.max_frame_size, 0))
+        self.transport: Optional[asyncio.Transport] = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.server._stream_peers.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.reader.feed(data)
+        except stream.StreamError as error:
+            log.warning("closed a replica's connection that broke the RPC framing: %s", error)
+            self.transport.abort()
+            return
+        for frames in messages:
+            self.server.on_message(self, frames)
+
+    def connection_lost(self, exc) -> None:
+        self.server._stream_peers.discard(self)
+        replica = self.server.replicas.get(self)
+        if replica is not None:
+            self.server.drop(replica, "its connection closed")
+
+    def send(self, frames) -> bool:
+        if self.transport.is_closing():
+            return False
+        self.transport.writelines([stream.header(frames), *frames])
+        return True
+
+
+def _unix_listener(path: str) -> socket.socket:
+    """A listening Unix socket at ``path``, in place of one a crashed frontend left."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(128)
+    listener.setblocking(False)
+    return listener
 
 
 class LogRateLimit(logging.Filter):

@@ -1,6 +1,7 @@
 """Security defaults: loopback only, private state, optional admin token kept out of sight,
 and with a token, an RPC port that only the cluster's own containers can use."""
 import os
+import socket
 import stat
 import threading
 import time
@@ -116,6 +117,39 @@ def test_an_rpc_peer_without_the_cluster_key_is_refused_and_gets_no_query(guarde
     admitted = rpc_peer("control", seconds=10,
                         curve=(keys["rpc_server_public_key"], keys["rpc_client_secret_key"]))
     assert any(getattr(m, "heartbeat_type", None) == codec.HEARTBEAT_REQUEST_METADATA for m in admitted)
+
+
+OTHER_USER = 65534      # nobody
+
+
+def test_replicas_reach_the_frontend_over_a_socket_only_its_owner_can_open(guarded):
+    """The local backend's replicas send Clipper's RPC over a Unix socket in the private
+    state directory (clipper.rpc.stream); CURVE keys still guard the TCP port."""
+    path = str(guarded.cm.cluster.path / "rpc-0.sock")
+    processes = guarded.cm.cluster.processes()
+    replicas = [psutil.Process(p["pid"]) for p in processes if p["role"] == "model-container"]
+    (frontend,) = [psutil.Process(p["pid"]) for p in processes if p["role"] == "query-frontend"]
+    assert replicas
+    for replica in replicas:
+        assert not [c for c in replica.net_connections("inet") if c.raddr and c.raddr.port == PORTS["rpc_port"]]
+    # The frontend's end of the socket: its listener, and one connection per replica.
+    assert len([c for c in frontend.net_connections("unix") if c.laddr == path]) == 1 + len(replicas)
+    if os.getuid() != 0:
+        pytest.skip("needs root to try the socket as another user")
+    child = os.fork()
+    if child == 0:          # as another user: only a connect, then out
+        status = 1
+        try:
+            os.setgid(OTHER_USER)
+            os.setuid(OTHER_USER)
+            socket.socket(socket.AF_UNIX).connect(path)
+            status = 0
+        except PermissionError:
+            status = 13
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 13, "another user could open the RPC socket"
 
 
 def test_state_and_model_directories_are_private(guarded):

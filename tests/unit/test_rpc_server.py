@@ -12,9 +12,10 @@ import zmq
 
 from clipper.config import Config
 from clipper.datatypes import InputType
-from clipper.query_frontend.dispatch import Dispatcher
+from clipper.container.runtime import ContainerRuntime
+from clipper.query_frontend.dispatch import Dispatcher, Task
 from clipper.query_frontend.rpc_server import LIVENESS_CHECK_PERIOD, LogRateLimit, RpcServer
-from clipper.rpc import codec
+from clipper.rpc import codec, stream
 from clipper.rpc.sockets import shut_down_connection
 from helpers import wait_for
 
@@ -32,10 +33,10 @@ class Recorder:
         self.live.pop((container.model_name, container.replica_id))
 
 
-def serving(port):
+def serving(port, **settings):
     """An RpcServer on ``port``, run by an event loop in a thread; returns it and a stop()."""
     recorder = Recorder()
-    server = RpcServer(Config(rpc_port=port), recorder)
+    server = RpcServer(Config(rpc_port=port, **settings), recorder)
     server.attach(Dispatcher(server.send_batch, time.monotonic))
     server.bind()
     loop = asyncio.new_event_loop()
@@ -136,14 +137,14 @@ def test_a_handler_that_raises_leaves_no_message_waiting_for_the_next_arrival():
     bug of ours) left the messages behind the one that raised unread until another arrived."""
     port = 27713
     server, _, stop = serving(port)
-    handle, calls = server._on_message, []
+    handle, calls = server._on_routed_message, []
 
     def first_one_raises(frames):
         calls.append(frames)
         if len(calls) == 1:
             raise RuntimeError("a bug in a handler")
         handle(frames)
-    server._on_message = first_one_raises
+    server._on_routed_message = first_one_raises
     context = zmq.Context()
     peer = context.socket(zmq.DEALER)
     peer.setsockopt(zmq.LINGER, 0)
@@ -159,4 +160,87 @@ def test_a_handler_that_raises_leaves_no_message_waiting_for_the_next_arrival():
     finally:
         peer.close(0)
         context.term()
+        stop()
+
+
+# ---- the local backend's replicas, on the Unix socket (clipper.rpc.stream) ----
+def stream_peer(path):
+    """A raw connection to the Unix socket; returns it and a receive() of whole messages."""
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    peer.settimeout(10)
+    peer.connect(path)
+    reader, waiting = stream.MessageReader(), []
+
+    def receive():
+        while not waiting:
+            data = peer.recv(65536)
+            if not data:
+                return None          # the frontend closed the connection
+            waiting.extend(reader.feed(data))
+        return codec.decode_clipper_message(waiting.pop(0))
+    return peer, receive
+
+
+def register_on_stream(path, name):
+    peer, receive = stream_peer(path)
+    peer.sendall(stream.encode(codec.encode_heartbeat()))
+    assert receive() == codec.HeartbeatReply(codec.HEARTBEAT_REQUEST_METADATA)
+    peer.sendall(stream.encode(codec.encode_new_container(name, "1", InputType.DOUBLES)))
+    return peer, receive
+
+
+def test_a_replica_on_the_unix_socket_is_dropped_the_moment_its_connection_closes(tmp_path):
+    path = stream.socket_path(str(tmp_path), 0)
+    open(path, "w").close()             # what a crashed frontend left: replaced
+    server, recorder, stop = serving(27714, rpc_socket_dir=str(tmp_path))
+    try:
+        peer, receive = register_on_stream(path, "on-stream")
+        wait_for(lambda: ("on-stream", 0) in recorder.live, 10, "the registration")
+        peer.sendall(stream.encode(codec.encode_heartbeat()))
+        assert receive() == codec.HeartbeatReply(codec.HEARTBEAT_KEEPALIVE)
+        started = time.monotonic()
+        peer.close()
+        wait_for(lambda: not recorder.live, 10, "the replica dropped")
+        assert time.monotonic() - started < 1.0       # not after replica_timeout (30 s)
+    finally:
+        stop()
+    assert not os.path.exists(path)
+
+
+def test_a_peer_that_breaks_the_framing_is_cut_off_and_the_others_keep_serving(tmp_path):
+    path = stream.socket_path(str(tmp_path), 0)
+    server, recorder, stop = serving(27715, rpc_socket_dir=str(tmp_path), max_output_size=1000)
+    try:
+        good, receive_good = register_on_stream(path, "good")
+        wait_for(lambda: ("good", 0) in recorder.live, 10, "the registration")
+        for broken in (b"\x00\x00\x00\x00", stream.header([b"", b"x" * 1001])):
+            bad, receive_bad = stream_peer(path)
+            bad.sendall(broken)
+            assert receive_bad() is None
+            bad.close()
+        good.sendall(stream.encode(codec.encode_heartbeat()))
+        assert receive_good() == codec.HeartbeatReply(codec.HEARTBEAT_KEEPALIVE)
+        assert ("good", 0) in recorder.live
+        good.close()
+    finally:
+        stop()
+
+
+def test_our_replica_waits_for_the_unix_socket_then_serves_over_it(tmp_path):
+    path = stream.socket_path(str(tmp_path), 0)
+    runtime = ContainerRuntime("summer", "1", InputType.STRINGS, ["unix://" + path],
+                               lambda kind, inputs: [b"seen:" + item for item in inputs])
+    serving_thread = threading.Thread(target=runtime.serve)
+    serving_thread.start()
+    time.sleep(0.2)                     # it starts first: the frontend is not there yet
+    server, recorder, stop = serving(27716, rpc_socket_dir=str(tmp_path))
+    try:
+        wait_for(lambda: ("summer", 0) in recorder.live, 10, "the replica to connect")
+        task = Task(b"hello", time.monotonic() + 10, 10.0)
+        server._loop.call_soon_threadsafe(server.dispatcher.submit, ("summer", "1"), task)
+        wait_for(lambda: task.done, 10, "the answer")
+        assert task.output == b"seen:hello"
+    finally:
+        runtime.stop()
+        serving_thread.join(10)
         stop()
