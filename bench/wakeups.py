@@ -1,5 +1,5 @@
 """Where the CPU goes per request, thread by thread: the floor's one process against our
-query frontend and model replica, each with its ZeroMQ I/O thread.
+query frontend and model replica (and their ZeroMQ I/O threads, where the replica uses ZeroMQ).
 
     python bench/wakeups.py [--seconds 4]
 
