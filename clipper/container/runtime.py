@@ -242,7 +242,7 @@ class ContainerRuntime:
         model call (so the batches of several workers make one batch); keep idle links alive."""
         poller = self._poller(links)
         wait = min(link.heartbeat_due() for link in links) - time.monotonic()
-        ready = dict(poller.poll(max(0, math.ceil(wait * 1000))))
+        ready = _poll(poller, wait)
         if self._wakeup is not None and self._wakeup.fileno() in ready:
             self._wakeup.drain()            # a signal: the serving loop looks at _stopping
         requests = self._receive([link for link in links if link.readable(ready)])
@@ -288,15 +288,14 @@ class ContainerRuntime:
     def _wait_for_answered(self, links: List[Link], requests) -> List[Tuple[Link, codec.PredictionRequest]]:
         """The batches of the workers answered last that arrive within the merge wait."""
         have = {link for link, _ in requests}
-        expected = [link for link in links if link.answered and link not in have]
+        expected = [link for link in links if link.answered and link not in have and not link.broken]
         deadline = time.monotonic() + min(MERGE_WAIT_SHARE * self._last_call_seconds, MERGE_WAIT_MAX_SECONDS)
         more = []
         while expected and time.monotonic() < deadline:
             poller = zmq.Poller()
             for link in expected:
-                for pollable in link.pollables[:1]:
-                    poller.register(pollable, zmq.POLLIN)
-            ready = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+                poller.register(link.socket, zmq.POLLIN)
+            ready = _poll(poller, deadline - time.monotonic())
             arrived = [link for link in expected if link.readable(ready)]
             more += self._receive(arrived)
             expected = [link for link in expected if link not in arrived]
@@ -357,6 +356,16 @@ class ContainerRuntime:
                    f"most {self.max_output_size} (its max_output_size)")
         log.error("%s", message)
         return _errors(1, message)[0]
+
+
+def _poll(poller: zmq.Poller, seconds: float) -> dict:
+    """What is ready within ``seconds``. ZeroMQ's poll of nothing returns at once, and there is
+    nothing to poll while every Unix socket link is down (without a signal wake-up): sleep."""
+    timeout = max(0, math.ceil(seconds * 1000))
+    if not poller.sockets:
+        time.sleep(timeout / 1000)
+        return {}
+    return dict(poller.poll(timeout))
 
 
 def _errors(count: int, message: str) -> List[bytes]:

@@ -12,7 +12,7 @@ import zmq
 
 from clipper.config import Config
 from clipper.datatypes import InputType
-from clipper.container.runtime import ContainerRuntime
+from clipper.container.runtime import RECONNECT_MILLIS, ContainerRuntime
 from clipper.query_frontend.dispatch import Dispatcher, Task
 from clipper.query_frontend.rpc_server import LIVENESS_CHECK_PERIOD, LogRateLimit, RpcServer
 from clipper.rpc import codec, stream
@@ -244,3 +244,19 @@ def test_our_replica_waits_for_the_unix_socket_then_serves_over_it(tmp_path):
         runtime.stop()
         serving_thread.join(10)
         stop()
+
+
+def test_our_replica_whose_frontend_is_gone_tries_again_without_spinning(tmp_path):
+    """Without a signal wake-up to poll (serve() rather than serve_forever()), a replica
+    whose Unix socket links were all down polled nothing, which returns at once: it spun
+    at 100% CPU until the frontend came back. It now tries every RECONNECT_MILLIS."""
+    runtime = ContainerRuntime("idle", "1", InputType.STRINGS,
+                               ["unix://" + stream.socket_path(str(tmp_path), 0)], lambda kind, inputs: inputs)
+    turns, turn = [], runtime._turn
+    runtime._turn = lambda links: (turns.append(None), turn(links))
+    serving_thread = threading.Thread(target=runtime.serve)
+    serving_thread.start()
+    time.sleep(1.0)
+    runtime.stop()
+    serving_thread.join(10)
+    assert 0 < len(turns) < 1000 * 2 / RECONNECT_MILLIS      # about one every 20 ms, not 100,000s
