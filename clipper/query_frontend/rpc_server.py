@@ -305,6 +305,17 @@ class StreamPeer(asyncio.Protocol):
         self.transport.writelines([stream.header(frames), *frames])
         return True
 
+    # The peer's messages are answered (heartbeats, at least): while it does not take the
+    # answers, read none of its messages, so that unsent answers cannot pile up here. Our
+    # replicas read a whole batch before they answer it, and the dispatcher sends one at a
+    # time, so this never holds an answer back.
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
 
 def _unix_listener(path: str) -> socket.socket:
     """A listening Unix socket at ``path``, in place of one a crashed frontend left."""

@@ -246,6 +246,35 @@ def test_our_replica_waits_for_the_unix_socket_then_serves_over_it(tmp_path):
         stop()
 
 
+def test_a_peer_that_sends_but_never_reads_cannot_grow_the_frontends_write_buffer(tmp_path):
+    """Each heartbeat is answered: a peer that flooded heartbeats and read nothing grew the
+    frontend's buffer of unsent answers by about 9 MB a second, without bound. The frontend
+    now stops reading a peer while its answers to it are not taken."""
+    path = stream.socket_path(str(tmp_path), 0)
+    server, recorder, stop = serving(23717, rpc_socket_dir=str(tmp_path))
+    try:
+        flooder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        flooder.connect(path)
+        flooder.settimeout(1.0)
+        heartbeats = stream.encode(codec.encode_heartbeat()) * 10_000
+        sent = 0
+        with contextlib.suppress(socket.timeout):
+            while sent < 32 << 20:
+                flooder.sendall(heartbeats)      # blocks for good once the frontend stops reading
+                sent += len(heartbeats)
+        assert sent < 4 << 20, f"the frontend took {sent} bytes from a peer that reads nothing"
+        (peer,) = server._stream_peers
+        assert peer.transport.get_write_buffer_size() < 1 << 20
+        good, receive_good = register_on_stream(path, "good")       # the others are served
+        wait_for(lambda: ("good", 0) in recorder.live, 10, "the registration")
+        good.sendall(stream.encode(codec.encode_heartbeat()))
+        assert receive_good() == codec.HeartbeatReply(codec.HEARTBEAT_KEEPALIVE)
+        good.close()
+        flooder.close()
+    finally:
+        stop()
+
+
 def test_our_replica_whose_frontend_is_gone_tries_again_without_spinning(tmp_path):
     """Without a signal wake-up to poll (serve() rather than serve_forever()), a replica
     whose Unix socket links were all down polled nothing, which returns at once: it spun
