@@ -77,7 +77,8 @@ class Link:
         send_frames(self.socket, frames, copy=copy)
         self.last_sent = time.monotonic()
 
-    def heartbeat_due(self) -> float:
+    def due(self) -> float:
+        """When the serving loop must next look at this link: its next heartbeat."""
         return max(self.last_heard, self.last_sent) + HEARTBEAT_SECONDS
 
     def reconnected(self, ready) -> bool:
@@ -108,6 +109,7 @@ class StreamLink:
         self.reader = stream.MessageReader()
         self.last_heard = self.last_sent = time.monotonic()
         self.answered = False
+        self.lost_at = 0.0
         self.socket: Optional[socket.socket] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.socket.settimeout(RECONNECT_MILLIS / 1000)
@@ -162,10 +164,11 @@ class StreamLink:
             return
         self.last_sent = time.monotonic()
 
-    def heartbeat_due(self) -> float:
-        """For a broken link: when to replace it."""
+    def due(self) -> float:
+        """When the serving loop must next look at this link: its next heartbeat, or once
+        broken, the time to replace it."""
         if self.socket is None:
-            return self.last_sent + RECONNECT_MILLIS / 1000
+            return self.lost_at + RECONNECT_MILLIS / 1000
         return max(self.last_heard, self.last_sent) + HEARTBEAT_SECONDS
 
     def reconnected(self, ready) -> bool:
@@ -173,7 +176,7 @@ class StreamLink:
 
     def _lose(self) -> None:
         self.close()
-        self.last_sent = time.monotonic()
+        self.lost_at = time.monotonic()
 
     def close(self) -> None:
         if self.socket is not None:
@@ -241,7 +244,7 @@ class ContainerRuntime:
         """Wait for messages; answer every prediction request waiting on any link with one
         model call (so the batches of several workers make one batch); keep idle links alive."""
         poller = self._poller(links)
-        wait = min(link.heartbeat_due() for link in links) - time.monotonic()
+        wait = min(link.due() for link in links) - time.monotonic()
         ready = _poll(poller, wait)
         if self._wakeup is not None and self._wakeup.fileno() in ready:
             self._wakeup.drain()            # a signal: the serving loop looks at _stopping
@@ -253,14 +256,15 @@ class ContainerRuntime:
         now = time.monotonic()
         for index, link in enumerate(links):
             connected = link.reconnected(ready)
-            if now - link.last_heard > SESSION_TIMEOUT_SECONDS:
+            if link.broken:
+                if now >= link.due():
+                    links[index] = make_link(self, link.address)
+            elif now - link.last_heard > SESSION_TIMEOUT_SECONDS:
                 log.info("no word from %s for %.0f s; reconnecting", link.address, SESSION_TIMEOUT_SECONDS)
                 link.close()
                 links[index] = make_link(self, link.address)
-            elif connected or now >= link.heartbeat_due():
+            elif connected or now >= link.due():
                 link.send(codec.encode_heartbeat())
-            if links[index].broken and now >= links[index].heartbeat_due():
-                links[index] = make_link(self, link.address)
 
     def _poller(self, links: List[Link]) -> zmq.Poller:
         """The poller of these links' sockets (and of the signal wake-up), made again only
