@@ -300,9 +300,12 @@ class ContainerRuntime:
             for link in expected:
                 poller.register(link.socket, zmq.POLLIN)
             ready = _poll(poller, deadline - time.monotonic())
-            arrived = [link for link in expected if link.readable(ready)]
-            more += self._receive(arrived)
-            expected = [link for link in expected if link not in arrived]
+            # Readable is not arrived: a Unix socket link may hold the first bytes of a
+            # batch only, and a link the frontend's heartbeat reply.
+            arrived = self._receive([link for link in expected if link.readable(ready)])
+            more += arrived
+            have.update(link for link, _ in arrived)
+            expected = [link for link in expected if link not in have and not link.broken]
         for link in expected:      # nothing came: do not wait for it again until answered
             link.answered = False
         return more
