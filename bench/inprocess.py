@@ -94,8 +94,8 @@ def frontend(cache_size: int):
 
     def reply():                                                 # ... and is answered here
         for msg_id, batch in list(frontend.dispatcher.in_flight.items()):
-            frontend.rpc._on_message([replica.identity, *codec.encode_prediction_response(
-                msg_id, [b"12.5"] * len(batch.tasks))])
+            frontend.rpc.on_message(replica.identity, codec.encode_prediction_response(
+                msg_id, [b"12.5"] * len(batch.tasks)))
     limits = http.Limits(config.max_body_size, 10, 10, 60)
     return lambda: http.Connection(frontend, limits), reply
 
