@@ -28,6 +28,7 @@ log = logging.getLogger("clipper.container")
 # An idle connection heartbeats this often, so a restarted frontend finds the replica quickly.
 HEARTBEAT_SECONDS = 1.0
 RECONNECT_MILLIS = 20
+UNIX_SCHEME = "unix://"         # an address of a Unix socket link (StreamLink)
 # With several workers, a batch that arrives waits this share of the last model call's time
 # (at most MERGE_WAIT_MAX_SECONDS) for the next batches of the workers answered last: they
 # come a moment after their answers, and would otherwise alternate with it, call by call.
@@ -182,9 +183,6 @@ class StreamLink:
         if self.socket is not None:
             self.socket.close()
             self.socket = None
-
-
-UNIX_SCHEME = "unix://"
 
 
 def make_link(runtime: "ContainerRuntime", address: str):

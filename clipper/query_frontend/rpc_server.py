@@ -284,6 +284,9 @@ class StreamPeer(asyncio.Protocol):
         self.server._stream_peers.add(self)
 
     def data_received(self, data: bytes) -> None:
+        # An exception here (a bug of ours) makes the transport log it and close this
+        # connection: the replica is dropped, its batch goes back to the queue, and it
+        # reconnects as a new replica.
         try:
             messages = self.reader.feed(data)
         except stream.StreamError as error:
