@@ -42,7 +42,9 @@ _REDIS_TITLE = re.compile(r"\S*(?:redis|valkey)-server unixsocket:(\S+)/" + re.e
 
 
 def base_dir() -> Path:
-    return Path(os.environ.get("CLIPPER_STATE_DIR") or Path.home() / ".clipper")
+    # Absolute: the cluster's processes run in its directory, where a relative path would
+    # name another place.
+    return Path(os.environ.get("CLIPPER_STATE_DIR") or Path.home() / ".clipper").expanduser().absolute()
 
 
 def read_json(path: Path, default=None):

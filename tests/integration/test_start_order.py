@@ -74,3 +74,25 @@ def test_a_frontend_that_keeps_exiting_ends_the_start_with_its_log(clipper_state
     assert "deliberate crash of the query frontend" in str(failed.value)
     assert time.monotonic() - started < 60, "not the start's timeout (120 s)"
     assert not conn.cm.cluster.is_running() and not cluster_processes(conn.cm.cluster)
+
+
+def test_a_relative_state_directory_works_as_the_absolute_one(clipper_state_dir, monkeypatch):
+    """The supervisor runs in the cluster's directory: a relative CLIPPER_STATE_DIR named
+    another place there, and it died at once (KeyError: 'config')."""
+    from clipper_admin.deployers import python as python_deployer
+    import requests
+    monkeypatch.chdir(clipper_state_dir)
+    monkeypatch.setenv("CLIPPER_STATE_DIR", "relative")
+    conn = ClipperConnection(LocalContainerManager(
+        cluster_name="relative", clipper_query_port=PORTS["query_port"],
+        clipper_management_port=PORTS["management_port"], clipper_rpc_port=PORTS["rpc_port"],
+        clipper_metric_port=PORTS["metrics_port"]))
+    conn.start_clipper()
+    try:
+        assert conn.cm.cluster.path == clipper_state_dir / "relative" / "relative"
+        python_deployer.create_endpoint(conn, "sums", "doubles", lambda xs: [str(sum(x)) for x in xs])
+        answer = requests.post(f"http://{conn.get_query_addr()}/sums/predict", json={"input": [1.0, 2.0]},
+                               timeout=10).json()
+        assert answer["output"] == 3.0 and answer["default"] is False
+    finally:
+        conn.stop_all(graceful=False)
