@@ -1,12 +1,13 @@
 """Clipper's side of the model-container RPC: a ZeroMQ ROUTER that containers connect to.
 
 Containers register (Heartbeat -> RequestContainerMetadata -> NewContainer), receive
-batches and heartbeat. The replicas of the local backend send the same messages over a Unix
-socket in the cluster's state directory instead (clipper.rpc.stream), read by the event loop
-itself; with CURVE keys, only peers holding the cluster's container key
-can connect at all (clipper.rpc.auth). Beyond Clipper, a replica is dropped as soon as the socket says it
-is gone (ROUTER_MANDATORY sends fail, and a disconnect triggers a probe of every replica)
-instead of only after 30 s of silence, and its batch in flight is handed to another replica.
+batches and heartbeat; with CURVE keys, only peers holding the cluster's container key can
+connect at all (clipper.rpc.auth). The local backend's replicas send the same messages on a
+Unix socket in the cluster's state directory instead (clipper.rpc.stream, StreamPeer), which
+the event loop reads itself. Beyond Clipper, a replica is dropped as soon as its connection
+is gone (ROUTER_MANDATORY sends fail, and a disconnect triggers a probe of every replica; a
+stream's end) instead of only after 30 s of silence, and its batch in flight is handed to
+another replica.
 """
 import asyncio
 import contextlib
@@ -83,7 +84,8 @@ class RpcServer:
         self.dispatcher: Optional[Dispatcher] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._probe_pending = False
-        self._drain_pending = False
+        self._messages: Optional[_Drain] = None          # of the socket and of its monitor,
+        self._monitor_events: Optional[_Drain] = None    # made with the event loop
         self._monitor: Optional[zmq.Socket] = None
         self._connections: Set[int] = set()     # file descriptors of the open connections
 
@@ -98,10 +100,12 @@ class RpcServer:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._monitor = self.socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        self._loop.add_reader(self.socket.FD, self._on_readable)
-        self._loop.add_reader(self._monitor.FD, self._drain_monitor)
-        self._drain()           # messages may have arrived before the readers were added
-        self._drain_monitor()
+        # Handlers looked up at each message, so that a test can stand in for one.
+        self._messages = _Drain(self._loop, self.socket, lambda frames: self._on_routed_message(frames))
+        self._monitor_events = _Drain(self._loop, self._monitor, lambda frames: self._on_monitor_event(frames))
+        for drain in (self._messages, self._monitor_events):
+            self._loop.add_reader(drain.socket.FD, drain.on_readable)
+            drain.run()         # messages may have arrived before the reader was added
         if self._listener is not None:
             self._stream_server = await self._loop.create_unix_server(
                 lambda: StreamPeer(self), sock=self._listener)
@@ -139,35 +143,10 @@ class RpcServer:
             log.debug("send to %r failed: %s", identity, error)
             return False
         finally:
-            self._schedule_drain_if_waiting()
+            self._messages.after_send()
         return True
 
-    def _schedule_drain_if_waiting(self) -> None:
-        """The socket's file descriptor is edge-triggered, and a send may consume the edge of
-        an arrival: ZeroMQ's EVENTS says whether a message is waiting, so look again then."""
-        if not self._drain_pending and has_message(self.socket):
-            self._drain_pending = True
-            self._loop.call_soon(self._drain)
-
     # ---- receiving ----
-    def _on_readable(self) -> None:
-        if not self._drain_pending:             # else a drain is on its way, and looks anyway
-            self._drain()
-
-    def _drain(self) -> None:
-        # Pending while it runs, so that its answers (heartbeat replies, next batches) do not
-        # each schedule another drain: under a flood of heartbeats, drains would double every
-        # turn of the loop, and HTTP requests wait seconds behind them.
-        self._drain_pending = True
-        more = True     # unless it returns: a handler's exception (a bug of ours) may leave
-        try:            # messages behind, and the descriptor will not signal them again
-            more = _receive_waiting(self.socket, self._on_routed_message)
-        finally:
-            if more:
-                self._loop.call_soon(self._drain)   # the limit left some: after other work
-            else:
-                self._drain_pending = False
-
     def _on_routed_message(self, frames: List[bytes]) -> None:
         self.on_message(frames[0], frames[1:])
 
@@ -226,10 +205,6 @@ class RpcServer:
                          replica.input_type.canonical_name, connection_id)
 
     # ---- liveness ----
-    def _drain_monitor(self) -> None:
-        if _receive_waiting(self._monitor, self._on_monitor_event):
-            self._loop.call_soon(self._drain_monitor)
-
     def _on_monitor_event(self, frames: List[bytes]) -> None:
         event = parse_monitor_message(frames)
         fd = int(event["value"])
@@ -269,6 +244,41 @@ class RpcServer:
                 if now - replica.last_seen > self.replica_timeout:
                     self.drop(replica, f"silent for {self.replica_timeout:.0f} s")
             self.dispatcher.expire()
+
+
+class _Drain:
+    """Reads what waits on a ZeroMQ socket that the event loop watches. Its descriptor is
+    edge-triggered: a drain must leave nothing behind, even when a handler raises (a bug of
+    ours), and a send on the socket may take the edge of an arrival."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, socket: zmq.Socket,
+                 handle: Callable[[List[bytes]], None]):
+        self.loop, self.socket, self.handle = loop, socket, handle
+        # True while a drain runs or is scheduled, so that what a drain sends (heartbeat
+        # replies, next batches) does not schedule more: under a flood of heartbeats, drains
+        # doubled every turn of the loop, and HTTP requests waited seconds behind them.
+        self.pending = False
+
+    def on_readable(self) -> None:
+        if not self.pending:            # else a drain is on its way, and looks anyway
+            self.run()
+
+    def run(self) -> None:
+        self.pending = True
+        more = True                     # unless it returns: see the class's comment
+        try:
+            more = _receive_waiting(self.socket, self.handle)
+        finally:
+            if more:
+                self.loop.call_soon(self.run)       # the limit left some: after other work
+            else:
+                self.pending = False
+
+    def after_send(self) -> None:
+        """ZeroMQ's EVENTS says whether a message waits: then look again."""
+        if not self.pending and has_message(self.socket):
+            self.pending = True
+            self.loop.call_soon(self.run)
 
 
 class StreamPeer(asyncio.Protocol):

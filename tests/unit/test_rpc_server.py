@@ -163,6 +163,37 @@ def test_a_handler_that_raises_leaves_no_message_waiting_for_the_next_arrival():
         stop()
 
 
+def test_a_monitor_event_handler_that_raises_leaves_no_event_waiting():
+    """The same for the socket's monitor (connections accepted and closed): an event behind
+    one whose handler raised waited for the next event to be read."""
+    port = 27717
+    server, _, stop = serving(port)
+    handle, calls = server._on_monitor_event, []
+
+    def first_one_raises(frames):
+        calls.append(frames)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in a handler")
+        handle(frames)
+    server._on_monitor_event = first_one_raises
+    context = zmq.Context()
+    peers = [context.socket(zmq.DEALER) for _ in range(2)]
+    try:
+        # Both connections are accepted while the loop is busy: one drain finds both events.
+        server._loop.call_soon_threadsafe(time.sleep, 0.5)
+        time.sleep(0.1)
+        for peer in peers:
+            peer.setsockopt(zmq.LINGER, 0)
+            peer.connect(f"tcp://127.0.0.1:{port}")
+        wait_for(lambda: len(calls) == 2, 3, "the second connection's event handled")
+        assert len(server._connections) == 1
+    finally:
+        for peer in peers:
+            peer.close(0)
+        context.term()
+        stop()
+
+
 # ---- the local backend's replicas, on the Unix socket (clipper.rpc.stream) ----
 def stream_peer(path):
     """A raw connection to the Unix socket; returns it and a receive() of whole messages."""
