@@ -132,19 +132,26 @@ def test_a_descriptor_that_is_no_longer_a_socket_is_left_alone_and_nothing_leaks
         os.close(write_end)
 
 
-def test_a_handler_that_raises_leaves_no_message_waiting_for_the_next_arrival():
-    """The socket's descriptor is edge-triggered: a drain ended by a handler's exception (a
-    bug of ours) left the messages behind the one that raised unread until another arrived."""
-    port = 27713
-    server, _, stop = serving(port)
-    handle, calls = server._on_routed_message, []
+def raising_the_first_time(server, handler_name):
+    """Make the server's handler ``handler_name`` raise on its first call (a bug of ours);
+    returns the list of the calls it gets."""
+    handle, calls = getattr(server, handler_name), []
 
     def first_one_raises(frames):
         calls.append(frames)
         if len(calls) == 1:
             raise RuntimeError("a bug in a handler")
         handle(frames)
-    server._on_routed_message = first_one_raises
+    setattr(server, handler_name, first_one_raises)
+    return calls
+
+
+def test_a_handler_that_raises_leaves_no_message_waiting_for_the_next_arrival():
+    """The socket's descriptor is edge-triggered: a drain ended by a handler's exception (a
+    bug of ours) left the messages behind the one that raised unread until another arrived."""
+    port = 27713
+    server, _, stop = serving(port)
+    raising_the_first_time(server, "_on_routed_message")
     context = zmq.Context()
     peer = context.socket(zmq.DEALER)
     peer.setsockopt(zmq.LINGER, 0)
@@ -168,14 +175,7 @@ def test_a_monitor_event_handler_that_raises_leaves_no_event_waiting():
     one whose handler raised waited for the next event to be read."""
     port = 27717
     server, _, stop = serving(port)
-    handle, calls = server._on_monitor_event, []
-
-    def first_one_raises(frames):
-        calls.append(frames)
-        if len(calls) == 1:
-            raise RuntimeError("a bug in a handler")
-        handle(frames)
-    server._on_monitor_event = first_one_raises
+    calls = raising_the_first_time(server, "_on_monitor_event")
     context = zmq.Context()
     peers = [context.socket(zmq.DEALER) for _ in range(2)]
     try:
