@@ -47,6 +47,7 @@ def serving(port, **settings):
             loop.run_until_complete(task)
     thread = threading.Thread(target=run)
     thread.start()
+    wait_for(lambda: server._monitor_events is not None, 10, "the RPC server's loop to run")
 
     def stop():
         loop.call_soon_threadsafe(task.cancel)
