@@ -40,14 +40,28 @@ SESSION_TIMEOUT_SECONDS = 30.0
 Handler = Callable[[InputType, Sequence[bytes]], List[bytes]]
 
 
-class Link:
+class _Session:
+    """What the serving loop keeps of its connection to one query frontend worker, whatever
+    carries it (Link, StreamLink)."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.last_heard = self.last_sent = time.monotonic()
+        self.answered = False     # answered a batch and has not sent one since
+
+    def due(self) -> float:
+        """When the serving loop must next look at this link: its next heartbeat."""
+        return max(self.last_heard, self.last_sent) + HEARTBEAT_SECONDS
+
+
+class Link(_Session):
     """The connection to one query frontend worker: a DEALER with a fresh identity. Its
     monitor tells when the connection is made, or made again (to a restarted frontend): the
     frontend then hears a heartbeat at once, and registers the replica before it serves."""
     broken = False      # ZeroMQ reconnects by itself
 
     def __init__(self, runtime: "ContainerRuntime", address: str):
-        self.address = address
+        super().__init__(address)       # the first heartbeat goes when the connection is made
         self.socket = runtime.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         # Retry a lost connection soon: a restarted frontend waits for its replicas.
@@ -56,9 +70,6 @@ class Link:
             auth.present_curve(self.socket, runtime.server_public_key, runtime.secret_key)
         self.monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.socket.connect(address)
-        # The first heartbeat goes when the connection is made (see ``reconnected``).
-        self.last_heard = self.last_sent = time.monotonic()
-        self.answered = False     # answered a batch and has not sent one since
 
     @property
     def pollables(self) -> list:
@@ -78,10 +89,6 @@ class Link:
         send_frames(self.socket, frames, copy=copy)
         self.last_sent = time.monotonic()
 
-    def due(self) -> float:
-        """When the serving loop must next look at this link: its next heartbeat."""
-        return max(self.last_heard, self.last_sent) + HEARTBEAT_SECONDS
-
     def reconnected(self, ready) -> bool:
         """Whether the connection was made again since the last call."""
         made = False
@@ -97,7 +104,7 @@ class Link:
         self.socket.close(0)
 
 
-class StreamLink:
+class StreamLink(_Session):
     """The connection to one query frontend worker over its Unix socket (clipper.rpc.stream),
     with Link's interface. It heartbeats as soon as it connects, so that the frontend
     registers it; when the connection is lost (or cannot be made), the runtime replaces it
@@ -105,11 +112,9 @@ class StreamLink:
     RECEIVE_BYTES = 1 << 18
 
     def __init__(self, runtime: "ContainerRuntime", address: str):
-        self.address = address
+        super().__init__(address)
         self.path = address[len(UNIX_SCHEME):]
         self.reader = stream.MessageReader()
-        self.last_heard = self.last_sent = time.monotonic()
-        self.answered = False
         self.lost_at = 0.0
         self.socket: Optional[socket.socket] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -170,7 +175,7 @@ class StreamLink:
         broken, the time to replace it."""
         if self.socket is None:
             return self.lost_at + RECONNECT_MILLIS / 1000
-        return max(self.last_heard, self.last_sent) + HEARTBEAT_SECONDS
+        return super().due()
 
     def reconnected(self, ready) -> bool:
         return False        # it heartbeats as it connects
