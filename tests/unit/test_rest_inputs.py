@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from clipper.container.closure import shape_batch
 from clipper.datatypes import InputType
-from clipper.rest.inputs import InputError, parse_predict_body
+from clipper.rest.inputs import InputError, _parse_document, _parse_flat_doubles, parse_predict_body
 from clipper.rest import responses
 
 finite_doubles = st.floats(allow_nan=False, allow_infinity=False)
@@ -146,3 +146,54 @@ def test_prediction_body_is_clippers():
     assert responses.prediction(3, b"-1.0", True, responses.SLO_MISSED) == (
         b'{"query_id":3,"output":-1.0,"default":true,"default_explanation":'
         b'"Failed to retrieve a prediction response within the specified latency SLO"}')
+
+
+# ---- the fast path for a flat list of doubles (simdjson) gives the general path's answers ----
+
+def outcome(parse, raw: bytes):
+    """What a client gets: the parsed request, or the error's status and message."""
+    try:
+        return parse(raw, InputType.DOUBLES, None)
+    except InputError as error:
+        return error.status, error.message
+
+
+def test_flat_doubles_take_the_fast_path():
+    for raw in (b'{"input": [1.5, 2, -0.0, 1e300]}', b' {"version": "v2", "input": []} ',
+                b'{"input":[3],"version":7,"other":{"a":"b"}}'):
+        fast = _parse_flat_doubles(raw)
+        assert fast is not None and fast == _parse_document(raw, InputType.DOUBLES, None)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"input": [1], "input": [2]}',                 # orjson keeps the last
+    b'{"input": [1], "\\u0069nput": [2]}',           # the same key, escaped
+    b'{"version": "a", "input": [1], "version": "b"}',
+    b'{"input": [[1], 2]}',                          # simdjson's as_buffer would flatten it
+    b'{"input": [1, [2, 3]]}',
+    b'\xef\xbb\xbf{"input": [1]}',                   # a byte-order mark: orjson refuses it
+    b'{"input": [1, true]}', b'{"input": [false]}', b'{"input": [null]}', b'{"input": [{"a": 1}]}',
+    b'{"input": ["1"]}', b'{"input": "1"}', b'{"input": {"a": [1]}}', b'{"input": 1}', b'[{"input": [1]}]',
+    b'{"input": [1e400]}', b'{"input": [-1e400]}', b'{"input": [NaN]}', b'{"input": [Infinity]}',
+    b'{"input": [1e-400, 4.9e-324, 99999999999999999999999, 18446744073709551615, -9223372036854775809]}',
+    b'{"input": [01]}', b'{"input": [1.]}', b'{"input": [.5]}', b'{"input": [1,]}', b'{"input": [1]} x',
+    b'{"input": [1]}\x00', b'{"input": [1], "version": 1.5}', b'{"input": [1], "version": true}',
+    b'{"input": [1], "version": null}', b'{"input": [1], "version": ["a"]}', b'{"input": [1], "k": "\xff"}',
+    b'{"input_batch": [[1], [2]]}', b'{"input_batch": [1], "input": [2]}', b'{}', b'',
+])
+def test_fast_path_answers_as_the_general_path(raw):
+    assert outcome(parse_predict_body, raw) == outcome(_parse_document, raw)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70) | finite_doubles | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8)
+
+
+@given(st.lists(st.integers(-(2 ** 70), 2 ** 70) | finite_doubles | st.booleans() | st.none(), max_size=20),
+       st.dictionaries(st.sampled_from(["version", "x", "input_batch"]), json_values, max_size=2),
+       st.sampled_from([(",", ":"), (", ", ": ")]))
+def test_fast_path_matches_general_path_on_any_document(values, extra, separators):
+    raw = json.dumps({**extra, "input": values}, separators=separators).encode()
+    assert outcome(parse_predict_body, raw) == outcome(_parse_document, raw)
