@@ -151,6 +151,7 @@ class Connection(asyncio.Protocol):
         self.reading_paused = False       # by us, for the two reasons above
         self.held = 0                     # requests in ``answers`` not handled yet (_Held)
         self.state = _REQUEST
+        self.timed_state = _REQUEST       # the state whose deadline runs (see data_received)
         self.deadline: Optional[float] = None
         self.timer: Optional[asyncio.TimerHandle] = None
         self.timer_at = 0.0
@@ -214,13 +215,21 @@ class Connection(asyncio.Protocol):
             self._refuse(RequestError(
                 f"The request headers are larger than {MAX_HEADER_BYTES} bytes, the limit of this server",
                 431))
+        # The parser's callbacks only note what the connection waits for; its deadline starts
+        # here, once, for a request that is still incomplete: most arrive whole in one read
+        # and never need a header or body deadline (nor its timer).
+        if self.state != self.timed_state:
+            if self.state == _HEADERS:
+                self._wait(_HEADERS, self.limits.header_timeout)
+            elif self.state == _BODY:
+                self._wait(_BODY, self.limits.body_timeout)
 
     # ---- parser callbacks ----
     def on_message_begin(self) -> None:
         if self.closing:                  # a request pipelined after the last one we answer
             raise _Stop
         self.header_bytes = 0             # the last message reset the rest when it completed
-        self._wait(_HEADERS, self.limits.header_timeout)
+        self.state = _HEADERS
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -253,7 +262,7 @@ class Connection(asyncio.Protocol):
             raise _Stop
         if self.headers.get(b"expect", b"").lower() == b"100-continue" and not self.answers:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self._wait(_BODY, self.limits.body_timeout)
+        self.state = _BODY
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
@@ -444,7 +453,7 @@ class Connection(asyncio.Protocol):
 
     def _wait(self, state: int, seconds: Optional[float]) -> None:
         """From now on wait for ``state``, for at most ``seconds`` (None: no limit)."""
-        self.state = state
+        self.state = self.timed_state = state
         if seconds is None:
             self.deadline = None
             return
