@@ -80,6 +80,7 @@ def frontend(cache_size: int):
     config = Config(cache_size=cache_size)
     frontend = server.QueryFrontend(config)
     frontend.loop = asyncio.get_running_loop()
+    frontend.deadlines = server.Deadlines(frontend.loop)
     frontend.dispatcher = Dispatcher(frontend.rpc.send_batch, time.monotonic, frontend._on_batch)
     frontend.rpc.attach(frontend.dispatcher)
     frontend.rpc._loop = frontend.loop

@@ -20,6 +20,7 @@ from clipper.datatypes import InputType
 from clipper.errors import RequestError
 from clipper.query_frontend import http, prometheus
 from clipper.query_frontend.cache import PredictionCache, RememberedBody
+from clipper.query_frontend.deadlines import Deadlines
 from clipper.query_frontend.dispatch import Batch, Dispatcher, ModelError, Task
 from clipper.query_frontend.metrics import METER_TICK_SECONDS, MetricSet
 from clipper.query_frontend.rpc_server import RpcServer
@@ -118,6 +119,7 @@ class QueryFrontend(http.Application):
         self.query_ids = itertools.count()
         self.dispatcher: Optional[Dispatcher] = None
         self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.deadlines: Optional[Deadlines] = None
         self._description = openapi.document("query")
         self._predictions = self.metrics.counter("internal:aggregate_num_predictions")
         self._throughput = self.metrics.meter("internal:aggregate_model_throughput")
@@ -132,6 +134,7 @@ class QueryFrontend(http.Application):
     async def running(self):
         """Start the RPC server and the state follower; stop them after."""
         self.loop = asyncio.get_running_loop()
+        self.deadlines = Deadlines(self.loop)
         # Queries are timed on the monotonic clock: uvloop's loop.time() counts whole
         # milliseconds, cached per loop turn, which made every latency 0 or 1000 us.
         self.dispatcher = Dispatcher(self.rpc.send_batch, time.monotonic, self._on_batch)
@@ -157,6 +160,7 @@ class QueryFrontend(http.Application):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self.deadlines.close()
             await self.store.close()
 
     async def _until_redis_answers(self) -> None:
@@ -359,7 +363,7 @@ class QueryFrontend(http.Application):
                 answer.settle(self._render(app, scheduled, is_batch, started))
 
         objective_ends = started + app.latency_slo_micros / 1e6
-        deadline = self.loop.call_later(objective_ends - time.monotonic(), finish)
+        deadline = self.deadlines.call_at(objective_ends, finish)
         for task in pending:
             task.add_done_callback(finish)
         return answer
