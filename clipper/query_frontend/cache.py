@@ -42,10 +42,7 @@ class PredictionCache:
         # key -> (output JSON or RememberedBody, cost in bytes)
         self._done: "OrderedDict[Hashable, Tuple[Union[bytes, RememberedBody], int]]" = OrderedDict()
         self._pending: Dict[Hashable, Task] = {}
-
-    @property
-    def enabled(self) -> bool:
-        return self.capacity > 0
+        self.enabled = capacity_bytes > 0    # an attribute, not a property: read per query
 
     def lookup(self, key: Tuple[str, str, bytes]) -> Optional[Union[bytes, Task]]:
         """A finished output (as JSON), the evaluation of an identical query in flight, or None."""

@@ -492,12 +492,12 @@ class _Stop(Exception):
 
 def _path(url: bytes) -> str:
     """The decoded path of a request target (origin form, or absolute form for proxies)."""
-    if b"?" in url or b"#" in url or not url.startswith(b"/"):
+    path = url.decode("utf-8", "replace")       # a str is searched faster than bytes
+    if "?" in path or "#" in path or not path.startswith("/"):
         try:
-            url = httptools.parse_url(url).path or b"/"
+            path = (httptools.parse_url(url).path or b"/").decode("utf-8", "replace")
         except httptools.HttpParserInvalidURLError:
             raise RequestError(f"The request target {url[:100]!r} is not a URL") from None
-    path = url.decode("utf-8", "replace")
     return unquote(path) if "%" in path else path
 
 
