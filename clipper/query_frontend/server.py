@@ -6,6 +6,7 @@ http.py (llhttp through httptools); every handler error is rendered by ``render_
 """
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import time
@@ -327,17 +328,20 @@ class QueryFrontend(http.Application):
                       slo: float) -> Scheduled:
         if model_id is None:
             return None
-        key = (model_id[0], model_id[1], item)
-        cached = self.cache.lookup(key)
-        if type(cached) is Task:           # an identical query in flight: wait for its answer
-            self.dispatcher.extend_deadline(model_id, cached, deadline)
-            return cached
-        if cached is not None:
-            return cached
+        cache = self.cache
+        if cache.enabled:
+            key = (model_id[0], model_id[1], item)
+            cached = cache.lookup(key)
+            if type(cached) is Task:       # an identical query in flight: wait for its answer
+                self.dispatcher.extend_deadline(model_id, cached, deadline)
+                return cached
+            if cached is not None:
+                return cached
         if not self.dispatcher.accepts(model_id):
             return None                    # no replica connected: the default, at once
         task = Task(item, deadline, slo)
-        self.cache.track(key, task)
+        if cache.enabled:
+            cache.track(key, task)
         self._predictions.count += 1
         self.dispatcher.submit(model_id, task)
         return task
@@ -358,7 +362,7 @@ class QueryFrontend(http.Application):
                 waiting -= 1
                 if waiting:
                     return
-            if not answer.settled:
+            if answer.response is None:        # not answered yet
                 deadline.cancel()
                 answer.settle(self._render(app, scheduled, is_batch, started))
 
@@ -486,6 +490,9 @@ async def _serve(config: Config) -> None:
     limits = http.Limits(config.max_body_size, config.header_timeout, config.body_timeout,
                          KEEPALIVE_TIMEOUT)
     async with frontend.running():
+        # What start-up made lives as long as the process: out of the collector's sight, each
+        # collection while serving scans only what the requests made.
+        gc.freeze()
         await server_runner.serve_until_stopped(
             lambda: http.Server(frontend, limits).start(config.host, config.query_port,
                                                         reuse_port=config.query_workers > 1),
