@@ -131,6 +131,8 @@ def encode(response: Response, keep_alive: bool, head: bool = False) -> bytes:
         b"" if head else response.body)
 
 
+_METHODS = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+
 # What a connection waits for, and so which deadline applies.
 _REQUEST, _HEADERS, _BODY, _ANSWER, _IDLE = range(5)
 
@@ -274,7 +276,8 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         # No upgrade (nor CONNECT) is made: its answer says the connection closes after it.
         keep_alive = self.parser.should_keep_alive() and not self.parser.should_upgrade()
-        method = self.parser.get_method().decode("ascii", "replace")
+        method = self.parser.get_method()
+        method = _METHODS.get(method) or method.decode("ascii", "replace")
         self._wait(_ANSWER, None)
         if not keep_alive:
             self.closing = True           # read no request after this one
@@ -310,7 +313,8 @@ class Connection(asyncio.Protocol):
         self._track(entry)
         if len(self.answers) > MAX_QUEUED_ANSWERS and self.transport is not None:
             self._pause_reading()
-        self._flush()
+        if type(answer) is not Deferred or answer.response is not None:
+            self._flush()                 # else its settle() flushes it
 
     def _track(self, entry: list) -> None:
         """Have the answer of ``entry`` flushed when it is ready."""
@@ -434,8 +438,11 @@ class Connection(asyncio.Protocol):
 
     def _decoded(self, body: bytes, headers: Dict[bytes, bytes]) -> bytes:
         """The body without its Content-Encoding, still within the body limit."""
-        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
-        if encoding == b"identity" or not body:
+        encoding = headers.get(b"content-encoding")
+        if encoding is None or not body:
+            return body
+        encoding = encoding.strip().lower()
+        if encoding == b"identity":
             return body
         if encoding not in DECODERS:
             raise RequestError(f"Content-Encoding {encoding.decode('latin-1')} is not supported: "
