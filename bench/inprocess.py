@@ -8,7 +8,9 @@ that reaches the model, the replica's reply is settled in place (encoded as a co
 encodes it), so the batch bookkeeping and the RPC decoding count, the round trip does not.
 The floor is bench/floor_server.py's handler fed the same bytes. Prints microseconds per
 request, best of 9 slices, and the ratios to the floor: what our Python adds, apart from
-system calls and the scheduler.
+system calls and the scheduler. Also the parse of a body alone (a new body each time, as
+under load), by the general path (orjson, then struct) and by the flat-doubles path
+(simdjson straight into packed doubles) that the query frontend takes for such a body.
 """
 import argparse
 import asyncio
@@ -27,6 +29,7 @@ from clipper.datatypes import InputType  # noqa: E402
 from clipper.query_frontend import http, server  # noqa: E402
 from clipper.query_frontend.dispatch import BatchSizer, Dispatcher, Replica  # noqa: E402
 from clipper.redis_schema import App  # noqa: E402
+from clipper.rest import inputs  # noqa: E402
 from clipper.rpc import codec  # noqa: E402
 
 SLICES = 9
@@ -101,6 +104,17 @@ def frontend(cache_size: int):
     return lambda: http.Connection(frontend, limits), reply
 
 
+def parse_cost(parse, bodies) -> float:
+    """Microseconds per body, the best of SLICES passes over all of them."""
+    best = float("inf")
+    for _ in range(SLICES):
+        started = time.perf_counter()
+        for body in bodies:
+            parse(body)
+        best = min(best, time.perf_counter() - started)
+    return best / len(bodies) * 1e6
+
+
 async def main(count: int) -> None:
     fixed = [request("0")]
     distinct = [request("%d.5" % i) for i in range(count)]
@@ -113,6 +127,12 @@ async def main(count: int) -> None:
     print(f"  floor (bare httptools handler)        {floor:6.1f} us")
     print(f"  ours, cache hit                       {hit:6.1f} us  {hit / floor:4.1f}x the floor")
     print(f"  ours, to the model and back, no cache {miss:6.1f} us  {miss / floor:4.1f}x the floor")
+    bodies = [r.partition(b"\r\n\r\n")[2] for r in distinct]
+    general = parse_cost(lambda body: inputs._parse_document(body, InputType.DOUBLES, None), bodies)
+    flat = parse_cost(lambda body: inputs.parse_predict_body(body, InputType.DOUBLES), bodies)
+    print(f"Parsing a body of 200 doubles into the input a container receives ({len(bodies)} bodies):")
+    print(f"  general path (orjson, struct)         {general:6.1f} us")
+    print(f"  flat doubles (simdjson)               {flat:6.1f} us  {flat / general:4.2f}x the general path")
 
 
 if __name__ == "__main__":
