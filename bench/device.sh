@@ -49,7 +49,7 @@ if [ -d .wrk ]; then      # wrk with the libraries it links, which the machine m
 fi
 export PYTHONUNBUFFERED=1
 { wrk -v 2>&1 || true; } | grep -q '^wrk ' || { echo "wrk does not run:"; wrk -v; ldd .wrk/wrk.bin; exit 1; }
-$PYTHON -c "import zmq, redis, httptools, orjson, uvloop, aiohttp, cloudpickle, psutil, numpy, sys
+$PYTHON -c "import zmq, redis, httptools, orjson, simdjson, uvloop, aiohttp, cloudpickle, psutil, numpy, sys
 from clipper.cluster.redis_binary import find_redis_server
 print('python', sys.version.split()[0], 'redis server', find_redis_server() or sys.exit('no redis-server'))" || exit 1
 ulimit -n 65536 2>/dev/null
