@@ -110,8 +110,11 @@ def _parse_document(body: bytes, input_type: InputType, max_batch_size: Optional
     raise schema_error("JSON object does not have required keys input or input_batch")
 
 
-# One parser for every request: a document is read whole and dropped before the next one.
-_FLAT_PARSER = simdjson.Parser()
+# One parser for every request: a document is read whole and dropped before the next one. A
+# parser keeps the buffers of the largest document it has read (about 4.5 bytes per byte):
+# bounded here, so a larger body takes the orjson path, which keeps nothing.
+FLAT_PATH_MAX_BYTES = 1 << 20
+_FLAT_PARSER = simdjson.Parser(max_capacity=FLAT_PATH_MAX_BYTES)
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -124,7 +127,8 @@ def _parse_flat_doubles(body: bytes) -> Optional[PredictRequest]:
     the error. What is refused here keeps the answers identical: an escape (a key could be
     "input" in disguise), a second "[" (as_buffer flattens nested lists), a repeated key
     (orjson keeps the last, simdjson finds the first), a byte-order mark (orjson refuses it)."""
-    if b"\\" in body or body.find(b"[") != body.rfind(b"[") or body.startswith(_UTF8_BOM):
+    if (len(body) > FLAT_PATH_MAX_BYTES or b"\\" in body or body.find(b"[") != body.rfind(b"[")
+            or body.startswith(_UTF8_BOM)):
         return None
     try:
         document = _FLAT_PARSER.parse(body)

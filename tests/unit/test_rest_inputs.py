@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from clipper.container.closure import shape_batch
 from clipper.datatypes import InputType
-from clipper.rest.inputs import InputError, _parse_document, _parse_flat_doubles, parse_predict_body
+from clipper.rest.inputs import (
+    FLAT_PATH_MAX_BYTES, InputError, _parse_document, _parse_flat_doubles, parse_predict_body)
 from clipper.rest import responses
 
 finite_doubles = st.floats(allow_nan=False, allow_infinity=False)
@@ -197,3 +198,15 @@ json_values = st.recursive(
 def test_fast_path_matches_general_path_on_any_document(values, extra, separators):
     raw = json.dumps({**extra, "input": values}, separators=separators).encode()
     assert outcome(parse_predict_body, raw) == outcome(_parse_document, raw)
+
+
+def test_a_body_past_the_fast_paths_bound_is_read_by_the_general_path():
+    """The simdjson parser keeps the buffers of the largest body it read: it reads none past
+    FLAT_PATH_MAX_BYTES, and those are answered as before."""
+    def flat(count):
+        return ('{"input": [' + ",".join("%.17g" % (i / 7) for i in range(count)) + "]}").encode()
+    small, large = flat(100), flat(70_000)
+    assert len(large) > FLAT_PATH_MAX_BYTES > len(small)
+    assert _parse_flat_doubles(small) is not None and _parse_flat_doubles(large) is None
+    assert parse_predict_body(large, InputType.DOUBLES) == _parse_document(large, InputType.DOUBLES, None)
+    assert np.frombuffer(parse_predict_body(large, InputType.DOUBLES).inputs[0])[-1] == 69_999 / 7
