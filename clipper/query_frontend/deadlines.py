@@ -61,7 +61,8 @@ class Deadlines:
     def _on_cancel(self) -> None:
         self._cancelled += 1
         if self._cancelled >= SWEEP_MIN_CANCELLED and 2 * self._cancelled > len(self._heap):
-            self._heap = [entry for entry in self._heap if entry[2].callback is not None]
+            # In place: a callback run by _fire may cancel, and _fire goes on with this list.
+            self._heap[:] = [entry for entry in self._heap if entry[2].callback is not None]
             heapq.heapify(self._heap)
             self._cancelled = 0
 

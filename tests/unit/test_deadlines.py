@@ -72,3 +72,26 @@ def test_an_earlier_deadline_set_later_still_fires_first():
         deadlines.close()
         return fired
     assert run(scenario) == ["short objective"]
+
+
+def test_a_sweep_from_a_firing_callback_keeps_later_deadlines_on_time():
+    """A deadline's callback may cancel others (its answer's flush handles held requests,
+    whose queries may settle) enough for a sweep, and set new ones: the sweep must not
+    leave the firing loop on a heap the deadlines no longer live in."""
+    async def scenario():
+        deadlines = Deadlines(asyncio.get_running_loop())
+        fired = []
+        now = time.monotonic()
+        deadlines.call_at(now + 3600, lambda: fired.append("long objective"))
+        answered_early = [deadlines.call_at(now + 3600, lambda: None) for _ in range(2 * SWEEP_MIN_CANCELLED)]
+
+        def first():
+            for deadline in answered_early:
+                deadline.cancel()
+            deadlines.call_at(time.monotonic() + 0.03, lambda: fired.append("set while firing"))
+        deadlines.call_at(now + 0.01, first)
+        await asyncio.sleep(0.3)
+        pending = len(deadlines)
+        deadlines.close()
+        return fired, pending
+    assert run(scenario) == (["set while firing"], 1)
