@@ -286,3 +286,51 @@ def test_an_upgrade_is_answered_with_connection_close(port, request_line):
         reply = read_until_closed(connection)
     assert reply.count(b"HTTP/1.1 ") == 1 and b"\r\nConnection: close\r\n" in reply
     assert b"behind" not in reply
+
+
+def test_a_request_split_across_reads_at_any_point_is_answered_in_order(port):
+    """The header and body deadlines start once a read leaves a request incomplete:
+    wherever the reads cut pipelined requests, each is read whole and answered in order."""
+    requests = post(b"/later/20", b"ab") + post(b"/now", b"cd")
+    for cut in range(1, len(requests)):
+        with connect(port) as connection:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connection.sendall(requests[:cut])
+            time.sleep(0.003)                # two reads on the server's side
+            connection.sendall(requests[cut:])
+            assert read_responses(connection, 2) == [(200, b"POST /later/20 ab"), (200, b"POST /now cd")], cut
+
+
+def dribble(connection, start: bytes, byte: bytes, seconds: float) -> bytes:
+    """Send ``start``, then one ``byte`` every 50 ms until the server closes; what it sent."""
+    connection.sendall(start)
+    ends, reply = time.monotonic() + seconds, b""
+    while time.monotonic() < ends:
+        if select.select([connection], [], [], 0.05)[0]:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return reply
+            reply += chunk
+        with contextlib.suppress(OSError):   # the server may close while we still send
+            connection.sendall(byte)
+    return reply + b"<still open>"
+
+
+@pytest.mark.parametrize("start, byte, late", [
+    (b"GET /now HTTP/1.1\r\nX-Slow: ", b"a", b"headers"),
+    (b"POST /now HTTP/1.1\r\nContent-Length: 1000\r\n\r\n", b"a", b"body"),
+    (post(b"/later/50", b"first") + b"GET /now HTTP/1.1\r\nX-Slow: ", b"a", b"headers"),
+    (post(b"/later/50", b"first") + b"POST /now HTTP/1.1\r\nContent-Length: 1000\r\n\r\n", b"a", b"body"),
+])
+def test_headers_or_a_body_dribbled_byte_by_byte_get_408_on_time(port, start, byte, late):
+    """Each byte that arrives does not restart the request's deadline (slowloris); a request
+    pipelined behind one answered later is still timed."""
+    started = time.monotonic()
+    with connect(port) as connection:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reply = dribble(connection, start, byte, seconds=5)
+    assert time.monotonic() - started < LIMITS.header_timeout + 1.5
+    if start.startswith(b"POST /later/50"):
+        assert reply.startswith(b"HTTP/1.1 200 ") and b"POST /later/50 first" in reply
+        reply = reply[reply.index(b"first") + len(b"first"):]
+    assert reply.startswith(b"HTTP/1.1 408 ") and late + b" did not arrive within 0.5 s" in reply
