@@ -186,6 +186,23 @@ def test_fast_path_answers_as_the_general_path(raw):
     assert outcome(parse_predict_body, raw) == outcome(_parse_document, raw)
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"input": [-0]}', b'{"input": [-0e0, 0e0, -0.0]}', b'{"version": -0, "input": [1]}',
+    b'{"input": [9007199254740993, 9223372036854775807, 9223372036854775808, 18446744073709551615]}',
+    b'{"input": [18446744073709551616]}', b'{"input": [-9223372036854775808]}',
+    b'{"input": [1], "version": 18446744073709551615}', b'{"input": [1], "version": 99999999999999999999}',
+    b'{"input": [1.7976931348623157e308, 1.7976931348623159e308]}', b'{"input": [2.4703282292062328e-324]}',
+    b'{"input": [1' + b'0' * 400 + b'e-400, 0.' + b'0' * 400 + b'1]}', b'{"input": [1e0000000000000000000000001]}',
+    b'{"input": [1], "k": "\x01"}', b'{"input": [1], "k\x1f": 1}', b'{"input": [1], "k": "a\x00b"}',
+    b'\x0c{"input": [1]}', b'{"input": [1]}\x0b', b'{"input":\xc2\xa0[1]}', b'{"input": [1]}\n\x00',
+    b'{"input": [1], "k": "\xed\xa0\x80"}', b'{"input": [1], "k": "\xc0\xaf"}', b'{"input": [1], "\xf4\x90\x80\x80": 1}',
+    b'{"input": [1], "k": "\xef\xbf\xbf"}', b'{"input": [1]}{}', b'{"input": [1]}\r\n\t ',
+    b'{"input": [1], "version": "\xe2\x82\xac"}', b'{"input": [1], "input_batch": {}}',
+])
+def test_fast_path_answers_as_the_general_path_on_edge_numbers_and_bytes(raw):
+    assert outcome(parse_predict_body, raw) == outcome(_parse_document, raw)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70) | finite_doubles | st.text(max_size=5),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
@@ -210,3 +227,19 @@ def test_a_body_past_the_fast_paths_bound_is_read_by_the_general_path():
     assert _parse_flat_doubles(small) is not None and _parse_flat_doubles(large) is None
     assert parse_predict_body(large, InputType.DOUBLES) == _parse_document(large, InputType.DOUBLES, None)
     assert np.frombuffer(parse_predict_body(large, InputType.DOUBLES).inputs[0])[-1] == 69_999 / 7
+    at_the_bound = small[:-2] + b" " * (FLAT_PATH_MAX_BYTES - len(small)) + b"]}"
+    assert len(at_the_bound) == FLAT_PATH_MAX_BYTES
+    fast = _parse_flat_doubles(at_the_bound)
+    assert fast is not None and fast == _parse_document(at_the_bound, InputType.DOUBLES, None)
+
+
+def test_bodies_the_fast_path_refuses_leave_its_parser_reusable():
+    """pysimdjson refuses to parse while a proxy of its last document lives: a refusal
+    that kept one (in a local, a traceback) would send every later body the slow way."""
+    refused_after_parsing = [b'{"input": [1, true]}', b'{"input": [1, "a"]}', b'{"input": [{"a": 1}]}',
+                             b'{"input": {"a": 1}}', b'{"input": [1], "version": {"a": [2]}}',
+                             b'{"input": [1], "version": 1.5}', b'{"x": {"y": 1}}', b'[1, 2]', b'{"input": [1e400]}',
+                             b'{"input": [1,', b'{"input": [99999999999999999999999]}', b'"input"']
+    for raw in refused_after_parsing:
+        assert _parse_flat_doubles(raw) is None
+        assert _parse_flat_doubles(b'{"input": [0.5]}') == ([np.float64(0.5).tobytes()], False, None), raw
