@@ -56,7 +56,7 @@ class Deadlines:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+            self._timer, self._timer_at = None, math.inf
 
     def _on_cancel(self) -> None:
         self._cancelled += 1
