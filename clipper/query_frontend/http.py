@@ -70,12 +70,8 @@ class Deferred:
     __slots__ = ("response", "_on_settled")
 
     def __init__(self):
-        self.response: Optional[Response] = None
+        self.response: Optional[Response] = None     # None until settled
         self._on_settled: Optional[Callable[[], None]] = None
-
-    @property
-    def settled(self) -> bool:
-        return self.response is not None
 
     def settle(self, response: Response) -> None:
         self.response = response
