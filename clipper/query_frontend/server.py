@@ -328,20 +328,17 @@ class QueryFrontend(http.Application):
                       slo: float) -> Scheduled:
         if model_id is None:
             return None
-        cache = self.cache
-        if cache.enabled:
-            key = (model_id[0], model_id[1], item)
-            cached = cache.lookup(key)
-            if type(cached) is Task:       # an identical query in flight: wait for its answer
-                self.dispatcher.extend_deadline(model_id, cached, deadline)
-                return cached
-            if cached is not None:
-                return cached
+        key = (model_id[0], model_id[1], item)
+        cached = self.cache.lookup(key)
+        if type(cached) is Task:           # an identical query in flight: wait for its answer
+            self.dispatcher.extend_deadline(model_id, cached, deadline)
+            return cached
+        if cached is not None:
+            return cached
         if not self.dispatcher.accepts(model_id):
             return None                    # no replica connected: the default, at once
         task = Task(item, deadline, slo)
-        if cache.enabled:
-            cache.track(key, task)
+        self.cache.track(key, task)
         self._predictions.count += 1
         self.dispatcher.submit(model_id, task)
         return task
