@@ -188,3 +188,26 @@ def test_a_model_with_no_connected_replica_answers_the_default_at_once(clipper_c
     print(f"no connected replica: the default after {took * 1000:.0f} ms (objective 5 s)")
     assert took < 1.0, f"answered after {took:.2f} s (objective 5 s)"
     assert predict(clipper_conn, "scaled", {"input": [0.0]}).json()["output"] == 0.0   # cached answers stay
+
+
+def scheduling_policies(xs):
+    """Each output: the scheduling policy of the model's thread and of a thread it starts."""
+    import os
+    import threading
+    started = []
+    worker = threading.Thread(target=lambda: started.append(os.sched_getscheduler(0)))
+    worker.start()
+    worker.join()
+    return [f"{os.sched_getscheduler(0)} {started[0]}" for _ in xs]
+
+
+def test_replicas_run_as_batch_work_so_the_frontend_is_not_preempted(clipper_conn):
+    """Where replicas share cores with the query frontend, a replica woken by a batch must
+    not cut the frontend off mid-request: the model, and the threads it starts, run under
+    SCHED_BATCH; the frontend keeps the default policy."""
+    python_deployer.create_endpoint(clipper_conn, "policies", "doubles", scheduling_policies,
+                                    slo_micros=5_000_000)
+    answer = predict(clipper_conn, "policies", {"input": [1.0]}).json()
+    assert answer["output"] == f"{os.SCHED_BATCH} {os.SCHED_BATCH}", answer
+    frontend = next(p["pid"] for p in clipper_conn.cm.cluster.processes() if p["role"] == "query-frontend")
+    assert os.sched_getscheduler(frontend) == os.SCHED_OTHER
