@@ -14,7 +14,6 @@ import contextlib
 import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,21 +96,13 @@ def main(argv=None):
                 for name, url in urls.items():
                     rounds.setdefault(name, {}).setdefault(c, []).append(wrk(url, c, args.seconds, body=body))
                     time.sleep(0.5)
-        results = {name: {c: median_point(points) for c, points in by_c.items()} for name, by_c in rounds.items()}
+        results = {name: {c: report.median_point(points) for c, points in by_c.items()} for name, by_c in rounds.items()}
     text = markdown(results, named, concurrency, args.seconds, args.rounds,
                     "cache on, every request the same (hits)" if args.hits else "cache off")
     print(text)
     stem = HERE / "results" / f"{datetime.date.today().isoformat()}-levers{'-' + args.tag if args.tag else ''}"
     stem.with_suffix(".md").write_text(text)
     stem.with_suffix(".json").write_text(json.dumps({"revisions": dict(named), "results": results}, indent=1))
-
-
-def median_point(points):
-    """The median of each figure over the rounds; failures summed."""
-    return {"rps": statistics.median(p["rps"] for p in points),
-            "p50_us": statistics.median(p["p50_us"] for p in points),
-            "p99_us": statistics.median(p["p99_us"] for p in points),
-            "failed": sum(p["failed"] for p in points), "rounds": points}
 
 
 def markdown(results, named, concurrency, seconds, rounds, cache: str) -> str:

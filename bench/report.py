@@ -1,6 +1,7 @@
 """What a run measured, as the project's targets (ratios, PASS/MISS), a Markdown report and a plot."""
 import os
 import platform
+import statistics
 
 BARE_FLOOR = "floor: bare uvloop + httptools"
 AIOHTTP_FLOOR = "floor: aiohttp on uvloop"
@@ -13,6 +14,16 @@ ONE_BY_ONE = "batching model, batch size 1"
 RAY_DEFAULT = "Ray Serve, default"
 RAY_FAST = "Ray Serve, throughput-optimized"
 PLOTTED = (BARE_FLOOR, AIOHTTP_FLOOR, OURS, HITS, RAY_DEFAULT, RAY_FAST)
+
+
+def median_point(points):
+    """One point from several rounds of the same measure: the median of each figure,
+    failures summed; the rounds are kept beside it."""
+    return {"rps": statistics.median(p["rps"] for p in points),
+            "p50_us": statistics.median(p["p50_us"] for p in points),
+            "p99_us": statistics.median(p["p99_us"] for p in points),
+            "wrk_cores": statistics.median(p["wrk_cores"] for p in points),
+            "failed": sum(p["failed"] for p in points), "rounds": points}
 
 
 def clean(points) -> bool:
