@@ -17,6 +17,8 @@ Every scenario is measured in the same run on the same machine:
 - batching: a model that costs 2 ms per call plus 20 us per item, adaptive vs batch size 1;
 - micro-measures: uvloop against asyncio (the aiohttp floor on both), and the round trip to
   a second process (bench/roundtrip.py).
+The throughput target's two points (the bare floor and ours at 64 clients) are measured
+again in turns, both servers up, --paired-rounds times (default 3), and their medians kept.
 Prints the figures and the project's targets as ratios (PASS/MISS); writes them to
 bench/results/<date>.md and .json with a PNG of latency against concurrency.
 --profile adds py-spy profiles of the query frontend under load (bench/results/).
