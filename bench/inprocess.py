@@ -62,46 +62,31 @@ class Transport:
         pass
 
 
-async def per_request(connection, requests, count, after=None) -> float:
-    """Microseconds per request, the best of SLICES slices (one loop turn per request)."""
-    transport = Transport()
-    connection.connection_made(transport)
-    best, sent = float("inf"), 0
-    for _ in range(SLICES):
-        started = time.perf_counter()
-        for _ in range(count // SLICES):
-            connection.data_received(requests[sent % len(requests)])
-            sent += 1
-            if after:
-                after()
-            await asyncio.sleep(0)
-        best = min(best, time.perf_counter() - started)
-    assert b'"default":false' in transport.written[-1], transport.written[-1][-200:]
-    return best / (count // SLICES) * 1e6
-
-
-async def per_request_batched(make_connection, reply, requests, connections: int, rounds: int) -> float:
-    """As per_request, with ``connections`` clients asking at once and their queries
-    answered in one batch per round, as under load: microseconds per request, best of SLICES."""
-    clients = []
-    for _ in range(connections):
+async def per_request(make_connection, requests, count, reply=None, clients=1) -> float:
+    """Microseconds per request, the best of SLICES slices of ``count`` requests: each round,
+    ``clients`` connections send one request each, ``reply`` (if any) answers the batch they
+    made, and the event loop turns once."""
+    connections = []
+    for _ in range(clients):
         connection, transport = make_connection(), Transport()
         connection.connection_made(transport)
-        clients.append((connection, transport))
+        connections.append((connection, transport))
+    rounds = count // SLICES // clients
     best, sent = float("inf"), 0
     for _ in range(SLICES):
         started = time.perf_counter()
         for _ in range(rounds):
-            for connection, _transport in clients:
+            for connection, _transport in connections:
                 connection.data_received(requests[sent % len(requests)])
                 sent += 1
-            reply()
+            if reply:
+                reply()
             await asyncio.sleep(0)
         best = min(best, time.perf_counter() - started)
-        for _connection, transport in clients:
+        for _connection, transport in connections:
             assert b'"default":false' in transport.written[-1], transport.written[-1][-200:]
             transport.written.clear()
-    return best / (rounds * connections) * 1e6
+    return best / (rounds * clients) * 1e6
 
 
 def frontend(cache_size: int):
@@ -144,17 +129,17 @@ def parse_cost(parse, bodies) -> float:
 async def main(count: int) -> None:
     fixed = [request("0")]
     distinct = [request("%d.5" % i) for i in range(count)]
-    floor = await per_request(floor_server.BareHttp(), fixed, count)
+    floor = await per_request(floor_server.BareHttp, fixed, count)
     connection, reply = frontend(cache_size=100_000_000)
-    hit = await per_request(connection(), fixed, count, reply)
+    hit = await per_request(connection, fixed, count, reply)
     connection, reply = frontend(cache_size=0)
-    miss = await per_request(connection(), distinct, count, reply)
+    miss = await per_request(connection, distinct, count, reply)
     print(f"Python per request, in process (best of {SLICES} slices of {count // SLICES}):")
     print(f"  floor (bare httptools handler)        {floor:6.1f} us")
     print(f"  ours, cache hit                       {hit:6.1f} us  {hit / floor:4.1f}x the floor")
     print(f"  ours, to the model and back, no cache {miss:6.1f} us  {miss / floor:4.1f}x the floor")
     connection, reply = frontend(cache_size=0)
-    batched = await per_request_batched(connection, reply, distinct, BATCH_CLIENTS, count // SLICES // BATCH_CLIENTS)
+    batched = await per_request(connection, distinct, count, reply, BATCH_CLIENTS)
     print(f"  the same, {BATCH_CLIENTS} clients, one batch       {batched:6.1f} us  {batched / floor:4.1f}x the floor")
     bodies = [r.partition(b"\r\n\r\n")[2] for r in distinct]
     general = parse_cost(lambda body: inputs._parse_document(body, InputType.DOUBLES, None), bodies)
