@@ -52,7 +52,7 @@ class Task:
         self.done = False
         self.output: Optional[bytes] = None
         self.error: Optional[Exception] = None
-        self._callbacks: List[Callable[["Task"], None]] = []
+        self._callbacks: Optional[List[Callable[["Task"], None]]] = []
 
     def add_done_callback(self, callback: Callable[["Task"], None]) -> None:
         if self.done:
@@ -64,7 +64,7 @@ class Task:
         if self.done:
             return
         self.done, self.output, self.error = True, output, error
-        callbacks, self._callbacks = self._callbacks, []
+        callbacks, self._callbacks = self._callbacks, None     # no more are added once done
         for callback in callbacks:
             try:
                 callback(self)

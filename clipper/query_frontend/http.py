@@ -9,6 +9,7 @@ socket after its request. A handler answers with a ``Response`` at once or with 
 one, so a prediction is written from the callback that settles it, not by a woken coroutine.
 """
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -493,6 +494,7 @@ class _Stop(Exception):
     """Raised in a parser callback: this connection reads no further."""
 
 
+@functools.lru_cache(maxsize=256)     # clients ask for the same few targets again and again
 def _path(url: bytes) -> str:
     """The decoded path of a request target (origin form, or absolute form for proxies)."""
     path = url.decode("utf-8", "replace")       # a str is searched faster than bytes

@@ -6,6 +6,7 @@ http.py (llhttp through httptools); every handler error is rendered by ``render_
 """
 import asyncio
 import contextlib
+import functools
 import gc
 import itertools
 import logging
@@ -267,9 +268,10 @@ class QueryFrontend(http.Application):
         if view is None:
             return self._predict_later(request, app_name, started)
         generation = self.follower.generation
-        remembered = self.cache.lookup_body(app_name, request.body, generation)
-        if remembered is not None:         # the same body, answered from the cache before
-            return self._render(remembered.app, remembered.outputs, remembered.is_batch, started)
+        if self.cache.enabled:
+            remembered = self.cache.lookup_body(app_name, request.body, generation)
+            if remembered is not None:     # the same body, answered from the cache before
+                return self._render(remembered.app, remembered.outputs, remembered.is_batch, started)
         app = view.apps.get(app_name)
         if app is None:
             return self._predict_later(request, app_name, started)
@@ -328,17 +330,20 @@ class QueryFrontend(http.Application):
                       slo: float) -> Scheduled:
         if model_id is None:
             return None
-        key = (model_id[0], model_id[1], item)
-        cached = self.cache.lookup(key)
-        if type(cached) is Task:           # an identical query in flight: wait for its answer
-            self.dispatcher.extend_deadline(model_id, cached, deadline)
-            return cached
-        if cached is not None:
-            return cached
+        caching = self.cache.enabled
+        if caching:
+            key = (model_id[0], model_id[1], item)
+            cached = self.cache.lookup(key)
+            if type(cached) is Task:       # an identical query in flight: wait for its answer
+                self.dispatcher.extend_deadline(model_id, cached, deadline)
+                return cached
+            if cached is not None:
+                return cached
         if not self.dispatcher.accepts(model_id):
             return None                    # no replica connected: the default, at once
         task = Task(item, deadline, slo)
-        self.cache.track(key, task)
+        if caching:
+            self.cache.track(key, task)
         self._predictions.count += 1
         self.dispatcher.submit(model_id, task)
         return task
@@ -471,6 +476,7 @@ _APP_ROUTES = {"predict": PREDICT, "update": UPDATE}
 PLAIN_TEXT_UPDATE_ERRORS = frozenset((400, 408, 413, 415))
 
 
+@functools.lru_cache(maxsize=256)     # clients ask for the same few paths again and again
 def _route(path: str) -> Tuple[Optional[str], Optional[str]]:
     """(route, application name) of a path; route None when no route matches."""
     if path in (METRICS, OPENAPI):

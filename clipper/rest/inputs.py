@@ -90,7 +90,7 @@ def _parse_document(body: bytes, input_type: InputType, max_batch_size: Optional
     version = parse_version(document.get("version"))
     # Every ``true`` has an r, every ``false`` an f; two byte scans (memchr) are much cheaper
     # than a substring search, and a body that has either letter elsewhere is checked fully.
-    may_hold_bools = b"r" in body or b"f" in body
+    may_hold_bools = body.find(b"r") >= 0 or body.find(b"f") >= 0   # find: see _parse_flat_doubles
     if "input" in document:
         return PredictRequest([encode_input(document["input"], input_type, "input", may_hold_bools)],
                               False, version)
@@ -116,6 +116,7 @@ def _parse_document(body: bytes, input_type: InputType, max_batch_size: Optional
 FLAT_PATH_MAX_BYTES = 1 << 20
 _FLAT_PARSER = simdjson.Parser(max_capacity=FLAT_PATH_MAX_BYTES)
 _UTF8_BOM = b"\xef\xbb\xbf"
+_VERSION_TYPES = (str, int, type(None))     # else the general path words the error
 
 
 def _parse_flat_doubles(body: bytes) -> Optional[PredictRequest]:
@@ -127,24 +128,31 @@ def _parse_flat_doubles(body: bytes) -> Optional[PredictRequest]:
     the error. What is refused here keeps the answers identical: an escape (a key could be
     "input" in disguise), a second "[" (as_buffer flattens nested lists), a repeated key
     (orjson keeps the last, simdjson finds the first), a byte-order mark (orjson refuses it)."""
-    if (len(body) > FLAT_PATH_MAX_BYTES or b"\\" in body or body.find(b"[") != body.rfind(b"[")
+    # find(), not "in": bytes.__contains__ first tries its argument as an integer, and on
+    # Python 3.11 raises and clears a TypeError for every bytes needle (some 1,500
+    # instructions, almost 1% of a request; bench/instructions.py).
+    if (len(body) > FLAT_PATH_MAX_BYTES or body.find(b"\\") >= 0 or body.find(b"[") != body.rfind(b"[")
             or body.startswith(_UTF8_BOM)):
         return None
     try:
         document = _FLAT_PARSER.parse(body)
         if type(document) is not simdjson.Object:
             return None
-        keys = list(document.keys())
-        if "input" not in keys or len(set(keys)) != len(keys):
-            return None
-        values = document["input"]
-        version = document["version"] if "version" in keys else None
-        if type(values) is not simdjson.Array or type(version) not in (str, int, type(None)):
+        values, version = document.get("input"), None
+        if len(document) > 1:             # the usual body has "input" alone
+            keys = list(document.keys())
+            if len(set(keys)) != len(keys):
+                return None
+            version = document.get("version")
+            if type(version) not in _VERSION_TYPES:
+                return None
+            version = parse_version(version)
+        if type(values) is not simdjson.Array:     # also: no "input"
             return None
         packed = bytes(values.as_buffer(of_type="d"))     # refuses any element not a number
     except Exception:        # whatever simdjson refuses, the general path answers
         return None
-    return PredictRequest([packed], False, parse_version(version))
+    return PredictRequest([packed], False, version)
 
 
 def parse_version(version) -> Optional[str]:
