@@ -43,19 +43,16 @@ async def serve_rounds(tree: Path, rounds: int) -> None:
         connection.connection_made(transport)
         connections.append((connection, transport))
     sent = 0
-    for round_ in range(WARM_UP_ROUNDS + rounds):
-        if round_ == WARM_UP_ROUNDS:
-            for _connection, transport in connections:
-                transport.written.clear()
+    for _ in range(WARM_UP_ROUNDS + rounds):
         for connection, _transport in connections:
             connection.data_received(requests[sent])
             sent += 1
         reply()
         await asyncio.sleep(0)
-    # Under valgrind, some queries of the warm-up pass their objective (1 s) and are
-    # answered with the default; those counted must not.
-    answered = sum(b'"default":false' in answer for _c, transport in connections for answer in transport.written)
-    assert answered >= (rounds - 1) * CLIENTS, f"only {answered} of {rounds * CLIENTS} answered by the model"
+    # The same check for either run length, so that it cancels out. (Under valgrind, some
+    # queries of the warm-up pass their objective, 1 s, and get the default.)
+    last_answers = [transport.written[-1] for _connection, transport in connections]
+    assert all(answer.find(b'"default":false') >= 0 for answer in last_answers), last_answers[:2]
 
 
 def count(tree: Path, rounds: int, scratch: Path) -> int:
