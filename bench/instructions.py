@@ -60,7 +60,8 @@ def count(tree: Path, rounds: int, scratch: Path) -> int:
     out = scratch / f"callgrind.{rounds}.out"
     subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
                     __file__, "--serve", str(tree), str(rounds)],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, "PYTHONHASHSEED": "0"})     # the same dict layouts in every run
     for line in out.read_text().splitlines():
         if line.startswith(("totals:", "summary:")):
             return int(line.split()[1])
