@@ -17,7 +17,7 @@ import zmq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clipper.cluster.cluster_dir import cluster_path_of  # noqa: E402
+from clipper.cluster.cluster_dir import cluster_path_of, still_running  # noqa: E402
 from clipper.datatypes import InputType  # noqa: E402
 from clipper.rpc import auth, codec  # noqa: E402
 from clipper_admin import ClipperConnection, LocalContainerManager  # noqa: E402
@@ -46,9 +46,18 @@ def processes_under(base: Path):
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
             marker = cluster_path_of(process) or ""
-            if marker.startswith(str(base)) and process.status() != psutil.STATUS_ZOMBIE:
+            if marker.startswith(str(base)) and still_running(process):
                 found.append(process)
     return found
+
+
+def all_gone(pids) -> bool:
+    """Every one of these processes has exited and let go of its files, ports among them."""
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if still_running(psutil.Process(pid)):
+                return False
+    return True
 
 
 @contextlib.contextmanager

@@ -76,7 +76,7 @@ class ProcessRecord:
             process = psutil.Process(self.pid)
             if abs(process.create_time() - self.create_time) > 0.01:
                 return None
-            return None if process.status() == psutil.STATUS_ZOMBIE else process
+            return process if still_running(process) else None
         except psutil.Error:
             return None
 
@@ -208,7 +208,7 @@ def processes_marked_with(cluster_path: Path) -> List[psutil.Process]:
     found = []
     for process in psutil.process_iter():
         try:
-            if process.pid == os.getpid() or process.status() == psutil.STATUS_ZOMBIE:
+            if process.pid == os.getpid() or not still_running(process):
                 continue
             if cluster_path_of(process) == target:
                 found.append(process)
@@ -262,18 +262,21 @@ def terminate(processes: List[psutil.Process], grace: float) -> None:
 
 def _wait_gone(processes: List[psutil.Process], timeout: float) -> List[psutil.Process]:
     """Those still running after ``timeout``. An exited process whose parent has not reaped it
-    yet (a zombie: say, the supervisor of a script that still runs) is gone, although
-    psutil.wait_procs would wait for it until the timeout."""
+    yet (a zombie: say, the supervisor of a script that still runs) is gone once its threads
+    are, although psutil.wait_procs would wait for it until the timeout."""
     deadline = time.monotonic() + timeout
     while True:
-        alive = [process for process in processes if _running(process)]
+        alive = [process for process in processes if still_running(process)]
         if not alive or time.monotonic() >= deadline:
             return alive
         time.sleep(GONE_POLL_SECONDS)
 
 
-def _running(process: psutil.Process) -> bool:
+def still_running(process: psutil.Process) -> bool:
+    """Whether ``process`` runs, or is still exiting. A zombie whose parent has not reaped it
+    has exited; but its main thread turns zombie first, while its other threads may still be
+    exiting and holding its files, listening sockets included: gone is a zombie with one thread."""
     try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        return process.is_running() and (process.status() != psutil.STATUS_ZOMBIE or process.num_threads() > 1)
     except psutil.Error:
         return False

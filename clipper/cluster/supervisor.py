@@ -57,12 +57,8 @@ class Adopted:
         self.returncode: Optional[int] = None
 
     def poll(self) -> Optional[int]:
-        if self.returncode is None:
-            try:
-                if not self.process.is_running() or self.process.status() == psutil.STATUS_ZOMBIE:
-                    self.returncode = -1
-            except psutil.Error:
-                self.returncode = -1
+        if self.returncode is None and not cluster_dir.still_running(self.process):
+            self.returncode = -1
         return self.returncode
 
     def terminate(self) -> None:

@@ -21,7 +21,7 @@ import requests
 from clipper.cluster.cluster_dir import cluster_processes
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin.deployers import python as python_deployer
-from helpers import ROOT, local_cluster, port_open, wait_for
+from helpers import ROOT, all_gone, local_cluster, port_open, wait_for
 from scripts import run_script
 
 NAME = "crashy"
@@ -54,11 +54,6 @@ def answer(conn, app, x):
     except requests.RequestException as error:
         return {"default": True, "error": str(error)}
     return response.json() if response.status_code == 200 else {"default": True, "error": response.text}
-
-
-def all_gone(pids):
-    return not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                   for pid in pids)
 
 
 def assert_all_stopped(pids):

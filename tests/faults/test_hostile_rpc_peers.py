@@ -11,6 +11,7 @@ import pytest
 import requests
 import zmq
 
+from clipper.cluster.cluster_dir import still_running
 from clipper.query_frontend.rpc_server import MAX_CONNECTIONS
 from clipper.datatypes import InputType
 from clipper.rpc import codec
@@ -98,7 +99,7 @@ def test_a_peer_that_takes_the_routing_ids_the_frontend_would_give_cannot_end_it
         finally:
             anonymous.close(0)
             context.term()
-    assert frontend.is_running() and frontend.status() != psutil.STATUS_ZOMBIE
+    assert still_running(frontend)
     assert frontend_process(cluster).pid == frontend.pid, "the query frontend was restarted"
     assert requests.post(f"http://{cluster.get_query_addr()}/sum/predict", json={"input": [1.0, 2.0]},
                          timeout=5).json()["output"] == 3.0

@@ -5,7 +5,6 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
-import psutil
 import pytest
 import redis
 import requests
@@ -16,7 +15,7 @@ from clipper.config import Config
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin import cli
 from clipper_admin.deployers import python as python_deployer
-from helpers import processes_under, wait_for
+from helpers import all_gone, processes_under, wait_for
 
 WORKERS = 2
 BATCH_SIZE = 4          # the most inputs one worker puts in a batch
@@ -162,8 +161,7 @@ def test_a_killed_supervisor_adopts_every_worker_and_recover_restarts_them(conn)
     for stop in (signal.SIGSTOP, signal.SIGKILL):
         for process in processes:
             process.send_signal(stop)
-    wait_for(lambda: not any(psutil.pid_exists(p.pid) and psutil.Process(p.pid).status() != psutil.STATUS_ZOMBIE
-                             for p in processes), 10, "every process gone")
+    wait_for(lambda: all_gone(p.pid for p in processes), 10, "every process gone")
     again = ClipperConnection(LocalContainerManager(cluster_name="workers"))
     again.connect()
     assert again.cm.query_workers == WORKERS
