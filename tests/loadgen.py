@@ -47,3 +47,17 @@ def run_load(conn, app: str, clients: int, seconds: float, timeout: float = 10.0
         for future in [pool.submit(client) for _ in range(clients)]:
             future.result()
     return results
+
+
+def assert_all_answered_within(results: List[Result], seconds: float, fault_at: float) -> float:
+    """Every request answered 200 within ``seconds``; the slowest time, for the report. A
+    failure names the slowest requests by when they were sent relative to ``fault_at``."""
+    failed = [r for r in results if r.status != 200]
+    assert not failed, f"{len(failed)} of {len(results)} requests failed, statuses " \
+                       f"{sorted({r.status for r in failed}, key=str)}"
+    slowest = sorted(results, key=lambda r: r.elapsed, reverse=True)
+    assert slowest[0].elapsed < seconds, (
+        f"a request took {slowest[0].elapsed:.2f} s (limit {seconds:.2f} s); the slowest, as "
+        f"(sent, seconds after the fault; took; default output): "
+        f"{[(round(r.sent_at - fault_at, 3), round(r.elapsed, 3), r.default) for r in slowest[:8]]}")
+    return slowest[0].elapsed
