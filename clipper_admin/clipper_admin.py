@@ -15,7 +15,7 @@ import requests
 
 from clipper import launch as recipe
 from clipper_admin import clipper_images
-from clipper_admin.container_manager import CONTAINERLESS_MODEL_IMAGE, ClusterAdapter, is_valid_name
+from clipper_admin.container_manager import CONTAINERLESS_MODEL_IMAGE, ClusterAdapter, is_valid_name, whole_number
 from clipper_admin.exceptions import ClipperException, UnconnectedException
 
 logging.basicConfig(format="%(asctime)s %(levelname)-8s [%(filename)s:%(lineno)d] %(message)s",
@@ -42,12 +42,6 @@ def _gpus_if_asked(num_gpus, default):
     """GPUs reach the backend only when asked for (not the call's default), so a
     ContainerManager written for 0.4.1's interface (no num_gpus) keeps working."""
     return {} if num_gpus == default else {"num_gpus": num_gpus}
-
-
-def _check_gpus(num_gpus):
-    if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 0:
-        raise ClipperException(f"num_gpus must be a whole number of GPUs per replica (0 or more), "
-                               f"not {num_gpus!r}")
 
 
 class ClipperConnection(object):
@@ -370,7 +364,8 @@ class ClipperConnection(object):
         version = str(version)
         _check_name("name", name)
         _check_name("version", version)
-        _check_gpus(num_gpus)
+        num_replicas = whole_number("num_replicas", num_replicas, least=0)
+        num_gpus = whole_number("num_gpus", num_gpus, least=0)
         if self.get_model_info(name, version) is not None:
             raise ClipperException(f"model with name '{name}' and version '{version}' already exists")
         previous = self._current_version(name)
@@ -379,8 +374,13 @@ class ClipperConnection(object):
             image = self.build_model(name, version, None, image)
         self.cm.deploy_model(name=name, version=version, input_type=input_type, image=image,
                              num_replicas=num_replicas, **_gpus_if_asked(num_gpus, 0))
-        self.register_model(name, version, input_type, image=image, labels=labels,
-                            batch_size=batch_size)
+        try:
+            self.register_model(name, version, input_type, image=image, labels=labels,
+                                batch_size=batch_size)
+        except ClipperException:
+            # Refused (a bad input type, batch size or label): no replica of it may stay behind.
+            self.cm.stop_models({name: [version]})
+            raise
         try:
             self._wait_for_replicas(name, version, num_replicas)
         except ClipperException as error:
@@ -440,8 +440,9 @@ class ClipperConnection(object):
         do not connect.
         """
         self._require_connection()
+        num_replicas = whole_number("num_replicas", num_replicas, least=0)
         if num_gpus is not None:
-            _check_gpus(num_gpus)
+            num_gpus = whole_number("num_gpus", num_gpus, least=0)
         version = self.get_current_model_version(name) if version is None else str(version)
         info = self.get_model_info(name, version)
         if info is None:

@@ -6,6 +6,7 @@ says where a role's process runs (``clipper.launch`` says what it runs).
 """
 import abc
 import logging
+import numbers
 import os
 import re
 
@@ -56,11 +57,12 @@ class ClusterAdapter(logging.LoggerAdapter):
         return "[{}] {}".format(self.extra["cluster_name"], msg), kwargs
 
 
-def whole_number(name: str, value) -> int:
-    """``value``, a whole number >= 1 (a bool is not one), or ClipperException naming ``name``."""
-    if not (type(value) is int and value >= 1):
-        raise ClipperException(f"{name} must be a whole number >= 1, not {value!r}")
-    return value
+def whole_number(name: str, value, least: int = 1) -> int:
+    """``value`` as an int, a whole number >= ``least`` (a bool is not one, a numpy integer
+    is), or ClipperException naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ClipperException(f"{name} must be a whole number >= {least}, not {value!r}")
+    return int(value)
 
 
 def create_model_container_label(name, version):

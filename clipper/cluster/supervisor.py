@@ -263,15 +263,26 @@ class Supervisor:
 
     def _apply_wanted_replicas(self) -> None:
         wanted = self.cluster.wanted_replicas()
-        slots = {f"model-{m['name']}_{m['version']}-{index}": (m, index)
-                 for m in wanted["models"].values() for index in range(m["count"])}
         current = {c.name: c for c in self.children if c.role == MODEL_CONTAINER}
+        slots = {}
+        for model in wanted["models"].values():
+            prefix = f"model-{model['name']}_{model['version']}-"
+            count = model.get("count")
+            if type(count) is not int or count < 0:
+                # Not written by our client, which checks it: one bad entry must not stop the
+                # cluster. Its replicas stay as they are.
+                log.error("ignoring the wanted replicas of %s:%s: %r is not a number of replicas",
+                          model["name"], model["version"], count)
+                slots.update((name, None) for name in current if name.startswith(prefix))
+                continue
+            slots.update((f"{prefix}{index}", (model, index)) for index in range(count))
         surplus = [child for name, child in current.items() if name not in slots]
         self._stop(surplus)
         self.children = [c for c in self.children if c not in surplus]
         gpus_in_use = Counter(device for c in self.children for device in c.details.get("gpus", []))
-        for name, (model, index) in slots.items():
+        for name, slot in slots.items():
             if name not in current:
+                model, index = slot
                 devices = pick_devices(self.settings.get("gpus", []), model.get("gpus", 0), gpus_in_use)
                 gpus_in_use.update(devices)
                 child = self._replica_child(model, index, devices)

@@ -244,6 +244,7 @@ class LocalContainerManager(ContainerManager):
 
     def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
         """``num_gpus``: GPUs per replica (CUDA_VISIBLE_DEVICES); None keeps the version's."""
+        num_replicas = whole_number("num_replicas", num_replicas, least=0)
         if not os.path.isfile(os.path.join(str(image), "func.pkl")):
             raise ClipperException(
                 f"On the local backend a model's image is a model directory holding func.pkl (what "

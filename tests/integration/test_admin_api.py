@@ -220,6 +220,45 @@ def test_replicas_scale_and_inactive_versions_stop(conn):
     assert predict(conn, "scaled", {"input": [0.0]}).json()["output"] == 2
 
 
+@pytest.mark.parametrize("count", ["2", 1.5, None, True, -1])
+def test_a_replica_count_that_is_not_a_whole_number_is_refused_at_once(conn, count):
+    if "counted" not in conn.get_all_apps():
+        python_deployer.create_endpoint(conn, "counted", "doubles", version_one, slo_micros=2000000)
+    asked = time.monotonic()
+    with pytest.raises(ClipperException, match=f"num_replicas must be a whole number >= 0, not {count!r}"):
+        conn.set_num_replicas("counted", count)
+    with pytest.raises(ClipperException, match="num_replicas must be a whole number >= 0"):
+        python_deployer.deploy_python_closure(conn, "counted", 2, "doubles", version_two, num_replicas=count)
+    assert time.monotonic() - asked < 10, "refused before anything waited"
+    assert conn.get_model_info("counted", 2) is None
+    assert conn.get_num_replicas("counted") == 1 and replicas_of(conn, "counted", 1) == [0]
+    assert predict(conn, "counted", {"input": [0.0]}).json()["output"] == 1
+
+
+def test_a_bad_replica_count_in_the_cluster_state_does_not_stop_the_cluster(conn):
+    """Written by something other than our client, which checks it: the supervisor leaves that
+    model's replicas as they are and keeps the cluster up."""
+    python_deployer.create_endpoint(conn, "miscounted", "doubles", version_one, slo_micros=2000000)
+    with conn.cm.cluster.editing_replicas() as models:
+        models["miscounted:1"]["count"] = "2"
+    assert conn.cm.cluster.wait_applied(10), "the supervisor applied the change"
+    assert conn.cm.cluster.is_running()
+    assert replicas_of(conn, "miscounted", 1) == [0]
+    assert predict(conn, "miscounted", {"input": [0.0]}).json()["output"] == 1
+    conn.set_num_replicas("miscounted", 2)                    # a good count mends the entry
+    assert replicas_of(conn, "miscounted", 1) == [0, 1]
+
+
+@pytest.mark.parametrize("refused", [dict(batch_size=0), dict(input_type="tensor")])
+def test_a_deploy_the_cluster_refuses_leaves_no_replica_running(conn, refused):
+    arguments = {"input_type": "doubles", **refused}
+    with pytest.raises(ClipperException):
+        python_deployer.deploy_python_closure(conn, "refused", 1, func=version_one, **arguments)
+    assert conn.get_model_info("refused", 1) is None
+    assert conn.cm.get_num_replicas("refused", 1) == 0
+    assert replicas_of(conn, "refused", 1) == []
+
+
 def test_stop_models_and_versioned_models(conn):
     python_deployer.deploy_python_closure(conn, "stoppable", 1, "doubles", version_one)
     python_deployer.deploy_python_closure(conn, "stoppable", 2, "doubles", version_two)
