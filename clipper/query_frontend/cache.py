@@ -10,7 +10,8 @@ A request body whose every input was answered from the cache is remembered too, 
 outputs, so that the same body again is answered without parsing it. Such an entry is
 valid only for the cluster view it was made in (``generation``): any change to
 applications, links or versions makes it stale. Both kinds of entries share the bound;
-eviction is least recently used.
+eviction is least recently used. A model version that is removed (and perhaps registered
+again under the same version, with another model) takes its outputs with it.
 """
 from collections import OrderedDict
 from typing import Any, Dict, Hashable, List, Optional, Tuple, Union
@@ -90,9 +91,20 @@ class PredictionCache:
             self._keep((None, app_name, body), remembered,
                        len(body) + sum(map(len, remembered.outputs)) + ENTRY_OVERHEAD)
 
-    def _finish(self, key, task: Task) -> None:
-        if self._pending.get(key) is task:
+    def forget_model(self, model_id: Tuple[str, str]) -> None:
+        """Drop every output of a model version, and what its evaluations in flight would
+        bring. One pass over the cache: this happens when a version changes, not per query."""
+        def of_model(key) -> bool:
+            return key[0] == model_id[0] and key[1] == model_id[1]
+        for key in [key for key in self._done if of_model(key)]:
+            self._discard(key)
+        for key in [key for key in self._pending if of_model(key)]:
             del self._pending[key]
+
+    def _finish(self, key, task: Task) -> None:
+        if self._pending.get(key) is not task:
+            return                        # forgotten while in flight (forget_model)
+        del self._pending[key]
         if task.error is None:
             output = sniff_output(task.output)
             self._keep(key, output, len(key[2]) + len(output) + ENTRY_OVERHEAD)

@@ -195,6 +195,7 @@ class QueryFrontend(http.Application):
             self.config.host, self.config.metrics_port)
 
     def _on_model_change(self, model_id: ModelId, model: Optional[Model]) -> None:
+        self.cache.forget_model(model_id)     # removed, or registered anew: its outputs are not ours
         if model is not None and self.dispatcher is not None:
             self.dispatcher.set_batch_size(model_id, model.batch_size)
         elif model is None:

@@ -81,6 +81,17 @@ def test_a_repeated_body_is_answered_from_the_cache_only_while_the_cluster_is_un
              "the default once the model is unlinked")
 
 
+def test_a_version_removed_and_deployed_again_answers_with_the_new_model(clipper_conn):
+    python_deployer.create_endpoint(clipper_conn, "redeployed", "doubles",
+                                    lambda xs: ["old" for _ in xs], slo_micros=5_000_000)
+    assert predict(clipper_conn, "redeployed", {"input": [7.0]}).json()["output"] == "old"
+    clipper_conn.stop_versioned_models({"redeployed": ["1"]})
+    python_deployer.deploy_python_closure(clipper_conn, "redeployed", 1, "doubles",
+                                          lambda xs: ["new" for _ in xs])
+    for body in ({"input": [7.0]}, {"input": [7.0], "version": "1"}):
+        assert predict(clipper_conn, "redeployed", body).json()["output"] == "new"
+
+
 def test_model_errors_are_not_cached(clipper_conn, tmp_path):
     log = str(tmp_path / "calls")
 

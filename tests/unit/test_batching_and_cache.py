@@ -68,6 +68,22 @@ def test_cache_is_bounded_in_bytes_and_evicts_least_recently_used():
     assert cache.lookup(("m", "1", b"%010d" % 0)) == b"10"
 
 
+def test_a_forgotten_model_version_leaves_no_output_behind():
+    cache = PredictionCache(10_000)
+    kept, other, in_flight = evaluation(), evaluation(), evaluation()
+    cache.track(("m", "1", b"input"), kept)
+    cache.track(("m", "2", b"input"), other)
+    kept.settle(b"1")
+    other.settle(b"2")
+    cache.track(("m", "1", b"later"), in_flight)
+    cache.forget_model(("m", "1"))
+    in_flight.settle(b"old")                                 # answered by the removed version
+    assert cache.lookup(("m", "1", b"input")) is None
+    assert cache.lookup(("m", "1", b"later")) is None
+    assert cache.lookup(("m", "2", b"input")) == b"2"        # other versions keep theirs
+    assert cache.size == ENTRY_OVERHEAD + len(b"input") + 1
+
+
 def test_disabled_cache_stores_nothing():
     cache = PredictionCache(0)
     assert not cache.enabled and cache.lookup(("m", "1", b"x")) is None
