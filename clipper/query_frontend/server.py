@@ -117,7 +117,8 @@ class QueryFrontend(http.Application):
         self.reported_metrics = self.metrics if config.query_workers == 1 else WorkerMetrics(
             self.metrics, self.store, config.query_worker, config.query_workers, self._count_cache)
         self.cache = PredictionCache(config.cache_size)
-        self.follower = StateFollower(self.store, self._on_model_change, self.replica_recorder.resync)
+        self.follower = StateFollower(self.store, self._on_model_change, self._on_app_removed,
+                                      self.replica_recorder.resync)
         self.query_ids = itertools.count()
         self.dispatcher: Optional[Dispatcher] = None
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -201,6 +202,10 @@ class QueryFrontend(http.Application):
         elif model is None:
             self._model_metrics.pop(model_id, None)
             self.metrics.remove_prefix("model:%s:%s:" % model_id)
+
+    def _on_app_removed(self, name: str) -> None:
+        self._app_metrics.pop(name, None)
+        self.metrics.remove_prefix(f"app:{name}:")
 
     async def _tick_meters(self) -> None:
         while True:

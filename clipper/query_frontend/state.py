@@ -50,10 +50,11 @@ class StateFollower:
     """Loads the view, then applies every change Redis notifies, reconnecting as needed."""
 
     def __init__(self, store: Store, on_model_change: Callable[[ModelId, Optional[Model]], None],
-                 on_reconnect: Callable[[], None]):
+                 on_app_removed: Callable[[str], None], on_reconnect: Callable[[], None]):
         self.store = store
         self.view = ClusterView()
         self._on_model_change = on_model_change
+        self._on_app_removed = on_app_removed
         self._on_reconnect = on_reconnect
         self._pubsub = None
         self._pongs: List[asyncio.Future] = []
@@ -148,9 +149,11 @@ class StateFollower:
             model = await self.store.get_model(*schema.split_model_key(key))
             if model:
                 view.models[(model.name, model.version)] = model
-        old_models = self.view.models
+        old_models, old_apps = self.view.models, self.view.apps
         self.view = view
         self.generation += 1
+        for name in set(old_apps) - set(view.apps):
+            self._on_app_removed(name)
         for model_id in set(old_models) | set(view.models):
             if old_models.get(model_id) != view.models.get(model_id):
                 self._on_model_change(model_id, view.models.get(model_id))
@@ -164,8 +167,9 @@ class StateFollower:
                 view.apps[key] = app
                 view.links[key] = await self.store.linked_models(key)
             else:
-                view.apps.pop(key, None)
                 view.links.pop(key, None)
+                if view.apps.pop(key, None) is not None:
+                    self._on_app_removed(key)
         elif db == schema.APP_MODEL_LINKS_DB:
             view.links[key] = await self.store.linked_models(key)
         elif db == schema.METADATA_DB:

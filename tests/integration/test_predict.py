@@ -172,6 +172,18 @@ def test_metrics_report_clippers_shape(cluster):
     assert document == cluster.inspect_instance() or "counters" in cluster.inspect_instance()
 
 
+def test_a_removed_application_leaves_the_metrics(cluster):
+    def app_metrics():
+        document = requests.get(f"http://{cluster.get_query_addr()}/metrics", timeout=10).json()
+        return [name for group in document.values() for entry in group for name in entry
+                if name.startswith("app:short-lived:")]
+    cluster.register_application("short-lived", "doubles", "-1.0", 100000)
+    predict(cluster, "short-lived", {"input": [1.0]})
+    assert app_metrics()
+    cluster.unregister_application("short-lived")
+    assert app_metrics() == []
+
+
 def test_latencies_are_measured_in_microseconds_not_whole_milliseconds(cluster):
     """The event loop's clock counts whole milliseconds; latencies of a fast model must not
     all read 0 or 1000 us."""
