@@ -34,6 +34,8 @@ MAX_HEADER_BYTES = 64 * 1024     # all header lines of one request
 MAX_QUEUED_ANSWERS = 64          # pipelined requests read ahead of their answers
 LINGER_SECONDS = 5.0             # after a refusal, how long the rest of a request is dropped
 DECODERS = {b"gzip": 16 + zlib.MAX_WBITS, b"x-gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
+# Lists whose repeated lines are one comma-joined line (RFC 9110, 5.3): each coding is checked.
+LIST_HEADERS = frozenset((b"transfer-encoding", b"content-encoding"))
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,9 @@ class Request:
     def __init__(self, method: str, path: str, headers: Dict[bytes, bytes], body: bytes):
         self.method = method
         self.path = path
-        self.headers = headers        # lower-case names; a repeated header keeps its last value
+        # Lower-case names; a repeated header keeps its last value, but the lines of one in
+        # LIST_HEADERS are joined with ", ".
+        self.headers = headers
         self.body = body
 
 
@@ -244,7 +248,10 @@ class Connection(asyncio.Protocol):
                 f"The request has a header line longer than {MAX_LINE_SIZE} bytes or more than "
                 f"{MAX_HEADERS} headers, the limits of this server", 431))
             raise _Stop
-        self.headers[name.lower()] = value
+        name = name.lower()
+        if name in self.headers and name in LIST_HEADERS:
+            value = self.headers[name] + b", " + value
+        self.headers[name] = value
 
     def on_headers_complete(self) -> None:
         coding = self.headers.get(b"transfer-encoding")

@@ -131,12 +131,16 @@ def test_chunked_bodies_are_read(port):
         assert read_responses(connection, 1) == [(200, b"POST /now abcde")]
 
 
-@pytest.mark.parametrize("coding", [b"gzip, chunked", b"deflate,chunked", b"x-custom, chunked"])
+@pytest.mark.parametrize("coding", [
+    b"Transfer-Encoding: gzip, chunked\r\n", b"Transfer-Encoding: deflate,chunked\r\n",
+    b"Transfer-Encoding: x-custom, chunked\r\n",
+    b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",      # the same list, in two lines
+])
 def test_a_transfer_coding_other_than_chunked_gets_501(port, coding):
     """The parser would read the chunks and leave the coding undone, handing on gzip bytes."""
     with connect(port) as connection:
-        connection.sendall(b"POST /now HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: " + coding
-                           + b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + post(b"/now", b"behind"))
+        connection.sendall(b"POST /now HTTP/1.1\r\nHost: t\r\n" + coding
+                           + b"\r\n3\r\nabc\r\n0\r\n\r\n" + post(b"/now", b"behind"))
         reply = read_until_closed(connection)
     assert reply.startswith(b"HTTP/1.1 501 ") and b"is not supported" in reply
     assert b"behind" not in reply
@@ -218,6 +222,15 @@ def test_compressed_bodies_are_decoded_within_the_limit(port):
         connection.sendall(post(b"/now", b"not gzip", b"Content-Encoding: gzip\r\n"))
         status, body = read_responses(connection, 1)[0]
         assert status == 400 and b"could not be decoded" in body
+
+
+def test_content_encodings_in_several_lines_are_all_applied_or_refused(port):
+    """Repeated lines of a list header make one list (RFC 9110): gzip twice is not gzip."""
+    with connect(port) as connection:
+        connection.sendall(post(b"/now", gzip.compress(b"hello"),
+                                b"Content-Encoding: gzip\r\nContent-Encoding: gzip\r\n"))
+        status, answer = read_responses(connection, 1)[0]
+    assert status == 415 and b"Content-Encoding gzip, gzip is not supported" in answer
 
 
 def test_expect_100_continue(port):
