@@ -12,6 +12,7 @@ import select
 import socket
 import threading
 import time
+import zlib
 
 import orjson
 import pytest
@@ -222,6 +223,30 @@ def test_compressed_bodies_are_decoded_within_the_limit(port):
         connection.sendall(post(b"/now", b"not gzip", b"Content-Encoding: gzip\r\n"))
         status, body = read_responses(connection, 1)[0]
         assert status == 400 and b"could not be decoded" in body
+
+
+def test_a_gzip_body_of_several_members_is_decoded_whole(port):
+    """RFC 1952: a gzip file is a series of members; each is decoded, within the limit."""
+    with connect(port) as connection:
+        connection.sendall(post(b"/now", gzip.compress(b"hel") + gzip.compress(b"lo"), b"Content-Encoding: gzip\r\n"))
+        assert read_responses(connection, 1) == [(200, b"POST /now hello")]
+        members = gzip.compress(b"0" * 1000) + gzip.compress(b"0" * 1000)
+        connection.sendall(post(b"/now", members, b"Content-Encoding: gzip\r\n"))
+        assert read_responses(connection, 1)[0][0] == 413
+
+
+@pytest.mark.parametrize("encoding, body", [
+    (b"gzip", gzip.compress(b"hello") + b"junk"),
+    (b"gzip", gzip.compress(b"hello") + gzip.compress(b"lo")[:-4]),     # a second member cut short
+    (b"deflate", zlib.compress(b"hello") + b"junk"),
+    (b"deflate", zlib.compress(b"hello") + zlib.compress(b"lo")),
+], ids=["gzip+junk", "gzip+cut-member", "deflate+junk", "deflate+deflate"])
+def test_data_after_the_end_of_a_compressed_body_gets_400(port, encoding, body):
+    """It used to be dropped unread, and the request answered as if the body ended there."""
+    with connect(port) as connection:
+        connection.sendall(post(b"/now", body, b"Content-Encoding: " + encoding + b"\r\n"))
+        status, answer = read_responses(connection, 1)[0]
+    assert status == 400 and b"The request body could not be decoded: " in answer
 
 
 def test_content_encodings_in_several_lines_are_all_applied_or_refused(port):
