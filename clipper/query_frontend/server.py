@@ -31,7 +31,7 @@ from clipper.query_frontend.worker_metrics import WorkerMetrics
 from clipper.redis_schema import App, Container, Model, ModelId
 from clipper.request_body import check_json_media_type
 from clipper.rest import responses
-from clipper.rest.inputs import InputError, PredictRequest, load_json_object, parse_predict_body
+from clipper.rest.inputs import PredictRequest, SchemaError, load_json_object, parse_predict_body
 from clipper.store import REDIS_ERRORS, Store
 
 log = logging.getLogger("clipper.query_frontend")
@@ -431,16 +431,23 @@ class QueryFrontend(http.Application):
         """Feedback: checked like Clipper's, and, as with Clipper's only policy, a no-op."""
         check_json_media_type(request.headers.get(b"content-type"))
         app = await self._find_app(app_name)
-        document = load_json_object(request.body)
-        if type(document.get("uid")) is not int:
-            raise InputError("Error parsing JSON: JSON key uid must be an integer. "
-                             f"Expected JSON schema: {UPDATE_SCHEMA}")
-        if type(document.get("label")) not in (int, float):
-            raise InputError("Error parsing JSON: JSON key label must be a number. "
-                             f"Expected JSON schema: {UPDATE_SCHEMA}")
-        parse_predict_body(orjson.dumps({"input": document.get("input")}), InputType.parse(app.input_type))
+        try:
+            _check_feedback(request.body, InputType.parse(app.input_type))
+        except SchemaError as error:
+            raise SchemaError(error.reason, UPDATE_SCHEMA) from None
         next(self.query_ids)
         return http.Response(200, b"Feedback received? 1", b"text/plain; charset=utf-8")
+
+
+def _check_feedback(body: bytes, input_type: InputType) -> None:
+    """Check an /update body: a JSON object, then uid, label and input, in that order. Its
+    errors show /predict's schema, whose checks it reuses; ``update`` gives them its own."""
+    document = load_json_object(body)
+    if type(document.get("uid")) is not int:
+        raise SchemaError("JSON key uid must be an integer")
+    if type(document.get("label")) not in (int, float):
+        raise SchemaError("JSON key label must be a number")
+    parse_predict_body(orjson.dumps({"input": document.get("input")}), input_type)
 
 
 _STALE = object()     # the view may be behind: decide after a state barrier

@@ -59,8 +59,17 @@ def json_type_name(value) -> str:
     return "Object"
 
 
-def schema_error(message: str) -> InputError:
-    return InputError(f"Error parsing JSON: {message}. Expected JSON schema: {PREDICT_SCHEMA}")
+class SchemaError(InputError):
+    """A body that does not fit ``schema``; ``reason`` says how, so that a route that reuses
+    these checks (/update) can give the same reason with its own schema."""
+
+    def __init__(self, reason: str, schema: str = PREDICT_SCHEMA):
+        super().__init__(f"Error parsing JSON: {reason}. Expected JSON schema: {schema}")
+        self.reason = reason
+
+
+def schema_error(message: str) -> SchemaError:
+    return SchemaError(message)
 
 
 def load_json_object(body: bytes) -> dict:

@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from clipper.config import Config
+from clipper.query_frontend.server import UPDATE_SCHEMA
 from clipper.rpc import codec
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin.deployers import python as python_deployer
@@ -177,6 +178,24 @@ def test_a_client_that_half_closes_gets_its_answer(cluster, still_serving, api, 
     assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
     assert reply.endswith(b'"output":3.0,"default":false}' if api == "query"
                           else b"Successfully added application with name 'half-closed'")
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"[]", "body must be a JSON object, found Array"),
+    (b"", "body is not valid JSON ("),
+    (b'{"input": [1.0], "label": 1.0}', "JSON key uid must be an integer"),
+    (b'{"uid": 1, "input": "x"}', "JSON key label must be a number"),
+    (b'{"uid": 1, "label": 1.0, "input_batch": [[1.0]]}',
+     "Type mismatch! JSON key input expected type Array but found type Null"),
+    (b'{"uid": 1, "label": 1.0, "input": ["a"]}', "Array input of type String is not of type double"),
+], ids=["array", "empty", "no-uid", "no-label", "input_batch", "strings"])
+def test_update_errors_show_the_update_schema(cluster, still_serving, body, reason):
+    """/update reads its input with /predict's checks; its errors used to end with /predict's
+    schema, which has no uid nor label."""
+    response = post(f"http://{cluster.get_query_addr()}/sum/update", body)
+    assert response.status_code == 400 and response.headers["Content-Type"].startswith("text/plain")
+    assert response.text.startswith(f"Error parsing JSON: {reason}")
+    assert response.text.endswith(f". Expected JSON schema: {UPDATE_SCHEMA}")
 
 
 def test_a_batch_over_the_limit_gets_413_naming_it(cluster, still_serving):
