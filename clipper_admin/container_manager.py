@@ -89,6 +89,18 @@ def is_valid_name(value) -> bool:
     return bool(_NAME_PATTERN.match(str(value)))
 
 
+# A cluster's name names its state directory (and containers, actors and processes): never
+# a path of its own, such as "..", "" or "a/b", which would make a stop delete another place.
+_CLUSTER_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+
+
+def checked_cluster_name(name) -> str:
+    if not isinstance(name, str) or not _CLUSTER_NAME_PATTERN.match(name):
+        raise ClipperException(f"A cluster name is 1 to 128 letters, digits, '-', '_' or '.', "
+                               f"starting with a letter or digit; {name!r} is not one")
+    return name
+
+
 # Exits in a row, each soon after its start, that make a process (a replica, a frontend) one
 # that keeps exiting, not one still starting: the deploy or the start then fails with its log.
 FAILURES_REPORTED = 2
@@ -125,7 +137,7 @@ class ContainerManager(abc.ABC):
         """``clipper_metric_port`` None: the query port + 53 (see METRIC_PORT_OFFSET)."""
         if type(header_timeout) not in (int, float) or not header_timeout > 0:
             raise ClipperException(f"header_timeout must be a number of seconds above 0, not {header_timeout!r}")
-        self.cluster_name = cluster_name
+        self.cluster_name = checked_cluster_name(cluster_name)
         self.cluster_identifier = cluster_name
         self.public_host = public_host
         self.clipper_query_port = clipper_query_port

@@ -33,6 +33,7 @@ PROCESSES_FILE = "processes.json"
 REPLICAS_FILE = "replicas.json"
 LOCK_FILE = "lock"
 SUPERVISOR_LOCK_FILE = "supervisor.lock"
+START_LOCK_FILE = ".start.lock"       # in the state directory: held by a cluster's start
 STOPPING_FILE = "stopping"
 MARKER_ENV = "CLIPPER_CLUSTER_DIR"
 REDIS_SOCKET_FILE = "redis.sock"
@@ -45,6 +46,18 @@ def base_dir() -> Path:
     # Absolute: the cluster's processes run in its directory, where a relative path would
     # name another place.
     return Path(os.environ.get("CLIPPER_STATE_DIR") or Path.home() / ".clipper").expanduser().absolute()
+
+
+@contextlib.contextmanager
+def start_lock() -> Iterator[None]:
+    """Held by a start from its look for a running cluster until its supervisor is on record,
+    so that two starts of one cluster at once cannot take each other's processes for the
+    leftovers of a crash, and stop them."""
+    base = base_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / START_LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def read_json(path: Path, default=None):

@@ -5,6 +5,7 @@ process per model replica, so the cluster outlives the script that started it. I
 directory (~/.clipper/<cluster_name>/, or $CLIPPER_STATE_DIR/<cluster_name>/) lets any
 process connect to it or stop it. "Images" are model directories.
 """
+import contextlib
 import logging
 import os
 import shutil
@@ -84,29 +85,32 @@ class LocalContainerManager(ContainerManager):
                     f"num_frontend_replicas={num_frontend_replicas} contradicts "
                     f"LocalContainerManager(query_workers={self.query_workers}): give one of them")
             self.query_workers = num_frontend_replicas
-        if self.cluster.is_running():
-            raise ClipperException(
-                f"Clipper cluster '{self.cluster_name}' is already running. Use connect() to use it, "
-                "or stop it with: python closeClipper.py")
-        stop_cluster(self.cluster)           # leftovers of a cluster that died
-        self._require_free_ports(self.host)
-        config = self._cluster_config(cache_size, qf_http_timeout_content, self.host, self._redis_url())
-        # The replicas reach the query frontend over Unix sockets here (clipper.rpc.stream),
-        # or over TCP where the state directory's path is too long for one.
-        if len(stream.socket_path(str(self.cluster.path), self.query_workers - 1)) <= MAX_SOCKET_PATH:
-            config = config.replace(rpc_socket_dir=str(self.cluster.path))
-        try:
-            self.cluster.create({"cluster_name": self.cluster_name, "embedded_redis": self.redis_ip is None,
-                                 "gpus": self._machine_gpus(),
-                                 "config": config.replace(redis_dir=str(self.cluster.path / "redis")).as_dict()})
-            supervisor = self._start_supervisor()
-            self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
-            servers = recipe.servers(config, embedded_redis=False)
-            self._wait_until_serving(
-                servers, lambda: self._start_failure(servers, supervisor.poll() is not None))
-        except BaseException:                # Ctrl-C or a failed start: leave nothing behind
-            stop_cluster(self.cluster)       # (the supervisor carries the marker, if not yet recorded)
-            raise
+        with contextlib.ExitStack() as starting:
+            starting.enter_context(cluster_dir.start_lock())
+            if self.cluster.is_running():
+                raise ClipperException(
+                    f"Clipper cluster '{self.cluster_name}' is already running. Use connect() to use it, "
+                    "or stop it with: python closeClipper.py")
+            stop_cluster(self.cluster)           # leftovers of a cluster that died
+            self._require_free_ports(self.host)
+            config = self._cluster_config(cache_size, qf_http_timeout_content, self.host, self._redis_url())
+            # The replicas reach the query frontend over Unix sockets here (clipper.rpc.stream),
+            # or over TCP where the state directory's path is too long for one.
+            if len(stream.socket_path(str(self.cluster.path), self.query_workers - 1)) <= MAX_SOCKET_PATH:
+                config = config.replace(rpc_socket_dir=str(self.cluster.path))
+            try:
+                self.cluster.create({"cluster_name": self.cluster_name, "embedded_redis": self.redis_ip is None,
+                                     "gpus": self._machine_gpus(),
+                                     "config": config.replace(redis_dir=str(self.cluster.path / "redis")).as_dict()})
+                supervisor = self._start_supervisor()
+                self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
+                starting.close()                 # on record: another start now finds it running
+                servers = recipe.servers(config, embedded_redis=False)
+                self._wait_until_serving(
+                    servers, lambda: self._start_failure(servers, supervisor.poll() is not None))
+            except BaseException:                # Ctrl-C or a failed start: leave nothing behind
+                stop_cluster(self.cluster)       # (the supervisor carries the marker, if not yet recorded)
+                raise
         logger.info("Clipper cluster '%s' started (local processes, state in %s)",
                     self.cluster_name, self.cluster.path)
 
@@ -323,7 +327,8 @@ def stop_cluster(cluster: ClusterDir, graceful=True):
             f"Could not stop {len(survivors)} processes of the Clipper cluster '{cluster.name}' "
             f"(pids {', '.join(str(p.pid) for p in survivors)}); stop them with kill -9 and run "
             "python closeClipper.py again")
-    shutil.rmtree(cluster.path, ignore_errors=True)
+    if cluster.path.parent == cluster_dir.base_dir():    # never a place that is not a cluster's own
+        shutil.rmtree(cluster.path, ignore_errors=True)
     return len(found)
 
 

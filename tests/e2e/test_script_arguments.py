@@ -84,3 +84,16 @@ def test_a_backend_without_its_sdk_says_what_to_install(backend, sdk, clipper_st
     assert result.returncode == 1
     assert "Traceback" not in result.stderr, result.stderr
     assert f"pip install -r requirements-{backend}.txt" in result.stderr
+
+
+def test_clipper_start_refuses_a_cluster_name_that_is_a_path(clipper_state_dir):
+    sandbox = clipper_state_dir / "cli-sandbox"
+    (sandbox / "home-stuff").mkdir(parents=True)
+    (sandbox / "home-stuff" / "thesis.tex").write_text("keep")
+    env = {**os.environ, "CLIPPER_STATE_DIR": str(sandbox / "state")}
+    result = run_script("-m", "clipper_admin.cli", "start", "--cluster-name", "..", "--query-port", "1537",
+                        "--management-port", "1538", "--rpc-port", "7200", env=env)
+    assert result.returncode == 1 and "A cluster name is 1 to 128 letters" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (sandbox / "home-stuff" / "thesis.tex").read_text() == "keep"
+    assert not port_open(1537)

@@ -7,6 +7,7 @@ real ones, started from the launch recipe.
 """
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -96,3 +97,59 @@ def test_a_relative_state_directory_works_as_the_absolute_one(clipper_state_dir,
         assert answer["output"] == 3.0 and answer["default"] is False
     finally:
         conn.stop_all(graceful=False)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "../precious", "a/b", ".hidden", "x\x00y", None])
+def test_a_cluster_name_that_names_another_place_is_refused_and_nothing_is_deleted(
+        clipper_state_dir, monkeypatch, name):
+    """A cluster's name is its state directory's: '..' made stop_all() delete the directory
+    above the state directory (with the default one, the user's home)."""
+    sandbox = clipper_state_dir / "sandbox"
+    (sandbox / "precious").mkdir(parents=True, exist_ok=True)
+    (sandbox / "precious" / "thesis.tex").write_text("keep")
+    monkeypatch.setenv("CLIPPER_STATE_DIR", str(sandbox / "state"))
+    with pytest.raises(ClipperException, match="A cluster name is 1 to 128 letters"):
+        ClipperConnection(LocalContainerManager(cluster_name=name)).stop_all()
+    assert (sandbox / "precious" / "thesis.tex").read_text() == "keep"
+
+
+# Waits for the go file, then starts the cluster "twice" on the ports from argv[1].
+STARTER = """
+import os, sys, time
+from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
+base = int(sys.argv[1])
+conn = ClipperConnection(LocalContainerManager(
+    cluster_name="twice", clipper_query_port=base, clipper_management_port=base + 1,
+    clipper_rpc_port=base + 2, clipper_metric_port=base + 3))
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.001)
+try:
+    conn.start_clipper()
+    print("started", flush=True)
+except ClipperException as error:
+    print("refused:", str(error).splitlines()[0], flush=True)
+"""
+
+
+def test_two_starts_of_one_cluster_at_once_leave_it_running_once(clipper_state_dir, tmp_path):
+    """Each took the other's new supervisor for the leftovers of a crash and stopped it:
+    both failed, and no cluster was left."""
+    go = tmp_path / "go"
+    starters = [subprocess.Popen([sys.executable, "-c", STARTER, str(port), str(go)], cwd=ROOT,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for port in (26437, 26537)]
+    try:
+        assert [starter.stdout.readline().strip() for starter in starters] == ["ready", "ready"]
+        go.touch()
+        outcomes = sorted(starter.communicate(timeout=120)[0].strip() for starter in starters)
+        assert outcomes[0].startswith("refused: Clipper cluster 'twice' is already running"), outcomes
+        assert outcomes[1] == "started", outcomes
+        conn = ClipperConnection(LocalContainerManager(cluster_name="twice"))
+        conn.connect()
+        assert conn.get_all_apps() == []
+    finally:
+        for starter in starters:
+            starter.kill()
+            starter.communicate()
+        ClipperConnection(LocalContainerManager(cluster_name="twice")).stop_all(graceful=False)
