@@ -285,6 +285,30 @@ def _wait_gone(processes: List[psutil.Process], timeout: float) -> List[psutil.P
         time.sleep(GONE_POLL_SECONDS)
 
 
+# A process stopped this long (SIGSTOP: frozen, not being debugged) is killed, so that it is
+# replaced: it would answer no one, and never exit by itself.
+FROZEN_SECONDS = 5.0
+
+
+class FreezeWatch:
+    """How long one process has been stopped, as seen by successive calls of ``seconds``."""
+
+    def __init__(self):
+        self.since: Optional[float] = None
+
+    def seconds(self, pid: int, now: float) -> float:
+        try:
+            stopped = psutil.Process(pid).status() == psutil.STATUS_STOPPED
+        except psutil.Error:
+            stopped = False
+        if not stopped:
+            self.since = None
+            return 0.0
+        if self.since is None:
+            self.since = now
+        return now - self.since
+
+
 def still_running(process: psutil.Process) -> bool:
     """Whether ``process`` runs, or is still exiting. A zombie whose parent has not reaped it
     has exited; but its main thread turns zombie first, while its other threads may still be

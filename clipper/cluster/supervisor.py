@@ -2,8 +2,9 @@
 
 Started detached (its own session) by LocalContainerManager, so the cluster outlives the
 script that started it, as Clipper's Docker containers do. It restarts any process that
-dies (Clipper did not), applies the wanted replicas on SIGHUP, records every process in
-processes.json, and on SIGTERM stops everything: model replicas first, Redis last.
+dies (Clipper did not), or that stays stopped (SIGSTOP) for FROZEN_SECONDS, applies the
+wanted replicas on SIGHUP, records every process in processes.json, and on SIGTERM stops
+everything: model replicas first, Redis last.
 
 One supervisor at a time keeps a cluster (it holds supervisor.lock). A watchdog child takes
 its place if it is killed; a supervisor that starts where processes of the cluster still
@@ -28,7 +29,7 @@ import psutil
 from clipper import launch as recipe
 from clipper.cluster import cluster_dir
 from clipper.cluster.gpus import device_environment, pick_devices
-from clipper.cluster.cluster_dir import MARKER_ENV, ClusterDir, ProcessRecord
+from clipper.cluster.cluster_dir import FROZEN_SECONDS, MARKER_ENV, ClusterDir, FreezeWatch, ProcessRecord
 from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config
 from clipper.launch import Launch
 from clipper.signal_wakeup import SignalWakeup
@@ -44,6 +45,7 @@ WATCHDOG = "watchdog"
 WATCHDOG_STOP_GRACE = 1.0
 STRAY_STOP_GRACE = 2.0
 STOP_POLL_SECONDS = 0.005
+FREEZE_CHECK_SECONDS = 1.0
 
 
 class Adopted:
@@ -94,6 +96,7 @@ class Child:
     failures: int = 0             # exits in a row that came too soon
     last_exit: Optional[int] = None
     restart_at: float = 0.0
+    freeze: FreezeWatch = field(default_factory=FreezeWatch)
 
     def record(self) -> Optional[dict]:
         if self.process is None or self.process.poll() is not None:
@@ -117,6 +120,7 @@ class Supervisor:
         self._reload = True
         self._last_written = None
         self._adopted: Dict[str, Adopted] = {}       # by child name, until a slot claims them
+        self._next_freeze_check = 0.0
 
     # ---- process management ----
     def _env(self, extra: Dict[str, str]) -> Dict[str, str]:
@@ -248,6 +252,7 @@ class Supervisor:
                     self._reload = False
                     self._apply_wanted_replicas()
                     self._stop_unclaimed()
+                self._kill_frozen()
                 self._restart_exited()
                 self._write_processes()
                 wakeup.sleep(LOOP_SECONDS)
@@ -295,6 +300,18 @@ class Supervisor:
         was stopped meanwhile)."""
         unclaimed, self._adopted = list(self._adopted.values()), {}
         cluster_dir.terminate([adopted.process for adopted in unclaimed], STRAY_STOP_GRACE)
+
+    def _kill_frozen(self) -> None:
+        """Kill a child stopped for FROZEN_SECONDS: _restart_exited then replaces it."""
+        now = time.monotonic()
+        if now < self._next_freeze_check:
+            return
+        self._next_freeze_check = now + FREEZE_CHECK_SECONDS
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None and \
+                    child.freeze.seconds(child.process.pid, now) >= FROZEN_SECONDS:
+                log.warning("%s has been stopped for %.0f s; killing it", child.name, FROZEN_SECONDS)
+                child.process.kill()
 
     def _restart_exited(self) -> None:
         now = time.monotonic()

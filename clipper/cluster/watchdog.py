@@ -1,4 +1,5 @@
-"""Replaces a local cluster's supervisor that was killed (kill -9, the OOM killer).
+"""Replaces a local cluster's supervisor that was killed (kill -9, the OOM killer), or that
+stays stopped (SIGSTOP) for FROZEN_SECONDS: it kills that one first.
 
 The supervisor runs this as one of its children, and restarts it if it dies. When the
 supervisor is gone without having stopped the cluster (when it stops the cluster, it stops
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from clipper.cluster.cluster_dir import ClusterDir, ProcessRecord
+from clipper.cluster.cluster_dir import FROZEN_SECONDS, ClusterDir, FreezeWatch, ProcessRecord
 
 POLL_SECONDS = 0.2
 
@@ -22,7 +23,13 @@ def main(argv) -> None:
     cluster_dir, pid, create_time = argv
     cluster = ClusterDir(Path(cluster_dir))
     supervisor = ProcessRecord(int(pid), float(create_time))
+    freeze = FreezeWatch()
     while supervisor.alive():
+        if freeze.seconds(supervisor.pid, time.monotonic()) >= FROZEN_SECONDS:
+            print(f"the supervisor (pid {pid}) has been stopped for {FROZEN_SECONDS:g} s; killing it", flush=True)
+            process = supervisor.process()
+            if process is not None:
+                process.kill()
         time.sleep(POLL_SECONDS)
     if not cluster.exists() or cluster.is_stopping():
         return                    # stopped on purpose, or its state is gone: nothing to keep

@@ -1,4 +1,5 @@
 """Faults injected into a real local cluster: what users see, and what is kept."""
+import contextlib
 import os
 import signal
 import threading
@@ -7,9 +8,10 @@ import time
 import pytest
 import requests
 
+from clipper.cluster.cluster_dir import FROZEN_SECONDS
 from clipper_admin import ClipperException
 from clipper_admin.deployers import python as python_deployer
-from helpers import local_cluster, total, wait_for
+from helpers import all_gone, local_cluster, total, wait_for
 from loadgen import assert_all_answered_within, run_load
 
 SLO_MICROS = 300_000
@@ -102,6 +104,42 @@ def test_management_frontend_restart_does_not_interrupt_predictions(conn):
              "management frontend restarted")
     wait_for(lambda: _pings(conn), 10, "management frontend answering")
     assert conn.get_app_info("steady")["linked_models"] == ["steady"]
+
+
+@contextlib.contextmanager
+def frozen(pid):
+    """The process stopped (SIGSTOP) for the block: it answers no one and does not exit."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield time.monotonic()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("role, details", [("query-frontend", {}),
+                                           ("model-container", {"model_name": "steady"})])
+def test_a_frozen_process_is_replaced(conn, role, details):
+    victim = pid_of(conn, role, **details)
+    with frozen(victim) as stopped_at:
+        wait_for(lambda: pid_of(conn, role, **details) not in (None, victim), FROZEN_SECONDS + 10,
+                 f"the frozen {role} replaced")
+        back = wait_for(lambda: predicts_for_real(conn), 15, "serving for real again")
+        assert all_gone([victim])
+    print(f"frozen {role}: serving for real again {back - stopped_at:.1f} s after it was stopped")
+
+
+def test_a_frozen_supervisor_is_replaced_and_the_new_one_repairs(conn):
+    cluster = conn.cm.cluster
+    first = cluster.supervisor()
+    with frozen(first.pid):
+        wait_for(lambda: cluster.is_running() and cluster.supervisor() != first, FROZEN_SECONDS + 10,
+                 "a new supervisor in place of the frozen one")
+        replica = pid_of(conn, "model-container", model_name="steady")
+        kill(replica)
+        wait_for(lambda: pid_of(conn, "model-container", model_name="steady") not in (None, replica), 10,
+                 "the killed replica restarted by the new supervisor")
+        wait_for(lambda: predicts_for_real(conn), 15, "serving for real again")
 
 
 def _pings(conn):
