@@ -126,6 +126,7 @@ class ClipperConnection(object):
             A cluster of this name is already running, a port is taken, or a process did not
             start (the message carries the end of its log).
         """
+        cache_size = whole_number("cache_size (bytes; 0 turns the cache off)", cache_size, least=0)
         self.cm.start_clipper(query_frontend_image, mgmt_frontend_image, frontend_exporter_image,
                               cache_size, qf_http_thread_pool_size, qf_http_timeout_request,
                               qf_http_timeout_content, num_frontend_replicas)

@@ -38,6 +38,14 @@ def test_methods_need_a_connection():
         unconnected.connect()
 
 
+@pytest.mark.parametrize("cache_size", [-1, 1.5, "32MiB"])
+def test_a_cache_size_that_is_not_a_number_of_bytes_is_refused_before_anything_starts(cache_size):
+    manager = LocalContainerManager(cluster_name="never-started")
+    with pytest.raises(ClipperException, match="cache_size .* must be a whole number >= 0"):
+        ClipperConnection(manager).start_clipper(cache_size=cache_size)
+    assert not manager.cluster.exists()
+
+
 def test_connect_from_another_connection(conn):
     other = ClipperConnection(LocalContainerManager(cluster_name=conn.cm.cluster_name))
     other.connect()
