@@ -52,6 +52,7 @@ def run_load(conn, app: str, clients: int, seconds: float, timeout: float = 10.0
 def assert_all_answered_within(results: List[Result], seconds: float, fault_at: float) -> float:
     """Every request answered 200 within ``seconds``; the slowest time, for the report. A
     failure names the slowest requests by when they were sent relative to ``fault_at``."""
+    assert results, "no request was sent"
     failed = [r for r in results if r.status != 200]
     assert not failed, f"{len(failed)} of {len(results)} requests failed, statuses " \
                        f"{sorted({r.status for r in failed}, key=str)}"

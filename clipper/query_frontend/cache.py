@@ -91,6 +91,11 @@ class PredictionCache:
             self._keep((None, app_name, body), remembered,
                        len(body) + sum(map(len, remembered.outputs)) + ENTRY_OVERHEAD)
 
+    def forget_all(self) -> None:
+        self._done.clear()
+        self._pending.clear()
+        self.size = 0
+
     def forget_model(self, model_id: Tuple[str, str]) -> None:
         """Drop every output of a model version, and what its evaluations in flight would
         bring. One pass over the cache: this happens when a version changes, not per query."""

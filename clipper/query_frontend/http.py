@@ -36,6 +36,8 @@ LINGER_SECONDS = 5.0             # after a refusal, how long the rest of a reque
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 DECODERS = {b"gzip": GZIP_WBITS, b"x-gzip": GZIP_WBITS, b"deflate": zlib.MAX_WBITS}
 FIRST_DECODE_SLICE = 1024        # of a compressed body, fed to zlib (see _decode_stream)
+# Each member costs a decompressor: 4 MiB of empty members held the event loop 0.3 to 0.6 s.
+MAX_GZIP_MEMBERS = 16              # concatenated gzip files: a few, in practice
 # Lists whose repeated lines are one comma-joined line (RFC 9110, 5.3): each coding is checked.
 LIST_HEADERS = frozenset((b"transfer-encoding", b"content-encoding"))
 
@@ -456,6 +458,9 @@ class Connection(asyncio.Protocol):
         wbits = DECODERS[encoding]
         rest, decoded, size = memoryview(body), [], 0
         while rest:
+            if len(decoded) == MAX_GZIP_MEMBERS:
+                raise RequestError("The request body could not be decoded: it has more than "
+                                   f"{MAX_GZIP_MEMBERS} gzip members; send it as one")
             stream, length = self._decode_stream(rest, wbits, self.limits.max_body_size - size)
             decoded.append(stream)
             size += len(stream)

@@ -118,7 +118,7 @@ class QueryFrontend(http.Application):
             self.metrics, self.store, config.query_worker, config.query_workers, self._count_cache)
         self.cache = PredictionCache(config.cache_size)
         self.follower = StateFollower(self.store, self._on_model_change, self._on_app_removed,
-                                      self.replica_recorder.resync)
+                                      self._on_redis_reconnect)
         self.query_ids = itertools.count()
         self.dispatcher: Optional[Dispatcher] = None
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -202,6 +202,11 @@ class QueryFrontend(http.Application):
         elif model is None:
             self._model_metrics.pop(model_id, None)
             self.metrics.remove_prefix("model:%s:%s:" % model_id)
+
+    def _on_redis_reconnect(self) -> None:
+        self.replica_recorder.resync()
+        # A version removed and registered again while we were away looks unchanged.
+        self.cache.forget_all()
 
     def _on_app_removed(self, name: str) -> None:
         self._app_metrics.pop(name, None)
@@ -414,6 +419,8 @@ class QueryFrontend(http.Application):
     def _record_app(self, app: App, started: float, finished: float, count: int, defaults: int) -> None:
         metrics = self._app_metrics.get(app.name)
         if metrics is None:
+            if self.follower.view.apps.get(app.name) is not app:
+                return          # removed while this query was answered: its metrics went with it
             prefix = f"app:{app.name}:"
             metrics = self._app_metrics[app.name] = (
                 self.metrics.histogram(prefix + "prediction_latency", "microseconds"),

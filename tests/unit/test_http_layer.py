@@ -235,6 +235,15 @@ def test_a_gzip_body_of_several_members_is_decoded_whole(port):
         assert read_responses(connection, 1)[0][0] == 413
 
 
+def test_a_gzip_body_of_many_members_gets_400(port):
+    """Each member costs a decompressor: 4 MiB of empty ones held the event loop half a second."""
+    with connect(port) as connection:
+        connection.sendall(post(b"/now", gzip.compress(b"") * (http.MAX_GZIP_MEMBERS + 1),
+                                b"Content-Encoding: gzip\r\n"))
+        status, answer = read_responses(connection, 1)[0]
+    assert status == 400 and b"more than %d gzip members" % http.MAX_GZIP_MEMBERS in answer
+
+
 @pytest.mark.parametrize("encoding, body", [
     (b"gzip", gzip.compress(b"hello") + b"junk"),
     (b"gzip", gzip.compress(b"hello") + gzip.compress(b"lo")[:-4]),     # a second member cut short
