@@ -21,6 +21,7 @@ import docker.errors
 import docker.types
 
 from clipper import launch as recipe
+from clipper.cluster import cluster_dir
 from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config, env_name
 from clipper.rpc import auth
@@ -28,9 +29,10 @@ from clipper_admin.container_manager import (
     CLIPPER_DOCKER_LABEL, CLIPPER_DOCKER_PORT_LABELS, CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT,
     CLIPPER_INTERNAL_REDIS_PORT, CLIPPER_INTERNAL_RPC_PORT, CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL,
     CLIPPER_MODEL_CONTAINER_LABEL, CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL, ContainerManager,
-    START_HINT, create_model_container_label)
+    START_HINT, checked_cluster_name, create_model_container_label)
 from clipper_admin.clipper_images import is_noop_image
-from clipper_admin.docker.images import build_model_image, default_base_image, ensure_noop_image, ensure_runtime_image
+from clipper_admin.docker.images import (
+    build_model_image, default_base_image, ensure_noop_image, ensure_runtime_image, image_label)
 from clipper_admin.exceptions import ClipperException
 
 logger = logging.getLogger(__name__)
@@ -158,6 +160,11 @@ class DockerContainerManager(ContainerManager):
             labels[CLIPPER_MODEL_CONTAINER_LABEL] = create_model_container_label(name, version)
         return self._containers(**labels)
 
+    def _live_model_containers(self, name, version):
+        """The version's replicas that run or that Docker restarts; not one that was stopped
+        (docker stop, docker kill: the restart policy leaves it stopped)."""
+        return [c for c in self._model_containers(name, version) if _is_live(c)]
+
     def _run(self, launch, image=None, labels=None, name=None, device_requests=None):
         """A container of ``launch`` (clipper.launch): a server runs the runtime image with the
         launch's command and the cluster's volume; a model replica runs ``image`` as-is."""
@@ -215,10 +222,20 @@ class DockerContainerManager(ContainerManager):
         """Clipper's image names are accepted and ignored: every role runs the runtime image."""
         if num_frontend_replicas != 1:
             raise ClipperException("The Docker backend runs exactly one query frontend")
-        if self._containers():
+        checked_cluster_name(self.cluster_name)
+        # Held until the cluster serves: a second start of it (or on its ports) waits, then
+        # finds it running (or its ports taken).
+        with cluster_dir.start_lock():
+            self._start_clipper(cache_size, qf_http_timeout_content)
+        logger.info("Clipper cluster '%s' started (Docker containers, image %s)",
+                    self.cluster_name, self.runtime_image)
+
+    def _start_clipper(self, cache_size, qf_http_timeout_content):
+        if any(_is_live(container) for container in self._containers()):
             raise ClipperException(
                 f"Clipper cluster '{self.cluster_name}' is already running on the Docker engine. "
                 "Use connect() to use it, or stop it with: python closeClipper.py")
+        self.stop_all(graceful=False)        # leftovers of a stopped cluster: its containers, its state
         self._require_free_ports(LOOPBACK)
         self.runtime_image = ensure_runtime_image(self.docker_client, self.base_image)
         # Redis started here listens on a unix socket in the cluster's volume: it takes no
@@ -237,8 +254,6 @@ class DockerContainerManager(ContainerManager):
         except BaseException:              # Ctrl-C or a failed start: leave nothing behind
             self.stop_all(graceful=False)
             raise
-        logger.info("Clipper cluster '%s' started (Docker containers, image %s)",
-                    self.cluster_name, self.runtime_image)
 
     def _start_failure(self):
         """The logs of the containers Docker keeps restarting, if any."""
@@ -251,6 +266,12 @@ class DockerContainerManager(ContainerManager):
         if not frontends:
             raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' on the "
                                    "Docker engine. " + START_HINT)
+        if not any(_is_live(frontend) for frontend in frontends):
+            raise ClipperException(
+                f"The Clipper cluster '{self.cluster_name}' on the Docker engine is stopped (its "
+                "containers were stopped, not removed). Start them again with: docker start "
+                f"$(docker ps -aq --filter label={CLIPPER_DOCKER_LABEL}={self.cluster_name}); or "
+                "remove them with python closeClipper.py, then start a new cluster")
         return frontends[0]
 
     def connect(self):
@@ -308,11 +329,19 @@ class DockerContainerManager(ContainerManager):
         directory, named as 0.4.1 named it: another cluster's build of the same name:version
         never replaces it. Clipper's closure base images are not used: the runtime image
         replaces them. On Clipper's noop container, it is built on that image, as in 0.4.1."""
-        tag = f"{self.cluster_name.lower()}-{name}:{version}"      # image names are lower-case
+        tag = f"{checked_cluster_name(self.cluster_name).lower()}-{name}:{version}"   # lower-case: image names
         if container_registry:
             tag = f"{container_registry}/{tag}"
+        owner = image_label(self.docker_client, tag, CLIPPER_DOCKER_LABEL)
+        if owner not in (None, self.cluster_name):
+            # Cluster "a" with model "b-c" and cluster "a-b" with model "c" name the same image.
+            raise ClipperException(
+                f"The image {tag} holds a model of the Clipper cluster '{owner}': building model "
+                f"{name}:{version} of '{self.cluster_name}' under that name would replace it. Give "
+                "the model (or the cluster) another name, or build with a container_registry")
         base = self._noop_image(base_image) if is_noop_image(base_image) else self._runtime_image()
-        return build_model_image(self.docker_client, base, tag, model_data_path, pkgs_to_install)
+        return build_model_image(self.docker_client, base, tag, model_data_path, pkgs_to_install,
+                                 labels={CLIPPER_DOCKER_LABEL: self.cluster_name})
 
     def _runtime_image(self):
         if self.runtime_image is None:
@@ -329,10 +358,12 @@ class DockerContainerManager(ContainerManager):
         self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus)
 
     def get_num_replicas(self, name, version):
-        return len(self._model_containers(name, version))
+        return len(self._live_model_containers(name, version))
 
     def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
-        """New containers get ``num_gpus`` GPUs each as device requests, the least used first."""
+        """New containers get ``num_gpus`` GPUs each as device requests, the least used first.
+        A stopped replica is no replica: it is removed, and counted as missing."""
+        self._remove([c for c in self._model_containers(name, version) if not _is_live(c)])
         current = self._model_containers(name, version)
         if num_gpus is None:
             num_gpus = int(current[0].labels.get(GPUS_PER_REPLICA_LABEL, 0)) if current else 0
@@ -413,6 +444,10 @@ def _as_dict(environment):
     if isinstance(environment, dict):
         return environment
     return dict(item.split("=", 1) for item in environment)
+
+
+def _is_live(container):
+    return container.status in ("created", "running", "restarting")
 
 
 def _restarts(container):

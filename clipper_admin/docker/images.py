@@ -241,6 +241,14 @@ def ensure_noop_image(client, runtime_image, tag):
         shutil.rmtree(model_dir, ignore_errors=True)
 
 
+def image_label(client, image, label):
+    """The value of ``label`` on ``image``; None if the engine lacks the image or it has none."""
+    try:
+        return (client.images.get(image).labels or {}).get(label)
+    except docker.errors.ImageNotFound:
+        return None
+
+
 def _image_id(client, image):
     try:
         return client.images.get(image).id

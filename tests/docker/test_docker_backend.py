@@ -8,7 +8,7 @@ import docker.errors
 import pytest
 import requests
 
-from clipper_admin import ClipperConnection, DockerContainerManager
+from clipper_admin import ClipperConnection, ClipperException, DockerContainerManager
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL, CLIPPER_MODEL_CONTAINER_LABEL
 from clipper_admin.deployers import python as python_deployer
 from clipper_admin.docker.images import pip_ca_bundle
@@ -86,6 +86,32 @@ def test_a_crashed_replica_is_restarted_by_docker(cluster, docker_client):
     wait_for(lambda: prediction(cluster, "dock-sum", {"input": [2.0]})["default"] is False, 30, "serving again", interval=0.2)
 
 
+def test_a_stopped_replica_is_not_counted_and_scaling_replaces_it(cluster, docker_client):
+    """docker kill (or docker stop) leaves a container stopped for good: it counted as a
+    replica, so set_num_replicas started none and waited 120 s."""
+    replica, = containers(docker_client, **{CLIPPER_MODEL_CONTAINER_LABEL: "dock-sum_1"})
+    replica.kill()
+    wait_for(lambda: (replica.reload() or replica.status) == "exited", 30, "the replica stopped", interval=0.2)
+    assert cluster.get_num_replicas("dock-sum") == 0
+    cluster.set_num_replicas("dock-sum", 1)
+    assert cluster.get_num_replicas("dock-sum") == 1
+    assert prediction(cluster, "dock-sum", {"input": [3.0]})["default"] is False
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(replica.id)           # removed, not left behind
+
+
+def test_a_model_image_of_another_cluster_is_not_replaced(cluster, docker_client, tmp_path):
+    """Cluster "dock" with model "x-m" and cluster "dock-x" with model "m" name the same image."""
+    other = ClipperConnection(DockerContainerManager(cluster_name="dock-x", base_image=cluster.cm.base_image))
+    theirs = other.build_model("m", 1, str(tmp_path), None)
+    try:
+        with pytest.raises(ClipperException, match="holds a model of the Clipper cluster 'dock-x'"):
+            cluster.build_model("x-m", 1, str(tmp_path), None)
+        assert docker_client.images.get(theirs).labels[CLIPPER_DOCKER_LABEL] == "dock-x"
+    finally:
+        docker_client.images.remove(theirs)
+
+
 def test_another_process_connects_by_labels_and_gets_the_admin_token(cluster, tmp_path):
     again = ClipperConnection(DockerContainerManager(cluster_name="dock"))
     again.connect()
@@ -151,3 +177,25 @@ def test_without_an_engine_the_scripts_say_so_in_one_line(clipper_state_dir):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("Error: The Docker engine is not reachable")
+
+
+def test_a_stopped_cluster_is_not_connected_to_and_a_new_start_begins_empty(docker_client, base_image):
+    """Its containers stopped (docker stop), not removed: connect() said yes and every call
+    then failed; start_clipper() said "already running"; and a start over a leftover volume
+    brought the old cluster's applications back."""
+    ports = dict(clipper_query_port=31437, clipper_management_port=31438, clipper_rpc_port=19100,
+                 clipper_metric_port=31490)
+    conn = ClipperConnection(DockerContainerManager(cluster_name="dock-left", base_image=base_image, **ports))
+    conn.start_clipper()
+    try:
+        conn.register_application("old-app", "doubles", "0", 100000)
+        for container in docker_client.containers.list(filters={"label": f"{CLIPPER_DOCKER_LABEL}=dock-left"}):
+            container.stop(timeout=0)
+        with pytest.raises(ClipperException, match="'dock-left' on the Docker engine is stopped"):
+            ClipperConnection(DockerContainerManager(cluster_name="dock-left", **ports)).connect()
+        again = ClipperConnection(DockerContainerManager(cluster_name="dock-left", base_image=base_image, **ports))
+        again.start_clipper()
+        assert again.get_all_apps() == []
+    finally:
+        conn.stop_all(graceful=False)
+    assert not docker_client.volumes.list(filters={"label": f"{CLIPPER_DOCKER_LABEL}=dock-left"})
