@@ -317,6 +317,9 @@ class ClipperConnection(object):
         version = str(version)
         _check_name("name", name)
         _check_name("version", version)
+        if self.connected and self.get_model_info(name, version) is not None:
+            # Its replicas would load the new build at their next start.
+            raise ClipperException(f"model with name '{name}' and version '{version}' already exists")
         if not clipper_images.is_noop_image(base_image):
             return self.cm.build_model(name, version, model_data_path, base_image,
                                        container_registry, pkgs_to_install)
@@ -379,8 +382,7 @@ class ClipperConnection(object):
             self.register_model(name, version, input_type, image=image, labels=labels,
                                 batch_size=batch_size)
         except ClipperException:
-            # Refused (a bad input type, batch size or label): no replica of it may stay behind.
-            self.cm.stop_models({name: [version]})
+            self._stop_unregistered(name, version)
             raise
         try:
             self._wait_for_replicas(name, version, num_replicas)
@@ -393,6 +395,16 @@ class ClipperConnection(object):
                 f"its applications get their default output: {undo} with "
                 f"stop_versioned_models({{'{name}': ['{version}']}}).") from None
         self.logger.info("Done deploying model {name}:{version}.".format(name=name, version=version))
+
+    def _stop_unregistered(self, name, version):
+        """After a refused registration (a bad input type, batch size or label), no replica of
+        the version may stay behind; but if it is registered after all (a concurrent deploy of
+        it won, or our answer was lost), its replicas are that version's."""
+        try:
+            if self.get_model_info(name, version) is None:
+                self.cm.stop_models({name: [version]})
+        except ClipperException as error:        # the refusal is the news, not this
+            self.logger.warning("Could not stop the replicas of %s:%s: %s", name, version, error)
 
     def register_model(self, name, version, input_type, image=None, labels=None, batch_size=-1):
         """Register a model version (and make it current) without starting any replica.

@@ -89,15 +89,18 @@ def is_valid_name(value) -> bool:
     return bool(_NAME_PATTERN.match(str(value)))
 
 
-# A cluster's name names its state directory (and containers, actors and processes): never
-# a path of its own, such as "..", "" or "a/b", which would make a stop delete another place.
-_CLUSTER_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+# A cluster's name names its state directory (and containers, images and actors): never a
+# path of its own, such as "..", "" or "a/b", which would make a stop delete another place.
+# Checked where a name becomes a path or new resources; a Docker cluster of an older Clipper,
+# whatever its label, can still be named to stop it.
+# Single separators between letters and digits: the Docker backend's image names hold it.
+_CLUSTER_NAME_PATTERN = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*\Z")
 
 
 def checked_cluster_name(name) -> str:
-    if not isinstance(name, str) or not _CLUSTER_NAME_PATTERN.match(name):
-        raise ClipperException(f"A cluster name is 1 to 128 letters, digits, '-', '_' or '.', "
-                               f"starting with a letter or digit; {name!r} is not one")
+    if not isinstance(name, str) or len(name) > 128 or not _CLUSTER_NAME_PATTERN.match(name):
+        raise ClipperException(f"A cluster name is 1 to 128 letters and digits, with single '-', '_' "
+                               f"or '.' between them; {name!r} is not one")
     return name
 
 
@@ -137,7 +140,7 @@ class ContainerManager(abc.ABC):
         """``clipper_metric_port`` None: the query port + 53 (see METRIC_PORT_OFFSET)."""
         if type(header_timeout) not in (int, float) or not header_timeout > 0:
             raise ClipperException(f"header_timeout must be a number of seconds above 0, not {header_timeout!r}")
-        self.cluster_name = checked_cluster_name(cluster_name)
+        self.cluster_name = cluster_name
         self.cluster_identifier = cluster_name
         self.public_host = public_host
         self.clipper_query_port = clipper_query_port

@@ -1,6 +1,7 @@
 """A local cluster's state directory: what runs, where, and how to stop it.
 
-Layout of ``<base>/<cluster_name>/`` (base: $CLIPPER_STATE_DIR, default ~/.clipper):
+Layout of ``<base>/<cluster_name>/`` (base: $CLIPPER_STATE_DIR, default ~/.clipper; the base
+also holds .start.lock, held by a start or a recovery of any cluster until it serves):
   cluster.json     ports and settings, written by the client that started the cluster
   supervisor.json  the supervisor's pid and start time
   processes.json   every running process (role, pid, start time), written by the supervisor
@@ -50,9 +51,10 @@ def base_dir() -> Path:
 
 @contextlib.contextmanager
 def start_lock() -> Iterator[None]:
-    """Held by a start from its look for a running cluster until its supervisor is on record,
-    so that two starts of one cluster at once cannot take each other's processes for the
-    leftovers of a crash, and stop them."""
+    """Held by a start (or a recovery) from its look for a running cluster until the cluster
+    serves, so that two starts of one cluster at once cannot take each other's processes for
+    the leftovers of a crash, and a start on the ports of one still starting finds them taken.
+    One lock for every cluster: starts take seconds, and different names may share ports."""
     base = base_dir()
     base.mkdir(parents=True, exist_ok=True)
     with open(base / START_LOCK_FILE, "a") as lock:
@@ -84,7 +86,7 @@ class ProcessRecord:
         return cls(pid, psutil.Process(pid).create_time())
 
     def process(self) -> Optional[psutil.Process]:
-        """The live process this record names, or None (exited, zombie, or pid reused)."""
+        """The live process this record names, or None (exited, or pid reused; see still_running)."""
         try:
             process = psutil.Process(self.pid)
             if abs(process.create_time() - self.create_time) > 0.01:
@@ -291,9 +293,11 @@ FROZEN_SECONDS = 5.0
 
 
 class FreezeWatch:
-    """How long one process has been stopped, as seen by successive calls of ``seconds``."""
+    """How long a process has been stopped, as seen by successive calls of ``seconds`` (a
+    call about another process starts again from nought)."""
 
     def __init__(self):
+        self.pid: Optional[int] = None
         self.since: Optional[float] = None
 
     def seconds(self, pid: int, now: float) -> float:
@@ -301,12 +305,11 @@ class FreezeWatch:
             stopped = psutil.Process(pid).status() == psutil.STATUS_STOPPED
         except psutil.Error:
             stopped = False
-        if not stopped:
-            self.since = None
-            return 0.0
-        if self.since is None:
+        if pid != self.pid or not stopped:
+            self.pid, self.since = pid, None
+        if stopped and self.since is None:
             self.since = now
-        return now - self.since
+        return 0.0 if self.since is None else now - self.since
 
 
 def still_running(process: psutil.Process) -> bool:

@@ -175,9 +175,13 @@ class Supervisor:
         return Child(name or launch.process_name, launch.role, launch.argv(python), self._env(launch.env),
                      launch.stop_grace, details or {})
 
-    def _replica_child(self, model: dict, index: int, devices: List[str]) -> Child:
+    @staticmethod
+    def _replica_name(model: dict, index: int) -> str:
         # '_' cannot occur in model names, so this name is unambiguous (as Clipper's labels).
-        name = f"model-{model['name']}_{model['version']}-{index}"
+        return f"model-{model['name']}_{model['version']}-{index}"
+
+    def _replica_child(self, model: dict, index: int, devices: List[str]) -> Child:
+        name = self._replica_name(model, index)
         launch = recipe.model_container(self.config, model["name"], model["version"],
                                         model["input_type"], model["model_dir"],
                                         extra_env=device_environment(devices))
@@ -270,17 +274,17 @@ class Supervisor:
         wanted = self.cluster.wanted_replicas()
         current = {c.name: c for c in self.children if c.role == MODEL_CONTAINER}
         slots = {}
-        for model in wanted["models"].values():
-            prefix = f"model-{model['name']}_{model['version']}-"
-            count = model.get("count")
-            if type(count) is not int or count < 0:
-                # Not written by our client, which checks it: one bad entry must not stop the
-                # cluster. Its replicas stay as they are.
-                log.error("ignoring the wanted replicas of %s:%s: %r is not a number of replicas",
-                          model["name"], model["version"], count)
-                slots.update((name, None) for name in current if name.startswith(prefix))
+        for key, model in wanted["models"].items():
+            problem = _wanted_entry_problem(model)
+            if problem:
+                # Not written by our client, which checks what it writes: one bad entry must
+                # not stop the cluster. Its replicas stay as they are.
+                log.error("ignoring the wanted replicas of %s: %s", key, problem)
+                slots.update((c.name, None) for c in current.values()
+                             if (c.details["model_name"], c.details["model_version"]) ==
+                             (model.get("name"), model.get("version")))
                 continue
-            slots.update((f"{prefix}{index}", (model, index)) for index in range(count))
+            slots.update((self._replica_name(model, index), (model, index)) for index in range(model["count"]))
         surplus = [child for name, child in current.items() if name not in slots]
         self._stop(surplus)
         self.children = [c for c in self.children if c not in surplus]
@@ -288,7 +292,11 @@ class Supervisor:
         for name, slot in slots.items():
             if name not in current:
                 model, index = slot
-                devices = pick_devices(self.settings.get("gpus", []), model.get("gpus", 0), gpus_in_use)
+                try:
+                    devices = pick_devices(self.settings.get("gpus", []), model.get("gpus", 0), gpus_in_use)
+                except ValueError as error:       # more GPUs than the machine has: the client checks it
+                    log.error("not starting %s: %s", name, error)
+                    continue
                 gpus_in_use.update(devices)
                 child = self._replica_child(model, index, devices)
                 self.children.append(child)
@@ -308,9 +316,11 @@ class Supervisor:
             return
         self._next_freeze_check = now + FREEZE_CHECK_SECONDS
         for child in self.children:
-            if child.process is not None and child.process.poll() is None and \
-                    child.freeze.seconds(child.process.pid, now) >= FROZEN_SECONDS:
-                log.warning("%s has been stopped for %.0f s; killing it", child.name, FROZEN_SECONDS)
+            if child.process is None or child.process.poll() is not None:
+                continue
+            stopped = child.freeze.seconds(child.process.pid, now)
+            if stopped >= FROZEN_SECONDS:
+                log.warning("%s has been stopped for %.0f s; killing it", child.name, stopped)
                 child.process.kill()
 
     def _restart_exited(self) -> None:
@@ -350,6 +360,18 @@ class Supervisor:
         self._stop(by_role(REDIS))
         with contextlib.suppress(OSError):
             self.cluster.write_processes(self.generation, [], {})
+
+
+def _wanted_entry_problem(model: dict) -> Optional[str]:
+    """What makes an entry of the wanted replicas unusable, or None."""
+    for key in ("name", "version", "input_type", "model_dir", "python"):
+        if type(model.get(key)) is not str:
+            return f"its {key} is {model.get(key)!r}, not a string"
+    for key, least in (("count", 0), ("gpus", 0)):
+        value = model.get(key, 0)
+        if type(value) is not int or value < least:
+            return f"its {key} is {value!r}, not a whole number >= {least}"
+    return None
 
 
 def main(config) -> None:

@@ -25,8 +25,9 @@ def main(argv) -> None:
     supervisor = ProcessRecord(int(pid), float(create_time))
     freeze = FreezeWatch()
     while supervisor.alive():
-        if freeze.seconds(supervisor.pid, time.monotonic()) >= FROZEN_SECONDS:
-            print(f"the supervisor (pid {pid}) has been stopped for {FROZEN_SECONDS:g} s; killing it", flush=True)
+        stopped = freeze.seconds(supervisor.pid, time.monotonic())
+        if stopped >= FROZEN_SECONDS:
+            print(f"the supervisor (pid {pid}) has been stopped for {stopped:.0f} s; killing it", flush=True)
             process = supervisor.process()
             if process is not None:
                 process.kill()

@@ -24,7 +24,7 @@ from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper.rpc import stream
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager,
-    FAILURES_REPORTED, START_HINT, public_host_for, whole_number)
+    FAILURES_REPORTED, START_HINT, checked_cluster_name, public_host_for, whole_number)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.exceptions import ClipperException
 
@@ -69,7 +69,7 @@ class LocalContainerManager(ContainerManager):
                          max_batch_size=max_batch_size, header_timeout=header_timeout,
                          max_output_size=max_output_size)
         self.host = host
-        self.cluster = ClusterDir(cluster_dir.base_dir() / cluster_name)
+        self.cluster = ClusterDir(cluster_dir.base_dir() / checked_cluster_name(cluster_name))
 
     # ---- cluster ----
     def start_clipper(self, query_frontend_image=None, mgmt_frontend_image=None,
@@ -104,7 +104,6 @@ class LocalContainerManager(ContainerManager):
                                      "config": config.replace(redis_dir=str(self.cluster.path / "redis")).as_dict()})
                 supervisor = self._start_supervisor()
                 self.cluster.set_supervisor(ProcessRecord.of(supervisor.pid))
-                starting.close()                 # on record: another start now finds it running
                 servers = recipe.servers(config, embedded_redis=False)
                 self._wait_until_serving(
                     servers, lambda: self._start_failure(servers, supervisor.poll() is not None))
@@ -166,11 +165,12 @@ class LocalContainerManager(ContainerManager):
         """Connect to the cluster of this name; if it crashed (or the machine restarted), start
         it again first from its state, as it was: every application, model version, link and
         replica count (Redis's append-only file and the wanted replicas are on disk)."""
-        if not self.cluster.is_running():
-            if not self.crashed():
-                raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' "
-                                       f"(looked in {self.cluster.path}). " + START_HINT)
-            self._recover()
+        with cluster_dir.start_lock():
+            if not self.cluster.is_running():
+                if not self.crashed():
+                    raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' "
+                                           f"(looked in {self.cluster.path}). " + START_HINT)
+                self._recover()
         config = Config(**self.cluster.settings()["config"])
         self.host = config.host
         self.public_host = public_host_for(config.host)
@@ -222,7 +222,11 @@ class LocalContainerManager(ContainerManager):
         """Copy the model directory into the cluster's state; return its path."""
         target = self.cluster.path / "models" / f"{name}-{version}"
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(model_data_path, target)
+        try:
+            shutil.copytree(model_data_path, target)
+        except (OSError, shutil.Error) as error:   # the same version copied there meanwhile
+            raise ClipperException(f"Model {name}:{version} could not be copied into the cluster "
+                                   f"({error}); is another deploy of it running?") from None
         os.chmod(target, 0o700)
         if pkgs_to_install:
             logger.info("Installing %s for model %s:%s", pkgs_to_install, name, version)
@@ -259,6 +263,8 @@ class LocalContainerManager(ContainerManager):
             key = f"{name}:{version}"
             if num_gpus is None:
                 num_gpus = models.get(key, {}).get("gpus", 0)
+                if type(num_gpus) is not int or num_gpus < 0:
+                    num_gpus = 0                 # a bad entry on file (not ours): mended here
             try:
                 pick_devices(self.cluster.settings().get("gpus", []), num_gpus, Counter())
             except ValueError as error:
@@ -325,10 +331,13 @@ def stop_cluster(cluster: ClusterDir, graceful=True):
     if survivors:
         raise ClipperException(
             f"Could not stop {len(survivors)} processes of the Clipper cluster '{cluster.name}' "
-            f"(pids {', '.join(str(p.pid) for p in survivors)}); stop them with kill -9 and run "
-            "python closeClipper.py again")
+            f"(pids {', '.join(str(p.pid) for p in survivors)}: running, or still exiting); stop "
+            "them with kill -9 if they run, and run python closeClipper.py again")
     if cluster.path.parent == cluster_dir.base_dir():    # never a place that is not a cluster's own
         shutil.rmtree(cluster.path, ignore_errors=True)
+    else:
+        logger.warning("Kept %s: it is not directly under the state directory %s (was "
+                       "CLIPPER_STATE_DIR changed?)", cluster.path, cluster_dir.base_dir())
     return len(found)
 
 

@@ -26,7 +26,7 @@ from clipper.rpc import auth
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT,
     CLIPPER_INTERNAL_RPC_PORT, FAILURES_REPORTED, SERVING_LIMITS, START_HINT, ContainerManager,
-    public_host_for)
+    checked_cluster_name, public_host_for)
 from clipper_admin.exceptions import ClipperException, MissingDependency
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class RayContainerManager(ContainerManager):
         (one whose machine vanished without closing its connection); keep it longer than the
         longest batch takes, as a busy replica sends nothing until its batch is done.
         ``max_batch_size``, ``header_timeout``, ``max_output_size``: as for LocalContainerManager."""
-        super().__init__(cluster_name, None, clipper_query_port, clipper_management_port,
+        super().__init__(checked_cluster_name(cluster_name), None, clipper_query_port, clipper_management_port,
                          clipper_rpc_port, clipper_metric_port, None, None, admin_token,
                          max_body_size, rpc_auth, max_batch_size=max_batch_size,
                          header_timeout=header_timeout, max_output_size=max_output_size)

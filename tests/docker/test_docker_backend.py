@@ -1,4 +1,5 @@
 """The Docker backend on a real engine: containers, labels, scaling, restarts, teardown."""
+import contextlib
 import io
 import os
 import signal
@@ -199,3 +200,18 @@ def test_a_stopped_cluster_is_not_connected_to_and_a_new_start_begins_empty(dock
     finally:
         conn.stop_all(graceful=False)
     assert not docker_client.volumes.list(filters={"label": f"{CLIPPER_DOCKER_LABEL}=dock-left"})
+
+
+def test_a_cluster_of_an_older_clipper_is_stopped_whatever_its_label(docker_client, base_image):
+    """Clipper before 0.4 labelled its containers with an empty cluster name; closeClipper.py
+    stops them too (a name check made it stop nothing at all)."""
+    from clipper_admin.docker.docker_container_manager import stop_all_docker_clusters
+    old = docker_client.containers.run(base_image, ["sleep", "60"], detach=True, network_mode="host",
+                                       labels={CLIPPER_DOCKER_LABEL: ""})
+    try:
+        assert ("", 1) in stop_all_docker_clusters(graceful=False, names=[""])
+        with pytest.raises(docker.errors.NotFound):
+            docker_client.containers.get(old.id)
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            old.remove(force=True)

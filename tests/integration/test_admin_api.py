@@ -1,6 +1,7 @@
 """Every ClipperConnection method on a real local cluster: what it returns, what it changes."""
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -243,18 +244,21 @@ def test_a_replica_count_that_is_not_a_whole_number_is_refused_at_once(conn, cou
     assert predict(conn, "counted", {"input": [0.0]}).json()["output"] == 1
 
 
-def test_a_bad_replica_count_in_the_cluster_state_does_not_stop_the_cluster(conn):
+@pytest.mark.parametrize("field, value", [("count", "2"), ("gpus", "1"), ("model_dir", None)])
+def test_a_bad_entry_in_the_wanted_replicas_does_not_stop_the_cluster(conn, field, value):
     """Written by something other than our client, which checks it: the supervisor leaves that
     model's replicas as they are and keeps the cluster up."""
-    python_deployer.create_endpoint(conn, "miscounted", "doubles", version_one, slo_micros=2000000)
+    if "miscounted" not in conn.get_all_apps():
+        python_deployer.create_endpoint(conn, "miscounted", "doubles", version_one, slo_micros=2000000)
+    conn.set_num_replicas("miscounted", 1)
     with conn.cm.cluster.editing_replicas() as models:
-        models["miscounted:1"]["count"] = "2"
+        models["miscounted:1"][field] = value
     assert conn.cm.cluster.wait_applied(10), "the supervisor applied the change"
     assert conn.cm.cluster.is_running()
-    assert replicas_of(conn, "miscounted", 1) == [0]
+    assert len(replicas_of(conn, "miscounted", 1)) == 1
     assert predict(conn, "miscounted", {"input": [0.0]}).json()["output"] == 1
     conn.set_num_replicas("miscounted", 2)                    # a good count mends the entry
-    assert replicas_of(conn, "miscounted", 1) == [0, 1]
+    assert len(replicas_of(conn, "miscounted", 1)) == 2
 
 
 @pytest.mark.parametrize("refused", [dict(batch_size=0), dict(input_type="tensor")])
@@ -265,6 +269,37 @@ def test_a_deploy_the_cluster_refuses_leaves_no_replica_running(conn, refused):
     assert conn.get_model_info("refused", 1) is None
     assert conn.cm.get_num_replicas("refused", 1) == 0
     assert replicas_of(conn, "refused", 1) == []
+
+
+def test_two_deploys_of_one_version_at_once_leave_it_serving(conn):
+    """The one refused ("already exists") must not stop the replicas the other started."""
+    conn.register_application("raced", "doubles", "-1.0", 2000000)
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lambda _: _deploy_outcome(conn, "raced", version_one), range(2)))
+    assert sorted(outcomes) == ["already exists", "deployed"], outcomes
+    conn.link_model_to_app("raced", "raced")
+    assert replicas_of(conn, "raced", 1) == [0]
+    assert predict(conn, "raced", {"input": [0.0]}).json()["output"] == 1
+
+
+def test_a_deploy_of_an_existing_version_leaves_its_model_alone(conn):
+    """It was refused only after its build had replaced the version's model on disk: the
+    running replicas loaded the new function at their next start."""
+    python_deployer.create_endpoint(conn, "kept", "doubles", version_one, slo_micros=2000000)
+    with pytest.raises(ClipperException, match="model with name 'kept' and version '1' already exists"):
+        python_deployer.deploy_python_closure(conn, "kept", 1, "doubles", version_two)
+    conn.set_num_replicas("kept", 0)
+    conn.set_num_replicas("kept", 1)                          # a new process loads the model again
+    assert predict(conn, "kept", {"input": [0.0]}).json()["output"] == 1
+
+
+def _deploy_outcome(conn, name, func):
+    try:
+        python_deployer.deploy_python_closure(conn, name, 1, "doubles", func)
+        return "deployed"
+    except ClipperException as error:
+        assert "already exists" in str(error) or "is another deploy of it running?" in str(error), error
+        return "already exists"
 
 
 def test_stop_models_and_versioned_models(conn):

@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from clipper.cluster.cluster_dir import still_running
+from clipper.cluster.cluster_dir import FreezeWatch, still_running
 
 # Listens on a free port, says which, and keeps four threads busy in C (the GIL released):
 # killed, its main thread turns zombie while the other threads may still be exiting.
@@ -50,3 +50,22 @@ def test_a_killed_process_is_gone_only_once_its_port_is_free():
             child.kill()
             child.wait()
             child.stdout.close()
+
+
+def test_a_freeze_is_timed_per_process():
+    sleepers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2)]
+    try:
+        watch = FreezeWatch()
+        assert watch.seconds(sleepers[0].pid, 100.0) == 0.0          # running
+        for sleeper in sleepers:
+            sleeper.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while psutil.Process(sleepers[0].pid).status() != psutil.STATUS_STOPPED:
+            assert time.monotonic() < deadline
+        assert watch.seconds(sleepers[0].pid, 101.0) == 0.0          # stopped from now on
+        assert watch.seconds(sleepers[0].pid, 104.5) == 3.5
+        assert watch.seconds(sleepers[1].pid, 105.0) == 0.0          # another process: from nought
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
