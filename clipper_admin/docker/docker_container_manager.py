@@ -223,6 +223,8 @@ class DockerContainerManager(ContainerManager):
         if num_frontend_replicas != 1:
             raise ClipperException("The Docker backend runs exactly one query frontend")
         checked_cluster_name(self.cluster_name)
+        # Built (minutes, the first time) before the lock, which other starts wait for.
+        self.runtime_image = ensure_runtime_image(self.docker_client, self.base_image)
         # Held until the cluster serves: a second start of it (or on its ports) waits, then
         # finds it running (or its ports taken).
         with cluster_dir.start_lock():
@@ -237,7 +239,6 @@ class DockerContainerManager(ContainerManager):
                 "Use connect() to use it, or stop it with: python closeClipper.py")
         self.stop_all(graceful=False)        # leftovers of a stopped cluster: its containers, its state
         self._require_free_ports(LOOPBACK)
-        self.runtime_image = ensure_runtime_image(self.docker_client, self.base_image)
         # Redis started here listens on a unix socket in the cluster's volume: it takes no
         # host port, so a Redis of the user's own on 6379 (or another cluster's) is never in
         # the way.
