@@ -275,14 +275,13 @@ class Supervisor:
         current = {c.name: c for c in self.children if c.role == MODEL_CONTAINER}
         slots = {}
         for key, model in wanted["models"].items():
-            problem = _wanted_entry_problem(model)
+            problem = wanted_entry_problem(model)
             if problem:
                 # Not written by our client, which checks what it writes: one bad entry must
                 # not stop the cluster. Its replicas stay as they are.
                 log.error("ignoring the wanted replicas of %s: %s", key, problem)
                 slots.update((c.name, None) for c in current.values()
-                             if (c.details["model_name"], c.details["model_version"]) ==
-                             (model.get("name"), model.get("version")))
+                             if f"{c.details['model_name']}:{c.details['model_version']}" == key)
                 continue
             slots.update((self._replica_name(model, index), (model, index)) for index in range(model["count"]))
         surplus = [child for name, child in current.items() if name not in slots]
@@ -362,7 +361,7 @@ class Supervisor:
             self.cluster.write_processes(self.generation, [], {})
 
 
-def _wanted_entry_problem(model: dict) -> Optional[str]:
+def wanted_entry_problem(model: dict) -> Optional[str]:
     """What makes an entry of the wanted replicas unusable, or None."""
     for key in ("name", "version", "input_type", "model_dir", "python"):
         if type(model.get(key)) is not str:

@@ -267,13 +267,14 @@ class DockerContainerManager(ContainerManager):
         if not frontends:
             raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' on the "
                                    "Docker engine. " + START_HINT)
-        if not any(_is_live(frontend) for frontend in frontends):
+        live = [frontend for frontend in frontends if _is_live(frontend)]
+        if not live:
             raise ClipperException(
                 f"The Clipper cluster '{self.cluster_name}' on the Docker engine is stopped (its "
                 "containers were stopped, not removed). Start them again with: docker start "
                 f"$(docker ps -aq --filter label={CLIPPER_DOCKER_LABEL}={self.cluster_name}); or "
                 "remove them with python closeClipper.py, then start a new cluster")
-        return frontends[0]
+        return live[0]
 
     def connect(self):
         frontend = self._query_frontend()
@@ -364,10 +365,11 @@ class DockerContainerManager(ContainerManager):
     def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
         """New containers get ``num_gpus`` GPUs each as device requests, the least used first.
         A stopped replica is no replica: it is removed, and counted as missing."""
-        self._remove([c for c in self._model_containers(name, version) if not _is_live(c)])
         current = self._model_containers(name, version)
-        if num_gpus is None:
+        if num_gpus is None:               # the version's, stopped replicas included
             num_gpus = int(current[0].labels.get(GPUS_PER_REPLICA_LABEL, 0)) if current else 0
+        self._remove([c for c in current if not _is_live(c)])
+        current = [c for c in current if _is_live(c)]
         try:
             devices = machine_gpus()
             pick_devices(devices, num_gpus, Counter())
@@ -408,7 +410,7 @@ class DockerContainerManager(ContainerManager):
         return image
 
     def _replica_config(self):
-        frontends = self._containers(**{ROLE_LABEL: QUERY_FRONTEND})
+        frontends = [c for c in self._containers(**{ROLE_LABEL: QUERY_FRONTEND}) if _is_live(c)]
         environment = _as_dict(frontends[0].attrs["Config"]["Env"]) if frontends else {}
         return replica_config(environment, self.clipper_rpc_port)
 
@@ -448,7 +450,7 @@ def _as_dict(environment):
 
 
 def _is_live(container):
-    return container.status in ("created", "running", "restarting")
+    return container.status not in ("exited", "dead", "removing")     # paused is live
 
 
 def _restarts(container):

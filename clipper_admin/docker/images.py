@@ -187,7 +187,6 @@ def model_image_context(runtime_image, model_dir, pkgs_to_install=None, labels=N
     client's version (and Java for PySpark), as its metadata lists them."""
     metadata = read_metadata(str(model_dir))
     lines = [f"FROM {runtime_image}"]
-    lines += [f"LABEL {key}={json.dumps(value)}" for key, value in (labels or {}).items()]
     files = {"model": Path(model_dir)}
     if metadata.get("apt_packages"):
         lines.append("RUN apt-get update && apt-get install -y --no-install-recommends "
@@ -203,6 +202,9 @@ def model_image_context(runtime_image, model_dir, pkgs_to_install=None, labels=N
         lines.append(f"RUN {install}")
     lines += [f"COPY model {MODEL_PATH_IN_IMAGE}", f"ENV CLIPPER_MODEL_PATH={MODEL_PATH_IN_IMAGE}",
               'CMD ["model-container"]']
+    # Last: the containers of the RUN steps above would carry them (a cluster's label made a
+    # build look like a running cluster).
+    lines += [f"LABEL {key}={json.dumps(value)}" for key, value in (labels or {}).items()]
     files["Dockerfile"] = ("\n".join(lines) + "\n").encode()
     return files
 

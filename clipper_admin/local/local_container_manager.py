@@ -11,14 +11,16 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 from clipper import launch as recipe
 from clipper.cluster import cluster_dir
 from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.cluster.cluster_dir import ClusterDir, ProcessRecord
-from clipper.cluster.supervisor import PROJECT_ROOT
+from clipper.cluster.supervisor import PROJECT_ROOT, wanted_entry_problem
 from clipper.config import MODEL_CONTAINER, Config
 from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper.rpc import stream
@@ -165,12 +167,13 @@ class LocalContainerManager(ContainerManager):
         """Connect to the cluster of this name; if it crashed (or the machine restarted), start
         it again first from its state, as it was: every application, model version, link and
         replica count (Redis's append-only file and the wanted replicas are on disk)."""
-        with cluster_dir.start_lock():
-            if not self.cluster.is_running():
-                if not self.crashed():
-                    raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' "
-                                           f"(looked in {self.cluster.path}). " + START_HINT)
-                self._recover()
+        if not self.cluster.is_running():
+            with cluster_dir.start_lock():         # checked again: another may have recovered it
+                if not self.cluster.is_running():
+                    if not self.crashed():
+                        raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' "
+                                               f"(looked in {self.cluster.path}). " + START_HINT)
+                    self._recover()
         config = Config(**self.cluster.settings()["config"])
         self.host = config.host
         self.public_host = public_host_for(config.host)
@@ -198,7 +201,8 @@ class LocalContainerManager(ContainerManager):
         servers = recipe.servers(config, embedded_redis=False)
         self._wait_until_serving(
             servers, lambda: self._start_failure(servers, supervisor.poll() is not None and not self.cluster.is_running()))
-        wanted = sum(model["count"] for model in self.cluster.wanted_replicas()["models"].values())
+        wanted = sum(model["count"] for model in self.cluster.wanted_replicas()["models"].values()
+                     if wanted_entry_problem(model) is None)
         deadline = time.monotonic() + APPLY_TIMEOUT_SECONDS
         while self._running_replicas() < wanted:
             if time.monotonic() > deadline:
@@ -219,15 +223,11 @@ class LocalContainerManager(ContainerManager):
     # ---- models ----
     def build_model(self, name, version, model_data_path, base_image, container_registry=None,
                     pkgs_to_install=None):
-        """Copy the model directory into the cluster's state; return its path."""
-        target = self.cluster.path / "models" / f"{name}-{version}"
-        shutil.rmtree(target, ignore_errors=True)
-        try:
-            shutil.copytree(model_data_path, target)
-        except (OSError, shutil.Error) as error:   # the same version copied there meanwhile
-            raise ClipperException(f"Model {name}:{version} could not be copied into the cluster "
-                                   f"({error}); is another deploy of it running?") from None
-        os.chmod(target, 0o700)
+        """Copy the model directory into the cluster's state; return its path: a directory of
+        its own for each build, so that two deploys of one version at once never share one."""
+        target = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=self.cluster.path / "models"))
+        shutil.copytree(model_data_path, target, dirs_exist_ok=True)
+        os.chmod(target, 0o700)                  # copytree gave it the source's mode
         if pkgs_to_install:
             logger.info("Installing %s for model %s:%s", pkgs_to_install, name, version)
             result = subprocess.run(

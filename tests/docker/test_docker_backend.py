@@ -101,6 +101,17 @@ def test_a_stopped_replica_is_not_counted_and_scaling_replaces_it(cluster, docke
         docker_client.containers.get(replica.id)           # removed, not left behind
 
 
+def test_a_paused_replica_is_still_one(cluster, docker_client):
+    replica, = containers(docker_client, **{CLIPPER_MODEL_CONTAINER_LABEL: "dock-sum_1"})
+    replica.pause()
+    try:
+        assert cluster.get_num_replicas("dock-sum") == 1
+        with pytest.raises(ClipperException, match="already running"):
+            ClipperConnection(DockerContainerManager(cluster_name="dock", **PORTS)).start_clipper()
+    finally:
+        replica.unpause()
+
+
 def test_a_model_image_of_another_cluster_is_not_replaced(cluster, docker_client, tmp_path):
     """Cluster "dock" with model "x-m" and cluster "dock-x" with model "m" name the same image."""
     other = ClipperConnection(DockerContainerManager(cluster_name="dock-x", base_image=cluster.cm.base_image))
