@@ -8,6 +8,7 @@ docs/protocol.md, 5 Model-container RPC.
 """
 import base64
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -199,6 +200,7 @@ def our_container(clipper_state_dir):
 
     yield start
     frontend.close()
+    shutil.rmtree(model_dir)
     for process in processes:
         process.terminate()
         _, stderr = process.communicate(timeout=10)

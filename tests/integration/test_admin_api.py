@@ -1,5 +1,6 @@
 """Every ClipperConnection method on a real local cluster: what it returns, what it changes."""
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -314,7 +315,9 @@ def test_stop_models_and_versioned_models(conn):
 
 def test_build_model_then_deploy_model(conn, tmp_path):
     from clipper_admin.deployers.deployer_utils import save_python_function
-    image = conn.build_model("built", 1, save_python_function("built", version_one), "default")
+    saved = save_python_function("built", version_one)
+    image = conn.build_model("built", 1, saved, "default")
+    shutil.rmtree(saved)                       # build_model copied it into the cluster
     assert os.path.isfile(os.path.join(image, "func.pkl"))
     conn.deploy_model("built", 1, "doubles", image, num_replicas=2)
     assert len(replicas_of(conn, "built", 1)) == 2
