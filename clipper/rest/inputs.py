@@ -68,18 +68,14 @@ class SchemaError(InputError):
         self.reason = reason
 
 
-def schema_error(message: str) -> SchemaError:
-    return SchemaError(message)
-
-
 def load_json_object(body: bytes) -> dict:
     """Decode a request body that must be a JSON object (orjson refuses NaN and Infinity)."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
-        raise schema_error(f"body is not valid JSON ({error})") from None
+        raise SchemaError(f"body is not valid JSON ({error})") from None
     if not isinstance(document, dict):
-        raise schema_error(f"body must be a JSON object, found {json_type_name(document)}")
+        raise SchemaError(f"body must be a JSON object, found {json_type_name(document)}")
     return document
 
 
@@ -106,7 +102,7 @@ def _parse_document(body: bytes, input_type: InputType, max_batch_size: Optional
     if "input_batch" in document:
         batch = document["input_batch"]
         if not isinstance(batch, list):
-            raise schema_error(
+            raise SchemaError(
                 f"Type mismatch! JSON key input_batch expected type Array but found type "
                 f"{json_type_name(batch)}")
         if max_batch_size is not None and len(batch) > max_batch_size:
@@ -116,7 +112,7 @@ def _parse_document(body: bytes, input_type: InputType, max_batch_size: Optional
         inputs = [encode_input(item, input_type, "input_batch", may_hold_bools) for item in batch]
         # A batch of one is answered unwrapped, as Clipper does.
         return PredictRequest(inputs, len(inputs) != 1, version)
-    raise schema_error("JSON object does not have required keys input or input_batch")
+    raise SchemaError("JSON object does not have required keys input or input_batch")
 
 
 # One parser for every request: a document is read whole and dropped before the next one. A
@@ -169,7 +165,7 @@ def parse_version(version) -> Optional[str]:
         return version
     if isinstance(version, int) and not isinstance(version, bool):
         return str(version)
-    raise schema_error(
+    raise SchemaError(
         f"Type mismatch! JSON key version expected type String but found type {json_type_name(version)}")
 
 
@@ -178,16 +174,16 @@ def encode_input(value, input_type: InputType, key: str, may_hold_bools: bool = 
     when the JSON text cannot hold a ``true`` or ``false``, which allows a faster check."""
     if input_type in (InputType.STRINGS, InputType.BYTES):
         if not isinstance(value, str):
-            raise schema_error(
+            raise SchemaError(
                 f"Type mismatch! JSON key {key} expected type String but found type {json_type_name(value)}")
         if input_type is InputType.STRINGS:
             return value.encode("utf-8", "surrogatepass")
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise schema_error(f"Input of key {key} is not a valid base64-encoded string") from None
+            raise SchemaError(f"Input of key {key} is not a valid base64-encoded string") from None
     if not isinstance(value, list):
-        raise schema_error(
+        raise SchemaError(
             f"Type mismatch! JSON key {key} expected type Array but found type {json_type_name(value)}")
     return _encode_numbers(value, input_type, key, may_hold_bools)
 
@@ -214,12 +210,12 @@ def _encode_numbers(values: list, input_type: InputType, key: str, may_hold_bool
         raise _element_error(values, input_type, key)
     if input_type is InputType.FLOATS:
         if not all(-_FLOAT32_MAX <= v <= _FLOAT32_MAX for v in values):
-            raise schema_error(f"Array {key} has a value outside the float32 range")
+            raise SchemaError(f"Array {key} has a value outside the float32 range")
         return array("f", values).tobytes()
     try:
         return array("d", values).tobytes()
     except OverflowError:
-        raise schema_error(f"Array {key} has an integer too large for a double") from None
+        raise SchemaError(f"Array {key} has an integer too large for a double") from None
 
 
 def _element_error(values: list, input_type: InputType, key: str) -> InputError:
@@ -227,11 +223,11 @@ def _element_error(values: list, input_type: InputType, key: str) -> InputError:
     name = _ELEMENT_NAMES[input_type]
     for value in values:
         if type(value) is not int and type(value) is not float:
-            return schema_error(f"Array {key} of type {json_type_name(value)} is not of type {name}")
+            return SchemaError(f"Array {key} of type {json_type_name(value)} is not of type {name}")
         if input_type is InputType.INTS and type(value) is float:
-            return schema_error(
+            return SchemaError(
                 f"Array {key} has value {value!r}, which is not of type int "
                 "(write integers without a decimal point)")
         if input_type is InputType.INTS and not _INT32_MIN <= value <= _INT32_MAX:
-            return schema_error(f"Array {key} has value {value}, outside the int32 range")
+            return SchemaError(f"Array {key} has value {value}, outside the int32 range")
     raise AssertionError("no invalid element found")  # callers check before calling

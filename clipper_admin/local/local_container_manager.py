@@ -5,7 +5,6 @@ process per model replica, so the cluster outlives the script that started it. I
 directory (~/.clipper/<cluster_name>/, or $CLIPPER_STATE_DIR/<cluster_name>/) lets any
 process connect to it or stop it. "Images" are model directories.
 """
-import contextlib
 import logging
 import os
 import shutil
@@ -87,8 +86,7 @@ class LocalContainerManager(ContainerManager):
                     f"num_frontend_replicas={num_frontend_replicas} contradicts "
                     f"LocalContainerManager(query_workers={self.query_workers}): give one of them")
             self.query_workers = num_frontend_replicas
-        with contextlib.ExitStack() as starting:
-            starting.enter_context(cluster_dir.start_lock())
+        with cluster_dir.start_lock():
             if self.cluster.is_running():
                 raise ClipperException(
                     f"Clipper cluster '{self.cluster_name}' is already running. Use connect() to use it, "
