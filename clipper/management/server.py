@@ -108,8 +108,16 @@ class ManagementAPI:
                 + [web.get("/admin/ping", self.ping), openapi.route("management")])
 
     def _guarded(self, handler):
-        """The handler, called with the body once the caller has shown the admin token."""
+        """The handler, called with the body once the caller has shown the admin token (and
+        is not a web page)."""
         async def guarded(request: web.Request) -> web.Response:
+            if "Origin" in request.headers:
+                # Browsers send Origin with every POST; clients of this API (clipper_admin,
+                # curl, scripts) do not. A page the user visits must not drive the cluster:
+                # a POST without a JSON Content-Type, or one after a DNS rebinding of its
+                # site to 127.0.0.1, would otherwise pass.
+                raise RequestError("The management API does not take requests from web pages "
+                                   f"(this one came from {request.headers['Origin'][:200]!r})", status=403)
             if self.token and not self._authorized(request):
                 raise RequestError("This cluster requires its admin token: "
                                    "send the header Authorization: Bearer <token>", status=401)

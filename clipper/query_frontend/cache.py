@@ -17,6 +17,7 @@ from collections import OrderedDict
 from typing import Any, Dict, Hashable, List, Optional, Tuple, Union
 
 from clipper.query_frontend.dispatch import Task
+from clipper.redis_schema import ModelId
 from clipper.rest.responses import sniff_output
 
 # Rough per-entry bookkeeping (key tuple, dict slots, bytes headers), counted against the bound.
@@ -25,11 +26,12 @@ ENTRY_OVERHEAD = 200
 
 class RememberedBody:
     """The answer to a request body whose inputs were all cached, in one cluster view."""
-    __slots__ = ("generation", "app", "outputs", "is_batch")
+    __slots__ = ("generation", "app", "model_id", "outputs", "is_batch")
 
-    def __init__(self, generation: int, app: Any, outputs: List[bytes], is_batch: bool):
+    def __init__(self, generation: int, app: Any, model_id: ModelId, outputs: List[bytes], is_batch: bool):
         self.generation = generation
         self.app = app
+        self.model_id = model_id
         self.outputs = outputs
         self.is_batch = is_batch
 
@@ -40,26 +42,38 @@ class PredictionCache:
         self.size = 0
         self.lookups = 0
         self.hits = 0
+        self.counts_by_model: Dict[ModelId, List[int]] = {}     # [lookups, hits] of each version
         # key -> (output JSON or RememberedBody, cost in bytes)
         self._done: "OrderedDict[Hashable, Tuple[Union[bytes, RememberedBody], int]]" = OrderedDict()
         self._pending: Dict[Hashable, Task] = {}
         self.enabled = capacity_bytes > 0    # an attribute, not a property: read per query
 
     def lookup(self, key: Tuple[str, str, bytes]) -> Optional[Union[bytes, Task]]:
-        """A finished output (as JSON), the evaluation of an identical query in flight, or None."""
+        """A finished output (as JSON), the evaluation of an identical query in flight, or
+        None. ``key``: the model's name and version, and the input."""
         if not self.enabled:
             return None
+        counts = self._counts(key[:2])
         self.lookups += 1
+        counts[0] += 1
         entry = self._done.get(key)
         if entry is not None:
             self._done.move_to_end(key)
             self.hits += 1
+            counts[1] += 1
             return entry[0]
         pending = self._pending.get(key)
         if pending is None or pending.done:   # a finished one is collected next
             return None
         self.hits += 1
+        counts[1] += 1
         return pending
+
+    def _counts(self, model_id: ModelId) -> List[int]:
+        counts = self.counts_by_model.get(model_id)
+        if counts is None:
+            counts = self.counts_by_model[model_id] = [0, 0]
+        return counts
 
     def track(self, key: Tuple[str, str, bytes], task: Task) -> None:
         """Share ``task`` with identical queries; keep its output once it succeeds."""
@@ -84,6 +98,9 @@ class PredictionCache:
         count = len(remembered.outputs)
         self.lookups += count
         self.hits += count
+        counts = self._counts(remembered.model_id)
+        counts[0] += count
+        counts[1] += count
         return remembered
 
     def remember_body(self, app_name: str, body: bytes, remembered: RememberedBody) -> None:
@@ -105,6 +122,7 @@ class PredictionCache:
             self._discard(key)
         for key in [key for key in self._pending if of_model(key)]:
             del self._pending[key]
+        self.counts_by_model.pop(model_id, None)
 
     def _finish(self, key, task: Task) -> None:
         if self._pending.get(key) is not task:

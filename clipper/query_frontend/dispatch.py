@@ -42,12 +42,13 @@ class Task:
     """One evaluation of one input. It settles once, with an output or an error, and calls
     whoever waits for it right then: a reply's callbacks write the answers in the same turn
     of the event loop (an asyncio future would schedule them for the next one)."""
-    __slots__ = ("input", "deadline", "slo", "queued", "done", "output", "error", "_callbacks")
+    __slots__ = ("input", "deadline", "slo", "arrived", "queued", "done", "output", "error", "_callbacks")
 
     def __init__(self, input: bytes, deadline: float, slo: float):
         self.input = input
         self.deadline = deadline   # monotonic time; the latest deadline of the queries waiting for it
         self.slo = slo             # seconds
+        self.arrived = deadline - slo     # when its first query arrived
         self.queued = False        # waiting in its model's queue (not in a batch)
         self.done = False
         self.output: Optional[bytes] = None

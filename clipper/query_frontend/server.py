@@ -117,7 +117,7 @@ class QueryFrontend(http.Application):
         self.reported_metrics = self.metrics if config.query_workers == 1 else WorkerMetrics(
             self.metrics, self.store, config.query_worker, config.query_workers, self._count_cache)
         self.cache = PredictionCache(config.cache_size)
-        self.follower = StateFollower(self.store, self._on_model_change, self._on_app_removed,
+        self.follower = StateFollower(self.store, self._on_model_change, self._on_app_change,
                                       self._on_redis_reconnect)
         self.query_ids = itertools.count()
         self.dispatcher: Optional[Dispatcher] = None
@@ -128,7 +128,9 @@ class QueryFrontend(http.Application):
         self._throughput = self.metrics.meter("internal:aggregate_model_throughput")
         self._cache_lookups = self.metrics.counter("internal:prediction_cache_lookups")
         self._cache_hit_ratio = self.metrics.ratio("internal:prediction_cache_hit_ratio")
-        # The metrics each prediction updates, found once per application and model version.
+        self._queueing_delay = self.metrics.histogram("internal:rpc_request_queueing_delay", "microseconds")
+        # The metrics each prediction updates, made when an application or a model version is
+        # registered (reported from then on, at zero, as Clipper does) and found once per query.
         self._app_metrics: Dict[str, tuple] = {}
         self._model_metrics: Dict[ModelId, tuple] = {}
 
@@ -197,28 +199,38 @@ class QueryFrontend(http.Application):
 
     def _on_model_change(self, model_id: ModelId, model: Optional[Model]) -> None:
         self.cache.forget_model(model_id)     # removed, or registered anew: its outputs are not ours
-        if model is not None and self.dispatcher is not None:
-            self.dispatcher.set_batch_size(model_id, model.batch_size)
-        elif model is None:
+        if model is None:
             self._model_metrics.pop(model_id, None)
             self.metrics.remove_prefix("model:%s:%s:" % model_id)
+            return
+        self._model_metrics_of(model_id)
+        if self.dispatcher is not None:
+            self.dispatcher.set_batch_size(model_id, model.batch_size)
 
     def _on_redis_reconnect(self) -> None:
         self.replica_recorder.resync()
         # A version removed and registered again while we were away looks unchanged.
         self.cache.forget_all()
 
-    def _on_app_removed(self, name: str) -> None:
-        self._app_metrics.pop(name, None)
-        self.metrics.remove_prefix(f"app:{name}:")
+    def _on_app_change(self, name: str, app: Optional[App]) -> None:
+        if app is not None:
+            self._app_metrics_of(name)
+        else:
+            self._app_metrics.pop(name, None)
+            self.metrics.remove_prefix(f"app:{name}:")
 
-    async def _tick_meters(self) -> None:
-        while True:
-            await asyncio.sleep(METER_TICK_SECONDS)
-            self.metrics.tick()
+    def _app_metrics_of(self, name: str) -> tuple:
+        metrics = self._app_metrics.get(name)
+        if metrics is None:
+            prefix = f"app:{name}:"
+            metrics = self._app_metrics[name] = (
+                self.metrics.histogram(prefix + "prediction_latency", "microseconds"),
+                self.metrics.meter(prefix + "prediction_throughput"),
+                self.metrics.counter(prefix + "num_predictions"),
+                self.metrics.ratio(prefix + "default_prediction_ratio"))
+        return metrics
 
-    def _on_batch(self, batch: Batch, latency: float) -> None:
-        model_id = batch.replica.model_id
+    def _model_metrics_of(self, model_id: ModelId) -> tuple:
         metrics = self._model_metrics.get(model_id)
         if metrics is None:
             prefix = "model:%s:%s:" % model_id
@@ -226,14 +238,29 @@ class QueryFrontend(http.Application):
                 self.metrics.counter(prefix + "num_predictions"),
                 self.metrics.meter(prefix + "prediction_throughput"),
                 self.metrics.histogram(prefix + "batch_size", "queries"),
-                self.metrics.histogram(prefix + "prediction_latency", "microseconds"))
-        predictions, throughput, batch_sizes, latencies = metrics
+                self.metrics.histogram(prefix + "prediction_latency", "microseconds"),
+                self.metrics.ratio(prefix + "cache_hit_ratio"))
+        return metrics
+
+    async def _tick_meters(self) -> None:
+        while True:
+            await asyncio.sleep(METER_TICK_SECONDS)
+            self.metrics.tick()
+
+    def _on_batch(self, batch: Batch, latency: float) -> None:
         size = len(batch.tasks)
         self._throughput.count += size
+        # How long the batch's oldest query waited for a replica (Clipper timed its RPC send
+        # queue; ours is the model's queue, since a batch is written as soon as it is made).
+        self._queueing_delay.observe(int((batch.sent_at - min(task.arrived for task in batch.tasks)) * 1e6))
+        metrics = self._model_metrics.get(batch.replica.model_id)
+        if metrics is None:
+            return          # a version no longer registered: its metrics went with it
+        predictions, throughput, batch_sizes, latencies, _cache_hit_ratio = metrics
         predictions.count += size
         throughput.count += size
         batch_sizes.observe(size)
-        latencies.observe(latency * 1e6)
+        latencies.observe(int(latency * 1e6))
 
     # ---- HTTP ----
     def handle(self, request: http.Request) -> http.Answer:
@@ -265,6 +292,10 @@ class QueryFrontend(http.Application):
     def _count_cache(self) -> None:
         self._cache_lookups.count = self.cache.lookups
         self._cache_hit_ratio.numerator, self._cache_hit_ratio.denominator = self.cache.hits, self.cache.lookups
+        for model_id, (lookups, hits) in self.cache.counts_by_model.items():
+            metrics = self._model_metrics.get(model_id)
+            if metrics is not None:
+                metrics[4].numerator, metrics[4].denominator = hits, lookups
 
     def describe(self, request: http.Request, _app_name=None) -> http.Response:
         return http.Response(200, self._description)
@@ -293,7 +324,7 @@ class QueryFrontend(http.Application):
         scheduled = self._schedule(model_id, parsed.inputs, started, app)
         if self.cache.enabled and all(type(outcome) is bytes for outcome in scheduled):
             self.cache.remember_body(app_name, request.body,
-                                     RememberedBody(generation, app, scheduled, parsed.is_batch))
+                                     RememberedBody(generation, app, model_id, scheduled, parsed.is_batch))
         return self._gather(app, scheduled, parsed.is_batch, started)
 
     async def _predict_later(self, request: http.Request, app_name: str, started: float,
@@ -419,16 +450,9 @@ class QueryFrontend(http.Application):
     def _record_app(self, app: App, started: float, finished: float, count: int, defaults: int) -> None:
         metrics = self._app_metrics.get(app.name)
         if metrics is None:
-            if self.follower.view.apps.get(app.name) is not app:
-                return          # removed while this query was answered: its metrics went with it
-            prefix = f"app:{app.name}:"
-            metrics = self._app_metrics[app.name] = (
-                self.metrics.histogram(prefix + "prediction_latency", "microseconds"),
-                self.metrics.meter(prefix + "prediction_throughput"),
-                self.metrics.counter(prefix + "num_predictions"),
-                self.metrics.ratio(prefix + "default_prediction_ratio"))
+            return          # removed while this query was answered: its metrics went with it
         latency, throughput, predictions, default_ratio = metrics
-        latency.observe((finished - started) * 1e6)
+        latency.observe(int((finished - started) * 1e6))     # whole microseconds, as Clipper's
         throughput.count += count
         predictions.count += count
         default_ratio.numerator += defaults
@@ -450,11 +474,14 @@ def _check_feedback(body: bytes, input_type: InputType) -> None:
     """Check an /update body: a JSON object, then uid, label and input, in that order. Its
     errors show /predict's schema, whose checks it reuses; ``update`` gives them its own."""
     document = load_json_object(body)
-    if type(document.get("uid")) is not int:
+    for key in ("uid", "label", "input"):
+        if key not in document:
+            raise SchemaError(f"JSON object does not have required key: {key}")
+    if type(document["uid"]) is not int:
         raise SchemaError("JSON key uid must be an integer")
-    if type(document.get("label")) not in (int, float):
+    if type(document["label"]) not in (int, float):
         raise SchemaError("JSON key label must be a number")
-    parse_predict_body(orjson.dumps({"input": document.get("input")}), input_type)
+    parse_predict_body(orjson.dumps({"input": document["input"]}), input_type)
 
 
 _STALE = object()     # the view may be behind: decide after a state barrier

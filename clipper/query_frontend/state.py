@@ -50,11 +50,11 @@ class StateFollower:
     """Loads the view, then applies every change Redis notifies, reconnecting as needed."""
 
     def __init__(self, store: Store, on_model_change: Callable[[ModelId, Optional[Model]], None],
-                 on_app_removed: Callable[[str], None], on_reconnect: Callable[[], None]):
+                 on_app_change: Callable[[str, Optional[App]], None], on_reconnect: Callable[[], None]):
         self.store = store
         self.view = ClusterView()
         self._on_model_change = on_model_change
-        self._on_app_removed = on_app_removed
+        self._on_app_change = on_app_change
         self._on_reconnect = on_reconnect
         self._pubsub = None
         self._pongs: List[asyncio.Future] = []
@@ -152,8 +152,9 @@ class StateFollower:
         old_models, old_apps = self.view.models, self.view.apps
         self.view = view
         self.generation += 1
-        for name in set(old_apps) - set(view.apps):
-            self._on_app_removed(name)
+        for name in set(old_apps) | set(view.apps):
+            if old_apps.get(name) != view.apps.get(name):
+                self._on_app_change(name, view.apps.get(name))
         for model_id in set(old_models) | set(view.models):
             if old_models.get(model_id) != view.models.get(model_id):
                 self._on_model_change(model_id, view.models.get(model_id))
@@ -164,12 +165,14 @@ class StateFollower:
         if db == schema.APPLICATION_DB:
             app = await self.store.get_app(key)
             if app:
-                view.apps[key] = app
                 view.links[key] = await self.store.linked_models(key)
+                if view.apps.get(key) != app:
+                    view.apps[key] = app
+                    self._on_app_change(key, app)
             else:
                 view.links.pop(key, None)
                 if view.apps.pop(key, None) is not None:
-                    self._on_app_removed(key)
+                    self._on_app_change(key, None)
         elif db == schema.APP_MODEL_LINKS_DB:
             view.links[key] = await self.store.linked_models(key)
         elif db == schema.METADATA_DB:

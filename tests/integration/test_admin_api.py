@@ -81,6 +81,23 @@ def test_applications(conn):
         conn.unregister_application("app-a")
 
 
+@pytest.mark.parametrize("headers", [
+    {"Content-Type": "text/plain"},      # a form or fetch() POST, sent cross-site without asking
+    {},                                  # fetch() of a Blob: no Content-Type at all
+    {"Content-Type": "application/json"},    # what a page gets after a DNS rebinding
+], ids=["text-plain", "no-content-type", "json"])
+def test_a_web_page_cannot_drive_the_management_api(conn, headers):
+    """Browsers send Origin with every POST; clipper_admin, curl and scripts do not."""
+    url = f"http://{conn.cm.get_admin_addr()}/admin/add_app"
+    body = b'{"name": "from-a-page", "input_type": "doubles", "default_output": "0", "latency_slo_micros": 1000}'
+    response = requests.post(url, data=body, timeout=5, headers={**headers, "Origin": "http://evil.example"})
+    assert response.status_code == 403 and "web pages" in response.text
+    assert "from-a-page" not in conn.get_all_apps()
+    response = requests.post(url, data=body, timeout=5, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    conn.unregister_application("from-a-page")
+
+
 def test_unregistered_app_stops_being_served_as_soon_as_redis_says_so(conn):
     """The query frontend hears of the deletion from Redis's notification, within moments
     (Clipper served a deleted app until its frontend restarted). A loaded machine can hand

@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from clipper_admin.deployers import python as python_deployer
-from helpers import predict, total
+from helpers import predict, prediction, total
 
 SLO_MICROS = 2_000_000
 
@@ -172,6 +172,53 @@ def test_metrics_report_clippers_shape(cluster):
     assert document == cluster.inspect_instance() or "counters" in cluster.inspect_instance()
 
 
+def metrics_by_name(conn) -> dict:
+    """{category: {metric name: figures}} of the query frontend's /metrics."""
+    return {category: {name: figures for entry in entries for name, figures in entry.items()}
+            for category, entries in conn.inspect_instance().items()}
+
+
+def test_metrics_are_reported_from_registration_at_zero(cluster):
+    """As Clipper's, an application's metrics are there from its registration and a model
+    version's from its deploy, at zero: a dashboard (or inspect_instance()["histograms"]) of
+    a cluster that has not served yet finds them."""
+    cluster.register_application("quiet-app", "doubles", "-1.0", 100000)
+    python_deployer.deploy_python_closure(cluster, "quiet-model", "1", "doubles", total)
+    try:
+        metrics = metrics_by_name(cluster)
+        assert metrics["counters"]["app:quiet-app:num_predictions"] == {"count": "0"}
+        assert metrics["counters"]["model:quiet-model:1:num_predictions"] == {"count": "0"}
+        assert metrics["ratio_counters"]["app:quiet-app:default_prediction_ratio"] == {"ratio": "nan"}
+        assert metrics["ratio_counters"]["model:quiet-model:1:cache_hit_ratio"] == {"ratio": "nan"}
+        assert {"app:quiet-app:prediction_throughput", "model:quiet-model:1:prediction_throughput"} \
+            <= set(metrics["meters"])
+        for name in ("app:quiet-app:prediction_latency", "model:quiet-model:1:prediction_latency",
+                     "model:quiet-model:1:batch_size", "internal:rpc_request_queueing_delay"):
+            assert name in metrics["histograms"], name
+        assert metrics["histograms"]["app:quiet-app:prediction_latency"]["size"] == "0"
+    finally:
+        cluster.unregister_application("quiet-app")
+        cluster.stop_models(["quiet-model"])
+
+
+def test_each_model_version_reports_its_cache_hit_ratio(cluster):
+    """Clipper's model:<name>:<version>:cache_hit_ratio: the first query of an input misses,
+    the same input again is answered from the prediction cache."""
+    python_deployer.create_endpoint(cluster, "cached-app", "doubles", total, slo_micros=SLO_MICROS)
+    try:
+        for _ in range(4):
+            assert prediction(cluster, "cached-app", {"input": [1.0, 2.0]})["output"] == 3.0
+        batch = prediction(cluster, "cached-app", {"input_batch": [[1.0, 2.0], [5.0]]})
+        assert [answer["output"] for answer in batch["batch_predictions"]] == [3.0, 5.0]
+        ratios = metrics_by_name(cluster)["ratio_counters"]
+        assert ratios["model:cached-app:1:cache_hit_ratio"] == {"ratio": "0.666667"}    # 4 of 6 inputs
+        queueing = metrics_by_name(cluster)["histograms"]["internal:rpc_request_queueing_delay"]
+        assert int(queueing["size"]) >= 2 and queueing["unit"] == "microseconds"
+    finally:
+        cluster.unregister_application("cached-app")
+        cluster.stop_models(["cached-app"])
+
+
 def test_a_removed_application_leaves_the_metrics(cluster):
     def app_metrics():
         document = requests.get(f"http://{cluster.get_query_addr()}/metrics", timeout=10).json()
@@ -192,8 +239,8 @@ def test_latencies_are_measured_in_microseconds_not_whole_milliseconds(cluster):
     document = requests.get(f"http://{cluster.get_query_addr()}/metrics", timeout=10).json()
     histograms = {k: v for entry in document["histograms"] for k, v in entry.items()}
     for name in ("app:doubles-app:prediction_latency", "model:doubles-app:1:prediction_latency"):
-        p50 = float(histograms[name]["p50"])
-        assert 0 < p50 < 1_000_000 and p50 % 1000 != 0, f"{name}: p50 {p50} us"
+        figures = [int(histograms[name][key]) for key in ("min", "p50", "max")]   # whole us, as Clipper's
+        assert 0 < figures[1] < 1_000_000 and any(figure % 1000 for figure in figures), f"{name}: {figures} us"
 
 
 def test_prometheus_endpoint_has_the_same_figures(cluster):

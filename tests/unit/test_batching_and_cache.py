@@ -50,6 +50,10 @@ def test_cache_shares_in_flight_and_keeps_only_successes():
     other.settle(b"not json")
     assert cache.lookup(("m", "1", b"other")) == b'"not json"'   # a string, as Clipper
     assert cache.lookup(("m", "2", b"input")) is None      # the version is part of the key
+    # Each version's lookups and hits, for its cache_hit_ratio: 3 of version 1's 6 lookups hit.
+    assert cache.counts_by_model == {("m", "1"): [6, 3], ("m", "2"): [1, 0]}
+    cache.forget_model(("m", "2"))
+    assert ("m", "2") not in cache.counts_by_model
 
 
 def test_cache_is_bounded_in_bytes_and_evicts_least_recently_used():
@@ -89,17 +93,18 @@ def test_a_forgotten_model_version_leaves_no_output_behind():
 def test_disabled_cache_stores_nothing():
     cache = PredictionCache(0)
     assert not cache.enabled and cache.lookup(("m", "1", b"x")) is None
-    cache.remember_body("app", b"{}", RememberedBody(1, None, [b"1"], False))
+    cache.remember_body("app", b"{}", RememberedBody(1, None, ("m", "1"), [b"1"], False))
     assert cache.lookup_body("app", b"{}", 1) is None
 
 
 def test_a_remembered_body_answers_only_its_app_in_its_generation_and_counts_as_hits():
     cache = PredictionCache(10_000)
     body = b'{"input": [1.0, 2.0]}'
-    cache.remember_body("app", body, RememberedBody(7, "the app", [b"3.0", b"4.0"], True))
+    cache.remember_body("app", body, RememberedBody(7, "the app", ("m", "1"), [b"3.0", b"4.0"], True))
     remembered = cache.lookup_body("app", body, 7)
     assert (remembered.app, remembered.outputs, remembered.is_batch) == ("the app", [b"3.0", b"4.0"], True)
     assert (cache.lookups, cache.hits) == (2, 2)             # one per input, as a parsed hit
+    assert cache.counts_by_model == {("m", "1"): [2, 2]}     # and for its model version
     assert cache.lookup_body("other-app", body, 7) is None   # the app is part of the key
     assert cache.lookup_body("app", body + b" ", 7) is None  # so is every byte of the body
     assert cache.lookup_body("app", body, 8) is None         # the cluster view changed
@@ -112,7 +117,7 @@ def test_remembered_bodies_share_the_bound_with_outputs():
     cost = len(body) + len(b"0") + len(b"1") + ENTRY_OVERHEAD     # body, output, bookkeeping
     cache = PredictionCache(2 * cost)
     for i in range(3):
-        cache.remember_body("app", body + b"%d" % i, RememberedBody(1, None, [b"1"], False))
+        cache.remember_body("app", body + b"%d" % i, RememberedBody(1, None, ("m", "1"), [b"1"], False))
     assert cache.size <= cache.capacity
     assert cache.lookup_body("app", body + b"0", 1) is None     # least recently used went
     assert cache.lookup_body("app", body + b"1", 1) is not None
