@@ -48,6 +48,21 @@ DEFAULT_BATCH_SIZE = -1
 CURRENT_VERSION_PREFIX = "CURRENT_MODEL_VERSION:"
 # Model names, versions and labels may not contain these: keys are split on them.
 GROUP_SEPARATORS = (",", ":")
+# A model name or version that replicas run under: a DNS-1123 label (63 characters at
+# most), as 0.4.1's client required. It names processes, log files, containers and images.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+# What the management API registers, as widely as Clipper's REST API did (0.4.1's own
+# register_model did not check names): such a model can be registered and linked, and its
+# replicas need a DNS-1123 name. Nothing that could be a path, a control character or space.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+
+
+def is_dns_label(value: str) -> bool:
+    return bool(_DNS_LABEL.match(value))
+
+
+def is_safe_name(value: str) -> bool:
+    return bool(_SAFE_NAME.match(value))
 
 
 @dataclass(frozen=True)

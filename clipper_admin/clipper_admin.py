@@ -35,7 +35,7 @@ def _check_name(kind, value):
             f"Invalid value: {value}: a model {kind} must be a valid DNS-1123 label. It must "
             "consist of lower case alphanumeric characters or '-', and must start and end with "
             "an alphanumeric character (regex used for validation is "
-            "'[a-z0-9]([-a-z0-9]*[a-z0-9])?\\Z')")
+            "'[a-z0-9]([-a-z0-9]*[a-z0-9])?\\Z'), 63 characters at most")
 
 
 def _gpus_if_asked(num_gpus, default):
@@ -462,6 +462,8 @@ class ClipperConnection(object):
             raise ClipperException(f"Cannot add container for non-registered model {name}:{version}")
         if info["container_name"] == CONTAINERLESS_MODEL_IMAGE:
             raise ClipperException(f"Cannot resize the replica set for containerless model {name}:{version}")
+        _check_name("name", name)         # registered through the REST API, it may be another
+        _check_name("version", version)
         self.cm.set_num_replicas(name, version, info["input_type"], info["container_name"], num_replicas,
                                  **_gpus_if_asked(num_gpus, None))
         self._wait_for_replicas(name, version, num_replicas)

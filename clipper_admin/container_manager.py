@@ -12,6 +12,7 @@ import re
 
 from clipper import launch as recipe
 from clipper.config import Config
+from clipper.redis_schema import is_dns_label
 from clipper.rpc import auth
 from clipper_admin.exceptions import ClipperException
 from clipper_admin.ports import require_free_ports
@@ -46,8 +47,6 @@ CLIPPER_FLUENTD_CONFIG_LABEL = "ai.clipper.fluentd.config"
 _MODEL_CONTAINER_LABEL_DELIMITER = "_"
 # The end of every backend's "no such cluster" error.
 START_HINT = "Start one with start_clipper() (`clipper start` on the command line)."
-# Model names and versions must be DNS-1123 labels (they name containers and processes).
-_NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 
 
 class ClusterAdapter(logging.LoggerAdapter):
@@ -86,7 +85,8 @@ def public_host_for(host):
 
 
 def is_valid_name(value) -> bool:
-    return bool(_NAME_PATTERN.match(str(value)))
+    """Model names and versions must be DNS-1123 labels (they name containers and processes)."""
+    return is_dns_label(str(value))
 
 
 # A cluster's name names its state directory (and containers, images and actors): never a

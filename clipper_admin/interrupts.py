@@ -25,11 +25,13 @@ def exit_cleanly_on_signals(what="Clipper"):
     """From now on, the first Ctrl-C, SIGTERM or SIGHUP says so and exits with status 0 by
     raising SystemExit where the script is, so its ``finally`` blocks (and a start that is
     under way) stop what was started. Any later one only asks to wait: the stop it would
-    otherwise cut short is what leaves processes behind."""
+    otherwise cut short is what leaves processes behind. A signal the script was started
+    to ignore stays ignored: ``nohup`` (SIGHUP) and a background job (SIGINT) keep running."""
     announced = []
+    handled = [each for each in STOP_SIGNALS if signal.getsignal(each) is not signal.SIG_IGN]
 
     def first(signum, _frame):
-        for each in STOP_SIGNALS:
+        for each in handled:
             signal.signal(each, later)
         if not announced:
             announced.append(signum)
@@ -47,7 +49,7 @@ def exit_cleanly_on_signals(what="Clipper"):
         # the import machinery, a __del__) has its exception printed and dropped there, and
         # the script would run on: deliver it again, to be raised where the script is.
         if isinstance(unraisable.exc_value, StopSignal):
-            for each in STOP_SIGNALS:
+            for each in handled:
                 signal.signal(each, first)
             # From another thread a moment later: sent now, it would land in this hook.
             again = threading.Timer(0.01, os.kill, (os.getpid(), unraisable.exc_value.signum))
@@ -57,7 +59,7 @@ def exit_cleanly_on_signals(what="Clipper"):
         previous(unraisable)
 
     sys.unraisablehook = deliver_again_if_dropped
-    for each in STOP_SIGNALS:
+    for each in handled:
         signal.signal(each, first)
 
 

@@ -21,12 +21,15 @@ def run_script(name, *args, timeout=120, python=sys.executable, env=None):
                           timeout=timeout, env=env)
 
 
-def start_script(name, *args):
-    # A shell that starts the tests in the background makes them ignore SIGINT, and Python
-    # then installs no Ctrl-C handler: give the script the terminal's default back.
+def start_script(name, *args, ignored=()):
+    """The script as a terminal runs it. A shell that starts the tests in the background (or
+    nohup) makes them ignore SIGINT (or SIGHUP), and the script keeps what it is started
+    with: give it the terminal's defaults back, but for the signals in ``ignored``."""
+    def as_from_a_terminal():
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN if signum in ignored else signal.SIG_DFL)
     return subprocess.Popen([sys.executable, name, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
 
 
 def wait_for_predictions(process, count, timeout=120):

@@ -8,7 +8,7 @@ also holds .start.lock, held by a start or a recovery of any cluster until it se
   replicas.json    the wanted model replicas, written by clients, applied on SIGHUP
   supervisor.lock  held by the one running supervisor
   stopping         present while the cluster is being stopped: nothing may replace its supervisor
-  logs/ redis/ models/
+  logs/ redis/ models/ pythonpath/ (a link to the clipper package, for replicas)
 Processes are identified by pid *and* start time, so a recycled pid is never signalled.
 Every process of a cluster (the supervisor and its watchdog too) has CLIPPER_CLUSTER_DIR in
 its environment, which finds them all even when the directory is gone.
@@ -36,6 +36,7 @@ LOCK_FILE = "lock"
 SUPERVISOR_LOCK_FILE = "supervisor.lock"
 START_LOCK_FILE = ".start.lock"       # in the state directory: held by a cluster's start
 STOPPING_FILE = "stopping"
+PACKAGE_PATH_DIR = "pythonpath"       # the clipper package alone, for replicas in other interpreters
 MARKER_ENV = "CLIPPER_CLUSTER_DIR"
 REDIS_SOCKET_FILE = "redis.sock"
 GONE_POLL_SECONDS = 0.005     # how often a stop looks whether its processes are gone
@@ -56,6 +57,8 @@ def start_lock() -> Iterator[None]:
     the leftovers of a crash, and a start on the ports of one still starting finds them taken.
     One lock for every cluster: starts take seconds, and different names may share ports."""
     base = base_dir()
+    if base.exists() and not base.is_dir():
+        raise NotADirectoryError(f"the state directory {base} (CLIPPER_STATE_DIR) is not a directory")
     base.mkdir(parents=True, exist_ok=True)
     with open(base / START_LOCK_FILE, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -65,7 +68,7 @@ def start_lock() -> Iterator[None]:
 def read_json(path: Path, default=None):
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, NotADirectoryError, ValueError):
         return default
 
 
@@ -116,6 +119,25 @@ class ClusterDir:
 
     def exists(self) -> bool:
         return (self.path / CLUSTER_FILE).exists()
+
+    def not_ours(self) -> Optional[str]:
+        """Why this path is not a cluster's own state directory, or None (it is one, or
+        nothing is there): a start or a stop deletes what is there, so a place the user
+        made (a folder of the same name in a shared CLIPPER_STATE_DIR) is never taken."""
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            return f"is in {self.path.parent}, which is not a directory (CLIPPER_STATE_DIR?)"
+        if self.path.is_symlink():
+            return "is a symbolic link"
+        if not self.path.exists():
+            return None
+        if not self.path.is_dir():
+            return "is not a directory"
+        if self.exists():
+            return None
+        foreign = sorted(entry.name for entry in self.path.iterdir() if not _is_cluster_entry(entry.name))
+        if foreign:
+            return f"holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}, which no cluster writes"
+        return None
 
     def create(self, settings: dict) -> None:
         for directory in (self.path, self.logs, self.path / "redis", self.path / "models"):
@@ -197,6 +219,18 @@ class ClusterDir:
         except FileNotFoundError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+_CLUSTER_ENTRIES = frozenset((CLUSTER_FILE, SUPERVISOR_FILE, PROCESSES_FILE, REPLICAS_FILE, LOCK_FILE,
+                              SUPERVISOR_LOCK_FILE, STOPPING_FILE, REDIS_SOCKET_FILE, PACKAGE_PATH_DIR,
+                              "logs", "redis", "models"))
+
+
+def _is_cluster_entry(name: str) -> bool:
+    """What a cluster's directory holds, before its cluster.json too (a start that died
+    early): its files, its RPC sockets and write_json's temporary files."""
+    return (name in _CLUSTER_ENTRIES or (name.startswith("rpc-") and name.endswith(".sock"))
+            or (name.startswith(".") and name.endswith(".tmp")))
 
 
 def clusters() -> List[ClusterDir]:

@@ -32,6 +32,7 @@ from clipper.cluster.gpus import device_environment, pick_devices
 from clipper.cluster.cluster_dir import FROZEN_SECONDS, MARKER_ENV, ClusterDir, FreezeWatch, ProcessRecord
 from clipper.config import MANAGEMENT_FRONTEND, MODEL_CONTAINER, QUERY_FRONTEND, REDIS, Config
 from clipper.launch import Launch
+from clipper.redis_schema import is_dns_label
 from clipper.signal_wakeup import SignalWakeup
 
 log = logging.getLogger("clipper.supervisor")
@@ -123,12 +124,27 @@ class Supervisor:
         self._next_freeze_check = 0.0
 
     # ---- process management ----
-    def _env(self, extra: Dict[str, str]) -> Dict[str, str]:
+    def _env(self, extra: Dict[str, str], import_path: str = PROJECT_ROOT) -> Dict[str, str]:
+        """The environment of a child that imports ``clipper`` from ``import_path``."""
         env = {key: value for key, value in os.environ.items() if not key.startswith("CLIPPER_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [PROJECT_ROOT, env.get("PYTHONPATH")]))
+        theirs = [path for path in env.get("PYTHONPATH", "").split(os.pathsep) if path and path != PROJECT_ROOT]
+        env["PYTHONPATH"] = os.pathsep.join([import_path, *theirs])
         env[MARKER_ENV] = str(self.cluster.path)
         env.update(extra)
         return env
+
+    def _package_only_path(self) -> str:
+        """A directory that holds the ``clipper`` package alone, for replicas: they run in the
+        deploying client's interpreter, maybe another Python, which must import its own
+        numpy and pyzmq, not those beside our package (PROJECT_ROOT is site-packages when
+        the project is installed with pip)."""
+        directory = self.cluster.path / cluster_dir.PACKAGE_PATH_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
+        link = directory / "clipper"
+        if not link.is_symlink() or os.readlink(link) != os.path.join(PROJECT_ROOT, "clipper"):
+            link.unlink(missing_ok=True)
+            link.symlink_to(os.path.join(PROJECT_ROOT, "clipper"), target_is_directory=True)
+        return str(directory)
 
     def _start(self, child: Child) -> None:
         child.started_at = time.monotonic()
@@ -141,8 +157,9 @@ class Supervisor:
                 child.process = subprocess.Popen(
                     child.command, env=child.env, stdin=subprocess.DEVNULL, stdout=log_file,
                     stderr=subprocess.STDOUT, cwd=str(self.cluster.path))
-            except OSError as error:      # e.g. the model's interpreter is gone: retry later
+            except (OSError, ValueError) as error:    # the model's interpreter is gone: retry later
                 log_file.write(f"cannot start {child.command[0]}: {error}\n".encode())
+                log.error("cannot start %s: %s", child.name, error)
                 child.failures += 1
                 child.restart_at = child.started_at + MAX_RESTART_DELAY
                 return
@@ -151,7 +168,7 @@ class Supervisor:
     def _log_file(self, name: str):
         try:
             return open(self.cluster.logs / f"{name}.log", "ab")
-        except OSError:                   # the state directory was deleted: keep running
+        except (OSError, ValueError):     # the state directory was deleted: keep running
             return open(os.devnull, "wb")
 
     def _stop(self, children: List[Child]) -> None:
@@ -172,8 +189,9 @@ class Supervisor:
 
     def _child(self, launch: Launch, name: str = "", python: str = sys.executable,
                details: Optional[Dict[str, object]] = None) -> Child:
-        return Child(name or launch.process_name, launch.role, launch.argv(python), self._env(launch.env),
-                     launch.stop_grace, details or {})
+        import_path = self._package_only_path() if launch.role == MODEL_CONTAINER else PROJECT_ROOT
+        return Child(name or launch.process_name, launch.role, launch.argv(python),
+                     self._env(launch.env, import_path), launch.stop_grace, details or {})
 
     @staticmethod
     def _replica_name(model: dict, index: int) -> str:
@@ -254,7 +272,10 @@ class Supervisor:
             while not self._stopping:
                 if self._reload:
                     self._reload = False
-                    self._apply_wanted_replicas()
+                    try:
+                        self._apply_wanted_replicas()
+                    except Exception:     # a file clients write: the cluster serves on, as it was
+                        log.exception("could not apply the wanted replicas")
                     self._stop_unclaimed()
                 self._kill_frozen()
                 self._restart_exited()
@@ -366,6 +387,9 @@ def wanted_entry_problem(model: dict) -> Optional[str]:
     for key in ("name", "version", "input_type", "model_dir", "python"):
         if type(model.get(key)) is not str:
             return f"its {key} is {model.get(key)!r}, not a string"
+    for key in ("name", "version"):     # they name the replicas' processes and log files
+        if not is_dns_label(model[key]):
+            return f"its {key} {model[key]!r} is not a DNS-1123 label"
     for key, least in (("count", 0), ("gpus", 0)):
         value = model.get(key, 0)
         if type(value) is not int or value < least:

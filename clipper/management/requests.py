@@ -5,7 +5,7 @@ import orjson
 
 from clipper.datatypes import InputType
 from clipper.errors import RequestError
-from clipper.redis_schema import GROUP_SEPARATORS
+from clipper.redis_schema import GROUP_SEPARATORS, is_safe_name
 from clipper.rest.inputs import json_type_name
 
 # Schema texts quoted in error messages, as Clipper's management frontend prints them.
@@ -151,3 +151,13 @@ def check_group_string(value: str, what: str) -> None:
     if any(separator in value for separator in GROUP_SEPARATORS) or not value:
         raise RequestError(f"Invalid {what} supplied: {value}. Contains one of: ',', ':'"
                            if value else f"Invalid {what} supplied: it is empty")
+
+
+def check_model_name(value: str, what: str) -> None:
+    """A model name or version: Clipper's rule (check_group_string), then no character that
+    could make it a path, a control character or a space where it names files and processes."""
+    check_group_string(value, what)
+    if not is_safe_name(value):
+        raise RequestError(f"Invalid {what} supplied: {value!r}. Use letters, digits, '-', '_' "
+                           "and '.', starting with a letter or digit (to deploy it with "
+                           "clipper_admin: a DNS-1123 label, such as my-model)")

@@ -22,7 +22,7 @@ from clipper.datatypes import InputType
 from clipper.errors import RequestError, Unavailable
 from clipper.management.requests import (
     APP_NAME_SCHEMA, APP_SCHEMA, CONTAINER_SCHEMA, LINKS_SCHEMA, MODEL_SCHEMA, NAME_SCHEMA,
-    STATE_SCHEMA, VERBOSE_SCHEMA, VERSIONED_MODEL_SCHEMA, Body, check_group_string)
+    STATE_SCHEMA, VERBOSE_SCHEMA, VERSIONED_MODEL_SCHEMA, Body, check_group_string, check_model_name)
 from clipper.redis_schema import App, Model
 from clipper.request_body import read_json_body
 from clipper.store import NOTHING_CHANGED, REDIS_ERRORS, Store
@@ -234,8 +234,8 @@ class ManagementAPI:
         batch_size = body.integer("batch_size")
         if batch_size <= 0 and batch_size != schema.DEFAULT_BATCH_SIZE:
             raise RequestError("The batch size must be positive or DEFAULT_BATCH_SIZE, which is -1")
-        check_group_string(name, "model name")
-        check_group_string(version, "model version")
+        check_model_name(name, "model name")
+        check_model_name(version, "model version")
         for label in labels:
             check_group_string(label, "label")
         model = Model(name, version, input_type.canonical_name, tuple(labels), container_name,

@@ -86,6 +86,7 @@ class LocalContainerManager(ContainerManager):
                     f"num_frontend_replicas={num_frontend_replicas} contradicts "
                     f"LocalContainerManager(query_workers={self.query_workers}): give one of them")
             self.query_workers = num_frontend_replicas
+        refuse_foreign(self.cluster)             # before the state directory is made
         with cluster_dir.start_lock():
             if self.cluster.is_running():
                 raise ClipperException(
@@ -313,13 +314,25 @@ class LocalContainerManager(ContainerManager):
 
 
 
+def refuse_foreign(cluster: ClusterDir):
+    """ClipperException if the cluster's path is not a cluster's own (cluster_dir.not_ours)."""
+    problem = cluster.not_ours()
+    if problem:
+        raise ClipperException(
+            f"{cluster.path} {problem}: it is not the state of a Clipper cluster, so nothing there "
+            "was touched. Use another cluster_name, or set CLIPPER_STATE_DIR to a directory of "
+            "Clipper's own (the default is ~/.clipper)")
+
+
 def stop_cluster(cluster: ClusterDir, graceful=True):
     """Stop every process of a local cluster and remove its state; how many processes ran.
 
     Its processes are found by their marker as well as in its records, so a lost directory
     hides none. The supervisor and its watchdog go first (the supervisor stops the others in
     order), so that nothing is restarted meanwhile. If any process survives, the state is
-    kept and ClipperException says which."""
+    kept and ClipperException says which. A path that is not a cluster's (cluster_dir.not_ours)
+    is left as it is, and ClipperException says why."""
+    refuse_foreign(cluster)
     cluster.mark_stopping()                  # a watchdog must not replace the stopped supervisor
     found = cluster_dir.cluster_processes(cluster)
     keepers = [process for process in found if cluster_dir.is_keeper(process)]

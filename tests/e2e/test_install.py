@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from scripts import RESPONSE_LINE, ROOT, assert_nothing_left, skip_if_offline, venv_with_requirements
+from scripts import (RESPONSE_LINE, ROOT, assert_nothing_left, pyenv_python, skip_if_offline,
+                     venv_with_requirements)
 
 PORTS = ["--query-port=21337", "--management-port=21338", "--rpc-port=27000", "--metric-port=21390"]
 
@@ -54,4 +55,36 @@ def test_clipper_command_starts_reports_and_stops_a_cluster(installed, tmp_path,
     missing = run([clipper, "status", "--cluster-name=cli"], tmp_path)
     assert missing.returncode == 1 and "No running Clipper cluster named 'cli'" in missing.stderr
     assert "`clipper start` on the command line" in missing.stderr
+    assert_nothing_left(clipper_state_dir)
+
+
+DEPLOY_FROM_ANOTHER_PYTHON = """
+import requests
+from clipper_admin import ClipperConnection, LocalContainerManager
+from clipper_admin.deployers import python as python_deployer
+conn = ClipperConnection(LocalContainerManager(cluster_name="cross"))
+conn.connect()
+python_deployer.create_endpoint(conn, "cross", "doubles", lambda xs: [str(sum(x)) for x in xs])
+print(requests.post("http://" + conn.get_query_addr() + "/cross/predict", json={"input": [1.0, 2.5]}).text)
+"""
+
+
+def test_a_model_deployed_from_another_python_runs_on_an_installed_cluster(installed, tmp_path, clipper_state_dir):
+    """The replica runs in the deploying interpreter; installed, our package sits in a
+    site-packages whose numpy and pyzmq are built for the cluster's Python, and must not
+    reach it (they did: the replica of a 3.9 client died on 3.11's pyzmq)."""
+    other = pyenv_python("3.9")
+    if other is None:
+        pytest.skip("no Python 3.9 here (pyenv)")
+    client = venv_with_requirements(other)
+    clipper = str(installed.parent / "clipper")
+    started = run([clipper, "start", "--cluster-name=cross", *PORTS], tmp_path)
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        deployed = subprocess.run([str(client), "-c", DEPLOY_FROM_ANOTHER_PYTHON], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=180)
+        assert deployed.returncode == 0, deployed.stderr[-3000:]
+        assert '"output":3.5,"default":false' in deployed.stdout
+    finally:
+        run([clipper, "stop", "--cluster-name=cross"], tmp_path)
     assert_nothing_left(clipper_state_dir)

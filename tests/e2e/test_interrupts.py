@@ -47,6 +47,18 @@ def handles_sigterm(pid):
     return bool(caught & (1 << (signal.SIGTERM - 1)))
 
 
+def test_under_nohup_a_closed_terminal_does_not_stop_it(clipper_state_dir):
+    """nohup starts the script ignoring SIGHUP, to outlive its terminal: that stays so."""
+    process = start_script("basicQuery.py", ignored=(signal.SIGHUP,))
+    wait_for_predictions(process, 2)
+    process.send_signal(signal.SIGHUP)
+    wait_for_predictions(process, 3)          # still predicting
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = finish(process)
+    assert_stopped_cleanly(process, stdout, stderr, clipper_state_dir)
+    assert "SIGHUP" not in stdout + stderr
+
+
 def test_ctrl_c_while_importing(clipper_state_dir):
     process = start_script("basicQuery.py")
     deadline = time.monotonic() + 30

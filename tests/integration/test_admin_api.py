@@ -147,10 +147,32 @@ def test_containerless_model_links_and_their_checks(conn):
         conn.register_model("other", "a:b", "doubles")
 
 
-@pytest.mark.parametrize("name, version", [("Upper", 1), ("has_underscore", 1), ("ok", "1.0"), ("-x", 1)])
+@pytest.mark.parametrize("name, version", [("Upper", 1), ("has_underscore", 1), ("ok", "1.0"), ("-x", 1),
+                                           ("x" * 64, 1), ("ok", "1" * 64)])
 def test_model_names_must_be_dns_labels(conn, name, version):
     with pytest.raises(ClipperException, match="DNS-1123"):
         python_deployer.deploy_python_closure(conn, name, version, "doubles", version_one)
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "a/b", "..", "a b", "line\nbreak", "\u00e9t\u00e9"])
+def test_the_server_registers_no_model_name_that_could_be_a_path_or_hold_control_characters(conn, name):
+    """Clipper's REST API took any name without ',' or ':'; one with a NUL byte, given replicas,
+    stopped a whole cluster here. The REST API stays as wide as Clipper's otherwise."""
+    url = f"http://{conn.cm.get_admin_addr()}/admin/add_model"
+    model = {"model_version": "1", "labels": [], "input_type": "doubles", "container_name": "img",
+             "model_data_path": "/tmp", "batch_size": -1}
+    response = requests.post(url, json={**model, "model_name": name}, timeout=5)
+    assert response.status_code == 400 and "Use letters, digits" in response.text
+    response = requests.post(url, json={**model, "model_name": "m", "model_version": name}, timeout=5)
+    assert response.status_code == 400 and "Invalid model version" in response.text
+    assert all(not m.startswith(("a", "m:")) for m in conn.get_all_models())
+
+
+def test_a_model_registered_under_a_rest_name_is_served_no_replica_without_a_dns_name(conn, tmp_path):
+    conn.register_model("Rest_Model", "v1.0", "doubles", image="some-image")   # 0.4.1 did not check
+    assert "Rest_Model:v1.0" in conn.get_all_models()
+    with pytest.raises(ClipperException, match="DNS-1123"):
+        conn.set_num_replicas("Rest_Model", 1, version="v1.0")
 
 
 def test_versions_deploy_roll_back_and_pin(conn):
@@ -262,7 +284,8 @@ def test_a_replica_count_that_is_not_a_whole_number_is_refused_at_once(conn, cou
     assert predict(conn, "counted", {"input": [0.0]}).json()["output"] == 1
 
 
-@pytest.mark.parametrize("field, value", [("count", "2"), ("gpus", "1"), ("model_dir", None)])
+@pytest.mark.parametrize("field, value", [("count", "2"), ("gpus", "1"), ("model_dir", None),
+                                          ("name", "a\x00b"), ("version", "../../x")])
 def test_a_bad_entry_in_the_wanted_replicas_does_not_stop_the_cluster(conn, field, value):
     """Written by something other than our client, which checks it: the supervisor leaves that
     model's replicas as they are and keeps the cluster up."""

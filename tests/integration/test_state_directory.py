@@ -1,0 +1,53 @@
+"""The state directory is the cluster's: a start or a stop, which delete what is there, never
+take a place the user made under CLIPPER_STATE_DIR (a shared one, or a name that clashes)."""
+import pytest
+
+from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
+
+
+@pytest.fixture
+def state_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPPER_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    return tmp_path / "state"
+
+
+def connection(name="clash"):
+    return ClipperConnection(LocalContainerManager(
+        cluster_name=name, clipper_query_port=21337, clipper_management_port=21338,
+        clipper_rpc_port=27000, clipper_metric_port=21390))
+
+
+def test_a_folder_of_the_users_with_the_clusters_name_is_never_deleted(state_dir):
+    thesis = state_dir / "clash" / "thesis" / "chapter1.tex"
+    thesis.parent.mkdir(parents=True)
+    thesis.write_text("months of work")
+    for call in (lambda conn: conn.start_clipper(), lambda conn: conn.stop_all()):
+        with pytest.raises(ClipperException, match=r"clash holds thesis, which no cluster writes: "
+                                                   r"it is not the state of a Clipper cluster"):
+            call(connection())
+    assert thesis.read_text() == "months of work"
+    assert sorted(p.name for p in (state_dir / "clash").iterdir()) == ["thesis"]   # nothing added
+
+
+def test_a_symbolic_link_in_place_of_the_cluster_is_not_followed(state_dir, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    (state_dir / "clash").symlink_to(elsewhere)
+    with pytest.raises(ClipperException, match="is a symbolic link"):
+        connection().start_clipper()
+    with pytest.raises(ClipperException, match="is a symbolic link"):
+        connection().stop_all()
+    assert list(elsewhere.iterdir()) == [] and elsewhere.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_file_in_place_of_the_cluster_or_of_the_state_directory_is_a_clear_error(state_dir, monkeypatch):
+    (state_dir / "clash").write_text("not a directory")
+    with pytest.raises(ClipperException, match="clash is not a directory"):
+        connection().start_clipper()
+    with pytest.raises(ClipperException, match="clash is not a directory"):
+        connection().stop_all()
+    monkeypatch.setenv("CLIPPER_STATE_DIR", str(state_dir / "clash"))
+    with pytest.raises(ClipperException, match="which is not a directory"):
+        connection("any").start_clipper()
+    assert (state_dir / "clash").read_text() == "not a directory"
