@@ -80,8 +80,10 @@ class Config:
     input_type: str = setting("doubles", MODEL_CONTAINER)
     ip: str = setting(DEFAULT_HOST, MODEL_CONTAINER)      # the query frontend's RPC address
     port: int = setting(RPC_PORT, MODEL_CONTAINER)
-    # local backend: the supervisor's state directory
+    # local backend: the supervisor's state directory, and the size past which it starts each
+    # process's log afresh (keeping the previous one as <log>.1), bytes
     cluster_dir: str = setting("")
+    max_log_size: int = setting(64 * 1024 * 1024)
 
     @classmethod
     def load(cls, argv: Optional[Sequence[str]] = None,

@@ -7,6 +7,7 @@ again on the new state. This is WATCH/MULTI's optimistic transaction, done in a 
 because WATCH cannot span Clipper's several databases. When Redis fails while a write is on
 its way, the store finds out whether it was applied, and raises ``Unavailable`` saying which.
 """
+import asyncio
 import json
 import logging
 import secrets
@@ -80,6 +81,7 @@ class Store:
         tokens = self._db[schema.WRITE_TOKEN_DB]
         self._write_if_unchanged = tokens.register_script(WRITE_IF_UNCHANGED)
         self._settle_write = tokens.register_script(SETTLE_WRITE)
+        self._write_turn: Optional[asyncio.Lock] = None     # made in the loop (Python 3.9 binds it)
 
     def client(self, db: int) -> aioredis.Redis:
         return self._db[db]
@@ -94,7 +96,15 @@ class Store:
 
     # ---- atomic changes ----
     async def update(self, plan: Plan) -> None:
-        """Apply the writes ``plan`` returns as if nothing else changed the state meanwhile."""
+        """Apply the writes ``plan`` returns as if nothing else changed the state meanwhile.
+        This process's writes take turns (first come, first served): they retry only when
+        another process wrote meanwhile, so many operators at once all get through."""
+        if self._write_turn is None:
+            self._write_turn = asyncio.Lock()
+        async with self._write_turn:
+            await self._update(plan)
+
+    async def _update(self, plan: Plan) -> None:
         for _ in range(MAX_ATTEMPTS):
             seen = await self._db[schema.WRITE_TOKEN_DB].get(schema.WRITE_TOKEN_KEY) or ""
             writes = await plan()
@@ -155,8 +165,12 @@ class Store:
 
     async def apps_linked_to(self, model_name: str) -> List[str]:
         links = self._db[schema.APP_MODEL_LINKS_DB]
-        return [app for app in sorted(await links.keys("*"))
-                if await links.sismember(schema.links_key(app), model_name)]
+        apps = sorted(await links.keys("*"))
+        async with links.pipeline(transaction=False) as pipe:      # one round trip, not one per app
+            for app in apps:
+                pipe.sismember(schema.links_key(app), model_name)
+            linked = await pipe.execute()
+        return [app for app, is_linked in zip(apps, linked) if is_linked]
 
     # ---- models ----
     async def get_model(self, name: str, version: str) -> Optional[Model]:

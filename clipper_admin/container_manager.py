@@ -168,7 +168,9 @@ class ContainerManager(abc.ABC):
                       metrics_port=self.clipper_metric_port, redis_url=redis_url,
                       cache_size=cache_size, body_timeout=float(body_timeout),
                       admin_token=self.admin_token, **{limit: getattr(self, limit) for limit in SERVING_LIMITS},
-                      query_workers=self.query_workers, **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token))
+                      query_workers=self.query_workers, **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token),
+                      **({"max_log_size": int(os.environ["CLIPPER_MAX_LOG_SIZE"])}
+                         if "CLIPPER_MAX_LOG_SIZE" in os.environ else {}))
 
     def _require_free_ports(self, listen_host, extra=()):
         require_free_ports(listen_host, [*self.serving_ports(), *extra], taken_error=self.port_taken_error)

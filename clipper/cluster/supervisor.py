@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +48,7 @@ WATCHDOG_STOP_GRACE = 1.0
 STRAY_STOP_GRACE = 2.0
 STOP_POLL_SECONDS = 0.005
 FREEZE_CHECK_SECONDS = 1.0
+LOG_CHECK_SECONDS = 1.0       # how often the logs' sizes are looked at (Config.max_log_size)
 
 
 class Adopted:
@@ -122,6 +124,7 @@ class Supervisor:
         self._last_written = None
         self._adopted: Dict[str, Adopted] = {}       # by child name, until a slot claims them
         self._next_freeze_check = 0.0
+        self._next_log_check = 0.0
 
     # ---- process management ----
     def _env(self, extra: Dict[str, str], import_path: str = PROJECT_ROOT) -> Dict[str, str]:
@@ -278,6 +281,7 @@ class Supervisor:
                         log.exception("could not apply the wanted replicas")
                     self._stop_unclaimed()
                 self._kill_frozen()
+                self._cap_logs()
                 self._restart_exited()
                 self._write_processes()
                 wakeup.sleep(LOOP_SECONDS)
@@ -342,6 +346,30 @@ class Supervisor:
             if stopped >= FROZEN_SECONDS:
                 log.warning("%s has been stopped for %.0f s; killing it", child.name, stopped)
                 child.process.kill()
+
+    def _cap_logs(self) -> None:
+        """Start a log afresh once it passes max_log_size, keeping the previous as <log>.1:
+        a model that prints, or fails, on every query must not fill the disk (Redis's
+        append-only file is on it too). Its writers keep their file: they append (O_APPEND),
+        so after the truncation they write from its start."""
+        now = time.monotonic()
+        if now < self._next_log_check:
+            return
+        self._next_log_check = now + LOG_CHECK_SECONDS
+        try:
+            logs = [(path, path.stat().st_size) for path in self.cluster.logs.glob("*.log")]
+        except OSError:                   # the state directory was deleted: keep serving
+            return
+        for path, size in logs:
+            if size > self.config.max_log_size:
+                try:
+                    shutil.copyfile(path, path.with_name(path.name + ".1"))
+                    os.truncate(path, 0)
+                except OSError as error:
+                    log.warning("could not start %s afresh: %s", path.name, error)
+                    continue
+                log.info("%s passed %d bytes: started afresh, the previous kept as %s.1",
+                         path.name, self.config.max_log_size, path.name)
 
     def _restart_exited(self) -> None:
         now = time.monotonic()

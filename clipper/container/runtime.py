@@ -20,11 +20,16 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import zmq
 
 from clipper.datatypes import InputType
+from clipper.log_limit import LogRateLimit
 from clipper.rpc import auth, codec, stream
 from clipper.rpc.sockets import has_message, receive_frames, send_frames
 from clipper.signal_wakeup import SignalWakeup
 
 log = logging.getLogger("clipper.container")
+# The model's failures: any client can make a model fail on every query, and a traceback per
+# batch filled the log at 0.5 MB/s.
+model_log = logging.getLogger("clipper.container.model")
+model_log.addFilter(LogRateLimit(5, 10.0, "the model's failures"))
 
 # An idle connection heartbeats this often, so a restarted frontend finds the replica quickly.
 HEARTBEAT_SECONDS = 1.0
@@ -35,6 +40,8 @@ UNIX_SCHEME = "unix://"         # an address of a Unix socket link (StreamLink)
 # come a moment after their answers, and would otherwise alternate with it, call by call.
 MERGE_WAIT_SHARE = 0.1
 MERGE_WAIT_MAX_SECONDS = 0.002
+# The longest error text a client gets for a model's failure (the rest is in the log).
+MAX_ERROR_CHARACTERS = 4000
 # Without any message from the frontend for this long, start a new session (as Clipper does).
 SESSION_TIMEOUT_SECONDS = 30.0
 
@@ -355,7 +362,7 @@ class ContainerRuntime:
             if len(outputs) != len(inputs):
                 raise ValueError(f"the model returned {len(outputs)} outputs for {len(inputs)} inputs")
         except Exception as error:  # the model's fault: report it, keep serving
-            log.error("the model raised on a batch of %d:\n%s", len(inputs), traceback.format_exc())
+            model_log.error("the model raised on a batch of %d:\n%s", len(inputs), traceback.format_exc())
             return _errors(len(inputs), f"{type(error).__name__}: {error}")
         limit = self.max_output_size
         if limit > 0 and outputs and max(map(len, outputs)) > limit:      # one C-level pass
@@ -380,6 +387,8 @@ def _poll(poller: zmq.Poller, seconds: float) -> dict:
 
 
 def _errors(count: int, message: str) -> List[bytes]:
+    if len(message) > MAX_ERROR_CHARACTERS:     # else it could pass max_output_size: no answer at all
+        message = f"{message[:MAX_ERROR_CHARACTERS]}... ({len(message)} characters in all)"
     return [codec.ERROR_OUTPUT_PREFIX + message.encode("utf-8", "replace")] * count
 
 

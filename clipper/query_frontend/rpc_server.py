@@ -13,10 +13,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import os
 import socket
-import time
 from collections import defaultdict
 from typing import Callable, Dict, Hashable, List, Optional, Set
 
@@ -26,6 +24,7 @@ from zmq.utils.monitor import parse_monitor_message
 from clipper.query_frontend.dispatch import Batch, BatchSizer, Dispatcher, Replica
 from clipper.config import Config
 from clipper.errors import RequestError
+from clipper.log_limit import LogRateLimit
 from clipper.management.requests import check_group_string
 from clipper.redis_schema import Container
 from clipper.rpc import auth, codec, stream
@@ -341,32 +340,9 @@ def _unix_listener(path: str) -> socket.socket:
     return listener
 
 
-class LogRateLimit(logging.Filter):
-    """Lets at most ``lines`` records through per ``seconds``. What this logger says is about
-    RPC peers, whom anyone on an open port can make it say: a peer sending malformed messages
-    as fast as it can wrote 10 MB of log a second. The first line after some were left out
-    says how many."""
-
-    def __init__(self, lines: int = LOG_LINES_PER_WINDOW, seconds: float = LOG_WINDOW_SECONDS):
-        super().__init__()
-        self.lines, self.seconds = lines, seconds
-        self._window_start, self._passed, self._left_out = -math.inf, 0, 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        if now - self._window_start >= self.seconds:
-            self._window_start, self._passed = now, 0
-        if self._passed >= self.lines:
-            self._left_out += 1
-            return False
-        self._passed += 1
-        if self._left_out:
-            record.msg = f"({self._left_out} lines about RPC peers left out before this one) {record.msg}"
-            self._left_out = 0
-        return True
-
-
-log.addFilter(LogRateLimit())
+# What this logger says is about RPC peers, whom anyone on an open port can make it say: a
+# peer sending malformed messages as fast as it can wrote 10 MB of log a second.
+log.addFilter(LogRateLimit(LOG_LINES_PER_WINDOW, LOG_WINDOW_SECONDS, "RPC peers"))
 
 
 def _receive_waiting(socket: zmq.Socket, handle: Callable[[List[bytes]], None]) -> bool:

@@ -14,7 +14,8 @@ from clipper.config import Config
 from clipper.datatypes import InputType
 from clipper.container.runtime import RECONNECT_MILLIS, ContainerRuntime
 from clipper.query_frontend.dispatch import Dispatcher, Task
-from clipper.query_frontend.rpc_server import LIVENESS_CHECK_PERIOD, LogRateLimit, RpcServer
+from clipper.log_limit import LogRateLimit
+from clipper.query_frontend.rpc_server import LIVENESS_CHECK_PERIOD, RpcServer
 from clipper.rpc import codec, stream
 from clipper.rpc.sockets import shut_down_connection
 from helpers import wait_for
@@ -89,7 +90,7 @@ def test_peers_registering_under_ever_new_names_leave_nothing_behind():
 
 
 def test_the_log_says_a_few_lines_per_window_then_how_many_it_left_out():
-    limit = LogRateLimit(lines=3, seconds=0.2)
+    limit = LogRateLimit(lines=3, seconds=0.2, about="RPC peers")
     records = [logging.LogRecord("rpc", logging.WARNING, __file__, 1, "junk %d", (n,), None)
                for n in range(10)]
     assert [limit.filter(record) for record in records] == [True] * 3 + [False] * 7
