@@ -11,7 +11,7 @@ from clipper_admin.backends import BACKENDS
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cluster", metavar="NAME", help="stop only the cluster of this name")
+    parser.add_argument("--cluster", "--cluster-name", metavar="NAME", help="stop only the cluster of this name")
     parser.add_argument("--backend", choices=list(BACKENDS), help="stop only the clusters of this backend")
     args = parser.parse_args()
     try:

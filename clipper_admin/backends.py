@@ -10,14 +10,16 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from clipper_admin.exceptions import ClipperException
+from clipper_admin.exceptions import ClipperException, MissingDependency
 
 
 @dataclass(frozen=True)
 class Backend:
     module: str             # where its ContainerManager and its stop-every-cluster function live
     manager: str            # its ContainerManager, a name clipper_admin exports
-    stop_clusters: str      # function (graceful, names) -> [(cluster name, count stopped)]
+    # function (graceful, names, required) -> [(cluster name, count stopped)]; ``required``:
+    # this backend was asked for by name, so where it cannot look, it says so (ClipperException)
+    stop_clusters: str
     stopped: str            # closeClipper.py prints "Stopped Clipper <stopped> 'x' (3 <unit>)"
     unit: str
     using: str              # the line a script prints when it starts
@@ -71,11 +73,11 @@ def stop_all_clusters(backend: Optional[str] = None, cluster_name: Optional[str]
         try:
             module = importlib.import_module(kind.module)
         except ModuleNotFoundError as error:
-            if (error.name or "").startswith("clipper"):
-                raise
+            if (error.name or "").startswith("clipper") or backend is not None:
+                raise MissingDependency(f"Stopping {kind.manager}'s clusters", error.name, backend) from None
             continue                 # its SDK is not installed: no cluster of it was started from here
         stopped += [f"{kind.stopped} '{name}' ({count} {kind.unit})"
-                    for name, count in getattr(module, kind.stop_clusters)(graceful, names)]
+                    for name, count in getattr(module, kind.stop_clusters)(graceful, names, backend is not None)]
     return stopped
 
 

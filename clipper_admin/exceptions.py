@@ -14,10 +14,19 @@ class UnconnectedException(ClipperException):
         super().__init__(self.message, *args)
 
 
+# How to stop clusters, from a clone (the example script) or where the project was installed.
+STOP_COMMAND = "python closeClipper.py (`clipper stop` on the command line)"
+
+
 class MissingDependency(ClipperException, ImportError):
     """An optional part (a backend's SDK, a framework) is not installed; says what to install."""
 
     def __init__(self, feature, package, extra):
         super().__init__(f"{feature} needs the Python package '{package}', which is not installed: "
-                         f"pip install -r requirements-{extra}.txt (from a clone) or "
-                         f"pip install 'clipper-revival[{extra}]'")
+                         f"{install_hint(extra)}")
+
+
+def install_hint(extra):
+    """How to install an optional part. The project is not on PyPI: a name there may be anyone's."""
+    return (f"pip install -r requirements-{extra}.txt in a clone of this project, or, where it "
+            f"was installed with pip, pip install '<the path or URL it came from>[{extra}]'")

@@ -59,7 +59,7 @@ def start_lock() -> Iterator[None]:
     base = base_dir()
     if base.exists() and not base.is_dir():
         raise NotADirectoryError(f"the state directory {base} (CLIPPER_STATE_DIR) is not a directory")
-    base.mkdir(parents=True, exist_ok=True)
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(base / START_LOCK_FILE, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
@@ -124,8 +124,17 @@ class ClusterDir:
         """Why this path is not a cluster's own state directory, or None (it is one, or
         nothing is there): a start or a stop deletes what is there, so a place the user
         made (a folder of the same name in a shared CLIPPER_STATE_DIR) is never taken."""
-        if self.path.parent.exists() and not self.path.parent.is_dir():
-            return f"is in {self.path.parent}, which is not a directory (CLIPPER_STATE_DIR?)"
+        base = self.path.parent
+        if base.exists():
+            if not base.is_dir():
+                return f"is in {base}, which is not a directory (CLIPPER_STATE_DIR?)"
+            # What is there says which programs the supervisor runs (the wanted replicas):
+            # nobody else may be able to put it there.
+            status = base.stat()
+            if status.st_uid != os.getuid():
+                return f"is in {base}, which belongs to another user (CLIPPER_STATE_DIR?)"
+            if status.st_mode & 0o002:
+                return f"is in {base}, which others may write to (CLIPPER_STATE_DIR?)"
         if self.path.is_symlink():
             return "is a symbolic link"
         if not self.path.exists():

@@ -75,6 +75,10 @@ _APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 # predict URL's request line (8,190 bytes for aiohttp); a version becomes a Docker image
 # tag in the Docker backend (at most 128 characters).
 MAX_NAME_LENGTH = 128
+# An application's default output is kept in Redis and in every query frontend, and sent
+# with each default answer; an image name or a path, at most a path's length.
+MAX_DEFAULT_OUTPUT_LENGTH = 64 * 1024
+MAX_PATH_LENGTH = 4096
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 _TYPE_NAMES = {str: "String", list: "Array", bool: "bool", int: "int"}
 
@@ -139,10 +143,10 @@ class Body:
         return name
 
 
-def check_length(value: str, what: str) -> None:
-    if len(value) > MAX_NAME_LENGTH:
+def check_length(value: str, what: str, limit: int = MAX_NAME_LENGTH) -> None:
+    if len(value) > limit:
         raise RequestError(f"The {what} is {len(value)} characters long; the limit is "
-                           f"{MAX_NAME_LENGTH} characters")
+                           f"{limit} characters")
 
 
 def check_group_string(value: str, what: str) -> None:

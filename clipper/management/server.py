@@ -21,8 +21,9 @@ from clipper.config import Config
 from clipper.datatypes import InputType
 from clipper.errors import RequestError, Unavailable
 from clipper.management.requests import (
-    APP_NAME_SCHEMA, APP_SCHEMA, CONTAINER_SCHEMA, LINKS_SCHEMA, MODEL_SCHEMA, NAME_SCHEMA,
-    STATE_SCHEMA, VERBOSE_SCHEMA, VERSIONED_MODEL_SCHEMA, Body, check_group_string, check_model_name)
+    APP_NAME_SCHEMA, APP_SCHEMA, CONTAINER_SCHEMA, LINKS_SCHEMA, MAX_DEFAULT_OUTPUT_LENGTH,
+    MAX_PATH_LENGTH, MODEL_SCHEMA, NAME_SCHEMA, STATE_SCHEMA, VERBOSE_SCHEMA, VERSIONED_MODEL_SCHEMA,
+    Body, check_group_string, check_length, check_model_name)
 from clipper.redis_schema import App, Model
 from clipper.request_body import read_json_body
 from clipper.store import NOTHING_CHANGED, REDIS_ERRORS, Store
@@ -151,6 +152,7 @@ class ManagementAPI:
         name = body.app_name("name")
         input_type = body.input_type()
         default_output = body.string("default_output")
+        check_length(default_output, "default output", MAX_DEFAULT_OUTPUT_LENGTH)
         slo = body.integer("latency_slo_micros")
         if slo <= 0:
             raise RequestError(f"latency_slo_micros must be a positive number of microseconds, got {slo}")
@@ -231,6 +233,8 @@ class ManagementAPI:
         input_type = body.input_type()
         container_name = body.string("container_name")
         data_path = body.string("model_data_path")
+        check_length(container_name, "container name", MAX_PATH_LENGTH)
+        check_length(data_path, "model data path", MAX_PATH_LENGTH)
         batch_size = body.integer("batch_size")
         if batch_size <= 0 and batch_size != schema.DEFAULT_BATCH_SIZE:
             raise RequestError("The batch size must be positive or DEFAULT_BATCH_SIZE, which is -1")

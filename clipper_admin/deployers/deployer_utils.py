@@ -16,7 +16,7 @@ import cloudpickle
 # Which interpreter pickled the function (it must also load it: cloudpickle is not portable
 # across Python versions) and, for a framework model, how the replica loads it.
 from clipper.container.frameworks import METADATA_FILE
-from clipper_admin.exceptions import ClipperException
+from clipper_admin.exceptions import ClipperException, install_hint
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ def import_framework(module_name, framework, deployer):
     except ImportError as error:
         raise ClipperException(
             f"{deployer} needs {module_name}, which this Python cannot import ({error}). Install "
-            f"it with: pip install -r requirements-{framework}.txt (or pip install "
-            f"'clipper-revival[{framework}]')") from None
+            f"it with: {install_hint(framework)}") from None
 
 
 def pinned_requirements(*module_names):

@@ -33,7 +33,7 @@ from clipper_admin.container_manager import (
 from clipper_admin.clipper_images import is_noop_image
 from clipper_admin.docker.images import (
     build_model_image, default_base_image, ensure_noop_image, ensure_runtime_image, image_label)
-from clipper_admin.exceptions import ClipperException
+from clipper_admin.exceptions import STOP_COMMAND, ClipperException
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class DockerContainerManager(ContainerManager):
         if any(_is_live(container) for container in self._containers()):
             raise ClipperException(
                 f"Clipper cluster '{self.cluster_name}' is already running on the Docker engine. "
-                "Use connect() to use it, or stop it with: python closeClipper.py")
+                "Use connect() to use it, or stop it with: " + STOP_COMMAND)
         self.stop_all(graceful=False)        # leftovers of a stopped cluster: its containers, its state
         self._require_free_ports(LOOPBACK)
         # Redis started here listens on a unix socket in the cluster's volume: it takes no
@@ -273,7 +273,7 @@ class DockerContainerManager(ContainerManager):
                 f"The Clipper cluster '{self.cluster_name}' on the Docker engine is stopped (its "
                 "containers were stopped, not removed). Start them again with: docker start "
                 f"$(docker ps -aq --filter label={CLIPPER_DOCKER_LABEL}={self.cluster_name}); or "
-                "remove them with python closeClipper.py, then start a new cluster")
+                f"remove them with {STOP_COMMAND}, then start a new cluster")
         return live[0]
 
     def connect(self):
@@ -462,12 +462,15 @@ def _log_tail(container, lines=15):
     return container.logs(tail=lines).decode(errors="replace").rstrip()
 
 
-def stop_all_docker_clusters(graceful=True, names=None):
+def stop_all_docker_clusters(graceful=True, names=None, required=False):
     """Stop every Clipper cluster on the local Docker engine (or only those in ``names``):
-    ``[(cluster_name, containers)]``. Without a reachable engine there is nothing to stop."""
+    ``[(cluster_name, containers)]``. Without a reachable engine there is nothing to stop,
+    unless Docker was asked for (``required``): then ClipperException says why it cannot look."""
     try:
         client = engine()
     except ClipperException:
+        if required:
+            raise
         return []
     # A cluster is its containers and its volume: either may be what is left of it.
     found = {c.labels[CLIPPER_DOCKER_LABEL]

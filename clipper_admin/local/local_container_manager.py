@@ -27,7 +27,7 @@ from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager,
     FAILURES_REPORTED, START_HINT, checked_cluster_name, public_host_for, whole_number)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
-from clipper_admin.exceptions import ClipperException
+from clipper_admin.exceptions import STOP_COMMAND, ClipperException
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class LocalContainerManager(ContainerManager):
             if self.cluster.is_running():
                 raise ClipperException(
                     f"Clipper cluster '{self.cluster_name}' is already running. Use connect() to use it, "
-                    "or stop it with: python closeClipper.py")
+                    "or stop it with: " + STOP_COMMAND)
             stop_cluster(self.cluster)           # leftovers of a cluster that died
             self._require_free_ports(self.host)
             config = self._cluster_config(cache_size, qf_http_timeout_content, self.host, self._redis_url())
@@ -343,7 +343,7 @@ def stop_cluster(cluster: ClusterDir, graceful=True):
         raise ClipperException(
             f"Could not stop {len(survivors)} processes of the Clipper cluster '{cluster.name}' "
             f"(pids {', '.join(str(p.pid) for p in survivors)}: running, or still exiting); stop "
-            "them with kill -9 if they run, and run python closeClipper.py again")
+            f"them with kill -9 if they run, and run {STOP_COMMAND} again")
     if cluster.path.parent == cluster_dir.base_dir():    # never a place that is not a cluster's own
         shutil.rmtree(cluster.path, ignore_errors=True)
     else:
@@ -352,7 +352,7 @@ def stop_cluster(cluster: ClusterDir, graceful=True):
     return len(found)
 
 
-def stop_all_local_clusters(graceful=True, names=None):
+def stop_all_local_clusters(graceful=True, names=None, required=False):
     """Stop every local cluster under the state directory, listed or orphaned (or only those
     in ``names``). Returns ``[(cluster_name, processes_stopped), ...]``.
     """

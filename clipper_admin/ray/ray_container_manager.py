@@ -27,7 +27,7 @@ from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT,
     CLIPPER_INTERNAL_RPC_PORT, FAILURES_REPORTED, SERVING_LIMITS, START_HINT, ContainerManager,
     checked_cluster_name, public_host_for)
-from clipper_admin.exceptions import ClipperException, MissingDependency
+from clipper_admin.exceptions import STOP_COMMAND, ClipperException, MissingDependency
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class RayContainerManager(ContainerManager):
         if self._frontends() is not None:
             raise ClipperException(
                 f"Clipper cluster '{self.cluster_name}' is already running on this Ray cluster. "
-                "Use connect() to use it, or stop it with: python closeClipper.py")
+                "Use connect() to use it, or stop it with: " + STOP_COMMAND)
         if self.admin_token is None:
             self.admin_token = os.environ.get("CLIPPER_ADMIN_TOKEN", "")
         settings = {"cluster_name": self.cluster_name, "namespace": self.namespace, "host": self.host,
@@ -427,9 +427,9 @@ def _local_ray_address():
         return None
 
 
-def stop_all_ray_clusters(graceful=True, names=None, namespace=NAMESPACE):
+def stop_all_ray_clusters(graceful=True, names=None, required=False, namespace=NAMESPACE):
     """Stop every Clipper cluster (or those in ``names``) on the reachable Ray cluster, if Ray
-    is installed and one runs.
+    is installed and one runs (no Ray cluster running: none of ours runs, ``required`` or not).
 
     Returns ``[(cluster_name, actors_stopped), ...]``.
     """

@@ -14,7 +14,7 @@ import redis
 import requests
 
 from clipper.cluster.redis_binary import find_redis_server
-from clipper.management.requests import MAX_NAME_LENGTH
+from clipper.management.requests import MAX_DEFAULT_OUTPUT_LENGTH, MAX_NAME_LENGTH, MAX_PATH_LENGTH
 from helpers import ROOT
 
 CALLERS = 20
@@ -115,6 +115,16 @@ def test_too_long_names_are_refused_naming_the_limit(clipper_conn, admin_url):
         assert answer.status_code == 400, (route, what)
         assert answer.text == (f"The {what} is 10000 characters long; the limit is "
                                f"{MAX_NAME_LENGTH} characters")
+    # What each query frontend keeps, and Redis twice: 40 defaults of 4 MB took 200 MiB.
+    huge = "c" * (MAX_DEFAULT_OUTPUT_LENGTH + 1)
+    for route, body, what, limit in [
+            ("add_app", app_body("huge-default", default_output=huge), "default output", MAX_DEFAULT_OUTPUT_LENGTH),
+            ("add_model", model_body("short", container_name=huge), "container name", MAX_PATH_LENGTH),
+            ("add_model", {**model_body("short"), "model_data_path": huge}, "model data path", MAX_PATH_LENGTH)]:
+        answer = requests.post(f"{admin_url}/{route}", json=body, timeout=10)
+        assert answer.status_code == 400 and answer.text == (
+            f"The {what} is {len(huge)} characters long; the limit is {limit} characters"), answer.text
+    assert "huge-default" not in clipper_conn.get_all_apps()
     assert too_long not in clipper_conn.get_all_apps()
     assert not clipper_conn.get_all_models() or "short:1" not in clipper_conn.get_all_models()
 

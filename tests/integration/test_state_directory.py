@@ -51,3 +51,12 @@ def test_a_file_in_place_of_the_cluster_or_of_the_state_directory_is_a_clear_err
     with pytest.raises(ClipperException, match="which is not a directory"):
         connection("any").start_clipper()
     assert (state_dir / "clash").read_text() == "not a directory"
+
+
+def test_a_state_directory_others_may_write_to_is_refused(state_dir):
+    """What is in it says which programs the supervisor runs: a shared /tmp/x that another
+    user made first would let them choose."""
+    state_dir.chmod(0o777)
+    with pytest.raises(ClipperException, match="which others may write to"):
+        connection().start_clipper()
+    assert list(state_dir.iterdir()) == []
