@@ -25,10 +25,13 @@ def exit_cleanly_on_signals(what="Clipper"):
     """From now on, the first Ctrl-C, SIGTERM or SIGHUP says so and exits with status 0 by
     raising SystemExit where the script is, so its ``finally`` blocks (and a start that is
     under way) stop what was started. Any later one only asks to wait: the stop it would
-    otherwise cut short is what leaves processes behind. A signal the script was started
-    to ignore stays ignored: ``nohup`` (SIGHUP) and a background job (SIGINT) keep running."""
+    otherwise cut short is what leaves processes behind. Started under ``nohup`` (SIGHUP
+    ignored), the script outlives its terminal. A SIGINT or SIGTERM stops it even where it
+    was started ignoring them: a shell script's background job ignores SIGINT, and a
+    ``kill -INT`` sent to it means stop (no terminal sends a background job Ctrl-C)."""
     announced = []
-    handled = [each for each in STOP_SIGNALS if signal.getsignal(each) is not signal.SIG_IGN]
+    nohup = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    handled = [each for each in STOP_SIGNALS if not (nohup and each == signal.SIGHUP)]
 
     def first(signum, _frame):
         for each in handled:

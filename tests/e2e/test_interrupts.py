@@ -48,8 +48,9 @@ def handles_sigterm(pid):
 
 
 def test_under_nohup_a_closed_terminal_does_not_stop_it(clipper_state_dir):
-    """nohup starts the script ignoring SIGHUP, to outlive its terminal: that stays so."""
-    process = start_script("basicQuery.py", ignored=(signal.SIGHUP,))
+    """nohup starts the script ignoring SIGHUP, to outlive its terminal: that stays so. As a
+    shell script's background job it also starts ignoring SIGINT, which still stops it."""
+    process = start_script("basicQuery.py", ignored=(signal.SIGHUP, signal.SIGINT))
     wait_for_predictions(process, 2)
     process.send_signal(signal.SIGHUP)
     wait_for_predictions(process, 3)          # still predicting
