@@ -29,7 +29,7 @@ from clipper.config import Config  # noqa: E402
 from clipper.datatypes import InputType  # noqa: E402
 from clipper.query_frontend import http, server  # noqa: E402
 from clipper.query_frontend.dispatch import BatchSizer, Dispatcher, Replica  # noqa: E402
-from clipper.redis_schema import App  # noqa: E402
+from clipper.redis_schema import App, Model  # noqa: E402
 from clipper.rest import inputs  # noqa: E402
 from clipper.rpc import codec  # noqa: E402
 
@@ -103,6 +103,10 @@ def frontend(cache_size: int):
     view.apps["bench"] = App("bench", "doubles", "-1.0", 1_000_000)
     view.links["bench"] = ["sum"]
     view.current_versions["sum"] = "1"
+    view.models[("sum", "1")] = Model("sum", "1", "doubles", (), "image", "", -1)
+    # As the state follower tells it of them: their metrics are made at registration.
+    frontend._on_app_change("bench", view.apps["bench"])
+    frontend._on_model_change(("sum", "1"), view.models[("sum", "1")])
     replica = Replica(b"replica", ("sum", "1"), 0, InputType.DOUBLES, BatchSizer(), frontend.loop.time())
     frontend.rpc.replicas[replica.identity] = replica
     frontend.dispatcher.add_replica(replica)

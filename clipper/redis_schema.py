@@ -48,12 +48,14 @@ DEFAULT_BATCH_SIZE = -1
 CURRENT_VERSION_PREFIX = "CURRENT_MODEL_VERSION:"
 # Model names, versions and labels may not contain these: keys are split on them.
 GROUP_SEPARATORS = (",", ":")
-# A model name or version that replicas run under: a DNS-1123 label (63 characters at
-# most), as 0.4.1's client required. It names processes, log files, containers and images.
+# A model name or version that replicas run under: a DNS-1123 label, as 0.4.1's client
+# required, and like every DNS label at most 63 characters (0.4.1 did not check the length;
+# longer, a replica's log file name could pass the file system's 255). It names processes,
+# log files, containers and images.
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
-# What the management API registers, as widely as Clipper's REST API did (0.4.1's own
-# register_model did not check names): such a model can be registered and linked, and its
-# replicas need a DNS-1123 name. Nothing that could be a path, a control character or space.
+# An application name, and a model name or version as widely as Clipper's REST API took them
+# (0.4.1's own register_model did not check names; its replicas need a DNS-1123 name):
+# nothing that could be a path, a control character or a space, or need escaping in a URL.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 

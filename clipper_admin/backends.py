@@ -17,12 +17,13 @@ from clipper_admin.exceptions import ClipperException, MissingDependency
 class Backend:
     module: str             # where its ContainerManager and its stop-every-cluster function live
     manager: str            # its ContainerManager, a name clipper_admin exports
-    # function (graceful, names, required) -> [(cluster name, count stopped)]; ``required``:
+    # function (graceful, names, *, required) -> [(cluster name, count stopped)]; ``required``:
     # this backend was asked for by name, so where it cannot look, it says so (ClipperException)
     stop_clusters: str
     stopped: str            # closeClipper.py prints "Stopped Clipper <stopped> 'x' (3 <unit>)"
     unit: str
     using: str              # the line a script prints when it starts
+    extra: Optional[str] = None     # the optional requirements its SDK comes with (requirements-<extra>.txt)
 
 
 BACKENDS: Dict[str, Backend] = {
@@ -32,10 +33,10 @@ BACKENDS: Dict[str, Backend] = {
                      "--backend docker or CLIPPER_BACKEND=docker for Docker)"),
     "docker": Backend("clipper_admin.docker", "DockerContainerManager", "stop_all_docker_clusters",
                       "Docker cluster", "containers",
-                      "Using the Docker backend (containers on the local Docker engine)"),
+                      "Using the Docker backend (containers on the local Docker engine)", "docker"),
     "ray": Backend("clipper_admin.ray", "RayContainerManager", "stop_all_ray_clusters",
                    "Ray cluster", "actors",
-                   "Using the Ray backend (the Ray cluster at $RAY_ADDRESS, else the one on this machine)"),
+                   "Using the Ray backend (the Ray cluster at $RAY_ADDRESS, else the one on this machine)", "ray"),
 }
 
 
@@ -73,11 +74,14 @@ def stop_all_clusters(backend: Optional[str] = None, cluster_name: Optional[str]
         try:
             module = importlib.import_module(kind.module)
         except ModuleNotFoundError as error:
-            if (error.name or "").startswith("clipper") or backend is not None:
-                raise MissingDependency(f"Stopping {kind.manager}'s clusters", error.name, backend) from None
+            if (error.name or "").startswith("clipper") or kind.extra is None:
+                raise
+            if backend is not None:  # asked for: say what to install rather than "nothing runs"
+                raise MissingDependency(f"Stopping {kind.manager}'s clusters", error.name, kind.extra) from error
             continue                 # its SDK is not installed: no cluster of it was started from here
+        stop_clusters = getattr(module, kind.stop_clusters)
         stopped += [f"{kind.stopped} '{name}' ({count} {kind.unit})"
-                    for name, count in getattr(module, kind.stop_clusters)(graceful, names, backend is not None)]
+                    for name, count in stop_clusters(graceful, names, required=backend is not None)]
     return stopped
 
 

@@ -462,8 +462,9 @@ class ClipperConnection(object):
             raise ClipperException(f"Cannot add container for non-registered model {name}:{version}")
         if info["container_name"] == CONTAINERLESS_MODEL_IMAGE:
             raise ClipperException(f"Cannot resize the replica set for containerless model {name}:{version}")
-        _check_name("name", name)         # registered through the REST API, it may be another
-        _check_name("version", version)
+        if num_replicas:                  # registered through the REST API, it may be another
+            _check_name("name", name)
+            _check_name("version", version)
         self.cm.set_num_replicas(name, version, info["input_type"], info["container_name"], num_replicas,
                                  **_gpus_if_asked(num_gpus, None))
         self._wait_for_replicas(name, version, num_replicas)

@@ -84,6 +84,24 @@ def public_host_for(host):
     return "localhost" if host == "127.0.0.1" else host
 
 
+MIN_LOG_SIZE = 64 * 1024
+
+
+def _log_size_from_environment() -> dict:
+    """CLIPPER_MAX_LOG_SIZE (bytes), checked: the supervisor starts each log afresh past it."""
+    value = os.environ.get("CLIPPER_MAX_LOG_SIZE")
+    if value is None:
+        return {}
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < MIN_LOG_SIZE:
+        raise ClipperException(f"CLIPPER_MAX_LOG_SIZE={value!r}: give a whole number of bytes, at "
+                               f"least {MIN_LOG_SIZE}")
+    return {"max_log_size": size}
+
+
 def is_valid_name(value) -> bool:
     """Model names and versions must be DNS-1123 labels (they name containers and processes)."""
     return is_dns_label(str(value))
@@ -169,8 +187,7 @@ class ContainerManager(abc.ABC):
                       cache_size=cache_size, body_timeout=float(body_timeout),
                       admin_token=self.admin_token, **{limit: getattr(self, limit) for limit in SERVING_LIMITS},
                       query_workers=self.query_workers, **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token),
-                      **({"max_log_size": int(os.environ["CLIPPER_MAX_LOG_SIZE"])}
-                         if "CLIPPER_MAX_LOG_SIZE" in os.environ else {}))
+                      **_log_size_from_environment())
 
     def _require_free_ports(self, listen_host, extra=()):
         require_free_ports(listen_host, [*self.serving_ports(), *extra], taken_error=self.port_taken_error)

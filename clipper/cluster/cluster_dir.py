@@ -133,14 +133,16 @@ class ClusterDir:
             status = base.stat()
             if status.st_uid != os.getuid():
                 return f"is in {base}, which belongs to another user (CLIPPER_STATE_DIR?)"
-            if status.st_mode & 0o002:
-                return f"is in {base}, which others may write to (CLIPPER_STATE_DIR?)"
+            if status.st_mode & 0o022:
+                return f"is in {base}, which others may write to (make it yours alone: chmod go-w {base})"
         if self.path.is_symlink():
             return "is a symbolic link"
         if not self.path.exists():
             return None
         if not self.path.is_dir():
             return "is not a directory"
+        if self.path.stat().st_uid != os.getuid():
+            return "belongs to another user"
         if self.exists():
             return None
         foreign = sorted(entry.name for entry in self.path.iterdir() if not _is_cluster_entry(entry.name))

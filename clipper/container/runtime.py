@@ -372,7 +372,7 @@ class ContainerRuntime:
     def _too_large(self, output: bytes) -> bytes:
         message = (f"the model returned an output of {len(output)} bytes; the cluster takes at "
                    f"most {self.max_output_size} (its max_output_size)")
-        log.error("%s", message)
+        model_log.error("%s", message)
         return _errors(1, message)[0]
 
 
@@ -387,7 +387,7 @@ def _poll(poller: zmq.Poller, seconds: float) -> dict:
 
 
 def _errors(count: int, message: str) -> List[bytes]:
-    if len(message) > MAX_ERROR_CHARACTERS:     # else it could pass max_output_size: no answer at all
+    if len(message) > MAX_ERROR_CHARACTERS:     # it once passed max_output_size: no answer at all
         message = f"{message[:MAX_ERROR_CHARACTERS]}... ({len(message)} characters in all)"
     return [codec.ERROR_OUTPUT_PREFIX + message.encode("utf-8", "replace")] * count
 

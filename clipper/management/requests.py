@@ -1,5 +1,4 @@
 """Validation of /admin request bodies, with Clipper's error texts (pure)."""
-import re
 
 import orjson
 
@@ -69,8 +68,6 @@ STATE_SCHEMA = """
   }
 """
 
-# App names become URL path segments: keep them to characters that need no escaping.
-_APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 # Longest application name, model name, version or label. An app name must fit in the
 # predict URL's request line (8,190 bytes for aiohttp); a version becomes a Docker image
 # tag in the Docker backend (at most 128 characters).
@@ -136,7 +133,7 @@ class Body:
     def app_name(self, key: str) -> str:
         name = self.string(key)
         check_length(name, "application name")
-        if not _APP_NAME.match(name):
+        if not is_safe_name(name):       # it becomes a URL path segment: nothing to escape
             raise RequestError(
                 f"Invalid application name {name!r}: use letters, digits, '-', '_' and '.', "
                 "starting with a letter or digit")

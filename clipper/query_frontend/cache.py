@@ -40,40 +40,48 @@ class PredictionCache:
     def __init__(self, capacity_bytes: int):
         self.capacity = capacity_bytes
         self.size = 0
-        self.lookups = 0
-        self.hits = 0
         self.counts_by_model: Dict[ModelId, List[int]] = {}     # [lookups, hits] of each version
+        self._forgotten_counts = [0, 0]       # those of versions removed since
         # key -> (output JSON or RememberedBody, cost in bytes)
         self._done: "OrderedDict[Hashable, Tuple[Union[bytes, RememberedBody], int]]" = OrderedDict()
         self._pending: Dict[Hashable, Task] = {}
         self.enabled = capacity_bytes > 0    # an attribute, not a property: read per query
 
-    def lookup(self, key: Tuple[str, str, bytes]) -> Optional[Union[bytes, Task]]:
+    @property
+    def lookups(self) -> int:
+        return self._forgotten_counts[0] + sum(counts[0] for counts in self.counts_by_model.values())
+
+    @property
+    def hits(self) -> int:
+        return self._forgotten_counts[1] + sum(counts[1] for counts in self.counts_by_model.values())
+
+    def counts_for(self, model_id: ModelId) -> List[int]:
+        """The [lookups, hits] of a model version, for its cache_hit_ratio: found once per
+        request, counted per input."""
+        counts = self.counts_by_model.get(model_id)
+        if counts is None:
+            counts = self.counts_by_model[model_id] = [0, 0]
+        return counts
+
+    def lookup(self, key: Tuple[str, str, bytes], counts: Optional[List[int]] = None) -> Optional[Union[bytes, Task]]:
         """A finished output (as JSON), the evaluation of an identical query in flight, or
-        None. ``key``: the model's name and version, and the input."""
+        None. ``key``: the model's name and version, and the input; ``counts``: the
+        version's (counts_for), if the caller has them."""
         if not self.enabled:
             return None
-        counts = self._counts(key[:2])
-        self.lookups += 1
+        if counts is None:
+            counts = self.counts_for(key[:2])
         counts[0] += 1
         entry = self._done.get(key)
         if entry is not None:
             self._done.move_to_end(key)
-            self.hits += 1
             counts[1] += 1
             return entry[0]
         pending = self._pending.get(key)
         if pending is None or pending.done:   # a finished one is collected next
             return None
-        self.hits += 1
         counts[1] += 1
         return pending
-
-    def _counts(self, model_id: ModelId) -> List[int]:
-        counts = self.counts_by_model.get(model_id)
-        if counts is None:
-            counts = self.counts_by_model[model_id] = [0, 0]
-        return counts
 
     def track(self, key: Tuple[str, str, bytes], task: Task) -> None:
         """Share ``task`` with identical queries; keep its output once it succeeds."""
@@ -96,9 +104,7 @@ class PredictionCache:
             return None
         self._done.move_to_end(key)
         count = len(remembered.outputs)
-        self.lookups += count
-        self.hits += count
-        counts = self._counts(remembered.model_id)
+        counts = self.counts_for(remembered.model_id)
         counts[0] += count
         counts[1] += count
         return remembered
@@ -122,7 +128,8 @@ class PredictionCache:
             self._discard(key)
         for key in [key for key in self._pending if of_model(key)]:
             del self._pending[key]
-        self.counts_by_model.pop(model_id, None)
+        forgotten = self.counts_by_model.pop(model_id, [0, 0])
+        self._forgotten_counts = [total + part for total, part in zip(self._forgotten_counts, forgotten)]
 
     def _finish(self, key, task: Task) -> None:
         if self._pending.get(key) is not task:

@@ -366,16 +366,17 @@ class QueryFrontend(http.Application):
     def _schedule(self, model_id: Optional[ModelId], inputs: List[bytes], started: float,
                   app: App) -> List[Scheduled]:
         slo = app.latency_slo_micros / 1e6
-        return [self._schedule_one(model_id, item, started + slo, slo) for item in inputs]
+        counts = self.cache.counts_for(model_id) if self.cache.enabled and model_id is not None else None
+        return [self._schedule_one(model_id, item, started + slo, slo, counts) for item in inputs]
 
     def _schedule_one(self, model_id: Optional[ModelId], item: bytes, deadline: float,
-                      slo: float) -> Scheduled:
+                      slo: float, cache_counts: Optional[List[int]]) -> Scheduled:
         if model_id is None:
             return None
         caching = self.cache.enabled
         if caching:
             key = (model_id[0], model_id[1], item)
-            cached = self.cache.lookup(key)
+            cached = self.cache.lookup(key, cache_counts)
             if type(cached) is Task:       # an identical query in flight: wait for its answer
                 self.dispatcher.extend_deadline(model_id, cached, deadline)
                 return cached

@@ -462,7 +462,7 @@ def _log_tail(container, lines=15):
     return container.logs(tail=lines).decode(errors="replace").rstrip()
 
 
-def stop_all_docker_clusters(graceful=True, names=None, required=False):
+def stop_all_docker_clusters(graceful=True, names=None, *, required=False):
     """Stop every Clipper cluster on the local Docker engine (or only those in ``names``):
     ``[(cluster_name, containers)]``. Without a reachable engine there is nothing to stop,
     unless Docker was asked for (``required``): then ClipperException says why it cannot look."""

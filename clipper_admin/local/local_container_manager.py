@@ -330,11 +330,15 @@ def stop_cluster(cluster: ClusterDir, graceful=True):
     Its processes are found by their marker as well as in its records, so a lost directory
     hides none. The supervisor and its watchdog go first (the supervisor stops the others in
     order), so that nothing is restarted meanwhile. If any process survives, the state is
-    kept and ClipperException says which. A path that is not a cluster's (cluster_dir.not_ours)
-    is left as it is, and ClipperException says why."""
-    refuse_foreign(cluster)
-    cluster.mark_stopping()                  # a watchdog must not replace the stopped supervisor
+    kept and ClipperException says which. A path that is not a cluster's own
+    (cluster_dir.not_ours) is left as it is: its processes, if any, are stopped all the same
+    (they carry its marker), else ClipperException says why nothing was done."""
+    foreign = cluster.not_ours()
+    if not foreign:
+        cluster.mark_stopping()              # a watchdog must not replace the stopped supervisor
     found = cluster_dir.cluster_processes(cluster)
+    if foreign and not found:
+        refuse_foreign(cluster)
     keepers = [process for process in found if cluster_dir.is_keeper(process)]
     cluster_dir.terminate(keepers, recipe.CLUSTER_STOP_SECONDS if graceful else 0)
     cluster_dir.terminate(cluster_dir.cluster_processes(cluster), 2 if graceful else 0)
@@ -344,7 +348,9 @@ def stop_cluster(cluster: ClusterDir, graceful=True):
             f"Could not stop {len(survivors)} processes of the Clipper cluster '{cluster.name}' "
             f"(pids {', '.join(str(p.pid) for p in survivors)}: running, or still exiting); stop "
             f"them with kill -9 if they run, and run {STOP_COMMAND} again")
-    if cluster.path.parent == cluster_dir.base_dir():    # never a place that is not a cluster's own
+    if foreign:
+        logger.warning("Kept %s: it %s", cluster.path, foreign)
+    elif cluster.path.parent == cluster_dir.base_dir():    # never a place that is not a cluster's own
         shutil.rmtree(cluster.path, ignore_errors=True)
     else:
         logger.warning("Kept %s: it is not directly under the state directory %s (was "
@@ -352,11 +358,19 @@ def stop_cluster(cluster: ClusterDir, graceful=True):
     return len(found)
 
 
-def stop_all_local_clusters(graceful=True, names=None, required=False):
+def stop_all_local_clusters(graceful=True, names=None, *, required=False):
     """Stop every local cluster under the state directory, listed or orphaned (or only those
     in ``names``). Returns ``[(cluster_name, processes_stopped), ...]``.
     """
     paths = {c.path for c in cluster_dir.clusters()} | set(cluster_dir.orphan_cluster_paths())
     if names is not None:
         paths = {path for path in paths if path.name in names}
-    return [(path.name, stop_cluster(ClusterDir(path), graceful)) for path in sorted(paths)]
+    stopped, refused = [], []
+    for path in sorted(paths):                # one that cannot be stopped keeps no other running
+        try:
+            stopped.append((path.name, stop_cluster(ClusterDir(path), graceful)))
+        except ClipperException as error:
+            refused.append(error.msg)
+    if refused:
+        raise ClipperException("\n".join(refused))
+    return stopped

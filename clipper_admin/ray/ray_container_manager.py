@@ -427,7 +427,7 @@ def _local_ray_address():
         return None
 
 
-def stop_all_ray_clusters(graceful=True, names=None, required=False, namespace=NAMESPACE):
+def stop_all_ray_clusters(graceful=True, names=None, namespace=NAMESPACE, *, required=False):
     """Stop every Clipper cluster (or those in ``names``) on the reachable Ray cluster, if Ray
     is installed and one runs (no Ray cluster running: none of ours runs, ``required`` or not).
 

@@ -57,7 +57,7 @@ def test_close_clipper_stops_only_the_named_cluster_or_backend(bystander, clippe
         assert len(result.stdout.splitlines()) == 1, result.stdout
         assert not (clipper_state_dir / "target").exists()
         assert bystander.get_all_apps() == [], "the other cluster should still answer"
-        again = run_script("closeClipper.py", "--cluster", "target")
+        again = run_script("closeClipper.py", "--cluster-name", "target")     # as `clipper stop` spells it
         assert again.stdout.strip() == "No Clipper cluster named 'target' is running."
     result = run_script("closeClipper.py", "--backend", "local")
     assert result.stdout.startswith("Stopped Clipper cluster 'bystander' (")

@@ -173,6 +173,8 @@ def test_a_model_registered_under_a_rest_name_is_served_no_replica_without_a_dns
     assert "Rest_Model:v1.0" in conn.get_all_models()
     with pytest.raises(ClipperException, match="DNS-1123"):
         conn.set_num_replicas("Rest_Model", 1, version="v1.0")
+    requests.post(f"http://{conn.cm.get_admin_addr()}/admin/delete_versioned_model",
+                  json={"model_name": "Rest_Model", "model_version": "v1.0"}, timeout=5).raise_for_status()
 
 
 def test_versions_deploy_roll_back_and_pin(conn):

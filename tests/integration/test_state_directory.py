@@ -3,6 +3,8 @@ take a place the user made under CLIPPER_STATE_DIR (a shared one, or a name that
 import pytest
 
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
+from clipper_admin.local.local_container_manager import stop_all_local_clusters
+from helpers import all_gone
 
 
 @pytest.fixture
@@ -60,3 +62,17 @@ def test_a_state_directory_others_may_write_to_is_refused(state_dir):
     with pytest.raises(ClipperException, match="which others may write to"):
         connection().start_clipper()
     assert list(state_dir.iterdir()) == []
+
+
+def test_a_running_cluster_is_stopped_even_where_its_directory_would_now_be_refused(state_dir):
+    """Its processes carry its marker: they are stopped; only the directory is left as it is."""
+    conn = connection("running")
+    conn.start_clipper()
+    pids = [record["pid"] for record in conn.cm.cluster.processes()]
+    state_dir.chmod(0o777)
+    try:
+        conn.stop_all()
+        assert all_gone(pids) and (state_dir / "running").is_dir()
+    finally:
+        state_dir.chmod(0o700)
+        stop_all_local_clusters(graceful=False)
