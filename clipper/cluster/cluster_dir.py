@@ -145,16 +145,17 @@ class ClusterDir:
             return "belongs to another user"
         if self.exists():
             return None
-        foreign = sorted(entry.name for entry in self.path.iterdir() if not _is_cluster_entry(entry.name))
+        foreign = sorted(entry.name for entry in self.path.iterdir() if not _is_cluster_entry(entry))
         if foreign:
-            return f"holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}, which no cluster writes"
+            return f"holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''} and no {CLUSTER_FILE}"
         return None
 
     def create(self, settings: dict) -> None:
         for directory in (self.path, self.logs, self.path / "redis", self.path / "models"):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             directory.chmod(0o700)     # private even if it existed: it may hold the admin token
-        write_json(self.path / CLUSTER_FILE, settings)
+            if directory == self.path:
+                write_json(self.path / CLUSTER_FILE, settings)     # first: from now on it is a cluster's
         write_json(self.path / REPLICAS_FILE, {"generation": 0, "models": {}})
 
     def settings(self) -> dict:
@@ -237,9 +238,13 @@ _CLUSTER_ENTRIES = frozenset((CLUSTER_FILE, SUPERVISOR_FILE, PROCESSES_FILE, REP
                               "logs", "redis", "models"))
 
 
-def _is_cluster_entry(name: str) -> bool:
-    """What a cluster's directory holds, before its cluster.json too (a start that died
-    early): its files, its RPC sockets and write_json's temporary files."""
+def _is_cluster_entry(entry: Path) -> bool:
+    """What a cluster's directory may hold without its cluster.json (a start that died
+    before writing it): its files, and its directories while still empty (one holding
+    anything is a user's, whatever its name)."""
+    name = entry.name
+    if entry.is_dir() and not entry.is_symlink():
+        return name in _CLUSTER_ENTRIES and not any(entry.iterdir())
     return (name in _CLUSTER_ENTRIES or (name.startswith("rpc-") and name.endswith(".sock"))
             or (name.startswith(".") and name.endswith(".tmp")))
 

@@ -348,10 +348,10 @@ class Supervisor:
                 child.process.kill()
 
     def _cap_logs(self) -> None:
-        """Start a log afresh once it passes max_log_size, keeping the previous as <log>.1:
-        a model that prints, or fails, on every query must not fill the disk (Redis's
-        append-only file is on it too). Its writers keep their file: they append (O_APPEND),
-        so after the truncation they write from its start."""
+        """Start a log afresh once it passes max_log_size, keeping the end of the previous
+        one (max_log_size at most) as <log>.1: a model that prints, or fails, on every query
+        must not fill the disk (Redis's append-only file is on it too). Its writers keep
+        their file: they append (O_APPEND), so after the truncation they write from its start."""
         now = time.monotonic()
         if now < self._next_log_check:
             return
@@ -363,7 +363,9 @@ class Supervisor:
         for path, size in logs:
             if size > self.config.max_log_size:
                 try:
-                    shutil.copyfile(path, path.with_name(path.name + ".1"))
+                    with open(path, "rb") as log_file, open(path.with_name(path.name + ".1"), "wb") as kept:
+                        log_file.seek(max(0, size - self.config.max_log_size))
+                        shutil.copyfileobj(log_file, kept)
                     os.truncate(path, 0)
                 except OSError as error:
                     log.warning("could not start %s afresh: %s", path.name, error)

@@ -76,6 +76,7 @@ MAX_NAME_LENGTH = 128
 # with each default answer; an image name or a path, at most a path's length.
 MAX_DEFAULT_OUTPUT_LENGTH = 64 * 1024
 MAX_PATH_LENGTH = 4096
+MAX_LABELS = 64         # of one model version: the query frontends keep them too
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 _TYPE_NAMES = {str: "String", list: "Array", bool: "bool", int: "int"}
 

@@ -21,7 +21,7 @@ from clipper.config import Config
 from clipper.datatypes import InputType
 from clipper.errors import RequestError, Unavailable
 from clipper.management.requests import (
-    APP_NAME_SCHEMA, APP_SCHEMA, CONTAINER_SCHEMA, LINKS_SCHEMA, MAX_DEFAULT_OUTPUT_LENGTH,
+    APP_NAME_SCHEMA, APP_SCHEMA, CONTAINER_SCHEMA, LINKS_SCHEMA, MAX_DEFAULT_OUTPUT_LENGTH, MAX_LABELS,
     MAX_PATH_LENGTH, MODEL_SCHEMA, NAME_SCHEMA, STATE_SCHEMA, VERBOSE_SCHEMA, VERSIONED_MODEL_SCHEMA,
     Body, check_group_string, check_length, check_model_name)
 from clipper.redis_schema import App, Model
@@ -240,6 +240,8 @@ class ManagementAPI:
             raise RequestError("The batch size must be positive or DEFAULT_BATCH_SIZE, which is -1")
         check_model_name(name, "model name")
         check_model_name(version, "model version")
+        if len(labels) > MAX_LABELS:
+            raise RequestError(f"The model has {len(labels)} labels; the limit is {MAX_LABELS}")
         for label in labels:
             check_group_string(label, "label")
         model = Model(name, version, input_type.canonical_name, tuple(labels), container_name,

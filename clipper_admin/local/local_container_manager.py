@@ -245,6 +245,20 @@ class LocalContainerManager(ContainerManager):
                                    "deploy it again from a working Python")
         return python
 
+    def _check_model_dir(self, image):
+        """A model's image here is a directory build_model made in this cluster's state: the
+        model it holds, and the interpreter its metadata names, are run as this user. A path
+        the registration names (anyone may register a model through the REST API) is not
+        trusted unless it is one of those."""
+        models = (self.cluster.path / "models").resolve()
+        path = Path(image)
+        if not (path.is_absolute() and not path.is_symlink() and path.resolve().parent == models
+                and (path / "func.pkl").is_file() and path.stat().st_uid == os.getuid()):
+            raise ClipperException(
+                f"On the local backend a model's image is a model directory holding func.pkl that "
+                f"build_model made in the cluster's state ({models}); {image!r} is not one. To run "
+                "a Docker image, use DockerContainerManager (the scripts: --backend docker)")
+
     def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
         """``image``: a model directory from ``build_model`` (no Docker image runs here)."""
         self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus)
@@ -252,11 +266,7 @@ class LocalContainerManager(ContainerManager):
     def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
         """``num_gpus``: GPUs per replica (CUDA_VISIBLE_DEVICES); None keeps the version's."""
         num_replicas = whole_number("num_replicas", num_replicas, least=0)
-        if not os.path.isfile(os.path.join(str(image), "func.pkl")):
-            raise ClipperException(
-                f"On the local backend a model's image is a model directory holding func.pkl (what "
-                f"build_model returns here); {image!r} is not one. To run a Docker image, use "
-                "DockerContainerManager (the scripts: --backend docker)")
+        self._check_model_dir(str(image))
         python = self._python_for(str(image))
         with self.cluster.editing_replicas() as models:
             key = f"{name}:{version}"

@@ -1,4 +1,5 @@
 """Every ClipperConnection method on a real local cluster: what it returns, what it changes."""
+import json
 import os
 import shutil
 import time
@@ -7,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from clipper.container.frameworks import METADATA_FILE
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager, UnconnectedException
 from clipper_admin.deployers import python as python_deployer
 from helpers import predict
@@ -166,6 +168,29 @@ def test_the_server_registers_no_model_name_that_could_be_a_path_or_hold_control
     response = requests.post(url, json={**model, "model_name": "m", "model_version": name}, timeout=5)
     assert response.status_code == 400 and "Invalid model version" in response.text
     assert all(not m.startswith(("a", "m:")) for m in conn.get_all_models())
+
+
+def test_a_model_directory_named_through_the_rest_api_is_never_run(conn, tmp_path):
+    """Anyone who can reach the management API can register a model whose image is a
+    directory of theirs, with metadata naming a program as its interpreter: an operator's
+    set_num_replicas must not run it (it did, as the operator)."""
+    ran = tmp_path / "ran"
+    program = tmp_path / "not-python"
+    program.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    program.chmod(0o755)
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "func.pkl").write_bytes(b"not a pickle")
+    (planted / METADATA_FILE).write_text(json.dumps({"python": str(program)}))
+    conn.register_model("planted", "1", "doubles", image=str(planted))
+    try:
+        with pytest.raises(ClipperException, match="that build_model made in the cluster's state"):
+            conn.set_num_replicas("planted", 1, version="1")
+        time.sleep(0.5)
+        assert not ran.exists() and conn.cm.get_num_replicas("planted", "1") == 0
+    finally:
+        requests.post(f"http://{conn.cm.get_admin_addr()}/admin/delete_versioned_model",
+                      json={"model_name": "planted", "model_version": "1"}, timeout=5).raise_for_status()
 
 
 def test_a_model_registered_under_a_rest_name_is_served_no_replica_without_a_dns_name(conn, tmp_path):

@@ -14,7 +14,7 @@ import redis
 import requests
 
 from clipper.cluster.redis_binary import find_redis_server
-from clipper.management.requests import MAX_DEFAULT_OUTPUT_LENGTH, MAX_NAME_LENGTH, MAX_PATH_LENGTH
+from clipper.management.requests import MAX_DEFAULT_OUTPUT_LENGTH, MAX_LABELS, MAX_NAME_LENGTH, MAX_PATH_LENGTH
 from helpers import ROOT
 
 CALLERS = 20
@@ -124,6 +124,9 @@ def test_too_long_names_are_refused_naming_the_limit(clipper_conn, admin_url):
         answer = requests.post(f"{admin_url}/{route}", json=body, timeout=10)
         assert answer.status_code == 400 and answer.text == (
             f"The {what} is {len(huge)} characters long; the limit is {limit} characters"), answer.text
+    answer = requests.post(f"{admin_url}/add_model", json={**model_body("short"), "labels": ["l"] * (MAX_LABELS + 1)},
+                           timeout=10)
+    assert answer.status_code == 400 and answer.text == f"The model has {MAX_LABELS + 1} labels; the limit is {MAX_LABELS}"
     assert "huge-default" not in clipper_conn.get_all_apps()
     assert too_long not in clipper_conn.get_all_apps()
     assert not clipper_conn.get_all_models() or "short:1" not in clipper_conn.get_all_models()

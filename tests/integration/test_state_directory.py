@@ -25,11 +25,23 @@ def test_a_folder_of_the_users_with_the_clusters_name_is_never_deleted(state_dir
     thesis.parent.mkdir(parents=True)
     thesis.write_text("months of work")
     for call in (lambda conn: conn.start_clipper(), lambda conn: conn.stop_all()):
-        with pytest.raises(ClipperException, match=r"clash holds thesis, which no cluster writes: "
+        with pytest.raises(ClipperException, match=r"clash holds thesis and no cluster.json: "
                                                    r"it is not the state of a Clipper cluster"):
             call(connection())
     assert thesis.read_text() == "months of work"
     assert sorted(p.name for p in (state_dir / "clash").iterdir()) == ["thesis"]   # nothing added
+
+
+def test_a_users_folder_that_looks_like_a_clusters_is_never_deleted(state_dir):
+    """Names a cluster uses (models/, logs/) prove nothing: what a start writes first does."""
+    weights = state_dir / "clash" / "models" / "resnet" / "weights.bin"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"trained for a week")
+    (state_dir / "clash" / "logs").mkdir()
+    for call in (lambda conn: conn.start_clipper(), lambda conn: conn.stop_all()):
+        with pytest.raises(ClipperException, match="clash holds models and no cluster.json"):
+            call(connection())
+    assert weights.read_bytes() == b"trained for a week"
 
 
 def test_a_symbolic_link_in_place_of_the_cluster_is_not_followed(state_dir, tmp_path):
