@@ -10,7 +10,7 @@ from helpers import all_gone
 @pytest.fixture
 def state_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPPER_STATE_DIR", str(tmp_path / "state"))
-    (tmp_path / "state").mkdir()
+    (tmp_path / "state").mkdir(mode=0o700)
     return tmp_path / "state"
 
 
