@@ -151,11 +151,13 @@ class ClusterDir:
         return None
 
     def create(self, settings: dict) -> None:
-        for directory in (self.path, self.logs, self.path / "redis", self.path / "models"):
+        def private_directory(directory: Path) -> None:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             directory.chmod(0o700)     # private even if it existed: it may hold the admin token
-            if directory == self.path:
-                write_json(self.path / CLUSTER_FILE, settings)     # first: from now on it is a cluster's
+        private_directory(self.path)
+        write_json(self.path / CLUSTER_FILE, settings)     # first: from now on it is a cluster's
+        for directory in (self.logs, self.path / "redis", self.path / "models"):
+            private_directory(directory)
         write_json(self.path / REPLICAS_FILE, {"generation": 0, "models": {}})
 
     def settings(self) -> dict:

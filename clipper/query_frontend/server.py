@@ -290,8 +290,8 @@ class QueryFrontend(http.Application):
         return http.Response(200, self.reported_metrics.report_json())
 
     def _count_cache(self) -> None:
-        self._cache_lookups.count = self.cache.lookups
-        self._cache_hit_ratio.numerator, self._cache_hit_ratio.denominator = self.cache.hits, self.cache.lookups
+        lookups = self._cache_lookups.count = self.cache.lookups      # a sum: taken once
+        self._cache_hit_ratio.numerator, self._cache_hit_ratio.denominator = self.cache.hits, lookups
         for model_id, (lookups, hits) in self.cache.counts_by_model.items():
             metrics = self._model_metrics.get(model_id)
             if metrics is not None:

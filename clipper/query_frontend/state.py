@@ -46,6 +46,13 @@ def _is_pong(message: dict) -> bool:
             or (message["type"], message["channel"], message["data"]) == ("P", "O", "N"))
 
 
+def _tell_changes(old: dict, new: dict, on_change: Callable) -> None:
+    """``on_change(key, value or None)`` for each key whose value differs between the two."""
+    for key in set(old) | set(new):
+        if old.get(key) != new.get(key):
+            on_change(key, new.get(key))
+
+
 class StateFollower:
     """Loads the view, then applies every change Redis notifies, reconnecting as needed."""
 
@@ -152,12 +159,8 @@ class StateFollower:
         old_models, old_apps = self.view.models, self.view.apps
         self.view = view
         self.generation += 1
-        for name in set(old_apps) | set(view.apps):
-            if old_apps.get(name) != view.apps.get(name):
-                self._on_app_change(name, view.apps.get(name))
-        for model_id in set(old_models) | set(view.models):
-            if old_models.get(model_id) != view.models.get(model_id):
-                self._on_model_change(model_id, view.models.get(model_id))
+        _tell_changes(old_apps, view.apps, self._on_app_change)
+        _tell_changes(old_models, view.models, self._on_model_change)
 
     async def _apply(self, db: int, key: str) -> None:
         """Re-read the key that changed; whatever the event, the key's content decides."""

@@ -328,10 +328,14 @@ def refuse_foreign(cluster: ClusterDir):
     """ClipperException if the cluster's path is not a cluster's own (cluster_dir.not_ours)."""
     problem = cluster.not_ours()
     if problem:
-        raise ClipperException(
-            f"{cluster.path} {problem}: it is not the state of a Clipper cluster, so nothing there "
-            "was touched. Use another cluster_name, or set CLIPPER_STATE_DIR to a directory of "
-            "Clipper's own (the default is ~/.clipper)")
+        raise _foreign(cluster, problem)
+
+
+def _foreign(cluster: ClusterDir, problem: str) -> ClipperException:
+    return ClipperException(
+        f"{cluster.path} {problem}: it is not the state of a Clipper cluster, so nothing there "
+        "was touched. Use another cluster_name, or set CLIPPER_STATE_DIR to a directory of "
+        "Clipper's own (the default is ~/.clipper)")
 
 
 def stop_cluster(cluster: ClusterDir, graceful=True):
@@ -348,7 +352,7 @@ def stop_cluster(cluster: ClusterDir, graceful=True):
         cluster.mark_stopping()              # a watchdog must not replace the stopped supervisor
     found = cluster_dir.cluster_processes(cluster)
     if foreign and not found:
-        refuse_foreign(cluster)
+        raise _foreign(cluster, foreign)
     keepers = [process for process in found if cluster_dir.is_keeper(process)]
     cluster_dir.terminate(keepers, recipe.CLUSTER_STOP_SECONDS if graceful else 0)
     cluster_dir.terminate(cluster_dir.cluster_processes(cluster), 2 if graceful else 0)
