@@ -66,6 +66,9 @@ class Config:
     # listens on the Unix socket rpc-k.sock, which the replicas use instead of TCP
     # (clipper.rpc.stream); "": TCP only.
     rpc_socket_dir: str = setting("", QUERY_FRONTEND, MODEL_CONTAINER)
+    # Local backend: where each replica writes its metrics (clipper.container.metrics) for
+    # query frontend worker 0 to serve on the metrics port; "": they are not exported.
+    metrics_dir: str = setting("", QUERY_FRONTEND, MODEL_CONTAINER)
     # RPC authentication (CURVE keys, Z85; see clipper.rpc.auth); empty: the RPC port is open.
     # The query frontend also holds the containers' keys, so that a backend can read them
     # from it when it starts a replica later (the Docker backend does).
@@ -78,6 +81,7 @@ class Config:
     model_version: str = setting("", MODEL_CONTAINER)
     model_path: str = setting("", MODEL_CONTAINER)
     input_type: str = setting("doubles", MODEL_CONTAINER)
+    replica_name: str = setting("", MODEL_CONTAINER)     # the label of its metrics; "": host and pid
     ip: str = setting(DEFAULT_HOST, MODEL_CONTAINER)      # the query frontend's RPC address
     port: int = setting(RPC_PORT, MODEL_CONTAINER)
     # local backend: the supervisor's state directory, and the size past which it starts each

@@ -108,11 +108,12 @@ def servers(config: Config, embedded_redis: bool) -> List[Launch]:
 
 
 def model_container(config: Config, name: str, version: str, input_type: str, model_path: str,
-                    extra_env: Optional[Dict[str, str]] = None) -> Launch:
+                    extra_env: Optional[Dict[str, str]] = None, replica_name: str = "") -> Launch:
     """A replica of a model version; it connects to the query frontend's RPC port.
     Readiness is its registration with the frontend, which only the frontend can tell."""
     replica = config.replace(model_name=name, model_version=str(version), input_type=input_type,
-                             model_path=model_path, ip=_reachable(config.host), port=config.rpc_port)
+                             model_path=model_path, ip=_reachable(config.host), port=config.rpc_port,
+                             replica_name=replica_name)
     return _launch(MODEL_CONTAINER, replica, extra_env=extra_env)
 
 

@@ -8,7 +8,8 @@ also holds .start.lock, held by a start or a recovery of any cluster until it se
   replicas.json    the wanted model replicas, written by clients, applied on SIGHUP
   supervisor.lock  held by the one running supervisor
   stopping         present while the cluster is being stopped: nothing may replace its supervisor
-  logs/ redis/ models/ pythonpath/ (a link to the clipper package, for replicas)
+  logs/ redis/ models/ pythonpath/ (links to the clipper packages, for replicas)
+  replica-metrics/ each replica's metrics (clipper.container.metrics)
 Processes are identified by pid *and* start time, so a recycled pid is never signalled.
 Every process of a cluster (the supervisor and its watchdog too) has CLIPPER_CLUSTER_DIR in
 its environment, which finds them all even when the directory is gone.
@@ -37,6 +38,7 @@ SUPERVISOR_LOCK_FILE = "supervisor.lock"
 START_LOCK_FILE = ".start.lock"       # in the state directory: held by a cluster's start
 STOPPING_FILE = "stopping"
 PACKAGE_PATH_DIR = "pythonpath"       # the clipper package alone, for replicas in other interpreters
+REPLICA_METRICS_DIR = "replica-metrics"
 MARKER_ENV = "CLIPPER_CLUSTER_DIR"
 REDIS_SOCKET_FILE = "redis.sock"
 GONE_POLL_SECONDS = 0.005     # how often a stop looks whether its processes are gone
@@ -156,7 +158,7 @@ class ClusterDir:
             directory.chmod(0o700)     # private even if it existed: it may hold the admin token
         private_directory(self.path)
         write_json(self.path / CLUSTER_FILE, settings)     # first: from now on it is a cluster's
-        for directory in (self.logs, self.path / "redis", self.path / "models"):
+        for directory in (self.logs, self.path / "redis", self.path / "models", self.path / REPLICA_METRICS_DIR):
             private_directory(directory)
         write_json(self.path / REPLICAS_FILE, {"generation": 0, "models": {}})
 
@@ -237,7 +239,7 @@ class ClusterDir:
 
 _CLUSTER_ENTRIES = frozenset((CLUSTER_FILE, SUPERVISOR_FILE, PROCESSES_FILE, REPLICAS_FILE, LOCK_FILE,
                               SUPERVISOR_LOCK_FILE, STOPPING_FILE, REDIS_SOCKET_FILE, PACKAGE_PATH_DIR,
-                              "logs", "redis", "models"))
+                              REPLICA_METRICS_DIR, "logs", "redis", "models"))
 
 
 def _is_cluster_entry(entry: Path) -> bool:

@@ -137,16 +137,18 @@ class Supervisor:
         return env
 
     def _package_only_path(self) -> str:
-        """A directory that holds the ``clipper`` package alone, for replicas: they run in the
+        """A directory that holds our packages alone, for replicas: they run in the
         deploying client's interpreter, maybe another Python, which must import its own
-        numpy and pyzmq, not those beside our package (PROJECT_ROOT is site-packages when
-        the project is installed with pip)."""
+        numpy and pyzmq, not those beside our packages (PROJECT_ROOT is site-packages when
+        the project is installed with pip). ``clipper_admin`` is there for models that
+        report metrics with ``clipper_admin.metrics``."""
         directory = self.cluster.path / cluster_dir.PACKAGE_PATH_DIR
         directory.mkdir(mode=0o700, exist_ok=True)
-        link = directory / "clipper"
-        if not link.is_symlink() or os.readlink(link) != os.path.join(PROJECT_ROOT, "clipper"):
-            link.unlink(missing_ok=True)
-            link.symlink_to(os.path.join(PROJECT_ROOT, "clipper"), target_is_directory=True)
+        for package in ("clipper", "clipper_admin"):
+            link, target = directory / package, os.path.join(PROJECT_ROOT, package)
+            if not link.is_symlink() or os.readlink(link) != target:
+                link.unlink(missing_ok=True)
+                link.symlink_to(target, target_is_directory=True)
         return str(directory)
 
     def _start(self, child: Child) -> None:
@@ -205,7 +207,7 @@ class Supervisor:
         name = self._replica_name(model, index)
         launch = recipe.model_container(self.config, model["name"], model["version"],
                                         model["input_type"], model["model_dir"],
-                                        extra_env=device_environment(devices))
+                                        extra_env=device_environment(devices), replica_name=name)
         return self._child(launch, name, model["python"],
                            {"model_name": model["name"], "model_version": model["version"],
                             "replica": index, "gpus": devices})

@@ -19,6 +19,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import zmq
 
+from clipper.container.metrics import REPLICA, ReplicaMetrics
 from clipper.datatypes import InputType
 from clipper.log_limit import LogRateLimit
 from clipper.rpc import auth, codec, stream
@@ -205,12 +206,13 @@ def make_link(runtime: "ContainerRuntime", address: str):
 class ContainerRuntime:
     def __init__(self, model_name: str, model_version: str, input_type: InputType,
                  addresses: Sequence[str], handler: Handler, server_public_key: str = "",
-                 secret_key: str = "", max_output_size: int = 0):
+                 secret_key: str = "", max_output_size: int = 0, metrics: Optional[ReplicaMetrics] = None):
         """``addresses``: the RPC address of every query frontend worker; the replica serves
         them all. With ``server_public_key`` (and this container's ``secret_key``), the
         connections are CURVE-authenticated, as the cluster's frontend requires (clipper.rpc.auth).
         ``max_output_size``: the frontend's limit on one output (0: none); a larger output is
-        answered as an error, since the frontend would drop the connection that sent it."""
+        answered as an error, since the frontend would drop the connection that sent it.
+        ``metrics``: where each model call is recorded (Clipper's clipper_mc_* metrics)."""
         self.model_name = model_name
         self.model_version = model_version
         self.input_type = input_type
@@ -219,6 +221,9 @@ class ContainerRuntime:
         self.server_public_key = server_public_key
         self.secret_key = secret_key
         self.max_output_size = max_output_size
+        self.metrics = metrics
+        self._receive_seconds = 0.0          # of this turn's requests: reading their frames
+        self._parse_seconds = 0.0            # and decoding them
         self.context = zmq.Context()
         self._stopping = False
         self._last_call_seconds = 0.0
@@ -250,6 +255,8 @@ class ContainerRuntime:
             for link in links:
                 link.close()
             self.context.term()
+            if self.metrics is not None:
+                self.metrics.remove()
 
     def _turn(self, links: List[Link]) -> None:
         """Wait for messages; answer every prediction request waiting on any link with one
@@ -257,6 +264,7 @@ class ContainerRuntime:
         poller = self._poller(links)
         wait = min(link.due() for link in links) - time.monotonic()
         ready = _poll(poller, wait)
+        self._receive_seconds = self._parse_seconds = 0.0
         if self._wakeup is not None and self._wakeup.fileno() in ready:
             self._wakeup.drain()            # a signal: the serving loop looks at _stopping
         requests = self._receive([link for link in links if link.readable(ready)])
@@ -276,6 +284,8 @@ class ContainerRuntime:
                 links[index] = make_link(self, link.address)
             elif connected or now >= link.due():
                 link.send(codec.encode_heartbeat())
+        if self.metrics is not None:
+            self.metrics.write_if_due(now)
 
     def _poller(self, links: List[Link]) -> zmq.Poller:
         """The poller of these links' sockets (and of the signal wake-up), made again only
@@ -324,7 +334,10 @@ class ContainerRuntime:
     def _receive_waiting(self, link: Link) -> List[codec.PredictionRequest]:
         """Handle the control messages waiting on ``link``; return its prediction requests."""
         requests = []
-        for frames in link.receive():
+        started = time.perf_counter()
+        messages = link.receive()
+        received = time.perf_counter()
+        for frames in messages:
             try:
                 message = codec.decode_clipper_message(frames)
             except codec.ProtocolError as error:
@@ -335,6 +348,8 @@ class ContainerRuntime:
             elif message.heartbeat_type == codec.HEARTBEAT_REQUEST_METADATA:
                 link.send(codec.encode_new_container(self.model_name, self.model_version, self.input_type))
                 log.info("registered %s:%s with %s", self.model_name, self.model_version, link.address)
+        self._receive_seconds += received - started
+        self._parse_seconds += time.perf_counter() - received
         return requests
 
     def _answer(self, requests: List[Tuple[Link, codec.PredictionRequest]]) -> None:
@@ -346,15 +361,18 @@ class ContainerRuntime:
                     f"got {request.input_type.canonical_name}")), copy=False)
         if not served:
             return
-        started = time.monotonic()
+        started = time.perf_counter()
         outputs = self._predict([item for _, request in served for item in request.inputs])
-        self._last_call_seconds = time.monotonic() - started
+        self._last_call_seconds = time.perf_counter() - started
         first = 0
         for link, request in served:
             last = first + len(request.inputs)
             link.send(codec.encode_prediction_response(request.msg_id, outputs[first:last]), copy=False)
             link.answered = True
             first = last
+        if self.metrics is not None:
+            self.metrics.record_call(len(served), self._receive_seconds, self._parse_seconds,
+                                     time.perf_counter() - started)
 
     def _predict(self, inputs: List[bytes]) -> List[bytes]:
         try:
@@ -413,6 +431,8 @@ def main(config) -> None:
     if not (config.model_name and config.model_version and config.model_path):
         raise SystemExit("CLIPPER_MODEL_NAME, CLIPPER_MODEL_VERSION and CLIPPER_MODEL_PATH must be set")
     input_type = InputType.parse(config.input_type)
+    # Bound first: a model may add metrics of its own (clipper_admin.metrics) as it loads.
+    REPLICA.bind(config.model_name, config.model_version, config.replica_name, config.metrics_dir)
     try:
         function = load_function(config.model_path)
     except ImportError as error:
@@ -428,5 +448,5 @@ def main(config) -> None:
     runtime = ContainerRuntime(config.model_name, config.model_version, input_type, addresses,
                                lambda kind, inputs: run_batch(function, kind, inputs),
                                config.rpc_server_public_key, config.rpc_client_secret_key,
-                               config.max_output_size)
+                               config.max_output_size, REPLICA if config.metrics_dir else None)
     runtime.serve_forever()

@@ -51,11 +51,13 @@ class Limits:
 
 
 class Request:
-    __slots__ = ("method", "path", "headers", "body")
+    __slots__ = ("method", "path", "headers", "body", "target")
 
-    def __init__(self, method: str, path: str, headers: Dict[bytes, bytes], body: bytes):
+    def __init__(self, method: str, path: str, headers: Dict[bytes, bytes], body: bytes,
+                 target: bytes = b""):
         self.method = method
         self.path = path
+        self.target = target          # as sent: the path with its query string
         # Lower-case names; a repeated header keeps its last value, but the lines of one in
         # LIST_HEADERS are joined with ", ".
         self.headers = headers
@@ -301,7 +303,7 @@ class Connection(asyncio.Protocol):
                 body: bytes) -> Tuple[Answer, Optional[Request]]:
         request = None
         try:
-            request = Request(method, _path(url), headers, self._decoded(body, headers))
+            request = Request(method, _path(url), headers, self._decoded(body, headers), url)
             return self.app.handle(request), request
         except RequestError as error:
             return self.app.render_error(error, request), request

@@ -194,8 +194,9 @@ class QueryFrontend(http.Application):
             return None
         limits = http.Limits(self.config.max_body_size, self.config.header_timeout,
                              self.config.body_timeout, KEEPALIVE_TIMEOUT)
-        return await http.Server(prometheus.PrometheusApp(self.reported_metrics), limits).start(
-            self.config.host, self.config.metrics_port)
+        app = prometheus.PrometheusApp(self.reported_metrics, self.config.metrics_dir,
+                                       f"{self.config.host}:{self.config.metrics_port}")
+        return await http.Server(app, limits).start(self.config.host, self.config.metrics_port)
 
     def _on_model_change(self, model_id: ModelId, model: Optional[Model]) -> None:
         self.cache.forget_model(model_id)     # removed, or registered anew: its outputs are not ours

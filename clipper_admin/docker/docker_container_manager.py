@@ -55,6 +55,10 @@ FAILING_RESTARTS = 2
 # The cluster's own volume, mounted in every server: Redis's socket and append-only file.
 STATE_MOUNT = "/clipper"
 REDIS_URL = f"unix://{STATE_MOUNT}/redis.sock"
+# Another, mounted in the query frontend and every replica: only the replicas' metrics
+# (clipper.container.metrics), so that a model's container cannot reach Redis.
+METRICS_MOUNT = "/clipper-replica-metrics"
+METRICS_DIR_VARIABLE = env_name("metrics_dir")
 CONFLICT = 409                             # the engine's answer while a removal is under way
 VOLUME_RELEASE_SECONDS = 30
 
@@ -180,10 +184,15 @@ class DockerContainerManager(ContainerManager):
         kwargs.pop("network", None)        # host networking: no network to join
         if device_requests:
             kwargs["device_requests"] = device_requests
-        if image is not None:
-            return self.docker_client.containers.run(image, **kwargs)
-        kwargs["volumes"] = {**kwargs.get("volumes", {}), self._state_volume(): {"bind": STATE_MOUNT, "mode": "rw"}}
-        return self.docker_client.containers.run(self.runtime_image, launch.image_command(), **kwargs)
+        volumes = dict(kwargs.pop("volumes", {}))
+        if launch.env.get(METRICS_DIR_VARIABLE) == METRICS_MOUNT:
+            volumes[self._volume("replica-metrics")] = {"bind": METRICS_MOUNT, "mode": "rw"}
+        if image is not None:            # a replica: its series are labelled with its container's name
+            kwargs["environment"][env_name("replica_name")] = kwargs["name"]
+            return self.docker_client.containers.run(image, volumes=volumes, **kwargs)
+        volumes[self._volume("state")] = {"bind": STATE_MOUNT, "mode": "rw"}
+        return self.docker_client.containers.run(self.runtime_image, launch.image_command(), volumes=volumes,
+                                                 **kwargs)
 
     def _ports(self):
         ports = {PORT_LABELS["management"]: self.clipper_management_port, PORT_LABELS["query_rest"]: self.clipper_query_port,
@@ -192,9 +201,9 @@ class DockerContainerManager(ContainerManager):
             ports[PORT_LABELS["redis"]] = self.redis_port
         return ports
 
-    def _state_volume(self):
-        """The cluster's volume, labelled as its containers are, so that stop_all finds it."""
-        name = f"clipper-{self.cluster_name}-state"
+    def _volume(self, kind):
+        """A volume of the cluster, labelled as its containers are, so that stop_all finds it."""
+        name = f"clipper-{self.cluster_name}-{kind}"
         try:
             self.docker_client.volumes.get(name)
         except docker.errors.NotFound:
@@ -244,7 +253,7 @@ class DockerContainerManager(ContainerManager):
         # the way.
         redis_url = f"redis://{self.redis_ip}:{self.redis_port}" if self.external_redis else REDIS_URL
         config = self._cluster_config(cache_size, qf_http_timeout_content, LOOPBACK, redis_url).replace(
-            redis_dir=STATE_MOUNT)
+            redis_dir=STATE_MOUNT, metrics_dir=METRICS_MOUNT)
         launches = recipe.servers(config, embedded_redis=not self.external_redis)
         try:
             for launch in launches:
@@ -430,8 +439,9 @@ class DockerContainerManager(ContainerManager):
 
 
 # What a model container shares with the query frontend it serves: the keys to reach its RPC
-# port (none where it is open), and the largest output the frontend takes in one frame.
-SHARED_WITH_FRONTEND = (*auth.CONTAINER_KEY_FIELDS, "max_output_size")
+# port (none where it is open), the largest output the frontend takes in one frame, and where
+# the frontend reads the replicas' metrics.
+SHARED_WITH_FRONTEND = (*auth.CONTAINER_KEY_FIELDS, "max_output_size", "metrics_dir")
 
 
 def replica_config(frontend_environment, rpc_port):

@@ -59,10 +59,10 @@ def _runtime_sources():
     ca_bundle = pip_ca_bundle()
     if ca_bundle:
         yield PIP_CA_FILE, ca_bundle
-    package = PROJECT_ROOT / "clipper"
-    for path in sorted(package.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            yield str(path.relative_to(PROJECT_ROOT)), path
+    for package in ("clipper", "clipper_admin"):      # clipper_admin: for clipper_admin.metrics
+        for path in sorted((PROJECT_ROOT / package).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                yield str(path.relative_to(PROJECT_ROOT)), path
 
 
 def pip_ca_bundle():

@@ -99,6 +99,7 @@ class LocalContainerManager(ContainerManager):
             # or over TCP where the state directory's path is too long for one.
             if len(stream.socket_path(str(self.cluster.path), self.query_workers - 1)) <= MAX_SOCKET_PATH:
                 config = config.replace(rpc_socket_dir=str(self.cluster.path))
+            config = config.replace(metrics_dir=str(self.cluster.path / cluster_dir.REPLICA_METRICS_DIR))
             try:
                 self.cluster.create({"cluster_name": self.cluster_name, "embedded_redis": self.redis_ip is None,
                                      "gpus": self._machine_gpus(),

@@ -24,14 +24,17 @@ from pathlib import Path
 import ray
 
 import clipper
+import clipper_admin
 from clipper import launch as recipe
 from clipper.config import Config, is_loopback
 from clipper_admin.container_manager import SERVING_LIMITS
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.local import LocalContainerManager
 
-# The directory that holds the ``clipper`` package: on the nodes, where Ray unpacked it.
-CLIPPER_ROOT = str(Path(clipper.__file__).resolve().parents[1])
+# The directories that hold our packages: on the nodes, where Ray unpacked them (each its
+# own); a replica imports clipper, and clipper_admin if its model reports metrics.
+PACKAGE_ROOTS = list(dict.fromkeys(str(Path(package.__file__).resolve().parents[1])
+                                   for package in (clipper, clipper_admin)))
 MAX_RESTART_DELAY = 5.0
 RAYLET_CHECK_SECONDS = 0.5
 HEALTHY_RUN_SECONDS = 10.0
@@ -161,12 +164,13 @@ class ModelReplica:
         with zipfile.ZipFile(io.BytesIO(ray.get(refs[0]))) as archive:
             archive.extractall(self.dir / "model")
         self.log_path = self.dir / "model-container.log"
-        self.launch = recipe.model_container(config, name, version, input_type, str(self.dir / "model"))
+        self.launch = recipe.model_container(config, name, version, input_type, str(self.dir / "model"),
+                                             replica_name=self.label)
         # The interpreter that pickled the model if this node has it, else the actor's own.
         python = read_model_metadata(str(self.dir / "model")).get("python")
         self.command = self.launch.argv(python if python and os.access(python, os.X_OK) else sys.executable)
         env = {key: value for key, value in os.environ.items() if not key.startswith("CLIPPER_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [CLIPPER_ROOT, env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*PACKAGE_ROOTS, env.get("PYTHONPATH")]))
         self.env = {**env, **self.launch.env}
         self.process = None
         self.failures = 0

@@ -9,6 +9,8 @@ import docker.errors
 import pytest
 import requests
 
+import clipper_admin.metrics as metrics
+
 from clipper_admin import ClipperConnection, ClipperException, DockerContainerManager
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL, CLIPPER_MODEL_CONTAINER_LABEL
 from clipper_admin.deployers import python as python_deployer
@@ -78,6 +80,41 @@ def test_replicas_scale_as_containers(cluster, docker_client):
     cluster.set_num_replicas("dock-sum", 1)
     assert len(containers(docker_client, **{CLIPPER_MODEL_CONTAINER_LABEL: "dock-sum_1"})) == 1
     wait_for(lambda: len(cluster.get_all_model_replicas()) == 1, 30, "the surplus replica leaving", interval=0.2)
+
+
+def counted_total(xs):
+    metrics.add_metric("custom_inputs", "Counter", "inputs this replica summed")
+    metrics.report_metric("custom_inputs", len(xs))
+    return [str(sum(x)) for x in xs]
+
+
+def test_replicas_report_clippers_container_metrics_as_clippers_metric_test_reads_them(cluster, docker_client):
+    """integration-tests/clipper_metric_docker.py: two replicas, each up as a target and
+    with its own series of every clipper_mc_* metric, and the model's own counter."""
+    python_deployer.create_endpoint(cluster, "dock-counted", "doubles", counted_total, num_replicas=2)
+    try:
+        for value in range(4):
+            assert prediction(cluster, "dock-counted", {"input": [float(value), 1.0]})["output"] == value + 1.0
+        metric_addr = f"http://{cluster.cm.get_metric_addr()}"
+
+        def series(name):
+            answer = requests.get(f"{metric_addr}/api/v1/series?match[]={name}", timeout=10).json()
+            assert answer["status"] == "success"
+            return [s for s in answer["data"] if s["model_name"] == "dock-counted"]
+        for name in ("clipper_mc_pred_total", "clipper_mc_end_to_end_latency_ms_sum", "clipper_mc_recv_time_ms_sum",
+                     "clipper_mc_parse_time_ms_sum", "clipper_mc_handle_time_ms_sum"):
+            assert len(series(name)) == 2, name
+        replica_names = {c.name for c in containers(docker_client, **{CLIPPER_MODEL_CONTAINER_LABEL: "dock-counted_1"})}
+        assert {s["replica"] for s in series("clipper_mc_pred_total")} == replica_names
+        wait_for(lambda: len(series("custom_inputs_total")) >= 1, 10, "the model's own counter", interval=0.2)
+        targets = requests.get(f"{metric_addr}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        assert all(t["health"] == "up" for t in targets)
+        assert sorted(t["labels"]["job"] for t in targets if t["labels"].get("model_name") != "dock-sum") == [
+            "model-container", "model-container", "query"]
+    finally:
+        cluster.stop_models(["dock-counted"])
+        cluster.unregister_application("dock-counted")
+        docker_client.images.remove("dock-dock-counted:1", force=True)
 
 
 def test_a_crashed_replica_is_restarted_by_docker(cluster, docker_client):
