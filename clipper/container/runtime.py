@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import time
 import traceback
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -432,7 +433,12 @@ def main(config) -> None:
         raise SystemExit("CLIPPER_MODEL_NAME, CLIPPER_MODEL_VERSION and CLIPPER_MODEL_PATH must be set")
     input_type = InputType.parse(config.input_type)
     # Bound first: a model may add metrics of its own (clipper_admin.metrics) as it loads.
-    REPLICA.bind(config.model_name, config.model_version, config.replica_name, config.metrics_dir)
+    metrics = None
+    if REPLICA.available:
+        REPLICA.bind(config.model_name, config.model_version, config.replica_name, config.metrics_dir)
+        metrics = REPLICA if config.metrics_dir else None
+    else:
+        log.info("prometheus_client is not installed in %s: the replica reports no metrics", sys.executable)
     try:
         function = load_function(config.model_path)
     except ImportError as error:
@@ -448,5 +454,5 @@ def main(config) -> None:
     runtime = ContainerRuntime(config.model_name, config.model_version, input_type, addresses,
                                lambda kind, inputs: run_batch(function, kind, inputs),
                                config.rpc_server_public_key, config.rpc_client_secret_key,
-                               config.max_output_size, REPLICA if config.metrics_dir else None)
+                               config.max_output_size, metrics)
     runtime.serve_forever()

@@ -22,10 +22,33 @@ CLIPPER_SERIES = ["clipper_mc_pred_total", "clipper_mc_end_to_end_latency_ms_sum
                   "clipper_mc_handle_time_ms_sum"]
 
 
+def careless_sum(xs):
+    """Metric mistakes that 0.4.1's metric server logged while the model went on serving."""
+    metrics.add_metric("custom-dashed", "Gauge", "a name Prometheus refuses")
+    metrics.report_metric("custom-dashed", 1)
+    metrics.add_metric("custom_down", "Counter", "counted down")
+    metrics.report_metric("custom_down", -1)
+    metrics.add_metric("custom_unsorted", "Histogram", "unsorted buckets", [10, 5, 1])
+    metrics.report_metric("custom_unsorted", 3)
+    metrics.add_metric("custom_described", "Gauge", 5)                # a description that is not text
+    metrics.report_metric("custom_described", len(xs))
+    metrics.add_metric("internal_aggregate_num_predictions", "Summary", "a frontend gauge's name")
+    metrics.report_metric("internal_aggregate_num_predictions", 1)
+    return [str(sum(x)) for x in xs]
+
+
+def gauge_named_total(xs):
+    metrics.add_metric("custom_clash_total", "Gauge", "the name of counted_sum's counter custom_clash")
+    metrics.report_metric("custom_clash_total", 7)
+    return [str(sum(x)) for x in xs]
+
+
 def counted_sum(xs):
     metrics.add_metric("custom_inputs", "Counter", "inputs this replica summed")
     metrics.add_metric("custom_input_length", "Histogram", "doubles per input", [1, 10, 100])
     metrics.report_metric("custom_inputs", len(xs))
+    metrics.add_metric("custom_clash", "Counter", "served as custom_clash_total")
+    metrics.report_metric("custom_clash", 1)
     for x in xs:
         metrics.report_metric("custom_input_length", len(x))
     return [str(sum(x)) for x in xs]
@@ -127,15 +150,67 @@ def test_the_prometheus_api_refuses_what_it_does_not_serve(cluster):
     assert requests.post(metric_url(cluster, "/metrics"), timeout=10).status_code == 405
 
 
+def test_metric_mistakes_of_a_model_are_logged_and_its_predictions_go_on(cluster):
+    python_deployer.create_endpoint(cluster, "careless", "doubles", careless_sum)
+    python_deployer.create_endpoint(cluster, "clashing", "doubles", gauge_named_total)
+    for value in range(3):
+        assert prediction(cluster, "careless", {"input": [float(value)]})["output"] == value
+        assert prediction(cluster, "clashing", {"input": [float(value)]})["output"] == value
+    wait_for(lambda: series(cluster, "custom_described"), 5, "the kept metric of careless")
+    text = requests.get(metric_url(cluster, "/metrics"), timeout=10).text
+    families = list(text_string_to_metric_families(text))
+    owners = {}
+    for family in families:     # valid text: each series name belongs to one family
+        for sample in family.samples:
+            assert owners.setdefault(sample.name, family.name) == family.name, sample.name
+    values = {sample.name: sample.value for family in families for sample in family.samples}
+    assert "custom_unsorted_count" not in values and "custom_dashed" not in values
+    assert values["custom_down_total"] == 0             # the count down was left out
+    # the frontend's gauge of that name alone
+    assert series(cluster, "internal_aggregate_num_predictions_count") == [
+        {"__name__": "internal_aggregate_num_predictions_count"}]
+    # two models' metrics of one series name: one is served (the other is logged as left out)
+    assert len({s["model_name"] for s in series(cluster, "custom_clash_total")}) == 1
+
+
+def test_the_metrics_directory_is_read_as_untrusted(cluster):
+    """A model can write there (in Docker through the volume): nothing it puts there may
+    block the frontend, be followed elsewhere, or break the served text."""
+    directory = cluster.cm.cluster.path / "replica-metrics"
+    elsewhere = directory.parent / "planted.txt"
+    elsewhere.write_text('clipper_mc_pred_total{model_name="planted",model_version="1",replica="p"} 9.0\n')
+    os.mkfifo(directory / "fifo.prom")
+    (directory / "link.prom").symlink_to(elsewhere)
+    (directory / "folder.prom").mkdir()
+    (directory / "garbage.prom").write_bytes(b"\x00\xff not { prometheus\n" * 100)
+    (directory / "huge.prom").write_bytes(b"# " + b"x" * (2 << 20) + b"\n")
+    try:
+        started = time.monotonic()
+        for path in ("/metrics", "/api/v1/targets"):
+            assert requests.get(metric_url(cluster, path), timeout=5).status_code == 200
+        assert time.monotonic() - started < 4
+        assert "planted" not in {s["model_name"] for s in series(cluster, "clipper_mc_pred_total")}
+        assert prediction(cluster, "counted", {"input": [2.0]})["output"] == 2.0
+    finally:
+        for name in ("fifo.prom", "link.prom", "garbage.prom", "huge.prom"):
+            (directory / name).unlink()
+        (directory / "folder.prom").rmdir()
+        elsewhere.unlink()
+
+
 def test_metrics_are_checked_where_they_are_added():
     with pytest.raises(ClipperException, match="Metric type"):
         metrics.add_metric("custom_kind", "Meter", "no such type")
-    with pytest.raises(ClipperException, match="metric name"):
-        metrics.add_metric("custom latency", "Gauge", "a space")
     with pytest.raises(ClipperException, match="has not been added"):
         metrics.report_metric("custom_never_added", 1)
     metrics.add_metric("custom_gauge", "Gauge", "set")
     metrics.add_metric("custom_gauge", "Counter", "added again: ignored, as 0.4.1 did")
+    with pytest.raises(ClipperException, match="Metric type"):
+        metrics.add_metric("custom_gauge", "Bogus", "the type is checked first, as in 0.4.1")
     metrics.report_metric("custom_gauge", -2.5)
-    with pytest.raises(ClipperException, match="Cannot report"):
+    with pytest.raises(ValueError):                     # float()'s own error, as in 0.4.1
         metrics.report_metric("custom_gauge", "high")
+    metrics.add_metric("custom latency", "Gauge", "a name Prometheus refuses: left out")
+    metrics.report_metric("custom latency", 1)          # ignored, as 0.4.1's server did
+    metrics.add_metric("custom_fine", "Histogram", "too fine to scrape: left out", list(range(100)))
+    metrics.report_metric("custom_fine", 1)
