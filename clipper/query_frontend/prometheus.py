@@ -104,8 +104,9 @@ class PrometheusApp(http.Application):
     def _targets(self, _request: http.Request) -> asyncio.Future:
         def targets(_own, replicas):
             found = [self._target({"job": FRONTEND_JOB, "instance": self.address})]
-            found += [self._target({"job": REPLICA_JOB, "instance": replica.labels["replica"], **replica.labels})
-                      for replica in replicas]
+            named = {tuple(replica.labels.values()): replica.labels for replica in replicas}   # each once
+            found += [self._target({"job": REPLICA_JOB, "instance": labels["replica"], **labels})
+                      for labels in named.values()]
             return _success({"activeTargets": found, "droppedTargets": []})
         return self._in_thread(targets)
 

@@ -2,9 +2,10 @@
 
 A file is a replica's own, written by code of the user's (the model), so it is read as
 untrusted: regular files only, never through a link, without blocking (a FIFO), at most
-MAX_FILE_BYTES; and off the event loop (``combined`` runs in a thread), since parsing
-a few hundred kilobytes of text takes a while. A file untouched for STALE_SECONDS is a
-dead replica's and is deleted. A file whose bytes did not change is not parsed again.
+MAX_FILE_BYTES each and MAX_SCRAPE_BYTES and MAX_FILES in all; and off the event loop (the
+metrics port answers from a thread), since parsing a few hundred kilobytes of text takes a
+while. A file untouched for STALE_SECONDS is a dead replica's and is deleted. A file whose
+bytes did not change is not parsed again.
 """
 import logging
 import os
@@ -22,9 +23,12 @@ from clipper.log_limit import LogRateLimit
 log = logging.getLogger("clipper.query_frontend.replica_metrics")
 log.addFilter(LogRateLimit(5, 60.0, "the replicas' metrics files"))
 
-# The sample names a family of each type may write (Prometheus text, as prometheus_client writes it)
-_SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",), "summary": ("", "_count", "_sum", "_created"),
-             "histogram": ("_bucket", "_count", "_sum", "_created")}
+# In all, per scrape: some thousand replicas of Clipper's metrics, some tens at their limits
+MAX_SCRAPE_BYTES = 8 * 1024 * 1024
+MAX_FILES = 4096
+# The names a family of each type (those a replica writes) may use in Prometheus text
+_SUFFIXES = {"counter": ("", "_total", "_created"), "gauge": ("",), "summary": ("", "_count", "_sum", "_created"),
+             "histogram": ("", "_bucket", "_count", "_sum", "_created")}
 
 
 class Replica:
@@ -49,10 +53,18 @@ class ReplicaFiles:
                 names = sorted(name for name in os.listdir(self.directory) if name.endswith(FILE_SUFFIX))
             except OSError:
                 return []                          # the cluster is being stopped
-            for name in names:
-                content = self._content(name)
+            if len(names) > MAX_FILES:
+                log.warning("reading %d of the %d files in the replica metrics", MAX_FILES, len(names))
+            budget = MAX_SCRAPE_BYTES
+            for name in names[:MAX_FILES]:
+                if budget <= 0:
+                    log.warning("the replica metrics files from %s on are not read: over %d bytes in all",
+                                name, MAX_SCRAPE_BYTES)
+                    break
+                content = self._content(name, min(budget, MAX_FILE_BYTES))
                 if content is None:
                     continue
+                budget -= len(content)
                 replica = self._parsed.get(name)
                 if replica is None or replica.content != content:
                     replica = _parse(name, content)
@@ -62,7 +74,8 @@ class ReplicaFiles:
             self._parsed = parsed
             return replicas
 
-    def _content(self, name: str):
+    def _content(self, name: str, limit: int):
+        """The bytes of file ``name``, or None: not a regular file, stale, or over ``limit``."""
         path = os.path.join(self.directory, name)
         try:
             status = os.lstat(path)
@@ -73,21 +86,29 @@ class ReplicaFiles:
                 os.unlink(path)                    # its replica is gone
                 return None
             descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:                            # replaced or deleted meanwhile
+        except OSError:                            # a link; replaced or deleted meanwhile
             return None
-        with open(descriptor, "rb") as file:
-            content = file.read(MAX_FILE_BYTES + 1)
-        if len(content) > MAX_FILE_BYTES:
-            log.warning("skipping %s in the replica metrics: more than %d bytes", name, MAX_FILE_BYTES)
-            return None
+        with open(descriptor, "rb", buffering=0) as file:
+            try:
+                # checked on what was opened: the name may have been replaced since lstat
+                regular = stat.S_ISREG(os.fstat(descriptor).st_mode)
+                content = file.read(limit + 1) if regular else None
+            except OSError:
+                content = None
+        if content is None:
+            log.warning("skipping %s in the replica metrics: not a regular file", name)
+        elif len(content) > limit:
+            log.warning("skipping %s in the replica metrics: over its %d bytes", name, limit)
+            content = None
         return content
 
 
 def _parse(name: str, content: bytes):
     try:
-        families = list(text_string_to_metric_families(content.decode("utf-8", "replace")))
-    except ValueError as error:
-        log.warning("skipping %s in the replica metrics: %s", name, str(error)[:200])
+        families = [family for family in text_string_to_metric_families(content.decode("utf-8", "replace"))
+                    if family.type in _SUFFIXES]
+    except ValueError:                             # its text says nothing more to the log
+        log.warning("skipping %s in the replica metrics: not Prometheus text", name)
         return None
     labels = next((sample.labels for family in families for sample in family.samples
                    if all(sample.labels.get(label) for label in LABELS)), None)
@@ -109,6 +130,7 @@ def combined(own: Iterable[Metric], replicas: List[Replica]) -> List[Metric]:
     families = list(own)
     owner = {name: None for family in families for name in _names(family)}     # None: the frontend's
     merged: Dict[str, Metric] = {}
+    seen = set()                                   # (series name, labels): each once
     for replica in replicas:
         for family in replica.families:
             key = (family.name, family.type)
@@ -120,5 +142,9 @@ def combined(own: Iterable[Metric], replicas: List[Replica]) -> List[Metric]:
             if family.name not in merged:
                 merged[family.name] = Metric(family.name, family.documentation, family.type)
             owner.update((name, key) for name in _names(family))
-            merged[family.name].samples.extend(family.samples)
+            for sample in family.samples:
+                series = (sample.name, tuple(sorted(sample.labels.items())))
+                if series not in seen:
+                    seen.add(series)
+                    merged[family.name].samples.append(sample)
     return families + list(merged.values())

@@ -184,15 +184,21 @@ def test_the_metrics_directory_is_read_as_untrusted(cluster):
     (directory / "folder.prom").mkdir()
     (directory / "garbage.prom").write_bytes(b"\x00\xff not { prometheus\n" * 100)
     (directory / "huge.prom").write_bytes(b"# " + b"x" * (2 << 20) + b"\n")
+    replica_file = next(directory.glob("model-counted_1-*.prom"))
+    (directory / "spoof.prom").write_bytes(replica_file.read_bytes())     # another replica's series
     try:
         started = time.monotonic()
         for path in ("/metrics", "/api/v1/targets"):
             assert requests.get(metric_url(cluster, path), timeout=5).status_code == 200
         assert time.monotonic() - started < 4
         assert "planted" not in {s["model_name"] for s in series(cluster, "clipper_mc_pred_total")}
+        found = series(cluster, "clipper_mc_pred_total")
+        assert len(found) == len({s["replica"] for s in found})             # each series once
+        targets = requests.get(metric_url(cluster, "/api/v1/targets"), timeout=10).json()["data"]["activeTargets"]
+        assert len(targets) == len({t["labels"]["instance"] for t in targets})
         assert prediction(cluster, "counted", {"input": [2.0]})["output"] == 2.0
     finally:
-        for name in ("fifo.prom", "link.prom", "garbage.prom", "huge.prom"):
+        for name in ("fifo.prom", "link.prom", "garbage.prom", "huge.prom", "spoof.prom"):
             (directory / name).unlink()
         (directory / "folder.prom").rmdir()
         elsewhere.unlink()
