@@ -30,6 +30,10 @@ from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.exceptions import STOP_COMMAND, ClipperException
 
 logger = logging.getLogger(__name__)
+# DockerContainerManager's (0.4.1's) own parameters and their defaults, taken by
+# LocalContainerManager so that Clipper code runs with one class name changed
+DOCKER_DEFAULTS = {"docker_ip_address": "localhost", "use_centralized_log": False, "fluentd_port": 24224,
+                   "prometheus_port": 9090, "docker_network": "clipper_network", "extra_container_kwargs": None}
 
 APPLY_TIMEOUT_SECONDS = 60
 # AF_UNIX paths are limited to 108 bytes.
@@ -45,7 +49,8 @@ class LocalContainerManager(ContainerManager):
                  host="127.0.0.1", clipper_metric_port=None,
                  admin_token=None, max_body_size=Config.max_body_size, rpc_auth="auto",
                  query_workers=Config.query_workers, max_batch_size=Config.max_batch_size,
-                 header_timeout=Config.header_timeout, max_output_size=Config.max_output_size):
+                 header_timeout=Config.header_timeout, max_output_size=Config.max_output_size,
+                 **docker_only):
         """``host``: where the servers listen (loopback unless you mean it). ``admin_token``
         (default $CLIPPER_ADMIN_TOKEN): if set, /admin calls need it as a bearer token.
         ``max_body_size``: the largest request body the frontends accept, in bytes.
@@ -62,7 +67,18 @@ class LocalContainerManager(ContainerManager):
         ``query_workers``: query frontend processes sharing the query port (SO_REUSEPORT);
         worker k takes the RPC port ``clipper_rpc_port + k``, and each replica of ours
         serves them all. A real Clipper container connects to one RPC port: worker 0 only.
-        ``start_clipper(num_frontend_replicas=N)`` asks for the same as query_workers=N."""
+        ``start_clipper(num_frontend_replicas=N)`` asks for the same as query_workers=N.
+        DockerContainerManager's own parameters (``docker_ip_address``, ``use_centralized_log``,
+        ``fluentd_port``, ``prometheus_port``, ``docker_network``, ``extra_container_kwargs``)
+        are taken and have no effect here, so that Clipper code runs with this class's name
+        in place of DockerContainerManager's; one that is not its default is logged."""
+        unknown = set(docker_only) - set(DOCKER_DEFAULTS)
+        if unknown:
+            raise TypeError(f"LocalContainerManager() got an unexpected keyword argument '{sorted(unknown)[0]}'")
+        ignored = {name: value for name, value in docker_only.items() if value != DOCKER_DEFAULTS[name]}
+        if ignored:
+            logger.warning("LocalContainerManager runs local processes: %s (Docker's) have no effect",
+                           ", ".join(f"{name}={value!r}" for name, value in ignored.items()))
         self.query_workers = whole_number("query_workers", query_workers)
         super().__init__(cluster_name, public_host_for(host), clipper_query_port,
                          clipper_management_port, clipper_rpc_port, clipper_metric_port,

@@ -81,3 +81,17 @@ def test_connection_logs_with_the_cluster_name(caplog):
     with caplog.at_level(logging.INFO, logger="clipper_admin"):
         conn.logger.info("hello")
     assert "[named-cluster] hello" in caplog.text
+
+
+def test_the_local_manager_takes_the_docker_managers_own_parameters(caplog):
+    """Clipper's examples write DockerContainerManager(use_centralized_log=False), and its
+    test helpers pass fluentd_port and prometheus_port: with LocalContainerManager's name in
+    its place, they still construct; what means nothing locally is said in the log."""
+    with caplog.at_level(logging.WARNING):
+        LocalContainerManager(use_centralized_log=False)
+        assert not caplog.records                       # 0.4.1's defaults: nothing to say
+        LocalContainerManager(cluster_name="c", docker_ip_address="localhost", fluentd_port=24500,
+                              prometheus_port=24501, docker_network="clipper_network", extra_container_kwargs={})
+    assert "fluentd_port=24500, prometheus_port=24501, extra_container_kwargs={}" in caplog.text
+    with pytest.raises(TypeError, match="unexpected keyword argument 'fluentd'"):
+        LocalContainerManager(fluentd=1)
