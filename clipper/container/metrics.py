@@ -7,8 +7,8 @@ to a file of its own in the cluster's ``metrics_dir`` (within a second of a chan
 thread of its own touches that file every few seconds, which tells the reader that the
 replica lives even while its model computes; the query frontend serves every fresh file on
 the metrics port beside its own metrics (clipper.query_frontend.prometheus). The Docker
-backend gives the frontend and its replicas a volume for them. Elsewhere (Ray, a client's
-process) they are kept in the process and not exported.
+backend gives the frontend and its replicas a volume for them; a Ray replica's actor
+forwards its file to the frontends' node. In a client's process they are kept, unexported.
 
 Each series is labelled with the replica's model name, version and ``replica`` (its name
 in the cluster, as the supervisor or Docker calls it): several replicas' series stay apart,

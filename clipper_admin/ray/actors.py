@@ -11,6 +11,7 @@ model containers over Clipper's RPC, never through Ray.
 import ctypes
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,8 @@ import ray
 import clipper
 import clipper_admin
 from clipper import launch as recipe
+from clipper.cluster.cluster_dir import REPLICA_METRICS_DIR
+from clipper.container.metrics import FILE_SUFFIX, MAX_FILE_BYTES, TOUCH_SECONDS
 from clipper.config import Config, is_loopback
 from clipper_admin.container_manager import SERVING_LIMITS
 from clipper_admin.deployers.deployer_utils import read_model_metadata
@@ -36,6 +39,8 @@ from clipper_admin.local import LocalContainerManager
 PACKAGE_ROOTS = list(dict.fromkeys(str(Path(package.__file__).resolve().parents[1])
                                    for package in (clipper, clipper_admin)))
 MAX_RESTART_DELAY = 5.0
+METRICS_FORWARD_SECONDS = 1.0     # a replica's metrics reach the frontends' node this often
+_REPLICA_LABEL = re.compile(r"[A-Za-z0-9_.-]+")
 RAYLET_CHECK_SECONDS = 0.5
 HEALTHY_RUN_SECONDS = 10.0
 
@@ -131,6 +136,24 @@ class ClusterFrontends:
         for path in sorted((self.dir / "models").glob("*.zip")):
             self.models[path.name[:-len(".zip")]] = ray.put(path.read_bytes())
 
+    # ---- the replicas' metrics, forwarded by their actors (clipper.container.metrics) ----
+    def _metrics_file(self, label):
+        if not _REPLICA_LABEL.fullmatch(label):
+            raise ValueError(f"not a replica's label: {label[:100]!r}")
+        return self.local.cluster.path / REPLICA_METRICS_DIR / f"{label}{FILE_SUFFIX}"
+
+    def put_replica_metrics(self, label, content: bytes) -> None:
+        """Replace the replica's file in the local backend's directory, which the query
+        frontend serves; each call also tells it that the replica lives."""
+        if len(content) <= MAX_FILE_BYTES:
+            path = self._metrics_file(label)
+            partial = path.with_name(path.name + ".tmp")
+            partial.write_bytes(content)
+            os.replace(partial, path)
+
+    def remove_replica_metrics(self, label) -> None:
+        self._metrics_file(label).unlink(missing_ok=True)
+
     # ---- logs and stopping ----
     def logs(self) -> dict:
         return {f"{self.settings['cluster_name']}-{log.name}": log.read_text(errors="replace")
@@ -164,8 +187,12 @@ class ModelReplica:
         with zipfile.ZipFile(io.BytesIO(ray.get(refs[0]))) as archive:
             archive.extractall(self.dir / "model")
         self.log_path = self.dir / "model-container.log"
-        self.launch = recipe.model_container(config, name, version, input_type, str(self.dir / "model"),
-                                             replica_name=self.label)
+        # The replica writes its metrics on this node; a thread forwards them to the frontends'.
+        (self.dir / "metrics").mkdir()
+        self.metrics_path = self.dir / "metrics" / f"{self.label}{FILE_SUFFIX}"
+        self.frontends = frontends
+        self.launch = recipe.model_container(config.replace(metrics_dir=str(self.dir / "metrics")), name,
+                                             version, input_type, str(self.dir / "model"), replica_name=self.label)
         # The interpreter that pickled the model if this node has it, else the actor's own.
         python = read_model_metadata(str(self.dir / "model")).get("python")
         self.command = self.launch.argv(python if python and os.access(python, os.X_OK) else sys.executable)
@@ -179,6 +206,7 @@ class ModelReplica:
         self._start()
         threading.Thread(target=self._keep_running, daemon=True).start()
         threading.Thread(target=self._exit_with_raylet, args=(os.getppid(),), daemon=True).start()
+        threading.Thread(target=self._forward_metrics, daemon=True).start()
 
     def _start(self):
         self.started_at = time.monotonic()
@@ -198,6 +226,23 @@ class ModelReplica:
             time.sleep(0 if not self.failures else min(MAX_RESTART_DELAY, 0.1 * 2 ** self.failures))
             if not self.stopping:
                 self._start()
+
+    def _forward_metrics(self):
+        """The replica's metrics file to the frontends' node when it changed, and at least
+        every TOUCH_SECONDS while the replica runs (which keeps it listed there)."""
+        sent, sent_at = None, 0.0
+        while not self.stopping:
+            time.sleep(METRICS_FORWARD_SECONDS)
+            try:
+                content = self.metrics_path.read_bytes()
+                stale = os.stat(self.metrics_path).st_mtime < time.time() - TOUCH_SECONDS * 2
+            except OSError:
+                continue                  # not written yet, or the replica is restarting
+            if stale or self.stopping:
+                continue                  # its replica died: the frontends' copy goes stale too
+            if content != sent or time.monotonic() - sent_at >= TOUCH_SECONDS:
+                self.frontends.put_replica_metrics.remote(self.label, content)
+                sent, sent_at = content, time.monotonic()
 
     def _exit_with_raylet(self, raylet_pid):
         """An idle actor does not notice that its node's raylet died, and Ray has already
@@ -223,6 +268,7 @@ class ModelReplica:
 
     def stop(self, graceful=True) -> None:
         self.stopping = True
+        self.frontends.remove_replica_metrics.remote(self.label)
         self.process.terminate()
         try:
             self.process.wait(self.launch.stop_grace if graceful else 0)

@@ -6,14 +6,24 @@ import time
 import psutil
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from clipper_admin import ClipperConnection, ClipperException
 from clipper_admin.deployers import python as python_deployer
 from clipper_admin.ray import RayContainerManager
+from helpers import wait_for
 
 
 def feature_sum(xs):
     return [str(sum(x)) for x in xs]
+
+
+def replica_series(conn, name):
+    """The clipper_mc_pred_total series of model ``name``'s replicas on the metrics port."""
+    text = requests.get(f"http://{conn.cm.get_metric_addr()}/metrics", timeout=10).text
+    return [{"replica": s.labels["replica"], "value": s.value}
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == "clipper_mc_pred_total" and s.labels.get("model_name") == name]
 
 
 def connected_replicas(conn, name):
@@ -50,12 +60,16 @@ def test_replicas_spread_over_the_nodes_and_scale(ray_cluster, ray_clipper, tmp_
     assert conn.get_num_replicas("spread-model") == 5
     answer = requests.post(f"http://{conn.get_query_addr()}/spread/predict", json={"input": [1.0, 2.5]})
     assert answer.json() == {"query_id": answer.json()["query_id"], "output": 3.5, "default": False}
+    # Each replica's metrics reach the frontends' node (forwarded by its actor), one series each.
+    wait_for(lambda: len(replica_series(conn, "spread-model")) == 5, 15, "5 replicas' metrics")
+    assert sum(float(s["value"]) for s in replica_series(conn, "spread-model")) >= 1
 
     before = conn.cm.replica_info("spread-model", 1)
     conn.set_num_replicas("spread-model", 1)
     assert len(connected_replicas(conn, "spread-model")) == 1
     stopped = [info["process_pid"] for index, info in before.items() if index >= 1]
     assert not [pid for pid in stopped if psutil.pid_exists(pid)], "scaled-down replicas still run"
+    wait_for(lambda: len(replica_series(conn, "spread-model")) == 1, 15, "the stopped replicas' metrics gone")
 
     # Another process (here: another manager) finds the cluster through Ray.
     other = ClipperConnection(RayContainerManager(cluster_name="spread"))
