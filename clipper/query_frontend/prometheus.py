@@ -15,6 +15,7 @@ frontend and each replica, all up) and ``/api/v1/series?match[]=<metric name>``.
 """
 import asyncio
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable, List
 from urllib.parse import parse_qs
 
@@ -71,6 +72,9 @@ class PrometheusApp(http.Application):
         ``address``: this port's host:port, as the frontend's target."""
         self.metrics = metrics
         self.replica_files = ReplicaFiles(replica_metrics_dir) if replica_metrics_dir else None
+        # A thread of its own: slow scrapes wait for each other, not the loop's other work in
+        # the default executor (name lookups, for one).
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-port")
         self.address = address
         self.routes = {"/metrics": self._metrics, "/api/v1/targets": self._targets,
                        "/api/v1/series": self._series}
@@ -92,7 +96,7 @@ class PrometheusApp(http.Application):
         are taken here, in the event loop that changes them."""
         own = list(frontend_families(self.metrics))
         replicas = self.replica_files.read if self.replica_files else list
-        return asyncio.get_running_loop().run_in_executor(None, lambda: answer(own, replicas()))
+        return asyncio.get_running_loop().run_in_executor(self.executor, lambda: answer(own, replicas()))
 
     def _metrics(self, _request: http.Request) -> asyncio.Future:
         def render(own, replicas):
