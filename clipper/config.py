@@ -66,8 +66,9 @@ class Config:
     # listens on the Unix socket rpc-k.sock, which the replicas use instead of TCP
     # (clipper.rpc.stream); "": TCP only.
     rpc_socket_dir: str = setting("", QUERY_FRONTEND, MODEL_CONTAINER)
-    # Local backend: where each replica writes its metrics (clipper.container.metrics) for
-    # query frontend worker 0 to serve on the metrics port; "": they are not exported.
+    # Where each replica writes its metrics (clipper.container.metrics) for query frontend
+    # worker 0 to serve on the metrics port: in the local backend's state directory, a Docker
+    # volume, or (Ray) on the replica's node, forwarded by its actor; "": not exported.
     metrics_dir: str = setting("", QUERY_FRONTEND, MODEL_CONTAINER)
     # RPC authentication (CURVE keys, Z85; see clipper.rpc.auth); empty: the RPC port is open.
     # The query frontend also holds the containers' keys, so that a backend can read them

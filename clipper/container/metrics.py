@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
@@ -50,6 +51,25 @@ MAX_DESCRIPTION = 1000           # characters
 MAX_FILE_BYTES = 1024 * 1024     # a larger file is not read (the limits above keep far below)
 FILE_SUFFIX = ".prom"
 _UNSAFE_IN_FILE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def file_name(replica: str) -> str:
+    """The name of the metrics file of the replica named ``replica``."""
+    return _UNSAFE_IN_FILE_NAME.sub("_", replica) + FILE_SUFFIX
+
+
+def read_metrics_file(path) -> bytes:
+    """The bytes of a replica's metrics file, read as the model's (which may have put
+    anything there): a regular file, not through a link, without waiting on a FIFO, of at
+    most MAX_FILE_BYTES. Raises ValueError saying why not; OSError if it is gone."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with open(descriptor, "rb", buffering=0) as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise ValueError("not a regular file")
+        content = file.read(MAX_FILE_BYTES + 1)
+    if len(content) > MAX_FILE_BYTES:
+        raise ValueError(f"more than {MAX_FILE_BYTES} bytes")
+    return content
 
 # Clipper 0.4.1's monitoring/metrics_config.yaml, "Model Container" (prefix clipper_mc_)
 _LATENCY_BUCKETS = (5, 10, 20, 35, 50, 75, 100, 150, 200, 250, 300, 400, 500)
@@ -78,6 +98,7 @@ class ReplicaMetrics:
         self._path: Optional[Path] = None
         self._changed = False
         self._written_at = 0.0
+        self._writing = threading.Lock()            # the serving loop and the touch thread
 
     @property
     def available(self) -> bool:
@@ -99,9 +120,11 @@ class ReplicaMetrics:
         for name, kind, description, buckets in CONTAINER_METRICS:
             self.add(name, kind, description, buckets)
         if directory:
+            if self._path is not None:
+                raise RuntimeError(f"the replica's metrics are written to {self._path} already")
             from prometheus_client import disable_created_metrics
             disable_created_metrics()       # Clipper's series had no *_created; a replica's process alone
-            self._path = Path(directory) / (_UNSAFE_IN_FILE_NAME.sub("_", replica) + FILE_SUFFIX)
+            self._path = Path(directory) / file_name(replica)
             self.write()
             threading.Thread(target=self._touch_while_alive, name="metrics-touch", daemon=True).start()
 
@@ -116,7 +139,9 @@ class ReplicaMetrics:
         if name in self._children or name in self._left_out:
             return
         problem = None
-        if not NAME.fullmatch(name):
+        if not self.available:
+            problem = "prometheus_client is not installed in this replica's interpreter"
+        elif not NAME.fullmatch(name):
             problem = "a metric name is letters, digits, '_' and ':', not starting with a digit"
         elif len(self._metrics) >= MAX_METRICS:
             problem = f"a replica keeps at most {MAX_METRICS} metrics"
@@ -185,21 +210,23 @@ class ReplicaMetrics:
     def write(self) -> None:
         """Replace this replica's file at once (renamed into place: a reader never sees half).
         Whatever goes wrong is logged: metrics never stop a replica from serving."""
-        if self._path is None:
-            return
         from prometheus_client import generate_latest
-        self._changed = False
-        self._written_at = time.monotonic()
-        partial = self._path.with_name(self._path.name + ".tmp")
-        try:
-            partial.write_bytes(generate_latest(self.registry))
-            os.replace(partial, self._path)
-        except Exception as error:      # the state directory deleted; a bug of ours
-            log.warning("cannot write the replica's metrics to %s: %s", self._path, error)
+        with self._writing:
+            if self._path is None:
+                return
+            self._changed = False
+            self._written_at = time.monotonic()
+            partial = self._path.with_name(self._path.name + ".tmp")
+            try:
+                partial.write_bytes(generate_latest(self.registry))
+                os.replace(partial, self._path)
+            except Exception as error:      # the state directory deleted; a bug of ours
+                log.warning("cannot write the replica's metrics to %s: %s", self._path, error)
 
     def remove(self) -> None:
-        """A replica that stops takes its series with it."""
-        path, self._path = self._path, None
+        """A replica that stops takes its series with it (and its touch thread ends)."""
+        with self._writing:
+            path, self._path = self._path, None
         if path is not None:
             path.unlink(missing_ok=True)
 
@@ -211,8 +238,8 @@ class ReplicaMetrics:
                 return
             try:
                 os.utime(path)
-            except FileNotFoundError:       # the reader took it for stale: write it again
-                self._changed = True
+            except FileNotFoundError:       # a reader took it for stale: written again at once,
+                self.write()                # even while the model computes
             except OSError:
                 pass
 

@@ -62,6 +62,13 @@ class _Families:
         return self.families
 
 
+def render(families: List[Metric]) -> bytes:
+    """``families`` in Prometheus text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry)
+
+
 class PrometheusApp(http.Application):
     """The metrics port, served by the query frontend's own HTTP layer. What needs the
     replicas' files is answered from a thread (their reading and parsing)."""
@@ -91,19 +98,21 @@ class PrometheusApp(http.Application):
                                headers={"Allow": "GET, HEAD"})
         return route(request)
 
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
     def _in_thread(self, answer) -> asyncio.Future:
         """``answer(own families, replicas)`` run in a thread; the frontend's own families
         are taken here, in the event loop that changes them."""
         own = list(frontend_families(self.metrics))
-        replicas = self.replica_files.read if self.replica_files else list
-        return asyncio.get_running_loop().run_in_executor(self.executor, lambda: answer(own, replicas()))
+
+        def answer_with_replicas():
+            return answer(own, self.replica_files.read() if self.replica_files else [])
+        return asyncio.get_running_loop().run_in_executor(self.executor, answer_with_replicas)
 
     def _metrics(self, _request: http.Request) -> asyncio.Future:
-        def render(own, replicas):
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(_Families(combined(own, replicas)))
-            return http.Response(200, generate_latest(registry), CONTENT_TYPE_LATEST.encode())
-        return self._in_thread(render)
+        return self._in_thread(lambda own, replicas: http.Response(
+            200, render(combined(own, replicas)), CONTENT_TYPE_LATEST.encode()))
 
     def _targets(self, _request: http.Request) -> asyncio.Future:
         def targets(_own, replicas):
@@ -124,23 +133,17 @@ class PrometheusApp(http.Application):
             raise RequestError("no match[] parameter: give one or more metric names, "
                                "e.g. /api/v1/series?match[]=clipper_mc_pred_total", 400)
 
-        def series(own, replicas):
-            wanted, found, seen = set(names), [], set()
-            for family in combined(own, replicas):
-                for sample in family.samples:
-                    if sample.name in wanted:
-                        labels = {"__name__": sample.name, **sample.labels}
-                        key = tuple(sorted(labels.items()))
-                        if key not in seen:
-                            seen.add(key)
-                            found.append(labels)
-            return _success(found)
+        def series(own, replicas):     # combined() has each series once
+            wanted = set(names)
+            return _success([{"__name__": sample.name, **sample.labels} for family in combined(own, replicas)
+                             for sample in family.samples if sample.name in wanted])
         return self._in_thread(series)
 
     def render_error(self, error: RequestError, request) -> http.Response:
         headers = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in error.headers.items())
         if request is not None and request.path.startswith("/api/"):      # as Prometheus answers
-            body = orjson.dumps({"status": "error", "errorType": "bad_data", "error": error.message})
+            kind = "not_found" if error.status == 404 else "bad_data"
+            body = orjson.dumps({"status": "error", "errorType": kind, "error": error.message})
             return http.Response(error.status, body, b"application/json", headers)
         return http.Response(error.status, error.message.encode(), b"text/plain; charset=utf-8", headers)
 

@@ -1,23 +1,21 @@
 """The replicas' metrics files (clipper.container.metrics), read for the metrics port.
 
 A file is a replica's own, written by code of the user's (the model), so it is read as
-untrusted: regular files only, never through a link, without blocking (a FIFO), at most
-MAX_FILE_BYTES each and MAX_SCRAPE_BYTES and MAX_FILES in all; and off the event loop (the
-metrics port answers from a thread), since parsing a few hundred kilobytes of text takes a
-while. A file untouched for STALE_SECONDS is a dead replica's and is deleted. A file whose
-bytes did not change is not parsed again.
+untrusted (clipper.container.metrics.read_metrics_file), at most MAX_SCRAPE_BYTES and
+MAX_FILES in all, and off the event loop (the metrics port answers from a thread), since
+parsing a few hundred kilobytes of text takes a while. A file untouched for STALE_SECONDS
+is a dead replica's and is deleted. A file whose bytes did not change is not parsed again.
 """
 import logging
 import os
-import stat
 import threading
 import time
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional
 
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from clipper.container.metrics import FILE_SUFFIX, LABELS, MAX_FILE_BYTES, STALE_SECONDS
+from clipper.container.metrics import FILE_SUFFIX, LABELS, STALE_SECONDS, read_metrics_file
 from clipper.log_limit import LogRateLimit
 
 log = logging.getLogger("clipper.query_frontend.replica_metrics")
@@ -57,13 +55,13 @@ class ReplicaFiles:
                 log.warning("reading %d of the %d files in the replica metrics", MAX_FILES, len(names))
             budget = MAX_SCRAPE_BYTES
             for name in names[:MAX_FILES]:
-                if budget <= 0:
+                content = self._content(name)
+                if content is None:
+                    continue
+                if len(content) > budget:
                     log.warning("the replica metrics files from %s on are not read: over %d bytes in all",
                                 name, MAX_SCRAPE_BYTES)
                     break
-                content = self._content(name, min(budget, MAX_FILE_BYTES))
-                if content is None:
-                    continue
                 budget -= len(content)
                 replica = self._parsed.get(name)
                 if replica is None or replica.content != content:
@@ -74,33 +72,19 @@ class ReplicaFiles:
             self._parsed = parsed
             return replicas
 
-    def _content(self, name: str, limit: int):
-        """The bytes of file ``name``, or None: not a regular file, stale, or over ``limit``."""
+    def _content(self, name: str) -> Optional[bytes]:
+        """The bytes of file ``name``; None if it is stale (deleted), gone or not a replica's."""
         path = os.path.join(self.directory, name)
         try:
-            status = os.lstat(path)
-            if not stat.S_ISREG(status.st_mode):
-                log.warning("skipping %s in the replica metrics: not a regular file", name)
-                return None
-            if status.st_mtime < time.time() - STALE_SECONDS:
+            if os.lstat(path).st_mtime < time.time() - STALE_SECONDS:
                 os.unlink(path)                    # its replica is gone
                 return None
-            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            return read_metrics_file(path)
+        except ValueError as error:
+            log.warning("skipping %s in the replica metrics: %s", name, error)
         except OSError:                            # a link; replaced or deleted meanwhile
-            return None
-        with open(descriptor, "rb", buffering=0) as file:
-            try:
-                # checked on what was opened: the name may have been replaced since lstat
-                regular = stat.S_ISREG(os.fstat(descriptor).st_mode)
-                content = file.read(limit + 1) if regular else None
-            except OSError:
-                content = None
-        if content is None:
-            log.warning("skipping %s in the replica metrics: not a regular file", name)
-        elif len(content) > limit:
-            log.warning("skipping %s in the replica metrics: over its %d bytes", name, limit)
-            content = None
-        return content
+            pass
+        return None
 
 
 def _parse(name: str, content: bytes):

@@ -162,6 +162,7 @@ class QueryFrontend(http.Application):
         finally:
             if prometheus is not None:
                 await prometheus.stop()
+                prometheus.app.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -52,7 +52,7 @@ MODEL_PATH_VARIABLE = env_name("model_path")
 LOOPBACK = "127.0.0.1"
 # A replica restarted this often by Docker is failing, not starting.
 FAILING_RESTARTS = 2
-# The cluster's own volume, mounted in every server: Redis's socket and append-only file.
+# The cluster's state volume, mounted in every server: Redis's socket and append-only file.
 STATE_MOUNT = "/clipper"
 REDIS_URL = f"unix://{STATE_MOUNT}/redis.sock"
 # Another, mounted in the query frontend and every replica: only the replicas' metrics
@@ -171,7 +171,8 @@ class DockerContainerManager(ContainerManager):
 
     def _run(self, launch, image=None, labels=None, name=None, device_requests=None):
         """A container of ``launch`` (clipper.launch): a server runs the runtime image with the
-        launch's command and the cluster's volume; a model replica runs ``image`` as-is."""
+        launch's command and the cluster's state volume; a model replica runs ``image`` as-is.
+        The query frontend and the replicas also mount the replicas' metrics volume."""
         # As in 0.4.1, the user's extra_container_kwargs go to every container; labels and
         # environment are merged with ours, and what the cluster needs to work wins.
         kwargs = {"restart_policy": {"Name": "unless-stopped"}, "log_config": self.log_config,
@@ -248,7 +249,7 @@ class DockerContainerManager(ContainerManager):
                 "Use connect() to use it, or stop it with: " + STOP_COMMAND)
         self.stop_all(graceful=False)        # leftovers of a stopped cluster: its containers, its state
         self._require_free_ports(LOOPBACK)
-        # Redis started here listens on a unix socket in the cluster's volume: it takes no
+        # Redis started here listens on a unix socket in the cluster's state volume: it takes no
         # host port, so a Redis of the user's own on 6379 (or another cluster's) is never in
         # the way.
         redis_url = f"redis://{self.redis_ip}:{self.redis_port}" if self.external_redis else REDIS_URL
@@ -482,7 +483,7 @@ def stop_all_docker_clusters(graceful=True, names=None, *, required=False):
         if required:
             raise
         return []
-    # A cluster is its containers and its volume: either may be what is left of it.
+    # A cluster is its containers and its volumes: any may be what is left of it.
     found = {c.labels[CLIPPER_DOCKER_LABEL]
              for c in client.containers.list(all=True, filters={"label": CLIPPER_DOCKER_LABEL})}
     found |= {v.attrs["Labels"][CLIPPER_DOCKER_LABEL]

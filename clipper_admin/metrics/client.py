@@ -2,8 +2,10 @@
 
 What raises is what raised in 0.4.1: an unknown type, a report to a name never added, a
 value that is not a number (float()'s own error). Anything else (a name Prometheus refuses,
-two types for one name, a negative count) is logged by the replica and that metric left
-out, as 0.4.1's metric server did, so that the model's predictions go on.
+too many metrics or buckets, a negative count, no prometheus_client in the replica's
+interpreter) is logged by the replica and that metric left out, as 0.4.1's metric server
+did, so that the model's predictions go on. A name added again is left as it was, whatever
+its type.
 """
 from clipper.container.metrics import DEFAULT_BUCKETS, REPLICA
 from clipper_admin.exceptions import ClipperException
@@ -20,9 +22,6 @@ def add_metric(name, metric_type, description, buckets=DEFAULT_BUCKETS):
         REPLICA.add(name, metric_type, description, buckets)
     except ValueError as error:
         raise ClipperException(f"Cannot add metric {name!r}: {error}") from None
-    except ImportError:
-        raise ClipperException("Metrics need prometheus_client in the model's interpreter: "
-                               "pip install prometheus_client") from None
 
 
 def report_metric(name, val):

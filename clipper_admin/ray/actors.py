@@ -10,8 +10,8 @@ model containers over Clipper's RPC, never through Ray.
 """
 import ctypes
 import io
+import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -28,7 +28,7 @@ import clipper
 import clipper_admin
 from clipper import launch as recipe
 from clipper.cluster.cluster_dir import REPLICA_METRICS_DIR
-from clipper.container.metrics import FILE_SUFFIX, MAX_FILE_BYTES, TOUCH_SECONDS
+from clipper.container.metrics import TOUCH_SECONDS, file_name, read_metrics_file
 from clipper.config import Config, is_loopback
 from clipper_admin.container_manager import SERVING_LIMITS
 from clipper_admin.deployers.deployer_utils import read_model_metadata
@@ -40,7 +40,7 @@ PACKAGE_ROOTS = list(dict.fromkeys(str(Path(package.__file__).resolve().parents[
                                    for package in (clipper, clipper_admin)))
 MAX_RESTART_DELAY = 5.0
 METRICS_FORWARD_SECONDS = 1.0     # a replica's metrics reach the frontends' node this often
-_REPLICA_LABEL = re.compile(r"[A-Za-z0-9_.-]+")
+log = logging.getLogger(__name__)
 RAYLET_CHECK_SECONDS = 0.5
 HEALTHY_RUN_SECONDS = 10.0
 
@@ -138,18 +138,16 @@ class ClusterFrontends:
 
     # ---- the replicas' metrics, forwarded by their actors (clipper.container.metrics) ----
     def _metrics_file(self, label):
-        if not _REPLICA_LABEL.fullmatch(label):
-            raise ValueError(f"not a replica's label: {label[:100]!r}")
-        return self.local.cluster.path / REPLICA_METRICS_DIR / f"{label}{FILE_SUFFIX}"
+        return self.local.cluster.path / REPLICA_METRICS_DIR / file_name(label)
 
     def put_replica_metrics(self, label, content: bytes) -> None:
         """Replace the replica's file in the local backend's directory, which the query
-        frontend serves; each call also tells it that the replica lives."""
-        if len(content) <= MAX_FILE_BYTES:
-            path = self._metrics_file(label)
-            partial = path.with_name(path.name + ".tmp")
-            partial.write_bytes(content)
-            os.replace(partial, path)
+        frontend serves (and reads as the model's); each call also tells it that the
+        replica lives."""
+        path = self._metrics_file(label)
+        partial = path.with_name(path.name + ".tmp")
+        partial.write_bytes(content)
+        os.replace(partial, path)
 
     def remove_replica_metrics(self, label) -> None:
         self._metrics_file(label).unlink(missing_ok=True)
@@ -189,8 +187,9 @@ class ModelReplica:
         self.log_path = self.dir / "model-container.log"
         # The replica writes its metrics on this node; a thread forwards them to the frontends'.
         (self.dir / "metrics").mkdir()
-        self.metrics_path = self.dir / "metrics" / f"{self.label}{FILE_SUFFIX}"
+        self.metrics_path = self.dir / "metrics" / file_name(self.label)
         self.frontends = frontends
+        self.forwarding = threading.Lock()      # a stop removes the forwarded file after the last put
         self.launch = recipe.model_container(config.replace(metrics_dir=str(self.dir / "metrics")), name,
                                              version, input_type, str(self.dir / "model"), replica_name=self.label)
         # The interpreter that pickled the model if this node has it, else the actor's own.
@@ -234,14 +233,19 @@ class ModelReplica:
         while not self.stopping:
             time.sleep(METRICS_FORWARD_SECONDS)
             try:
-                content = self.metrics_path.read_bytes()
-                stale = os.stat(self.metrics_path).st_mtime < time.time() - TOUCH_SECONDS * 2
+                if os.lstat(self.metrics_path).st_mtime < time.time() - TOUCH_SECONDS * 2:
+                    continue              # its replica died: the frontends' copy goes stale too
+                content = read_metrics_file(self.metrics_path)
+            except ValueError as error:   # the model put something else there
+                log.warning("not forwarding %s: %s", self.metrics_path, error)
+                continue
             except OSError:
                 continue                  # not written yet, or the replica is restarting
-            if stale or self.stopping:
-                continue                  # its replica died: the frontends' copy goes stale too
             if content != sent or time.monotonic() - sent_at >= TOUCH_SECONDS:
-                self.frontends.put_replica_metrics.remote(self.label, content)
+                with self.forwarding:
+                    if self.stopping:
+                        return
+                    self.frontends.put_replica_metrics.remote(self.label, content)
                 sent, sent_at = content, time.monotonic()
 
     def _exit_with_raylet(self, raylet_pid):
@@ -267,8 +271,9 @@ class ModelReplica:
         return "\n".join(text.splitlines()[-last_lines:]) if last_lines else text
 
     def stop(self, graceful=True) -> None:
-        self.stopping = True
-        self.frontends.remove_replica_metrics.remote(self.label)
+        with self.forwarding:
+            self.stopping = True
+            self.frontends.remove_replica_metrics.remote(self.label)
         self.process.terminate()
         try:
             self.process.wait(self.launch.stop_grace if graceful else 0)

@@ -1,6 +1,7 @@
 """The replicas' own metrics on the metrics port: Clipper 0.4.1's clipper_mc_* and what a
 model adds with clipper_admin.metrics, per replica, checked as Clipper's
 integration-tests/clipper_metric_docker.py checks them (/api/v1/targets, /api/v1/series)."""
+import logging
 import os
 import signal
 import time
@@ -8,9 +9,11 @@ import time
 import psutil
 import pytest
 import requests
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import clipper_admin.metrics as metrics
+from clipper.container.metrics import REPLICA
 from clipper_admin import ClipperException
 from clipper_admin.deployers import python as python_deployer
 from helpers import local_cluster, prediction, wait_for
@@ -204,7 +207,7 @@ def test_the_metrics_directory_is_read_as_untrusted(cluster):
         elsewhere.unlink()
 
 
-def test_metrics_are_checked_where_they_are_added():
+def test_metrics_are_checked_where_they_are_added(caplog):
     with pytest.raises(ClipperException, match="Metric type"):
         metrics.add_metric("custom_kind", "Meter", "no such type")
     with pytest.raises(ClipperException, match="has not been added"):
@@ -216,7 +219,16 @@ def test_metrics_are_checked_where_they_are_added():
     metrics.report_metric("custom_gauge", -2.5)
     with pytest.raises(ValueError):                     # float()'s own error, as in 0.4.1
         metrics.report_metric("custom_gauge", "high")
-    metrics.add_metric("custom latency", "Gauge", "a name Prometheus refuses: left out")
-    metrics.report_metric("custom latency", 1)          # ignored, as 0.4.1's server did
-    metrics.add_metric("custom_fine", "Histogram", "too fine to scrape: left out", list(range(100)))
-    metrics.report_metric("custom_fine", 1)
+    for rate_limit in logging.getLogger("clipper.container.metrics").filters:
+        rate_limit._window_start = float("-inf")        # other tests' lines do not count here
+    with caplog.at_level(logging.WARNING, "clipper.container.metrics"):
+        metrics.add_metric("custom latency", "Gauge", "a name Prometheus refuses: left out")
+        metrics.report_metric("custom latency", 1)      # ignored, as 0.4.1's server did
+        metrics.add_metric("custom_fine", "Histogram", "too fine to scrape: left out", list(range(100)))
+        metrics.report_metric("custom_fine", 1)
+    assert "'custom latency' is left out" in caplog.text and "'custom_fine' is left out" in caplog.text
+    kept = {sample.name: (family.type, sample.value)
+            for family in text_string_to_metric_families(generate_latest(REPLICA.registry).decode())
+            for sample in family.samples}
+    assert kept["custom_gauge"] == ("gauge", -2.5)      # still the Gauge it was first added as
+    assert not [name for name in kept if name.startswith(("custom latency", "custom_fine"))]
