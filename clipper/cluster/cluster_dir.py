@@ -27,6 +27,7 @@ from typing import Dict, Iterator, List, Optional
 
 import psutil
 
+from clipper.files import write_atomically
 from clipper.launch import READY_POLL_SECONDS
 
 CLUSTER_FILE = "cluster.json"
@@ -76,9 +77,7 @@ def read_json(path: Path, default=None):
 
 def write_json(path: Path, document) -> None:
     """Atomic: readers see the old or the new document, never half of one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(document, indent=2, sort_keys=True))
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(document, indent=2, sort_keys=True).encode())
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from clipper.files import write_atomically
 from clipper.log_limit import LogRateLimit
 
 log = logging.getLogger("clipper.container.metrics")
@@ -70,6 +71,7 @@ def read_metrics_file(path) -> bytes:
     if len(content) > MAX_FILE_BYTES:
         raise ValueError(f"more than {MAX_FILE_BYTES} bytes")
     return content
+
 
 # Clipper 0.4.1's monitoring/metrics_config.yaml, "Model Container" (prefix clipper_mc_)
 _LATENCY_BUCKETS = (5, 10, 20, 35, 50, 75, 100, 150, 200, 250, 300, 400, 500)
@@ -216,10 +218,8 @@ class ReplicaMetrics:
                 return
             self._changed = False
             self._written_at = time.monotonic()
-            partial = self._path.with_name(self._path.name + ".tmp")
             try:
-                partial.write_bytes(generate_latest(self.registry))
-                os.replace(partial, self._path)
+                write_atomically(self._path, generate_latest(self.registry))
             except Exception as error:      # the state directory deleted; a bug of ours
                 log.warning("cannot write the replica's metrics to %s: %s", self._path, error)
 

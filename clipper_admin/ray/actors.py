@@ -29,6 +29,7 @@ import clipper_admin
 from clipper import launch as recipe
 from clipper.cluster.cluster_dir import REPLICA_METRICS_DIR
 from clipper.container.metrics import TOUCH_SECONDS, file_name, read_metrics_file
+from clipper.files import write_atomically
 from clipper.config import Config, is_loopback
 from clipper_admin.container_manager import SERVING_LIMITS
 from clipper_admin.deployers.deployer_utils import read_model_metadata
@@ -40,9 +41,10 @@ PACKAGE_ROOTS = list(dict.fromkeys(str(Path(package.__file__).resolve().parents[
                                    for package in (clipper, clipper_admin)))
 MAX_RESTART_DELAY = 5.0
 METRICS_FORWARD_SECONDS = 1.0     # a replica's metrics reach the frontends' node this often
-log = logging.getLogger(__name__)
 RAYLET_CHECK_SECONDS = 0.5
 HEALTHY_RUN_SECONDS = 10.0
+
+log = logging.getLogger(__name__)
 
 
 def node_state_dir(namespace, cluster_name):
@@ -144,10 +146,7 @@ class ClusterFrontends:
         """Replace the replica's file in the local backend's directory, which the query
         frontend serves (and reads as the model's); each call also tells it that the
         replica lives."""
-        path = self._metrics_file(label)
-        partial = path.with_name(path.name + ".tmp")
-        partial.write_bytes(content)
-        os.replace(partial, path)
+        write_atomically(self._metrics_file(label), content)
 
     def remove_replica_metrics(self, label) -> None:
         self._metrics_file(label).unlink(missing_ok=True)
