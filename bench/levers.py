@@ -1,12 +1,13 @@
 """Each performance lever on its own: the query frontend of several git revisions, in one run.
 
-    python bench/levers.py base=main lean-http=abc123 this=WORKTREE [--seconds 10] [--hits] [--tag NAME]
+    python bench/levers.py base=main lean-http=abc123 this=WORKTREE [--seconds 10] [--hits] [--replicas N] [--tag NAME]
 
 Every revision's tree is exported (git archive; WORKTREE is this checkout as it is) and
 runs its own cluster, cache off, with the same sum model, on its own port block; wrk then
 loads them in turns, 1 client for all, then 64 clients for all, so that the machine's
 other load falls on every revision alike. The bare floor is measured in the same run.
 --hits: the cache on (32 MiB) and every request the same, so all but the first are hits.
+--replicas N: the model runs N replicas (1).
 Prints a Markdown table and writes bench/results/<date>-levers[-NAME].md and .json.
 """
 import argparse
@@ -42,7 +43,8 @@ conn = ClipperConnection(LocalContainerManager(
     clipper_rpc_port=base + 3, clipper_metric_port=base + 4))
 conn.start_clipper(cache_size=int(sys.argv[2]))
 try:
-    python_deployer.create_endpoint(conn, "sum", "doubles", feature_sum, slo_micros=1_000_000)
+    python_deployer.create_endpoint(conn, "sum", "doubles", feature_sum, slo_micros=1_000_000,
+                                    num_replicas=int(sys.argv[3]))
     print("ready", flush=True)
     sys.stdin.read()
 finally:
@@ -54,9 +56,9 @@ HITS_CACHE_SIZE = 32 * 1024 * 1024
 
 
 @contextlib.contextmanager
-def cluster_of(tree: Path, base_port: int, cache_size: int):
+def cluster_of(tree: Path, base_port: int, cache_size: int, replicas: int = 1):
     """A cluster run by ``tree``'s own code; yields its predict URL."""
-    process = subprocess.Popen([sys.executable, "-c", CLUSTER_SCRIPT, str(base_port), str(cache_size)], cwd=str(tree),
+    process = subprocess.Popen([sys.executable, "-c", CLUSTER_SCRIPT, str(base_port), str(cache_size), str(replicas)], cwd=str(tree),
                                env={**os.environ, "PYTHONPATH": str(tree)}, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True)
     try:
@@ -75,6 +77,7 @@ def main(argv=None):
     parser.add_argument("--concurrency", default="1,64")
     parser.add_argument("--rounds", type=int, default=3, help="turns over all revisions; medians are reported")
     parser.add_argument("--hits", action="store_true", help="cache on, the same request every time")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas of the model")
     parser.add_argument("--tag", help="added to the results' file name: <date>-levers-<tag>")
     args = parser.parse_args(argv)
     cache_size, body = (HITS_CACHE_SIZE, "fixed") if args.hits else (0, "unique")
@@ -85,7 +88,7 @@ def main(argv=None):
         urls = {}
         for index, (name, revision) in enumerate(named):
             tree = export(revision, Path(scratch) / f"tree{index}")
-            urls[name] = stack.enter_context(cluster_of(tree, 31000 + 10 * index, cache_size))
+            urls[name] = stack.enter_context(cluster_of(tree, 31000 + 10 * index, cache_size, args.replicas))
         floor = stack.enter_context(servers.floor("bare"))
         urls = {report.BARE_FLOOR: floor, **urls}
         for url in urls.values():                   # warm-up
@@ -98,7 +101,8 @@ def main(argv=None):
                     time.sleep(0.5)
         results = {name: {c: report.median_point(points) for c, points in by_c.items()} for name, by_c in rounds.items()}
     text = markdown(results, named, concurrency, args.seconds, args.rounds,
-                    "cache on, every request the same (hits)" if args.hits else "cache off")
+                    ("cache on, every request the same (hits)" if args.hits else "cache off")
+                    + (f", {args.replicas} replicas" if args.replicas != 1 else ""))
     print(text)
     stem = HERE / "results" / f"{datetime.date.today().isoformat()}-levers{'-' + args.tag if args.tag else ''}"
     stem.with_suffix(".md").write_text(text)

@@ -70,6 +70,9 @@ class Config:
     # worker 0 to serve on the metrics port: in the local backend's state directory, a Docker
     # volume, or (Ray) on the replica's node, forwarded by its actor; "": not exported.
     metrics_dir: str = setting("", QUERY_FRONTEND, MODEL_CONTAINER)
+    # After each message, poll this long for the next one before sleeping (clipper.busy_poll):
+    # low-load latency for CPU in that window; 0, or a single core to run on: off.
+    busy_poll_us: int = setting(200, QUERY_FRONTEND, MODEL_CONTAINER)
     # RPC authentication (CURVE keys, Z85; see clipper.rpc.auth); empty: the RPC port is open.
     # The query frontend also holds the containers' keys, so that a backend can read them
     # from it when it starts a replica later (the Docker backend does).

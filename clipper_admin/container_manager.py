@@ -126,9 +126,9 @@ def checked_cluster_name(name) -> str:
 # that keeps exiting, not one still starting: the deploy or the start then fails with its log.
 FAILURES_REPORTED = 2
 
-# The serving limits a manager takes (each an attribute of the same name) and hands to its
-# cluster's frontends.
-SERVING_LIMITS = ("max_body_size", "max_batch_size", "header_timeout", "max_output_size")
+# The serving settings a manager takes (each an attribute of the same name) and hands to its
+# cluster's frontends (and, through them, to the replicas that read the same setting).
+SERVING_SETTINGS = ("max_body_size", "max_batch_size", "header_timeout", "max_output_size", "busy_poll_us")
 
 
 class ContainerManager(abc.ABC):
@@ -154,7 +154,7 @@ class ContainerManager(abc.ABC):
                  redis_port=CLIPPER_INTERNAL_REDIS_PORT, admin_token=None,
                  max_body_size=Config.max_body_size, rpc_auth=auth.AUTO,
                  max_batch_size=Config.max_batch_size, header_timeout=Config.header_timeout,
-                 max_output_size=Config.max_output_size):
+                 max_output_size=Config.max_output_size, busy_poll_us=Config.busy_poll_us):
         """``clipper_metric_port`` None: the query port + 53 (see METRIC_PORT_OFFSET)."""
         if type(header_timeout) not in (int, float) or not header_timeout > 0:
             raise ClipperException(f"header_timeout must be a number of seconds above 0, not {header_timeout!r}")
@@ -169,11 +169,12 @@ class ContainerManager(abc.ABC):
         self.redis_ip = redis_ip            # None: the cluster runs its own Redis
         self.redis_port = redis_port
         self.admin_token = admin_token      # None: $CLIPPER_ADMIN_TOKEN, or the running cluster's
-        # SERVING_LIMITS, handed to the cluster's frontends (_cluster_config, the Ray actor).
+        # SERVING_SETTINGS, handed to the cluster's frontends (_cluster_config, the Ray actor).
         self.max_body_size = max_body_size
         self.max_batch_size = whole_number("max_batch_size", max_batch_size)   # most inputs in one input_batch
         self.header_timeout = float(header_timeout)      # seconds to receive a request's headers
         self.max_output_size = whole_number("max_output_size", max_output_size)   # bytes, one model output
+        self.busy_poll_us = whole_number("busy_poll_us", busy_poll_us, least=0)   # clipper.busy_poll; 0: off
         self.rpc_auth = rpc_auth            # "auto": CURVE with a token or beyond loopback
 
     # ---- starting, for every backend ----
@@ -185,7 +186,7 @@ class ContainerManager(abc.ABC):
                       management_port=self.clipper_management_port, rpc_port=self.clipper_rpc_port,
                       metrics_port=self.clipper_metric_port, redis_url=redis_url,
                       cache_size=cache_size, body_timeout=float(body_timeout),
-                      admin_token=self.admin_token, **{limit: getattr(self, limit) for limit in SERVING_LIMITS},
+                      admin_token=self.admin_token, **{limit: getattr(self, limit) for limit in SERVING_SETTINGS},
                       query_workers=self.query_workers, **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token),
                       **_log_size_from_environment())
 

@@ -20,6 +20,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import zmq
 
+from clipper import busy_poll
 from clipper.container.metrics import REPLICA, ReplicaMetrics
 from clipper.datatypes import InputType
 from clipper.log_limit import LogRateLimit
@@ -207,13 +208,16 @@ def make_link(runtime: "ContainerRuntime", address: str):
 class ContainerRuntime:
     def __init__(self, model_name: str, model_version: str, input_type: InputType,
                  addresses: Sequence[str], handler: Handler, server_public_key: str = "",
-                 secret_key: str = "", max_output_size: int = 0, metrics: Optional[ReplicaMetrics] = None):
+                 secret_key: str = "", max_output_size: int = 0, metrics: Optional[ReplicaMetrics] = None,
+                 busy_poll_seconds: float = 0.0):
         """``addresses``: the RPC address of every query frontend worker; the replica serves
         them all. With ``server_public_key`` (and this container's ``secret_key``), the
         connections are CURVE-authenticated, as the cluster's frontend requires (clipper.rpc.auth).
         ``max_output_size``: the frontend's limit on one output (0: none); a larger output is
         answered as an error, since the frontend would drop the connection that sent it.
-        ``metrics``: where each model call is recorded (Clipper's clipper_mc_* metrics)."""
+        ``metrics``: where each model call is recorded (Clipper's clipper_mc_* metrics).
+        ``busy_poll_seconds``: how long to poll for the next batch after answering one
+        (clipper.busy_poll)."""
         self.model_name = model_name
         self.model_version = model_version
         self.input_type = input_type
@@ -223,6 +227,8 @@ class ContainerRuntime:
         self.secret_key = secret_key
         self.max_output_size = max_output_size
         self.metrics = metrics
+        self.busy_poll_seconds = busy_poll_seconds
+        self._answered_at = 0.0              # busy_poll's clock
         self._receive_seconds = 0.0          # of this turn's requests: reading their frames
         self._parse_seconds = 0.0            # and decoding them
         self.context = zmq.Context()
@@ -264,7 +270,8 @@ class ContainerRuntime:
         model call (so the batches of several workers make one batch); keep idle links alive."""
         poller = self._poller(links)
         wait = min(link.due() for link in links) - time.monotonic()
-        ready = _poll(poller, wait)
+        ready = (busy_poll.poll_until(lambda: dict(poller.poll(0)), self._answered_at + self.busy_poll_seconds)
+                 or _poll(poller, wait))
         self._receive_seconds = self._parse_seconds = 0.0
         if self._wakeup is not None and self._wakeup.fileno() in ready:
             self._wakeup.drain()            # a signal: the serving loop looks at _stopping
@@ -273,6 +280,7 @@ class ContainerRuntime:
             requests += self._wait_for_answered(links, requests)
         if requests:
             self._answer(requests)
+            self._answered_at = busy_poll.now()
         now = time.monotonic()
         for index, link in enumerate(links):
             connected = link.reconnected(ready)
@@ -454,5 +462,5 @@ def main(config) -> None:
     runtime = ContainerRuntime(config.model_name, config.model_version, input_type, addresses,
                                lambda kind, inputs: run_batch(function, kind, inputs),
                                config.rpc_server_public_key, config.rpc_client_secret_key,
-                               config.max_output_size, metrics)
+                               config.max_output_size, metrics, busy_poll.window_seconds(config.busy_poll_us))
     runtime.serve_forever()

@@ -21,6 +21,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Set
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from clipper import busy_poll
 from clipper.query_frontend.dispatch import Batch, BatchSizer, Dispatcher, Replica
 from clipper.config import Config
 from clipper.errors import RequestError
@@ -81,6 +82,7 @@ class RpcServer:
         self._connection_ids = itertools.count()
         self._replica_ids = defaultdict(itertools.count)
         self.dispatcher: Optional[Dispatcher] = None
+        self.poller = busy_poll.LoopPoller(busy_poll.window_seconds(config.busy_poll_us))
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._probe_pending = False
         self._messages: Optional[_Drain] = None          # of the socket and of its monitor,
@@ -128,6 +130,7 @@ class RpcServer:
 
     # ---- sending ----
     def send_batch(self, replica: Replica, batch: Batch) -> bool:
+        self.poller.poke()                  # the reply comes soon: poll for it
         frames = codec.encode_prediction_request(batch.msg_id, replica.input_type,
                                                  [task.input for task in batch.tasks])
         return self._send(replica.identity, frames)

@@ -277,6 +277,9 @@ class QueryFrontend(http.Application):
                                405, "Method not allowed", {"Allow": allowed})
         return getattr(self, handler)(request, app_name)
 
+    def answered(self) -> None:
+        self.rpc.poller.poke()              # at low load the same client asks again soon
+
     def render_error(self, error: RequestError, request: Optional[http.Request]) -> http.Response:
         """The one place errors become answers: Clipper's {"error", "cause"} JSON, but plain
         text where Clipper answers plain text: a body /update cannot accept."""

@@ -31,7 +31,7 @@ from clipper.cluster.cluster_dir import REPLICA_METRICS_DIR
 from clipper.container.metrics import TOUCH_SECONDS, file_name, read_metrics_file
 from clipper.files import write_atomically
 from clipper.config import Config, is_loopback
-from clipper_admin.container_manager import SERVING_LIMITS
+from clipper_admin.container_manager import SERVING_SETTINGS
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.local import LocalContainerManager
 
@@ -99,7 +99,7 @@ class ClusterFrontends:
             clipper_query_port=settings["query_port"], clipper_management_port=settings["management_port"],
             clipper_rpc_port=settings["rpc_port"], clipper_metric_port=settings["metrics_port"],
             admin_token=settings["admin_token"], rpc_auth=settings["rpc_auth"],
-            **{limit: settings[limit] for limit in SERVING_LIMITS})
+            **{limit: settings[limit] for limit in SERVING_SETTINGS})
         if self.local.cluster.is_running():       # this actor was restarted, its processes were not
             self.local.connect()
         else:

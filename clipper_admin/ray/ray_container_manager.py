@@ -25,7 +25,7 @@ from clipper.config import Config
 from clipper.rpc import auth
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT,
-    CLIPPER_INTERNAL_RPC_PORT, FAILURES_REPORTED, SERVING_LIMITS, START_HINT, ContainerManager,
+    CLIPPER_INTERNAL_RPC_PORT, FAILURES_REPORTED, SERVING_SETTINGS, START_HINT, ContainerManager,
     checked_cluster_name, public_host_for)
 from clipper_admin.exceptions import STOP_COMMAND, ClipperException, MissingDependency
 
@@ -86,7 +86,8 @@ class RayContainerManager(ContainerManager):
                  max_body_size=Config.max_body_size, rpc_auth=auth.AUTO, frontend_resources=None,
                  replica_num_cpus=1, replica_num_gpus=0, replica_resources=None,
                  replica_timeout=DEFAULT_REPLICA_TIMEOUT, max_batch_size=Config.max_batch_size,
-                 header_timeout=Config.header_timeout, max_output_size=Config.max_output_size):
+                 header_timeout=Config.header_timeout, max_output_size=Config.max_output_size,
+                 busy_poll_us=Config.busy_poll_us):
         """``address``: the Ray cluster (default $RAY_ADDRESS, else the one on this machine).
         ``host``: where the frontends listen (default: their node's Ray address; beyond
         loopback only with ``admin_token`` and ``rpc_auth`` not "open"; see LocalContainerManager
@@ -96,11 +97,13 @@ class RayContainerManager(ContainerManager):
         ``replica_timeout``: seconds of silence after which the query frontend drops a replica
         (one whose machine vanished without closing its connection); keep it longer than the
         longest batch takes, as a busy replica sends nothing until its batch is done.
-        ``max_batch_size``, ``header_timeout``, ``max_output_size``: as for LocalContainerManager."""
+        ``max_batch_size``, ``header_timeout``, ``max_output_size``, ``busy_poll_us``: as for
+        LocalContainerManager."""
         super().__init__(checked_cluster_name(cluster_name), None, clipper_query_port, clipper_management_port,
                          clipper_rpc_port, clipper_metric_port, None, None, admin_token,
                          max_body_size, rpc_auth, max_batch_size=max_batch_size,
-                         header_timeout=header_timeout, max_output_size=max_output_size)
+                         header_timeout=header_timeout, max_output_size=max_output_size,
+                         busy_poll_us=busy_poll_us)
         self.address = address
         self.namespace = namespace
         self.host = host            # None: the frontends' node's Ray address
@@ -159,7 +162,7 @@ class RayContainerManager(ContainerManager):
                     "admin_token": self.admin_token, "rpc_auth": self.rpc_auth,
                     "replica_timeout": float(self.replica_timeout),
                     "cache_size": cache_size, "body_timeout": qf_http_timeout_content,
-                    **{limit: getattr(self, limit) for limit in SERVING_LIMITS}}
+                    **{limit: getattr(self, limit) for limit in SERVING_SETTINGS}}
         frontends = ray.remote(ClusterFrontends).options(**self._actor_options(
             "frontends", num_cpus=0, resources=self.frontend_resources)).remote(settings)
         try:

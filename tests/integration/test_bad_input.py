@@ -285,7 +285,8 @@ def test_a_managed_cluster_takes_its_batch_limit_and_header_timeout():
 
 
 @pytest.mark.parametrize("settings", [dict(max_batch_size=0), dict(max_batch_size=2.5),
-                                      dict(header_timeout=0), dict(header_timeout="10")])
+                                      dict(header_timeout=0), dict(header_timeout="10"),
+                                      dict(busy_poll_us=-1), dict(busy_poll_us="200")])
 def test_frontend_limits_out_of_range_are_refused(settings):
     with pytest.raises(ClipperException, match="must be"):
         LocalContainerManager(cluster_name="never-started", **settings)
