@@ -44,6 +44,8 @@ MAX_MESSAGES_PER_DRAIN = 256
 # than one frontend serves, and a bound on how many routing ids one peer can take (see
 # seed_routing_ids) that does not grow with the open-file limit.
 MAX_CONNECTIONS = 1024
+# The frontend busy-polls only while at most this many inputs are out at replicas (poll_if_light).
+BUSY_POLL_MAX_IN_FLIGHT = 4
 
 
 class RpcServer:
@@ -130,7 +132,7 @@ class RpcServer:
 
     # ---- sending ----
     def send_batch(self, replica: Replica, batch: Batch) -> bool:
-        self.poller.poke()                  # the reply comes soon: poll for it
+        self.poll_if_light()                # the reply comes soon
         frames = codec.encode_prediction_request(batch.msg_id, replica.input_type,
                                                  [task.input for task in batch.tasks])
         return self._send(replica.identity, frames)
@@ -147,6 +149,13 @@ class RpcServer:
         finally:
             self._messages.after_send()
         return True
+
+    def poll_if_light(self) -> None:
+        """Busy polling (clipper.busy_poll) while few queries are in flight: with more, the
+        loop is seldom idle, and polling in its short gaps takes CPU from the replicas and
+        the clients (64 clients on 2 cores: -4 to -11% when it polled at every load)."""
+        if self.dispatcher.tasks_in_flight <= BUSY_POLL_MAX_IN_FLIGHT:
+            self.poller.poke()
 
     # ---- receiving ----
     def _on_routed_message(self, frames: List[bytes]) -> None:

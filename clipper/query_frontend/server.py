@@ -278,7 +278,7 @@ class QueryFrontend(http.Application):
         return getattr(self, handler)(request, app_name)
 
     def answered(self) -> None:
-        self.rpc.poller.poke()              # at low load the same client asks again soon
+        self.rpc.poll_if_light()            # at low load the same client asks again soon
 
     def render_error(self, error: RequestError, request: Optional[http.Request]) -> http.Response:
         """The one place errors become answers: Clipper's {"error", "cause"} JSON, but plain
