@@ -150,7 +150,6 @@ class Dispatcher:
         self.queues: Dict[ModelId, ModelQueue] = {}        # created by the first replica
         self.batch_sizes: Dict[ModelId, Optional[int]] = {}  # as registered; None = adaptive
         self.in_flight: Dict[int, Batch] = {}
-        self.tasks_in_flight = 0           # inputs in those batches
         self._msg_ids = itertools.count()
         self._seq = itertools.count()
 
@@ -194,8 +193,7 @@ class Dispatcher:
             queue.idle.remove(replica)
         batch, replica.batch = replica.batch, None
         if batch:
-            if self.in_flight.pop(batch.msg_id, None) is not None:
-                self.tasks_in_flight -= len(batch.tasks)
+            self.in_flight.pop(batch.msg_id, None)
             for task in batch.tasks:
                 queue.put(task, next(self._seq))
         self._dispatch(queue)
@@ -215,7 +213,6 @@ class Dispatcher:
             log.debug("dropping a reply to unknown batch %d", msg_id)
             return
         del self.in_flight[msg_id]
-        self.tasks_in_flight -= len(batch.tasks)
         replica = batch.replica
         replica.batch = None
         latency = self._clock() - batch.sent_at
@@ -271,7 +268,6 @@ class Dispatcher:
             batch = Batch(next(self._msg_ids) & 0xFFFFFFFF, replica, tasks, self._clock())
             replica.batch = batch
             self.in_flight[batch.msg_id] = batch
-            self.tasks_in_flight += len(tasks)
             if not self._send(replica, batch):
                 log.info("replica %s of %s:%s is unreachable; dropping it",
                          replica.replica_id, *replica.model_id)
