@@ -43,7 +43,10 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"),
     except OSError:
         return None
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
         if controllers == "":
             mount = root                                            # v2
         elif "cpu" in controllers.split(","):
