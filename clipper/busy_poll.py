@@ -36,8 +36,9 @@ def _usable_cores() -> float:
 
 def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"),
                      membership: Path = Path("/proc/self/cgroup")) -> Optional[float]:
-    """The CPU quota of this process's cgroup, in cores (cgroup v2's cpu.max, or v1's
-    cpu.cfs_quota_us over cpu.cfs_period_us); None where there is none or it cannot be read."""
+    """The tightest CPU quota on this process's cgroup and those above it (a container's, a
+    systemd slice's, a pod's), in cores: cgroup v2's cpu.max, or v1's cpu.cfs_quota_us over
+    cpu.cfs_period_us. None where there is none or it cannot be read."""
     try:
         lines = membership.read_text().splitlines()
     except OSError:
@@ -48,29 +49,33 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"),
             continue
         _, controllers, path = fields
         if controllers == "":
-            mount = root                                            # v2
+            mount, version2 = root, True
         elif "cpu" in controllers.split(","):
-            mount = root / controllers                              # v1
+            mount, version2 = root / controllers, False
         else:
             continue
         # Without a cgroup namespace a container sees its own group at the mount's root,
-        # under the path the host knows it by.
-        for directory in (mount / path.lstrip("/"), mount):
-            try:
-                if controllers == "":                               # "max 100000" or "50000 100000"
-                    quota, period = (directory / "cpu.max").read_text().split()[:2]
-                else:
-                    quota = (directory / "cpu.cfs_quota_us").read_text().strip()
-                    period = (directory / "cpu.cfs_period_us").read_text().strip()
-            except (OSError, ValueError):
-                continue
-            try:
-                if quota not in ("max", "-1") and float(period) > 0:
-                    return float(quota) / float(period)
-            except ValueError:
-                pass
-            break
+        # under the path the host knows it by: the root is among the groups read.
+        group = Path(path.lstrip("/"))
+        quotas = [quota for quota in (_quota(mount / directory, version2) for directory in (group, *group.parents))
+                  if quota is not None]
+        if quotas:
+            return min(quotas)
     return None
+
+
+def _quota(directory: Path, version2: bool) -> Optional[float]:
+    try:
+        if version2:                                        # "max 100000" or "50000 100000"
+            quota, period = (directory / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (directory / "cpu.cfs_quota_us").read_text().strip()
+            period = (directory / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1") or float(period) <= 0:
+            return None
+        return float(quota) / float(period)
+    except (OSError, ValueError):
+        return None
 
 
 class LoopPoller:
@@ -87,8 +92,8 @@ class LoopPoller:
         if self._seconds:
             self._until = _clock() + self._seconds
             if not self._polling:
+                self._loop = asyncio.get_running_loop()      # raises outside a loop, before the flag
                 self._polling = True
-                self._loop = asyncio.get_running_loop()
                 self._loop.call_soon(self._poll)
 
     def _poll(self) -> None:

@@ -119,8 +119,8 @@ class Application:
     def render_error(self, error: RequestError, request: Optional[Request]) -> Response:
         raise NotImplementedError
 
-    def answered(self) -> None:
-        """An answer was just written (the query frontend polls for the next request)."""
+    def answered(self, response: Response) -> None:
+        """``response`` was just written (the query frontend polls for the next request)."""
 
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
@@ -403,7 +403,7 @@ class Connection(asyncio.Protocol):
     def _write(self, response: Response, keep_alive: bool, head: bool) -> None:
         if self.transport is not None:
             self.transport.write(encode(response, keep_alive and not self.closing, head))
-            self.app.answered()
+            self.app.answered(response)
             if not keep_alive:
                 self.closing = True
 

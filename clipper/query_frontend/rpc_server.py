@@ -44,9 +44,10 @@ MAX_MESSAGES_PER_DRAIN = 256
 # than one frontend serves, and a bound on how many routing ids one peer can take (see
 # seed_routing_ids) that does not grow with the open-file limit.
 MAX_CONNECTIONS = 1024
-# The frontend busy-polls only while the batches it sends hold at most this many inputs
-# (see poll_if_light).
+# The frontend busy-polls only while no batch of more than this many inputs went to any
+# replica in the last BUSY_POLL_HEAVY_SECONDS (see poll_if_light).
 BUSY_POLL_MAX_BATCH = 4
+BUSY_POLL_HEAVY_SECONDS = 0.1
 
 
 class RpcServer:
@@ -86,7 +87,7 @@ class RpcServer:
         self._replica_ids = defaultdict(itertools.count)
         self.dispatcher: Optional[Dispatcher] = None
         self.poller = busy_poll.LoopPoller(busy_poll.window_seconds(config.busy_poll_us))
-        self._light_load = True             # the last batch sent was small
+        self._heavy_until = 0.0             # busy_poll's clock: until then, the load is heavy
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._probe_pending = False
         self._messages: Optional[_Drain] = None          # of the socket and of its monitor,
@@ -134,11 +135,13 @@ class RpcServer:
 
     # ---- sending ----
     def send_batch(self, replica: Replica, batch: Batch) -> bool:
-        self._light_load = len(batch.tasks) <= BUSY_POLL_MAX_BATCH
-        self.poll_if_light()                # the reply comes soon
+        if len(batch.tasks) > BUSY_POLL_MAX_BATCH:
+            self._heavy_until = busy_poll.now() + BUSY_POLL_HEAVY_SECONDS
         frames = codec.encode_prediction_request(batch.msg_id, replica.input_type,
                                                  [task.input for task in batch.tasks])
-        return self._send(replica.identity, frames)
+        sent = self._send(replica.identity, frames)
+        self.poll_if_light()                # the reply comes soon
+        return sent
 
     def _send(self, identity: Hashable, frames) -> bool:
         if type(identity) is StreamPeer:
@@ -154,10 +157,11 @@ class RpcServer:
         return True
 
     def poll_if_light(self) -> None:
-        """Busy polling (clipper.busy_poll) while the load is light, as the size of the batch
-        last sent tells: under load the loop is seldom idle, and a loop that polls in its
-        short gaps yields its core to wrk or a replica just when its own work arrives."""
-        if self._light_load:
+        """Busy polling (clipper.busy_poll) while the load is light: no large batch went to
+        any replica lately (one quiet application does not make it light). Under load the
+        loop is seldom idle, and a loop that polls in its short gaps yields its core to the
+        clients or a replica just when its own work arrives."""
+        if busy_poll.now() >= self._heavy_until:
             self.poller.poke()
 
     # ---- receiving ----

@@ -277,8 +277,11 @@ class QueryFrontend(http.Application):
                                405, "Method not allowed", {"Allow": allowed})
         return getattr(self, handler)(request, app_name)
 
-    def answered(self) -> None:
-        self.rpc.poll_if_light()            # at low load the same client asks again soon
+    def answered(self, response: http.Response) -> None:
+        # At low load the same client asks again soon. Not after an error: a cheap bad
+        # request must not buy the window's CPU.
+        if response.status < 400:
+            self.rpc.poll_if_light()
 
     def render_error(self, error: RequestError, request: Optional[http.Request]) -> http.Response:
         """The one place errors become answers: Clipper's {"error", "cause"} JSON, but plain

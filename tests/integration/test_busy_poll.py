@@ -15,16 +15,21 @@ from helpers import local_cluster, total, wait_for
 PORTS = dict(query_port=22337, management_port=22338, rpc_port=22700, metric_port=22390)
 REQUESTS = 300
 BODY = b'{"input": [1.0, 2.0, 3.0]}'
-REQUEST = (b"POST /sums/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-           b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+
+
+def request_to(app: str) -> bytes:
+    return (b"POST /%s/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (app.encode(), len(BODY), BODY))
+
+
+PREDICTION, UNKNOWN_APP = request_to("sums"), request_to("no-such-app")
 
 MANY_CORES = pytest.mark.skipif(busy_poll.window_seconds(200) == 0, reason="busy polling is off on a single core")
 
 
-def serving_processes(conn):
-    roles = {"query-frontend", "model-container"}
+def serving_processes(conn, roles=("query-frontend", "model-container")):
     found = [psutil.Process(p["pid"]) for p in conn.cm.cluster.processes() if p["role"] in roles]
-    assert len(found) == 2, conn.cm.cluster.processes()
+    assert len(found) == len(roles), conn.cm.cluster.processes()
     return found
 
 
@@ -33,24 +38,27 @@ def sleeps(processes) -> int:
     return sum(process.num_ctx_switches().voluntary for process in processes)
 
 
-def one_client(port: int, count: int) -> None:
-    """``count`` predictions over one keep-alive connection, each sent once the last is answered."""
+def one_client(port: int, count: int, request: bytes = PREDICTION) -> None:
+    """``count`` requests over one keep-alive connection, each sent once the last is answered."""
     with socket.create_connection(("127.0.0.1", port)) as client:
         for _ in range(count):
-            client.sendall(REQUEST)
+            client.sendall(request)
             answer = b""
             while not answer.endswith(b"}"):
                 chunk = client.recv(65536)
                 assert chunk, "the frontend closed the connection"
                 answer += chunk
-            assert answer.startswith(b"HTTP/1.1 200") and b'"default":false' in answer.replace(b" ", b""), answer
+            if request is PREDICTION:
+                assert answer.startswith(b"HTTP/1.1 200") and b'"default":false' in answer.replace(b" ", b""), answer
+            else:
+                assert answer.startswith(b"HTTP/1.1 404"), answer
 
 
-def sleeps_per_request(conn) -> float:
-    processes = serving_processes(conn)
-    one_client(PORTS["query_port"], 50)            # warm: the batch size has settled
+def sleeps_per_request(conn, processes=None, request: bytes = PREDICTION) -> float:
+    processes = processes or serving_processes(conn)
+    one_client(PORTS["query_port"], 50, request)   # warm: the batch size has settled
     before = sleeps(processes)
-    one_client(PORTS["query_port"], REQUESTS)
+    one_client(PORTS["query_port"], REQUESTS, request)
     return (sleeps(processes) - before) / REQUESTS
 
 
@@ -69,6 +77,8 @@ def test_back_to_back_requests_wake_nobody_and_an_idle_cluster_sleeps():
     with deployed_cluster(200) as conn:
         deploy(conn)
         polling = sleeps_per_request(conn)
+        # An error answer buys no polling: cheap bad requests must not make the frontend spin.
+        after_errors = sleeps_per_request(conn, serving_processes(conn, ["query-frontend"]), UNKNOWN_APP)
         # Once the window after the last answer has passed, the processes sleep again.
         processes = serving_processes(conn)
         time.sleep(0.2)
@@ -82,6 +92,7 @@ def test_back_to_back_requests_wake_nobody_and_an_idle_cluster_sleeps():
     # request) and the replica once; with it, almost never.
     assert sleeping >= 1.5, (polling, sleeping)
     assert polling <= 0.5, (polling, sleeping)
+    assert after_errors >= 0.5, after_errors
     assert idle_cpu < 0.1, f"an idle cluster took {idle_cpu:.2f} s of CPU in 1 s"
 
 

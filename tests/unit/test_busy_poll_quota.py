@@ -35,3 +35,12 @@ def test_a_container_without_its_own_cgroup_namespace_reads_the_mounts_root(tmp_
     """Docker on cgroup v1: /proc/self/cgroup names the host's path, the group is mounted at the root."""
     files = {"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}
     assert cgroup_cpu_quota(**layout(tmp_path, "1:cpu:/docker/0123abcd\n", files)) == 1.0
+
+
+def test_a_quota_on_a_group_above_binds(tmp_path):
+    """A systemd slice or a pod limits every group under it."""
+    files = {"kubepods/pod1/cpu.max": "200000 100000\n", "kubepods/pod1/c1/cpu.max": "max 100000\n",
+             "kubepods/cpu.max": "max 100000\n"}
+    assert cgroup_cpu_quota(**layout(tmp_path, "0::/kubepods/pod1/c1\n", files)) == 2.0
+    files["kubepods/pod1/c1/cpu.max"] = "50000 100000\n"        # the tighter one wins
+    assert cgroup_cpu_quota(**layout(tmp_path, "0::/kubepods/pod1/c1\n", files)) == 0.5
