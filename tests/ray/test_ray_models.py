@@ -61,8 +61,11 @@ def test_replicas_spread_over_the_nodes_and_scale(ray_cluster, ray_clipper, tmp_
     answer = requests.post(f"http://{conn.get_query_addr()}/spread/predict", json={"input": [1.0, 2.5]})
     assert answer.json() == {"query_id": answer.json()["query_id"], "output": 3.5, "default": False}
     # Each replica's metrics reach the frontends' node (forwarded by its actor), one series each.
+    # A replica writes its file at most once a second and its actor forwards it in turn:
+    # the prediction's count arrives after the five series may have.
     wait_for(lambda: len(replica_series(conn, "spread-model")) == 5, 15, "5 replicas' metrics")
-    assert sum(float(s["value"]) for s in replica_series(conn, "spread-model")) >= 1
+    wait_for(lambda: sum(float(s["value"]) for s in replica_series(conn, "spread-model")) >= 1, 15,
+             "the prediction counted in the replicas' metrics")
 
     before = conn.cm.replica_info("spread-model", 1)
     conn.set_num_replicas("spread-model", 1)
