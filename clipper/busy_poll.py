@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-_clock = time.perf_counter
+now = time.perf_counter          # busy polling's clock: deadlines here and in its callers
 
 
 def window_seconds(busy_poll_us: int) -> float:
@@ -90,14 +90,14 @@ class LoopPoller:
 
     def poke(self) -> None:
         if self._seconds:
-            self._until = _clock() + self._seconds
+            self._until = now() + self._seconds
             if not self._polling:
                 self._loop = asyncio.get_running_loop()      # raises outside a loop, before the flag
                 self._polling = True
                 self._loop.call_soon(self._poll)
 
     def _poll(self) -> None:
-        if _clock() < self._until:
+        if now() < self._until:
             os.sched_yield()
             self._loop.call_soon(self._poll)
         else:
@@ -106,15 +106,11 @@ class LoopPoller:
 
 def poll_until(poll_once: Callable[[], dict], until: float) -> dict:
     """``poll_once()`` (a poll that does not wait) again and again until it finds something
-    or ``until`` (on this module's clock) passes. Between polls the core is offered to any
+    or ``until`` (on ``now()``'s clock) passes. Between polls the core is offered to any
     other thread that wants it: a replica that polls must not keep another from running."""
-    while _clock() < until:
+    while now() < until:
         ready = poll_once()
         if ready:
             return ready
         os.sched_yield()
     return {}
-
-
-def now() -> float:
-    return _clock()
