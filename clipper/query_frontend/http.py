@@ -32,6 +32,7 @@ MAX_LINE_SIZE = 8190             # request line and each header line, as aiohttp
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 64 * 1024     # all header lines of one request
 MAX_QUEUED_ANSWERS = 64          # pipelined requests read ahead of their answers
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LINGER_SECONDS = 5.0             # after a refusal, how long the rest of a request is dropped
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 DECODERS = {b"gzip": GZIP_WBITS, b"x-gzip": GZIP_WBITS, b"deflate": zlib.MAX_WBITS}
@@ -167,6 +168,8 @@ class Connection(asyncio.Protocol):
         self.deadline: Optional[float] = None
         self.timer: Optional[asyncio.TimerHandle] = None
         self.timer_at = 0.0
+        self.write_watch: Optional[asyncio.TimerHandle] = None   # see _watch_writes
+        self.bytes_written = 0            # handed to the transport
         self.header_bytes = 0
         self._reset_message()
 
@@ -185,9 +188,10 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closing = True
         self.transport = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        for timer in (self.timer, self.write_watch):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.write_watch = None
 
     def pause_writing(self) -> None:
         """The client does not read its answers: read no more requests, and hold those read
@@ -195,6 +199,7 @@ class Connection(asyncio.Protocol):
         pile up answers in memory without bound."""
         self.write_paused = True
         self._pause_reading()
+        self._watch_writes()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -276,7 +281,8 @@ class Connection(asyncio.Protocol):
             self._refuse(self._too_large())
             raise _Stop
         if self.headers.get(b"expect", b"").lower() == b"100-continue" and not self.answers:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.bytes_written += len(CONTINUE)
+            self.transport.write(CONTINUE)
         self.state = _BODY
 
     def on_body(self, body: bytes) -> None:
@@ -402,7 +408,9 @@ class Connection(asyncio.Protocol):
 
     def _write(self, response: Response, keep_alive: bool, head: bool) -> None:
         if self.transport is not None:
-            self.transport.write(encode(response, keep_alive and not self.closing, head))
+            data = encode(response, keep_alive and not self.closing, head)
+            self.bytes_written += len(data)
+            self.transport.write(data)
             self.app.answered(response)
             if not keep_alive:
                 self.closing = True
@@ -415,7 +423,27 @@ class Connection(asyncio.Protocol):
         elif self.state == _ANSWER:
             self._wait(_IDLE, self.limits.keepalive_timeout)
 
+    def _watch_writes(self, delivered_before: Optional[int] = None) -> None:
+        """Cut off a client that reads none of its answers for keepalive_timeout: else
+        what it left unread (ours and the kernel's buffers) stays for as long as it keeps
+        the connection open, closing it included (a close waits for the answers to go)."""
+        self.write_watch = None
+        if self.transport is None:
+            return
+        unsent = self.transport.get_write_buffer_size()
+        if unsent == 0 and not self.write_paused:
+            return
+        delivered = self.bytes_written - unsent       # to the kernel, as the client reads
+        if delivered_before is not None and delivered == delivered_before:
+            log.info("closed a connection whose client read none of its answers for %g s "
+                     "(%d bytes unsent)", self.limits.keepalive_timeout, unsent)
+            self.transport.abort()
+            return
+        self.write_watch = self.loop.call_later(self.limits.keepalive_timeout, self._watch_writes, delivered)
+
     def _close(self) -> None:
+        if self.write_watch is None:
+            self._watch_writes()          # a client that never takes its answers is cut off
         if self.lingering and self.transport.can_write_eof():
             # The client may still be sending the body we refused: were it to find the socket
             # closed, its system would discard our answer. We end our side and drop the rest.
@@ -529,7 +557,7 @@ class Connection(asyncio.Protocol):
             self._refuse(RequestError(
                 f"The request headers did not arrive within {self.limits.header_timeout:g} s", 408))
         else:                             # nothing asked: a new or idle connection
-            self.transport.close()
+            self._close()
 
 
 class _Stop(Exception):

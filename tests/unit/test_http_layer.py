@@ -43,14 +43,15 @@ class EchoApp(http.Application):
         return http.Response(error.status, orjson.dumps({"error": error.kind, "cause": error.message}))
 
 
-@pytest.fixture(scope="module")
-def port():
+@contextlib.contextmanager
+def serving(limits):
+    """An HTTP server of EchoApp on a loopback port, its loop in a thread; yields the port."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     holder = {}
 
     async def main():
-        holder["server"] = await http.Server(EchoApp(), LIMITS).start("127.0.0.1", 0)
+        holder["server"] = await http.Server(EchoApp(), limits).start("127.0.0.1", 0)
         holder["port"] = holder["server"].listener.sockets[0].getsockname()[1]
         started.set()
 
@@ -61,6 +62,12 @@ def port():
     asyncio.run_coroutine_threadsafe(holder["server"].stop(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def port():
+    with serving(LIMITS) as port:
+        yield port
 
 
 def connect(port):
@@ -291,23 +298,31 @@ def test_targets_are_decoded_and_absolute_form_is_read(port):
         assert read_responses(connection, 2) == [(200, b"POST /now "), (200, b"POST /a b ")]
 
 
+def send_until_not_read(connection):
+    """Pipeline requests whose answers are never read until the server stops reading them
+    (once the unread answers fill the socket buffers); how many were sent whole, and the
+    rest of the one cut off."""
+    requests = (post(b"/now", b"%06d" % index + b"x" * 994) for index in itertools.count())
+    sent, pending = 0, b""
+    connection.setblocking(False)
+    while sent < 30_000:                 # 31 MB of requests, 33 MB of answers
+        if not pending:
+            pending = next(requests)
+        if not select.select([], [connection], [], 1.0)[1]:
+            break                        # the server stopped reading
+        pending = pending[connection.send(pending):]
+        sent += not pending
+    assert sent < 30_000, "the server read every request of a client that reads nothing"
+    return sent, pending
+
+
 def test_a_client_that_does_not_read_its_answers_is_not_read_further(port):
     """Pipelined requests from a client that reads none of its answers: once the answers
     it has not read fill the socket buffers, the server reads no more of its requests (it
     used to read and answer them all, holding every answer in memory: 218 MB in 2 s here),
     and when the client reads, however late, every answer comes, in order."""
-    requests = (post(b"/now", b"%06d" % index + b"x" * 994) for index in itertools.count())
-    sent, pending = 0, b""
     with connect(port) as connection:
-        connection.setblocking(False)
-        while sent < 30_000:                 # 31 MB of requests, 33 MB of answers
-            if not pending:
-                pending = next(requests)
-            if not select.select([], [connection], [], 1.0)[1]:
-                break                        # the server stopped reading
-            pending = pending[connection.send(pending):]
-            sent += not pending
-        assert sent < 30_000, "the server read every request of a client that reads nothing"
+        sent, pending = send_until_not_read(connection)
         # Longer than the header and body timeouts: the request cut off in the server's
         # buffer waits for us, not we for it, so it gets no 408.
         time.sleep(max(LIMITS.header_timeout, LIMITS.body_timeout) * 2)
@@ -319,6 +334,24 @@ def test_a_client_that_does_not_read_its_answers_is_not_read_further(port):
         rest.join()
     assert [body[10:16] for _, body in answers] == [b"%06d" % index for index in range(sent + 1)]
     assert {status for status, _ in answers} == {200}
+
+
+def test_a_client_that_never_reads_its_answers_is_cut_off():
+    """What such a client left unread stayed in the server's memory for as long as it kept
+    the connection open (176 MB for 20 connections, by a review): after keepalive_timeout
+    with nothing read, the server drops it and closes the connection."""
+    # Longer than send_until_not_read's 1 s wait: it would find the connection reset.
+    limits = http.Limits(max_body_size=1024, header_timeout=0.5, body_timeout=0.5, keepalive_timeout=1.5)
+    with serving(limits) as port, connect(port) as connection:
+        sent, _ = send_until_not_read(connection)
+        time.sleep(limits.keepalive_timeout * 3)
+        connection.setblocking(True)
+        connection.settimeout(5)
+        data = bytearray()
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := connection.recv(1 << 20):
+                data += chunk
+    assert data.count(b"HTTP/1.1 200 OK") < sent, "every answer was kept for a client that read none for 4.5 s"
 
 
 @pytest.mark.parametrize("request_line", [
