@@ -417,7 +417,12 @@ class QueryFrontend(http.Application):
                     return
             if answer.response is None:        # not answered yet
                 deadline.cancel()
-                answer.settle(self._render(app, scheduled, is_batch, started))
+                try:
+                    response = self._render(app, scheduled, is_batch, started)
+                except Exception:              # a bug of ours: the client is still answered
+                    log.exception("rendering the answer to a prediction failed")
+                    response = self.render_error(RequestError("Internal server error", 500), None)
+                answer.settle(response)
 
         objective_ends = started + app.latency_slo_micros / 1e6
         deadline = self.deadlines.call_at(objective_ends, finish)

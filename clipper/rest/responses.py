@@ -8,10 +8,11 @@ SLO_MISSED = "Failed to retrieve a prediction response within the specified late
 
 
 def sniff_output(text: bytes) -> bytes:
-    """Clipper embeds an output that parses as JSON as that JSON, anything else as a string."""
+    """Clipper embeds an output that parses as JSON as that JSON, anything else as a string
+    (also JSON nested deeper than orjson writes: it reads 1,024 levels, writes 254)."""
     try:
         return orjson.dumps(orjson.loads(text))
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return orjson.dumps(text.decode("utf-8", "replace"))
 
 

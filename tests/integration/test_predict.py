@@ -24,6 +24,10 @@ def shout(xs):
     return ['"%s"' % x.decode().upper() for x in xs]
 
 
+def echo(xs):
+    return [x.decode() for x in xs]
+
+
 def says_default(xs):
     return ['{"default": true}' for _ in xs]
 
@@ -43,6 +47,7 @@ MODELS = {
     "strings-app": ("strings", shout),
     "picky-app": ("doubles", picky),
     "says-default-app": ("doubles", says_default),
+    "echo-app": ("strings", echo),
 }
 
 
@@ -81,6 +86,16 @@ def test_batch_predictions_come_back_in_order(cluster, app, batch, outputs):
     answers = response.json()["batch_predictions"]
     assert [a["output"] for a in answers] == outputs
     assert len({a["query_id"] for a in answers}) == len(batch)
+
+
+def test_an_output_nested_too_deep_to_embed_is_answered_as_a_string(cluster):
+    """orjson reads JSON 1,024 levels deep but writes 254: such an output was read, failed
+    to be written, and its query was never answered."""
+    deep = "[" * 300 + "]" * 300
+    assert predict(cluster, "echo-app", {"input": "[[1]]"}).json()["output"] == [[1]]
+    response = predict(cluster, "echo-app", {"input_batch": ["[2]", deep]})
+    assert response.status_code == 200, response.text
+    assert [answer["output"] for answer in response.json()["batch_predictions"]] == [[2], deep]
 
 
 def test_batch_of_one_and_empty_batch(cluster):
