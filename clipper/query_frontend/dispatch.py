@@ -187,8 +187,12 @@ class Dispatcher:
     def remove_replica(self, replica: Replica) -> None:
         """Forget a replica; its batch in flight goes back to the queue."""
         queue = self.queues.get(replica.model_id)
-        if not queue or queue.replicas.pop(replica.identity, None) is None:
-            return
+        if queue and self._forget(queue, replica):
+            self._dispatch(queue)
+
+    def _forget(self, queue: ModelQueue, replica: Replica) -> bool:
+        if queue.replicas.pop(replica.identity, None) is None:
+            return False
         if replica in queue.idle:
             queue.idle.remove(replica)
         batch, replica.batch = replica.batch, None
@@ -196,7 +200,7 @@ class Dispatcher:
             self.in_flight.pop(batch.msg_id, None)
             for task in batch.tasks:
                 queue.put(task, next(self._seq))
-        self._dispatch(queue)
+        return True
 
     def set_batch_size(self, model_id: ModelId, batch_size: Optional[int]) -> None:
         self.batch_sizes[model_id] = batch_size
@@ -271,6 +275,5 @@ class Dispatcher:
             if not self._send(replica, batch):
                 log.info("replica %s of %s:%s is unreachable; dropping it",
                          replica.replica_id, *replica.model_id)
-                self.remove_replica(replica)
-                return
+                self._forget(queue, replica)    # its batch goes back; the next replica tries
 

@@ -144,6 +144,24 @@ def test_dispatcher_never_sends_expired_queries_and_requeues_a_lost_batch():
     assert live.output == b"7"
 
 
+def test_many_unreachable_replicas_are_dropped_in_turn_and_the_batch_reaches_a_live_one():
+    """Each failed send drops its replica and hands the batch to the next (a loop: a peer
+    churning thousands of connections once made this a recursion that overflowed)."""
+    sent = []
+    model = ("m", "1")
+    live = Replica(b"live", model, 0, InputType.DOUBLES, BatchSizer(), time.monotonic())
+    dispatcher = Dispatcher(lambda replica, batch: replica is live and not sent.append(batch), time.monotonic)
+    dead = [Replica(("dead", i), model, i + 1, InputType.DOUBLES, BatchSizer(), time.monotonic())
+            for i in range(3000)]
+    for replica in dead + [live]:      # the dead are idle first in line
+        dispatcher.add_replica(replica)
+    task = Task(b"x", time.monotonic() + 5, 5.0)
+    dispatcher.submit(model, task)
+    assert [t.input for t in sent[-1].tasks] == [b"x"]
+    assert list(dispatcher.queues[model].replicas) == [b"live"]
+    assert not dispatcher.in_flight.keys() - {sent[-1].msg_id}
+
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0
