@@ -9,6 +9,7 @@ loads the model onto the first of them where the framework allows it.
 """
 import importlib
 import json
+import math
 import os
 from typing import Callable, Dict, Tuple
 
@@ -73,11 +74,15 @@ def _pytorch(torch, model_path: str, metadata: dict) -> Tuple:
 class OnnxModel:
     """An ONNX model in onnxruntime, with Caffe2's ``run`` so 0.4.1 predict functions work:
     ``run(array)``, ``run([arrays])`` or ``run({name: array})`` returns the list of outputs.
+    As Caffe2 did, an array of another rank than its input's fixed shape but of its size is
+    taken in that shape (0.4.1's test fed a (1, 784) batch to a model traced on (784,)).
     The onnxruntime session is ``.session``."""
 
     def __init__(self, session):
         self.session = session
         self.input_names = [i.name for i in session.get_inputs()]
+        self.fixed_shapes = {i.name: tuple(i.shape) for i in session.get_inputs()
+                             if all(type(d) is int for d in i.shape)}
 
     def run(self, inputs):
         if isinstance(inputs, dict):
@@ -85,7 +90,15 @@ class OnnxModel:
         else:
             arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
             feed = dict(zip(self.input_names, arrays))
-        return self.session.run(None, feed)
+        return self.session.run(None, {name: self._shaped(name, array) for name, array in feed.items()})
+
+    def _shaped(self, name, array):
+        shape = self.fixed_shapes.get(name)
+        if shape is None or getattr(array, "shape", shape) == shape:
+            return array
+        if array.ndim != len(shape) and array.size == math.prod(shape):
+            return array.reshape(shape)
+        return array            # onnxruntime's error names the shape it expects
 
 
 def _onnx(onnxruntime, model_path: str, metadata: dict) -> Tuple:
@@ -98,8 +111,9 @@ def _onnx(onnxruntime, model_path: str, metadata: dict) -> Tuple:
 
 
 def _tensorflow(tf, model_path: str, metadata: dict) -> Tuple:
-    """A SavedModel loads with ``tf.saved_model.load``; one saved from a TF1 session is
-    loaded into a ``tf.compat.v1.Session``, which the function gets (as in 0.4.1)."""
+    """A SavedModel loads with ``tf.saved_model.load``; a TF1 one (from a session, a
+    checkpoint or SavedModelBuilder) into a ``tf.compat.v1.Session``, which the function
+    gets (as in 0.4.1)."""
     directory = os.path.join(model_path, TENSORFLOW_MODEL_DIR)
     if not metadata.get("session"):
         return (tf.saved_model.load(directory),)

@@ -4,10 +4,13 @@ For TensorFlow 2: ``tf_sess_or_saved_model_path`` is a SavedModel directory, a
 ``tf.Module`` or a Keras model (exported as a SavedModel); each replica loads it once with
 ``tf.saved_model.load`` and calls ``func(model, inputs)`` per batch (a Keras model's
 export is called as ``model.serve(x)``). 0.4.1's other form, a TF1 session, works through
-``tf.compat.v1``: a ``tf.compat.v1.Session`` is saved as a TF1 SavedModel, each replica
-loads it into a session and calls ``func(sess, inputs)`` (tensors by name, as in 0.4.1).
-TF1 checkpoint directories and frozen graphs are refused with what to pass instead.
+``tf.compat.v1``: a ``tf.compat.v1.Session``, a TF1 checkpoint directory (``saver.save``'s
+files: restored into a session here) and a TF1 SavedModel directory (``SavedModelBuilder``'s)
+are each served as a TF1 SavedModel: each replica loads it into a session and calls
+``func(sess, inputs)`` (tensors by name, as in 0.4.1). A frozen graph alone is refused with
+what to pass instead.
 """
+import glob
 import logging
 import os
 import shutil
@@ -35,16 +38,14 @@ def deploy_tensorflow_model(clipper_conn, name, version, input_type, func,
                             tf_sess_or_saved_model_path, base_image="default", labels=None,
                             registry=None, num_replicas=1, batch_size=-1, pkgs_to_install=None,
                             num_gpus=0):
-    """Deploy ``func(model, inputs)`` with a SavedModel (path or object), or
-    ``func(sess, inputs)`` with a TF1 session or checkpoint directory."""
+    """Deploy ``func(model, inputs)`` with a TF2 SavedModel (path or object), or
+    ``func(sess, inputs)`` with a TF1 session, checkpoint directory or SavedModel directory."""
     tf = import_framework("tensorflow", "tensorflow", "deploy_tensorflow_model")
-    model = tf_sess_or_saved_model_path
-    save = _saver(tf, model)
+    save, in_session = _saver(tf, tf_sess_or_saved_model_path)
 
     def save_model(directory):
         save(os.path.join(directory, TENSORFLOW_MODEL_DIR))
-        return {"session": isinstance(model, tf.compat.v1.Session),
-                "packages": pinned_requirements("tensorflow")}
+        return {"session": in_session, "packages": pinned_requirements("tensorflow")}
 
     deploy_model_directory(clipper_conn, name, version, input_type, func, base_image, labels,
                            registry, num_replicas, batch_size, pkgs_to_install, num_gpus,
@@ -53,26 +54,64 @@ def deploy_tensorflow_model(clipper_conn, name, version, input_type, func,
 
 
 def _saver(tf, model):
-    """How to write ``model`` into a directory, or a ClipperException saying what to pass."""
+    """How to write ``model`` into a directory, and whether replicas serve it in a TF1
+    session; or a ClipperException saying what to pass."""
     if isinstance(model, tf.compat.v1.Session):
-        def save_session(target):
-            with model.graph.as_default():
-                builder = tf.compat.v1.saved_model.Builder(target)
-                builder.add_meta_graph_and_variables(model, [tf.compat.v1.saved_model.SERVING])
-                builder.save()
-        return save_session
+        return (lambda target: _save_session(tf, model, target)), True
     if _is_keras_model(model):
-        return lambda target: model.export(target, verbose=False)
+        return (lambda target: model.export(target, verbose=False)), False
     if isinstance(model, tf.Module):
-        return lambda target: tf.saved_model.save(model, target)
+        return (lambda target: tf.saved_model.save(model, target)), False
     path = str(model)
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return lambda target: shutil.copytree(path, target)
+        return (lambda target: shutil.copytree(path, target)), _written_by_tf1(path)
+    checkpoint = _checkpoint_prefix(tf, path) if os.path.isdir(path) else None
+    if checkpoint is not None:
+        return (lambda target: _save_checkpoint(tf, checkpoint, target)), True
     raise ClipperException(
         f"{model!r} is not a TensorFlow model this deployer can save. Pass a SavedModel directory "
         "(tf.saved_model.save(module, path), or model.export(path) for Keras), a tf.Module, a "
-        "Keras model or a tf.compat.v1.Session. A TF1 checkpoint or frozen graph: restore it "
-        "into a tf.compat.v1.Session and pass the session")
+        "Keras model, a tf.compat.v1.Session or a TF1 checkpoint directory (saver.save's .meta, "
+        ".index and .data files). A frozen graph: import it into a tf.compat.v1.Session and "
+        "pass the session")
+
+
+def _save_session(tf, session, target):
+    with session.graph.as_default():
+        builder = tf.compat.v1.saved_model.Builder(target)
+        builder.add_meta_graph_and_variables(session, [tf.compat.v1.saved_model.SERVING])
+        builder.save()
+
+
+def _written_by_tf1(directory):
+    """TF1's SavedModelBuilder writes no object graph; TF2's tf.saved_model.save does. A TF1
+    SavedModel is served in a session, as 0.4.1 served it, so its functions run unchanged."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(directory, "saved_model.pb"), "rb") as file:
+        saved_model.ParseFromString(file.read())
+    return not any(meta_graph.object_graph_def.nodes for meta_graph in saved_model.meta_graphs)
+
+
+def _checkpoint_prefix(tf, directory):
+    """The checkpoint of a directory ``saver.save`` wrote to: its latest, else the last
+    ``.meta`` file by name (0.4.1's container took the first it found). None if there is none."""
+    latest = tf.train.latest_checkpoint(directory)
+    if latest is not None and os.path.isfile(latest + ".meta"):
+        return latest
+    metas = sorted(glob.glob(os.path.join(glob.escape(directory), "*.meta")))
+    return metas[-1][:-len(".meta")] if metas else None
+
+
+def _save_checkpoint(tf, checkpoint, target):
+    """Restore a TF1 checkpoint into a session of its own and save that as a SavedModel."""
+    with tf.compat.v1.Session(graph=tf.Graph()) as session, session.graph.as_default():
+        try:
+            saver = tf.compat.v1.train.import_meta_graph(checkpoint + ".meta", clear_devices=True)
+            saver.restore(session, checkpoint)
+        except Exception as error:
+            raise ClipperException(f"The TF1 checkpoint {checkpoint} could not be restored: {error}") from error
+        _save_session(tf, session, target)
 
 
 def _is_keras_model(model):

@@ -50,7 +50,7 @@ def session_predict(sess, inputs):
     return [json.dumps(row) for row in preds.tolist()]
 
 
-def test_a_tf1_session_is_saved_and_served_in_a_session(clipper_conn):
+def tf1_session():
     graph = tf.Graph()
     with graph.as_default():
         pixels = tf.compat.v1.placeholder(tf.float64, [None, 3], name="pixels")
@@ -59,10 +59,43 @@ def test_a_tf1_session_is_saved_and_served_in_a_session(clipper_conn):
         initialize = tf.compat.v1.global_variables_initializer()
     sess = tf.compat.v1.Session(graph=graph)
     sess.run(initialize)
+    return sess
+
+
+def checkpoint_directory(sess, directory):
+    with sess.graph.as_default():       # 0.4.1's integration test: tf.train.Saver().save
+        tf.compat.v1.train.Saver().save(sess, str(directory / "model.ckpt"))
+    return str(directory)
+
+
+def tf1_savedmodel_directory(sess, directory):
+    with sess.graph.as_default():       # 0.4.1's integration test: SavedModelBuilder
+        builder = tf.compat.v1.saved_model.builder.SavedModelBuilder(str(directory / "export"))
+        builder.add_meta_graph_and_variables(sess, [tf.compat.v1.saved_model.tag_constants.SERVING])
+        builder.save()
+    return str(directory / "export")
+
+
+@pytest.mark.parametrize("form", ["session", "checkpoint directory", "TF1 SavedModel directory"])
+def test_tf1_models_are_served_in_a_session(clipper_conn, tmp_path, form):
+    sess = tf1_session()
     expected = session_predict(sess, INPUTS)
-    tf_deployer.create_endpoint(clipper_conn, "tf-session", "doubles", session_predict, sess,
+    model = {"session": lambda: sess,
+             "checkpoint directory": lambda: checkpoint_directory(sess, tmp_path),
+             "TF1 SavedModel directory": lambda: tf1_savedmodel_directory(sess, tmp_path)}[form]()
+    name = "tf1-" + form.split()[0].lower()
+    tf_deployer.create_endpoint(clipper_conn, name, "doubles", session_predict, model,
                                 slo_micros=SLO_MICROS)
-    assert_serves(clipper_conn, "tf-session", INPUTS, [json.loads(e) for e in expected])
+    assert_serves(clipper_conn, name, INPUTS, [json.loads(e) for e in expected])
+
+
+def test_a_checkpoint_that_does_not_restore_gets_a_clear_error(clipper_conn, tmp_path):
+    checkpoint_directory(tf1_session(), tmp_path)
+    (tmp_path / "model.ckpt.index").write_bytes(b"not an index")
+    with pytest.raises(ClipperException, match="could not be restored"):
+        tf_deployer.deploy_tensorflow_model(clipper_conn, "broken-ckpt", 1, "doubles",
+                                            session_predict, str(tmp_path))
+    assert "broken-ckpt" not in [m["model_name"] for m in clipper_conn.get_all_models(verbose=True)]
 
 
 def test_a_frozen_graph_alone_gets_a_clear_error(clipper_conn, tmp_path):
