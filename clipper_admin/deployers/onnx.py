@@ -5,7 +5,8 @@ are served with onnxruntime (``onnx_backend="caffe2"`` means onnxruntime). The f
 called as ``func(model, inputs)`` per batch, where ``model.run(inputs)`` returns the list
 of outputs as Caffe2's backend did (``model.session`` is the onnxruntime session). The
 batch dimension (the first) of every input and output is exported as dynamic, so any
-batch size runs. ``deploy_onnx_model`` (ours) deploys an existing ``.onnx`` file.
+batch size runs; a model that fixes it is exported with the example's shapes, as 0.4.1
+exported every model. ``deploy_onnx_model`` (ours) deploys an existing ``.onnx`` file.
 """
 import logging
 import os
@@ -50,9 +51,18 @@ def deploy_pytorch_model(clipper_conn, name, version, input_type, inputs, func, 
         output_count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
         input_names = [f"input_{i}" for i in range(len(args))]
         output_names = [f"output_{i}" for i in range(output_count)]
-        torch.onnx.export(pytorch_model, args, os.path.join(directory, ONNX_MODEL_FILE),
-                          input_names=input_names, output_names=output_names,
-                          dynamic_axes={n: {0: "batch"} for n in input_names + output_names})
+        target = os.path.join(directory, ONNX_MODEL_FILE)
+        try:
+            torch.onnx.export(pytorch_model, args, target, input_names=input_names,
+                              output_names=output_names,
+                              dynamic_axes={n: {0: "batch"} for n in input_names + output_names})
+        except Exception as error:
+            # A model that fixes its first dimension (0.4.1's test traced a (784,) example and
+            # reshaped it to (1, 1, 28, 28)) exports only as traced, as 0.4.1 exported all.
+            logger.warning("The model does not export with a dynamic batch dimension (%s); "
+                           "exported with the shapes of the example inputs", error)
+            torch.onnx.export(pytorch_model, args, target, input_names=input_names,
+                              output_names=output_names)
         logger.info("Torch model has been serialized to ONNX format")
         return {"packages": pinned_requirements("onnxruntime")}
 

@@ -11,6 +11,7 @@ pytest.importorskip("onnxscript", reason="onnxscript (for torch.onnx.export) is 
 from clipper_admin import ClipperException  # noqa: E402
 from clipper_admin.deployers import onnx as onnx_deployer  # noqa: E402
 from deployer_checks import SLO_MICROS, assert_serves  # noqa: E402
+from helpers import prediction  # noqa: E402
 
 
 def small_network():
@@ -38,6 +39,29 @@ def test_a_pytorch_model_exported_to_onnx_serves_any_batch_size(clipper_conn):
                                           torch.randn(1, 5), predict, network,
                                           slo_micros=SLO_MICROS, onnx_backend="caffe2")
     assert_serves(clipper_conn, "onnx-app", INPUTS, own_outputs(network, INPUTS))
+
+
+class FixedShapeNetwork(torch.nn.Module):
+    """0.4.1's ONNX integration test's model: traced on one (784,) example, it reshapes to
+    a batch of one, so it has no batch dimension to make dynamic."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.net = torch.nn.Linear(16, 2)
+
+    def forward(self, x):
+        return torch.softmax(self.net(x.view(1, 1, 4, 4).view(1, -1)), dim=1)
+
+
+def test_a_model_of_fixed_shape_is_exported_as_traced_and_fed_as_caffe2_fed_it(clipper_conn):
+    network = FixedShapeNetwork().eval()
+    onnx_deployer.create_pytorch_endpoint(clipper_conn, "onnx-fixed", "ints", torch.randn(16),
+                                          predict, network, slo_micros=SLO_MICROS)
+    query = list(range(16))
+    answer = prediction(clipper_conn, "onnx-fixed", {"input": query})
+    assert not answer["default"], answer
+    np.testing.assert_allclose(answer["output"], own_outputs(network, query)[0], rtol=1e-5)
 
 
 def test_an_onnx_file_is_served_by_onnxruntime(clipper_conn, tmp_path):
