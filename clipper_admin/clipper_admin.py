@@ -38,6 +38,16 @@ def _check_name(kind, value):
             "'[a-z0-9]([-a-z0-9]*[a-z0-9])?\\Z'), 63 characters at most")
 
 
+def _check_packages(pkgs_to_install):
+    """A list of pip requirements; a single string would reach pip letter by letter."""
+    if pkgs_to_install is None:
+        return
+    if isinstance(pkgs_to_install, (list, tuple)) and all(isinstance(p, str) for p in pkgs_to_install):
+        return
+    raise ClipperException(f"pkgs_to_install must be a list of pip requirements, e.g. "
+                           f"['scikit-learn==1.5.2'], not {pkgs_to_install!r}")
+
+
 def _gpus_if_asked(num_gpus, default):
     """GPUs reach the backend only when asked for (not the call's default), so a
     ContainerManager written for 0.4.1's interface (no num_gpus) keeps working."""
@@ -317,6 +327,7 @@ class ClipperConnection(object):
         version = str(version)
         _check_name("name", name)
         _check_name("version", version)
+        _check_packages(pkgs_to_install)
         if self.connected and self.get_model_info(name, version) is not None:
             # Its replicas would load the new build at their next start.
             raise ClipperException(f"model with name '{name}' and version '{version}' already exists")
