@@ -14,6 +14,7 @@ frontend and each replica, all up) and ``/api/v1/series?match[]=<metric name>``.
 (PromQL) need a Prometheus server of your own pointed at ``/metrics``.
 """
 import asyncio
+import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable, List
@@ -29,6 +30,8 @@ from clipper.errors import RequestError
 from clipper.query_frontend import http
 from clipper.query_frontend.replica_metrics import ReplicaFiles, combined
 
+log = logging.getLogger("clipper.query_frontend.prometheus")
+
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 _NAME_SELECTOR = re.compile(r'\{\s*__name__\s*=\s*"([^"]*)"\s*\}')
 FRONTEND_JOB = "query"                  # the job of Clipper's scrape config for the frontend
@@ -40,6 +43,10 @@ def gauge_name(metric: str, field: str) -> str:
 
 
 def frontend_families(metrics) -> Iterable[Metric]:
+    """One gauge per numeric field. Metrics whose names differ only where the gauge name has
+    a ``_`` (apps ``hello-world`` and ``hello_world``) would give one gauge twice, and one
+    name twice makes the whole text invalid: the first metric's is served (logged)."""
+    served: Dict[str, str] = {}
     for entries in metrics.report().values():
         for entry in entries:
             for metric, fields in entry.items():
@@ -48,8 +55,22 @@ def frontend_families(metrics) -> Iterable[Metric]:
                         number = float(value)
                     except ValueError:
                         continue          # e.g. "unit"
-                    yield GaugeMetricFamily(gauge_name(metric, field), f"Clipper {metric} {field}",
-                                            value=number)
+                    name = gauge_name(metric, field)
+                    if name in served:
+                        _warn_clash(name, served[name], metric)
+                        continue
+                    served[name] = metric
+                    yield GaugeMetricFamily(name, f"Clipper {metric} {field}", value=number)
+
+
+_clashes_told = set()
+
+
+def _warn_clash(name: str, served: str, left_out: str) -> None:
+    if (served, left_out) not in _clashes_told:       # once, not at every scrape
+        _clashes_told.add((served, left_out))
+        log.warning("the metrics port leaves out %s: its gauge %s is %s's (rename one of them)",
+                    left_out, name, served)
 
 
 class _Families:

@@ -4,6 +4,7 @@ import time
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from clipper_admin.deployers import python as python_deployer
 from helpers import predict, prediction, total
@@ -267,6 +268,18 @@ def test_prometheus_endpoint_has_the_same_figures(cluster):
     assert float(gauges["app_doubles_app_num_predictions_count"]) == \
         float(counters["app:doubles-app:num_predictions"]["count"])
     assert "model_doubles_app_1_batch_size_p99" in gauges
+
+
+def test_apps_whose_gauge_names_clash_leave_the_prometheus_text_valid(cluster):
+    """hello-world and hello_world both make app_hello_world_* gauges; a name twice made
+    the whole text invalid (Prometheus refuses such a scrape)."""
+    for name in ("clash-app", "clash_app"):
+        cluster.register_application(name, "doubles", "0", SLO_MICROS)
+    text = requests.get(f"http://{cluster.get_metric_addr()}/metrics", timeout=10).text
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert "app_clash_app_num_predictions_count" in types
+    assert len(types) == len(set(types)), sorted(t for t in types if types.count(t) > 1)[:5]
+    list(text_string_to_metric_families(text))        # parses
 
 
 def test_an_output_that_reads_default_is_counted_as_the_models(cluster):
