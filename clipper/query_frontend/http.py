@@ -199,7 +199,8 @@ class Connection(asyncio.Protocol):
         pile up answers in memory without bound."""
         self.write_paused = True
         self._pause_reading()
-        self._watch_writes()
+        if self.write_watch is None:
+            self._watch_writes()
 
     def resume_writing(self) -> None:
         self.write_paused = False
