@@ -303,15 +303,16 @@ def is_keeper(process: psutil.Process) -> bool:
 
 
 def orphan_cluster_paths() -> List[Path]:
-    """Cluster directories named by running processes under the base dir, listed or not."""
-    base = str(base_dir())
+    """Cluster directories named by running processes in the base dir, listed or not: its
+    entries only, not deeper (there, another state directory's clusters may live)."""
+    base = base_dir()
     paths = set()
     for process in psutil.process_iter():
         try:
             marker = cluster_path_of(process)
         except psutil.Error:
             continue
-        if marker and (marker == base or marker.startswith(base.rstrip("/") + "/")):
+        if marker and Path(marker).parent == base:
             paths.add(Path(marker))
     return sorted(paths)
 

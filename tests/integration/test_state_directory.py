@@ -88,3 +88,19 @@ def test_a_running_cluster_is_stopped_even_where_its_directory_would_now_be_refu
     finally:
         state_dir.chmod(0o700)
         stop_all_local_clusters(graceful=False)
+
+
+def test_stopping_every_cluster_of_a_state_directory_spares_those_of_one_inside_it(state_dir, monkeypatch):
+    """closeClipper.py on CLIPPER_STATE_DIR=/tmp stopped the clusters of /tmp/<x> too."""
+    inner = state_dir / "inner"
+    inner.mkdir(mode=0o700)
+    monkeypatch.setenv("CLIPPER_STATE_DIR", str(inner))
+    nested = connection("nested")
+    nested.start_clipper()
+    try:
+        monkeypatch.setenv("CLIPPER_STATE_DIR", str(state_dir))
+        assert stop_all_local_clusters() == []
+        assert nested.get_all_apps() == []         # still answers
+    finally:
+        monkeypatch.setenv("CLIPPER_STATE_DIR", str(inner))
+        nested.stop_all()
