@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from clipper_admin import ClipperException, stop_all_clusters
-from clipper_admin.backends import BACKENDS
+from clipper_admin.backends import BACKENDS, stopped_report
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -18,8 +18,4 @@ if __name__ == '__main__':
         stopped = stop_all_clusters(backend=args.backend, cluster_name=args.cluster)
     except ClipperException as error:
         sys.exit("Error: %s" % error.msg)
-    for what in stopped:
-        print("Stopped Clipper %s" % what)
-    if not stopped:
-        print("No Clipper cluster is running." if args.cluster is None
-              else "No Clipper cluster named '%s' is running." % args.cluster)
+    print(stopped_report(stopped, args.cluster))

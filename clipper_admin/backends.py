@@ -77,12 +77,22 @@ def stop_all_clusters(backend: Optional[str] = None, cluster_name: Optional[str]
             if (error.name or "").startswith("clipper") or kind.extra is None:
                 raise
             if backend is not None:  # asked for: say what to install rather than "nothing runs"
-                raise MissingDependency(f"Stopping {kind.manager}'s clusters", error.name, kind.extra) from error
+                raise MissingDependency(f"Stopping {kind.manager}'s clusters", error.name.split(".")[0],
+                                        kind.extra) from error
             continue                 # its SDK is not installed: no cluster of it was started from here
         stop_clusters = getattr(module, kind.stop_clusters)
         stopped += [f"{kind.stopped} '{name}' ({count} {kind.unit})"
                     for name, count in stop_clusters(graceful, names, required=backend is not None)]
     return stopped
+
+
+def stopped_report(stopped: List[str], cluster_name: Optional[str] = None) -> str:
+    """What closeClipper.py and `clipper stop` print: what stop_all_clusters stopped."""
+    if stopped:
+        return "\n".join(f"Stopped Clipper {what}" for what in stopped)
+    if cluster_name is None:
+        return "No Clipper cluster is running."
+    return f"No Clipper cluster named '{cluster_name}' is running."
 
 
 def _report_clipper_errors_briefly():

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from clipper_admin.backends import BACKENDS, manager_for, stop_all_clusters
+from clipper_admin.backends import BACKENDS, manager_for, stop_all_clusters, stopped_report
 from clipper_admin.clipper_admin import ClipperConnection
 from clipper_admin.exceptions import ClipperException
 from clipper_admin.local import LocalContainerManager
@@ -62,7 +62,12 @@ def start(args):
 
 
 def recover(args):
-    conn = ClipperConnection(manager_for(args.backend, cluster_name=args.cluster_name))
+    manager = manager_for(args.backend, cluster_name=args.cluster_name)
+    if isinstance(manager, LocalContainerManager) and not manager.crashed() and not manager.cluster.is_running():
+        raise ClipperException(f"Cluster '{args.cluster_name}' has nothing to recover: no state of it is "
+                               f"left (it was stopped, or never started). `clipper start --cluster-name "
+                               f"{args.cluster_name}` starts a new one.")
+    conn = ClipperConnection(manager)
     conn.connect()                   # a crashed local cluster is started again from its state
     print(f"Cluster '{args.cluster_name}' is running: predictions at http://{conn.get_query_addr()}"
           f"/<application>/predict, management at http://{conn.cm.get_admin_addr()}")
@@ -85,7 +90,7 @@ def status(args):
 
 def stop(args):
     stopped = stop_all_clusters(backend=args.backend, cluster_name=args.cluster_name)
-    print("\n".join(f"Stopped Clipper {what}" for what in stopped) or "No Clipper cluster is running.")
+    print(stopped_report(stopped, args.cluster_name))
 
 
 def main(argv=None):

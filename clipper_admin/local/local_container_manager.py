@@ -111,6 +111,10 @@ class LocalContainerManager(ContainerManager):
                 raise ClipperException(
                     f"Clipper cluster '{self.cluster_name}' is already running. Use connect() to use it, "
                     "or stop it with: " + STOP_COMMAND)
+            if self.crashed():
+                logger.warning("Clipper cluster '%s' had crashed; start_clipper() replaces it with a new, "
+                               "empty one (its applications and models are gone: connect(), or "
+                               "`clipper recover`, would have started it again as it was)", self.cluster_name)
             stop_cluster(self.cluster)           # leftovers of a cluster that died
             self._require_free_ports(self.host)
             config = self._cluster_config(cache_size, qf_http_timeout_content, self.host, self._redis_url())

@@ -59,6 +59,8 @@ def test_close_clipper_stops_only_the_named_cluster_or_backend(bystander, clippe
         assert bystander.get_all_apps() == [], "the other cluster should still answer"
         again = run_script("closeClipper.py", "--cluster-name", "target")     # as `clipper stop` spells it
         assert again.stdout.strip() == "No Clipper cluster named 'target' is running."
+        command = run_script("-m", "clipper_admin.cli", "stop", "--cluster-name", "target")
+        assert command.stdout == again.stdout
     result = run_script("closeClipper.py", "--backend", "local")
     assert result.stdout.startswith("Stopped Clipper cluster 'bystander' (")
     assert not processes_under(clipper_state_dir)

@@ -160,6 +160,23 @@ def test_after_every_process_is_killed_the_cluster_comes_back_as_it_was(recover_
         assert not conn.cm.cluster.path.exists()
         with pytest.raises(ClipperException, match="No running Clipper cluster"):
             ClipperConnection(LocalContainerManager(cluster_name=NAME)).connect()
+        nothing = subprocess.run([sys.executable, "-m", "clipper_admin.cli", "recover", f"--cluster-name={NAME}"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert nothing.returncode == 1 and "has nothing to recover" in nothing.stderr, nothing.stderr
+
+
+def test_a_start_over_a_crashed_cluster_says_what_it_replaces(clipper_state_dir, caplog):
+    with local_cluster(NAME, **PORTS) as conn:
+        conn.register_application("kept", "doubles", "-1.0", 100000)
+        processes = cluster_processes(conn.cm.cluster)
+        for process in processes:
+            process.kill()
+        assert_all_stopped([p.pid for p in processes])
+        fresh = ClipperConnection(LocalContainerManager(cluster_name=NAME, **{
+            f"clipper_{kind}": port for kind, port in PORTS.items()}))
+        fresh.start_clipper()
+        assert fresh.get_all_apps() == []
+        assert "had crashed; start_clipper() replaces it with a new, empty one" in caplog.text
 
 
 def test_a_frontend_that_failed_before_the_crash_does_not_fail_the_recovery(clipper_state_dir):
