@@ -42,7 +42,8 @@ class Task:
     """One evaluation of one input. It settles once, with an output or an error, and calls
     whoever waits for it right then: a reply's callbacks write the answers in the same turn
     of the event loop (an asyncio future would schedule them for the next one)."""
-    __slots__ = ("input", "deadline", "slo", "arrived", "queued", "done", "output", "error", "_callbacks")
+    __slots__ = ("input", "deadline", "slo", "arrived", "queued", "lost", "done", "output", "error",
+                 "_callbacks")
 
     def __init__(self, input: bytes, deadline: float, slo: float):
         self.input = input
@@ -50,6 +51,7 @@ class Task:
         self.slo = slo             # seconds
         self.arrived = deadline - slo     # when its first query arrived
         self.queued = False        # waiting in its model's queue (not in a batch)
+        self.lost = False          # a replica computing it was lost (it exited or fell silent)
         self.done = False
         self.output: Optional[bytes] = None
         self.error: Optional[Exception] = None
@@ -199,8 +201,13 @@ class Dispatcher:
         if batch:
             self.in_flight.pop(batch.msg_id, None)
             for task in batch.tasks:
-                queue.put(task, next(self._seq))
+                task.lost = True
+            self._requeue(queue, batch.tasks)
         return True
+
+    def _requeue(self, queue: ModelQueue, tasks: List[Task]) -> None:
+        for task in tasks:
+            queue.put(task, next(self._seq))
 
     def set_batch_size(self, model_id: ModelId, batch_size: Optional[int]) -> None:
         self.batch_sizes[model_id] = batch_size
@@ -270,10 +277,12 @@ class Dispatcher:
                 queue.idle.appendleft(replica)
                 return
             batch = Batch(next(self._msg_ids) & 0xFFFFFFFF, replica, tasks, self._clock())
-            replica.batch = batch
-            self.in_flight[batch.msg_id] = batch
             if not self._send(replica, batch):
                 log.info("replica %s of %s:%s is unreachable; dropping it",
                          replica.replica_id, *replica.model_id)
-                self._forget(queue, replica)    # its batch goes back; the next replica tries
+                self._forget(queue, replica)
+                self._requeue(queue, tasks)     # never computed; the next replica tries
+                continue
+            replica.batch = batch
+            self.in_flight[batch.msg_id] = batch
 

@@ -448,13 +448,13 @@ class QueryFrontend(http.Application):
             return self._default(app, query_id, responses.NO_CONNECTED_MODELS), True, False
         if type(scheduled) is bytes:       # from the cache, already JSON
             return responses.prediction(query_id, scheduled, False), False, False
-        if not scheduled.done:
-            return self._default(app, query_id, responses.SLO_MISSED), True, False
-        if scheduled.error is None:
+        if scheduled.done and scheduled.error is None:
             return responses.prediction(query_id, responses.sniff_output(scheduled.output), False), False, False
         if isinstance(scheduled.error, ModelError):
             return responses.model_error(query_id, str(scheduled.error)), False, True
-        return self._default(app, query_id, responses.SLO_MISSED), True, False
+        # Not answered within the objective (or expired in the queue).
+        explanation = responses.REPLICA_LOST if scheduled.lost else responses.SLO_MISSED
+        return self._default(app, query_id, explanation), True, False
 
     @staticmethod
     def _default(app: App, query_id: int, explanation: str) -> bytes:

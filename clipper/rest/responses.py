@@ -5,6 +5,9 @@ import orjson
 
 NO_CONNECTED_MODELS = "No connected models found for query"
 SLO_MISSED = "Failed to retrieve a prediction response within the specified latency SLO"
+# Ours: Clipper said SLO_MISSED here too.
+REPLICA_LOST = ("A replica of the model was lost while computing this prediction (it exited or fell "
+                "silent; its log says why)")
 
 
 def sniff_output(text: bytes) -> bytes:

@@ -70,6 +70,23 @@ def test_killed_replica_under_load_answers_within_the_objective_and_comes_back(c
     assert pid_of(conn, "model-container", model_name="steady") not in (None, victim)
 
 
+def exits_on_negative(xs):
+    if any(x[0] < 0 for x in xs):
+        os._exit(3)                # the model's process dies with the batch
+    return [str(x[0]) for x in xs]
+
+
+def test_a_query_whose_replica_dies_computing_it_is_told_so(conn):
+    """Its default output said the objective was missed, as Clipper's; now it says why."""
+    python_deployer.create_endpoint(conn, "fragile", "doubles", exits_on_negative, default_output="-1.0",
+                                    slo_micros=1_000_000)
+    lethal = requests.post(f"http://{conn.get_query_addr()}/fragile/predict", json={"input": [-1.0]}, timeout=10)
+    assert lethal.status_code == 200 and lethal.json()["default"] is True, lethal.text
+    assert "replica of the model was lost while computing" in lethal.json()["default_explanation"]
+    wait_for(lambda: predicts_for_real(conn, "fragile"), 10, "the replica restarted")
+    assert predicts_for_real(conn), "another model's queries were answered throughout"
+
+
 def test_killed_query_frontend_is_restarted_and_containers_reconnect(conn):
     victim = pid_of(conn, "query-frontend")
     kill(victim)

@@ -140,6 +140,7 @@ def test_dispatcher_never_sends_expired_queries_and_requeues_a_lost_batch():
     dispatcher.add_replica(second)
     dispatcher.remove_replica(first)                        # died with "new" in flight
     assert sent[-1][0] is second and [t.input for t in sent[-1][1].tasks] == [b"new"]
+    assert live.lost, "its default output would not say that its replica was lost"
     dispatcher.on_response(b"b", sent[-1][1].msg_id, [b"7"])
     assert live.output == b"7"
 
@@ -158,6 +159,7 @@ def test_many_unreachable_replicas_are_dropped_in_turn_and_the_batch_reaches_a_l
     task = Task(b"x", time.monotonic() + 5, 5.0)
     dispatcher.submit(model, task)
     assert [t.input for t in sent[-1].tasks] == [b"x"]
+    assert not task.lost, "no replica computed it before the live one"
     assert list(dispatcher.queues[model].replicas) == [b"live"]
     assert not dispatcher.in_flight.keys() - {sent[-1].msg_id}
 
