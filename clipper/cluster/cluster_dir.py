@@ -42,6 +42,9 @@ PACKAGE_PATH_DIR = "pythonpath"       # our packages alone, for replicas in othe
 REPLICA_METRICS_DIR = "replica-metrics"
 MARKER_ENV = "CLIPPER_CLUSTER_DIR"
 REDIS_SOCKET_FILE = "redis.sock"
+# The supervisor's line in a process's log before each start: a log's tail shows the last run.
+LOG_START_LINE = "--- clipper: {name} started at {time} ---"
+_LOG_START = re.compile(r"--- clipper: \S+ started at [^\n]* ---")
 GONE_POLL_SECONDS = 0.005     # how often a stop looks whether its processes are gone
 # What redis-server (or valkey-server) shows as its title: "<binary> unixsocket:<cluster dir>/redis.sock".
 _REDIS_TITLE = re.compile(r"\S*(?:redis|valkey)-server unixsocket:(\S+)/" + re.escape(REDIS_SOCKET_FILE) + r"\b")
@@ -228,12 +231,15 @@ class ClusterDir:
             time.sleep(READY_POLL_SECONDS)
         return False
 
-    def log_tail(self, log_name: str, lines: int = 15) -> str:
+    def log_tail(self, log_name: str, lines: int = 20) -> str:
+        """The last lines of a process's log, of its last run only (its last start line on)."""
         try:
             text = (self.logs / f"{log_name}.log").read_text(errors="replace")
         except FileNotFoundError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        last_lines = text.splitlines()[-lines:]
+        starts = [i for i, line in enumerate(last_lines) if _LOG_START.fullmatch(line)]
+        return "\n".join(last_lines[starts[-1] + 1:] if starts else last_lines)
 
 
 _CLUSTER_ENTRIES = frozenset((CLUSTER_FILE, SUPERVISOR_FILE, PROCESSES_FILE, REPLICAS_FILE, LOCK_FILE,

@@ -258,6 +258,9 @@ def test_a_failed_deploy_says_what_is_left_and_how_to_undo_it(conn):
     with pytest.raises(ClipperException) as failure:
         python_deployer.deploy_python_closure(conn, "undone", 2, "doubles", lambda xs: [str(broken)])
     assert "keeps exiting" in failure.value.msg
+    log_tail = failure.value.msg.split("Last lines of its log:\n", 1)[1]
+    assert log_tail.startswith("Traceback (most recent call last):"), "the tail of one run, whole"
+    assert log_tail.count("Traceback (most recent call last):") == 1, log_tail
     assert failure.value.msg.endswith(
         "Model undone:2 stays registered as the current version, so its applications get their "
         "default output: go back with set_model_version('undone', '1'), then remove it with "
