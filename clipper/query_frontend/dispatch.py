@@ -28,6 +28,9 @@ MAX_BATCH_SIZE = 1024
 # the rest for the wait behind the batch ahead of it.
 BATCH_LATENCY_SHARE = 0.5
 BACKOFF_FACTOR = 0.9
+# A query whose replica is lost while computing it is tried again; one that was with this
+# many lost replicas is tried no more: its input may be what kills them.
+MAX_LOST_REPLICAS = 2
 
 
 class DeadlineExpired(Exception):
@@ -38,12 +41,16 @@ class ModelError(Exception):
     """The model raised, or its container answered with the wrong number of outputs."""
 
 
+class ReplicaLost(Exception):
+    """MAX_LOST_REPLICAS replicas were lost while computing the query."""
+
+
 class Task:
     """One evaluation of one input. It settles once, with an output or an error, and calls
     whoever waits for it right then: a reply's callbacks write the answers in the same turn
     of the event loop (an asyncio future would schedule them for the next one)."""
-    __slots__ = ("input", "deadline", "slo", "arrived", "queued", "lost", "done", "output", "error",
-                 "_callbacks")
+    __slots__ = ("input", "deadline", "slo", "arrived", "queued", "lost_replicas", "done", "output",
+                 "error", "_callbacks")
 
     def __init__(self, input: bytes, deadline: float, slo: float):
         self.input = input
@@ -51,7 +58,7 @@ class Task:
         self.slo = slo             # seconds
         self.arrived = deadline - slo     # when its first query arrived
         self.queued = False        # waiting in its model's queue (not in a batch)
-        self.lost = False          # a replica computing it was lost (it exited or fell silent)
+        self.lost_replicas = 0     # lost while computing it (they exited or fell silent)
         self.done = False
         self.output: Optional[bytes] = None
         self.error: Optional[Exception] = None
@@ -201,8 +208,10 @@ class Dispatcher:
         if batch:
             self.in_flight.pop(batch.msg_id, None)
             for task in batch.tasks:
-                task.lost = True
-            self._requeue(queue, batch.tasks)
+                task.lost_replicas += 1
+                if task.lost_replicas >= MAX_LOST_REPLICAS:
+                    task.settle(error=ReplicaLost())
+            self._requeue(queue, [task for task in batch.tasks if not task.done])
         return True
 
     def _requeue(self, queue: ModelQueue, tasks: List[Task]) -> None:

@@ -452,8 +452,8 @@ class QueryFrontend(http.Application):
             return responses.prediction(query_id, responses.sniff_output(scheduled.output), False), False, False
         if isinstance(scheduled.error, ModelError):
             return responses.model_error(query_id, str(scheduled.error)), False, True
-        # Not answered within the objective (or expired in the queue).
-        explanation = responses.REPLICA_LOST if scheduled.lost else responses.SLO_MISSED
+        # Not answered within the objective (or expired in the queue, or ReplicaLost).
+        explanation = responses.REPLICA_LOST if scheduled.lost_replicas else responses.SLO_MISSED
         return self._default(app, query_id, explanation), True, False
 
     @staticmethod

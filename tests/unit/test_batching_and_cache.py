@@ -2,7 +2,7 @@
 import time
 
 from clipper.query_frontend.cache import ENTRY_OVERHEAD, PredictionCache, RememberedBody
-from clipper.query_frontend.dispatch import BatchSizer, Dispatcher, Replica, Task
+from clipper.query_frontend.dispatch import BatchSizer, Dispatcher, Replica, ReplicaLost, Task
 from clipper.datatypes import InputType
 
 
@@ -140,7 +140,7 @@ def test_dispatcher_never_sends_expired_queries_and_requeues_a_lost_batch():
     dispatcher.add_replica(second)
     dispatcher.remove_replica(first)                        # died with "new" in flight
     assert sent[-1][0] is second and [t.input for t in sent[-1][1].tasks] == [b"new"]
-    assert live.lost, "its default output would not say that its replica was lost"
+    assert live.lost_replicas == 1, "its default output would not say that its replica was lost"
     dispatcher.on_response(b"b", sent[-1][1].msg_id, [b"7"])
     assert live.output == b"7"
 
@@ -159,9 +159,26 @@ def test_many_unreachable_replicas_are_dropped_in_turn_and_the_batch_reaches_a_l
     task = Task(b"x", time.monotonic() + 5, 5.0)
     dispatcher.submit(model, task)
     assert [t.input for t in sent[-1].tasks] == [b"x"]
-    assert not task.lost, "no replica computed it before the live one"
+    assert not task.lost_replicas, "no replica computed it before the live one"
     assert list(dispatcher.queues[model].replicas) == [b"live"]
     assert not dispatcher.in_flight.keys() - {sent[-1].msg_id}
+
+
+def test_a_query_that_loses_two_replicas_is_not_tried_on_a_third():
+    """Its input may be what kills them (a crash in the model's native code)."""
+    sent = []
+    dispatcher = Dispatcher(lambda replica, batch: sent.append(batch) or True, time.monotonic)
+    model = ("m", "1")
+    replicas = [Replica(b"%d" % i, model, i, InputType.DOUBLES, BatchSizer(), time.monotonic()) for i in range(3)]
+    for replica in replicas:
+        dispatcher.add_replica(replica)
+    lethal = Task(b"x", time.monotonic() + 5, 5.0)
+    dispatcher.submit(model, lethal)
+    dispatcher.remove_replica(sent[-1].replica)
+    assert len(sent) == 2 and not lethal.done, "tried once more on another replica"
+    dispatcher.remove_replica(sent[-1].replica)
+    assert len(sent) == 2 and isinstance(lethal.error, ReplicaLost)
+    assert not dispatcher.queues[model].tasks and not dispatcher.in_flight
 
 
 class FakeClock:
