@@ -9,7 +9,6 @@ loads the model onto the first of them where the framework allows it.
 """
 import importlib
 import json
-import math
 import os
 from typing import Callable, Dict, Tuple
 
@@ -74,8 +73,9 @@ def _pytorch(torch, model_path: str, metadata: dict) -> Tuple:
 class OnnxModel:
     """An ONNX model in onnxruntime, with Caffe2's ``run`` so 0.4.1 predict functions work:
     ``run(array)``, ``run([arrays])`` or ``run({name: array})`` returns the list of outputs.
-    As Caffe2 did, an array of another rank than its input's fixed shape but of its size is
-    taken in that shape (0.4.1's test fed a (1, 784) batch to a model traced on (784,)).
+    As Caffe2 did, an array that differs from its input's fixed shape only by dimensions of
+    size 1 is taken in that shape (0.4.1's test fed a (1, 784) batch to a model traced on
+    (784,)).
     The onnxruntime session is ``.session``."""
 
     def __init__(self, session):
@@ -96,9 +96,13 @@ class OnnxModel:
         shape = self.fixed_shapes.get(name)
         if shape is None or getattr(array, "shape", shape) == shape:
             return array
-        if array.ndim != len(shape) and array.size == math.prod(shape):
+        if _without_ones(array.shape) == _without_ones(shape):
             return array.reshape(shape)
         return array            # onnxruntime's error names the shape it expects
+
+
+def _without_ones(shape) -> Tuple[int, ...]:
+    return tuple(dimension for dimension in shape if dimension != 1)
 
 
 def _onnx(onnxruntime, model_path: str, metadata: dict) -> Tuple:

@@ -6,10 +6,13 @@ called as ``func(model, inputs)`` per batch, where ``model.run(inputs)`` returns
 of outputs as Caffe2's backend did (``model.session`` is the onnxruntime session). The
 batch dimension (the first) of every input and output is exported as dynamic, so any
 batch size runs; a model that fixes it is exported with the example's shapes, as 0.4.1
-exported every model. ``deploy_onnx_model`` (ours) deploys an existing ``.onnx`` file.
+exported every model, and batches hold at most the example's inputs (unless batch_size
+says otherwise). ``deploy_onnx_model`` (ours) deploys an existing ``.onnx`` file.
 """
 import logging
 import os
+import shutil
+import tempfile
 
 from clipper.container.frameworks import ONNX_MODEL_FILE
 from clipper_admin.deployers.deployer_utils import (
@@ -44,30 +47,54 @@ def deploy_pytorch_model(clipper_conn, name, version, input_type, inputs, func, 
     torch = import_framework("torch", "pytorch", "deploy_pytorch_model")
     _import_runtime()
     args = inputs if isinstance(inputs, tuple) else (inputs,)
-
-    def save_model(directory):
-        with torch.no_grad():
-            outputs = pytorch_model(*args)
-        output_count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
-        input_names = [f"input_{i}" for i in range(len(args))]
-        output_names = [f"output_{i}" for i in range(output_count)]
-        target = os.path.join(directory, ONNX_MODEL_FILE)
+    exported = tempfile.mkdtemp(prefix="clipper-onnx-")
+    try:
         try:
-            torch.onnx.export(pytorch_model, args, target, input_names=input_names,
-                              output_names=output_names,
-                              dynamic_axes={n: {0: "batch"} for n in input_names + output_names})
+            fixed_shapes = _export(torch, pytorch_model, args, os.path.join(exported, ONNX_MODEL_FILE))
         except Exception as error:
-            # A model that fixes its first dimension (0.4.1's test traced a (784,) example and
-            # reshaped it to (1, 1, 28, 28)) exports only as traced, as 0.4.1 exported all.
-            logger.warning("The model does not export with a dynamic batch dimension (%s); "
-                           "exported with the shapes of the example inputs", error)
-            torch.onnx.export(pytorch_model, args, target, input_names=input_names,
-                              output_names=output_names)
-        logger.info("Torch model has been serialized to ONNX format")
-        return {"packages": pinned_requirements("onnxruntime")}
+            raise ClipperException(f"Could not save the onnx model: {type(error).__name__}: {error}") from error
+        if fixed_shapes and batch_size in (None, -1):
+            # Each call takes what the example held: batches of that size at most.
+            batch_size = _examples_in(args[0])
+            logger.warning("The model exports only with the example's shapes: its batches hold at "
+                           "most %d input(s)", batch_size)
 
-    _deploy(clipper_conn, name, version, input_type, func, base_image, labels, registry,
-            num_replicas, batch_size, pkgs_to_install, num_gpus, save_model)
+        def save_model(directory):
+            for entry in os.listdir(exported):      # the model, and any external data beside it
+                shutil.copy(os.path.join(exported, entry), directory)
+            return {"packages": pinned_requirements("onnxruntime")}
+
+        _deploy(clipper_conn, name, version, input_type, func, base_image, labels, registry,
+                num_replicas, batch_size, pkgs_to_install, num_gpus, save_model)
+    finally:
+        shutil.rmtree(exported, ignore_errors=True)
+
+
+def _export(torch, pytorch_model, args, target) -> bool:
+    """Export with a dynamic first dimension, or, for a model that fixes it (0.4.1's test
+    traced a (784,) example and reshaped it to (1, 1, 28, 28)), with the example's shapes,
+    as 0.4.1 exported every model. Whether the shapes are the example's."""
+    with torch.no_grad():
+        outputs = pytorch_model(*args)
+    output_count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
+    names = dict(input_names=[f"input_{i}" for i in range(len(args))],
+                 output_names=[f"output_{i}" for i in range(output_count)])
+    dynamic = {n: {0: "batch"} for n in names["input_names"] + names["output_names"]}
+    try:
+        torch.onnx.export(pytorch_model, args, target, dynamic_axes=dynamic, **names)
+        fixed_shapes = False
+    except torch.onnx.OnnxExporterError as error:
+        logger.info("No dynamic batch dimension (%s); exporting with the example's shapes",
+                    str(error).splitlines()[0][:300])
+        torch.onnx.export(pytorch_model, args, target, **names)
+        fixed_shapes = True
+    logger.info("Torch model has been serialized to ONNX format")
+    return fixed_shapes
+
+
+def _examples_in(example):
+    """How many inputs an example tensor holds: its first dimension, or 1 for one vector."""
+    return int(example.shape[0]) if example.dim() >= 2 else 1
 
 
 def deploy_onnx_model(clipper_conn, name, version, input_type, func, onnx_model,

@@ -1,5 +1,6 @@
 """deployers.onnx: a PyTorch model exported to ONNX, and an .onnx file, served by onnxruntime."""
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ pytest.importorskip("onnxscript", reason="onnxscript (for torch.onnx.export) is 
 from clipper_admin import ClipperException  # noqa: E402
 from clipper_admin.deployers import onnx as onnx_deployer  # noqa: E402
 from deployer_checks import SLO_MICROS, assert_serves  # noqa: E402
-from helpers import prediction  # noqa: E402
+from helpers import prediction, predict as post  # noqa: E402
 
 
 def small_network():
@@ -62,6 +63,14 @@ def test_a_model_of_fixed_shape_is_exported_as_traced_and_fed_as_caffe2_fed_it(c
     answer = prediction(clipper_conn, "onnx-fixed", {"input": query})
     assert not answer["default"], answer
     np.testing.assert_allclose(answer["output"], own_outputs(network, query)[0], rtol=1e-5)
+    # One input a call, as traced: queries from many clients at once (adaptive batching would
+    # batch them) are computed one by one, not failed.
+    queries = [list(range(i, i + 16)) for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda q: post(clipper_conn, "onnx-fixed", {"input": q}), queries))
+    assert [a.status_code for a in answers] == [200] * len(queries), [a.text for a in answers][:3]
+    for query, answer in zip(queries, answers):
+        np.testing.assert_allclose(answer.json()["output"], own_outputs(network, query)[0], rtol=1e-5)
 
 
 def test_an_onnx_file_is_served_by_onnxruntime(clipper_conn, tmp_path):
