@@ -85,22 +85,30 @@ def _save_session(tf, session, target):
 
 def _written_by_tf1(directory):
     """TF1's SavedModelBuilder writes no object graph; TF2's tf.saved_model.save does. A TF1
-    SavedModel is served in a session, as 0.4.1 served it, so its functions run unchanged."""
+    SavedModel is served in a session, as 0.4.1 served it, so its functions run unchanged;
+    it is loaded by its "serve" tag, as 0.4.1 loaded it."""
     from tensorflow.core.protobuf import saved_model_pb2
     saved_model = saved_model_pb2.SavedModel()
     with open(os.path.join(directory, "saved_model.pb"), "rb") as file:
         saved_model.ParseFromString(file.read())
-    return not any(meta_graph.object_graph_def.nodes for meta_graph in saved_model.meta_graphs)
+    if any(meta_graph.object_graph_def.nodes for meta_graph in saved_model.meta_graphs):
+        return False
+    tags = [list(meta_graph.meta_info_def.tags) for meta_graph in saved_model.meta_graphs]
+    if not any("serve" in graph_tags for graph_tags in tags):
+        raise ClipperException(f"The TF1 SavedModel in {directory} has no meta graph tagged 'serve' "
+                               f"(its tags: {tags}); save it with tags=[tf.saved_model.SERVING]")
+    logger.info("%s is a TF1 SavedModel: served in a tf.compat.v1.Session, func(sess, inputs)", directory)
+    return True
 
 
 def _checkpoint_prefix(tf, directory):
-    """The checkpoint of a directory ``saver.save`` wrote to: its latest, else the last
-    ``.meta`` file by name (0.4.1's container took the first it found). None if there is none."""
+    """The checkpoint of a directory ``saver.save`` wrote to: its latest, else the newest
+    ``.meta`` file (0.4.1's container took the first it found). None if there is none."""
     latest = tf.train.latest_checkpoint(directory)
     if latest is not None and os.path.isfile(latest + ".meta"):
         return latest
-    metas = sorted(glob.glob(os.path.join(glob.escape(directory), "*.meta")))
-    return metas[-1][:-len(".meta")] if metas else None
+    metas = glob.glob(os.path.join(glob.escape(directory), "*.meta"))
+    return max(metas, key=os.path.getmtime)[:-len(".meta")] if metas else None
 
 
 def _save_checkpoint(tf, checkpoint, target):

@@ -89,6 +89,17 @@ def test_tf1_models_are_served_in_a_session(clipper_conn, tmp_path, form):
     assert_serves(clipper_conn, name, INPUTS, [json.loads(e) for e in expected])
 
 
+def test_a_tf1_savedmodel_without_a_serve_tag_is_refused_at_deploy(clipper_conn, tmp_path):
+    sess = tf1_session()
+    with sess.graph.as_default():
+        builder = tf.compat.v1.saved_model.builder.SavedModelBuilder(str(tmp_path / "train-only"))
+        builder.add_meta_graph_and_variables(sess, ["train"])
+        builder.save()
+    with pytest.raises(ClipperException, match="no meta graph tagged 'serve'"):
+        tf_deployer.deploy_tensorflow_model(clipper_conn, "train-only", 1, "doubles",
+                                            session_predict, str(tmp_path / "train-only"))
+
+
 def test_a_checkpoint_that_does_not_restore_gets_a_clear_error(clipper_conn, tmp_path):
     checkpoint_directory(tf1_session(), tmp_path)
     (tmp_path / "model.ckpt.index").write_bytes(b"not an index")
