@@ -77,8 +77,8 @@ def stop_all_clusters(backend: Optional[str] = None, cluster_name: Optional[str]
             if (error.name or "").startswith("clipper") or kind.extra is None:
                 raise
             if backend is not None:  # asked for: say what to install rather than "nothing runs"
-                raise MissingDependency(f"Stopping {kind.manager}'s clusters", error.name.split(".")[0],
-                                        kind.extra) from error
+                raise MissingDependency(f"Stopping {kind.manager}'s clusters",
+                                        (error.name or kind.extra).split(".")[0], kind.extra) from error
             continue                 # its SDK is not installed: no cluster of it was started from here
         stop_clusters = getattr(module, kind.stop_clusters)
         stopped += [f"{kind.stopped} '{name}' ({count} {kind.unit})"

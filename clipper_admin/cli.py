@@ -64,9 +64,10 @@ def start(args):
 def recover(args):
     manager = manager_for(args.backend, cluster_name=args.cluster_name)
     if isinstance(manager, LocalContainerManager) and not manager.crashed() and not manager.cluster.is_running():
-        raise ClipperException(f"Cluster '{args.cluster_name}' has nothing to recover: no state of it is "
-                               f"left (it was stopped, or never started). `clipper start --cluster-name "
-                               f"{args.cluster_name}` starts a new one.")
+        why = ("it is being stopped" if manager.cluster.is_stopping()
+               else "no state of it is left (it was stopped, or never started)")
+        raise ClipperException(f"Cluster '{args.cluster_name}' has nothing to recover: {why}. "
+                               f"`clipper start --cluster-name {args.cluster_name}` starts a new one.")
     conn = ClipperConnection(manager)
     conn.connect()                   # a crashed local cluster is started again from its state
     print(f"Cluster '{args.cluster_name}' is running: predictions at http://{conn.get_query_addr()}"

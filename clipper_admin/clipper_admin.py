@@ -15,7 +15,8 @@ import requests
 
 from clipper import launch as recipe
 from clipper_admin import clipper_images
-from clipper_admin.container_manager import CONTAINERLESS_MODEL_IMAGE, ClusterAdapter, is_valid_name, whole_number
+from clipper_admin.container_manager import (
+    CONTAINERLESS_MODEL_IMAGE, ClusterAdapter, is_valid_name, package_list, whole_number)
 from clipper_admin.exceptions import ClipperException, UnconnectedException
 
 logging.basicConfig(format="%(asctime)s %(levelname)-8s [%(filename)s:%(lineno)d] %(message)s",
@@ -36,16 +37,6 @@ def _check_name(kind, value):
             "consist of lower case alphanumeric characters or '-', and must start and end with "
             "an alphanumeric character (regex used for validation is "
             "'[a-z0-9]([-a-z0-9]*[a-z0-9])?\\Z'), 63 characters at most")
-
-
-def _check_packages(pkgs_to_install):
-    """A list of pip requirements; a single string would reach pip letter by letter."""
-    if pkgs_to_install is None:
-        return
-    if isinstance(pkgs_to_install, (list, tuple)) and all(isinstance(p, str) for p in pkgs_to_install):
-        return
-    raise ClipperException(f"pkgs_to_install must be a list of pip requirements, e.g. "
-                           f"['scikit-learn==1.5.2'], not {pkgs_to_install!r}")
 
 
 def _gpus_if_asked(num_gpus, default):
@@ -327,7 +318,7 @@ class ClipperConnection(object):
         version = str(version)
         _check_name("name", name)
         _check_name("version", version)
-        _check_packages(pkgs_to_install)
+        pkgs_to_install = package_list(pkgs_to_install)
         if self.connected and self.get_model_info(name, version) is not None:
             # Its replicas would load the new build at their next start.
             raise ClipperException(f"model with name '{name}' and version '{version}' already exists")

@@ -64,6 +64,22 @@ def whole_number(name: str, value, least: int = 1) -> int:
     return int(value)
 
 
+def package_list(pkgs_to_install):
+    """``pkgs_to_install`` as a list of pip requirements (any collection of strings; None:
+    none), or ClipperException: a single string would reach pip letter by letter."""
+    if pkgs_to_install is None:
+        return None
+    if not isinstance(pkgs_to_install, (str, bytes)):
+        try:
+            packages = list(pkgs_to_install)
+        except TypeError:
+            packages = None
+        if packages is not None and all(isinstance(package, str) for package in packages):
+            return packages
+    raise ClipperException(f"pkgs_to_install must be a list of pip requirements, e.g. "
+                           f"['scikit-learn==1.5.2'], not {pkgs_to_install!r}")
+
+
 def create_model_container_label(name, version):
     return f"{name}{_MODEL_CONTAINER_LABEL_DELIMITER}{version}"
 

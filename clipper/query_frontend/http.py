@@ -425,9 +425,11 @@ class Connection(asyncio.Protocol):
             self._wait(_IDLE, self.limits.keepalive_timeout)
 
     def _watch_writes(self, delivered_before: Optional[int] = None) -> None:
-        """Cut off a client that reads none of its answers for keepalive_timeout: else
-        what it left unread (ours and the kernel's buffers) stays for as long as it keeps
-        the connection open, closing it included (a close waits for the answers to go)."""
+        """Cut off a client that takes none of its answers for keepalive_timeout: else what
+        we hold for it stays for as long as it keeps the connection open, and a close waits
+        for it to go. Checked every keepalive_timeout while our buffer holds answers, so the
+        cut comes 1 to 2 times keepalive_timeout after the client last read; what the
+        kernel's buffer holds, a few MB at most, is not watched."""
         self.write_watch = None
         if self.transport is None:
             return

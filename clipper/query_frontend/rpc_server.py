@@ -140,8 +140,6 @@ class RpcServer:
         frames = codec.encode_prediction_request(batch.msg_id, replica.input_type,
                                                  [task.input for task in batch.tasks])
         sent = self._send(replica.identity, frames)
-        if not sent:       # gone: the dispatcher forgets it now, the cluster's listing next
-            self._loop.call_soon(self.drop, replica, "it could not be reached")
         self.poll_if_light()                # the reply comes soon
         return sent
 
@@ -211,9 +209,8 @@ class RpcServer:
         self.recorder.added(self._container(replica, next(self._connection_ids)))
 
     def drop(self, replica: Replica, reason: str) -> None:
-        if self.replicas.get(replica.identity) is not replica:
-            return          # dropped already (its identity may be a new replica's by now)
-        del self.replicas[replica.identity]
+        if self.replicas.pop(replica.identity, None) is None:
+            return
         log.info("replica %d of model %s:%s dropped: %s", replica.replica_id, *replica.model_id, reason)
         self.dispatcher.remove_replica(replica)
         if not self.dispatcher.accepts(replica.model_id):     # its last replica: numbering restarts

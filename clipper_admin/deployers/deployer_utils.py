@@ -16,6 +16,7 @@ import cloudpickle
 # Which interpreter pickled the function (it must also load it: cloudpickle is not portable
 # across Python versions) and, for a framework model, how the replica loads it.
 from clipper.container.frameworks import METADATA_FILE
+from clipper_admin.container_manager import package_list
 from clipper_admin.exceptions import ClipperException, install_hint
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ def deploy_model_directory(clipper_conn, name, version, input_type, func, base_i
     if not callable(func):      # else every query would answer "'int' object is not callable"
         raise ClipperException(f"func must be a function of a batch of inputs (a list) that returns "
                                f"one output per input; got {type(func).__name__} {func!r:.100}")
+    package_list(pkgs_to_install)      # refused before the model is saved, not after
     serialization_dir = save_python_function(name, func)
     try:
         if framework:

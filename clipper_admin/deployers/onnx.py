@@ -15,6 +15,7 @@ import shutil
 import tempfile
 
 from clipper.container.frameworks import ONNX_MODEL_FILE
+from clipper_admin.container_manager import package_list
 from clipper_admin.deployers.deployer_utils import (
     deploy_model_directory, import_framework, pinned_requirements)
 from clipper_admin.exceptions import ClipperException
@@ -44,6 +45,7 @@ def deploy_pytorch_model(clipper_conn, name, version, input_type, inputs, func, 
     """Export ``pytorch_model`` to ONNX, tracing it on ``inputs`` (a tensor or a tuple of
     tensors, one example batch), and deploy ``func(model, inputs)`` with it."""
     _check_backend(onnx_backend)
+    package_list(pkgs_to_install)      # refused before the export, not after
     torch = import_framework("torch", "pytorch", "deploy_pytorch_model")
     _import_runtime()
     args = inputs if isinstance(inputs, tuple) else (inputs,)

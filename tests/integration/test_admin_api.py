@@ -394,9 +394,12 @@ def test_build_model_then_deploy_model(conn, tmp_path):
     with pytest.raises(ClipperException, match="a model's image is a model directory holding func.pkl .*"
                                                "To run a Docker image, use DockerContainerManager"):
         conn.deploy_model("built", 2, "doubles", "some/docker-image:1")
-    # A string is not a list of packages (pip got it letter by letter).
+    # A string is not a list of packages (pip got it letter by letter): refused before anything.
     with pytest.raises(ClipperException, match=r"pkgs_to_install must be a list of pip requirements.*'six'"):
         conn.build_model("built", 3, image, "default", pkgs_to_install="six")
+    with pytest.raises(ClipperException, match=r"pkgs_to_install must be a list"):
+        python_deployer.deploy_python_closure(conn, "built", 3, "doubles", version_one, pkgs_to_install="six")
+    assert conn.get_model_info("built", 3) is None
 
 
 def test_logs_and_instance(conn, tmp_path):

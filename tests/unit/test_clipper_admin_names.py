@@ -95,3 +95,13 @@ def test_the_local_manager_takes_the_docker_managers_own_parameters(caplog):
     assert "fluentd_port=24500, prometheus_port=24501, extra_container_kwargs={}" in caplog.text
     with pytest.raises(TypeError, match="unexpected keyword argument 'fluentd'"):
         LocalContainerManager(fluentd=1)
+
+
+def test_pkgs_to_install_is_any_collection_of_requirements_but_not_one_string():
+    from clipper_admin.container_manager import package_list
+    assert package_list(None) is None
+    assert package_list(("six", "tabulate>=0.9")) == ["six", "tabulate>=0.9"]
+    assert package_list({"six"}) == ["six"]            # 0.4.1 took a set too
+    for wrong in ("six", b"six", 5, ["six", 5]):
+        with pytest.raises(ClipperException, match="pkgs_to_install must be a list of pip requirements"):
+            package_list(wrong)

@@ -320,7 +320,7 @@ def test_a_client_that_does_not_read_its_answers_is_not_read_further(port):
     """Pipelined requests from a client that reads none of its answers: once the answers
     it has not read fill the socket buffers, the server reads no more of its requests (it
     used to read and answer them all, holding every answer in memory: 218 MB in 2 s here),
-    and when the client reads, however late, every answer comes, in order."""
+    and when the client reads, within keepalive_timeout, every answer comes, in order."""
     with connect(port) as connection:
         sent, pending = send_until_not_read(connection)
         # Longer than the header and body timeouts: the request cut off in the server's
