@@ -49,13 +49,20 @@ def backend_from_args(argv=None, description=None, **manager_kwargs):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=list(BACKENDS),
                         help="where the cluster runs (default: $CLIPPER_BACKEND, else local)")
-    backend = parser.parse_args(argv).backend or os.environ.get("CLIPPER_BACKEND") or "local"
-    if backend not in BACKENDS:
-        parser.error(f"CLIPPER_BACKEND={backend!r} is not a backend; use one of: {', '.join(BACKENDS)}")
+    backend = chosen_backend(parser.parse_args(argv).backend, parser.error)
     _report_clipper_errors_briefly()
     manager = manager_for(backend, **manager_kwargs)
     print(BACKENDS[backend].using)
     return manager
+
+
+def chosen_backend(flag, error):
+    """``--backend``'s value, else $CLIPPER_BACKEND, else local; ``error(message)`` (which
+    ends the command) for a $CLIPPER_BACKEND that names no backend."""
+    backend = flag or os.environ.get("CLIPPER_BACKEND") or "local"
+    if backend not in BACKENDS:
+        error(f"CLIPPER_BACKEND={backend!r} is not a backend; use one of: {', '.join(BACKENDS)}")
+    return backend
 
 
 def manager_for(backend, **manager_kwargs):

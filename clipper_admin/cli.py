@@ -1,6 +1,6 @@
 """The ``clipper`` command: start, inspect and stop clusters from a shell.
 
-    clipper start  [--backend local|docker] [--cluster-name NAME] [--query-port N] [--query-workers N] ...
+    clipper start  [--backend local|docker|ray] [--cluster-name NAME] [--query-port N] [--query-workers N] ...
     clipper status [--backend ...] [--cluster-name NAME]
     clipper recover [--backend ...] [--cluster-name NAME]   (after a crash or a reboot)
     clipper stop   [--backend ...] [--cluster-name NAME]    (as closeClipper.py: all, or those named)
@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from clipper_admin.backends import BACKENDS, manager_for, stop_all_clusters, stopped_report
+from clipper_admin.backends import BACKENDS, chosen_backend, manager_for, stop_all_clusters, stopped_report
 from clipper_admin.clipper_admin import ClipperConnection
 from clipper_admin.exceptions import ClipperException
 from clipper_admin.local import LocalContainerManager
@@ -27,7 +27,8 @@ def _parser():
                                    "again, as it was, from its state"),
                        ("stop", "stop clusters: every one, or those of --backend and/or --cluster-name")):
         command = commands.add_parser(name, help=text, description=text)
-        command.add_argument("--backend", choices=list(BACKENDS), default=None if name == "stop" else "local")
+        command.add_argument("--backend", choices=list(BACKENDS),
+                             help="every backend's clusters" if name == "stop" else "default: $CLIPPER_BACKEND, else local")
         command.add_argument("--cluster-name", default=None if name == "stop" else "default-cluster")
         if name == "start":
             for port, default in (("query", 1337), ("management", 1338), ("rpc", 7000)):
@@ -95,7 +96,10 @@ def stop(args):
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command != "stop":       # stop without --backend: every backend's clusters
+        args.backend = chosen_backend(args.backend, parser.error)
     try:
         {"start": start, "status": status, "recover": recover, "stop": stop}[args.command](args)
     except ClipperException as error:

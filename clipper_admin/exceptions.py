@@ -15,7 +15,14 @@ class UnconnectedException(ClipperException):
 
 
 # How to stop clusters, from a clone (the example script) or where the project was installed.
-STOP_COMMAND = "python closeClipper.py (`clipper stop` on the command line)"
+def stop_command(cluster_name=None):
+    """How to stop one cluster from a shell, or (no name) every one on the machine: others'
+    too, so a message about one cluster names it."""
+    if cluster_name is None:
+        return ("python closeClipper.py (`clipper stop` on the command line), which stops every "
+                "Clipper cluster on this machine; --cluster NAME stops one")
+    return (f"python closeClipper.py --cluster {cluster_name} (`clipper stop --cluster-name "
+            f"{cluster_name}` on the command line)")
 
 
 class MissingDependency(ClipperException, ImportError):

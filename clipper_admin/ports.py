@@ -1,7 +1,7 @@
 """Checking, before a cluster starts, that the ports it needs are free."""
 import socket
 
-from clipper_admin.exceptions import STOP_COMMAND, ClipperException
+from clipper_admin.exceptions import ClipperException, stop_command
 
 
 def port_taken(host, port):
@@ -30,4 +30,4 @@ def require_free_ports(host, ports, taken_error=ClipperException):
         if port_taken(host, port):
             raise taken_error(
                 f"Port {port} ({role}) is already in use on {host}. Stop whatever uses "
-                f"it, e.g. another Clipper cluster with: {STOP_COMMAND}")
+                f"it, e.g. another Clipper cluster with: {stop_command()}")

@@ -231,8 +231,9 @@ class RpcServer:
             return
         self._connections.discard(fd)
         # libzmq says no more: the peer closed, or it broke the protocol and was cut off.
-        log.info("an RPC peer disconnected: it left, or broke the protocol (e.g. with a frame "
-                 "over max_output_size, %s bytes)", self.max_frame_size if self.max_frame_size > 0 else "no limit")
+        log.info("an RPC peer disconnected (a replica that stopped, as when scaling down; if it did "
+                 "not stop, it broke the protocol, e.g. with a frame over max_output_size, %s bytes)",
+                 self.max_frame_size if self.max_frame_size > 0 else "no limit")
         if not self._probe_pending:
             # The peer's pipe is torn down just after this event: probe a moment later.
             self._probe_pending = True

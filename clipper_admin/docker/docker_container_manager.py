@@ -33,7 +33,7 @@ from clipper_admin.container_manager import (
 from clipper_admin.clipper_images import is_noop_image
 from clipper_admin.docker.images import (
     build_model_image, default_base_image, ensure_noop_image, ensure_runtime_image, image_label)
-from clipper_admin.exceptions import STOP_COMMAND, ClipperException
+from clipper_admin.exceptions import ClipperException, stop_command
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ class DockerContainerManager(ContainerManager):
         if any(_is_live(container) for container in self._containers()):
             raise ClipperException(
                 f"Clipper cluster '{self.cluster_name}' is already running on the Docker engine. "
-                "Use connect() to use it, or stop it with: " + STOP_COMMAND)
+                "Use connect() to use it, or stop it with: " + stop_command(self.cluster_name))
         self.stop_all(graceful=False)        # leftovers of a stopped cluster: its containers, its state
         self._require_free_ports(LOOPBACK)
         # Redis started here listens on a unix socket in the cluster's state volume: it takes no
@@ -285,7 +285,7 @@ class DockerContainerManager(ContainerManager):
                 f"The Clipper cluster '{self.cluster_name}' on the Docker engine is stopped (its "
                 "containers were stopped, not removed). Start them again with: docker start "
                 f"$(docker ps -aq --filter label={CLIPPER_DOCKER_LABEL}={self.cluster_name}); or "
-                f"remove them with {STOP_COMMAND}, then start a new cluster")
+                f"remove them with {stop_command(self.cluster_name)}, then start a new cluster")
         return live[0]
 
     def connect(self):

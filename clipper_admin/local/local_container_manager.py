@@ -27,7 +27,7 @@ from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager,
     FAILURES_REPORTED, START_HINT, checked_cluster_name, public_host_for, whole_number)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
-from clipper_admin.exceptions import STOP_COMMAND, ClipperException
+from clipper_admin.exceptions import ClipperException, stop_command
 
 logger = logging.getLogger(__name__)
 # DockerContainerManager's (0.4.1's) own parameters and their defaults, taken by
@@ -110,7 +110,7 @@ class LocalContainerManager(ContainerManager):
             if self.cluster.is_running():
                 raise ClipperException(
                     f"Clipper cluster '{self.cluster_name}' is already running. Use connect() to use it, "
-                    "or stop it with: " + STOP_COMMAND)
+                    "or stop it with: " + stop_command(self.cluster_name))
             if self.crashed():
                 logger.warning("Clipper cluster '%s' had crashed; start_clipper() replaces it with a new, "
                                "empty one (its applications and models are gone: connect(), or "
@@ -385,7 +385,7 @@ def stop_cluster(cluster: ClusterDir, graceful=True):
         raise ClipperException(
             f"Could not stop {len(survivors)} processes of the Clipper cluster '{cluster.name}' "
             f"(pids {', '.join(str(p.pid) for p in survivors)}: running, or still exiting); stop "
-            f"them with kill -9 if they run, and run {STOP_COMMAND} again")
+            f"them with kill -9 if they run, and run {stop_command(cluster.name)} again")
     if foreign:
         logger.warning("Kept %s: it %s", cluster.path, foreign)
     elif cluster.path.parent == cluster_dir.base_dir():    # never a place that is not a cluster's own

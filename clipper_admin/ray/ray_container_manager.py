@@ -27,7 +27,7 @@ from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT,
     CLIPPER_INTERNAL_RPC_PORT, FAILURES_REPORTED, SERVING_SETTINGS, START_HINT, ContainerManager,
     checked_cluster_name, public_host_for)
-from clipper_admin.exceptions import STOP_COMMAND, ClipperException, MissingDependency
+from clipper_admin.exceptions import ClipperException, MissingDependency, stop_command
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class RayContainerManager(ContainerManager):
         if self._frontends() is not None:
             raise ClipperException(
                 f"Clipper cluster '{self.cluster_name}' is already running on this Ray cluster. "
-                "Use connect() to use it, or stop it with: " + STOP_COMMAND)
+                "Use connect() to use it, or stop it with: " + stop_command(self.cluster_name))
         if self.admin_token is None:
             self.admin_token = os.environ.get("CLIPPER_ADMIN_TOKEN", "")
         settings = {"cluster_name": self.cluster_name, "namespace": self.namespace, "host": self.host,

@@ -81,7 +81,8 @@ def test_a_taken_port_raises_what_clipper_era_code_catches(side_by_side, docker_
     assert isinstance(raised.value, ClipperException)
     assert str(raised.value) == raised.value.msg == (
         "Port 32337 (query frontend) is already in use on 127.0.0.1. Stop whatever uses it, e.g. "
-        "another Clipper cluster with: python closeClipper.py (`clipper stop` on the command line)")
+        "another Clipper cluster with: python closeClipper.py (`clipper stop` on the command line), "
+        "which stops every Clipper cluster on this machine; --cluster NAME stops one")
     assert not docker_client.containers.list(all=True, filters={"label": f"{CLIPPER_DOCKER_LABEL}=side-clash"})
 
 

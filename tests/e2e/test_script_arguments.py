@@ -102,3 +102,13 @@ def test_clipper_start_refuses_a_cluster_name_that_is_a_path(clipper_state_dir):
     assert "Traceback" not in result.stderr
     assert (sandbox / "home-stuff" / "thesis.tex").read_text() == "keep"
     assert not port_open(1537)
+
+
+def test_the_clipper_command_takes_its_backend_from_clipper_backend_as_the_scripts_do(clipper_state_dir):
+    """It always looked at the local backend: `clipper status` of a Docker cluster said none ran."""
+    docker = run_script("-m", "clipper_admin.cli", "status", "--cluster-name", "elsewhere",
+                        env={**os.environ, "CLIPPER_BACKEND": "docker", "DOCKER_HOST": "unix:///nonexistent"})
+    assert docker.returncode == 1
+    assert "The Docker engine is not reachable" in docker.stderr or "package 'docker'" in docker.stderr, docker.stderr
+    typo = run_script("-m", "clipper_admin.cli", "status", env={**os.environ, "CLIPPER_BACKEND": "dokcer"})
+    assert typo.returncode == 2 and "CLIPPER_BACKEND='dokcer' is not a backend" in typo.stderr

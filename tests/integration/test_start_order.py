@@ -144,6 +144,8 @@ def test_two_starts_of_one_cluster_at_once_leave_it_running_once(clipper_state_d
         go.touch()
         outcomes = sorted(starter.communicate(timeout=120)[0].strip() for starter in starters)
         assert outcomes[0].startswith("refused: Clipper cluster 'twice' is already running"), outcomes
+        # How to stop it names it: closeClipper.py alone would stop every cluster on the machine.
+        assert "python closeClipper.py --cluster twice (" in outcomes[0], outcomes
         assert outcomes[1] == "started", outcomes
         conn = ClipperConnection(LocalContainerManager(cluster_name="twice"))
         conn.connect()
