@@ -220,7 +220,8 @@ class ManagementAPI:
                 if model_name not in existing:
                     raise RequestError(f"Cannot remove nonexistent link between app {app_name} "
                                        f"and model {model_name}")
-            return writes.links_removed(app_name, model_names) if model_names else []
+            unique = list(dict.fromkeys(model_names))   # a name repeated thousands of times is one
+            return writes.links_removed(app_name, unique) if unique else []
         await self._write(plan)
         return text("Success!")
 
