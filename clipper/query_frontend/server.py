@@ -419,6 +419,8 @@ class QueryFrontend(http.Application):
                 deadline.cancel()
                 try:
                     response = self._render(app, scheduled, is_batch, started)
+                except RequestError as error:
+                    response = self.render_error(error, None)
                 except Exception:              # a bug of ours: the client is still answered
                     log.exception("rendering the answer to a prediction failed")
                     response = self.render_error(RequestError("Internal server error", 500), None)
@@ -431,11 +433,18 @@ class QueryFrontend(http.Application):
         return answer
 
     def _render(self, app: App, scheduled: List[Scheduled], is_batch: bool, started: float) -> http.Response:
-        bodies, defaults, failed = [], 0, False
+        bodies, defaults, failed, size = [], 0, False, 0
+        limit = self.config.max_output_size
         for outcome in scheduled:
             body, is_default, failed = self._answer(app, outcome)
             bodies.append(body)
             defaults += is_default
+            size += len(body)
+            if 0 < limit < size:
+                # A 50 KB batch of 10,000 inputs with a 64 KiB default output made a 656 MB
+                # answer, 2 GB of memory and a 2 s stall of the event loop.
+                raise RequestError(f"The answer to this batch would be larger than {limit} bytes "
+                                   f"(max_output_size): send it in smaller batches", 413, "Answer too large")
         self._record_app(app, started, time.monotonic(), len(bodies), defaults)
         if is_batch:
             return http.Response(200, responses.batch(bodies))

@@ -99,6 +99,19 @@ def test_an_output_nested_too_deep_to_embed_is_answered_as_a_string(cluster):
     assert [answer["output"] for answer in response.json()["batch_predictions"]] == [[2], deep]
 
 
+def test_a_batch_whose_answer_would_exceed_max_output_size_gets_413(cluster):
+    """A 64 KiB default output repeated for each of 10,000 inputs made a 656 MB answer from a
+    50 KB request (2 GB of the frontend's memory, its event loop held for 2 s)."""
+    cluster.register_application("big-default", "doubles", "x" * 65536, SLO_MICROS)   # not linked
+    few = predict(cluster, "big-default", {"input_batch": [[1.0]] * 10})
+    assert few.status_code == 200 and len(few.json()["batch_predictions"]) == 10
+    many = predict(cluster, "big-default", {"input_batch": [[1.0]] * 10_000}, timeout=30)
+    assert many.status_code == 413, many.status_code
+    assert many.json()["cause"] == ("The answer to this batch would be larger than 67108864 bytes "
+                                    "(max_output_size): send it in smaller batches")
+    assert predict(cluster, "doubles-app", {"input": [1.0, 2.0]}).json()["output"] == 3.0
+
+
 def test_batch_of_one_and_empty_batch(cluster):
     assert predict(cluster, "doubles-app", {"input_batch": [[2.0]]}).json()["output"] == 2.0
     assert predict(cluster, "doubles-app", {"input_batch": []}).json() == {"batch_predictions": []}
