@@ -17,7 +17,7 @@ import asyncio
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 from urllib.parse import parse_qs
 
 import httptools
@@ -104,6 +104,7 @@ class PrometheusApp(http.Application):
         # the default executor (name lookups, for one).
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-port")
         self.address = address
+        self._scrape: Optional[asyncio.Future] = None     # the /metrics answer being made
         self.routes = {"/metrics": self._metrics, "/api/v1/targets": self._targets,
                        "/api/v1/series": self._series}
 
@@ -132,8 +133,13 @@ class PrometheusApp(http.Application):
         return asyncio.get_running_loop().run_in_executor(self.executor, answer_with_replicas)
 
     def _metrics(self, _request: http.Request) -> asyncio.Future:
-        return self._in_thread(lambda own, replicas: http.Response(
-            200, render(combined(own, replicas)), CONTENT_TYPE_LATEST.encode()))
+        """Scrapes that come while one is being answered share its answer: each took the
+        frontend's figures on the loop and queued for the thread with its own copy (60 at
+        once with 1,500 applications: 760 MB, predictions held up to 1 s)."""
+        if self._scrape is None or self._scrape.done():
+            self._scrape = self._in_thread(lambda own, replicas: http.Response(
+                200, render(combined(own, replicas)), CONTENT_TYPE_LATEST.encode()))
+        return self._scrape
 
     def _targets(self, _request: http.Request) -> asyncio.Future:
         def targets(_own, replicas):
