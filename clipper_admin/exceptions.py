@@ -14,10 +14,10 @@ class UnconnectedException(ClipperException):
         super().__init__(self.message, *args)
 
 
-# How to stop clusters, from a clone (the example script) or where the project was installed.
 def stop_command(cluster_name=None):
-    """How to stop one cluster from a shell, or (no name) every one on the machine: others'
-    too, so a message about one cluster names it."""
+    """How to stop one cluster from a shell (a clone's example script, or the installed
+    command), or (no name) every one on the machine: others' too, so a message about one
+    cluster names it."""
     if cluster_name is None:
         return ("python closeClipper.py (`clipper stop` on the command line), which stops every "
                 "Clipper cluster on this machine; --cluster NAME stops one")

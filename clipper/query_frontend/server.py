@@ -434,7 +434,7 @@ class QueryFrontend(http.Application):
 
     def _render(self, app: App, scheduled: List[Scheduled], is_batch: bool, started: float) -> http.Response:
         bodies, defaults, failed, size = [], 0, False, 0
-        limit = self.config.max_output_size
+        limit = self.config.max_output_size if is_batch else 0    # one output: the RPC's frame limit
         for outcome in scheduled:
             body, is_default, failed = self._answer(app, outcome)
             bodies.append(body)
