@@ -73,16 +73,14 @@ def _pytorch(torch, model_path: str, metadata: dict) -> Tuple:
 class OnnxModel:
     """An ONNX model in onnxruntime, with Caffe2's ``run`` so 0.4.1 predict functions work:
     ``run(array)``, ``run([arrays])`` or ``run({name: array})`` returns the list of outputs.
-    As Caffe2 did, an array that differs from its input's fixed shape only by dimensions of
-    size 1 is taken in that shape (0.4.1's test fed a (1, 784) batch to a model traced on
-    (784,)).
-    The onnxruntime session is ``.session``."""
+    As Caffe2 did, an array whose rank is not its input's, by leading dimensions of size 1,
+    is taken without them, or with them (0.4.1's test fed a (1, 784) batch to a model traced
+    on a (784,) example). The onnxruntime session is ``.session``."""
 
     def __init__(self, session):
         self.session = session
         self.input_names = [i.name for i in session.get_inputs()]
-        self.fixed_shapes = {i.name: tuple(i.shape) for i in session.get_inputs()
-                             if all(type(d) is int for d in i.shape)}
+        self.ranks = {i.name: len(i.shape) for i in session.get_inputs()}
 
     def run(self, inputs):
         if isinstance(inputs, dict):
@@ -90,19 +88,18 @@ class OnnxModel:
         else:
             arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
             feed = dict(zip(self.input_names, arrays))
-        return self.session.run(None, {name: self._shaped(name, array) for name, array in feed.items()})
+        return self.session.run(None, {name: self._ranked(name, array) for name, array in feed.items()})
 
-    def _shaped(self, name, array):
-        shape = self.fixed_shapes.get(name)
-        if shape is None or getattr(array, "shape", shape) == shape:
+    def _ranked(self, name, array):
+        rank, shape = self.ranks.get(name), getattr(array, "shape", None)
+        if rank is None or shape is None or len(shape) == rank:
             return array
-        if _without_ones(array.shape) == _without_ones(shape):
-            return array.reshape(shape)
+        extra = len(shape) - rank
+        if extra > 0 and all(dimension == 1 for dimension in shape[:extra]):
+            return array.reshape(shape[extra:])
+        if extra < 0:
+            return array.reshape((1,) * -extra + shape)
         return array            # onnxruntime's error names the shape it expects
-
-
-def _without_ones(shape) -> Tuple[int, ...]:
-    return tuple(dimension for dimension in shape if dimension != 1)
 
 
 def _onnx(onnxruntime, model_path: str, metadata: dict) -> Tuple:

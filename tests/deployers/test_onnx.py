@@ -51,8 +51,15 @@ class FixedShapeNetwork(torch.nn.Module):
         torch.manual_seed(4)
         self.net = torch.nn.Linear(16, 2)
 
-    def forward(self, x):
-        return torch.softmax(self.net(x.view(1, 1, 4, 4).view(1, -1)), dim=1)
+    def forward(self, x):      # as 0.4.1's test wrote it: its export has a symbolic size
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        x = x.float()
+        if isinstance(x, type(torch.randn(1))):
+            x = torch.autograd.Variable(x)
+        x = x.view(1, 1, 4, 4)
+        batch_size = x.size(0)
+        return torch.softmax(self.net(x.view(batch_size, -1)), dim=1)
 
 
 def test_a_model_of_fixed_shape_is_exported_as_traced_and_fed_as_caffe2_fed_it(clipper_conn):
