@@ -42,9 +42,9 @@ PACKAGE_PATH_DIR = "pythonpath"       # our packages alone, for replicas in othe
 REPLICA_METRICS_DIR = "replica-metrics"
 MARKER_ENV = "CLIPPER_CLUSTER_DIR"
 REDIS_SOCKET_FILE = "redis.sock"
-# The supervisor's line in a process's log before each start: a log's tail shows the last run.
-LOG_START_LINE = "--- clipper: {name} started at {time} ---"
-_LOG_START = re.compile(r"--- clipper: \S+ started at [^\n]* ---")
+# How the supervisor's line in a process's log before each start begins (log_start_line):
+# a log's tail shows the last run.
+LOG_START_PREFIX = "--- clipper: "
 GONE_POLL_SECONDS = 0.005     # how often a stop looks whether its processes are gone
 # What redis-server (or valkey-server) shows as its title: "<binary> unixsocket:<cluster dir>/redis.sock".
 _REDIS_TITLE = re.compile(r"\S*(?:redis|valkey)-server unixsocket:(\S+)/" + re.escape(REDIS_SOCKET_FILE) + r"\b")
@@ -238,8 +238,13 @@ class ClusterDir:
         except FileNotFoundError:
             return ""
         last_lines = text.splitlines()[-lines:]
-        starts = [i for i, line in enumerate(last_lines) if _LOG_START.fullmatch(line)]
+        starts = [i for i, line in enumerate(last_lines) if line.startswith(LOG_START_PREFIX)]
         return "\n".join(last_lines[starts[-1] + 1:] if starts else last_lines)
+
+
+def log_start_line(name: str) -> str:
+    """What the supervisor writes in a process's log just before it starts it."""
+    return f"{LOG_START_PREFIX}{name} started at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n"
 
 
 _CLUSTER_ENTRIES = frozenset((CLUSTER_FILE, SUPERVISOR_FILE, PROCESSES_FILE, REPLICAS_FILE, LOCK_FILE,

@@ -158,8 +158,7 @@ class Supervisor:
             log.info("adopted %s (pid %d)", child.name, child.process.pid)
             return
         with self._log_file(child.name) as log_file:
-            log_file.write(cluster_dir.LOG_START_LINE.format(
-                name=child.name, time=time.strftime("%Y-%m-%d %H:%M:%S")).encode() + b"\n")
+            log_file.write(cluster_dir.log_start_line(child.name).encode())
             log_file.flush()                 # before the child's own lines
             try:
                 child.process = subprocess.Popen(

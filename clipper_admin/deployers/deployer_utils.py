@@ -118,7 +118,7 @@ def deploy_model_directory(clipper_conn, name, version, input_type, func, base_i
     if not callable(func):      # else every query would answer "'int' object is not callable"
         raise ClipperException(f"func must be a function of a batch of inputs (a list) that returns "
                                f"one output per input; got {type(func).__name__} {func!r:.100}")
-    package_list(pkgs_to_install)      # refused before the model is saved, not after
+    pkgs_to_install = package_list(pkgs_to_install)      # refused before the model is saved, not after
     serialization_dir = save_python_function(name, func)
     try:
         if framework:

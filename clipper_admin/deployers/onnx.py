@@ -45,7 +45,7 @@ def deploy_pytorch_model(clipper_conn, name, version, input_type, inputs, func, 
     """Export ``pytorch_model`` to ONNX, tracing it on ``inputs`` (a tensor or a tuple of
     tensors, one example batch), and deploy ``func(model, inputs)`` with it."""
     _check_backend(onnx_backend)
-    package_list(pkgs_to_install)      # refused before the export, not after
+    pkgs_to_install = package_list(pkgs_to_install)      # refused before the export, not after
     torch = import_framework("torch", "pytorch", "deploy_pytorch_model")
     _import_runtime()
     args = inputs if isinstance(inputs, tuple) else (inputs,)
