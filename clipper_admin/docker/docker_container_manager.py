@@ -245,7 +245,9 @@ class DockerContainerManager(ContainerManager):
                     self.cluster_name, self.runtime_image)
 
     def _start_clipper(self, cache_size, qf_http_timeout_content):
-        if any(_is_live(container) for container in self._containers()):
+        containers = self._containers()
+        if any(_is_live(container) for container in containers):
+            self._refuse_stopped_servers(containers)
             raise ClipperException(
                 f"Clipper cluster '{self.cluster_name}' is already running on the Docker engine. "
                 "Use connect() to use it, or stop it with: " + stop_command(self.cluster_name))
@@ -275,18 +277,25 @@ class DockerContainerManager(ContainerManager):
 
     def _query_frontend(self):
         """The cluster's query frontend container: its labels and environment describe the cluster."""
-        frontends = self._containers(**{ROLE_LABEL: QUERY_FRONTEND})
+        containers = self._containers()
+        frontends = [c for c in containers if c.labels.get(ROLE_LABEL) == QUERY_FRONTEND]
         if not frontends:
             raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}' on the "
                                    "Docker engine. " + START_HINT)
-        live = [frontend for frontend in frontends if _is_live(frontend)]
-        if not live:
+        self._refuse_stopped_servers(containers)
+        return frontends[0]
+
+    def _refuse_stopped_servers(self, containers):
+        """connect() and start_clipper() agree: a cluster with a server stopped (docker stop,
+        docker kill: the restart policy leaves it stopped) is neither used nor started over."""
+        stopped = sorted(c.name for c in containers
+                         if c.labels.get(ROLE_LABEL, MODEL_CONTAINER) != MODEL_CONTAINER and not _is_live(c))
+        if stopped:
             raise ClipperException(
-                f"The Clipper cluster '{self.cluster_name}' on the Docker engine is stopped (its "
-                "containers were stopped, not removed). Start them again with: docker start "
+                f"The Clipper cluster '{self.cluster_name}' on the Docker engine is stopped "
+                f"({', '.join(stopped)}: stopped, not removed). Start its containers again with: docker start "
                 f"$(docker ps -aq --filter label={CLIPPER_DOCKER_LABEL}={self.cluster_name}); or "
                 f"remove them with {stop_command(self.cluster_name)}, then start a new cluster")
-        return live[0]
 
     def connect(self):
         frontend = self._query_frontend()

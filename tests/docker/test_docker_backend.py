@@ -14,6 +14,7 @@ import clipper_admin.metrics as metrics
 from clipper_admin import ClipperConnection, ClipperException, DockerContainerManager
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL, CLIPPER_MODEL_CONTAINER_LABEL
 from clipper_admin.deployers import python as python_deployer
+from clipper_admin.docker.docker_container_manager import QUERY_FRONTEND, ROLE_LABEL
 from clipper_admin.docker.images import pip_ca_bundle
 from helpers import port_open, prediction, total, wait_for
 from scripts import run_script
@@ -231,14 +232,24 @@ def test_without_an_engine_the_scripts_say_so_in_one_line(clipper_state_dir):
 def test_a_stopped_cluster_is_not_connected_to_and_a_new_start_begins_empty(docker_client, base_image):
     """Its containers stopped (docker stop), not removed: connect() said yes and every call
     then failed; start_clipper() said "already running"; and a start over a leftover volume
-    brought the old cluster's applications back."""
+    brought the old cluster's applications back. With only its query frontend stopped, the
+    two said opposite things (stopped; already running)."""
     ports = dict(clipper_query_port=31437, clipper_management_port=31438, clipper_rpc_port=19100,
                  clipper_metric_port=31490)
     conn = ClipperConnection(DockerContainerManager(cluster_name="dock-left", base_image=base_image, **ports))
     conn.start_clipper()
     try:
         conn.register_application("old-app", "doubles", "0", 100000)
-        for container in docker_client.containers.list(filters={"label": f"{CLIPPER_DOCKER_LABEL}=dock-left"}):
+        cluster_containers = docker_client.containers.list(filters={"label": f"{CLIPPER_DOCKER_LABEL}=dock-left"})
+        frontend, = [c for c in cluster_containers if c.labels.get(ROLE_LABEL) == QUERY_FRONTEND]
+        frontend.stop(timeout=0)
+        stopped = f"'dock-left' on the Docker engine is stopped \\({frontend.name}: stopped"
+        with pytest.raises(ClipperException, match=stopped):
+            ClipperConnection(DockerContainerManager(cluster_name="dock-left", **ports)).connect()
+        with pytest.raises(ClipperException, match=stopped):
+            ClipperConnection(DockerContainerManager(cluster_name="dock-left", base_image=base_image,
+                                                     **ports)).start_clipper()
+        for container in cluster_containers:
             container.stop(timeout=0)
         with pytest.raises(ClipperException, match="'dock-left' on the Docker engine is stopped"):
             ClipperConnection(DockerContainerManager(cluster_name="dock-left", **ports)).connect()
