@@ -27,6 +27,8 @@ def check_json_media_type(content_type: Optional[Union[str, bytes]]) -> None:
     if isinstance(content_type, bytes):
         content_type = content_type.decode("latin-1")
     media_type = content_type.split(";", 1)[0].strip().lower()
+    if not media_type:               # an empty header says nothing either
+        return
     if not (media_type in JSON_MEDIA_TYPES or media_type.endswith("+json")):
         raise BodyError(415, f"Content-Type {media_type} is not supported: send JSON with "
                              "Content-Type: application/json")

@@ -36,11 +36,12 @@ from clipper.store import REDIS_ERRORS, Store
 
 log = logging.getLogger("clipper.query_frontend")
 
+# Clipper's text, indentation included, but for uid's type: it read an integer, and said string.
 UPDATE_SCHEMA = """
   {
-  "uid" := int,
-  "input" := [double] | [int] | [string] | [byte] | [float],
-  "label" := double
+   "uid" := int,
+   "input" := [double] | [int] | [string] | [byte] | [float],
+   "label" := double
   }
 """
 
@@ -460,7 +461,7 @@ class QueryFrontend(http.Application):
         if scheduled.done and scheduled.error is None:
             return responses.prediction(query_id, responses.sniff_output(scheduled.output), False), False, False
         if isinstance(scheduled.error, ModelError):
-            return responses.model_error(query_id, str(scheduled.error)), False, True
+            return responses.model_error(query_id, _output_json(app.default_output), str(scheduled.error)), True, True
         # Not answered within the objective (or expired in the queue, or ReplicaLost).
         explanation = responses.REPLICA_LOST if scheduled.lost_replicas else responses.SLO_MISSED
         return self._default(app, query_id, explanation), True, False
@@ -507,7 +508,8 @@ def _check_feedback(body: bytes, input_type: InputType) -> None:
         if key not in document:
             raise SchemaError(f"JSON object does not have required key: {key}")
     if type(document["uid"]) is not int:
-        raise SchemaError("JSON key uid must be an integer")
+        raise SchemaError("JSON key uid must be an integer (without a decimal point, "
+                          "from -2^63 to 2^64 - 1)")
     if type(document["label"]) not in (int, float):
         raise SchemaError("JSON key label must be a number")
     parse_predict_body(orjson.dumps({"input": document["input"]}), input_type)

@@ -179,9 +179,11 @@ def encode_input(value, input_type: InputType, key: str, may_hold_bools: bool = 
         if input_type is InputType.STRINGS:
             return value.encode("utf-8", "surrogatepass")
         try:
-            return base64.b64decode(value, validate=True)
+            # Padding may be left out, as Clipper's decoder allowed (base64_test.cpp, NoPadding)
+            return base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
         except (binascii.Error, ValueError):
-            raise SchemaError(f"Input of key {key} is not a valid base64-encoded string") from None
+            raise SchemaError(f"Input of key {key} is not a valid base64-encoded string "
+                              "(the standard alphabet, A-Z a-z 0-9 + /)") from None
     if not isinstance(value, list):
         raise SchemaError(
             f"Type mismatch! JSON key {key} expected type Array but found type {json_type_name(value)}")
@@ -227,7 +229,7 @@ def _element_error(values: list, input_type: InputType, key: str) -> InputError:
         if input_type is InputType.INTS and type(value) is float:
             return SchemaError(
                 f"Array {key} has value {value!r}, which is not of type int "
-                "(write integers without a decimal point)")
+                "(write integers without a decimal point, within the int32 range)")
         if input_type is InputType.INTS and not _INT32_MIN <= value <= _INT32_MAX:
             return SchemaError(f"Array {key} has value {value}, outside the int32 range")
     raise AssertionError("no invalid element found")  # callers check before calling

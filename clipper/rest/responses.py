@@ -5,7 +5,8 @@ import orjson
 
 NO_CONNECTED_MODELS = "No connected models found for query"
 SLO_MISSED = "Failed to retrieve a prediction response within the specified latency SLO"
-# Ours: Clipper said SLO_MISSED here too.
+# Ours: Clipper's model containers died instead (MODEL_FAILED), or it said SLO_MISSED.
+MODEL_FAILED = "The model raised an error for this input (cause says which)"
 REPLICA_LOST = ("A replica of the model was lost while computing this prediction (it exited or fell "
                 "silent; its log says why)")
 
@@ -29,9 +30,12 @@ def prediction(query_id: int, output_json: bytes, is_default: bool,
     return body + b"}"
 
 
-def model_error(query_id: int, cause: str) -> bytes:
-    """Our addition: a model that raised is reported, not silently replaced by the default."""
-    return b'{"query_id":%d,"error":"Model error","cause":%s}' % (query_id, orjson.dumps(cause))
+def model_error(query_id: int, default_output_json: bytes, cause: str) -> bytes:
+    """Our addition: a model that raised is reported, not silently replaced by the default.
+    The object is still one of Clipper's predictions (the app's default output), so that a
+    client reading ``output`` and ``default`` of each element of a batch still can."""
+    return prediction(query_id, default_output_json, True, MODEL_FAILED)[:-1] + (
+        b',"error":"Model error","cause":%s}' % orjson.dumps(cause))
 
 
 def batch(predictions: Sequence[bytes]) -> bytes:

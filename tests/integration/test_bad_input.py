@@ -119,6 +119,9 @@ def test_wrong_content_type_gets_415(cluster, still_serving):
     assert response.status_code == 415 and "Content-Type: application/json" in cause(response)
     response = post(admin_url(cluster), b"name=x", content_type="application/x-www-form-urlencoded")
     assert response.status_code == 415 and "Content-Type: application/json" in cause(response)
+    # An empty header says no more than none: read as JSON (it was "Content-Type  is not supported").
+    assert post(predict_url(cluster), b'{"input": [1.0]}', content_type="").json()["output"] == 1.0
+    assert post(admin_url(cluster, "get_all_applications"), b'{"verbose": false}', content_type="").status_code == 200
 
 
 def test_unknown_applications_and_versions_are_refused_at_once(cluster, still_serving):

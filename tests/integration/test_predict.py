@@ -170,6 +170,24 @@ def test_a_model_that_raises_gets_an_error_and_keeps_serving(cluster):
     assert predict(cluster, "picky-app", {"input": [5.0]}).json()["output"] == 5.0
 
 
+def test_each_answer_of_a_batch_a_model_failed_on_is_still_a_prediction(cluster):
+    """A Clipper client reads output and default of every element: the failed ones carry the
+    app's default output, with the model's error beside it (they had no output key)."""
+    response = predict(cluster, "picky-app", {"input_batch": [[1.0], [-2.0]]})
+    assert response.status_code == 200, response.text
+    ok, failed = response.json()["batch_predictions"]
+    assert (ok["output"], ok["default"]) == (1.0, False)
+    assert list(failed) == ["query_id", "output", "default", "default_explanation", "error", "cause"]
+    assert (failed["output"], failed["default"], failed["error"]) == (-1.0, True, "Model error")
+    assert "ValueError: negative inputs are not supported" in failed["cause"]
+
+
+def test_base64_without_its_padding_is_read_as_clipper_read_it(cluster):
+    unpadded = base64.b64encode(b"hello").decode().rstrip("=")
+    assert unpadded != base64.b64encode(b"hello").decode()
+    assert predict(cluster, "bytes-app", {"input": unpadded}).json()["output"] == 5
+
+
 def test_app_without_model_answers_default_at_once(cluster):
     cluster.register_application("lonely-app", "doubles", "0.0", 10_000_000)
     started = time.monotonic()

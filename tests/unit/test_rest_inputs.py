@@ -59,6 +59,15 @@ def test_bytes_round_trip(raw):
     assert decoded(InputType.BYTES, parsed.inputs[0]).dtype == np.int8   # as Clipper hands bytes over
 
 
+@given(st.binary(max_size=50))
+def test_bytes_without_base64_padding_read_as_with_it(raw):
+    """Clipper's decoder took base64 without its '=' padding (base64_test.cpp, NoPadding), as
+    many encoders write it (Go's RawStdEncoding, JavaScript libraries)."""
+    padded = base64.b64encode(raw).decode()
+    parsed = parse_predict_body(body({"input_batch": [padded.rstrip("="), padded]}), InputType.BYTES)
+    assert [decoded(InputType.BYTES, item).tobytes() for item in parsed.inputs] == [raw, raw]
+
+
 @given(st.lists(st.lists(finite_doubles, min_size=3, max_size=3), min_size=2, max_size=10))
 def test_input_batch_keeps_order(rows):
     parsed = parse_predict_body(body({"input_batch": rows}), InputType.DOUBLES)
@@ -123,6 +132,8 @@ def test_version_is_read_as_a_string():
     (b'{"input": [Infinity]}', InputType.DOUBLES, "not valid JSON"),
     (b'{"input": [1.0]}', InputType.STRINGS, "expected type String but found type Array"),
     (b'{"input": "@@@"}', InputType.BYTES, "base64"),
+    (b'{"input": "QUJD-_"}', InputType.BYTES, "the standard alphabet"),     # base64url's
+    (b'{"input": "QUJDR"}', InputType.BYTES, "base64"),                    # no padding makes 5 of 4
     (b'{"input_batch": [1.0]}', InputType.DOUBLES, "expected type Array but found type Number"),
     (b'{"input_batch": {"a": 1}}', InputType.DOUBLES, "input_batch expected type Array"),
     (b'{"input": [1.0], "version": [1]}', InputType.DOUBLES, "version expected type String"),
