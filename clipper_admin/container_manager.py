@@ -9,6 +9,7 @@ import logging
 import numbers
 import os
 import re
+import stat
 
 from clipper import launch as recipe
 from clipper.config import Config
@@ -74,10 +75,32 @@ def package_list(pkgs_to_install):
             packages = list(pkgs_to_install)
         except TypeError:
             packages = None
-        if packages is not None and all(isinstance(package, str) for package in packages):
+        # No control characters: a line break in one would start a line of its own in a
+        # Dockerfile (an instruction) or a requirements file.
+        if packages is not None and all(isinstance(package, str) and package.isprintable()
+                                        for package in packages):
             return packages
     raise ClipperException(f"pkgs_to_install must be a list of pip requirements, e.g. "
                            f"['scikit-learn==1.5.2'], not {pkgs_to_install!r}")
+
+
+def write_log_copy(logging_dir, file_name, content: bytes) -> str:
+    """Write a copy of one log into ``logging_dir``; its path. Never through a symbolic link
+    or into a FIFO or device that is there (the folder may be shared with others):
+    ClipperException instead."""
+    path = os.path.join(logging_dir, file_name)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError as error:
+        why = ("it is a symbolic link, which is not followed" if os.path.islink(path) else
+               "it is not a regular file" if os.path.lexists(path) else error.strerror)
+        raise ClipperException(f"Cannot write the log {path}: {why}") from None
+    with os.fdopen(fd, "wb") as copy:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ClipperException(f"Cannot write the log {path}: it is not a regular file")
+        copy.truncate()
+        copy.write(content)
+    return path
 
 
 def create_model_container_label(name, version):

@@ -176,8 +176,17 @@ class ClusterDir:
         write_json(self.path / SUPERVISOR_FILE, record.as_dict())
 
     def is_running(self) -> bool:
-        supervisor = self.supervisor()
-        return supervisor is not None and supervisor.alive()
+        return self.live(self.supervisor()) is not None
+
+    def live(self, record: Optional[ProcessRecord]) -> Optional[psutil.Process]:
+        """The live process a record of this directory names, if it carries this cluster's
+        marker: a record is only a file, and whoever could write it could name any process
+        (to be signalled, or taken for a running cluster)."""
+        process = record.process() if record else None
+        try:
+            return process if process and cluster_path_of(process) == str(self.path) else None
+        except psutil.Error:
+            return None
 
     def mark_stopping(self) -> None:
         with contextlib.suppress(OSError):
@@ -214,8 +223,7 @@ class ClusterDir:
             yield document["models"]
             document["generation"] += 1
             write_json(self.path / REPLICAS_FILE, document)
-        supervisor = self.supervisor()
-        process = supervisor and supervisor.process()
+        process = self.live(self.supervisor())
         if process:
             process.send_signal(signal.SIGHUP)
 
@@ -297,12 +305,9 @@ def processes_marked_with(cluster_path: Path) -> List[psutil.Process]:
 
 
 def cluster_processes(cluster: "ClusterDir") -> List[psutil.Process]:
-    """Every live process of a cluster: its supervisor and the processes it recorded, and
-    whatever carries the cluster's marker (which needs no directory)."""
-    records = [cluster.supervisor()] + [ProcessRecord(r["pid"], r["create_time"]) for r in cluster.processes()]
-    live = [process for process in (record.process() for record in records if record) if process]
-    return list({process.pid: process
-                 for process in live + processes_marked_with(cluster.path)}.values())
+    """Every live process of a cluster: whatever carries its marker (which needs no directory).
+    Not what its records name: they are files, and name any process whoever wrote them chose."""
+    return processes_marked_with(cluster.path)
 
 
 def is_keeper(process: psutil.Process) -> bool:

@@ -219,7 +219,7 @@ class Supervisor:
         """Take over the processes a previous supervisor recorded that still run; stop any
         other process of the cluster (started but not yet recorded when that one died)."""
         for record in self.cluster.processes():
-            process = ProcessRecord(record["pid"], record["create_time"]).process()
+            process = self.cluster.live(ProcessRecord(record["pid"], record["create_time"]))
             if process is not None and record["role"] != WATCHDOG and process.pid != os.getpid():
                 self._adopted[record["name"]] = Adopted(process)
         keep = {a.pid for a in self._adopted.values()} | {c.process.pid for c in self.children if c.process}
@@ -434,4 +434,8 @@ def wanted_entry_problem(model: dict) -> Optional[str]:
 def main(config) -> None:
     if not config.cluster_dir:
         raise SystemExit("the supervisor needs --cluster-dir")
-    Supervisor(ClusterDir(Path(config.cluster_dir))).run()
+    cluster = ClusterDir(Path(config.cluster_dir))
+    problem = cluster.not_ours()      # its files choose the programs run here: the user's own only
+    if problem:
+        raise SystemExit(f"the supervisor refuses {cluster.path}: it {problem}")
+    Supervisor(cluster).run()

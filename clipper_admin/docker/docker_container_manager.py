@@ -29,7 +29,7 @@ from clipper_admin.container_manager import (
     CLIPPER_DOCKER_LABEL, CLIPPER_DOCKER_PORT_LABELS, CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT,
     CLIPPER_INTERNAL_REDIS_PORT, CLIPPER_INTERNAL_RPC_PORT, CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL,
     CLIPPER_MODEL_CONTAINER_LABEL, CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL, ContainerManager,
-    START_HINT, checked_cluster_name, create_model_container_label)
+    START_HINT, checked_cluster_name, create_model_container_label, write_log_copy)
 from clipper_admin.clipper_images import is_noop_image
 from clipper_admin.docker.images import (
     build_model_image, default_base_image, ensure_noop_image, ensure_runtime_image, image_label)
@@ -339,10 +339,7 @@ class DockerContainerManager(ContainerManager):
         os.makedirs(logging_dir, exist_ok=True)
         paths = []
         for container in self._containers():
-            path = os.path.join(logging_dir, f"{container.name}.log")
-            with open(path, "wb") as log_file:
-                log_file.write(container.logs())
-            paths.append(path)
+            paths.append(write_log_copy(logging_dir, f"{container.name}.log", container.logs()))
         return paths
 
     # ---- models ----

@@ -25,7 +25,7 @@ from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper.rpc import stream
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager,
-    FAILURES_REPORTED, START_HINT, checked_cluster_name, public_host_for, whole_number)
+    FAILURES_REPORTED, START_HINT, checked_cluster_name, public_host_for, whole_number, write_log_copy)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.exceptions import ClipperException, stop_command
 
@@ -190,6 +190,9 @@ class LocalContainerManager(ContainerManager):
         """Connect to the cluster of this name; if it crashed (or the machine restarted), start
         it again first from its state, as it was: every application, model version, link and
         replica count (Redis's append-only file and the wanted replicas are on disk)."""
+        # What the directory holds chooses the programs a recovery runs and the ports (and
+        # the admin token) this client talks to: only a directory of the user's own.
+        refuse_foreign(self.cluster)
         if not self.cluster.is_running():
             with cluster_dir.start_lock():         # checked again: another may have recovered it
                 if not self.cluster.is_running():
@@ -236,7 +239,7 @@ class LocalContainerManager(ContainerManager):
 
     def _running_replicas(self):
         return sum(1 for record in self.cluster.processes() if record["role"] == MODEL_CONTAINER
-                   and ProcessRecord(record["pid"], record["create_time"]).alive())
+                   and self.cluster.live(ProcessRecord(record["pid"], record["create_time"])))
 
     def stop_all(self, graceful=True):
         stopped = stop_cluster(self.cluster, graceful)
@@ -341,9 +344,7 @@ class LocalContainerManager(ContainerManager):
         os.makedirs(logging_dir, exist_ok=True)
         paths = []
         for log_file in sorted(self.cluster.logs.glob("*.log")):
-            target = os.path.join(logging_dir, f"{self.cluster_name}-{log_file.name}")
-            shutil.copyfile(log_file, target)
-            paths.append(target)
+            paths.append(write_log_copy(logging_dir, f"{self.cluster_name}-{log_file.name}", log_file.read_bytes()))
         return paths
 
 

@@ -26,7 +26,7 @@ from clipper.rpc import auth
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_METRIC_PORT, CLIPPER_INTERNAL_QUERY_PORT,
     CLIPPER_INTERNAL_RPC_PORT, FAILURES_REPORTED, SERVING_SETTINGS, START_HINT, ContainerManager,
-    checked_cluster_name, public_host_for)
+    checked_cluster_name, public_host_for, write_log_copy)
 from clipper_admin.exceptions import ClipperException, MissingDependency, stop_command
 
 logger = logging.getLogger(__name__)
@@ -374,10 +374,7 @@ class RayContainerManager(ContainerManager):
                 continue
         paths = []
         for file_name, text in sorted(texts.items()):
-            path = os.path.join(logging_dir, file_name)
-            with open(path, "w") as f:
-                f.write(text)
-            paths.append(path)
+            paths.append(write_log_copy(logging_dir, file_name, text.encode("utf-8", "replace")))
         return paths
 
 

@@ -142,6 +142,13 @@ def test_containerless_model_links_and_their_checks(conn):
                              json={"app_name": "linked-app", "model_names": ["nocontainer"] * 9000})
     assert response.status_code == 200, response.text
     assert conn.get_linked_models("linked-app") == []
+    # Adding links to many names is refused before any is looked up: 60,000 names, two Redis
+    # calls each, held every change of the cluster for 15 s.
+    many = {"app_name": "linked-app", "model_names": ["nocontainer"] * 200_000}
+    started = time.monotonic()
+    response = requests.post(f"http://{conn.cm.get_admin_addr()}/admin/add_model_links", json=many, timeout=60)
+    assert response.status_code == 400 and "at most one model. Attempted to add links to 200000" in response.text
+    assert time.monotonic() - started < 10      # some 50 s before
     conn.link_model_to_app("linked-app", "nocontainer")
     conn.unlink_model_from_app("linked-app", "nocontainer")
     assert conn.get_linked_models("linked-app") == []
@@ -415,6 +422,23 @@ def test_logs_and_instance(conn, tmp_path):
             "test-cluster-redis.log", "test-cluster-supervisor.log"} <= names
     assert all(os.path.getsize(p) > 0 for p in paths if "frontend" in p)
     assert "counters" in conn.inspect_instance()
+
+
+def test_logs_are_never_written_through_a_link_or_into_a_fifo_left_in_the_folder(conn, tmp_path):
+    """The folder may be shared: a link planted there under a log's name made the copy
+    overwrite the file it pointed to (as 0.4.1's did); a FIFO made a traceback."""
+    folder, victim = tmp_path / "shared", tmp_path / "victim"
+    folder.mkdir()
+    victim.write_text("precious")
+    (folder / "test-cluster-query-frontend.log").symlink_to(victim)
+    with pytest.raises(ClipperException, match="Cannot write the log .*query-frontend.log: it is a symbolic link, which is not followed"):
+        conn.get_clipper_logs(str(folder))
+    assert victim.read_text() == "precious"
+    other = tmp_path / "other"
+    other.mkdir()
+    os.mkfifo(other / "test-cluster-management-frontend.log")
+    with pytest.raises(ClipperException, match="management-frontend.log: it is not a regular file"):
+        conn.get_clipper_logs(str(other))
 
 
 def test_logs_go_where_0_4_1_put_them(conn, tmp_path, monkeypatch):

@@ -56,6 +56,8 @@ def test_admin_calls_need_the_token(guarded):
     assert requests.post(url, json={"verbose": False}, timeout=5).status_code == 401
     wrong = {"Authorization": "Bearer nope"}
     assert requests.post(url, json={"verbose": False}, headers=wrong, timeout=5).status_code == 401
+    not_utf8 = {"Authorization": b"Bearer \xff" + TOKEN.encode()}      # was a 500 and a traceback
+    assert requests.post(url, json={"verbose": False}, headers=not_utf8, timeout=5).status_code == 401
     right = {"Authorization": f"Bearer {TOKEN}"}
     assert requests.post(url, json={"verbose": False}, headers=right, timeout=5).json() == ["secured"]
     # Our client finds the token in the (private) state of the cluster it connects to.

@@ -1,10 +1,16 @@
 """The state directory is the cluster's: a start or a stop, which delete what is there, never
 take a place the user made under CLIPPER_STATE_DIR (a shared one, or a name that clashes)."""
+import json
+import subprocess
+import sys
+
+import psutil
 import pytest
 
+from clipper.cluster.cluster_dir import cluster_processes
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin.local.local_container_manager import stop_all_local_clusters
-from helpers import all_gone
+from helpers import ROOT, all_gone, wait_for
 
 
 @pytest.fixture
@@ -104,3 +110,48 @@ def test_stopping_every_cluster_of_a_state_directory_spares_those_of_one_inside_
     finally:
         monkeypatch.setenv("CLIPPER_STATE_DIR", str(inner))
         nested.stop_all()
+
+
+def test_records_naming_another_process_neither_stop_it_nor_pass_for_a_running_cluster(state_dir):
+    """A record is a file: whoever could write one could name any process, which
+    closeClipper.py then killed (a review planted one in a directory of its own; as root the
+    process could have been sshd), and connect() took for a running cluster."""
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        record = {"pid": bystander.pid, "create_time": psutil.Process(bystander.pid).create_time()}
+        planted = state_dir / "planted"
+        planted.mkdir(mode=0o700)
+        (planted / "cluster.json").write_text("{}")
+        (planted / "supervisor.json").write_text(json.dumps(record))
+        (planted / "processes.json").write_text(json.dumps(
+            {"processes": [{**record, "role": "query-frontend", "name": "query-frontend"}]}))
+        assert not connection("planted").cm.cluster.is_running()
+        assert stop_all_local_clusters(graceful=False) == [("planted", 0)]
+        assert bystander.poll() is None, "the process a record named was stopped"
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_crashed_cluster_in_a_state_directory_others_may_write_to_is_not_started_again(state_dir):
+    """connect() starts a crashed cluster again from its files, which choose the programs it
+    runs and the ports (and admin token) it talks to: in a place others could write to, it ran
+    a review's planted program as the user (start_clipper() already refused such a place)."""
+    conn = connection("crashed")
+    conn.start_clipper()
+    processes = cluster_processes(conn.cm.cluster)
+    for process in processes:
+        process.kill()
+    wait_for(lambda: all_gone([p.pid for p in processes]), 10, "the cluster's processes exiting")
+    state_dir.chmod(0o777)
+    try:
+        with pytest.raises(ClipperException, match="which others may write to"):
+            connection("crashed").connect()
+        supervisor = subprocess.run([sys.executable, "-m", "clipper", "supervisor",
+                                     f"--cluster-dir={conn.cm.cluster.path}"],
+                                    cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert supervisor.returncode != 0 and "which others may write to" in supervisor.stderr
+        assert cluster_processes(conn.cm.cluster) == []
+    finally:
+        state_dir.chmod(0o700)
+        stop_all_local_clusters(graceful=False)

@@ -102,6 +102,7 @@ def test_pkgs_to_install_is_any_collection_of_requirements_but_not_one_string():
     assert package_list(None) is None
     assert package_list(("six", "tabulate>=0.9")) == ["six", "tabulate>=0.9"]
     assert package_list({"six"}) == ["six"]            # 0.4.1 took a set too
-    for wrong in ("six", b"six", 5, ["six", 5]):
+    # A line break would start an instruction of its own in the Docker backend's Dockerfile.
+    for wrong in ("six", b"six", 5, ["six", 5], ["numpy\nRUN touch /pwned #"], ["six\r"]):
         with pytest.raises(ClipperException, match="pkgs_to_install must be a list of pip requirements"):
             package_list(wrong)
