@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import socket
+import time
 from collections import defaultdict
 from typing import Callable, Dict, Hashable, List, Optional, Set
 
@@ -140,6 +141,10 @@ class RpcServer:
         frames = codec.encode_prediction_request(batch.msg_id, replica.input_type,
                                                  [task.input for task in batch.tasks])
         sent = self._send(replica.identity, frames)
+        if not sent:
+            # The dispatcher forgets it; so must we, or it stays listed and, known here, is
+            # never asked to register again. After this turn: the dispatcher is mid-dispatch.
+            self._loop.call_soon(self.drop, replica, "a batch could not be sent to it")
         self.poll_if_light()                # the reply comes soon
         return sent
 
@@ -258,10 +263,14 @@ class RpcServer:
     async def _check_liveness(self) -> None:
         while True:
             await asyncio.sleep(LIVENESS_CHECK_PERIOD)
-            now = self._loop.time()
+            now, clock = self._loop.time(), time.monotonic()     # the dispatcher's clock
             for replica in list(self.replicas.values()):
                 if now - replica.last_seen > self.replica_timeout:
                     self.drop(replica, f"silent for {self.replica_timeout:.0f} s")
+                elif replica.batch is not None and clock - replica.batch.sent_at > self.replica_timeout:
+                    # It heartbeats (from another thread, say) while its model hangs: without
+                    # this, its version waited for ever. Its batch goes to another replica.
+                    self.drop(replica, f"its batch unanswered for {self.replica_timeout:.0f} s")
             self.dispatcher.expire()
 
 

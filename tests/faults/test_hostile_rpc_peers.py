@@ -212,7 +212,7 @@ def test_answers_to_unknown_batches_repeated_answers_and_miscounted_outputs(clus
         for i in range(40):            # inputs differ: the cache answers none of them
             response = requests.post(f"http://{cluster.get_query_addr()}/sum/predict",
                                      json={"input": [1.0, float(i)]}, timeout=5)
-            outcomes.append((response.status_code, response.json().get("output", response.json().get("cause"))))
+            outcomes.append((response.status_code, response.json().get("cause", response.json().get("output"))))
     finally:
         stop.set()
         answering.join()

@@ -89,6 +89,50 @@ def test_peers_registering_under_ever_new_names_leave_nothing_behind():
         stop()
 
 
+def test_a_replica_that_heartbeats_but_never_answers_its_batch_is_dropped():
+    """A container whose model hangs while another thread of it heartbeats: its batch was
+    waited for as long as the heartbeats came, and its version answered nothing but defaults."""
+    port = 27711
+    server, recorder, stop = serving(port, replica_timeout=1.0)
+    context = zmq.Context()
+    peer = register(context, port, "hangs")
+    try:
+        wait_for(lambda: recorder.live, 10, "the registration")
+        task = Task(b"\0" * 8, time.monotonic() + 60, 60)
+        server._loop.call_soon_threadsafe(server.dispatcher.submit, ("hangs", "1"), task)
+        assert peer.poll(5000), "no batch came"
+        assert isinstance(codec.decode_clipper_message(peer.recv_multipart()), codec.PredictionRequest)
+        deadline = time.monotonic() + 10
+        while recorder.live and time.monotonic() < deadline:      # heartbeats, never an answer
+            peer.send_multipart(codec.encode_heartbeat())
+            time.sleep(0.2)
+        assert not recorder.live, "the replica was kept"
+        assert task.lost_replicas == 1 and not task.done        # back in the queue for another
+    finally:
+        peer.close(0)
+        context.term()
+        stop()
+
+
+def test_a_replica_that_a_batch_cannot_be_sent_to_is_forgotten_everywhere():
+    """A batch that cannot be sent (the peer is gone, or its pipe is full): the dispatcher
+    forgot the replica, but the RPC server kept it, listed by get_all_model_replicas, and,
+    known there, never asked to register again. Here the peer's routing id names no
+    connection, as when a peer has left and the monitor's news of it is still to come."""
+    port = 27712
+    server, recorder, stop = serving(port)
+    try:
+        frames = codec.encode_new_container("gone", "1", InputType.DOUBLES)
+        server._loop.call_soon_threadsafe(server.on_message, b"\0no-such-peer", frames)
+        wait_for(lambda: recorder.live, 10, "the registration")
+        task = Task(b"\0" * 8, time.monotonic() + 60, 60)
+        server._loop.call_soon_threadsafe(server.dispatcher.submit, ("gone", "1"), task)
+        wait_for(lambda: not recorder.live, 10, "the unreachable replica forgotten")
+        assert server.replicas == {} and not task.done       # back in the queue
+    finally:
+        stop()
+
+
 def test_the_log_says_a_few_lines_per_window_then_how_many_it_left_out():
     limit = LogRateLimit(lines=3, seconds=0.2, about="RPC peers")
     records = [logging.LogRecord("rpc", logging.WARNING, __file__, 1, "junk %d", (n,), None)
