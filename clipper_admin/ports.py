@@ -29,5 +29,7 @@ def require_free_ports(host, ports, taken_error=ClipperException):
         roles_of_port[port] = role
         if port_taken(host, port):
             raise taken_error(
-                f"Port {port} ({role}) is already in use on {host}. Stop whatever uses "
-                f"it, e.g. another Clipper cluster with: {stop_command()}")
+                f"Port {port} ({role}) is already in use on {host}. Give this cluster ports of its "
+                "own (clipper_query_port, clipper_management_port, clipper_rpc_port, "
+                "clipper_metric_port of its container manager), or stop whatever uses it, e.g. "
+                f"another Clipper cluster with: {stop_command()}")

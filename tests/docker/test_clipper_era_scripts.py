@@ -80,7 +80,9 @@ def test_a_taken_port_raises_what_clipper_era_code_catches(side_by_side, docker_
         clashing.start_clipper()
     assert isinstance(raised.value, ClipperException)
     assert str(raised.value) == raised.value.msg == (
-        "Port 32337 (query frontend) is already in use on 127.0.0.1. Stop whatever uses it, e.g. "
+        "Port 32337 (query frontend) is already in use on 127.0.0.1. Give this cluster ports of its own "
+        "(clipper_query_port, clipper_management_port, clipper_rpc_port, clipper_metric_port of its "
+        "container manager), or stop whatever uses it, e.g. "
         "another Clipper cluster with: python closeClipper.py (`clipper stop` on the command line), "
         "which stops every Clipper cluster on this machine; --cluster NAME stops one")
     assert not docker_client.containers.list(all=True, filters={"label": f"{CLIPPER_DOCKER_LABEL}=side-clash"})
