@@ -383,7 +383,7 @@ class ClipperConnection(object):
         try:
             self.register_model(name, version, input_type, image=image, labels=labels,
                                 batch_size=batch_size)
-        except ClipperException:
+        except BaseException:        # refused, or Ctrl-C: no replica of an unregistered version stays
             self._stop_unregistered(name, version)
             raise
         try:

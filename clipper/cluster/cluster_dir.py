@@ -46,6 +46,9 @@ REDIS_SOCKET_FILE = "redis.sock"
 # a log's tail shows the last run.
 LOG_START_PREFIX = "--- clipper: "
 GONE_POLL_SECONDS = 0.005     # how often a stop looks whether its processes are gone
+# How long a supervisor's successor may take to appear: the watchdog looks every 0.2 s and
+# the new supervisor starts in under a second (README: 0.2 to 0.4 s).
+TAKEOVER_SECONDS = 5.0
 # What redis-server (or valkey-server) shows as its title: "<binary> unixsocket:<cluster dir>/redis.sock".
 _REDIS_TITLE = re.compile(r"\S*(?:redis|valkey)-server unixsocket:(\S+)/" + re.escape(REDIS_SOCKET_FILE) + r"\b")
 
@@ -228,15 +231,23 @@ class ClusterDir:
             process.send_signal(signal.SIGHUP)
 
     def wait_applied(self, timeout: float) -> bool:
-        """Wait until the supervisor has applied the latest wanted replicas."""
+        """Wait until the supervisor has applied the latest wanted replicas. A supervisor
+        that is gone may be in the middle of being replaced by its watchdog (which then
+        applies them at its start): False only once none has come for TAKEOVER_SECONDS."""
         wanted = self.wanted_replicas()["generation"]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        now = time.monotonic()
+        deadline, down_since = now + timeout, None
+        while now < deadline:
             if self.applied_generation() >= wanted:
                 return True
-            if not self.is_running():
+            if self.is_running():
+                down_since = None
+            elif down_since is None:
+                down_since = now
+            elif now - down_since > TAKEOVER_SECONDS or self.is_stopping():
                 return False
             time.sleep(READY_POLL_SECONDS)
+            now = time.monotonic()
         return False
 
     def log_tail(self, log_name: str, lines: int = 20) -> str:

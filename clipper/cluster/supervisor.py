@@ -212,7 +212,7 @@ class Supervisor:
                                         extra_env=device_environment(devices), replica_name=name)
         return self._child(launch, name, model["python"],
                            {"model_name": model["name"], "model_version": model["version"],
-                            "replica": index, "gpus": devices})
+                            "replica": index, "gpus": devices, "model": _what_runs(model)})
 
     # ---- start-up ----
     def _adopt_survivors(self) -> None:
@@ -313,9 +313,14 @@ class Supervisor:
                              if f"{c.details['model_name']}:{c.details['model_version']}" == key)
                 continue
             slots.update((self._replica_name(model, index), (model, index)) for index in range(model["count"]))
-        surplus = [child for name, child in current.items() if name not in slots]
+        # A replica whose version now names another model (a deploy of the version again after
+        # one that failed half-way) runs the old one: it is replaced, never kept.
+        surplus = [child for name, child in current.items()
+                   if name not in slots or (slots[name] is not None
+                                            and child.details.get("model") != _what_runs(slots[name][0]))]
         self._stop(surplus)
         self.children = [c for c in self.children if c not in surplus]
+        current = {name: child for name, child in current.items() if child not in surplus}
         gpus_in_use = Counter(device for c in self.children for device in c.details.get("gpus", []))
         for name, slot in slots.items():
             if name not in current:
@@ -414,6 +419,11 @@ class Supervisor:
         self._stop(by_role(REDIS))
         with contextlib.suppress(OSError):
             self.cluster.write_processes(self.generation, [], {})
+
+
+def _what_runs(model: dict) -> List[str]:
+    """What a replica of a wanted entry runs: its model, the interpreter, the input type."""
+    return [model["model_dir"], model["python"], model["input_type"]]
 
 
 def wanted_entry_problem(model: dict) -> Optional[str]:

@@ -287,16 +287,31 @@ class LocalContainerManager(ContainerManager):
                 "a Docker image, use DockerContainerManager (the scripts: --backend docker)")
 
     def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
-        """``image``: a model directory from ``build_model`` (no Docker image runs here)."""
-        self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus)
+        """``image``: a model directory from ``build_model`` (no Docker image runs here). A
+        version whose replicas run another model (another client deploying it at the same
+        time, or a deploy that died half-way) is refused: the last deploy to write its replicas
+        decided what they ran, and the first to register it was told it succeeded."""
+        try:
+            self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus, new=True)
+        except BaseException:
+            # Not applied in time (or Ctrl-C): take back what this deploy asked for, if it is still its own.
+            with self.cluster.editing_replicas() as models:
+                if models.get(f"{name}:{version}", {}).get("model_dir") == str(image):
+                    del models[f"{name}:{version}"]
+            raise
 
-    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
+    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None, new=False):
         """``num_gpus``: GPUs per replica (CUDA_VISIBLE_DEVICES); None keeps the version's."""
         num_replicas = whole_number("num_replicas", num_replicas, least=0)
         self._check_model_dir(str(image))
         python = self._python_for(str(image))
         with self.cluster.editing_replicas() as models:
             key = f"{name}:{version}"
+            if new and key in models:
+                raise ClipperException(
+                    f"Replicas of model {key} are already wanted, for another model directory: another "
+                    "client is deploying this version, or a deploy of it stopped half-way. If none is "
+                    f"under way, remove them with <ClipperConnection>.cm.stop_models({{'{name}': ['{version}']}})")
             if num_gpus is None:
                 num_gpus = models.get(key, {}).get("gpus", 0)
                 if type(num_gpus) is not int or num_gpus < 0:

@@ -113,6 +113,17 @@ def test_a_killed_supervisor_is_replaced_and_keeps_repairing(clipper_state_dir):
         assert other.get_all_apps() == ["sum"]
 
 
+def test_a_change_made_while_the_supervisor_is_replaced_is_applied_and_says_so(clipper_state_dir):
+    """set_num_replicas right after a kill -9 of the supervisor said "did not apply the
+    change" at once, and the change was then applied by its successor."""
+    with local_cluster(NAME, **PORTS) as conn:
+        python_deployer.create_endpoint(conn, "sum", "doubles", total)
+        os.kill(conn.cm.cluster.supervisor().pid, signal.SIGKILL)
+        conn.set_num_replicas("sum", 2)
+        assert conn.get_num_replicas("sum") == 2
+        assert predictions(conn, "sum") == [6.0, -3.5]
+
+
 def state_of(conn):
     return {"apps": sorted(conn.get_all_apps(verbose=True), key=lambda a: a["name"]),
             "models": sorted(conn.get_all_models(verbose=True), key=lambda m: (m["model_name"], m["model_version"])),

@@ -11,7 +11,7 @@ import requests
 from clipper.container.frameworks import METADATA_FILE
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager, UnconnectedException
 from clipper_admin.deployers import python as python_deployer
-from helpers import predict
+from helpers import predict, wait_for
 
 
 def version_one(xs):
@@ -355,15 +355,19 @@ def test_a_deploy_the_cluster_refuses_leaves_no_replica_running(conn, refused):
     assert replicas_of(conn, "refused", 1) == []
 
 
-def test_two_deploys_of_one_version_at_once_leave_it_serving(conn):
-    """The one refused ("already exists") must not stop the replicas the other started."""
+def test_two_deploys_of_one_version_at_once_leave_it_serving_the_winners_model(conn):
+    """The one refused must not stop the replicas the other started, nor have them run its
+    model (the last to write the version's replicas decided what they ran: the deploy told
+    it had succeeded served the other's function in 3 of 6 rounds of a review)."""
     conn.register_application("raced", "doubles", "-1.0", 2000000)
     with ThreadPoolExecutor(2) as pool:
-        outcomes = list(pool.map(lambda _: _deploy_outcome(conn, "raced", version_one), range(2)))
-    assert sorted(outcomes) == ["already exists", "deployed"], outcomes
+        outcomes = list(pool.map(lambda func: (_deploy_outcome(conn, "raced", func), func),
+                                 [version_one, version_two]))
+    assert sorted(outcome for outcome, _ in outcomes) == ["deployed", "refused"], outcomes
+    [winner] = [func for outcome, func in outcomes if outcome == "deployed"]
     conn.link_model_to_app("raced", "raced")
     assert replicas_of(conn, "raced", 1) == [0]
-    assert predict(conn, "raced", {"input": [0.0]}).json()["output"] == 1
+    assert predict(conn, "raced", {"input": [0.0]}).json()["output"] == int(winner([0])[0])
 
 
 def test_a_deploy_of_an_existing_version_leaves_its_model_alone(conn):
@@ -382,8 +386,8 @@ def _deploy_outcome(conn, name, func):
         python_deployer.deploy_python_closure(conn, name, 1, "doubles", func)
         return "deployed"
     except ClipperException as error:
-        assert "already exists" in str(error), error
-        return "already exists"
+        assert "already exists" in str(error) or "another client is deploying this version" in str(error), error
+        return "refused"
 
 
 def test_stop_models_and_versioned_models(conn):
@@ -413,6 +417,37 @@ def test_build_model_then_deploy_model(conn, tmp_path):
     with pytest.raises(ClipperException, match=r"pkgs_to_install must be a list"):
         python_deployer.deploy_python_closure(conn, "built", 3, "doubles", version_one, pkgs_to_install="six")
     assert conn.get_model_info("built", 3) is None
+
+
+def test_a_version_whose_replicas_are_asked_to_run_another_model_restarts_them(conn):
+    """Its wanted entry names another model directory (a deploy of the version again after
+    one that died half-way): the running replica was kept, and served the old model."""
+    from clipper_admin.deployers.deployer_utils import save_python_function
+    python_deployer.create_endpoint(conn, "swapped", "doubles", version_one)
+    assert predict(conn, "swapped", {"input": [1.0]}).json()["output"] == 1
+    other = conn.cm.build_model("swapped", "1", save_python_function("swapped", version_two), "default")
+    with conn.cm.cluster.editing_replicas() as wanted:
+        wanted["swapped:1"]["model_dir"] = other
+    conn.cm._wait_applied()
+    wait_for(lambda: predict(conn, "swapped", {"input": [float(time.monotonic())]}).json()["output"] == 2,
+             30, "the replica running the model its version now names")
+
+
+def test_a_version_being_deployed_by_another_client_is_refused_not_taken_over(conn):
+    """Two deploys of one version at once: the last to write its replicas decided what they
+    ran, and the first to register it was told it had succeeded, serving the other's model."""
+    from clipper_admin.deployers.deployer_utils import save_python_function
+    first = conn.cm.build_model("contended", "1", save_python_function("contended", version_one), "default")
+    second = conn.cm.build_model("contended", "1", save_python_function("contended", version_two), "default")
+    conn.cm.deploy_model("contended", "1", "doubles", first)
+    with pytest.raises(ClipperException, match="Replicas of model contended:1 are already wanted, for another "
+                                               "model directory: another client is deploying this version"):
+        conn.cm.deploy_model("contended", "1", "doubles", second)
+    assert conn.cm.cluster.wanted_replicas()["models"]["contended:1"]["model_dir"] == first
+    conn.cm.stop_models({"contended": ["1"]})          # as the message says
+    assert "contended:1" not in conn.cm.cluster.wanted_replicas()["models"]
+    conn.cm.deploy_model("contended", "1", "doubles", second)
+    conn.cm.stop_models({"contended": ["1"]})
 
 
 def test_logs_and_instance(conn, tmp_path):
