@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Awaitable, Callable, Deque, Dict, Optional, Tuple, Union
-from urllib.parse import unquote
 
 import httptools
 
@@ -569,14 +568,16 @@ class _Stop(Exception):
 
 @functools.lru_cache(maxsize=256)     # clients ask for the same few targets again and again
 def _path(url: bytes) -> str:
-    """The decoded path of a request target (origin form, or absolute form for proxies)."""
+    """The path of a request target (origin form, or absolute form for proxies), as sent:
+    routed as Clipper did, without percent-decoding (decoded, /d%2Fpredict reached app d's
+    predict route, past a proxy's rules that looked at the path as sent)."""
     path = url.decode("utf-8", "replace")       # a str is searched faster than bytes
     if "?" in path or "#" in path or not path.startswith("/"):
         try:
             path = (httptools.parse_url(url).path or b"/").decode("utf-8", "replace")
         except httptools.HttpParserInvalidURLError:
             raise RequestError(f"The request target {url[:100]!r} is not a URL") from None
-    return unquote(path) if "%" in path else path
+    return path
 
 
 class Server:

@@ -539,6 +539,13 @@ def _model_for(view: ClusterView, app: App, version: Optional[str], final: bool)
             return _STALE
         raise RequestError(f"Requested version: {version} does not exist for model: {model_name}",
                            kind="Query processing error")
+    model = view.models[(model_name, version)]
+    if model.input_type != app.input_type:
+        # The management API links only versions of the app's input type; a version registered
+        # with another one must not be reached by pinning it (its replica would misread the input).
+        raise RequestError(f"Requested version: {version} of model: {model_name} takes "
+                           f"{model.input_type}, not {app.input_type} as application {app.name} does",
+                           kind="Query processing error")
     return model_name, version
 
 

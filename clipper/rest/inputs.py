@@ -23,7 +23,6 @@ PREDICT_SCHEMA = """
   }
 """
 
-_FLOAT32_MAX = 3.4028234663852886e38
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 _ELEMENT_NAMES = {
     InputType.INTS: "int",
@@ -211,9 +210,12 @@ def _encode_numbers(values: list, input_type: InputType, key: str, may_hold_bool
     if not _NUMBER_TYPES.issuperset(map(type, values)):   # one pass in C, not per element
         raise _element_error(values, input_type, key)
     if input_type is InputType.FLOATS:
-        if not all(-_FLOAT32_MAX <= v <= _FLOAT32_MAX for v in values):
-            raise SchemaError(f"Array {key} has a value outside the float32 range")
-        return array("f", values).tobytes()
+        # struct's rule, as on the fast path above: a value that rounds to a finite float32
+        # is in range (an explicit bound refused 3.4028235e38, which the fast path took).
+        try:
+            return struct.pack("<%df" % len(values), *values)
+        except OverflowError:
+            raise SchemaError(f"Array {key} has a value outside the float32 range") from None
     try:
         return array("d", values).tobytes()
     except OverflowError:

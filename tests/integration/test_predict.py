@@ -1,5 +1,6 @@
 """Predictions on a real local cluster: every input type, batches, bad input, failing models."""
 import base64
+import http.client
 import time
 
 import pytest
@@ -142,6 +143,14 @@ def test_unknown_app_and_route_get_404_with_a_reason(cluster):
     assert "No application named 'no-such-app'" in response.json()["cause"]
     response = requests.get(f"http://{cluster.get_query_addr()}/what", timeout=10)
     assert response.status_code == 404 and "POST /<application>/predict" in response.json()["cause"]
+    # Routed as sent, as Clipper did: percent-decoded, these reached doubles-app's predict
+    # route past a proxy whose rules looked at the path as sent.
+    host, port = cluster.get_query_addr().split(":")
+    for disguised in ("/doubles-app%2Fpredict", "/%64oubles-app/predict"):   # sent as written
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.request("POST", disguised, b'{"input": [1.0]}', {"Content-Type": "application/json"})
+        assert connection.getresponse().status == 404, disguised
+        connection.close()
 
 
 def test_a_wrong_method_on_a_route_gets_405_with_allow(cluster):
@@ -160,6 +169,21 @@ def test_version_pinning(cluster):
     assert response.status_code == 400
     assert response.json() == {"error": "Query processing error",
                                "cause": "Requested version: 9 does not exist for model: doubles-app"}
+
+
+def test_a_pinned_version_of_another_input_type_is_refused(cluster):
+    """Links check input types, but a pinned version was only looked up: a strings app reached
+    its model's doubles version, whose replica read the string's bytes as a number."""
+    cluster.register_application("pin-app", "strings", "none", SLO_MICROS)
+    cluster.register_model("pinned", "1", "strings")
+    cluster.register_model("pinned", "2", "doubles")
+    cluster.set_model_version("pinned", "1")
+    cluster.link_model_to_app("pin-app", "pinned")
+    response = predict(cluster, "pin-app", {"input": "abcdefgh", "version": "2"})
+    assert response.status_code == 400
+    assert response.json() == {"error": "Query processing error", "cause": (
+        "Requested version: 2 of model: pinned takes doubles, not strings as application pin-app does")}
+    assert predict(cluster, "pin-app", {"input": "abcdefgh", "version": "1"}).json()["default"] is True
 
 
 def test_a_model_that_raises_gets_an_error_and_keeps_serving(cluster):

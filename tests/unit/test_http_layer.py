@@ -291,11 +291,12 @@ def test_http_1_0_and_connection_close_are_answered_then_closed(port):
         assert reply.endswith(b"POST /now x") and b"Connection: close" in reply
 
 
-def test_targets_are_decoded_and_absolute_form_is_read(port):
+def test_targets_are_routed_as_sent_and_absolute_form_is_read(port):
+    """Not percent-decoded, as Clipper's server: /d%2Fpredict reached app d's predict route."""
     with connect(port) as connection:
         connection.sendall(b"POST http://t/now HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
-                           b"POST /a%20b?x=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
-        assert read_responses(connection, 2) == [(200, b"POST /now "), (200, b"POST /a b ")]
+                           b"POST /a%2Fb?x=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        assert read_responses(connection, 2) == [(200, b"POST /now "), (200, b"POST /a%2Fb ")]
 
 
 def send_until_not_read(connection):

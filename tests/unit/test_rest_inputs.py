@@ -112,6 +112,19 @@ def test_version_is_read_as_a_string():
     assert parse_predict_body(b'{"input": [1.0], "version": "v2"}', InputType.DOUBLES).version == "v2"
 
 
+@pytest.mark.parametrize("value, in_range", [("3.4028235e38", True), ("-3.4028235e38", True),
+                                             ("3.4028236e38", False), ("1e39", False)])
+def test_the_float32_range_does_not_depend_on_the_rest_of_the_body(value, in_range):
+    """A value that rounds to the largest float32 was taken, unless the body also held an r
+    or an f anywhere (another key, a version), which sent it to a stricter check."""
+    for raw in (b'{"input": [%s]}' % value.encode(), b'{"input": [%s], "version": "1", "ref": 0}' % value.encode()):
+        if in_range:
+            assert len(parse_predict_body(raw, InputType.FLOATS).inputs[0]) == 4
+        else:
+            with pytest.raises(InputError, match="outside the float32 range"):
+                parse_predict_body(raw, InputType.FLOATS)
+
+
 @pytest.mark.parametrize("raw, input_type, complaint", [
     (b"{not json", InputType.DOUBLES, "not valid JSON"),
     (b"[1.0]", InputType.DOUBLES, "must be a JSON object"),
