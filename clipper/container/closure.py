@@ -7,7 +7,9 @@ run unchanged.
 """
 import functools
 import os
+import reprlib
 import sys
+from collections.abc import Mapping, Set as AbstractSet
 from typing import Callable, List, Sequence
 
 import cloudpickle
@@ -18,6 +20,9 @@ from clipper.datatypes import InputType
 
 FUNCTION_FILE = "func.pkl"
 MODULES_DIR = "modules"
+# Iterable, but not a list of outputs: a str, bytes or dict returned for a batch was split
+# into characters or keys (one str for one input: "7" was answered, "42" was 2 outputs).
+NOT_OUTPUT_LISTS = (str, bytes, bytearray, memoryview, Mapping, AbstractSet)
 
 
 def load_function(model_path: str) -> Callable:
@@ -27,7 +32,9 @@ def load_function(model_path: str) -> Callable:
     argument, so the result is always called as ``function(batch)``."""
     modules = os.path.join(model_path, MODULES_DIR)
     if os.path.isdir(modules):
-        sys.path.append(modules)
+        # First: a version pinned in pkgs_to_install wins over the interpreter's own (a
+        # module this process has already imported, numpy or cloudpickle, stays as it is).
+        sys.path.insert(0, modules)
     with open(os.path.join(model_path, FUNCTION_FILE), "rb") as f:
         function = cloudpickle.load(f)
     model_args = load_model_args(model_path, read_metadata(model_path))
@@ -62,8 +69,10 @@ def run_batch(function: Callable, input_type: InputType, inputs: Sequence[bytes]
     runtime checks that there is one output per input, whatever the handler."""
     outputs = function(shape_batch(input_type, inputs))
     try:
+        if isinstance(outputs, NOT_OUTPUT_LISTS):
+            raise TypeError
         outputs = list(outputs)
     except TypeError:
-        raise TypeError(f"the model returned {type(outputs).__name__}, not a list "
-                        "with one output per input") from None
+        raise TypeError(f"the model returned {type(outputs).__name__} {reprlib.repr(outputs)}, "
+                        "not a list with one output per input") from None
     return [str(output).encode("utf-8") for output in outputs]

@@ -2,10 +2,10 @@
 
 It behaves as Clipper's Python container towards the query frontend (so it also works
 with the original Clipper), with three differences: an exception in the model is reported
-for that batch (see ``codec.ERROR_OUTPUT_PREFIX``) and the container keeps serving; an idle
-connection heartbeats every second, so a restarted frontend finds it quickly; and it serves
-several query frontend workers at once, one connection each, calling the model once on the
-batches of all of them that are waiting. A replica of the local backend sends the same
+for the inputs it raised on (see ``codec.ERROR_OUTPUT_PREFIX``) and the container keeps
+serving; an idle connection heartbeats every second, so a restarted frontend finds it
+quickly; and it serves several query frontend workers at once, one connection each,
+calling the model once on the batches of all of them that are waiting. A replica of the local backend sends the same
 messages over a Unix socket instead of ZeroMQ (clipper.rpc.stream).
 """
 import logging
@@ -47,6 +47,10 @@ MERGE_WAIT_MAX_SECONDS = 0.002
 MAX_ERROR_CHARACTERS = 4000
 # Without any message from the frontend for this long, start a new session (as Clipper does).
 SESSION_TIMEOUT_SECONDS = 30.0
+# What a model call may raise and the replica answers as the model's error. SystemExit too:
+# a library that calls sys.exit() would otherwise end the replica (KeyboardInterrupt still
+# stops it).
+_MODEL_FAILURES = (Exception, SystemExit)
 
 Handler = Callable[[InputType, Sequence[bytes]], List[bytes]]
 
@@ -384,17 +388,40 @@ class ContainerRuntime:
                                      time.perf_counter() - started)
 
     def _predict(self, inputs: List[bytes]) -> List[bytes]:
+        """One output per input; a failure of the model's is answered as an error (the
+        replica keeps serving). When the model raises on a batch of several inputs, each
+        is run again alone, so that one client's bad input fails only its own query, not
+        every query batched with it. A wrong number of outputs is not an input's fault:
+        the whole batch gets that error, without retrying."""
         try:
             outputs = self.handler(self.input_type, inputs)
-            if len(outputs) != len(inputs):
-                raise ValueError(f"the model returned {len(outputs)} outputs for {len(inputs)} inputs")
-        except Exception as error:  # the model's fault: report it, keep serving
-            model_log.error("the model raised on a batch of %d:\n%s", len(inputs), traceback.format_exc())
-            return _errors(len(inputs), f"{type(error).__name__}: {error}")
+        except _MODEL_FAILURES as error:
+            trace = traceback.format_exc()
+            if len(inputs) == 1:
+                model_log.error("the model raised on a batch of 1:\n%s", trace)
+                return _errors(1, _describe(error))
+            outputs = [self._predict_alone(item) for item in inputs]
+            failed = sum(output.startswith(codec.ERROR_OUTPUT_PREFIX) for output in outputs)
+            model_log.error("the model raised on a batch of %d; run alone, %d of them failed:\n%s",
+                            len(inputs), failed, trace)
+        if len(outputs) != len(inputs):
+            message = f"the model returned {len(outputs)} outputs for {len(inputs)} inputs"
+            model_log.error("%s", message)
+            return _errors(len(inputs), message)
         limit = self.max_output_size
         if limit > 0 and outputs and max(map(len, outputs)) > limit:      # one C-level pass
             outputs = [self._too_large(output) if len(output) > limit else output for output in outputs]
         return outputs
+
+    def _predict_alone(self, item: bytes) -> bytes:
+        """The model's output for this one input, or its error (not logged: the batch's is)."""
+        try:
+            outputs = self.handler(self.input_type, [item])
+        except _MODEL_FAILURES as error:
+            return _errors(1, _describe(error))[0]
+        if len(outputs) != 1:
+            return _errors(1, f"the model returned {len(outputs)} outputs for 1 inputs")[0]
+        return outputs[0]
 
     def _too_large(self, output: bytes) -> bytes:
         message = (f"the model returned an output of {len(output)} bytes; the cluster takes at "
@@ -411,6 +438,12 @@ def _poll(poller: zmq.Poller, seconds: float) -> dict:
         time.sleep(timeout / 1000)
         return {}
     return dict(poller.poll(timeout))
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, SystemExit):
+        return f"SystemExit: the model called sys.exit({error.code!r})"
+    return f"{type(error).__name__}: {error}"
 
 
 def _errors(count: int, message: str) -> List[bytes]:

@@ -2,6 +2,7 @@
 import base64
 import http.client
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -34,7 +35,12 @@ def says_default(xs):
     return ['{"default": true}' for _ in xs]
 
 
+SLOW_INPUT = 1000.0          # picky takes 0.3 s over it: its replica is busy meanwhile
+
+
 def picky(xs):
+    if any(x[0] == SLOW_INPUT for x in xs):
+        time.sleep(0.3)
     if any(x[0] < 0 for x in xs):
         raise ValueError("negative inputs are not supported")
     return [str(x[0]) for x in xs]
@@ -56,8 +62,9 @@ MODELS = {
 @pytest.fixture(scope="module")
 def cluster(clipper_conn):
     for name, (input_type, func) in MODELS.items():
-        python_deployer.create_endpoint(clipper_conn, name, input_type, func,
-                                        default_output="-1.0", slo_micros=SLO_MICROS)
+        # picky's batches take whatever is queued (up to 8), not the adaptive size's 1 or 2.
+        python_deployer.create_endpoint(clipper_conn, name, input_type, func, default_output="-1.0",
+                                        slo_micros=SLO_MICROS, batch_size=8 if name == "picky-app" else -1)
     return clipper_conn
 
 
@@ -203,6 +210,23 @@ def test_each_answer_of_a_batch_a_model_failed_on_is_still_a_prediction(cluster)
     assert (ok["output"], ok["default"]) == (1.0, False)
     assert list(failed) == ["query_id", "output", "default", "default_explanation", "error", "cause"]
     assert (failed["output"], failed["default"], failed["error"]) == (-1.0, True, "Model error")
+    assert "ValueError: negative inputs are not supported" in failed["cause"]
+
+
+def test_one_clients_bad_input_fails_only_its_own_answer_in_a_batch_with_others(cluster):
+    """A model that raised on one input answered the whole batch with its error: under load,
+    the queries batched with one client's bad input all got its 500. While the replica is
+    busy, the three inputs below queue up and reach it as one batch."""
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(predict, cluster, "picky-app", {"input": [SLOW_INPUT]})
+        time.sleep(0.1)
+        response = predict(cluster, "picky-app", {"input_batch": [[11.0], [-12.0], [13.0]]})
+        assert busy.result().json()["output"] == SLOW_INPUT
+    assert response.status_code == 200, response.text
+    first, failed, third = response.json()["batch_predictions"]
+    assert (first["output"], first["default"], third["output"], third["default"]) == (11.0, False, 13.0, False)
+    assert "error" not in first and "error" not in third
+    assert (failed["default"], failed["error"]) == (True, "Model error")
     assert "ValueError: negative inputs are not supported" in failed["cause"]
 
 
