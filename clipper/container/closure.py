@@ -41,6 +41,30 @@ def load_function(model_path: str) -> Callable:
     return functools.partial(function, *model_args) if model_args else function
 
 
+def with_modules(function: Callable, modules: dict) -> Callable:
+    """What a function pickled with modules of the user's loads as (clipper_admin's
+    serialize_object): the modules, shipped by value, are put in sys.modules under their
+    names (unless a module of that name is already loaded), so that an import statement in
+    the function's body finds them here too, where the user's files are not."""
+    for name in sorted(modules):               # a package before its submodules
+        module = sys.modules.setdefault(name, modules[name])
+        parent, _, child = name.rpartition(".")
+        if parent in sys.modules and not hasattr(sys.modules[parent], child):
+            setattr(sys.modules[parent], child, module)
+    return function
+
+
+def missing_module_hint(error: ImportError) -> str:
+    """What to do when the model cannot be loaded for a module it cannot import: here we
+    cannot tell a module of the user's from a package."""
+    name = getattr(error, "name", None)
+    module = f"'{name}'" if name else "the module"
+    return (f"{module} is a module of your own, or a package: a module of your own is shipped "
+            f"with the function when the function, or a module of yours it uses, imports it "
+            f"(not by a computed name, as importlib.import_module(name)) from a file outside "
+            f"site-packages; a package: deploy it with pkgs_to_install=[...]")
+
+
 def shape_batch(input_type: InputType, inputs: Sequence[bytes]):
     if input_type is InputType.STRINGS:
         batch = np.empty(len(inputs), dtype=object)

@@ -468,7 +468,7 @@ def run_as_batch_work() -> None:
 
 def main(config) -> None:
     run_as_batch_work()      # first: threads started later (numpy's, the model's) inherit it
-    from clipper.container.closure import load_function, run_batch
+    from clipper.container.closure import load_function, missing_module_hint, run_batch
     from clipper.container.frameworks import FrameworkMissing
     if not (config.model_name and config.model_version and config.model_path):
         raise SystemExit("CLIPPER_MODEL_NAME, CLIPPER_MODEL_VERSION and CLIPPER_MODEL_PATH must be set")
@@ -484,7 +484,7 @@ def main(config) -> None:
         function = load_function(config.model_path)
     except ImportError as error:
         # Exit code 3, as Clipper's closure container: a package the model needs is missing.
-        log.error("cannot load the model: %s (deploy it with pkgs_to_install=[...])", error)
+        log.error("cannot load the model: %s (%s)", error, missing_module_hint(error))
         raise SystemExit(3)
     except FrameworkMissing as error:
         log.error("cannot load the model: %s", error)

@@ -1,7 +1,10 @@
 """Every ClipperConnection method on a real local cluster: what it returns, what it changes."""
+import functools
 import json
 import os
 import shutil
+import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -495,6 +498,118 @@ def test_predict_function_locally(conn):
     assert conn.test_predict_function({"input": [1.0]}, version_one, "ints") == "Invalid input type"
     assert conn.test_predict_function({"bogus": [1.0]}, version_one, "doubles") == \
         "Invalid input type or JSON key"
+
+
+# ---- the user's own modules: files beside the user's script, which a replica cannot import ----
+USERS_FILES = {
+    "myhelper.py": """
+        def scale(x):
+            return 10 * x
+        """,
+    "mymodels.py": """
+        import myhelper
+
+        def predict(xs):
+            return [str(myhelper.scale(sum(x))) for x in xs]
+        """,
+    "usermod.py": """
+        import myhelper as helper
+
+        def predict(xs, tag="p"):
+            return [tag + str(helper.scale(sum(x))) for x in xs]
+        """,
+    # Where an installed package lies: pickled by reference, as it should be, so a replica
+    # without it cannot load the model, and test_predict_function must say so too.
+    os.path.join("site-packages", "notinstalled.py"): """
+        def predict(xs):
+            return [str(len(x)) for x in xs]
+        """,
+}
+
+# A script's own functions (its module is __main__), as a user writes them.
+SCRIPT = """
+import mymodels
+import myhelper
+
+def calls_mymodels(xs):
+    return mymodels.predict(xs)
+
+def calls_helper(xs):
+    return [str(myhelper.scale(sum(x)) + 1) for x in xs]
+
+def imports_in_its_body(xs):
+    from usermod import helper
+    return [str(helper.scale(sum(x)) + 2) for x in xs]
+"""
+
+
+@pytest.fixture(scope="module")
+def users_modules(tmp_path_factory):
+    """The user's modules, importable in this process alone: their directory is on sys.path
+    here (as a script's directory is), not in the environment a replica inherits; and the
+    script's functions, defined in a namespace named __main__."""
+    directory = tmp_path_factory.mktemp("users-script")
+    for name, text in USERS_FILES.items():
+        (directory / name).parent.mkdir(exist_ok=True)
+        (directory / name).write_text(textwrap.dedent(text))
+    paths = [str(directory), str(directory / "site-packages")]
+    sys.path[:0] = paths
+    try:
+        import mymodels
+        import notinstalled
+        import usermod
+        script = {"__name__": "__main__"}
+        exec(compile(SCRIPT, str(directory / "script.py"), "exec"), script)
+        yield {"mymodels": mymodels, "usermod": usermod, "notinstalled": notinstalled, **script}
+    finally:
+        for path in paths:
+            sys.path.remove(path)
+        for name in ("myhelper", "mymodels", "usermod", "notinstalled"):
+            sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("case, name, expected", [
+    ("a module's function using a module beside it", "by-value-module", "30.0"),
+    ("a script's function calling a module's", "by-value-main", "30.0"),
+    ("a script's function calling a module's helper", "by-value-helper", "31.0"),
+    ("a partial of a module's function", "by-value-partial", "q30.0"),
+    ("a script's function importing in its body", "by-value-import", "32.0"),
+])
+def test_functions_of_the_users_own_modules_deploy_and_run_as_tested(conn, users_modules, case, name, expected):
+    """Every module of the user's that the function reaches goes with it, by value: the
+    replica (whose sys.path lacks the script's directory) used to exit with code 3, "No
+    module named 'myhelper'", while test_predict_function, in this process, said it worked."""
+    func = {"a module's function using a module beside it": users_modules["mymodels"].predict,
+            "a script's function calling a module's": users_modules["calls_mymodels"],
+            "a script's function calling a module's helper": users_modules["calls_helper"],
+            "a partial of a module's function": functools.partial(users_modules["usermod"].predict, tag="q"),
+            "a script's function importing in its body": users_modules["imports_in_its_body"]}[case]
+    assert conn.test_predict_function({"input": [1.0, 2.0]}, func, "doubles") == [expected]
+    python_deployer.create_endpoint(conn, name, "doubles", func, slo_micros=5000000)
+    assert str(predict(conn, name, {"input": [1.0, 2.0]}).json()["output"]) == expected   # JSON: 30.0
+    conn.stop_models([name])
+
+
+def test_a_function_a_replica_cannot_load_fails_in_test_predict_function_as_in_the_replica(conn, users_modules):
+    """test_predict_function loads the function in a new process, with a replica's sys.path:
+    it answered for a function no replica could load. Both now say what may be missing."""
+    func = users_modules["notinstalled"].predict
+    hint = ("'notinstalled' is a module of your own, or a package: a module of your own is shipped "
+            "with the function when")
+    with pytest.raises(ClipperException, match="A replica could not load this function: cannot load the "
+                                               "model: No module named 'notinstalled' \\(" + hint):
+        conn.test_predict_function({"input": [1.0]}, func, "doubles")
+    with pytest.raises(ClipperException) as failure:
+        python_deployer.deploy_python_closure(conn, "not-shipped", 1, "doubles", func)
+    assert "keeps exiting (exit code 3)" in failure.value.msg and hint in failure.value.msg, failure.value.msg
+    conn.stop_models(["not-shipped"])
+
+
+def test_predict_function_raises_what_the_function_raises(conn):
+    def fails(xs):
+        raise KeyError("no such feature")
+    with pytest.raises(KeyError, match="no such feature"):
+        conn.test_predict_function({"input": [1.0]}, fails, "doubles")
 
 
 def test_stop_all_model_containers(conn):

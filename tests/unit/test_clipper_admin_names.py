@@ -106,3 +106,29 @@ def test_pkgs_to_install_is_any_collection_of_requirements_but_not_one_string():
     for wrong in ("six", b"six", 5, ["six", 5], ["numpy\nRUN touch /pwned #"], ["six\r"]):
         with pytest.raises(ClipperException, match="pkgs_to_install must be a list of pip requirements"):
             package_list(wrong)
+
+
+def test_serialize_object_ships_the_users_modules_it_reaches_and_not_the_others(tmp_path, monkeypatch):
+    """A module of the user's that the function reaches (here through a module it uses) goes
+    by value; a module of the user's it does not reach, which cannot be pickled, is left out
+    (shipping every loaded module of the user's would fail on it)."""
+    import subprocess
+    import sys
+    from clipper_admin.deployers.deployer_utils import serialize_object
+    (tmp_path / "unit_helper.py").write_text("def scale(x):\n    return 10 * x\n")
+    (tmp_path / "unit_models.py").write_text("import unit_helper\ndef predict(x):\n    return unit_helper.scale(x)\n")
+    (tmp_path / "unit_locked.py").write_text("import threading\nLOCK = threading.RLock()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import unit_locked  # noqa: F401  (loaded, not used by the function)
+    import unit_models
+    try:
+        data = serialize_object(unit_models.predict)
+        loaded = subprocess.run([sys.executable, "-c", "import pickle, sys; "
+                                 "print(pickle.loads(sys.stdin.buffer.read())(4))"],
+                                input=data, capture_output=True, cwd="/", env={"PATH": "/usr/bin:/bin"})
+        assert loaded.stdout == b"40\n", loaded.stderr.decode()
+        import cloudpickle
+        assert "unit_helper" not in cloudpickle.list_registry_pickle_by_value()   # unregistered after
+    finally:
+        for name in ("unit_helper", "unit_models", "unit_locked"):
+            sys.modules.pop(name, None)
