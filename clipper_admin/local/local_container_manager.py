@@ -251,17 +251,26 @@ class LocalContainerManager(ContainerManager):
                     pkgs_to_install=None):
         """Copy the model directory into the cluster's state; return its path: a directory of
         its own for each build, so that two deploys of one version at once never share one."""
+        if not self.cluster.is_running():
+            raise ClipperException(f"No running Clipper cluster named '{self.cluster_name}': the "
+                                   "local backend builds a model into its cluster's state. " + START_HINT)
+        if not os.path.isdir(model_data_path):
+            raise ClipperException(f"The model directory {model_data_path} does not exist")
         target = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=self.cluster.path / "models"))
-        shutil.copytree(model_data_path, target, dirs_exist_ok=True)
-        os.chmod(target, 0o700)                  # copytree gave it the source's mode
-        if pkgs_to_install:
-            logger.info("Installing %s for model %s:%s", pkgs_to_install, name, version)
-            result = subprocess.run(
-                [self._python_for(str(target)), "-m", "pip", "install", "--quiet",
-                 "--target", str(target / "modules"), *pkgs_to_install],
-                capture_output=True, text=True)
-            if result.returncode:
-                raise ClipperException(f"pip could not install {pkgs_to_install}:\n{result.stderr[-2000:]}")
+        try:
+            shutil.copytree(model_data_path, target, dirs_exist_ok=True)
+            os.chmod(target, 0o700)                  # copytree gave it the source's mode
+            if pkgs_to_install:
+                logger.info("Installing %s for model %s:%s", pkgs_to_install, name, version)
+                result = subprocess.run(
+                    [self._python_for(str(target)), "-m", "pip", "install", "--quiet",
+                     "--target", str(target / "modules"), *pkgs_to_install],
+                    capture_output=True, text=True)
+                if result.returncode:
+                    raise ClipperException(f"pip could not install {pkgs_to_install}:\n{result.stderr[-2000:]}")
+        except BaseException:                    # a failed build leaves no copy behind
+            shutil.rmtree(target, ignore_errors=True)
+            raise
         return str(target)
 
     @staticmethod

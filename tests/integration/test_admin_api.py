@@ -14,7 +14,7 @@ import requests
 from clipper.container.frameworks import METADATA_FILE
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager, UnconnectedException
 from clipper_admin.deployers import python as python_deployer
-from helpers import predict, wait_for
+from helpers import ROOT, predict, wait_for
 
 
 def version_one(xs):
@@ -43,6 +43,10 @@ def test_methods_need_a_connection():
         unconnected.get_clipper_logs()
     with pytest.raises(ClipperException, match="No running Clipper cluster named 'never-started'"):
         unconnected.connect()
+    # 0.4.1 built images without a cluster; a local build goes into its cluster's state (it
+    # was a bare FileNotFoundError).
+    with pytest.raises(ClipperException, match="No running Clipper cluster named 'never-started'"):
+        unconnected.build_model("m", 1, str(ROOT / "docs"), "default")
 
 
 @pytest.mark.parametrize("cache_size", [-1, 1.5, "32MiB"])
@@ -451,6 +455,20 @@ def test_a_version_being_deployed_by_another_client_is_refused_not_taken_over(co
     assert "contended:1" not in conn.cm.cluster.wanted_replicas()["models"]
     conn.cm.deploy_model("contended", "1", "doubles", second)
     conn.cm.stop_models({"contended": ["1"]})
+
+
+def test_a_failed_build_leaves_no_copy_of_the_model_and_says_why(conn, tmp_path):
+    """Each failed pkgs_to_install left a copy of the model in the state directory, and a
+    missing model directory was a bare FileNotFoundError."""
+    models = conn.cm.cluster.path / "models"
+    before = set(models.iterdir())
+    with pytest.raises(ClipperException, match="The model directory .*nowhere does not exist"):
+        conn.build_model("unbuilt", 1, str(tmp_path / "nowhere"), "default")
+    (tmp_path / "model").mkdir()
+    with pytest.raises(ClipperException, match="pip could not install"):
+        conn.build_model("unbuilt", 1, str(tmp_path / "model"), "default",
+                         pkgs_to_install=["--no-index", "no-such-package-anywhere"])
+    assert set(models.iterdir()) == before
 
 
 def test_logs_and_instance(conn, tmp_path):
