@@ -20,7 +20,7 @@ def stop_command(cluster_name=None):
     cluster names it."""
     if cluster_name is None:
         return ("python closeClipper.py (`clipper stop` on the command line), which stops every "
-                "Clipper cluster on this machine; --cluster NAME stops one")
+                "Clipper cluster of this state directory and Docker engine; --cluster NAME stops one")
     return (f"python closeClipper.py --cluster {cluster_name} (`clipper stop --cluster-name "
             f"{cluster_name}` on the command line)")
 

@@ -80,8 +80,9 @@ class LocalContainerManager(ContainerManager):
             raise TypeError(f"LocalContainerManager() got an unexpected keyword argument '{sorted(unknown)[0]}'")
         ignored = {name: value for name, value in docker_only.items() if value != DOCKER_DEFAULTS[name]}
         if ignored:
-            logger.warning("LocalContainerManager runs local processes: %s (Docker's) have no effect",
-                           ", ".join(f"{name}={value!r}" for name, value in ignored.items()))
+            logger.warning("LocalContainerManager runs local processes: Docker's %s %s no effect",
+                           ", ".join(f"{name}={value!r}" for name, value in ignored.items()),
+                           "has" if len(ignored) == 1 else "have")
         self.query_workers = whole_number("query_workers", query_workers)
         super().__init__(cluster_name, public_host_for(host), clipper_query_port,
                          clipper_management_port, clipper_rpc_port, clipper_metric_port,

@@ -84,7 +84,7 @@ def test_a_taken_port_raises_what_clipper_era_code_catches(side_by_side, docker_
         "(clipper_query_port, clipper_management_port, clipper_rpc_port, clipper_metric_port of its "
         "container manager), or stop whatever uses it, e.g. "
         "another Clipper cluster with: python closeClipper.py (`clipper stop` on the command line), "
-        "which stops every Clipper cluster on this machine; --cluster NAME stops one")
+        "which stops every Clipper cluster of this state directory and Docker engine; --cluster NAME stops one")
     assert not docker_client.containers.list(all=True, filters={"label": f"{CLIPPER_DOCKER_LABEL}=side-clash"})
 
 
