@@ -51,6 +51,9 @@ class Config:
     body_timeout: float = setting(300.0, *FRONTENDS)      # seconds to receive a request body
     header_timeout: float = setting(10.0, QUERY_FRONTEND)  # seconds to receive a request's headers
     max_batch_size: int = setting(10_000, QUERY_FRONTEND)  # most inputs in one input_batch
+    # Most inputs waiting for one model version's replicas; beyond, an input is answered at
+    # once with the default output (each waiting input holds about 400 bytes).
+    max_queued_inputs: int = setting(100_000, QUERY_FRONTEND)
     admin_token: str = setting("", *FRONTENDS)            # if set, /admin calls need this bearer token
     redis_timeout: float = setting(2.0, MANAGEMENT_FRONTEND)  # seconds for any of its Redis calls
     replica_timeout: float = setting(30.0, QUERY_FRONTEND)  # silence before a replica is dropped

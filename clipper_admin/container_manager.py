@@ -167,7 +167,8 @@ FAILURES_REPORTED = 2
 
 # The serving settings a manager takes (each an attribute of the same name) and hands to its
 # cluster's frontends (and, through them, to the replicas that read the same setting).
-SERVING_SETTINGS = ("max_body_size", "max_batch_size", "header_timeout", "max_output_size", "busy_poll_us")
+SERVING_SETTINGS = ("max_body_size", "max_batch_size", "header_timeout", "max_output_size", "busy_poll_us",
+                    "max_queued_inputs")
 
 
 class ContainerManager(abc.ABC):
@@ -193,7 +194,8 @@ class ContainerManager(abc.ABC):
                  redis_port=CLIPPER_INTERNAL_REDIS_PORT, admin_token=None,
                  max_body_size=Config.max_body_size, rpc_auth=auth.AUTO,
                  max_batch_size=Config.max_batch_size, header_timeout=Config.header_timeout,
-                 max_output_size=Config.max_output_size, busy_poll_us=Config.busy_poll_us):
+                 max_output_size=Config.max_output_size, busy_poll_us=Config.busy_poll_us,
+                 max_queued_inputs=Config.max_queued_inputs):
         """``clipper_metric_port`` None: the query port + 53 (see METRIC_PORT_OFFSET)."""
         if type(header_timeout) not in (int, float) or not header_timeout > 0:
             raise ClipperException(f"header_timeout must be a number of seconds above 0, not {header_timeout!r}")
@@ -214,6 +216,7 @@ class ContainerManager(abc.ABC):
         self.header_timeout = float(header_timeout)      # seconds to receive a request's headers
         self.max_output_size = whole_number("max_output_size", max_output_size)   # bytes, one model output
         self.busy_poll_us = whole_number("busy_poll_us", busy_poll_us, least=0)   # clipper.busy_poll; 0: off
+        self.max_queued_inputs = whole_number("max_queued_inputs", max_queued_inputs)   # per model version
         self.rpc_auth = rpc_auth            # "auto": CURVE with a token or beyond loopback
 
     # ---- starting, for every backend ----

@@ -37,6 +37,10 @@ class DeadlineExpired(Exception):
     """The query's latency objective passed before a replica could take it."""
 
 
+class QueueFull(Exception):
+    """Not queued: as many inputs as max_queued_inputs wait for the version's replicas."""
+
+
 class ModelError(Exception):
     """The model raised, or its container answered with the wrong number of outputs."""
 
@@ -167,6 +171,12 @@ class Dispatcher:
         """True while some replica of this version is connected."""
         queue = self.queues.get(model_id)
         return queue is not None and bool(queue.replicas)
+
+    def queued(self, model_id: ModelId) -> int:
+        """Inputs waiting for this version's replicas (counting entries of tasks since
+        answered or requeued until they are taken: at most an overestimate)."""
+        queue = self.queues.get(model_id)
+        return len(queue.tasks) if queue is not None else 0
 
     def submit(self, model_id: ModelId, task: Task) -> None:
         queue = self.queues[model_id]

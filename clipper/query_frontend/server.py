@@ -23,7 +23,7 @@ from clipper.errors import RequestError
 from clipper.query_frontend import http, prometheus
 from clipper.query_frontend.cache import PredictionCache, RememberedBody
 from clipper.query_frontend.deadlines import Deadlines
-from clipper.query_frontend.dispatch import Batch, Dispatcher, ModelError, Task
+from clipper.query_frontend.dispatch import Batch, Dispatcher, ModelError, QueueFull, Task
 from clipper.query_frontend.metrics import METER_TICK_SECONDS, MetricSet
 from clipper.query_frontend.rpc_server import RpcServer
 from clipper.query_frontend.state import ClusterView, StateFollower
@@ -394,6 +394,9 @@ class QueryFrontend(http.Application):
         if not self.dispatcher.accepts(model_id):
             return None                    # no replica connected: the default, at once
         task = Task(item, deadline, slo)
+        if self.dispatcher.queued(model_id) >= self.config.max_queued_inputs:
+            task.settle(error=QueueFull())   # the default, at once: waiting inputs hold memory
+            return task
         if caching:
             self.cache.track(key, task)
         self._predictions.count += 1
@@ -462,8 +465,9 @@ class QueryFrontend(http.Application):
             return responses.prediction(query_id, responses.sniff_output(scheduled.output), False), False, False
         if isinstance(scheduled.error, ModelError):
             return responses.model_error(query_id, _output_json(app.default_output), str(scheduled.error)), True, True
-        # Not answered within the objective (or expired in the queue, or ReplicaLost).
-        explanation = responses.REPLICA_LOST if scheduled.lost_replicas else responses.SLO_MISSED
+        # Not answered within the objective (or expired in the queue, or ReplicaLost), or not queued.
+        explanation = (responses.QUEUE_FULL if isinstance(scheduled.error, QueueFull) else
+                       responses.REPLICA_LOST if scheduled.lost_replicas else responses.SLO_MISSED)
         return self._default(app, query_id, explanation), True, False
 
     @staticmethod

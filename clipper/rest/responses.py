@@ -7,6 +7,8 @@ NO_CONNECTED_MODELS = "No connected models found for query"
 SLO_MISSED = "Failed to retrieve a prediction response within the specified latency SLO"
 # Ours: Clipper's model containers died instead (MODEL_FAILED), or it said SLO_MISSED.
 MODEL_FAILED = "The model raised an error for this input (cause says which)"
+QUEUE_FULL = ("The model's queue is full: as many inputs as the cluster's max_queued_inputs wait for "
+              "its replicas (add replicas, or send fewer at once)")
 REPLICA_LOST = ("A replica of the model was lost while computing this prediction (it exited or fell "
                 "silent; its log says why)")
 

@@ -107,7 +107,8 @@ class DockerContainerManager(ContainerManager):
                  base_image=None, clipper_metric_port=None,
                  admin_token=None, max_body_size=Config.max_body_size, rpc_auth=auth.AUTO,
                  max_batch_size=Config.max_batch_size, header_timeout=Config.header_timeout,
-                 max_output_size=Config.max_output_size, busy_poll_us=Config.busy_poll_us):
+                 max_output_size=Config.max_output_size, busy_poll_us=Config.busy_poll_us,
+                 max_queued_inputs=Config.max_queued_inputs):
         """0.4.1's parameters, and its public attributes. Containers share the host's network,
         so ``docker_network`` and ``prometheus_port`` have no effect; Redis started here
         listens on a unix socket, so ``redis_port`` is used only with ``redis_ip``; with
@@ -116,13 +117,13 @@ class DockerContainerManager(ContainerManager):
         default: the query port + 53); ``base_image`` (default $CLIPPER_DOCKER_BASE_IMAGE,
         else python:<this minor>-slim) under the runtime image; ``admin_token``,
         ``max_body_size``, ``max_batch_size``, ``header_timeout``, ``max_output_size``,
-        ``busy_poll_us`` and ``rpc_auth`` as for LocalContainerManager (with an admin token,
+        ``busy_poll_us``, ``max_queued_inputs`` and ``rpc_auth`` as for LocalContainerManager (with an admin token,
         a model image of your own needs ``rpc_auth="open"``: it cannot authenticate)."""
         super().__init__(cluster_name, docker_ip_address, clipper_query_port, clipper_management_port,
                          clipper_rpc_port, clipper_metric_port, redis_ip, redis_port, admin_token,
                          max_body_size, rpc_auth, max_batch_size=max_batch_size,
                          header_timeout=header_timeout, max_output_size=max_output_size,
-                         busy_poll_us=busy_poll_us)
+                         busy_poll_us=busy_poll_us, max_queued_inputs=max_queued_inputs)
         self.external_redis = redis_ip is not None
         self.prometheus_port = prometheus_port
         self.docker_network = docker_network

@@ -50,7 +50,7 @@ class LocalContainerManager(ContainerManager):
                  admin_token=None, max_body_size=Config.max_body_size, rpc_auth="auto",
                  query_workers=Config.query_workers, max_batch_size=Config.max_batch_size,
                  header_timeout=Config.header_timeout, max_output_size=Config.max_output_size,
-                 busy_poll_us=Config.busy_poll_us, **docker_only):
+                 busy_poll_us=Config.busy_poll_us, max_queued_inputs=Config.max_queued_inputs, **docker_only):
         """``host``: where the servers listen (loopback unless you mean it). ``admin_token``
         (default $CLIPPER_ADMIN_TOKEN): if set, /admin calls need it as a bearer token.
         ``max_body_size``: the largest request body the frontends accept, in bytes.
@@ -62,6 +62,8 @@ class LocalContainerManager(ContainerManager):
         ``busy_poll_us``: after each message, the query frontend and the replicas poll this
         many microseconds for the next one before they sleep: lower latency at low load for
         CPU spent within that window after traffic (0: off; off anyway on a single core).
+        ``max_queued_inputs``: the most inputs waiting for one model version's replicas;
+        beyond, an input gets the default output at once (the queue bounds memory).
         ``clipper_metric_port`` (Prometheus): default the query port + 53.
         ``rpc_auth``: who may connect to the RPC port as a model container: "auto" (only
         the cluster's own containers, by CURVE keys, when there is an admin token or
@@ -88,7 +90,8 @@ class LocalContainerManager(ContainerManager):
                          clipper_management_port, clipper_rpc_port, clipper_metric_port,
                          redis_ip, redis_port, admin_token, max_body_size, rpc_auth,
                          max_batch_size=max_batch_size, header_timeout=header_timeout,
-                         max_output_size=max_output_size, busy_poll_us=busy_poll_us)
+                         max_output_size=max_output_size, busy_poll_us=busy_poll_us,
+                         max_queued_inputs=max_queued_inputs)
         self.host = host
         self.cluster = ClusterDir(cluster_dir.base_dir() / checked_cluster_name(cluster_name))
 

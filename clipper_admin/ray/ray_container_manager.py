@@ -87,7 +87,7 @@ class RayContainerManager(ContainerManager):
                  replica_num_cpus=1, replica_num_gpus=0, replica_resources=None,
                  replica_timeout=DEFAULT_REPLICA_TIMEOUT, max_batch_size=Config.max_batch_size,
                  header_timeout=Config.header_timeout, max_output_size=Config.max_output_size,
-                 busy_poll_us=Config.busy_poll_us):
+                 busy_poll_us=Config.busy_poll_us, max_queued_inputs=Config.max_queued_inputs):
         """``address``: the Ray cluster (default $RAY_ADDRESS, else the one on this machine).
         ``host``: where the frontends listen (default: their node's Ray address; beyond
         loopback only with ``admin_token`` and ``rpc_auth`` not "open"; see LocalContainerManager
@@ -97,13 +97,13 @@ class RayContainerManager(ContainerManager):
         ``replica_timeout``: seconds of silence after which the query frontend drops a replica
         (one whose machine vanished without closing its connection); keep it longer than the
         longest batch takes, as a busy replica sends nothing until its batch is done.
-        ``max_batch_size``, ``header_timeout``, ``max_output_size``, ``busy_poll_us``: as for
-        LocalContainerManager."""
+        ``max_batch_size``, ``header_timeout``, ``max_output_size``, ``busy_poll_us``,
+        ``max_queued_inputs``: as for LocalContainerManager."""
         super().__init__(checked_cluster_name(cluster_name), None, clipper_query_port, clipper_management_port,
                          clipper_rpc_port, clipper_metric_port, None, None, admin_token,
                          max_body_size, rpc_auth, max_batch_size=max_batch_size,
                          header_timeout=header_timeout, max_output_size=max_output_size,
-                         busy_poll_us=busy_poll_us)
+                         busy_poll_us=busy_poll_us, max_queued_inputs=max_queued_inputs)
         self.address = address
         self.namespace = namespace
         self.host = host            # None: the frontends' node's Ray address
