@@ -316,9 +316,18 @@ def processes_marked_with(cluster_path: Path) -> List[psutil.Process]:
 
 
 def cluster_processes(cluster: "ClusterDir") -> List[psutil.Process]:
-    """Every live process of a cluster: whatever carries its marker (which needs no directory).
-    Not what its records name: they are files, and name any process whoever wrote them chose."""
-    return processes_marked_with(cluster.path)
+    """Every live process of a cluster: whatever carries its marker (which needs no
+    directory), and, in a directory of the user's own, what its records name (a model that
+    sets its process title, as setproctitle does, may write over its marker). The records
+    of a directory others could write to are not read: they would name any process whoever
+    wrote them chose (closeClipper.py killed it)."""
+    found = {process.pid: process for process in processes_marked_with(cluster.path)}
+    if not cluster.not_ours():
+        records = [cluster.supervisor()] + [ProcessRecord(r["pid"], r["create_time"]) for r in cluster.processes()]
+        for process in (record.process() for record in records if record):
+            if process is not None:
+                found.setdefault(process.pid, process)
+    return list(found.values())
 
 
 def is_keeper(process: psutil.Process) -> bool:

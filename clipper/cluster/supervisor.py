@@ -137,19 +137,7 @@ class Supervisor:
         return env
 
     def _package_only_path(self) -> str:
-        """A directory that holds our packages alone, for replicas: they run in the
-        deploying client's interpreter, maybe another Python, which must import its own
-        numpy and pyzmq, not those beside our packages (PROJECT_ROOT is site-packages when
-        the project is installed with pip). ``clipper_admin`` is there for models that
-        report metrics with ``clipper_admin.metrics``."""
-        directory = self.cluster.path / cluster_dir.PACKAGE_PATH_DIR
-        directory.mkdir(mode=0o700, exist_ok=True)
-        for package in ("clipper", "clipper_admin"):
-            link, target = directory / package, os.path.join(PROJECT_ROOT, package)
-            if not link.is_symlink() or os.readlink(link) != target:
-                link.unlink(missing_ok=True)
-                link.symlink_to(target, target_is_directory=True)
-        return str(directory)
+        return package_only_path(self.cluster.path / cluster_dir.PACKAGE_PATH_DIR)
 
     def _start(self, child: Child) -> None:
         child.started_at = time.monotonic()
@@ -219,7 +207,8 @@ class Supervisor:
         """Take over the processes a previous supervisor recorded that still run; stop any
         other process of the cluster (started but not yet recorded when that one died)."""
         for record in self.cluster.processes():
-            process = self.cluster.live(ProcessRecord(record["pid"], record["create_time"]))
+            # Records of a directory of the user's own (main() refuses any other).
+            process = ProcessRecord(record["pid"], record["create_time"]).process()
             if process is not None and record["role"] != WATCHDOG and process.pid != os.getpid():
                 self._adopted[record["name"]] = Adopted(process)
         keep = {a.pid for a in self._adopted.values()} | {c.process.pid for c in self.children if c.process}
@@ -419,6 +408,21 @@ class Supervisor:
         self._stop(by_role(REDIS))
         with contextlib.suppress(OSError):
             self.cluster.write_processes(self.generation, [], {})
+
+
+def package_only_path(directory: Path) -> str:
+    """``directory``, made to hold our packages alone (links), as a replica's import path:
+    replicas run in the deploying client's interpreter, maybe another Python, which must
+    import its own numpy and pyzmq, not those beside our packages (PROJECT_ROOT is
+    site-packages when the project is installed with pip). ``clipper_admin`` is there for
+    models that report metrics with ``clipper_admin.metrics``."""
+    directory.mkdir(mode=0o700, exist_ok=True)
+    for package in ("clipper", "clipper_admin"):
+        link, target = directory / package, os.path.join(PROJECT_ROOT, package)
+        if not link.is_symlink() or os.readlink(link) != target:
+            link.unlink(missing_ok=True)
+            link.symlink_to(target, target_is_directory=True)
+    return str(directory)
 
 
 def _what_runs(model: dict) -> List[str]:

@@ -51,6 +51,9 @@ SESSION_TIMEOUT_SECONDS = 30.0
 # a library that calls sys.exit() would otherwise end the replica (KeyboardInterrupt still
 # stops it).
 _MODEL_FAILURES = (Exception, SystemExit)
+# Inputs of a failed batch run alone before a model that failed on every one of them is
+# taken to fail on anything (the rest of the batch then gets its error without a run).
+MAX_FAILED_ALONE = 3
 
 Handler = Callable[[InputType, Sequence[bytes]], List[bytes]]
 
@@ -391,8 +394,10 @@ class ContainerRuntime:
         """One output per input; a failure of the model's is answered as an error (the
         replica keeps serving). When the model raises on a batch of several inputs, each
         is run again alone, so that one client's bad input fails only its own query, not
-        every query batched with it. A wrong number of outputs is not an input's fault:
-        the whole batch gets that error, without retrying."""
+        every query batched with it; but once the first MAX_FAILED_ALONE run alone have all
+        failed, the model is taken to fail on anything, and the rest get the batch's error
+        without a run (a model broken for every input cost a call per input). A wrong number
+        of outputs is not an input's fault: the whole batch gets that error, without retrying."""
         try:
             outputs = self.handler(self.input_type, inputs)
         except _MODEL_FAILURES as error:
@@ -400,17 +405,25 @@ class ContainerRuntime:
             if len(inputs) == 1:
                 model_log.error("the model raised on a batch of 1:\n%s", trace)
                 return _errors(1, _describe(error))
-            outputs = [self._predict_alone(item) for item in inputs]
+            outputs = self._predict_each_alone(inputs, _errors(1, _describe(error))[0])
             failed = sum(output.startswith(codec.ERROR_OUTPUT_PREFIX) for output in outputs)
             model_log.error("the model raised on a batch of %d; run alone, %d of them failed:\n%s",
                             len(inputs), failed, trace)
         if len(outputs) != len(inputs):
-            message = f"the model returned {len(outputs)} outputs for {len(inputs)} inputs"
+            message = _count_error(len(outputs), len(inputs))
             model_log.error("%s", message)
             return _errors(len(inputs), message)
         limit = self.max_output_size
         if limit > 0 and outputs and max(map(len, outputs)) > limit:      # one C-level pass
             outputs = [self._too_large(output) if len(output) > limit else output for output in outputs]
+        return outputs
+
+    def _predict_each_alone(self, inputs: List[bytes], batch_error: bytes) -> List[bytes]:
+        outputs = []
+        for index, item in enumerate(inputs):
+            if index == MAX_FAILED_ALONE and all(o.startswith(codec.ERROR_OUTPUT_PREFIX) for o in outputs):
+                return outputs + [batch_error] * (len(inputs) - index)
+            outputs.append(self._predict_alone(item))
         return outputs
 
     def _predict_alone(self, item: bytes) -> bytes:
@@ -420,7 +433,7 @@ class ContainerRuntime:
         except _MODEL_FAILURES as error:
             return _errors(1, _describe(error))[0]
         if len(outputs) != 1:
-            return _errors(1, f"the model returned {len(outputs)} outputs for 1 inputs")[0]
+            return _errors(1, _count_error(len(outputs), 1))[0]
         return outputs[0]
 
     def _too_large(self, output: bytes) -> bytes:
@@ -438,6 +451,10 @@ def _poll(poller: zmq.Poller, seconds: float) -> dict:
         time.sleep(timeout / 1000)
         return {}
     return dict(poller.poll(timeout))
+
+
+def _count_error(outputs: int, inputs: int) -> str:
+    return f"the model returned {outputs} outputs for {inputs} inputs"
 
 
 def _describe(error: BaseException) -> str:

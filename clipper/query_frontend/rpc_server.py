@@ -214,8 +214,9 @@ class RpcServer:
         self.recorder.added(self._container(replica, next(self._connection_ids)))
 
     def drop(self, replica: Replica, reason: str) -> None:
-        if self.replicas.pop(replica.identity, None) is None:
-            return
+        if self.replicas.get(replica.identity) is not replica:
+            return          # dropped already (and maybe registered again: that one stays)
+        del self.replicas[replica.identity]
         log.info("replica %d of model %s:%s dropped: %s", replica.replica_id, *replica.model_id, reason)
         self.dispatcher.remove_replica(replica)
         if not self.dispatcher.accepts(replica.model_id):     # its last replica: numbering restarts

@@ -6,6 +6,7 @@ import functools
 import importlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import sys
 import sysconfig
 import tempfile
 import types
+from pathlib import Path
 
 import cloudpickle
 
@@ -34,9 +36,6 @@ FUNCTION_FILE = "func.pkl"
 # Our own packages: a replica always has them (run from a checkout, they lie outside
 # site-packages, but they are never the user's).
 _PROJECT_PACKAGES = ("clipper", "clipper_admin")
-# How many objects the search for the user's modules looks at, at most (a visited set bounds
-# it too): a function reaching a large structure is still pickled at once.
-_MAX_OBJECTS_VISITED = 50_000
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,11 +66,6 @@ def _is_users_own_module(module):
     return not path.startswith(_installed_roots())
 
 
-def _pickled_by_value_module(module):
-    """cloudpickle writes the functions and classes of this module by value (their code)."""
-    return module is None or module.__name__ == "__main__" or _is_users_own_module(module)
-
-
 def _codes(code):
     """A code object and those nested in it (its functions, classes, comprehensions)."""
     codes = [code]
@@ -79,11 +73,6 @@ def _codes(code):
         code = codes.pop()
         yield code
         codes.extend(const for const in code.co_consts if isinstance(const, types.CodeType))
-
-
-def _code_names(code):
-    """Every name a function's code looks up (globals among them, and attributes)."""
-    return {name for code in _codes(code) for name in code.co_names}
 
 
 def _modules_imported_in(function):
@@ -110,81 +99,6 @@ def _modules_imported_in(function):
     return {name: sys.modules[name] for name in names if _is_users_own_module(sys.modules.get(name))}
 
 
-def _users_modules(obj):
-    """The user's own modules ``obj`` can reach, as cloudpickle will walk it: those whose
-    functions, classes or module objects it uses (to pickle by value), and, of those, the
-    ones an import statement inside a function names (a replica must find them by name).
-
-    The walk goes through partials, bound methods, closures, default arguments, the globals
-    a function uses, a class's methods and bases, an instance's class and attributes,
-    containers, and the whole of a module of the user's that is used as an object."""
-    reached, imported = {}, {}
-    seen, stack = set(), [obj]
-    while stack and len(seen) < _MAX_OBJECTS_VISITED:
-        obj = stack.pop()
-        if id(obj) in seen or obj is None or isinstance(obj, (str, bytes, bytearray, int, float, complex, bool)):
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, types.ModuleType):
-            if _is_users_own_module(obj):      # pickled as a whole: every name it holds
-                reached[obj.__name__] = obj
-                stack.extend(vars(obj).values())
-        elif isinstance(obj, functools.partial):
-            stack.extend([obj.func, *obj.args, *obj.keywords.values()])
-        elif isinstance(obj, (types.MethodType, types.BuiltinMethodType, types.MethodWrapperType)):
-            stack.extend([getattr(obj, "__func__", None), getattr(obj, "__self__", None)])
-        elif isinstance(obj, (staticmethod, classmethod)):
-            stack.append(obj.__func__)
-        elif isinstance(obj, property):
-            stack.extend([obj.fget, obj.fset, obj.fdel])
-        elif isinstance(obj, types.FunctionType):
-            module = sys.modules.get(obj.__module__ or "")
-            local = "<locals>" in obj.__qualname__ or "<lambda>" in obj.__qualname__
-            if not (local or _pickled_by_value_module(module)):
-                continue                        # importable from an installed package: by reference
-            if _is_users_own_module(module):
-                reached[module.__name__] = module
-            names = _code_names(obj.__code__)
-            stack.extend(obj.__globals__[name] for name in names if name in obj.__globals__)
-            for module in _modules_imported_in(obj).values():
-                imported[module.__name__] = module
-                stack.append(module)
-            stack.extend(cell.cell_contents for cell in obj.__closure__ or ()
-                         if _cell_is_set(cell))
-            stack.extend(obj.__defaults__ or ())
-            stack.extend((obj.__kwdefaults__ or {}).values())
-            stack.extend(vars(obj).values())    # __wrapped__, attributes set on it
-        elif isinstance(obj, type):
-            module = sys.modules.get(getattr(obj, "__module__", None) or "")
-            local = "<locals>" in obj.__qualname__
-            if local or _pickled_by_value_module(module):
-                if _is_users_own_module(module):
-                    reached[module.__name__] = module
-                stack.extend(vars(obj).values())
-                stack.extend(obj.__bases__)
-        elif isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(obj)
-        else:                                   # an instance: its class, and its attributes
-            cls = type(obj)
-            stack.append(cls)
-            module = sys.modules.get(getattr(cls, "__module__", None) or "")
-            if _pickled_by_value_module(module) or "<locals>" in cls.__qualname__:
-                with contextlib.suppress(TypeError):
-                    stack.extend(vars(obj).values())
-    return reached, imported
-
-
-def _cell_is_set(cell):
-    try:
-        cell.cell_contents
-    except ValueError:                          # a cell not yet assigned
-        return False
-    return True
-
-
 class _WithModules:
     """Pickles as ``with_modules(function, modules)``: the replica puts these modules (shipped
     by value) in sys.modules before the function runs, so an import in its body finds them."""
@@ -196,15 +110,38 @@ class _WithModules:
         return with_modules, (self.function, self.modules)
 
 
-def _dumps(obj, modules, imported):
-    """cloudpickle ``obj`` with these modules registered by value (those already registered,
-    by the user, stay so)."""
+class _RecordingPickler(cloudpickle.Pickler):
+    """cloudpickle's own walk of the object, noting each function it meets on the way."""
+    def __init__(self, file):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.functions = []
+
+    def reducer_override(self, obj):
+        if isinstance(obj, types.FunctionType):
+            self.functions.append(obj)
+        return super().reducer_override(obj)
+
+
+def _dumps(obj, by_value):
+    """cloudpickle ``obj`` with the modules ``by_value`` pickled by value (those the user
+    registered stay so); a module of these that a function imports in its body is shipped as
+    well (see _WithModules), found by pickling again until no new one turns up."""
     already = cloudpickle.list_registry_pickle_by_value()
-    registered = [module for module in modules.values() if module.__name__ not in already]
+    registered = [module for module in by_value if module.__name__ not in already]
+    for module in registered:
+        cloudpickle.register_pickle_by_value(module)
     try:
-        for module in registered:
-            cloudpickle.register_pickle_by_value(module)
-        return cloudpickle.dumps(_WithModules(obj, imported) if imported else obj)
+        imported = {}
+        while True:
+            buffer = io.BytesIO()
+            pickler = _RecordingPickler(buffer)
+            pickler.dump(_WithModules(obj, imported) if imported else obj)
+            found = {}
+            for function in pickler.functions:
+                found.update(_modules_imported_in(function))
+            if found.keys() <= imported.keys():
+                return buffer.getvalue()
+            imported.update(found)
     finally:
         for module in registered:
             with contextlib.suppress(ValueError):
@@ -214,34 +151,24 @@ def _dumps(obj, modules, imported):
 def serialize_object(obj):
     """0.4.1's helper: ``obj`` cloudpickled to bytes, with the user's own modules by value.
 
-    A replica runs in another process, whose sys.path lacks the user's script directory: every
-    module of the user's (a file outside the standard library and site-packages) that ``obj``
-    reaches is registered with cloudpickle by value, so its code travels with the function.
-    A module named by an import statement inside a function's body is also put in the
-    replica's sys.modules under its name (see _WithModules).
-
-    Only the modules reached are shipped, not every module of the user's that is loaded
-    (measured in a pytest process: 11 such modules were loaded; 6, the test modules and
-    conftest, cannot be pickled at all, as they hold an RLock, and the other 5 took 27 KB,
-    against 1.5 KB for partial(usermod.predict) with the 2 modules it reaches; in a notebook
-    the loaded ones can be a whole checkout on PYTHONPATH or an editable install). A module
-    imported inside a function's body is found by the names its code uses; an import by a
-    computed name (importlib.import_module(name)) is not seen: import the module at the top
-    of the file, or install it with pkgs_to_install.
-    Should pickling the modules fail (a module holds something that cannot be pickled), the
-    function is pickled as before, its own module alone by value, with a warning."""
-    modules, imported = _users_modules(obj)
+    A replica runs in another process, whose sys.path lacks the user's script directory:
+    every module of the user's (a file outside the standard library and site-packages) is
+    registered with cloudpickle by value while ``obj`` is pickled, so the code of those that
+    ``obj`` reaches, however (a global, a partial, an attribute of an object), travels with
+    it; registering one that is not reached ships nothing. An import by a computed name
+    (importlib.import_module(name)) is not seen: import the module by name, or install it
+    with pkgs_to_install. Should a module reached hold something that cannot be pickled,
+    the function is pickled as before, its own module alone by value, with a warning."""
+    users = [module for module in list(sys.modules.values()) if _is_users_own_module(module)]
     try:
-        return _dumps(obj, modules, imported)
+        return _dumps(obj, users)
     except (pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError) as error:
         own = sys.modules.get(getattr(obj, "__module__", None) or "")  # an instance: its class's
-        fallback = {own.__name__: own} if _is_users_own_module(own) else {}
-        if set(modules) <= set(fallback):
-            raise
-        data = _dumps(obj, fallback, {})    # raises if the object itself cannot be pickled
-        logger.warning("Could not pickle the modules %s by value (%s: %s); only %s is, and the "
-                       "replica must import the others", ", ".join(sorted(modules)),
-                       type(error).__name__, error, ", ".join(fallback) or "none")
+        fallback = [own] if _is_users_own_module(own) else []
+        data = _dumps(obj, fallback)        # raises if the object itself cannot be pickled
+        logger.warning("Could not pickle the modules of yours that the function uses by value "
+                       "(%s: %s); only %s is, and the replica must import the others",
+                       type(error).__name__, error, own.__name__ if fallback else "none")
         return data
 
 
@@ -401,12 +328,10 @@ def _run_as_a_replica(func, kind, wire):
     with tempfile.TemporaryDirectory(prefix="clipper-test-predict-") as scratch:
         model_dir = save_python_function("test-predict-function", func)
         try:
-            packages, cwd = os.path.join(scratch, "packages"), os.path.join(scratch, "cwd")
-            os.mkdir(packages)
+            from clipper.cluster.supervisor import package_only_path
+            packages = package_only_path(Path(scratch) / "packages")     # a replica's import path
+            cwd = os.path.join(scratch, "cwd")
             os.mkdir(cwd)                       # empty: the child's sys.path[0]
-            for package in _PROJECT_PACKAGES:   # ours alone, as a replica's package path
-                os.symlink(os.path.dirname(importlib.import_module(package).__file__),
-                           os.path.join(packages, package))
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [packages, env.get("PYTHONPATH")]))
             result_path = os.path.join(scratch, "result.pkl")

@@ -243,7 +243,7 @@ class LocalContainerManager(ContainerManager):
 
     def _running_replicas(self):
         return sum(1 for record in self.cluster.processes() if record["role"] == MODEL_CONTAINER
-                   and self.cluster.live(ProcessRecord(record["pid"], record["create_time"])))
+                   and ProcessRecord(record["pid"], record["create_time"]).alive())
 
     def stop_all(self, graceful=True):
         stopped = stop_cluster(self.cluster, graceful)
@@ -394,8 +394,8 @@ def _foreign(cluster: ClusterDir, problem: str) -> ClipperException:
 def stop_cluster(cluster: ClusterDir, graceful=True):
     """Stop every process of a local cluster and remove its state; how many processes ran.
 
-    Its processes are found by their marker as well as in its records, so a lost directory
-    hides none. The supervisor and its watchdog go first (the supervisor stops the others in
+    Its processes are found by their marker as well as in its records (those of a directory
+    of the user's own: see cluster_dir.cluster_processes), so a lost directory hides none. The supervisor and its watchdog go first (the supervisor stops the others in
     order), so that nothing is restarted meanwhile. If any process survives, the state is
     kept and ClipperException says which. A path that is not a cluster's own
     (cluster_dir.not_ours) is left as it is: its processes, if any, are stopped all the same

@@ -558,6 +558,13 @@ def calls_helper(xs):
 def imports_in_its_body(xs):
     from usermod import helper
     return [str(helper.scale(sum(x)) + 2) for x in xs]
+
+import collections
+import types
+holders = collections.deque([types.SimpleNamespace(scale=myhelper.scale)])   # objects of installed classes
+
+def reaches_a_module_through_objects(xs):
+    return [str(holders[0].scale(sum(x)) + 3) for x in xs]
 """
 
 
@@ -592,6 +599,7 @@ def users_modules(tmp_path_factory):
     ("a script's function calling a module's helper", "by-value-helper", "31.0"),
     ("a partial of a module's function", "by-value-partial", "q30.0"),
     ("a script's function importing in its body", "by-value-import", "32.0"),
+    ("a script's function reaching a module through objects", "by-value-objects", "33.0"),
 ])
 def test_functions_of_the_users_own_modules_deploy_and_run_as_tested(conn, users_modules, case, name, expected):
     """Every module of the user's that the function reaches goes with it, by value: the
@@ -601,7 +609,9 @@ def test_functions_of_the_users_own_modules_deploy_and_run_as_tested(conn, users
             "a script's function calling a module's": users_modules["calls_mymodels"],
             "a script's function calling a module's helper": users_modules["calls_helper"],
             "a partial of a module's function": functools.partial(users_modules["usermod"].predict, tag="q"),
-            "a script's function importing in its body": users_modules["imports_in_its_body"]}[case]
+            "a script's function importing in its body": users_modules["imports_in_its_body"],
+            "a script's function reaching a module through objects": users_modules["reaches_a_module_through_objects"],
+            }[case]
     assert conn.test_predict_function({"input": [1.0, 2.0]}, func, "doubles") == [expected]
     python_deployer.create_endpoint(conn, name, "doubles", func, slo_micros=5000000)
     assert str(predict(conn, name, {"input": [1.0, 2.0]}).json()["output"]) == expected   # JSON: 30.0

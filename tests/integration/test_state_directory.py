@@ -112,10 +112,10 @@ def test_stopping_every_cluster_of_a_state_directory_spares_those_of_one_inside_
         nested.stop_all()
 
 
-def test_records_naming_another_process_neither_stop_it_nor_pass_for_a_running_cluster(state_dir):
-    """A record is a file: whoever could write one could name any process, which
-    closeClipper.py then killed (a review planted one in a directory of its own; as root the
-    process could have been sshd), and connect() took for a running cluster."""
+def test_records_others_could_write_neither_stop_a_process_nor_pass_for_a_running_cluster(state_dir):
+    """A record is a file: in a state directory others may write to (a shared /tmp/clipper
+    another user made first), it could name any process, which closeClipper.py then killed
+    (as root, sshd), and which connect() took for a running cluster."""
     bystander = subprocess.Popen(["sleep", "60"])
     try:
         record = {"pid": bystander.pid, "create_time": psutil.Process(bystander.pid).create_time()}
@@ -125,10 +125,13 @@ def test_records_naming_another_process_neither_stop_it_nor_pass_for_a_running_c
         (planted / "supervisor.json").write_text(json.dumps(record))
         (planted / "processes.json").write_text(json.dumps(
             {"processes": [{**record, "role": "query-frontend", "name": "query-frontend"}]}))
+        state_dir.chmod(0o777)
         assert not connection("planted").cm.cluster.is_running()
-        assert stop_all_local_clusters(graceful=False) == [("planted", 0)]
+        with pytest.raises(ClipperException, match="which others may write to"):
+            stop_all_local_clusters(graceful=False)
         assert bystander.poll() is None, "the process a record named was stopped"
     finally:
+        state_dir.chmod(0o700)
         bystander.kill()
         bystander.wait()
 

@@ -266,6 +266,22 @@ def test_one_bad_input_fails_only_its_own_query_and_logs_one_traceback(monkeypat
     assert "a batch of 4; run alone, 2 of them failed" in line and "Traceback" in line
 
 
+def test_a_model_that_fails_on_everything_is_not_run_on_each_input_of_a_batch(monkeypatch):
+    """Run alone, a batch of 100 on a model broken for every input (bad weights, a missing
+    file) cost 101 calls: a second a batch for a 10 ms model. After three failures alone,
+    the rest of the batch gets the batch's error."""
+    calls = []
+
+    def handler(kind, inputs):
+        calls.append(len(inputs))
+        raise OSError("weights.bin is missing")
+
+    inputs = [b"%d" % i for i in range(100)]
+    outputs, logged = predict_directly(handler, inputs, monkeypatch)
+    assert outputs == [codec.ERROR_OUTPUT_PREFIX + b"OSError: weights.bin is missing"] * 100
+    assert calls == [100, 1, 1, 1] and len(logged) == 1
+
+
 def test_a_model_that_raises_on_a_batch_of_one_is_called_once(monkeypatch):
     calls = []
 
