@@ -1,7 +1,8 @@
 """Stop the Clipper clusters left on this machine (say, after a script was killed).
 
-With no option, every cluster of every backend; --cluster and --backend narrow that down.
-Safe to run again: with nothing left, it says so.
+With no option, every cluster of every backend: the local clusters of the state directory
+(CLIPPER_STATE_DIR, default ~/.clipper), those on the Docker engine and on the Ray cluster;
+--cluster and --backend narrow that down. Safe to run again: with nothing left, it says so.
 """
 import argparse
 import sys
