@@ -172,6 +172,10 @@ class Dispatcher:
         queue = self.queues.get(model_id)
         return queue is not None and bool(queue.replicas)
 
+    def batch_age(self, replica: Replica) -> float:
+        """Seconds since the replica's batch in flight was sent; 0 when it has none."""
+        return self._clock() - replica.batch.sent_at if replica.batch is not None else 0.0
+
     def queued(self, model_id: ModelId) -> int:
         """Inputs waiting for this version's replicas (counting entries of tasks since
         answered or requeued until they are taken: at most an overestimate)."""

@@ -15,7 +15,6 @@ import itertools
 import logging
 import os
 import socket
-import time
 from collections import defaultdict
 from typing import Callable, Dict, Hashable, List, Optional, Set
 
@@ -264,11 +263,11 @@ class RpcServer:
     async def _check_liveness(self) -> None:
         while True:
             await asyncio.sleep(LIVENESS_CHECK_PERIOD)
-            now, clock = self._loop.time(), time.monotonic()     # the dispatcher's clock
+            now = self._loop.time()
             for replica in list(self.replicas.values()):
                 if now - replica.last_seen > self.replica_timeout:
                     self.drop(replica, f"silent for {self.replica_timeout:.0f} s")
-                elif replica.batch is not None and clock - replica.batch.sent_at > self.replica_timeout:
+                elif self.dispatcher.batch_age(replica) > self.replica_timeout:
                     # It heartbeats (from another thread, say) while its model hangs: without
                     # this, its version waited for ever. Its batch goes to another replica.
                     self.drop(replica, f"its batch unanswered for {self.replica_timeout:.0f} s")
