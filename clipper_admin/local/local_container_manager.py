@@ -305,7 +305,7 @@ class LocalContainerManager(ContainerManager):
         time, or a deploy that died half-way) is refused: the last deploy to write its replicas
         decided what they ran, and the first to register it was told it succeeded."""
         try:
-            self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus, new=True)
+            self._want_replicas(name, version, input_type, image, num_replicas, num_gpus, deploying=True)
         except BaseException:
             # Not applied in time (or Ctrl-C): take back what this deploy asked for, if it is still its own.
             with self.cluster.editing_replicas() as models:
@@ -313,14 +313,19 @@ class LocalContainerManager(ContainerManager):
                     del models[f"{name}:{version}"]
             raise
 
-    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None, new=False):
+    def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
         """``num_gpus``: GPUs per replica (CUDA_VISIBLE_DEVICES); None keeps the version's."""
+        self._want_replicas(name, version, input_type, image, num_replicas, num_gpus, deploying=False)
+
+    def _want_replicas(self, name, version, input_type, image, num_replicas, num_gpus, deploying):
+        """Write the version's wanted replicas and wait until the supervisor applied them;
+        ``deploying``: a new version, refused if replicas of it are already wanted."""
         num_replicas = whole_number("num_replicas", num_replicas, least=0)
         self._check_model_dir(str(image))
         python = self._python_for(str(image))
         with self.cluster.editing_replicas() as models:
             key = f"{name}:{version}"
-            if new and key in models:
+            if deploying and key in models:
                 raise ClipperException(
                     f"Replicas of model {key} are already wanted, for another model directory: another "
                     "client is deploying this version, or a deploy of it stopped half-way. If none is "
