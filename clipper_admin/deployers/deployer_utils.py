@@ -278,48 +278,6 @@ def run_locally(query, func, input_type):
     return _run_as_a_replica(func, kind, wire)
 
 
-# Run in a fresh interpreter by run_locally: the function is loaded from the model directory
-# a deploy writes, by the replica's own loader, with a replica's sys.path (our packages, the
-# user's PYTHONPATH, not the script's directory). What it returns or raises is pickled to
-# the file argv[3]; what the model prints goes to stderr.
-_REPLICA_LIKE_RUN = """
-import pickle, sys, traceback
-import cloudpickle
-from clipper.container.closure import load_function, missing_module_hint, shape_batch
-from clipper.datatypes import InputType
-model_path, kind, result_path = sys.argv[1], InputType.parse(sys.argv[2]), sys.argv[3]
-wire = pickle.load(sys.stdin.buffer)
-sys.stdout = sys.stderr
-def answer(*result):
-    with open(result_path, "wb") as f:
-        f.write(cloudpickle.dumps(result))
-try:
-    function = load_function(model_path)
-except ImportError as error:
-    answer("load", f"cannot load the model: {error} ({missing_module_hint(error)})")
-    raise SystemExit
-except BaseException as error:
-    answer("load", f"cannot load the model: {type(error).__name__}: {error}")
-    raise SystemExit
-if not function:
-    answer("unloaded")
-    raise SystemExit
-try:
-    outputs = function(shape_batch(kind, wire))
-except BaseException as error:
-    text = traceback.format_exc()
-    try:
-        answer("raised", error, text)
-    except Exception:
-        answer("raised", None, text)
-else:
-    try:
-        answer("ok", outputs)
-    except Exception as error:
-        answer("raised", None, f"the outputs cannot be pickled: {type(error).__name__}: {error}")
-"""
-
-
 def _run_as_a_replica(func, kind, wire):
     """Call ``func`` on the batch in a new process that loads it as a replica does, so that
     what a replica could not load (a module of the user's that was not shipped) fails here
@@ -336,7 +294,7 @@ def _run_as_a_replica(func, kind, wire):
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [packages, env.get("PYTHONPATH")]))
             result_path = os.path.join(scratch, "result.pkl")
             child = subprocess.run(
-                [sys.executable, "-c", _REPLICA_LIKE_RUN, model_dir, kind.canonical_name, result_path],
+                [sys.executable, "-m", "clipper.container.trial", model_dir, kind.canonical_name, result_path],
                 input=pickle.dumps(list(wire)), cwd=cwd, env=env, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE)
             if not os.path.exists(result_path):
