@@ -114,7 +114,20 @@ class Config:
                 value = field.type(environ[env_name(field.name)])
             if value is not None:
                 values[field.name] = value
-        return cls(**values)
+        config = cls(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Refuse what no setting means: a negative size, count, port or time (a negative
+        cache size had turned the cache off in silence), or no query frontend worker."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type in (int, float) and value < 0:
+                raise SystemExit(f"{field.name} is {value}: it must be 0 or more "
+                                 f"(--{field.name.replace('_', '-')} or {env_name(field.name)})")
+        if self.query_workers < 1:
+            raise SystemExit(f"query_workers is {self.query_workers}: at least 1 is needed")
 
     def environment(self, role: str) -> Dict[str, str]:
         """The CLIPPER_* variables that give a process of ``role`` this configuration."""

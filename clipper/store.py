@@ -108,6 +108,8 @@ class Store:
         for _ in range(MAX_ATTEMPTS):
             seen = await self._db[schema.WRITE_TOKEN_DB].get(schema.WRITE_TOKEN_KEY) or ""
             writes = await plan()
+            if not writes:
+                return
             token = secrets.token_hex(16)
             try:
                 if await self._write_if_unchanged(
@@ -178,6 +180,17 @@ class Store:
 
     async def model_exists(self, name: str, version: str) -> bool:
         return bool(await self._db[schema.MODEL_DB].exists(schema.model_key(name, version)))
+
+    async def delete_version_marked_invalid(self, name: str, version: str) -> None:
+        """Clipper's management frontend deletes a version by removing the ``valid`` field of
+        its hash, and its query frontend then deletes the version: so does ours, for such a
+        hash (a hash with ``valid``, registered again meanwhile, stays)."""
+        async def plan():
+            fields = await self._db[schema.MODEL_DB].hgetall(schema.model_key(name, version))
+            if not fields or "valid" in fields:
+                return []
+            return model_deleted(name, version, await self.current_version(name) == version)
+        await self.update(plan)
 
     async def model_keys(self) -> List[str]:
         return sorted(await self._db[schema.MODEL_DB].keys("*"))

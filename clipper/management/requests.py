@@ -147,12 +147,14 @@ def check_length(value: str, what: str, limit: int = MAX_NAME_LENGTH) -> None:
                            f"{limit} characters")
 
 
-def check_group_string(value: str, what: str) -> None:
-    """A model name, version or label: used inside Redis keys, so no ',' or ':'."""
+def check_group_string(value: str, what: str, may_be_empty: bool = False) -> None:
+    """A model name, version or label: used inside Redis keys and lists, so no ',' or ':'.
+    Labels may be empty, as in Clipper, whose get_model lists a model without labels as [""]."""
     check_length(value, what)
-    if any(separator in value for separator in GROUP_SEPARATORS) or not value:
-        raise RequestError(f"Invalid {what} supplied: {value}. Contains one of: ',', ':'"
-                           if value else f"Invalid {what} supplied: it is empty")
+    if not value and not may_be_empty:
+        raise RequestError(f"Invalid {what} supplied: it is empty")
+    if any(separator in value for separator in GROUP_SEPARATORS):
+        raise RequestError(f"Invalid {what} supplied: {value}. Contains one of: ',', ':'")
 
 
 def check_model_name(value: str, what: str) -> None:

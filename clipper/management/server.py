@@ -248,7 +248,7 @@ class ManagementAPI:
         if len(labels) > MAX_LABELS:
             raise RequestError(f"The model has {len(labels)} labels; the limit is {MAX_LABELS}")
         for label in labels:
-            check_group_string(label, "label")
+            check_group_string(label, "label", may_be_empty=True)
         model = Model(name, version, input_type.canonical_name, tuple(labels), container_name,
                       data_path, batch_size)
 

@@ -27,7 +27,8 @@ from clipper.config import Config
 from clipper.errors import RequestError
 from clipper.log_limit import LogRateLimit
 from clipper.management.requests import check_group_string
-from clipper.redis_schema import Container
+from clipper.datatypes import InputType
+from clipper.redis_schema import Container, ModelId
 from clipper.rpc import auth, codec, stream
 from clipper.rpc.sockets import (
     NOBLOCK, has_message, receive_frames, seed_routing_ids, send_frames, shut_down_connection)
@@ -94,14 +95,20 @@ class RpcServer:
         self._monitor_events: Optional[_Drain] = None    # made with the event loop
         self._monitor: Optional[zmq.Socket] = None
         self._connections: Set[int] = set()     # file descriptors of the open connections
+        # Peers still connected whose model version was deleted: never asked to register again.
+        self._retired: Set[Hashable] = set()
 
     def bind(self) -> None:
         self.socket.bind(self.address)
         if self.socket_path:
             self._listener = _unix_listener(self.socket_path)
 
-    def attach(self, dispatcher: Dispatcher) -> None:
+    def attach(self, dispatcher: Dispatcher,
+               registered_input_type: Callable[[ModelId], Optional[InputType]]) -> None:
+        """``registered_input_type``: the input type a model version is registered with (None
+        while it is not): a replica that takes another is never sent its queries."""
         self.dispatcher = dispatcher
+        self.registered_input_type = registered_input_type
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -186,9 +193,10 @@ class RpcServer:
             if replica is not None:
                 self.dispatcher.on_response(identity, message.msg_id, message.outputs)
         elif isinstance(message, codec.Heartbeat):
-            kind = codec.HEARTBEAT_KEEPALIVE if replica else codec.HEARTBEAT_REQUEST_METADATA
+            known = replica is not None or identity in self._retired
+            kind = codec.HEARTBEAT_KEEPALIVE if known else codec.HEARTBEAT_REQUEST_METADATA
             self._send(identity, codec.encode_heartbeat_reply(kind))
-        elif isinstance(message, codec.NewContainer) and replica is None:
+        elif isinstance(message, codec.NewContainer) and replica is None and identity not in self._retired:
             self._register(identity, message)
 
     def _register(self, identity: Hashable, message: codec.NewContainer) -> None:
@@ -205,6 +213,13 @@ class RpcServer:
                       message.model_name[:200], message.model_version[:200], error.message)
             return
         model_id = (message.model_name, message.model_version)
+        registered = self.registered_input_type(model_id)
+        if registered is not None and registered != message.input_type:
+            # Its inputs would be misread (Clipper could not even encode them for it).
+            log.error("a container of model %s:%s takes %s, but the version is registered for %s; "
+                      "ignoring it", *model_id, message.input_type.canonical_name, registered.canonical_name)
+            self._retired.add(identity)
+            return
         replica = Replica(identity, model_id, next(self._replica_ids[model_id]),
                           message.input_type, BatchSizer(), self._loop.time())
         self.replicas[identity] = replica
@@ -221,6 +236,23 @@ class RpcServer:
         if not self.dispatcher.accepts(replica.model_id):     # its last replica: numbering restarts
             self._replica_ids.pop(replica.model_id, None)
         self.recorder.removed(self._container(replica, -1))
+
+    def retire(self, model_id: ModelId, reason: str, input_type: Optional[InputType] = None) -> None:
+        """The replicas of ``model_id`` (without ``input_type``: all; with it: those that take
+        another) stop serving and are no longer listed, as Clipper's query frontend does when
+        a version is deleted. Each stays connected but is not asked to register again, so a
+        version registered anew under the same name is not served by the old code; a replica
+        that reconnects (restarted, say) registers as any new one does."""
+        for replica in [r for r in self.replicas.values()
+                        if r.model_id == model_id and r.input_type != input_type]:
+            self.drop(replica, reason)
+            self._retired.add(replica.identity)
+
+    def forget_peer(self, identity: Hashable) -> None:
+        self._retired.discard(identity)
+        replica = self.replicas.get(identity)
+        if replica is not None:
+            self.drop(replica, "its connection closed")
 
     @staticmethod
     def _container(replica: Replica, connection_id: int) -> Container:
@@ -256,9 +288,9 @@ class RpcServer:
         """Send a keep-alive to every replica; a failed send means the peer is gone."""
         self._probe_pending = False
         keepalive = codec.encode_heartbeat_reply(codec.HEARTBEAT_KEEPALIVE)
-        for replica in list(self.replicas.values()):
-            if not self._send(replica.identity, keepalive):
-                self.drop(replica, "its connection closed")
+        for identity in [*self.replicas, *self._retired]:
+            if not self._send(identity, keepalive):
+                self.forget_peer(identity)
 
     async def _check_liveness(self) -> None:
         while True:
@@ -336,9 +368,7 @@ class StreamPeer(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.server._stream_peers.discard(self)
-        replica = self.server.replicas.get(self)
-        if replica is not None:
-            self.server.drop(replica, "its connection closed")
+        self.server.forget_peer(self)
 
     def send(self, frames) -> bool:
         if self.transport.is_closing():

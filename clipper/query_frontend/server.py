@@ -119,7 +119,8 @@ class QueryFrontend(http.Application):
             self.metrics, self.store, config.query_worker, config.query_workers, self._count_cache)
         self.cache = PredictionCache(config.cache_size)
         self.follower = StateFollower(self.store, self._on_model_change, self._on_app_change,
-                                      self._on_redis_reconnect)
+                                      self._on_redis_reconnect,
+                                      deletes_marked_versions=self.is_first_worker)
         self.query_ids = itertools.count()
         self.dispatcher: Optional[Dispatcher] = None
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -144,7 +145,7 @@ class QueryFrontend(http.Application):
         # Queries are timed on the monotonic clock: uvloop's loop.time() counts whole
         # milliseconds, cached per loop turn, which made every latency 0 or 1000 us.
         self.dispatcher = Dispatcher(self.rpc.send_batch, time.monotonic, self._on_batch)
-        self.rpc.attach(self.dispatcher)
+        self.rpc.attach(self.dispatcher, self._registered_input_type)
         self.rpc.bind()
         await asyncio.wait_for(self._until_redis_answers(), timeout=REDIS_START_TIMEOUT_SECONDS)
         background = [self.rpc.run(), self.follower.run(), self._tick_meters()]
@@ -203,12 +204,19 @@ class QueryFrontend(http.Application):
     def _on_model_change(self, model_id: ModelId, model: Optional[Model]) -> None:
         self.cache.forget_model(model_id)     # removed, or registered anew: its outputs are not ours
         if model is None:
+            self.rpc.retire(model_id, "its model version was deleted")
             self._model_metrics.pop(model_id, None)
             self.metrics.remove_prefix("model:%s:%s:" % model_id)
             return
+        self.rpc.retire(model_id, "it takes another input type than its version is registered for",
+                        InputType.parse(model.input_type))
         self._model_metrics_of(model_id)
         if self.dispatcher is not None:
             self.dispatcher.set_batch_size(model_id, model.batch_size)
+
+    def _registered_input_type(self, model_id: ModelId) -> Optional[InputType]:
+        model = self.follower.view.models.get(model_id)
+        return InputType.parse(model.input_type) if model else None
 
     def _on_redis_reconnect(self) -> None:
         self.replica_recorder.resync()

@@ -57,8 +57,12 @@ class StateFollower:
     """Loads the view, then applies every change Redis notifies, reconnecting as needed."""
 
     def __init__(self, store: Store, on_model_change: Callable[[ModelId, Optional[Model]], None],
-                 on_app_change: Callable[[str, Optional[App]], None], on_reconnect: Callable[[], None]):
+                 on_app_change: Callable[[str, Optional[App]], None], on_reconnect: Callable[[], None],
+                 deletes_marked_versions: bool = False):
+        """``deletes_marked_versions``: this follower (one per cluster) deletes the versions
+        Clipper's way of deleting marked (Store.delete_version_marked_invalid)."""
         self.store = store
+        self._deletes_marked_versions = deletes_marked_versions
         self.view = ClusterView()
         self._on_model_change = on_model_change
         self._on_app_change = on_app_change
@@ -122,7 +126,8 @@ class StateFollower:
                     self.settled.clear()
                     self.generation += 1
                     try:
-                        await self._apply(*schema.parse_keyspace_channel(message["channel"]))
+                        await self._apply(*schema.parse_keyspace_channel(message["channel"]),
+                                          message["data"])
                     finally:
                         self.generation += 1
                         self.settled.set()
@@ -162,8 +167,9 @@ class StateFollower:
         _tell_changes(old_apps, view.apps, self._on_app_change)
         _tell_changes(old_models, view.models, self._on_model_change)
 
-    async def _apply(self, db: int, key: str) -> None:
-        """Re-read the key that changed; whatever the event, the key's content decides."""
+    async def _apply(self, db: int, key: str, event: str) -> None:
+        """Re-read the key that changed; whatever the event, the key's content decides (but
+        for Clipper's deletion of a version, an ``hdel`` of its ``valid`` field)."""
         view = self.view
         if db == schema.APPLICATION_DB:
             app = await self.store.get_app(key)
@@ -194,3 +200,5 @@ class StateFollower:
             else:
                 view.models.pop(model_id, None)
             self._on_model_change(model_id, model)
+            if model is None and event == "hdel" and self._deletes_marked_versions:
+                await self.store.delete_version_marked_invalid(*model_id)

@@ -91,12 +91,12 @@ def parse_predict_body(body: bytes, input_type: InputType,
 def _parse_document(body: bytes, input_type: InputType, max_batch_size: Optional[int]) -> PredictRequest:
     """Any body: decoded whole by orjson, checked key by key."""
     document = load_json_object(body)
-    version = parse_version(document.get("version"))
+    version = parse_version(document["version"]) if "version" in document else None
     # Every ``true`` has an r, every ``false`` an f; two byte scans (memchr) are much cheaper
     # than a substring search, and a body that has either letter elsewhere is checked fully.
     may_hold_bools = body.find(b"r") >= 0 or body.find(b"f") >= 0   # find: see _parse_flat_doubles
     if "input" in document:
-        return PredictRequest([encode_input(document["input"], input_type, "input", may_hold_bools)],
+        return PredictRequest([encode_input(document["input"], input_type, False, may_hold_bools)],
                               False, version)
     if "input_batch" in document:
         batch = document["input_batch"]
@@ -108,7 +108,7 @@ def _parse_document(body: bytes, input_type: InputType, max_batch_size: Optional
             raise InputError(f"The batch has {len(batch)} inputs, more than {max_batch_size}, the "
                              "limit of this server (max_batch_size): send it in smaller batches",
                              413, "Batch too large")
-        inputs = [encode_input(item, input_type, "input_batch", may_hold_bools) for item in batch]
+        inputs = [encode_input(item, input_type, True, may_hold_bools) for item in batch]
         # A batch of one is answered unwrapped, as Clipper does.
         return PredictRequest(inputs, len(inputs) != 1, version)
     raise SchemaError("JSON object does not have required keys input or input_batch")
@@ -120,7 +120,7 @@ def _parse_document(body: bytes, input_type: InputType, max_batch_size: Optional
 FLAT_PATH_MAX_BYTES = 1 << 20
 _FLAT_PARSER = simdjson.Parser(max_capacity=FLAT_PATH_MAX_BYTES)
 _UTF8_BOM = b"\xef\xbb\xbf"
-_VERSION_TYPES = (str, int, type(None))     # else the general path words the error
+_VERSION_TYPES = (str, int)     # else the general path words the error
 
 
 def _parse_flat_doubles(body: bytes) -> Optional[PredictRequest]:
@@ -147,10 +147,11 @@ def _parse_flat_doubles(body: bytes) -> Optional[PredictRequest]:
             keys = list(document.keys())
             if len(set(keys)) != len(keys):
                 return None
-            version = document.get("version")
-            if type(version) not in _VERSION_TYPES:
-                return None
-            version = parse_version(version)
+            if "version" in keys:
+                version = document.get("version")
+                if type(version) not in _VERSION_TYPES:
+                    return None
+                version = parse_version(version)
         if type(values) is not simdjson.Array:     # also: no "input"
             return None
         packed = bytes(values.as_buffer(of_type="d"))     # refuses any element not a number
@@ -159,8 +160,10 @@ def _parse_flat_doubles(body: bytes) -> Optional[PredictRequest]:
     return PredictRequest([packed], False, version)
 
 
-def parse_version(version) -> Optional[str]:
-    if version is None or isinstance(version, str):
+def parse_version(version) -> str:
+    """A pinned version: a string, as Clipper has it (null is refused, as Clipper does), or an
+    integer, which we take for its digits."""
+    if isinstance(version, str):
         return version
     if isinstance(version, int) and not isinstance(version, bool):
         return str(version)
@@ -168,32 +171,39 @@ def parse_version(version) -> Optional[str]:
         f"Type mismatch! JSON key version expected type String but found type {json_type_name(version)}")
 
 
-def encode_input(value, input_type: InputType, key: str, may_hold_bools: bool = True) -> bytes:
-    """One JSON input -> the bytes a container receives for it. ``may_hold_bools``: False
-    when the JSON text cannot hold a ``true`` or ``false``, which allows a faster check."""
+def encode_input(value, input_type: InputType, in_batch: bool = False, may_hold_bools: bool = True) -> bytes:
+    """One JSON input (of "input", or an element of "input_batch") -> the bytes a container
+    receives for it. ``may_hold_bools``: False when the JSON text cannot hold a ``true`` or
+    ``false``, which allows a faster check. Error texts are Clipper's (json_util.cpp), which
+    names the key "input" in a batch too; where one has a reason to add, it follows."""
+    found = json_type_name(value)
     if input_type in (InputType.STRINGS, InputType.BYTES):
         if not isinstance(value, str):
-            raise SchemaError(
-                f"Type mismatch! JSON key {key} expected type String but found type {json_type_name(value)}")
+            if not in_batch:
+                raise SchemaError(f"Type mismatch! JSON key input expected type String but found type {found}")
+            if input_type is InputType.STRINGS:
+                raise SchemaError(f"Array input of type {found} is not of type string")
+            raise SchemaError(f"PredictionData of type {found} is not of type base64-encoded string")
         if input_type is InputType.STRINGS:
             return value.encode("utf-8", "surrogatepass")
         try:
             # Padding may be left out, as Clipper's decoder allowed (base64_test.cpp, NoPadding)
             return base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
         except (binascii.Error, ValueError):
-            raise SchemaError(f"Input of key {key} is not a valid base64-encoded string "
+            raise SchemaError("Input of key input is not a valid base64-encoded string "
                               "(the standard alphabet, A-Z a-z 0-9 + /)") from None
     if not isinstance(value, list):
-        raise SchemaError(
-            f"Type mismatch! JSON key {key} expected type Array but found type {json_type_name(value)}")
-    return _encode_numbers(value, input_type, key, may_hold_bools)
+        if in_batch:
+            raise SchemaError(f"Array input of type {found} is not of type array")
+        raise SchemaError(f"Type mismatch! JSON key input expected type Array but found type {found}")
+    return _encode_numbers(value, input_type, may_hold_bools)
 
 
 _NUMBER_TYPES = frozenset((float, int))   # exact types: a bool is not a JSON number
 _PACK_CODES = {InputType.INTS: "i", InputType.FLOATS: "f", InputType.DOUBLES: "d"}
 
 
-def _encode_numbers(values: list, input_type: InputType, key: str, may_hold_bools: bool = True) -> bytes:
+def _encode_numbers(values: list, input_type: InputType, may_hold_bools: bool = True) -> bytes:
     if not may_hold_bools:
         # struct refuses any non-number and any int32/float32 out of range by itself; only a
         # bool would pass for a number, and there is none. Twice as fast as the checks
@@ -205,33 +215,35 @@ def _encode_numbers(values: list, input_type: InputType, key: str, may_hold_bool
     if input_type is InputType.INTS:
         # bool is a subclass of int in Python but not a JSON number.
         if not all(type(v) is int and _INT32_MIN <= v <= _INT32_MAX for v in values):
-            raise _element_error(values, input_type, key)
+            raise _element_error(values, input_type)
         return array("i", values).tobytes()
     if not _NUMBER_TYPES.issuperset(map(type, values)):   # one pass in C, not per element
-        raise _element_error(values, input_type, key)
+        raise _element_error(values, input_type)
     if input_type is InputType.FLOATS:
         # struct's rule, as on the fast path above: a value that rounds to a finite float32
         # is in range (an explicit bound refused 3.4028235e38, which the fast path took).
         try:
             return struct.pack("<%df" % len(values), *values)
         except OverflowError:
-            raise SchemaError(f"Array {key} has a value outside the float32 range") from None
+            raise _not_of_type("Number", input_type, "a value is outside the float32 range") from None
     try:
         return array("d", values).tobytes()
     except OverflowError:
-        raise SchemaError(f"Array {key} has an integer too large for a double") from None
+        raise _not_of_type("Number", input_type, "an integer too large for a double") from None
 
 
-def _element_error(values: list, input_type: InputType, key: str) -> InputError:
+def _not_of_type(found: str, input_type: InputType, reason: str = "") -> SchemaError:
+    return SchemaError(f"Array input of type {found} is not of type {_ELEMENT_NAMES[input_type]}"
+                       + (f" ({reason})" if reason else ""))
+
+
+def _element_error(values: list, input_type: InputType) -> InputError:
     """Name the first element that does not fit, and why."""
-    name = _ELEMENT_NAMES[input_type]
     for value in values:
         if type(value) is not int and type(value) is not float:
-            return SchemaError(f"Array {key} of type {json_type_name(value)} is not of type {name}")
+            return _not_of_type(json_type_name(value), input_type)
         if input_type is InputType.INTS and type(value) is float:
-            return SchemaError(
-                f"Array {key} has value {value!r}, which is not of type int "
-                "(write integers without a decimal point, within the int32 range)")
+            return _not_of_type("Number", input_type, f"{value!r}: write integers without a decimal point")
         if input_type is InputType.INTS and not _INT32_MIN <= value <= _INT32_MAX:
-            return SchemaError(f"Array {key} has value {value}, outside the int32 range")
+            return _not_of_type("Number", input_type, f"{value} is outside the int32 range")
     raise AssertionError("no invalid element found")  # callers check before calling

@@ -147,9 +147,19 @@ def test_the_float32_range_does_not_depend_on_the_rest_of_the_body(value, in_ran
     (b'{"input": "@@@"}', InputType.BYTES, "base64"),
     (b'{"input": "QUJD-_"}', InputType.BYTES, "the standard alphabet"),     # base64url's
     (b'{"input": "QUJDR"}', InputType.BYTES, "base64"),                    # no padding makes 5 of 4
-    (b'{"input_batch": [1.0]}', InputType.DOUBLES, "expected type Array but found type Number"),
+    # Clipper's texts (json_util.cpp): a batch's element is "Array input" too.
+    (b'{"input_batch": [1.0]}', InputType.DOUBLES, "Array input of type Number is not of type array"),
+    (b'{"input_batch": ["a", 1]}', InputType.STRINGS, "Array input of type Number is not of type string"),
+    (b'{"input_batch": ["QQ==", 1]}', InputType.BYTES,
+     "PredictionData of type Number is not of type base64-encoded string"),
+    (b'{"input_batch": [[1], [0.5]]}', InputType.INTS, "Array input of type Number is not of type int (0.5"),
+    (b'{"input": [3.5e38]}', InputType.FLOATS, "Array input of type Number is not of type float ("),
+    (b'{"input": [2147483648]}', InputType.INTS, "Array input of type Number is not of type int ("),
     (b'{"input_batch": {"a": 1}}', InputType.DOUBLES, "input_batch expected type Array"),
     (b'{"input": [1.0], "version": [1]}', InputType.DOUBLES, "version expected type String"),
+    (b'{"input": [1.0], "version": null}', InputType.DOUBLES,
+     "Type mismatch! JSON key version expected type String but found type Null"),
+    (b'{"version": null, "input": [1.0]}', InputType.INTS, "JSON key version expected type String"),
 ])
 def test_bad_bodies_name_the_problem_and_the_schema(raw, input_type, complaint):
     with pytest.raises(InputError) as raised:

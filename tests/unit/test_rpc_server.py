@@ -38,7 +38,7 @@ def serving(port, **settings):
     """An RpcServer on ``port``, run by an event loop in a thread; returns it and a stop()."""
     recorder = Recorder()
     server = RpcServer(Config(rpc_port=port, **settings), recorder)
-    server.attach(Dispatcher(server.send_batch, time.monotonic))
+    server.attach(Dispatcher(server.send_batch, time.monotonic), lambda model_id: None)
     server.bind()
     loop = asyncio.new_event_loop()
     task = loop.create_task(server.run())
