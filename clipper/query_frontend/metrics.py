@@ -20,9 +20,23 @@ _EWMA_MINUTES = (1, 5, 15)
 
 
 def _fmt(value: float) -> str:
-    if isinstance(value, float) and math.isnan(value):
+    """As Clipper wrote its numbers: at full precision (a double's shortest exact text), a
+    whole number without a decimal point."""
+    if not isinstance(value, float):
+        return str(value)
+    if math.isnan(value):
         return "nan"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 2 ** 53 else repr(value)
+
+
+def _percentile(values: List[float], rank: float):
+    """Clipper's rule: the value at the 1-based position rank * (n + 1) of the sorted
+    ``values``, interpolated between its neighbours, within the first and the last."""
+    position = min(max(rank * (len(values) + 1), 1.0), float(len(values)))
+    below, fraction = int(position) - 1, position - int(position)
+    if fraction == 0:
+        return values[below]
+    return values[below] + fraction * (values[below + 1] - values[below])
 
 
 class Counter:
@@ -110,6 +124,12 @@ class Histogram:
         self.samples: List[float] = []
         self.seen = 0
 
+    def observe_repeated(self, value: float, times: int) -> None:
+        """``value`` seen ``times`` times: one latency for each prediction of a request, or
+        for each query of a batch, as Clipper counts them."""
+        for _ in range(times):
+            self.observe(value)
+
     def observe(self, value: float) -> None:
         self.seen += 1
         if len(self.samples) < self.reservoir_size:
@@ -126,10 +146,9 @@ class Histogram:
         else:
             mean = sum(values) / len(values)
             variance = sum((v - mean) ** 2 for v in values) / len(values)
-            pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]
             stats = {"min": values[0], "max": values[-1], "mean": mean,
-                     "std_dev": math.sqrt(variance), "p50": pick(0.5), "p95": pick(0.95),
-                     "p99": pick(0.99)}
+                     "std_dev": math.sqrt(variance), "p50": _percentile(values, 0.5),
+                     "p95": _percentile(values, 0.95), "p99": _percentile(values, 0.99)}
         return {"unit": self.unit, "size": str(len(values)),
                 **{key: _fmt(value) for key, value in stats.items()}}
 

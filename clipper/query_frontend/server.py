@@ -271,7 +271,7 @@ class QueryFrontend(http.Application):
         predictions.count += size
         throughput.count += size
         batch_sizes.observe(size)
-        latencies.observe(int(latency * 1e6))
+        latencies.observe_repeated(int(latency * 1e6), size)
 
     # ---- HTTP ----
     def handle(self, request: http.Request) -> http.Answer:
@@ -330,6 +330,7 @@ class QueryFrontend(http.Application):
         if self.cache.enabled:
             remembered = self.cache.lookup_body(app_name, request.body, generation)
             if remembered is not None:     # the same body, answered from the cache before
+                self._predictions.count += len(remembered.outputs)
                 return self._render(remembered.app, remembered.outputs, remembered.is_batch, started)
         app = view.apps.get(app_name)
         if app is None:
@@ -384,6 +385,8 @@ class QueryFrontend(http.Application):
                   app: App) -> List[Scheduled]:
         slo = app.latency_slo_micros / 1e6
         counts = self.cache.counts_for(model_id) if self.cache.enabled and model_id is not None else None
+        if model_id is not None:
+            self._predictions.count += len(inputs)      # cache hits too, as Clipper counts
         return [self._schedule_one(model_id, item, started + slo, slo, counts) for item in inputs]
 
     def _schedule_one(self, model_id: Optional[ModelId], item: bytes, deadline: float,
@@ -407,7 +410,6 @@ class QueryFrontend(http.Application):
             return task
         if caching:
             self.cache.track(key, task)
-        self._predictions.count += 1
         self.dispatcher.submit(model_id, task)
         return task
 
@@ -487,7 +489,7 @@ class QueryFrontend(http.Application):
         if metrics is None:
             return          # removed while this query was answered: its metrics went with it
         latency, throughput, predictions, default_ratio = metrics
-        latency.observe(int((finished - started) * 1e6))     # whole microseconds, as Clipper's
+        latency.observe_repeated(int((finished - started) * 1e6), count)   # whole microseconds, as Clipper's
         throughput.count += count
         predictions.count += count
         default_ratio.numerator += defaults
