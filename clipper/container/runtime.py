@@ -11,6 +11,7 @@ messages over a Unix socket instead of ZeroMQ (clipper.rpc.stream).
 import logging
 import math
 import os
+import random
 import signal
 import socket
 import sys
@@ -396,7 +397,9 @@ class ContainerRuntime:
         is run again alone, so that one client's bad input fails only its own query, not
         every query batched with it; but once the first MAX_FAILED_ALONE run alone have all
         failed, the model is taken to fail on anything, and the rest get the batch's error
-        without a run (a model broken for every input cost a call per input). A wrong number
+        without a run (a model broken for every input cost a call per input). The inputs run
+        alone in a random order: in arrival order, three bad inputs sent first failed the
+        whole batch of other clients' good ones. A wrong number
         of outputs is not an input's fault: the whole batch gets that error, without retrying."""
         try:
             outputs = self.handler(self.input_type, inputs)
@@ -419,11 +422,13 @@ class ContainerRuntime:
         return outputs
 
     def _predict_each_alone(self, inputs: List[bytes], batch_error: bytes) -> List[bytes]:
-        outputs = []
-        for index, item in enumerate(inputs):
-            if index == MAX_FAILED_ALONE and all(o.startswith(codec.ERROR_OUTPUT_PREFIX) for o in outputs):
-                return outputs + [batch_error] * (len(inputs) - index)
-            outputs.append(self._predict_alone(item))
+        outputs = [batch_error] * len(inputs)
+        failed = 0
+        for runs, index in enumerate(random.sample(range(len(inputs)), len(inputs))):
+            if runs == MAX_FAILED_ALONE and failed == runs:
+                break           # every one failed: the model fails on anything
+            outputs[index] = self._predict_alone(inputs[index])
+            failed += outputs[index].startswith(codec.ERROR_OUTPUT_PREFIX)
         return outputs
 
     def _predict_alone(self, item: bytes) -> bytes:
