@@ -124,20 +124,18 @@ class Histogram:
         self.samples: List[float] = []
         self.seen = 0
 
-    def observe_repeated(self, value: float, times: int) -> None:
-        """``value`` seen ``times`` times: one latency for each prediction of a request, or
-        for each query of a batch, as Clipper counts them."""
+    def observe(self, value: float, times: int = 1) -> None:
+        """``value`` seen ``times`` times: once for each prediction of a request, or each query
+        of a batch, as Clipper counts them (one loop here, not a call per sample)."""
+        samples, size = self.samples, self.reservoir_size
         for _ in range(times):
-            self.observe(value)
-
-    def observe(self, value: float) -> None:
-        self.seen += 1
-        if len(self.samples) < self.reservoir_size:
-            self.samples.append(value)
-        else:
-            slot = int(random.random() * self.seen)
-            if slot < self.reservoir_size:
-                self.samples[slot] = value
+            self.seen += 1
+            if len(samples) < size:
+                samples.append(value)
+            else:
+                slot = int(random.random() * self.seen)
+                if slot < size:
+                    samples[slot] = value
 
     def report(self) -> dict:
         values = sorted(self.samples)

@@ -271,7 +271,7 @@ class QueryFrontend(http.Application):
         predictions.count += size
         throughput.count += size
         batch_sizes.observe(size)
-        latencies.observe_repeated(int(latency * 1e6), size)
+        latencies.observe(int(latency * 1e6), size)
 
     # ---- HTTP ----
     def handle(self, request: http.Request) -> http.Answer:
@@ -489,7 +489,7 @@ class QueryFrontend(http.Application):
         if metrics is None:
             return          # removed while this query was answered: its metrics went with it
         latency, throughput, predictions, default_ratio = metrics
-        latency.observe_repeated(int((finished - started) * 1e6), count)   # whole microseconds, as Clipper's
+        latency.observe(int((finished - started) * 1e6), count)   # whole microseconds, as Clipper's
         throughput.count += count
         predictions.count += count
         default_ratio.numerator += defaults
