@@ -12,6 +12,7 @@ pool their samples).
 import json
 import math
 import random
+import sys
 import time
 from typing import Dict, List
 
@@ -27,6 +28,14 @@ def _fmt(value: float) -> str:
     if math.isnan(value):
         return "nan"
     return str(int(value)) if value.is_integer() and abs(value) < 2 ** 53 else repr(value)
+
+
+_TINY = sys.float_info.min
+
+
+def _open_unit() -> float:
+    """A uniform draw in (0, 1): a logarithm is taken of it."""
+    return random.random() or _TINY
 
 
 def _percentile(values: List[float], rank: float):
@@ -116,26 +125,40 @@ class MeterSum(Meter):
 
 
 class Histogram:
-    """Summary statistics over a uniform reservoir sample of the observed values."""
+    """Summary statistics over a uniform reservoir sample of the observed values. Once the
+    reservoir is full, Li's Algorithm L draws how many values to skip before the next one
+    replaces a sample, so a value that replaces none costs a comparison: a batch of a
+    thousand queries records its latency a thousand times, as Clipper counts, at the price
+    of the few that are kept."""
 
     def __init__(self, unit: str, reservoir_size: int = 4096):
         self.unit = unit
         self.reservoir_size = reservoir_size
         self.samples: List[float] = []
         self.seen = 0
+        self._weight = 1.0              # Algorithm L's W
+        self._next_kept = 0             # the count of values seen at which one is next kept
 
     def observe(self, value: float, times: int = 1) -> None:
-        """``value`` seen ``times`` times: once for each prediction of a request, or each query
-        of a batch, as Clipper counts them (one loop here, not a call per sample)."""
+        """``value`` seen ``times`` times (once for each prediction of a request, or for
+        each query of a batch)."""
         samples, size = self.samples, self.reservoir_size
-        for _ in range(times):
+        while times and len(samples) < size:
+            samples.append(value)
             self.seen += 1
-            if len(samples) < size:
-                samples.append(value)
-            else:
-                slot = int(random.random() * self.seen)
-                if slot < size:
-                    samples[slot] = value
+            times -= 1
+            if len(samples) == size:
+                self._skip(self.seen)
+        last = self.seen + times
+        while self._next_kept <= last and len(samples) == size:
+            samples[int(random.random() * size)] = value
+            self._skip(self._next_kept)
+        self.seen = last
+
+    def _skip(self, after: int) -> None:
+        self._weight *= math.exp(math.log(_open_unit()) / self.reservoir_size)
+        skipped = math.log(_open_unit()) / math.log(max(1.0 - self._weight, _TINY))
+        self._next_kept = after + int(skipped) + 1
 
     def report(self) -> dict:
         values = sorted(self.samples)
