@@ -123,7 +123,7 @@ class Config:
         cache size had turned the cache off in silence), or no query frontend worker."""
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.type in (int, float) and value < 0:
+            if field.type in (int, float) and not value >= 0:      # NaN too
                 raise SystemExit(f"{field.name} is {value}: it must be 0 or more "
                                  f"(--{field.name.replace('_', '-')} or {env_name(field.name)})")
         if self.query_workers < 1:

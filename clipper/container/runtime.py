@@ -55,6 +55,8 @@ _MODEL_FAILURES = (Exception, SystemExit)
 # Inputs of a failed batch run alone before a model that failed on every one of them is
 # taken to fail on anything (the rest of the batch then gets its error without a run).
 MAX_FAILED_ALONE = 3
+# Its own generator: a model that seeds the random module keeps its sequence.
+_RETRY_ORDER = random.Random()
 
 Handler = Callable[[InputType, Sequence[bytes]], List[bytes]]
 
@@ -424,7 +426,7 @@ class ContainerRuntime:
     def _predict_each_alone(self, inputs: List[bytes], batch_error: bytes) -> List[bytes]:
         outputs = [batch_error] * len(inputs)
         failed = 0
-        for runs, index in enumerate(random.sample(range(len(inputs)), len(inputs))):
+        for runs, index in enumerate(_RETRY_ORDER.sample(range(len(inputs)), len(inputs))):
             if runs == MAX_FAILED_ALONE and failed == runs:
                 break           # every one failed: the model fails on anything
             outputs[index] = self._predict_alone(inputs[index])

@@ -293,6 +293,9 @@ class ManagementAPI:
         async def plan():
             if not await self.store.model_exists(name, version):
                 raise RequestError(f"model with name '{name}' and version '{version}' does not exist")
+            if await self.store.get_model(name, version) is None:     # its `valid` field removed
+                raise RequestError(f"model with name '{name}' and version '{version}' is already "
+                                   "marked as 'invalid'")
             return writes.model_deleted(name, version, await self.store.current_version(name) == version)
         await self._write(plan)
         return text(f"Successfully deleted model with name '{name}' and version '{version}'")

@@ -9,6 +9,7 @@ Several processes' metrics add up: ``MetricSet.snapshot()`` is one process's as 
 data, ``MetricSet.merged(snapshots)`` their sum (counters, meters and ratios add, histograms
 pool their samples).
 """
+import itertools
 import json
 import math
 import random
@@ -143,10 +144,11 @@ class Histogram:
         """``value`` seen ``times`` times (once for each prediction of a request, or for
         each query of a batch)."""
         samples, size = self.samples, self.reservoir_size
-        while times and len(samples) < size:
-            samples.append(value)
-            self.seen += 1
-            times -= 1
+        if len(samples) < size:
+            taken = min(times, size - len(samples))
+            samples.extend(itertools.repeat(value, taken))
+            self.seen += taken
+            times -= taken
             if len(samples) == size:
                 self._skip(self.seen)
         last = self.seen + times

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Callable, Dict, Hashable, List, Optional, Set
 
 import zmq
@@ -28,7 +29,7 @@ from clipper.errors import RequestError
 from clipper.log_limit import LogRateLimit
 from clipper.management.requests import check_group_string
 from clipper.datatypes import InputType
-from clipper.redis_schema import Container, ModelId
+from clipper.redis_schema import Container, Model, ModelId
 from clipper.rpc import auth, codec, stream
 from clipper.rpc.sockets import (
     NOBLOCK, has_message, receive_frames, seed_routing_ids, send_frames, shut_down_connection)
@@ -95,8 +96,11 @@ class RpcServer:
         self._monitor_events: Optional[_Drain] = None    # made with the event loop
         self._monitor: Optional[zmq.Socket] = None
         self._connections: Set[int] = set()     # file descriptors of the open connections
-        # Peers still connected whose model version was deleted: never asked to register again.
-        self._retired: Set[Hashable] = set()
+        # Peers still connected that serve nothing: their version was deleted, or it takes
+        # another input type (see retire and version_registered).
+        self._retired: Dict[Hashable, Retired] = {}
+        # The registration each version's replicas were admitted under (its last one seen).
+        self._registrations: Dict[ModelId, Model] = {}
 
     def bind(self) -> None:
         self.socket.bind(self.address)
@@ -187,16 +191,19 @@ class RpcServer:
             log.warning("ignoring a malformed message from a container: %s", error)
             return
         replica = self.replicas.get(identity)
+        retired = self._retired.get(identity)
         if replica is not None:
             replica.last_seen = self._loop.time()
+        elif retired is not None:
+            retired.last_seen = self._loop.time()
         if isinstance(message, codec.PredictionResponse):
             if replica is not None:
                 self.dispatcher.on_response(identity, message.msg_id, message.outputs)
         elif isinstance(message, codec.Heartbeat):
-            known = replica is not None or identity in self._retired
+            known = replica is not None or retired is not None
             kind = codec.HEARTBEAT_KEEPALIVE if known else codec.HEARTBEAT_REQUEST_METADATA
             self._send(identity, codec.encode_heartbeat_reply(kind))
-        elif isinstance(message, codec.NewContainer) and replica is None and identity not in self._retired:
+        elif isinstance(message, codec.NewContainer) and replica is None and retired is None:
             self._register(identity, message)
 
     def _register(self, identity: Hashable, message: codec.NewContainer) -> None:
@@ -217,8 +224,9 @@ class RpcServer:
         if registered is not None and registered != message.input_type:
             # Its inputs would be misread (Clipper could not even encode them for it).
             log.error("a container of model %s:%s takes %s, but the version is registered for %s; "
-                      "ignoring it", *model_id, message.input_type.canonical_name, registered.canonical_name)
-            self._retired.add(identity)
+                      "it serves nothing until the version takes its type",
+                      *model_id, message.input_type.canonical_name, registered.canonical_name)
+            self._retired[identity] = Retired(model_id, message.input_type, None, self._loop.time())
             return
         replica = Replica(identity, model_id, next(self._replica_ids[model_id]),
                           message.input_type, BatchSizer(), self._loop.time())
@@ -237,19 +245,38 @@ class RpcServer:
             self._replica_ids.pop(replica.model_id, None)
         self.recorder.removed(self._container(replica, -1))
 
-    def retire(self, model_id: ModelId, reason: str, input_type: Optional[InputType] = None) -> None:
-        """The replicas of ``model_id`` (without ``input_type``: all; with it: those that take
-        another) stop serving and are no longer listed, as Clipper's query frontend does when
-        a version is deleted. Each stays connected but is not asked to register again, so a
-        version registered anew under the same name is not served by the old code; a replica
-        that reconnects (restarted, say) registers as any new one does."""
+    # ---- versions deleted and registered (told by the query frontend) ----
+    def version_deleted(self, model_id: ModelId) -> None:
+        """As Clipper's query frontend does, the version's replicas stop serving and are no
+        longer listed. Each stays connected but registers again only if the version comes
+        back as the same registration (its batch size or labels changed, say): a version
+        registered anew for other code is not served by the old. A replica that reconnects
+        (restarted, say) registers as any new one does."""
+        served = self._registrations.pop(model_id, None)
+        for replica in [r for r in self.replicas.values() if r.model_id == model_id]:
+            self._retire(replica, "its model version was deleted", served)
+
+    def version_registered(self, model: Model, input_type: InputType) -> None:
+        """A registration of a version (new or changed): replicas that take another input type
+        stop serving (their inputs would be misread), and retired peers it fits register."""
+        model_id = (model.name, model.version)
+        self._registrations[model_id] = model
         for replica in [r for r in self.replicas.values()
                         if r.model_id == model_id and r.input_type != input_type]:
-            self.drop(replica, reason)
-            self._retired.add(replica.identity)
+            self._retire(replica, "it takes another input type than its version is registered for", None)
+        ask = codec.encode_heartbeat_reply(codec.HEARTBEAT_REQUEST_METADATA)
+        for identity, retired in list(self._retired.items()):
+            if retired.model_id == model_id and retired.fits(model, input_type):
+                del self._retired[identity]
+                self._send(identity, ask)           # it answers with its NewContainer
+
+    def _retire(self, replica: Replica, reason: str, served: Optional[Model]) -> None:
+        self.drop(replica, reason)
+        self._retired[replica.identity] = Retired(replica.model_id, replica.input_type, served,
+                                                  self._loop.time())
 
     def forget_peer(self, identity: Hashable) -> None:
-        self._retired.discard(identity)
+        self._retired.pop(identity, None)
         replica = self.replicas.get(identity)
         if replica is not None:
             self.drop(replica, "its connection closed")
@@ -296,6 +323,8 @@ class RpcServer:
         while True:
             await asyncio.sleep(LIVENESS_CHECK_PERIOD)
             now = self._loop.time()
+            for identity in [i for i, r in self._retired.items() if now - r.last_seen > self.replica_timeout]:
+                del self._retired[identity]
             for replica in list(self.replicas.values()):
                 if now - replica.last_seen > self.replica_timeout:
                     self.drop(replica, f"silent for {self.replica_timeout:.0f} s")
@@ -304,6 +333,23 @@ class RpcServer:
                     # this, its version waited for ever. Its batch goes to another replica.
                     self.drop(replica, f"its batch unanswered for {self.replica_timeout:.0f} s")
             self.dispatcher.expire()
+
+
+@dataclass
+class Retired:
+    """A connected peer that serves nothing: a replica of a deleted version (``served``: the
+    registration it served), or one whose input type its version does not take (None)."""
+    model_id: ModelId
+    input_type: InputType          # as it announced
+    served: Optional[Model]
+    last_seen: float
+
+    def fits(self, registration: Model, input_type: InputType) -> bool:
+        if input_type != self.input_type:
+            return False
+        return self.served is None or (
+            (self.served.container_name, self.served.model_data_path)
+            == (registration.container_name, registration.model_data_path))
 
 
 class _Drain:

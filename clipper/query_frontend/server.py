@@ -204,19 +204,20 @@ class QueryFrontend(http.Application):
     def _on_model_change(self, model_id: ModelId, model: Optional[Model]) -> None:
         self.cache.forget_model(model_id)     # removed, or registered anew: its outputs are not ours
         if model is None:
-            self.rpc.retire(model_id, "its model version was deleted")
+            self.rpc.version_deleted(model_id)
             self._model_metrics.pop(model_id, None)
             self.metrics.remove_prefix("model:%s:%s:" % model_id)
             return
-        self.rpc.retire(model_id, "it takes another input type than its version is registered for",
-                        InputType.parse(model.input_type))
+        input_type = _input_type_of(model)
+        if input_type is not None:
+            self.rpc.version_registered(model, input_type)
         self._model_metrics_of(model_id)
         if self.dispatcher is not None:
             self.dispatcher.set_batch_size(model_id, model.batch_size)
 
     def _registered_input_type(self, model_id: ModelId) -> Optional[InputType]:
         model = self.follower.view.models.get(model_id)
-        return InputType.parse(model.input_type) if model else None
+        return _input_type_of(model) if model else None
 
     def _on_redis_reconnect(self) -> None:
         self.replica_recorder.resync()
@@ -505,6 +506,14 @@ class QueryFrontend(http.Application):
             raise SchemaError(error.reason, UPDATE_SCHEMA) from None
         next(self.query_ids)
         return http.Response(200, b"Feedback received? 1", b"text/plain; charset=utf-8")
+
+
+def _input_type_of(model: Model) -> Optional[InputType]:
+    """None for a type we cannot read (a hash written by hand): no replica is judged by it."""
+    try:
+        return InputType.parse(model.input_type)
+    except ValueError:
+        return None
 
 
 @functools.lru_cache(maxsize=64)

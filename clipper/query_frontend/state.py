@@ -161,6 +161,8 @@ class StateFollower:
             model = await self.store.get_model(*schema.split_model_key(key))
             if model:
                 view.models[(model.name, model.version)] = model
+            elif self._deletes_marked_versions:     # marked while no follower listened
+                await self.store.delete_version_marked_invalid(*schema.split_model_key(key))
         old_models, old_apps = self.view.models, self.view.apps
         self.view = view
         self.generation += 1

@@ -176,9 +176,9 @@ def encode_input(value, input_type: InputType, in_batch: bool = False, may_hold_
     receives for it. ``may_hold_bools``: False when the JSON text cannot hold a ``true`` or
     ``false``, which allows a faster check. Error texts are Clipper's (json_util.cpp), which
     names the key "input" in a batch too; where one has a reason to add, it follows."""
-    found = json_type_name(value)
     if input_type in (InputType.STRINGS, InputType.BYTES):
         if not isinstance(value, str):
+            found = json_type_name(value)
             if not in_batch:
                 raise SchemaError(f"Type mismatch! JSON key input expected type String but found type {found}")
             if input_type is InputType.STRINGS:
@@ -194,8 +194,9 @@ def encode_input(value, input_type: InputType, in_batch: bool = False, may_hold_
                               "(the standard alphabet, A-Z a-z 0-9 + /)") from None
     if not isinstance(value, list):
         if in_batch:
-            raise SchemaError(f"Array input of type {found} is not of type array")
-        raise SchemaError(f"Type mismatch! JSON key input expected type Array but found type {found}")
+            raise SchemaError(f"Array input of type {json_type_name(value)} is not of type array")
+        raise SchemaError(
+            f"Type mismatch! JSON key input expected type Array but found type {json_type_name(value)}")
     return _encode_numbers(value, input_type, may_hold_bools)
 
 

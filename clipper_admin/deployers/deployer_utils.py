@@ -272,7 +272,7 @@ def run_locally(query, func, input_type):
                 return "Invalid input type"
             wire = list(items)
         else:
-            wire = [encode_input(item, kind, key) for item in items]
+            wire = [encode_input(item, kind, in_batch=key == "input_batch") for item in items]
     except (ValueError, InputError, TypeError):
         return "Invalid input type"
     return _run_as_a_replica(func, kind, wire)

@@ -669,17 +669,18 @@ def test_deleting_a_version_removes_its_connected_replicas_from_db3(conn, db, co
     assert not replica_listed(conn, "rt-delrep", "1", 0)
 
 
-def test_a_version_registered_again_is_not_served_by_the_deleted_versions_replica(conn, db, containers):
-    """The replica of a deleted version stays connected (Clipper's did too) but is never
-    asked to register again: the same version registered anew, perhaps for other code, gets
-    no answer from it, only the default, until a new replica of it connects."""
+def test_a_version_registered_again_for_other_code_is_not_served_by_the_deleted_versions_replica(
+        conn, db, containers):
+    """The replica of a deleted version stays connected (Clipper's did too) and is not
+    asked to register again for a registration of other code (another container image):
+    the version gets no answer from it, only the default, until a new replica connects."""
     add_app(conn, "rt-again", "doubles", "dflt", 5_000_000)
-    add_model(conn, "rt-again", "1", input_type="doubles")
+    add_model(conn, "rt-again", "1", input_type="doubles", container_name="image:old")
     link(conn, "rt-again", "rt-again")
     containers("rt-again", "1", "old code")
     wait_for_output(conn, "rt-again", "old code")
     ok(conn, "delete_versioned_model", {"model_name": "rt-again", "model_version": "1"})
-    add_model(conn, "rt-again", "1", input_type="doubles")
+    add_model(conn, "rt-again", "1", input_type="doubles", container_name="image:new")
     time.sleep(2.5)                 # the old container heartbeats every second meanwhile
     assert not replica_listed(conn, "rt-again", "1", 0)
     answer = predict(conn, "rt-again", {"input": [1.0, 2.0]}).json()
@@ -710,6 +711,27 @@ def test_a_replica_of_another_input_type_than_its_version_is_never_listed(conn, 
             assert answer["output"] == "right", answer
     finally:
         early.stop()
+
+
+def test_a_local_version_registered_again_as_it_was_is_served_by_its_running_replicas(conn):
+    """Deleting a version and registering it again as it was (over REST: the way to change its
+    batch size) leaves the local backend's replicas running: they must serve it again, not
+    sit retired while the version answers only its default."""
+    from clipper_admin.deployers import python as python_deployer
+    from helpers import total
+    python_deployer.create_endpoint(conn, "rt-again-local", "doubles", total, default_output="dflt",
+                                    slo_micros=5_000_000)
+    try:
+        wait_for_output(conn, "rt-again-local", 3.0)
+        info = conn.get_model_info("rt-again-local", "1")
+        ok(conn, "delete_versioned_model", {"model_name": "rt-again-local", "model_version": "1"})
+        conn.register_model("rt-again-local", "1", "doubles", image=info["container_name"],
+                            labels=info["labels"], batch_size=8)
+        wait_for_output(conn, "rt-again-local", 3.0)
+        assert replica_listed(conn, "rt-again-local", "1", 0)
+    finally:
+        conn.unregister_application("rt-again-local")
+        conn.stop_models(["rt-again-local"])
 
 
 # ==== management_frontend_tests.cpp ===========================================================
@@ -885,6 +907,12 @@ def test_delete_versioned_model_of_a_version_marked_invalid_is_refused(conn, db)
     db(2).hdel("mf-dvm-inv:1", "valid")
     response = admin(conn, "delete_versioned_model", {"model_name": "mf-dvm-inv", "model_version": "1"})
     assert response.status_code == 400, response.text
+    # Before the query frontend removes it: the management frontend's own check refuses it.
+    add_model(conn, "mf-dvm-inv", "3")
+    db(2).hset("mf-dvm-inv:4", mapping={"model_name": "mf-dvm-inv", "model_version": "4",
+                                         "input_type": "doubles"})         # never valid: no hdel
+    response = admin(conn, "delete_versioned_model", {"model_name": "mf-dvm-inv", "model_version": "4"})
+    assert response.status_code == 400 and "already marked as 'invalid'" in response.text, response.text
 
 
 # ==== config_test.cpp: a query frontend started by hand ======================================

@@ -1,6 +1,7 @@
 """Our model container runtime serving two query frontend workers: one model call for the
 batches waiting on both, outputs split back, a model error reported to the queries whose
 inputs it raised on."""
+import random
 import socket
 import sys
 import threading
@@ -333,3 +334,17 @@ def test_keyboard_interrupt_still_stops_the_replica(monkeypatch):
 
     with pytest.raises(KeyboardInterrupt):
         predict_directly(handler, [b"a", b"b"], monkeypatch)
+
+
+def test_the_retry_order_leaves_the_models_random_state_alone(monkeypatch):
+    """A model that seeds the random module keeps its sequence across a failed batch."""
+    def handler(kind, inputs):
+        if len(inputs) > 1:
+            raise ValueError("batch")
+        return [b"ok"]
+
+    random.seed(1234)
+    expected = random.random()
+    random.seed(1234)
+    predict_directly(handler, [b"a", b"b", b"c"], monkeypatch)
+    assert random.random() == expected

@@ -16,6 +16,7 @@ from clipper.container.runtime import RECONNECT_MILLIS, ContainerRuntime
 from clipper.query_frontend.dispatch import Dispatcher, Task
 from clipper.log_limit import LogRateLimit
 from clipper.query_frontend.rpc_server import LIVENESS_CHECK_PERIOD, RpcServer
+from clipper.redis_schema import Model
 from clipper.rpc import codec, stream
 from clipper.rpc.sockets import shut_down_connection
 from helpers import wait_for
@@ -366,3 +367,110 @@ def test_our_replica_whose_frontend_is_gone_tries_again_without_spinning(tmp_pat
     runtime.stop()
     serving_thread.join(10)
     assert 0 < len(turns) < 1000 * 2 / RECONNECT_MILLIS      # about one every 20 ms, not 100,000s
+
+
+def _heartbeat_until_asked(peer, registration, recorder, seconds=5.0):
+    """Heartbeat as a container does, sending its registration when asked for it."""
+    deadline = time.monotonic() + seconds
+    while not recorder.live and time.monotonic() < deadline:
+        peer.send_multipart(codec.encode_heartbeat())
+        if peer.poll(200):
+            reply = codec.decode_clipper_message(peer.recv_multipart())
+            if reply.heartbeat_type == codec.HEARTBEAT_REQUEST_METADATA:
+                peer.send_multipart(registration)
+
+
+def test_a_replica_refused_for_its_input_type_serves_once_its_version_takes_that_type():
+    """Refused while m:1 took ints, a doubles replica still connected registers once m:1 is
+    registered for doubles (it was answered keep-alives for ever)."""
+    port = 27790
+    server, recorder, stop = serving(port)
+    registered = {("m", "1"): InputType.INTS}
+    server.registered_input_type = registered.get
+    context = zmq.Context()
+    peer = context.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(f"tcp://127.0.0.1:{port}")
+    registration = codec.encode_new_container("m", "1", InputType.DOUBLES)
+    try:
+        peer.send_multipart(registration)
+        wait_for(lambda: server._retired, 10, "the replica of another input type refused")
+        assert not recorder.live
+
+        def registered_for_doubles():
+            registered[("m", "1")] = InputType.DOUBLES
+            server.version_registered(Model("m", "1", "doubles", ("",), "c", "p", -1), InputType.DOUBLES)
+        server._loop.call_soon_threadsafe(registered_for_doubles)
+        _heartbeat_until_asked(peer, registration, recorder)
+        assert recorder.live and not server._retired
+    finally:
+        peer.close(0)
+        context.term()
+        stop()
+
+
+def test_a_deleted_versions_replica_registers_again_only_for_the_same_registration():
+    """Deleted and registered again as it was (to change its batch size, say), the version
+    takes its running replicas back; registered for other code, it does not."""
+    port = 27792
+    server, recorder, stop = serving(port)
+    context = zmq.Context()
+    peer = context.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(f"tcp://127.0.0.1:{port}")
+    registration = codec.encode_new_container("m", "1", InputType.DOUBLES)
+    first = Model("m", "1", "doubles", ("",), "image-a", "DEPRECATED", -1)
+    try:
+        server._loop.call_soon_threadsafe(server.version_registered, first, InputType.DOUBLES)
+        peer.send_multipart(registration)
+        wait_for(lambda: recorder.live, 10, "the registration")
+        server._loop.call_soon_threadsafe(server.version_deleted, ("m", "1"))
+        wait_for(lambda: not recorder.live and server._retired, 10, "the replica retired")
+        other_code = Model("m", "1", "doubles", ("",), "image-b", "DEPRECATED", -1)
+        server._loop.call_soon_threadsafe(server.version_registered, other_code, InputType.DOUBLES)
+        _heartbeat_until_asked(peer, registration, recorder, seconds=1.5)
+        assert not recorder.live, "the old code serves a version registered for other code"
+        server._loop.call_soon_threadsafe(server.version_deleted, ("m", "1"))
+        same = Model("m", "1", "doubles", ("",), "image-a", "DEPRECATED", 8)    # a new batch size
+        server._loop.call_soon_threadsafe(server.version_registered, same, InputType.DOUBLES)
+        _heartbeat_until_asked(peer, registration, recorder)
+        assert recorder.live, "registered again as it was, the version did not take its replica back"
+    finally:
+        peer.close(0)
+        context.term()
+        stop()
+
+
+def test_a_retired_peer_that_goes_silent_is_forgotten_as_a_silent_replica_is():
+    """A half-open connection sends no disconnect: a retired peer, like a replica, is
+    forgotten after replica_timeout of silence (it was kept for ever)."""
+    port = 27791
+    server, recorder, stop = serving(port, replica_timeout=1.0)
+    context = zmq.Context()
+    peer = context.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        peer.send_multipart(codec.encode_new_container("m", "1", InputType.DOUBLES))
+        wait_for(lambda: recorder.live, 10, "the registration")
+        server._loop.call_soon_threadsafe(server.version_deleted, ("m", "1"))
+        wait_for(lambda: server._retired, 10, "the replica retired")
+        wait_for(lambda: not server._retired, 1.0 + 3 * LIVENESS_CHECK_PERIOD + 2, "the silent peer forgotten")
+    finally:
+        peer.close(0)
+        context.term()
+        stop()
+
+
+def test_a_version_of_an_input_type_we_cannot_read_judges_no_replica():
+    """A model hash written by hand with an unknown input type raised in the state follower
+    (taken for a lost Redis: the view reloaded, the rest of the changes untold)."""
+    from clipper.query_frontend.server import QueryFrontend
+    frontend = QueryFrontend(Config(cache_size=0))
+    try:
+        frontend._on_model_change(("m", "1"), Model("m", "1", "tensors", ("",), "img", "", -1))
+        frontend.follower.view.models[("m", "1")] = Model("m", "1", "tensors", ("",), "img", "", -1)
+        assert frontend._registered_input_type(("m", "1")) is None
+    finally:
+        frontend.rpc.socket.close(0)
+        frontend.rpc.context.term()
