@@ -16,8 +16,16 @@ JSON_MEDIA_TYPES = ("application/json",)
 
 
 class BodyError(RequestError):
-    def __init__(self, status: int, message: str):
-        super().__init__(message, status=status)
+    def __init__(self, status: int, message: str, kind: Optional[str] = None):
+        super().__init__(message, status=status, kind=kind)
+
+
+def body_too_large(limit: int) -> BodyError:
+    """413, saying which setting raises the limit (Clipper had none: its examples send more)."""
+    return BodyError(413, f"The request body is larger than {limit} bytes, the limit of this "
+                          "server: send less, or start the cluster with a larger max_body_size "
+                          "(a parameter of the container manager, e.g. "
+                          "LocalContainerManager(max_body_size=64 * 1024 * 1024))", "Body too large")
 
 
 def check_json_media_type(content_type: Optional[Union[str, bytes]]) -> None:
@@ -41,8 +49,7 @@ async def read_json_body(request: "web.Request", timeout: float) -> bytes:
     try:
         return await asyncio.wait_for(request.read(), timeout)
     except web.HTTPRequestEntityTooLarge:
-        raise BodyError(413, f"The request body is larger than {request.client_max_size} bytes, "
-                             "the limit of this server") from None
+        raise body_too_large(request.client_max_size) from None
     except asyncio.TimeoutError:
         raise BodyError(408, f"The request body did not arrive within {timeout:g} s") from None
     except web.RequestPayloadError as error:

@@ -24,6 +24,7 @@ from typing import Awaitable, Callable, Deque, Dict, Optional, Tuple, Union
 import httptools
 
 from clipper.errors import RequestError
+from clipper.request_body import body_too_large
 
 log = logging.getLogger("clipper.query_frontend.http")
 
@@ -477,8 +478,7 @@ class Connection(asyncio.Protocol):
                 self._close()
 
     def _too_large(self) -> RequestError:
-        return RequestError(f"The request body is larger than {self.limits.max_body_size} bytes, "
-                            "the limit of this server", 413)
+        return body_too_large(self.limits.max_body_size)
 
     def _decoded(self, body: bytes, headers: Dict[bytes, bytes]) -> bytes:
         """The body without its Content-Encoding, still within the body limit."""

@@ -130,6 +130,9 @@ class DockerContainerManager(ContainerManager):
         self.centralize_log = use_centralized_log
         self.log_config = {"type": "json-file"}
         self.logging_system_instance = None
+        if use_centralized_log:
+            logger.warning("use_centralized_log=True: no log collector (fluentd) is started; "
+                           "get_clipper_logs() reads every container's log from Docker")
         self.logger = logging.LoggerAdapter(logger, {"cluster_name": cluster_name})
         # As 0.4.1: the user's labels go to every container, with the cluster's label.
         self.extra_container_kwargs = dict(extra_container_kwargs or {})

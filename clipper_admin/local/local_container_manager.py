@@ -93,6 +93,7 @@ class LocalContainerManager(ContainerManager):
                          max_output_size=max_output_size, busy_poll_us=busy_poll_us,
                          max_queued_inputs=max_queued_inputs)
         self.host = host
+        self.logging_system_instance = None     # 0.4.1's attribute (a log collector): none here
         self.cluster = ClusterDir(cluster_dir.base_dir() / checked_cluster_name(cluster_name))
 
     # ---- cluster ----

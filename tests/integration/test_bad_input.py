@@ -75,6 +75,8 @@ def test_oversized_bodies_get_413(cluster, still_serving):
     for url in (predict_url(cluster), admin_url(cluster)):
         response = post(url, big)
         assert response.status_code == 413 and f"larger than {BODY_LIMIT} bytes" in cause(response)
+        assert "max_body_size" in cause(response)        # the setting that raises the limit
+    assert post(predict_url(cluster), big).json()["error"] == "Body too large"
 
 
 def test_compressed_bodies_are_limited_and_checked(cluster, still_serving):

@@ -95,6 +95,16 @@ def test_the_local_manager_takes_the_docker_managers_own_parameters(caplog):
     assert "fluentd_port=24500, prometheus_port=24501, extra_container_kwargs={}" in caplog.text
     with pytest.raises(TypeError, match="unexpected keyword argument 'fluentd'"):
         LocalContainerManager(fluentd=1)
+    # 0.4.1's attribute, which Clipper's logging README reads: no log collector here.
+    assert LocalContainerManager().logging_system_instance is None
+
+
+def test_the_docker_manager_says_no_log_collector_starts(caplog):
+    from clipper_admin import DockerContainerManager
+    with caplog.at_level(logging.WARNING):
+        manager = DockerContainerManager(use_centralized_log=True)       # no engine needed yet
+    assert manager.logging_system_instance is None
+    assert "no log collector (fluentd) is started" in caplog.text
 
 
 def test_pkgs_to_install_is_any_collection_of_requirements_but_not_one_string():
