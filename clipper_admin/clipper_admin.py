@@ -569,9 +569,10 @@ class ClipperConnection(object):
 
     # ---- local check of a predict function ----
     def test_predict_function(self, query, func, input_type):
-        """Run ``func`` on ``query`` in this process, as a deployed replica would: the function
-        goes through a cloudpickle round trip and gets the batch shaped as Clipper's container
-        shapes it.
+        """Run ``func`` on ``query`` as a deployed replica would: in a new process that loads
+        the function as a replica does (a cloudpickle round trip), given the batch shaped as
+        Clipper's container shapes it. As 0.4.1 did, it connects to this manager's cluster
+        first if one is running (a function can be tested without a cluster, too).
 
         Parameters
         ----------
@@ -588,4 +589,9 @@ class ClipperConnection(object):
             The function's outputs.
         """
         from clipper_admin.deployers.deployer_utils import run_locally
+        if not self.connected:
+            try:
+                self.connect()
+            except Exception as error:      # noqa: BLE001 - whatever this manager's connect raises
+                self.logger.info("no cluster to connect to (%s): testing the function alone", error)
         return run_locally(query, func, input_type)

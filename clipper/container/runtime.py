@@ -265,6 +265,8 @@ class ContainerRuntime:
     def serve(self) -> None:
         """Serve until ``stop()``."""
         links = [make_link(self, address) for address in self.addresses]
+        # The line Clipper's containers wrote, which its docs tell users to look for.
+        log.info("Serving predictions for %s input type.", self.input_type.canonical_name)
         try:
             while not self._stopping:
                 self._turn(links)

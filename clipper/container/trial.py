@@ -8,6 +8,7 @@ RESULT_FILE gets, pickled, ("ok", outputs), ("load", why), ("unloaded",) or ("ra
 exception or None, traceback). What the model prints goes to stderr.
 """
 import pickle
+from collections.abc import Iterator
 import sys
 import traceback
 
@@ -35,6 +36,8 @@ def main(model_path: str, input_type: str, result_path: str) -> None:
         return answer("unloaded")
     try:
         outputs = function(shape_batch(InputType.parse(input_type), wire))
+        if isinstance(outputs, Iterator):     # a generator: what a replica would send of it
+            outputs = list(outputs)
     except BaseException as error:
         text = traceback.format_exc()
         try:

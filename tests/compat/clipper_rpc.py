@@ -6,6 +6,7 @@ against our own reading of it. Frames are listed as the container sees them (a l
 empty delimiter, no identity); little-endian u32/u64 throughout.
 """
 import struct
+import threading
 import time
 
 RPC_VERSION = 3
@@ -114,3 +115,35 @@ def serve(socket, registration, answer, running=lambda: True, poll_millis=1000,
                 socket.send_multipart(registration)
             continue
         socket.send_multipart(prediction_response(message["msg_id"], answer(message)))
+
+
+class ContainerThread(threading.Thread):
+    """A container's session (``serve``) on a thread of its own, connected to ``address``,
+    until ``stop()``; whatever else ends it is kept in ``error`` for the test to report.
+    Subclasses answer a request in ``answer(message)`` (one bytes output per input)."""
+
+    def __init__(self, address, registration):
+        super().__init__(daemon=True)
+        self.address, self.registration = address, registration
+        self.error = None
+        self.stopping = threading.Event()
+
+    def answer(self, message):
+        raise NotImplementedError
+
+    def run(self):
+        import zmq          # here: the frame helpers above need no ZeroMQ
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.address)
+        try:
+            serve(socket, self.registration, self.answer, lambda: not self.stopping.is_set(),
+                  poll_millis=100, heartbeat_seconds=1)
+        except Exception as error:  # noqa: BLE001 - reported by the test
+            self.error = error
+        finally:
+            socket.close()
+
+    def stop(self):
+        self.stopping.set()
+        self.join(5)

@@ -507,6 +507,33 @@ def test_logs_go_where_0_4_1_put_them(conn, tmp_path, monkeypatch):
     assert not (tmp_path / "~").exists()
 
 
+def test_predict_function_connects_as_0_4_1_did_and_takes_a_generator(conn):
+    """0.4.1 connected to the cluster first (a script could register right after); a function
+    that returns a generator deploys and serves, so it passes here too (its outputs could not
+    be pickled)."""
+    other = ClipperConnection(LocalContainerManager(**{name: getattr(conn.cm, name) for name in (
+        "cluster_name", "clipper_query_port", "clipper_management_port", "clipper_rpc_port")}))
+    assert other.test_predict_function({"input_batch": [[1.0, 2.0], [3.0]]},
+                                       lambda xs: (str(sum(x)) for x in xs), "doubles") == ["3.0", "3.0"]
+    assert other.connected and isinstance(other.get_all_apps(), list)    # it connected
+    alone = ClipperConnection(LocalContainerManager(cluster_name="no-such-cluster"))
+    assert alone.test_predict_function({"input": [1.0]}, lambda xs: [len(x) for x in xs], "doubles") == [1]
+    assert not alone.connected
+
+
+def test_a_replicas_log_says_it_is_serving_as_clippers_docs_tell_users_to_check(conn, tmp_path):
+    """python_function_deployment.md: "you should see: Serving predictions for <input_type>
+    input type." in the container's log."""
+    python_deployer.deploy_python_closure(conn, "logged", 1, "floats", version_one)
+    try:
+        logs = conn.get_clipper_logs(logging_dir=str(tmp_path))
+        model_logs = [path for path in logs if "logged" in os.path.basename(path)]
+        assert model_logs, logs
+        assert any("Serving predictions for floats input type." in open(path).read() for path in model_logs)
+    finally:
+        conn.stop_models(["logged"])
+
+
 def test_predict_function_locally(conn):
     assert conn.test_predict_function({"input": [1.0, 2.0]}, lambda xs: [str(sum(x)) for x in xs],
                                       "doubles") == ["3.0"]

@@ -32,7 +32,6 @@ import numpy as np
 import pytest
 import redis
 import requests
-import zmq
 
 from helpers import ROOT, local_cluster, wait_for
 
@@ -69,35 +68,19 @@ def as_clipper_container_gives(message):
     return batch
 
 
-class ClipperStyleContainer(threading.Thread):
+class ClipperStyleContainer(rpc.ContainerThread):
     """A Python model container as Clipper's behaves (frames of tests/compat/clipper_rpc.py,
     inputs as ``as_clipper_container_gives``) serving ``predict`` (one input -> one str);
     every batch its model is handed is recorded as (dtype, shape, rows). As Clipper's
     container, it fails on a request of another input type than it announced."""
 
     def __init__(self, port, name, version, input_type, predict):
-        super().__init__(daemon=True)
-        self.address = f"tcp://127.0.0.1:{port}"
-        self.registration = rpc.new_container(name, version, input_type)
+        super().__init__(f"tcp://127.0.0.1:{port}", rpc.new_container(name, version, input_type))
         self.code = rpc.TYPE_CODES[input_type]
         self.predict = predict
         self.batches = []
-        self.error = None
-        self.stopping = threading.Event()
 
-    def run(self):
-        socket = zmq.Context.instance().socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(self.address)
-        try:
-            rpc.serve(socket, self.registration, self._answer, lambda: not self.stopping.is_set(),
-                      poll_millis=100, heartbeat_seconds=1)
-        except Exception as error:  # noqa: BLE001 - what would have ended Clipper's container
-            self.error = error
-        finally:
-            socket.close()
-
-    def _answer(self, message):
+    def answer(self, message):
         if message["input_type"] != self.code:
             raise AssertionError(f"a request of type {message['input_type']}, not {self.code}")
         batch = as_clipper_container_gives(message)
@@ -105,53 +88,30 @@ class ClipperStyleContainer(threading.Thread):
         self.batches.append((str(batch.dtype), tuple(batch.shape), rows))
         return [self.predict(row).encode() for row in rows]
 
-    def stop(self):
-        self.stopping.set()
-        self.join(5)
-
     def rows(self):
         return [row for _, _, rows in self.batches for row in rows]
 
 
-class RecordingPeer(threading.Thread):
+class RecordingPeer(rpc.ContainerThread):
     """A container that speaks as Clipper's (tests/compat/clipper_rpc.py), announcing
     ``announced_type``; it records each prediction request (type code and input frames,
     checked against the header by rpc.parse_from_clipper) and answers each input with
-    ``answer(raw)`` after ``delay`` seconds."""
+    ``output(raw)`` after ``delay`` seconds."""
 
-    def __init__(self, port, name, version, announced_type, answer, delay=0.0):
-        super().__init__(daemon=True)
-        self.address = f"tcp://127.0.0.1:{port}"
-        self.registration = rpc.new_container(name, version, announced_type)
-        self.answer, self.delay = answer, delay
+    def __init__(self, port, name, version, announced_type, output, delay=0.0):
+        self.announced = threading.Event()    # the frontend asked for metadata and got it
+        super().__init__(f"tcp://127.0.0.1:{port}",
+                         _Announcing(rpc.new_container(name, version, announced_type), self.announced))
+        self.output, self.delay = output, delay
         self.requests = []
         self.evaluations = Counter()          # raw input -> times the model computed it
-        self.announced = threading.Event()    # the frontend asked for metadata and got it
-        self.error = None
-        self.stopping = threading.Event()
 
-    def run(self):
-        socket = zmq.Context.instance().socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(self.address)
-        try:
-            rpc.serve(socket, _Announcing(self.registration, self.announced), self._answer,
-                      lambda: not self.stopping.is_set(), poll_millis=100, heartbeat_seconds=1)
-        except Exception as error:  # noqa: BLE001 - reported by the test
-            self.error = error
-        finally:
-            socket.close()
-
-    def _answer(self, message):
+    def answer(self, message):
         self.requests.append(message)
         if self.delay:
             time.sleep(self.delay)
         self.evaluations.update(message["inputs"])
-        return [self.answer(raw).encode() for raw in message["inputs"]]
-
-    def stop(self):
-        self.stopping.set()
-        self.join(5)
+        return [self.output(raw).encode() for raw in message["inputs"]]
 
 
 class _Announcing(list):

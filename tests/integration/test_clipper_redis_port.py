@@ -20,13 +20,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import redis
 import requests
-import zmq
 
 from clipper.cluster.redis_binary import find_redis_server
 from helpers import ROOT, local_cluster, port_open, wait_for
@@ -165,31 +163,15 @@ def clipper_add_container(db, name, version, replica_id, connection_id, input_ty
 
 # ---- a model container as Clipper's Python container speaks (containers/python/rpc.py) ----
 
-class ClipperContainer(threading.Thread):
+class ClipperContainer(rpc.ContainerThread):
     """Registers as <name>:<version> and answers every input with ``output``."""
 
     def __init__(self, name, version, output, input_type="doubles"):
-        super().__init__(daemon=True)
-        self.registration = rpc.new_container(name, version, input_type)
+        super().__init__(f"tcp://127.0.0.1:{PORTS['rpc_port']}", rpc.new_container(name, version, input_type))
         self.output = output.encode()
-        self.stopping = threading.Event()
-        self.error = None
 
-    def run(self):
-        socket = zmq.Context.instance().socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(f"tcp://127.0.0.1:{PORTS['rpc_port']}")
-        try:
-            rpc.serve(socket, self.registration, lambda m: [self.output for _ in m["inputs"]],
-                      lambda: not self.stopping.is_set(), poll_millis=100, heartbeat_seconds=1)
-        except Exception as error:  # noqa: BLE001 - reported by the fixture
-            self.error = error
-        finally:
-            socket.close()
-
-    def stop(self):
-        self.stopping.set()
-        self.join(5)
+    def answer(self, message):
+        return [self.output for _ in message["inputs"]]
 
 
 @pytest.fixture
