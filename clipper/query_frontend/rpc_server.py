@@ -97,7 +97,7 @@ class RpcServer:
         self._monitor: Optional[zmq.Socket] = None
         self._connections: Set[int] = set()     # file descriptors of the open connections
         # Peers still connected that serve nothing: their version was deleted, or it takes
-        # another input type (see retire and version_registered).
+        # another input type (see version_deleted and version_registered).
         self._retired: Dict[Hashable, Retired] = {}
         # The registration each version's replicas were admitted under (its last one seen).
         self._registrations: Dict[ModelId, Model] = {}

@@ -59,8 +59,9 @@ class StateFollower:
     def __init__(self, store: Store, on_model_change: Callable[[ModelId, Optional[Model]], None],
                  on_app_change: Callable[[str, Optional[App]], None], on_reconnect: Callable[[], None],
                  deletes_marked_versions: bool = False):
-        """``deletes_marked_versions``: this follower (one per cluster) deletes the versions
-        Clipper's way of deleting marked (Store.delete_version_marked_invalid)."""
+        """``deletes_marked_versions``: this follower (worker 0's, one per cluster) deletes
+        the versions that Clipper's management frontend marked for deletion
+        (Store.delete_version_marked_invalid)."""
         self.store = store
         self._deletes_marked_versions = deletes_marked_versions
         self.view = ClusterView()
