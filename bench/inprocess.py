@@ -96,7 +96,7 @@ def frontend(cache_size: int):
     frontend.loop = asyncio.get_running_loop()
     frontend.deadlines = server.Deadlines(frontend.loop)
     frontend.dispatcher = Dispatcher(frontend.rpc.send_batch, time.monotonic, frontend._on_batch)
-    frontend.rpc.attach(frontend.dispatcher, frontend._registered_input_type)
+    frontend.rpc.attach(frontend.dispatcher)
     frontend.rpc._loop = frontend.loop
     frontend.rpc._send = lambda identity, frames: True          # the batch goes nowhere ...
     view = frontend.follower.view

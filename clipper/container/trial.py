@@ -8,9 +8,9 @@ RESULT_FILE gets, pickled, ("ok", outputs), ("load", why), ("unloaded",) or ("ra
 exception or None, traceback). What the model prints goes to stderr.
 """
 import pickle
-from collections.abc import Iterator
 import sys
 import traceback
+from collections.abc import Iterator
 
 import cloudpickle
 

@@ -17,7 +17,7 @@ import os
 import socket
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Dict, Hashable, List, Optional, Set
+from typing import Callable, Dict, Hashable, List, Optional, Set, Tuple
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -99,20 +99,17 @@ class RpcServer:
         # Peers still connected that serve nothing: their version was deleted, or it takes
         # another input type (see version_deleted and version_registered).
         self._retired: Dict[Hashable, Retired] = {}
-        # The registration each version's replicas were admitted under (its last one seen).
-        self._registrations: Dict[ModelId, Model] = {}
+        # Each registered version's registration and input type (version_registered): a
+        # replica that takes another type is never sent its queries.
+        self._registrations: Dict[ModelId, Tuple[Model, InputType]] = {}
 
     def bind(self) -> None:
         self.socket.bind(self.address)
         if self.socket_path:
             self._listener = _unix_listener(self.socket_path)
 
-    def attach(self, dispatcher: Dispatcher,
-               registered_input_type: Callable[[ModelId], Optional[InputType]]) -> None:
-        """``registered_input_type``: the input type a model version is registered with (None
-        while it is not): a replica that takes another is never sent its queries."""
+    def attach(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
-        self.registered_input_type = registered_input_type
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -220,8 +217,8 @@ class RpcServer:
                       message.model_name[:200], message.model_version[:200], error.message)
             return
         model_id = (message.model_name, message.model_version)
-        registered = self.registered_input_type(model_id)
-        if registered is not None and registered != message.input_type:
+        registered = self._registrations.get(model_id, (None, message.input_type))[1]
+        if registered != message.input_type:
             # Its inputs would be misread (Clipper could not even encode them for it).
             log.error("a container of model %s:%s takes %s, but the version is registered for %s; "
                       "it serves nothing until the version takes its type",
@@ -252,7 +249,7 @@ class RpcServer:
         back as the same registration (its batch size or labels changed, say): a version
         registered anew for other code is not served by the old. A replica that reconnects
         (restarted, say) registers as any new one does."""
-        served = self._registrations.pop(model_id, None)
+        served = self._registrations.pop(model_id, (None, None))[0]
         for replica in [r for r in self.replicas.values() if r.model_id == model_id]:
             self._retire(replica, "its model version was deleted", served)
 
@@ -260,7 +257,7 @@ class RpcServer:
         """A registration of a version (new or changed): replicas that take another input type
         stop serving (their inputs would be misread), and retired peers it fits register."""
         model_id = (model.name, model.version)
-        self._registrations[model_id] = model
+        self._registrations[model_id] = (model, input_type)
         for replica in [r for r in self.replicas.values()
                         if r.model_id == model_id and r.input_type != input_type]:
             self._retire(replica, "it takes another input type than its version is registered for", None)

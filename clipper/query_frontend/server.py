@@ -145,7 +145,7 @@ class QueryFrontend(http.Application):
         # Queries are timed on the monotonic clock: uvloop's loop.time() counts whole
         # milliseconds, cached per loop turn, which made every latency 0 or 1000 us.
         self.dispatcher = Dispatcher(self.rpc.send_batch, time.monotonic, self._on_batch)
-        self.rpc.attach(self.dispatcher, self._registered_input_type)
+        self.rpc.attach(self.dispatcher)
         self.rpc.bind()
         await asyncio.wait_for(self._until_redis_answers(), timeout=REDIS_START_TIMEOUT_SECONDS)
         background = [self.rpc.run(), self.follower.run(), self._tick_meters()]
@@ -214,10 +214,6 @@ class QueryFrontend(http.Application):
         self._model_metrics_of(model_id)
         if self.dispatcher is not None:
             self.dispatcher.set_batch_size(model_id, model.batch_size)
-
-    def _registered_input_type(self, model_id: ModelId) -> Optional[InputType]:
-        model = self.follower.view.models.get(model_id)
-        return _input_type_of(model) if model else None
 
     def _on_redis_reconnect(self) -> None:
         self.replica_recorder.resync()

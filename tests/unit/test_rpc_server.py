@@ -39,7 +39,7 @@ def serving(port, **settings):
     """An RpcServer on ``port``, run by an event loop in a thread; returns it and a stop()."""
     recorder = Recorder()
     server = RpcServer(Config(rpc_port=port, **settings), recorder)
-    server.attach(Dispatcher(server.send_batch, time.monotonic), lambda model_id: None)
+    server.attach(Dispatcher(server.send_batch, time.monotonic))
     server.bind()
     loop = asyncio.new_event_loop()
     task = loop.create_task(server.run())
@@ -385,8 +385,9 @@ def test_a_replica_refused_for_its_input_type_serves_once_its_version_takes_that
     registered for doubles (it was answered keep-alives for ever)."""
     port = 27790
     server, recorder, stop = serving(port)
-    registered = {("m", "1"): InputType.INTS}
-    server.registered_input_type = registered.get
+    server._loop.call_soon_threadsafe(
+        server.version_registered, Model("m", "1", "ints", ("",), "c", "p", -1), InputType.INTS)
+    wait_for(lambda: ("m", "1") in server._registrations, 10, "the version registered for ints")
     context = zmq.Context()
     peer = context.socket(zmq.DEALER)
     peer.setsockopt(zmq.LINGER, 0)
@@ -397,10 +398,8 @@ def test_a_replica_refused_for_its_input_type_serves_once_its_version_takes_that
         wait_for(lambda: server._retired, 10, "the replica of another input type refused")
         assert not recorder.live
 
-        def registered_for_doubles():
-            registered[("m", "1")] = InputType.DOUBLES
-            server.version_registered(Model("m", "1", "doubles", ("",), "c", "p", -1), InputType.DOUBLES)
-        server._loop.call_soon_threadsafe(registered_for_doubles)
+        server._loop.call_soon_threadsafe(
+            server.version_registered, Model("m", "1", "doubles", ("",), "c", "p", -1), InputType.DOUBLES)
         _heartbeat_until_asked(peer, registration, recorder)
         assert recorder.live and not server._retired
     finally:
@@ -469,8 +468,7 @@ def test_a_version_of_an_input_type_we_cannot_read_judges_no_replica():
     frontend = QueryFrontend(Config(cache_size=0))
     try:
         frontend._on_model_change(("m", "1"), Model("m", "1", "tensors", ("",), "img", "", -1))
-        frontend.follower.view.models[("m", "1")] = Model("m", "1", "tensors", ("",), "img", "", -1)
-        assert frontend._registered_input_type(("m", "1")) is None
+        assert ("m", "1") not in frontend.rpc._registrations      # no replica is refused for it
     finally:
         frontend.rpc.socket.close(0)
         frontend.rpc.context.term()
