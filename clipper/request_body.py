@@ -52,6 +52,13 @@ async def read_json_body(request: "web.Request", timeout: float) -> bytes:
         raise body_too_large(request.client_max_size) from None
     except asyncio.TimeoutError:
         raise BodyError(408, f"The request body did not arrive within {timeout:g} s") from None
+    except ConnectionError as error:
+        # The client left before its whole body came: nobody reads this answer, and it is
+        # no error of ours (it was logged as one, with its traceback, once per request).
+        # Its traceback holds the frame that holds the body read so far, and the request
+        # holds the error: a cycle, which the frontends' rare collections left for long.
+        error.__traceback__ = None
+        raise BodyError(400, "The client closed the connection before its body arrived") from None
     except web.RequestPayloadError as error:
         # A body aiohttp cannot decode (Content-Encoding: gzip over bytes that are not gzip,
         # broken chunked framing); unhandled, it was a 500.

@@ -19,7 +19,7 @@ from clipper import launch as recipe
 from clipper.cluster import cluster_dir
 from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.cluster.cluster_dir import ClusterDir, ProcessRecord
-from clipper.cluster.supervisor import PROJECT_ROOT, wanted_entry_problem
+from clipper.cluster.supervisor import MAX_REPLICAS_PER_VERSION, PROJECT_ROOT, wanted_entry_problem
 from clipper.config import MODEL_CONTAINER, Config
 from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper.rpc import stream
@@ -322,6 +322,10 @@ class LocalContainerManager(ContainerManager):
         """Write the version's wanted replicas and wait until the supervisor applied them;
         ``deploying``: a new version, refused if replicas of it are already wanted."""
         num_replicas = whole_number("num_replicas", num_replicas, least=0)
+        if num_replicas > MAX_REPLICAS_PER_VERSION:
+            raise ClipperException(
+                f"num_replicas {num_replicas} is more than the local backend runs of one version "
+                f"({MAX_REPLICAS_PER_VERSION}): each replica is a process of this machine")
         self._check_model_dir(str(image))
         python = self._python_for(str(image))
         with self.cluster.editing_replicas() as models:

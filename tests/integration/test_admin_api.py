@@ -334,8 +334,25 @@ def test_a_replica_count_that_is_not_a_whole_number_is_refused_at_once(conn, cou
     assert predict(conn, "counted", {"input": [0.0]}).json()["output"] == 1
 
 
+def test_a_replica_count_beyond_what_a_machine_runs_is_refused_at_once(conn):
+    """num_replicas=10**9 (a slip of the keyboard) made the supervisor build its plan of a
+    billion replicas until it held 21 GB, and every later change of replicas waited behind it."""
+    if "overcounted" not in conn.get_all_apps():
+        python_deployer.create_endpoint(conn, "overcounted", "doubles", version_one, slo_micros=2000000)
+    asked = time.monotonic()
+    with pytest.raises(ClipperException, match="num_replicas 1000000000 is more than the local backend runs"):
+        conn.set_num_replicas("overcounted", 10 ** 9)
+    with pytest.raises(ClipperException, match="num_replicas 1025 is more than the local backend runs"):
+        python_deployer.deploy_python_closure(conn, "overcounted", 2, "doubles", version_two, num_replicas=1025)
+    assert time.monotonic() - asked < 10, "refused before anything waited"
+    assert conn.get_model_info("overcounted", 2) is None
+    conn.set_num_replicas("overcounted", 2)                  # the supervisor still applies changes
+    assert len(replicas_of(conn, "overcounted", 1)) == 2
+    assert predict(conn, "overcounted", {"input": [0.0]}).json()["output"] == 1
+
+
 @pytest.mark.parametrize("field, value", [("count", "2"), ("gpus", "1"), ("model_dir", None),
-                                          ("name", "a\x00b"), ("version", "../../x")])
+                                          ("name", "a\x00b"), ("version", "../../x"), ("count", 10 ** 9)])
 def test_a_bad_entry_in_the_wanted_replicas_does_not_stop_the_cluster(conn, field, value):
     """Written by something other than our client, which checks it: the supervisor leaves that
     model's replicas as they are and keeps the cluster up."""
