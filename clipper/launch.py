@@ -7,6 +7,7 @@ backend and the Ray backend only differ in *where* they run the command.
 """
 import os
 import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -145,7 +146,7 @@ def _probe(url: str) -> bool:
     parsed = urlparse(url)
     try:
         if parsed.scheme == "tcp":
-            with socket.create_connection((parsed.hostname, parsed.port), PROBE_TIMEOUT_SECONDS):
+            with _connect(parsed.hostname, parsed.port):
                 return True
         return _http_ok(parsed) if parsed.scheme == "http" else _redis_answers_ping(parsed)
     except OSError:              # not up yet: refused, reset, timed out
@@ -156,6 +157,7 @@ def _http_ok(parsed) -> bool:
     """GET answers 200."""
     import http.client          # here: the supervisor only pings Redis
     connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=PROBE_TIMEOUT_SECONDS)
+    connection.sock = _connect(parsed.hostname, parsed.port)
     try:
         connection.request("GET", parsed.path or "/")
         return connection.getresponse().status == 200
@@ -172,8 +174,22 @@ def _redis_answers_ping(parsed) -> bool:
             connection.settimeout(PROBE_TIMEOUT_SECONDS)
             connection.connect(parsed.path)
             return _pong(connection)
-    with socket.create_connection((parsed.hostname, parsed.port or 6379), PROBE_TIMEOUT_SECONDS) as connection:
+    with _connect(parsed.hostname, parsed.port or 6379) as connection:
         return _pong(connection)
+
+
+def _connect(host: str, port: int) -> socket.socket:
+    """A TCP connection to the server. While nothing listens on a port of the ephemeral range
+    (Linux: 32768-60999), a connect to it may be given that very port as its own and connect
+    to itself; closed as usual, that socket would hold the port in TIME_WAIT for a minute,
+    and the server, started a moment later, could not bind it. Such a connection is reset
+    at once (no TIME_WAIT) and counts as refused."""
+    connection = socket.create_connection((host, port), PROBE_TIMEOUT_SECONDS)
+    if connection.getsockname() == connection.getpeername():
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()
+        raise ConnectionRefusedError(f"nothing listens on port {port} (the probe connected to itself)")
+    return connection
 
 
 def _pong(connection: socket.socket) -> bool:

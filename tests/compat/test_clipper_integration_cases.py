@@ -1,5 +1,6 @@
 """Cases of Clipper's own integration tests (integration-tests/clipper_admin_tests.py,
-many_apps_many_models.py), run through our clipper_admin on the local backend.
+many_apps_many_models.py, multi_tenancy_test.py), run through our clipper_admin on the local
+backend.
 
 Most of Clipper's cases deploy its noop container (``<registry>/noop-container:<version>``,
 which answers "1.0" to every input) over an empty model directory, either built on it
@@ -8,11 +9,14 @@ which answers "1.0" to every input) over an empty model directory, either built 
 import os
 import shutil
 import tempfile
+import time
+import zipfile
 
 import pytest
 
 from clipper_admin import CLIPPER_TEMP_DIR, ClipperException, __registry__, __version__
-from helpers import predict
+from clipper_admin.deployers import python as python_deployer
+from helpers import local_cluster, predict, prediction, total
 
 NOOP_IMAGE = f"{__registry__}/noop-container:{__version__}"
 
@@ -89,3 +93,78 @@ def test_get_logs_creates_log_files(conn):
 def test_which_images_are_clippers_noop_container(image, is_noop):
     from clipper_admin.clipper_images import is_noop_image
     assert is_noop_image(image) is is_noop
+
+
+def sizes_of_batches(xs):
+    time.sleep(0.2)                  # slow enough for a backlog to build up behind each call
+    return [str(len(xs)) for _ in xs]
+
+
+def test_a_fixed_batch_size_is_the_size_of_the_batches_a_backlog_goes_out_in(conn):
+    """test_fixed_batch_size_model_processes_specified_query_batch_size_when_saturated, on a
+    replica of ours: each input is answered with the size of the batch it came in."""
+    python_deployer.create_endpoint(conn, "fixed-batches", "doubles", sizes_of_batches,
+                                    slo_micros=30_000_000, batch_size=6)
+    response = predict(conn, "fixed-batches", {"input_batch": [[n / 10] for n in range(60)]}, timeout=60)
+    answers = response.json()["batch_predictions"]
+    assert not any(answer["default"] for answer in answers), answers
+    sizes = [int(answer["output"]) for answer in answers]
+    assert max(sizes) == 6, sizes                 # never more than the registered size
+    assert sizes.count(6) >= 48, sizes            # Clipper's test wants 70%; most batches are full
+
+
+def probe_wheel(directory, name, answer):
+    """A minimal pure-Python wheel of a package ``name`` holding ANSWER = ``answer``, for pip
+    to install from a directory (no index needed)."""
+    dist_info = f"{name}-1.0.dist-info"
+    files = {f"{name}/__init__.py": f"ANSWER = {answer}\n",
+             f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{dist_info}/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{dist_info}/RECORD"])
+    with zipfile.ZipFile(directory / f"{name}-1.0-py3-none-any.whl", "w") as wheel:
+        for path, text in files.items():
+            wheel.writestr(path, text)
+    return ["--no-index", "--find-links", str(directory), name]
+
+
+@pytest.mark.parametrize("version, base_image", [
+    ("py2", f"{__registry__}/python-closure-container:{__version__}"),
+    ("py36", f"{__registry__}/python36-closure-container:{__version__}")])
+def test_build_model_on_a_closure_image_installs_the_packages_asked(conn, fake_model_data, tmp_path,
+                                                                    version, base_image):
+    """test_build_model_with_custom_packages: Clipper's closure images as base images, with
+    pkgs_to_install (a wheel of ours here: Clipper's sympy==1.1.* needs an index)."""
+    packages = probe_wheel(tmp_path, "clipper_probe_pkg", 41)
+    image = conn.build_model("built-with-pkgs", version, fake_model_data, base_image, None,
+                             pkgs_to_install=packages)
+    assert os.path.isfile(os.path.join(image, "modules", "clipper_probe_pkg", "__init__.py"))
+
+
+def answer_of_the_package(xs):
+    import clipper_probe_pkg
+    return [str(clipper_probe_pkg.ANSWER + len(x)) for x in xs]
+
+
+def test_a_closure_imports_what_pkgs_to_install_installed(conn, tmp_path):
+    packages = probe_wheel(tmp_path, "clipper_probe_pkg", 41)
+    python_deployer.create_endpoint(conn, "with-pkgs", "doubles", answer_of_the_package,
+                                    pkgs_to_install=packages)
+    assert prediction(conn, "with-pkgs", {"input": [1.0]})["output"] == 42
+
+
+def total_plus_100(xs):
+    return [str(sum(x) + 100) for x in xs]
+
+
+def test_two_clusters_serve_the_same_names_each_with_its_own_model(conn):
+    """multi_tenancy_test: two clusters at once, each with an endpoint of the same name."""
+    with local_cluster("second-tenant", query_port=20337, management_port=20338, rpc_port=20700,
+                       metric_port=20390) as other:
+        python_deployer.create_endpoint(conn, "tenant-app", "doubles", total)
+        python_deployer.create_endpoint(other, "tenant-app", "doubles", total_plus_100)
+        for _ in range(3):
+            mine = prediction(conn, "tenant-app", {"input": [0.5, 1.5]})
+            theirs = prediction(other, "tenant-app", {"input": [0.5, 1.5]})
+            assert (mine["output"], mine["default"]) == (2.0, False)
+            assert (theirs["output"], theirs["default"]) == (102.0, False)
+        assert [m["model_name"] for m in other.get_all_models(verbose=True)] == ["tenant-app"]

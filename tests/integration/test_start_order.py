@@ -155,3 +155,29 @@ def test_two_starts_of_one_cluster_at_once_leave_it_running_once(clipper_state_d
             starter.kill()
             starter.communicate()
         ClipperConnection(LocalContainerManager(cluster_name="twice")).stop_all(graceful=False)
+
+
+@pytest.mark.parametrize("scheme, path", [("http", "/admin/ping"), ("tcp", ""), ("redis", "")])
+def test_a_probe_that_connects_to_itself_leaves_the_port_to_the_server(monkeypatch, scheme, path):
+    """While a server imports, its port is probed; on a port of the ephemeral range the
+    kernel may give a probe that very port as its own, so that it connects to itself. The
+    probe must say "not ready" and leave the port free for the server (which binds with
+    SO_REUSEADDR, as asyncio does): not held in TIME_WAIT for a minute."""
+    import socket
+    with socket.socket() as finder:
+        finder.bind(("127.0.0.1", 0))
+        port = finder.getsockname()[1]
+    connect = socket.create_connection
+
+    def from_the_same_port(address, *args, **kwargs):   # what the kernel may choose
+        kwargs.pop("source_address", None)
+        return connect(address, *args[:1], source_address=("127.0.0.1", address[1]))
+
+    monkeypatch.setattr(socket, "create_connection", from_the_same_port)
+    launch = recipe.Launch(recipe.MANAGEMENT_FRONTEND, {}, f"{scheme}://127.0.0.1:{port}{path}")
+    assert not launch.is_ready()
+    monkeypatch.undo()
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))       # EADDRINUSE if the probe's socket lingers
+        server.listen()
