@@ -28,6 +28,10 @@ DEFAULT_PREDICTION_CACHE_SIZE_BYTES = 33554432
 REQUEST_TIMEOUT_SECONDS = 30
 # 0.4.1's scratch directory, kept for scripts that use it; nothing here writes to it.
 CLIPPER_TEMP_DIR = "/tmp/clipper"
+# While waiting for replicas, how long the management API may stay unreachable (or answer
+# 503) before the wait gives up: the supervisor restarts a crashed management frontend or
+# Redis in well under a second.
+UNAVAILABLE_GRACE_SECONDS = 10.0
 
 
 def _check_name(kind, value):
@@ -43,6 +47,10 @@ def _gpus_if_asked(num_gpus, default):
     """GPUs reach the backend only when asked for (not the call's default), so a
     ContainerManager written for 0.4.1's interface (no num_gpus) keeps working."""
     return {} if num_gpus == default else {"num_gpus": num_gpus}
+
+
+class _Unavailable(ClipperException):
+    """The management API could not be reached, or answered 503: maybe only for a moment."""
 
 
 class ClipperConnection(object):
@@ -64,10 +72,11 @@ class ClipperConnection(object):
         try:
             response = self._http.request(method, url, timeout=REQUEST_TIMEOUT_SECONDS, **kwargs)
         except requests.RequestException as error:
-            raise ClipperException(f"Could not reach Clipper at {url} ({error}). Is the cluster "
-                                   "running? Start it with start_clipper().") from None
+            raise _Unavailable(f"Could not reach Clipper at {url} ({error}). Is the cluster "
+                               "running? Start it with start_clipper().") from None
         if response.status_code != requests.codes.ok:
-            raise ClipperException("Received error status code: {code} and message: {msg}".format(
+            error = _Unavailable if response.status_code == 503 else ClipperException
+            raise error("Received error status code: {code} and message: {msg}".format(
                 code=response.status_code, msg=response.text))
         return response
 
@@ -82,10 +91,25 @@ class ClipperConnection(object):
                              json=body, headers=headers)
 
     def _wait_for_replicas(self, name, version, num_replicas):
-        """Until exactly ``num_replicas`` replicas of the version are connected."""
+        """Until exactly ``num_replicas`` replicas of the version are connected. The
+        management API unreachable or answering 503 (its process or Redis crashed and is
+        being restarted) is waited out for UNAVAILABLE_GRACE_SECONDS: the change is already
+        made, and failing here would report a deploy that serves as failed."""
         deadline = time.monotonic() + recipe.REPLICA_TIMEOUT_SECONDS
+        unavailable_since = None
         while True:
-            connected = [r for r in self.get_all_model_replicas(verbose=True)
+            try:
+                replicas = self.get_all_model_replicas(verbose=True)
+            except _Unavailable:
+                now = time.monotonic()
+                if unavailable_since is None:
+                    unavailable_since = now
+                if now - unavailable_since > UNAVAILABLE_GRACE_SECONDS or now > deadline:
+                    raise
+                time.sleep(0.1)
+                continue
+            unavailable_since = None
+            connected = [r for r in replicas
                          if r["model_name"] == name and r["model_version"] == str(version)]
             if len(connected) == num_replicas:
                 return

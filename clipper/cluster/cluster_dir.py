@@ -192,11 +192,25 @@ class ClusterDir:
             return None
 
     def mark_stopping(self) -> None:
-        with contextlib.suppress(OSError):
-            (self.path / STOPPING_FILE).touch()
+        """Mark the cluster as being stopped by this process (its pid and start time)."""
+        with contextlib.suppress(OSError, psutil.Error):
+            write_json(self.path / STOPPING_FILE, ProcessRecord.of(os.getpid()).as_dict())
 
     def is_stopping(self) -> bool:
         return (self.path / STOPPING_FILE).exists()
+
+    def stop_under_way(self) -> bool:
+        """Whether the process that marked the cluster as stopping still runs. One killed
+        (kill -9) before it stopped the supervisor left a running cluster marked: the mark
+        alone must not keep a watchdog from replacing the supervisor. A mark that names no
+        process (an older one, empty) counts as a stop under way."""
+        if not self.is_stopping():
+            return False
+        record = read_json(self.path / STOPPING_FILE)
+        try:
+            return ProcessRecord(int(record["pid"]), float(record["create_time"])).alive()
+        except (TypeError, KeyError, ValueError):
+            return True
 
     # ---- processes ----
     def processes(self) -> List[dict]:

@@ -113,6 +113,32 @@ def test_a_killed_supervisor_is_replaced_and_keeps_repairing(clipper_state_dir):
         assert other.get_all_apps() == ["sum"]
 
 
+def test_a_stop_killed_before_it_stopped_anything_leaves_the_cluster_self_repairing(clipper_state_dir):
+    """stop_all marks the cluster as stopping, then stops its supervisor: killed in between
+    (kill -9), it left a running cluster marked, whose watchdog then never replaced a killed
+    supervisor, so nothing restarted a crashed process, and connect() said no cluster ran
+    while it served."""
+    with local_cluster(NAME, **PORTS) as conn:
+        python_deployer.create_endpoint(conn, "sum", "doubles", total)
+        cluster = conn.cm.cluster
+        # The stopper's first step, in a process that is gone afterwards (as if killed).
+        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                        "from clipper.cluster.cluster_dir import ClusterDir; "
+                        "ClusterDir(Path(sys.argv[1])).mark_stopping()", str(cluster.path)],
+                       cwd=ROOT, check=True)
+        assert cluster.is_stopping()
+        first = cluster.supervisor()
+        os.kill(first.pid, signal.SIGKILL)
+        wait_for(lambda: cluster.is_running() and cluster.supervisor() != first, 10,
+                 "a new supervisor taking the place of the killed one")
+        replica = next(r for r in cluster.processes() if r["role"] == "model-container")
+        os.kill(replica["pid"], signal.SIGKILL)
+        wait_for(lambda: any(r["role"] == "model-container" and r["pid"] != replica["pid"]
+                             for r in cluster.processes()), 10, "the killed replica restarting")
+        assert predictions(conn, "sum") == [6.0, -3.5]
+        ClipperConnection(LocalContainerManager(cluster_name=NAME)).connect()
+
+
 def test_a_change_made_while_the_supervisor_is_replaced_is_applied_and_says_so(clipper_state_dir):
     """set_num_replicas right after a kill -9 of the supervisor said "did not apply the
     change" at once, and the change was then applied by its successor."""

@@ -123,6 +123,30 @@ def test_management_frontend_restart_does_not_interrupt_predictions(conn):
     assert conn.get_app_info("steady")["linked_models"] == ["steady"]
 
 
+@pytest.mark.parametrize("victim", ["management-frontend", "redis"])
+def test_a_deploy_rides_out_a_restart_while_it_waits_for_its_replicas(conn, monkeypatch, victim):
+    """The management frontend (or Redis) crashing while deploy_model waits for the new
+    replicas: the supervisor restarts it within a second, and the deploy, already made, is
+    reported done (it raised 'Could not reach Clipper' or 503, and said the applications
+    would get their default output, while the replicas served)."""
+    real = type(conn).get_all_model_replicas
+    killed = []
+
+    def first_call_meets_a_crash(self, verbose=False):
+        if not killed:
+            killed.append(pid_of(conn, victim))
+            kill(killed[0])
+            wait_for(lambda: all_gone(killed), 5, f"{victim} gone")
+        return real(self, verbose)
+
+    monkeypatch.setattr(type(conn), "get_all_model_replicas", first_call_meets_a_crash)
+    python_deployer.deploy_python_closure(conn, "late", 1, "doubles", total, num_replicas=2)
+    assert killed
+    monkeypatch.undo()
+    assert conn.get_num_replicas("late", "1") == 2
+    assert len([r for r in conn.get_all_model_replicas(verbose=True) if r["model_name"] == "late"]) == 2
+
+
 @contextlib.contextmanager
 def frozen(pid):
     """The process stopped (SIGSTOP) for the block: it answers no one and does not exit."""
