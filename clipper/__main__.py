@@ -2,12 +2,13 @@
 
 Backends start roles through ``clipper.launch``, which sets each one's CLIPPER_* variables.
 """
+import dataclasses
 import gc
 import importlib
 import logging
 import sys
 
-from clipper.config import Config
+from clipper.config import Config, env_name
 
 # role -> module whose main(config) runs it (imported on demand: Redis needs no aiohttp)
 ROLES = {
@@ -24,10 +25,31 @@ def configure_logging(role: str) -> None:
                         format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
 
 
+USAGE = f"usage: python -m clipper {{{'|'.join(ROLES)}}} [--option=value ...]"
+
+
+def role_help(role: str) -> str:
+    """The settings ``role`` reads: each one's flag, variable and default."""
+    lines = [f"usage: python -m clipper {role} [--option=value ...]", "",
+             "Each option can also be given as its CLIPPER_* variable; a flag wins over it."]
+    for field in dataclasses.fields(Config):
+        roles = field.metadata["roles"]
+        if role in roles or (role == "supervisor" and not roles):
+            flag = "--" + field.name.replace("_", "-")
+            lines.append(f"  {flag:<28} {env_name(field.name):<32} default: {field.default!r}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE + "\n\n" + "python -m clipper <role> --help lists the options of a role.")
+        return
     if not argv or argv[0] not in ROLES:
-        raise SystemExit(f"usage: python -m clipper {{{'|'.join(ROLES)}}} [--option=value ...]")
+        raise SystemExit(USAGE)
+    if any(arg in ("-h", "--help") for arg in argv[1:]):
+        print(role_help(argv[0]))
+        return
     role, config = argv[0], Config.load(argv[1:])
     configure_logging(role)
     run = importlib.import_module(ROLES[role]).main

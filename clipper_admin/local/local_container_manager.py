@@ -20,7 +20,7 @@ from clipper.cluster import cluster_dir
 from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.cluster.cluster_dir import ClusterDir, ProcessRecord
 from clipper.cluster.supervisor import MAX_REPLICAS_PER_VERSION, PROJECT_ROOT, wanted_entry_problem
-from clipper.config import MODEL_CONTAINER, Config
+from clipper.config import MODEL_CONTAINER, Config, is_loopback
 from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper.rpc import stream
 from clipper_admin.container_manager import (
@@ -142,6 +142,7 @@ class LocalContainerManager(ContainerManager):
                 raise
         logger.info("Clipper cluster '%s' started (local processes, state in %s)",
                     self.cluster_name, self.cluster.path)
+        self._warn_if_exposed(config.host, config.admin_token)
 
     def _redis_url(self):
         if self.redis_ip is not None:
@@ -216,6 +217,18 @@ class LocalContainerManager(ContainerManager):
         if self.admin_token is None:
             self.admin_token = config.admin_token
 
+    def _warn_if_exposed(self, host, admin_token):
+        """Say in the client what the servers only wrote to their own logs (which stop_all()
+        deletes): a cluster that listens beyond loopback takes pickled code from anyone who
+        reaches its management port."""
+        if is_loopback(host):
+            return
+        logger.warning("Clipper cluster '%s' listens on %s, beyond this machine: anyone who reaches "
+                       "its management port (%d) can deploy pickled code that runs as this user. %s",
+                       self.cluster_name, host, self.clipper_management_port,
+                       "It has an admin token: keep the ports behind a firewall too." if admin_token else
+                       "It has no admin token: give one (admin_token=... or CLIPPER_ADMIN_TOKEN) and a firewall.")
+
     def crashed(self):
         """Whether the cluster of this name is down but not stopped: it crashed, or the
         machine restarted; ``connect()`` starts it again."""
@@ -241,6 +254,7 @@ class LocalContainerManager(ContainerManager):
                                        f"replicas; see {self.cluster.logs / 'supervisor.log'}")
             time.sleep(recipe.READY_POLL_SECONDS)
         logger.info("Clipper cluster '%s' is running again", self.cluster_name)
+        self._warn_if_exposed(config.host, config.admin_token)
 
     def _running_replicas(self):
         return sum(1 for record in self.cluster.processes() if record["role"] == MODEL_CONTAINER

@@ -1,0 +1,28 @@
+"""A cluster that listens beyond loopback says so in the client, not only in its servers' logs.
+
+The servers' warning went to their log files, which no one reads at start and stop_all()
+deletes; LocalContainerManager(host="0.0.0.0") without an admin token printed nothing. The
+test binds loopback only: the manager is made to take 127.0.0.1 for an exposed address.
+"""
+import logging
+
+from helpers import local_cluster
+import clipper_admin.local.local_container_manager as local_manager
+
+
+def test_a_cluster_beyond_loopback_warns_the_client(caplog, monkeypatch):
+    monkeypatch.setattr(local_manager, "is_loopback", lambda host: False)
+    monkeypatch.delenv("CLIPPER_ADMIN_TOKEN", raising=False)
+    with caplog.at_level(logging.WARNING, local_manager.logger.name):
+        with local_cluster("exposed", 17641, 17642, 17643, 17644):
+            pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("beyond this machine" in w and "pickled code" in w and "no admin token" in w
+               and "17642" in w for w in warnings), warnings
+
+
+def test_a_loopback_cluster_does_not_warn(caplog):
+    with caplog.at_level(logging.WARNING, local_manager.logger.name):
+        with local_cluster("loopback", 17641, 17642, 17643, 17644):
+            pass
+    assert not any("beyond this machine" in r.getMessage() for r in caplog.records)
