@@ -28,6 +28,12 @@ CLUSTER_STOP_SECONDS = (STOP_GRACE_SECONDS[MODEL_CONTAINER] + STOP_GRACE_SECONDS
 START_TIMEOUT_SECONDS = 120.0
 # Time for the replicas of a model version to connect to the query frontend.
 REPLICA_TIMEOUT_SECONDS = 120.0
+# The most replicas of one model version, on any backend: far more than a machine or a small
+# cluster runs, and a bound on what a count costs before a replica starts (num_replicas=10**9
+# made the local supervisor build its plan until it held 21 GB, starting none).
+MAX_REPLICAS_PER_VERSION = 1024
+# The most query frontend processes of a cluster (one machine's): each is a process too.
+MAX_QUERY_WORKERS = 256
 READY_POLL_SECONDS = 0.01
 PROBE_TIMEOUT_SECONDS = 2.0
 

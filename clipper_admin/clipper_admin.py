@@ -16,7 +16,7 @@ import requests
 from clipper import launch as recipe
 from clipper_admin import clipper_images
 from clipper_admin.container_manager import (
-    CONTAINERLESS_MODEL_IMAGE, ClusterAdapter, is_valid_name, package_list, whole_number)
+    CONTAINERLESS_MODEL_IMAGE, ClusterAdapter, is_valid_name, package_list, replica_count, whole_number)
 from clipper_admin.exceptions import ClipperException, UnconnectedException
 
 logging.basicConfig(format="%(asctime)s %(levelname)-8s [%(filename)s:%(lineno)d] %(message)s",
@@ -141,7 +141,9 @@ class ClipperConnection(object):
         qf_http_timeout_content : int
             Seconds a client has to send a request body (slower bodies get 408).
         num_frontend_replicas : int
-            Must be 1.
+            Query frontend processes sharing the query port: the local backend runs that many
+            workers (as ``LocalContainerManager(query_workers=N)``, at most 256); the Docker
+            and Ray backends run one and refuse another count.
 
         Returns once both frontends answer; the connection is then connected.
 
@@ -394,7 +396,7 @@ class ClipperConnection(object):
         version = str(version)
         _check_name("name", name)
         _check_name("version", version)
-        num_replicas = whole_number("num_replicas", num_replicas, least=0)
+        num_replicas = replica_count(num_replicas)
         num_gpus = whole_number("num_gpus", num_gpus, least=0)
         if self.get_model_info(name, version) is not None:
             raise ClipperException(f"model with name '{name}' and version '{version}' already exists")
@@ -479,7 +481,7 @@ class ClipperConnection(object):
         do not connect.
         """
         self._require_connection()
-        num_replicas = whole_number("num_replicas", num_replicas, least=0)
+        num_replicas = replica_count(num_replicas)
         if num_gpus is not None:
             num_gpus = whole_number("num_gpus", num_gpus, least=0)
         version = self.get_current_model_version(name) if version is None else str(version)

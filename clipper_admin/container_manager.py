@@ -10,6 +10,7 @@ import numbers
 import os
 import re
 import stat
+from typing import Optional
 
 from clipper import launch as recipe
 from clipper.config import Config
@@ -57,12 +58,19 @@ class ClusterAdapter(logging.LoggerAdapter):
         return "[{}] {}".format(self.extra["cluster_name"], msg), kwargs
 
 
-def whole_number(name: str, value, least: int = 1) -> int:
-    """``value`` as an int, a whole number >= ``least`` (a bool is not one, a numpy integer
-    is), or ClipperException naming ``name``."""
+def whole_number(name: str, value, least: int = 1, most: Optional[int] = None) -> int:
+    """``value`` as an int, a whole number >= ``least`` (and <= ``most``; a bool is not one, a
+    numpy integer is), or ClipperException naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
         raise ClipperException(f"{name} must be a whole number >= {least}, not {value!r}")
+    if most is not None and value > most:
+        raise ClipperException(f"{name} must be at most {most}, not {value!r}")
     return int(value)
+
+
+def replica_count(num_replicas) -> int:
+    """``num_replicas`` checked as every backend takes it (0 to MAX_REPLICAS_PER_VERSION)."""
+    return whole_number("num_replicas", num_replicas, least=0, most=recipe.MAX_REPLICAS_PER_VERSION)
 
 
 def package_list(pkgs_to_install):

@@ -48,10 +48,6 @@ WATCHDOG_STOP_GRACE = 1.0
 STRAY_STOP_GRACE = 2.0
 STOP_POLL_SECONDS = 0.005
 FREEZE_CHECK_SECONDS = 1.0
-# The most replicas of one version: each is a process of this machine. Far more than a
-# machine runs, and a bound on what a count costs the supervisor before it starts any
-# (num_replicas=10**9 once made it build its plan until it held 21 GB of memory).
-MAX_REPLICAS_PER_VERSION = 1024
 LOG_CHECK_SECONDS = 1.0       # how often the logs' sizes are looked at (Config.max_log_size)
 
 
@@ -446,8 +442,8 @@ def wanted_entry_problem(model: dict) -> Optional[str]:
         value = model.get(key, 0)
         if type(value) is not int or value < least:
             return f"its {key} is {value!r}, not a whole number >= {least}"
-    if model.get("count", 0) > MAX_REPLICAS_PER_VERSION:
-        return f"its count is {model['count']}, more than {MAX_REPLICAS_PER_VERSION}, the most replicas of a version"
+    if model.get("count", 0) > recipe.MAX_REPLICAS_PER_VERSION:
+        return f"its count is {model['count']}, more than {recipe.MAX_REPLICAS_PER_VERSION}, the most replicas of a version"
     return None
 
 

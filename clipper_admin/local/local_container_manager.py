@@ -19,13 +19,13 @@ from clipper import launch as recipe
 from clipper.cluster import cluster_dir
 from clipper.cluster.gpus import machine_gpus, pick_devices
 from clipper.cluster.cluster_dir import ClusterDir, ProcessRecord
-from clipper.cluster.supervisor import MAX_REPLICAS_PER_VERSION, PROJECT_ROOT, wanted_entry_problem
+from clipper.cluster.supervisor import PROJECT_ROOT, wanted_entry_problem
 from clipper.config import MODEL_CONTAINER, Config, is_loopback
 from clipper.cluster.redis_binary import PIP_HINT, find_redis_server
 from clipper.rpc import stream
 from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT, CLIPPER_INTERNAL_RPC_PORT, ContainerManager,
-    FAILURES_REPORTED, START_HINT, checked_cluster_name, public_host_for, whole_number, write_log_copy)
+    FAILURES_REPORTED, START_HINT, checked_cluster_name, public_host_for, replica_count, whole_number, write_log_copy)
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.exceptions import ClipperException, stop_command
 
@@ -85,7 +85,7 @@ class LocalContainerManager(ContainerManager):
             logger.warning("LocalContainerManager runs local processes: Docker's %s %s no effect",
                            ", ".join(f"{name}={value!r}" for name, value in ignored.items()),
                            "has" if len(ignored) == 1 else "have")
-        self.query_workers = whole_number("query_workers", query_workers)
+        self.query_workers = whole_number("query_workers", query_workers, most=recipe.MAX_QUERY_WORKERS)
         super().__init__(cluster_name, public_host_for(host), clipper_query_port,
                          clipper_management_port, clipper_rpc_port, clipper_metric_port,
                          redis_ip, redis_port, admin_token, max_body_size, rpc_auth,
@@ -104,7 +104,7 @@ class LocalContainerManager(ContainerManager):
         if num_frontend_replicas != 1:
             # Clipper's replicas of the query frontend behind one service are, here, query
             # frontend workers behind one port.
-            whole_number("num_frontend_replicas", num_frontend_replicas)
+            whole_number("num_frontend_replicas", num_frontend_replicas, most=recipe.MAX_QUERY_WORKERS)
             if self.query_workers not in (1, num_frontend_replicas):
                 raise ClipperException(
                     f"num_frontend_replicas={num_frontend_replicas} contradicts "
@@ -335,11 +335,7 @@ class LocalContainerManager(ContainerManager):
     def _want_replicas(self, name, version, input_type, image, num_replicas, num_gpus, deploying):
         """Write the version's wanted replicas and wait until the supervisor applied them;
         ``deploying``: a new version, refused if replicas of it are already wanted."""
-        num_replicas = whole_number("num_replicas", num_replicas, least=0)
-        if num_replicas > MAX_REPLICAS_PER_VERSION:
-            raise ClipperException(
-                f"num_replicas {num_replicas} is more than the local backend runs of one version "
-                f"({MAX_REPLICAS_PER_VERSION}): each replica is a process of this machine")
+        num_replicas = replica_count(num_replicas)
         self._check_model_dir(str(image))
         python = self._python_for(str(image))
         with self.cluster.editing_replicas() as models:

@@ -198,6 +198,11 @@ def test_num_frontend_replicas_must_agree_with_query_workers(clipper_state_dir):
         conn.start_clipper(num_frontend_replicas=2)
     with pytest.raises(ClipperException, match="whole number"):
         ClipperConnection(LocalContainerManager(cluster_name="disagree")).start_clipper(num_frontend_replicas=0)
+    # A slip of the keyboard must not start a process per worker asked until the machine runs out.
+    with pytest.raises(ClipperException, match="num_frontend_replicas must be at most 256"):
+        ClipperConnection(LocalContainerManager(cluster_name="disagree")).start_clipper(num_frontend_replicas=10 ** 6)
+    with pytest.raises(ClipperException, match="query_workers must be at most 256"):
+        LocalContainerManager(cluster_name="disagree", query_workers=257)
     assert not processes_under(clipper_state_dir / "disagree")
 
 
