@@ -311,8 +311,23 @@ class ClipperConnection(object):
         self._require_connection()
         image = self.build_model(name, version, model_data_path, base_image, container_registry,
                                  pkgs_to_install)
-        self.deploy_model(name, version, input_type, image, labels, num_replicas, batch_size,
-                          num_gpus)
+        try:
+            self.deploy_model(name, version, input_type, image, labels, num_replicas, batch_size,
+                              num_gpus)
+        except BaseException:
+            self._discard_unused_build(name, version, image)
+            raise
+
+    def _discard_unused_build(self, name, version, image):
+        """A deploy refused before its version took this build (a bad input type, a count out
+        of range, Ctrl-C) leaves nothing behind: each refused try kept a copy of the model."""
+        discard = getattr(self.cm, "discard_build", None)    # (not in 0.4.1's interface)
+        try:
+            info = self.get_model_info(name, version)
+            if discard is not None and (info is None or info.get("container_name") != image):
+                discard(image)
+        except ClipperException as error:        # the refusal is the news, not this
+            self.logger.warning("Could not remove the build of %s:%s: %s", name, version, error)
 
     def build_model(self, name, version, model_data_path, base_image, container_registry=None,
                     pkgs_to_install=None):

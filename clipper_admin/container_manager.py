@@ -270,6 +270,9 @@ class ContainerManager(abc.ABC):
         """Package a model directory; return what ``deploy_model`` takes as ``image``."""
         raise NotImplementedError(f"{type(self).__name__} cannot build models")
 
+    def discard_build(self, image):
+        """Remove what ``build_model`` made, which no deploy took. Images stay (as in 0.4.1)."""
+
     @abc.abstractmethod
     def get_num_replicas(self, name, version):
         pass

@@ -292,6 +292,17 @@ class LocalContainerManager(ContainerManager):
             raise
         return str(target)
 
+    def discard_build(self, image):
+        """Remove a model directory build_model made here, unless a version's replicas use it."""
+        wanted = self.cluster.wanted_replicas()["models"].values()
+        if any(entry.get("model_dir") == str(image) for entry in wanted):
+            return
+        try:
+            self._check_model_dir(str(image))        # nothing but a directory build_model made
+        except ClipperException:
+            return
+        shutil.rmtree(image, ignore_errors=True)
+
     @staticmethod
     def _python_for(model_dir):
         python = read_model_metadata(model_dir).get("python") or sys.executable

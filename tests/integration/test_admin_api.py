@@ -334,6 +334,22 @@ def test_a_replica_count_that_is_not_a_whole_number_is_refused_at_once(conn, cou
     assert predict(conn, "counted", {"input": [0.0]}).json()["output"] == 1
 
 
+def test_a_refused_deploy_leaves_no_copy_of_its_model(conn):
+    """Each refused try kept a copy of the model (with the packages it installed) in the
+    cluster's state, for as long as the cluster lived."""
+    models = conn.cm.cluster.path / "models"
+    before = set(os.listdir(models))
+    with pytest.raises(ClipperException, match="'dubbles' is not a valid input type"):
+        python_deployer.deploy_python_closure(conn, "refused", 1, "dubbles", version_one)
+    with pytest.raises(ClipperException, match="num_replicas must be a whole number >= 0"):
+        python_deployer.deploy_python_closure(conn, "refused", 1, "doubles", version_one, num_replicas=-1)
+    assert set(os.listdir(models)) == before
+    python_deployer.deploy_python_closure(conn, "refused", 1, "doubles", version_one)   # the next try serves
+    kept = set(os.listdir(models)) - before
+    assert len(kept) == 1 and conn.get_model_info("refused", 1)["container_name"] == str(models / kept.pop())
+    assert replicas_of(conn, "refused", 1) == [0]
+
+
 def test_a_replica_count_beyond_what_a_machine_runs_is_refused_at_once(conn):
     """num_replicas=10**9 (a slip of the keyboard) made the supervisor build its plan of a
     billion replicas until it held 21 GB, and every later change of replicas waited behind it."""
