@@ -175,17 +175,21 @@ class DockerContainerManager(ContainerManager):
         (docker stop, docker kill: the restart policy leaves it stopped)."""
         return [c for c in self._model_containers(name, version) if _is_live(c)]
 
-    def _run(self, launch, image=None, labels=None, name=None, device_requests=None):
+    def _container_name(self, part):
+        return f"{self.cluster_name}-{part}-{random.randint(0, 100000)}"
+
+    def _run(self, launch, image=None, labels=None, name=None, device_requests=None, container_name=None):
         """A container of ``launch`` (clipper.launch): a server runs the runtime image with the
         launch's command and the cluster's state volume; a model replica runs ``image`` as-is.
-        The query frontend and the replicas also mount the replicas' metrics volume."""
+        The query frontend and the replicas also mount the replicas' metrics volume.
+        ``container_name``: the container's whole name (else one made of ``name``)."""
         # As in 0.4.1, the user's extra_container_kwargs go to every container; labels and
         # environment are merged with ours, and what the cluster needs to work wins.
         kwargs = {"restart_policy": {"Name": "unless-stopped"}, "log_config": self.log_config,
                   **self.extra_container_kwargs}
         all_labels = {**self.common_labels, ROLE_LABEL: launch.role, RUNTIME_IMAGE_LABEL: self.runtime_image,
                       **{label: str(port) for label, port in self._ports().items()}, **(labels or {})}
-        kwargs.update(name=f"{self.cluster_name}-{name or launch.role}-{random.randint(0, 100000)}",
+        kwargs.update(name=container_name or self._container_name(name or launch.role),
                       labels=all_labels, environment={**_as_dict(kwargs.get("environment", {})), **launch.env},
                       network_mode="host", detach=True)
         kwargs.pop("network", None)        # host networking: no network to join
@@ -378,8 +382,32 @@ class DockerContainerManager(ContainerManager):
 
     def deploy_model(self, name, version, input_type, image, num_replicas=1, num_gpus=0):
         """Run ``image`` as-is, ``num_replicas`` times: one from ``build_model``, or any
-        container that speaks Clipper's RPC v3 and reads Clipper's environment variables."""
-        self.set_num_replicas(name, version, input_type, image, num_replicas, num_gpus)
+        container that speaks Clipper's RPC v3 and reads Clipper's environment variables.
+
+        A version with replicas running already (another client deploying it at this moment,
+        or a deploy of it that stopped half-way) is refused: they may run another model, and
+        would have been counted as this deploy's. A deploy that fails or is interrupted
+        (Ctrl-C) while it starts replicas removes those it started."""
+        running = self._live_model_containers(name, version)
+        if running:
+            raise ClipperException(
+                f"Replicas of model {name}:{version} already run ({', '.join(sorted(c.name for c in running))}): "
+                "another client is deploying this version, or a deploy of it stopped half-way. If none "
+                f"is under way, remove them with <ClipperConnection>.cm.stop_models({{'{name}': ['{version}']}})")
+        started = []
+        try:
+            self._scale(name, version, input_type, image, num_replicas, num_gpus, started)
+        except BaseException:
+            self._remove_named(started)
+            raise
+
+    def _remove_named(self, names):
+        """Remove the containers of these names, those that exist."""
+        for container_name in names:
+            try:
+                self._remove([self.docker_client.containers.get(container_name)], graceful=False)
+            except docker.errors.NotFound:
+                pass
 
     def get_num_replicas(self, name, version):
         return len(self._live_model_containers(name, version))
@@ -387,6 +415,11 @@ class DockerContainerManager(ContainerManager):
     def set_num_replicas(self, name, version, input_type, image, num_replicas, num_gpus=None):
         """New containers get ``num_gpus`` GPUs each as device requests, the least used first.
         A stopped replica is no replica: it is removed, and counted as missing."""
+        self._scale(name, version, input_type, image, num_replicas, num_gpus)
+
+    def _scale(self, name, version, input_type, image, num_replicas, num_gpus, started=None):
+        """set_num_replicas; the name of each container it starts is added to ``started``
+        before the engine is asked to run it."""
         current = self._model_containers(name, version)
         if num_gpus is None:               # the version's, stopped replicas included
             num_gpus = int(current[0].labels.get(GPUS_PER_REPLICA_LABEL, 0)) if current else 0
@@ -411,7 +444,10 @@ class DockerContainerManager(ContainerManager):
             chosen = pick_devices(devices, num_gpus, in_use)
             in_use.update(chosen)
             requests_ = [docker.types.DeviceRequest(device_ids=chosen, capabilities=[["gpu"]])] if chosen else None
-            self._run(launch, image=image, name=f"{name}_{version}",
+            container_name = self._container_name(f"{name}_{version}")
+            if started is not None:
+                started.append(container_name)
+            self._run(launch, image=image, container_name=container_name,
                       labels={CLIPPER_MODEL_CONTAINER_LABEL: create_model_container_label(name, version),
                               GPUS_LABEL: ",".join(chosen), GPUS_PER_REPLICA_LABEL: str(num_gpus)},
                       device_requests=requests_)

@@ -139,6 +139,41 @@ def test_a_stopped_replica_is_not_counted_and_scaling_replaces_it(cluster, docke
         docker_client.containers.get(replica.id)           # removed, not left behind
 
 
+def test_an_interrupted_deploy_leaves_no_replica_and_a_half_deployed_version_is_refused(cluster, docker_client):
+    """Ctrl-C while a deploy started its replicas left those started running, for a version
+    never registered: stop_models did not see them, and deploying that version again counted
+    them as its own, so they served the interrupted deploy's model beside the new one."""
+    def every(version):
+        return docker_client.containers.list(all=True, filters={"label": [
+            f"{CLIPPER_DOCKER_LABEL}=dock", f"{CLIPPER_MODEL_CONTAINER_LABEL}=dock-cut_{version}"]})
+    real_run, runs = cluster.cm._run, []
+
+    def interrupted_second_run(*args, **kwargs):
+        if runs:
+            raise KeyboardInterrupt
+        runs.append(real_run(*args, **kwargs))
+        return runs[-1]
+    cluster.cm._run = interrupted_second_run
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            python_deployer.deploy_python_closure(cluster, "dock-cut", 1, "doubles", total, num_replicas=2)
+    finally:
+        del cluster.cm._run
+    try:
+        assert len(runs) == 1 and every(1) == []
+        assert cluster.get_model_info("dock-cut", 1) is None
+        # A version whose replicas run without it being registered is refused, not joined.
+        cluster.cm.set_num_replicas("dock-cut", "2", "doubles", "dock-dock-cut:1", 1)
+        with pytest.raises(ClipperException, match="Replicas of model dock-cut:2 already run"):
+            python_deployer.deploy_python_closure(cluster, "dock-cut", 2, "doubles", total, num_replicas=2)
+        assert len(every(2)) == 1 and cluster.get_model_info("dock-cut", 2) is None
+    finally:
+        cluster.cm.stop_models({"dock-cut": ["1", "2"]})
+        for version in (1, 2):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_client.images.remove(f"dock-dock-cut:{version}", force=True)
+
+
 def test_a_paused_replica_is_still_one(cluster, docker_client):
     replica, = containers(docker_client, **{CLIPPER_MODEL_CONTAINER_LABEL: "dock-sum_1"})
     replica.pause()
