@@ -134,7 +134,7 @@ def public_host_for(host):
 MIN_LOG_SIZE = 64 * 1024
 
 
-def _log_size_from_environment() -> dict:
+def log_size_from_environment() -> dict:
     """CLIPPER_MAX_LOG_SIZE (bytes), checked: the supervisor starts each log afresh past it."""
     value = os.environ.get("CLIPPER_MAX_LOG_SIZE")
     if value is None:
@@ -238,7 +238,7 @@ class ContainerManager(abc.ABC):
                       cache_size=cache_size, body_timeout=float(body_timeout),
                       admin_token=self.admin_token, **{limit: getattr(self, limit) for limit in SERVING_SETTINGS},
                       query_workers=self.query_workers, **auth.cluster_keys(self.rpc_auth, listen_host, self.admin_token),
-                      **_log_size_from_environment())
+                      **log_size_from_environment())
 
     def _require_free_ports(self, listen_host, extra=()):
         require_free_ports(listen_host, [*self.serving_ports(), *extra], taken_error=self.port_taken_error)

@@ -29,7 +29,7 @@ from clipper_admin.container_manager import (
     CLIPPER_DOCKER_LABEL, CLIPPER_DOCKER_PORT_LABELS, CLIPPER_INTERNAL_MANAGEMENT_PORT, CLIPPER_INTERNAL_QUERY_PORT,
     CLIPPER_INTERNAL_REDIS_PORT, CLIPPER_INTERNAL_RPC_PORT, CLIPPER_MGMT_FRONTEND_CONTAINER_LABEL,
     CLIPPER_MODEL_CONTAINER_LABEL, CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL, ContainerManager,
-    START_HINT, checked_cluster_name, create_model_container_label, write_log_copy)
+    START_HINT, checked_cluster_name, create_model_container_label, log_size_from_environment, write_log_copy)
 from clipper_admin.clipper_images import is_noop_image
 from clipper_admin.docker.images import (
     build_model_image, default_base_image, ensure_noop_image, ensure_runtime_image, image_label)
@@ -128,7 +128,10 @@ class DockerContainerManager(ContainerManager):
         self.prometheus_port = prometheus_port
         self.docker_network = docker_network
         self.centralize_log = use_centralized_log
-        self.log_config = {"type": "json-file"}
+        # Each container's log is capped as the local backend caps each process's (0.4.1's
+        # were not: a model that prints on every query filled the engine's disk).
+        log_size = log_size_from_environment().get("max_log_size", Config.max_log_size)
+        self.log_config = {"type": "json-file", "config": {"max-size": str(log_size), "max-file": "2"}}
         self.logging_system_instance = None
         if use_centralized_log:
             logger.warning("use_centralized_log=True: no log collector (fluentd) is started; "

@@ -54,6 +54,7 @@ def test_every_role_is_a_labelled_container_on_loopback(cluster, docker_client):
         # extra_container_kwargs reach every container, merged with Clipper's own
         assert container.labels["team"] == "tests" and "TZ=UTC" in container.attrs["Config"]["Env"]
         assert container.attrs["HostConfig"]["Memory"] == 1 << 30
+        assert container.attrs["HostConfig"]["LogConfig"]["Config"] == {"max-size": str(64 << 20), "max-file": "2"}
         assert TOKEN not in " ".join(container.attrs["Args"])
     # With a token, the RPC port takes only the cluster's containers (CURVE keys, through
     # the environment): the replica got its keys, and they are on no command line.
