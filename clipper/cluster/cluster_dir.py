@@ -212,6 +212,13 @@ class ClusterDir:
         except (TypeError, KeyError, ValueError):
             return True
 
+    def forget_stop(self) -> None:
+        """Remove the stop mark (one whose stopper is gone, when a watchdog takes over): kept,
+        the running cluster still read as being stopped, so a change made while a later
+        supervisor was replaced failed at once, and connect() did not recover it once crashed."""
+        with contextlib.suppress(OSError):
+            (self.path / STOPPING_FILE).unlink()
+
     # ---- processes ----
     def processes(self) -> List[dict]:
         return read_json(self.path / PROCESSES_FILE, {}).get("processes", [])

@@ -4,7 +4,7 @@ stays stopped (SIGSTOP) for FROZEN_SECONDS: it kills that one first.
 The supervisor runs this as one of its children, and restarts it if it dies. When the
 supervisor is gone without having stopped the cluster (when it stops the cluster, it stops
 this watchdog first; ``stop_all`` also marks the cluster as stopping, and a mark whose
-stopper was killed before it stopped anything is ignored), the watchdog becomes
+stopper was killed before it stopped anything is ignored and removed), the watchdog becomes
 the new supervisor in place: that one adopts the processes that still run, restarts the
 others, and starts a new watchdog.
 
@@ -35,6 +35,7 @@ def main(argv) -> None:
         time.sleep(POLL_SECONDS)
     if not cluster.exists() or cluster.stop_under_way():
         return                    # stopped on purpose, or its state is gone: nothing to keep
+    cluster.forget_stop()         # a stale mark, if any: the cluster runs on
     print(f"the supervisor (pid {pid}) is gone; taking its place", flush=True)
     # The new supervisor logs where the first one did.
     log = os.open(cluster.logs / "supervisor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -142,7 +142,7 @@ class LocalContainerManager(ContainerManager):
                 raise
         logger.info("Clipper cluster '%s' started (local processes, state in %s)",
                     self.cluster_name, self.cluster.path)
-        self._warn_if_exposed(config.host, config.admin_token)
+        self._warn_if_exposed(config)
 
     def _redis_url(self):
         if self.redis_ip is not None:
@@ -217,16 +217,17 @@ class LocalContainerManager(ContainerManager):
         if self.admin_token is None:
             self.admin_token = config.admin_token
 
-    def _warn_if_exposed(self, host, admin_token):
+    def _warn_if_exposed(self, config):
         """Say in the client what the servers only wrote to their own logs (which stop_all()
         deletes): a cluster that listens beyond loopback takes pickled code from anyone who
-        reaches its management port."""
-        if is_loopback(host):
+        reaches its management port. (The cluster's own settings: a recovering manager's
+        ports are still those it was made with.)"""
+        if is_loopback(config.host):
             return
         logger.warning("Clipper cluster '%s' listens on %s, beyond this machine: anyone who reaches "
                        "its management port (%d) can deploy pickled code that runs as this user. %s",
-                       self.cluster_name, host, self.clipper_management_port,
-                       "It has an admin token: keep the ports behind a firewall too." if admin_token else
+                       self.cluster_name, config.host, config.management_port,
+                       "It has an admin token: keep the ports behind a firewall too." if config.admin_token else
                        "It has no admin token: give one (admin_token=... or CLIPPER_ADMIN_TOKEN) and a firewall.")
 
     def crashed(self):
@@ -254,7 +255,7 @@ class LocalContainerManager(ContainerManager):
                                        f"replicas; see {self.cluster.logs / 'supervisor.log'}")
             time.sleep(recipe.READY_POLL_SECONDS)
         logger.info("Clipper cluster '%s' is running again", self.cluster_name)
-        self._warn_if_exposed(config.host, config.admin_token)
+        self._warn_if_exposed(config)
 
     def _running_replicas(self):
         return sum(1 for record in self.cluster.processes() if record["role"] == MODEL_CONTAINER

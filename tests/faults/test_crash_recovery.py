@@ -137,6 +137,12 @@ def test_a_stop_killed_before_it_stopped_anything_leaves_the_cluster_self_repair
                              for r in cluster.processes()), 10, "the killed replica restarting")
         assert predictions(conn, "sum") == [6.0, -3.5]
         ClipperConnection(LocalContainerManager(cluster_name=NAME)).connect()
+        # The running cluster is no longer marked: a change made while its supervisor is
+        # replaced again is applied (it failed at once: "did not apply the change").
+        assert not cluster.is_stopping()
+        os.kill(cluster.supervisor().pid, signal.SIGKILL)
+        conn.set_num_replicas("sum", 2)
+        assert conn.get_num_replicas("sum") == 2
 
 
 def test_a_change_made_while_the_supervisor_is_replaced_is_applied_and_says_so(clipper_state_dir):
