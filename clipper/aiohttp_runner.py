@@ -8,6 +8,8 @@ class _HalfCloseAnswered(web.RequestHandler):
     """aiohttp closes a connection as soon as the client half-closes it (shutdown(SHUT_WR),
     legal in HTTP/1.1), so a request sent that way was never answered: answer it, then close."""
 
+    _half_closed = False
+
     def eof_received(self) -> bool:
         if not self._messages and self._waiter is not None and not self._waiter.done():
             return False                   # idle: nothing was asked, close now
@@ -18,7 +20,14 @@ class _HalfCloseAnswered(web.RequestHandler):
             return False
         if not self._messages:
             self.close()                   # close once the request being handled is answered
-        return True                        # (queued pipelined requests: closed when idle)
+        self._half_closed = True           # (pipelined ones queued: once the last is answered)
+        return True
+
+    async def _handle_request(self, request, start_time, request_handler):
+        outcome = await super()._handle_request(request, start_time, request_handler)
+        if self._half_closed and not self._messages:
+            self.close()       # the client's last request is answered: it kept the connection a minute
+        return outcome
 
     def _body_cut_short(self) -> bool:
         """A request read, or being answered, whose body has not all arrived."""

@@ -84,3 +84,15 @@ def test_what_a_client_sent_before_it_left_is_released_without_the_collector(por
     finally:
         tracemalloc.stop()
         gc.enable()
+
+
+def test_a_client_that_pipelines_then_half_closes_gets_every_answer_then_the_close(port):
+    """It waited for the keep-alive timeout (a minute) after its last answer."""
+    bad = b"POST /admin/add_app HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 3\r\n\r\n{x}"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(bad * 3)
+        connection.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := connection.recv(65536):      # until the server closes
+            received += chunk
+    assert received.count(b"HTTP/1.1 400 ") == 3, received
