@@ -340,14 +340,14 @@ def test_a_refused_deploy_leaves_no_copy_of_its_model(conn):
     models = conn.cm.cluster.path / "models"
     before = set(os.listdir(models))
     with pytest.raises(ClipperException, match="'dubbles' is not a valid input type"):
-        python_deployer.deploy_python_closure(conn, "refused", 1, "dubbles", version_one)
+        python_deployer.deploy_python_closure(conn, "refused-build", 1, "dubbles", version_one)
     with pytest.raises(ClipperException, match="num_replicas must be a whole number >= 0"):
-        python_deployer.deploy_python_closure(conn, "refused", 1, "doubles", version_one, num_replicas=-1)
+        python_deployer.deploy_python_closure(conn, "refused-build", 1, "doubles", version_one, num_replicas=-1)
     assert set(os.listdir(models)) == before
-    python_deployer.deploy_python_closure(conn, "refused", 1, "doubles", version_one)   # the next try serves
+    python_deployer.deploy_python_closure(conn, "refused-build", 1, "doubles", version_one)   # the next try serves
     kept = set(os.listdir(models)) - before
-    assert len(kept) == 1 and conn.get_model_info("refused", 1)["container_name"] == str(models / kept.pop())
-    assert replicas_of(conn, "refused", 1) == [0]
+    assert len(kept) == 1 and conn.get_model_info("refused-build", 1)["container_name"] == str(models / kept.pop())
+    assert replicas_of(conn, "refused-build", 1) == [0]
 
 
 def test_a_replica_count_beyond_what_a_machine_runs_is_refused_at_once(conn):
