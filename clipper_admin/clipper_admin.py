@@ -322,9 +322,11 @@ class ClipperConnection(object):
         """A deploy refused before its version took this build (a bad input type, a count out
         of range, Ctrl-C) leaves nothing behind: each refused try kept a copy of the model."""
         discard = getattr(self.cm, "discard_build", None)    # (not in 0.4.1's interface)
+        if discard is None:
+            return
         try:
             info = self.get_model_info(name, version)
-            if discard is not None and (info is None or info.get("container_name") != image):
+            if info is None or info.get("container_name") != image:
                 discard(image)
         except ClipperException as error:        # the refusal is the news, not this
             self.logger.warning("Could not remove the build of %s:%s: %s", name, version, error)

@@ -181,18 +181,18 @@ class DockerContainerManager(ContainerManager):
     def _container_name(self, part):
         return f"{self.cluster_name}-{part}-{random.randint(0, 100000)}"
 
-    def _run(self, launch, image=None, labels=None, name=None, device_requests=None, container_name=None):
+    def _run(self, launch, image=None, labels=None, device_requests=None, container_name=None):
         """A container of ``launch`` (clipper.launch): a server runs the runtime image with the
         launch's command and the cluster's state volume; a model replica runs ``image`` as-is.
         The query frontend and the replicas also mount the replicas' metrics volume.
-        ``container_name``: the container's whole name (else one made of ``name``)."""
+        ``container_name``: its name (else one made of the launch's role)."""
         # As in 0.4.1, the user's extra_container_kwargs go to every container; labels and
         # environment are merged with ours, and what the cluster needs to work wins.
         kwargs = {"restart_policy": {"Name": "unless-stopped"}, "log_config": self.log_config,
                   **self.extra_container_kwargs}
         all_labels = {**self.common_labels, ROLE_LABEL: launch.role, RUNTIME_IMAGE_LABEL: self.runtime_image,
                       **{label: str(port) for label, port in self._ports().items()}, **(labels or {})}
-        kwargs.update(name=container_name or self._container_name(name or launch.role),
+        kwargs.update(name=container_name or self._container_name(launch.role),
                       labels=all_labels, environment={**_as_dict(kwargs.get("environment", {})), **launch.env},
                       network_mode="host", detach=True)
         kwargs.pop("network", None)        # host networking: no network to join
