@@ -48,24 +48,32 @@ class EchoApp(http.Application):
 
 
 @contextlib.contextmanager
-def serving(limits):
-    """An HTTP server of EchoApp on a loopback port, its loop in a thread; yields the port."""
+def running_server(limits):
+    """An HTTP server of EchoApp on a loopback port, its loop in a thread; yields the server."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     holder = {}
 
     async def main():
         holder["server"] = await http.Server(EchoApp(), limits).start("127.0.0.1", 0)
-        holder["port"] = holder["server"].listener.sockets[0].getsockname()[1]
         started.set()
 
     thread = threading.Thread(target=lambda: (loop.run_until_complete(main()), loop.run_forever()), daemon=True)
     thread.start()
     started.wait(10)
-    yield holder["port"]
-    asyncio.run_coroutine_threadsafe(holder["server"].stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    try:
+        yield holder["server"]
+    finally:
+        asyncio.run_coroutine_threadsafe(holder["server"].stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@contextlib.contextmanager
+def serving(limits):
+    """As running_server; yields the port."""
+    with running_server(limits) as server:
+        yield server.listener.sockets[0].getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -450,15 +458,10 @@ def test_a_client_that_leaves_takes_what_it_sent_with_it_without_the_collector(s
     a body, then left, kept 1.5 GB of the query frontend for good."""
     import gc
     import weakref
-    loop = asyncio.new_event_loop()
-    server = http.Server(EchoApp(), http.Limits(max_body_size=1_000_000, header_timeout=5,
-                                                body_timeout=5, keepalive_timeout=5))
-    port = loop.run_until_complete(server.start("127.0.0.1", 0)).listener.sockets[0].getsockname()[1]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
+    limits = http.Limits(max_body_size=1_000_000, header_timeout=5, body_timeout=5, keepalive_timeout=5)
     gc.disable()
     try:
-        with connect(port) as connection:
+        with running_server(limits) as server, connect(server.listener.sockets[0].getsockname()[1]) as connection:
             connection.sendall(sent)
             ends = time.monotonic() + 5
             while not server.connections or any(c.body_size < 400_000 and not c.answers
@@ -466,14 +469,12 @@ def test_a_client_that_leaves_takes_what_it_sent_with_it_without_the_collector(s
                 assert time.monotonic() < ends, "the server read what was sent"
                 time.sleep(0.01)
             left = [weakref.ref(c) for c in list(server.connections)]
-        ends = time.monotonic() + 5
-        while any(c() is not None and c().transport is not None for c in left):
-            assert time.monotonic() < ends, "the server saw the client leave"
-            time.sleep(0.01)
-        time.sleep(0.3)        # the pipelined answer (/later/100) settles meanwhile
-        assert [c for c in left if c() is not None] == [], "freed as the client left"
+            connection.close()
+            ends = time.monotonic() + 5
+            while any(c() is not None and c().transport is not None for c in left):
+                assert time.monotonic() < ends, "the server saw the client leave"
+                time.sleep(0.01)
+            time.sleep(0.3)        # the pipelined answer (/later/100) settles meanwhile
+            assert [c for c in left if c() is not None] == [], "freed as the client left"
     finally:
         gc.enable()
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
