@@ -22,12 +22,15 @@ INPUTS = np.random.default_rng(6).normal(size=(5, 2)).round(3).tolist()
 
 
 @pytest.fixture(scope="module")
-def spark():
+def spark(tmp_path_factory):
     logging.getLogger("py4j").setLevel(logging.WARNING)   # its shutdown chatter
+    scratch = tmp_path_factory.mktemp("spark")             # else its JVM leaves it in /tmp
     session = (SparkSession.builder.master("local[1]").appName("clipper-test")
                .config("spark.ui.enabled", "false")
                .config("spark.driver.host", "127.0.0.1")
                .config("spark.driver.bindAddress", "127.0.0.1")
+               .config("spark.local.dir", str(scratch))
+               .config("spark.driver.extraJavaOptions", f"-Djava.io.tmpdir={scratch}")
                .getOrCreate())
     yield session
     session.stop()
