@@ -59,7 +59,11 @@ def docker_client():
         client = engine()
     except ClipperException as error:
         pytest.skip(str(error))
-    assert not clipper_containers(client), "Clipper containers were running before the tests"
+    running = clipper_containers(client)
+    # The tests run closeClipper.py, which stops every Clipper cluster of the engine.
+    assert not running, (f"Clipper containers run on this engine ({', '.join(c.name for c in running[:5])}): "
+                         f"the Docker tests would stop them. Stop your clusters first (python "
+                         f"examples/closeClipper.py), or give the tests another engine (DOCKER_HOST)")
     yield client
     left = clipper_containers(client)
     for container in left:
