@@ -416,7 +416,10 @@ class StreamPeer(asyncio.Protocol):
     def send(self, frames) -> bool:
         if self.transport.is_closing():
             return False
-        self.transport.writelines([stream.header(frames), *frames])
+        # One write(), not writelines(): the selector transport of CPython 3.12.0-3.12.8 and
+        # 3.13.0-3.13.1 (gh-127655) never calls pause_writing from writelines, so without
+        # uvloop a peer that reads no answers grew the buffer without bound.
+        self.transport.write(stream.encode(frames))
         return True
 
     # The peer's messages are answered (heartbeats, at least): while it does not take the

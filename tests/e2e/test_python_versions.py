@@ -37,6 +37,22 @@ def test_quick_start_runs_on_supported_python(minor, clipper_state_dir):
     assert_nothing_left(clipper_state_dir)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("minor", ["3.9", "3.10", "3.11", "3.12", "3.13"])
+def test_frontend_stops_reading_a_replica_that_takes_no_answers_on_plain_asyncio(minor, tmp_path):
+    """Without uvloop, CPython 3.12.0-3.12.8 and 3.13.0-3.13.1 never paused a protocol that
+    sent with writelines(): a replica flooding heartbeats grew the frontend's buffer of unsent
+    answers without bound (17 MB in a second here). Run by each Python in its quick-start venv."""
+    python = pyenv_python(minor)
+    if python is None:
+        pytest.skip(f"Python {minor} is not installed (pyenv versions)")
+    venv_python = venv_with_requirements(python)
+    result = subprocess.run([str(venv_python), str(Path(__file__).with_name("stream_backpressure.py")),
+                             str(tmp_path), "27718"], env=clean_environment(venv_python.parent),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
 def quick_start_commands():
     """The shell block under the README's "Quick start" heading, as a user copies it."""
     readme = (ROOT / "README.md").read_text()
