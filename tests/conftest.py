@@ -63,7 +63,7 @@ def docker_client():
     # The tests run closeClipper.py, which stops every Clipper cluster of the engine.
     assert not running, (f"Clipper containers run on this engine ({', '.join(c.name for c in running[:5])}): "
                          f"the Docker tests would stop them. Stop your clusters first (python "
-                         f"examples/closeClipper.py), or give the tests another engine (DOCKER_HOST)")
+                         f"closeClipper.py), or give the tests another engine (DOCKER_HOST)")
     yield client
     left = clipper_containers(client)
     for container in left:
