@@ -14,10 +14,8 @@ import logging
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zipfile
@@ -35,6 +33,7 @@ from clipper.config import Config, is_loopback
 from clipper_admin.container_manager import SERVING_SETTINGS
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.local import LocalContainerManager
+from clipper_admin.ray.node_state import node_state_dir
 
 # The directories that hold our packages: on the nodes, where Ray unpacked them (each its
 # own); a replica imports clipper, and clipper_admin if its model reports metrics.
@@ -44,35 +43,9 @@ MAX_RESTART_DELAY = 5.0
 METRICS_FORWARD_SECONDS = 1.0     # a replica's metrics reach the frontends' node this often
 RAYLET_CHECK_SECONDS = 0.5
 HEALTHY_RUN_SECONDS = 10.0
+RAY_SESSION_FILE = "ray-session"     # the Ray cluster whose frontends' actor started the servers
 
 log = logging.getLogger(__name__)
-
-
-def node_state_dir(namespace, cluster_name):
-    """This node's directory for one cluster: the frontends' state, unpacked models, logs."""
-    path = private_root() / namespace / cluster_name
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
-
-
-def private_root() -> Path:
-    """``$TMPDIR/clipper-ray-<uid>``, this user's alone. Its name can be guessed, and /tmp is
-    shared: a directory or link of that name made by another user would let them swap the
-    models (and the programs) that replicas run as this one, so it is refused."""
-    root = Path(tempfile.gettempdir()) / f"clipper-ray-{os.getuid()}"
-    try:
-        root.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    status = os.lstat(root)
-    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid():
-        what = "is a symbolic link" if stat.S_ISLNK(status.st_mode) else (
-            "is not a directory" if not stat.S_ISDIR(status.st_mode) else f"belongs to user {status.st_uid}")
-        raise PermissionError(f"{root}, where Clipper keeps this node's cluster state, {what}, not "
-                              f"to you: remove it, or give the node's processes another TMPDIR")
-    if status.st_mode & 0o077:                     # made by an earlier version, with the umask's mode
-        os.chmod(root, 0o700)
-    return root
 
 
 def zip_directory(path) -> bytes:
@@ -121,7 +94,9 @@ class ClusterFrontends:
             clipper_rpc_port=settings["rpc_port"], clipper_metric_port=settings["metrics_port"],
             admin_token=settings["admin_token"], rpc_auth=settings["rpc_auth"],
             **{limit: settings[limit] for limit in SERVING_SETTINGS})
+        ray_session = ray.get_runtime_context().get_session_name()
         if self.local.cluster.is_running():       # this actor was restarted, its processes were not
+            self._refuse_another_ray_clusters(ray_session)
             self.local.connect()
         else:
             try:
@@ -130,8 +105,25 @@ class ClusterFrontends:
             except BaseException:
                 shutil.rmtree(self.dir, ignore_errors=True)
                 raise
+        (self.dir / RAY_SESSION_FILE).write_text(ray_session)
         self.models = {}
         self._reload_models()
+
+    def _refuse_another_ray_clusters(self, ray_session: str) -> None:
+        """Servers running in this node's directory are taken back only by the Ray cluster that
+        started them (its session outlives node restarts). Another Ray cluster on this machine,
+        with the same TMPDIR, namespace and cluster name, would otherwise serve, and stop, them."""
+        try:
+            theirs = (self.dir / RAY_SESSION_FILE).read_text()
+        except FileNotFoundError:                 # started before sessions were recorded
+            return
+        if theirs != ray_session:
+            raise ValueError(
+                f"Clipper cluster '{self.settings['cluster_name']}' of namespace '{self.settings['namespace']}' "
+                f"already runs on this machine for another Ray cluster ({theirs}; this one is {ray_session}), "
+                f"with its state in {self.dir}. Give this Ray cluster's nodes another TMPDIR, or use another "
+                f"cluster_name. If that Ray cluster is gone, stop its servers with: CLIPPER_STATE_DIR="
+                f"{self.dir / 'state'} clipper stop --backend local")
 
     def info(self) -> dict:
         return {**self.settings, **where_am_i()}

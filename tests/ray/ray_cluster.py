@@ -46,17 +46,40 @@ FAST_NODE_FAILURE_ENV = {"RAY_health_check_period_ms": "500", "RAY_health_check_
 @contextlib.contextmanager
 def loopback_ray_cluster():
     """``{"address", "nodes": [{"node_id", "raylet_pid"}, ...] (head, GPU worker, worker),
-    "marker"}``; the test process joins it as a driver through RayContainerManager."""
+    "marker", "env"}``; the test process joins it as a driver through RayContainerManager."""
     # Ray reads its settings when imported: this process is a driver of the test cluster too.
     os.environ.update(LOOPBACK_ENV)
     ray = pytest.importorskip("ray", reason="the Ray backend's tests need Ray: pip install -r requirements-ray.txt")
+    with ray_cluster_process(GCS_PORT, LOOPBACK_ENV) as cluster:
+        os.environ["RAY_ADDRESS"] = cluster["address"]     # where RayContainerManager finds it
+        try:
+            yield cluster
+        finally:
+            ray.shutdown()
+            os.environ.pop("RAY_ADDRESS", None)
+
+
+@contextlib.contextmanager
+def other_loopback_ray_cluster():
+    """A second, one-node Ray cluster on this machine, on ports of its own; this process is not
+    its driver (``cluster["env"]`` is the environment of one)."""
+    ports = {"AUTOSCALER_METRIC_PORT": "21610", "DASHBOARD_METRIC_PORT": "21611",
+             "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:21612/"}
+    with ray_cluster_process(21600, {**LOOPBACK_ENV, **ports}, "--head-only") as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def ray_cluster_process(gcs_port, loopback_env, *options):
+    """tests/ray/cluster_host.py, with the processes of its Ray cluster marked and stopped."""
     scratch = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))    # short: unix socket paths
     (scratch / "home").mkdir()
     (scratch / "home" / "ray_bootstrap_config.yaml").write_text("{}\n")
     marker = str(scratch)
-    env = {**os.environ, **LOOPBACK_ENV, **FAST_NODE_FAILURE_ENV, RAY_TEST_MARKER_ENV: marker,
+    env = {**os.environ, **loopback_env, **FAST_NODE_FAILURE_ENV, RAY_TEST_MARKER_ENV: marker,
            "HOME": str(scratch / "home"), "RAY_TMPDIR": str(scratch)}
-    host = subprocess.Popen([sys.executable, str(HERE / "cluster_host.py"), str(GCS_PORT)],
+    env.pop("RAY_ADDRESS", None)          # another test cluster's, where this one is the second
+    host = subprocess.Popen([sys.executable, str(HERE / "cluster_host.py"), str(gcs_port), *options],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=open(scratch / "cluster_host.log", "wb"), env=env, text=True)
     line = host.stdout.readline()
@@ -64,12 +87,10 @@ def loopback_ray_cluster():
         host.wait(30)
         raise RuntimeError(f"the Ray test cluster did not start:\n{(scratch / 'cluster_host.log').read_text()[-3000:]}")
     cluster = {**json.loads(line), "marker": marker}
-    os.environ["RAY_ADDRESS"] = cluster["address"]     # where RayContainerManager finds it
+    cluster["env"] = {**env, "RAY_ADDRESS": cluster["address"]}
     try:
         yield cluster
     finally:
-        ray.shutdown()
-        os.environ.pop("RAY_ADDRESS", None)
         host.stdin.close()
         try:
             host.wait(60)

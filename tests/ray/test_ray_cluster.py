@@ -1,6 +1,8 @@
 """The Ray backend's cluster: on loopback only, the example scripts, closeClipper.py."""
 import os
 import socket
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -9,7 +11,8 @@ import requests
 from clipper_admin import ClipperConnection, ClipperException
 from clipper_admin.deployers import python as python_deployer
 from clipper_admin.ray import RayContainerManager
-from ray_helpers import assert_nothing_left, marked_processes, off_loopback
+from ray_cluster import other_loopback_ray_cluster
+from ray_helpers import ROOT, assert_nothing_left, marked_processes, off_loopback
 
 
 def feature_sum(xs):
@@ -54,3 +57,32 @@ def test_a_taken_port_is_one_clear_error_and_leaves_nothing(ray_cluster):
     assert str(refused.value).startswith("Clipper did not start: Port 1337 (query frontend) is already "
                                          "in use on 127.0.0.1"), str(refused.value)
     assert_nothing_left(ray_cluster["marker"])
+
+
+START_ON_THE_OTHER_RAY_CLUSTER = """
+from clipper_admin import ClipperConnection
+from clipper_admin.ray import RayContainerManager
+ClipperConnection(RayContainerManager(cluster_name="twin")).start_clipper()
+"""
+
+
+def test_a_second_ray_cluster_on_the_machine_neither_takes_nor_stops_the_first_ones_servers(ray_cluster):
+    # Both Ray clusters' nodes keep Clipper's state in $TMPDIR/clipper-ray-<uid>/clipper/twin.
+    conn = ClipperConnection(RayContainerManager(cluster_name="twin"))
+    conn.start_clipper()
+    try:
+        python_deployer.create_endpoint(conn, "twin-app", "doubles", feature_sum, slo_micros=2_000_000)
+        url = f"http://{conn.get_query_addr()}/twin-app/predict"
+        assert requests.post(url, json={"input": [1.0, 2.0]}, timeout=10).json()["output"] == 3
+        with other_loopback_ray_cluster() as other:
+            refused = subprocess.run([sys.executable, "-c", START_ON_THE_OTHER_RAY_CLUSTER], cwd=ROOT,
+                                     env=other["env"], capture_output=True, text=True, timeout=180)
+            assert refused.returncode != 0 and "already runs on this machine for another Ray cluster" in \
+                refused.stderr, refused.stderr[-2000:]
+            stopped = subprocess.run([sys.executable, "closeClipper.py", "--backend", "ray"], cwd=ROOT,
+                                     env=other["env"], capture_output=True, text=True, timeout=180)
+            assert stopped.returncode == 0, stopped.stderr[-2000:]
+        answer = requests.post(url, json={"input": [1.0, 2.0]}, timeout=10).json()
+        assert answer["output"] == 3 and not answer["default"], answer
+    finally:
+        conn.stop_all()

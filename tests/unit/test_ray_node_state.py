@@ -5,8 +5,7 @@ import tempfile
 
 import pytest
 
-pytest.importorskip("ray", reason="the Ray backend's tests need Ray: pip install -r requirements-ray.txt")
-from clipper_admin.ray.actors import node_state_dir  # noqa: E402
+from clipper_admin.ray.node_state import node_state_dir
 
 
 @pytest.fixture

@@ -1,0 +1,32 @@
+"""Where a Ray node keeps Clipper's state: a directory of the user's own, under $TMPDIR."""
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+
+def node_state_dir(namespace, cluster_name):
+    """This node's directory for one cluster: the frontends' state, unpacked models, logs."""
+    path = private_root() / namespace / cluster_name
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def private_root() -> Path:
+    """``$TMPDIR/clipper-ray-<uid>``, this user's alone. Its name can be guessed, and /tmp is
+    shared: a directory or link of that name made by another user would let them swap the
+    models (and the programs) that replicas run as this one, so it is refused."""
+    root = Path(tempfile.gettempdir()) / f"clipper-ray-{os.getuid()}"
+    try:
+        root.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    status = os.lstat(root)
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid():
+        what = "is a symbolic link" if stat.S_ISLNK(status.st_mode) else (
+            "is not a directory" if not stat.S_ISDIR(status.st_mode) else f"belongs to user {status.st_uid}")
+        raise PermissionError(f"{root}, where Clipper keeps this node's cluster state, {what}, not "
+                              f"to you: remove it, or give the node's processes another TMPDIR")
+    if status.st_mode & 0o077:                     # made by an earlier version, with the umask's mode
+        os.chmod(root, 0o700)
+    return root
