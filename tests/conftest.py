@@ -22,11 +22,17 @@ from clipper_admin.local import stop_all_local_clusters
 
 
 @pytest.fixture(scope="session", autouse=True)
-def clipper_state_dir():
+def clipper_state_dir(tmp_path_factory):
     """A private state directory for the whole session; fails the run on leftovers."""
     base = Path(tempfile.mkdtemp(prefix="clst-", dir="/tmp"))
     previous = os.environ.get("CLIPPER_STATE_DIR")
     os.environ["CLIPPER_STATE_DIR"] = str(base)
+    # Temporary files too (saved functions, the Ray nodes' state): removed with the rest, and
+    # apart from those of another run of the tests on the machine.
+    tmp_path_factory.getbasetemp()     # pytest's tmp_path stays short: state directories in it hold sockets
+    scratch, previous_scratch = base / "tmp", (os.environ.get("TMPDIR"), tempfile.tempdir)
+    scratch.mkdir()
+    os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)
     busy_before = {port for port in DEFAULT_PORTS if port_open(port)}
     yield base
     leftovers = processes_under(base)
@@ -37,6 +43,11 @@ def clipper_state_dir():
         os.environ.pop("CLIPPER_STATE_DIR", None)
     else:
         os.environ["CLIPPER_STATE_DIR"] = previous
+    if previous_scratch[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous_scratch[0]
+    tempfile.tempdir = previous_scratch[1]
     assert not leftovers, f"processes left behind: {[(p.pid, p.cmdline()[:4]) for p in leftovers]}"
     assert not busy_after, f"ports left open: {sorted(busy_after)}"
 

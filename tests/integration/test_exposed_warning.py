@@ -7,6 +7,8 @@ test binds loopback only: the manager is made to take 127.0.0.1 for an exposed a
 import logging
 import signal
 
+import psutil
+
 from helpers import local_cluster
 import clipper_admin.local.local_container_manager as local_manager
 from clipper.cluster.cluster_dir import cluster_processes
@@ -41,6 +43,7 @@ def test_a_recovered_cluster_warns_with_its_own_port(caplog, monkeypatch):
         for stop in (signal.SIGSTOP, signal.SIGKILL):       # all at once: none restarts another
             for process in processes:
                 process.send_signal(stop)
+        psutil.wait_procs(processes, timeout=30)       # else a loaded machine may show it running
         caplog.clear()
         with caplog.at_level(logging.WARNING, local_manager.logger.name):
             ClipperConnection(LocalContainerManager(cluster_name="exposed")).connect()
