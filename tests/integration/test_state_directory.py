@@ -1,13 +1,14 @@
 """The state directory is the cluster's: a start or a stop, which delete what is there, never
 take a place the user made under CLIPPER_STATE_DIR (a shared one, or a name that clashes)."""
 import json
+import os
 import subprocess
 import sys
 
 import psutil
 import pytest
 
-from clipper.cluster.cluster_dir import cluster_processes
+from clipper.cluster.cluster_dir import START_LOCK_FILE, cluster_processes, start_lock
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin.local.local_container_manager import stop_all_local_clusters
 from helpers import ROOT, all_gone, wait_for
@@ -158,3 +159,31 @@ def test_a_crashed_cluster_in_a_state_directory_others_may_write_to_is_not_start
     finally:
         state_dir.chmod(0o700)
         stop_all_local_clusters(graceful=False)
+
+
+def test_the_start_lock_is_not_taken_in_a_state_directory_others_may_write_to(state_dir, tmp_path):
+    """Docker starts take the lock without refuse_foreign: in a shared state directory
+    another user made first (CLIPPER_STATE_DIR=/tmp/clipper), a link there as .start.lock
+    had the user create whatever file it named (as root: /etc/nologin), and whoever held
+    the lock stopped every start."""
+    target = tmp_path / "file-the-link-names"
+    (state_dir / START_LOCK_FILE).symlink_to(target)
+    state_dir.chmod(0o777)
+    try:
+        with pytest.raises(PermissionError, match="which others may write to"):
+            with start_lock():
+                pass
+        assert not target.exists()
+    finally:
+        state_dir.chmod(0o700)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another user needs root")
+def test_the_start_lock_is_not_taken_in_a_state_directory_of_another_user(state_dir):
+    state_dir.chmod(0o755)
+    os.chown(state_dir, 65534, 65534)           # nobody: as if they had made it first
+    with pytest.raises(PermissionError, match="which belongs to another user"):
+        with start_lock():
+            pass
+    assert list(state_dir.iterdir()) == []
+
