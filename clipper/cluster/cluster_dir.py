@@ -327,7 +327,11 @@ def clusters() -> List[ClusterDir]:
 
 def cluster_path_of(process: psutil.Process) -> Optional[str]:
     """The cluster directory a process belongs to, or None. redis-server rewrites its title
-    over its environment, so our marker is gone from it: it is known by its socket path."""
+    over its environment, so our marker is gone from it: it is known by its socket path.
+    Another user's process belongs to none of ours: its environment and title are its own to
+    set, and root, who can read them, would have signalled it as one of the cluster's."""
+    if process.uids().real != os.getuid():
+        return None
     marker = process.environ().get(MARKER_ENV)
     if marker:
         return marker

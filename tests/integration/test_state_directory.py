@@ -8,7 +8,8 @@ import sys
 import psutil
 import pytest
 
-from clipper.cluster.cluster_dir import START_LOCK_FILE, cluster_processes, start_lock
+from clipper.cluster.cluster_dir import (MARKER_ENV, START_LOCK_FILE, cluster_processes, orphan_cluster_paths,
+                                         processes_marked_with, start_lock)
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin.local.local_container_manager import stop_all_local_clusters
 from helpers import ROOT, all_gone, wait_for
@@ -187,3 +188,25 @@ def test_the_start_lock_is_not_taken_in_a_state_directory_of_another_user(state_
             pass
     assert list(state_dir.iterdir()) == []
 
+
+@pytest.mark.skipif(os.getuid() != 0, reason="starting a process as another user needs root")
+def test_another_users_process_is_never_taken_for_the_clusters(state_dir):
+    """Its environment (the cluster's marker) and its title (Redis's) are its own to set: root
+    stopping a cluster, or closeClipper.py listing clusters, took it for one of the cluster's."""
+    cluster = state_dir / "prod"
+
+    def as_nobody():
+        os.setgid(65534)
+        os.setuid(65534)
+    impostors = [subprocess.Popen(["sleep", "60"], env={MARKER_ENV: str(cluster)}, preexec_fn=as_nobody),
+                 subprocess.Popen([f"valkey-server unixsocket:{cluster}/redis.sock", "60"],
+                                  executable="/bin/sleep", preexec_fn=as_nobody)]
+    try:
+        assert processes_marked_with(cluster) == []
+        assert orphan_cluster_paths() == []
+        assert stop_all_local_clusters(graceful=False) == []
+        assert all(p.poll() is None for p in impostors), "another user's process was stopped"
+    finally:
+        for process in impostors:
+            process.kill()
+            process.wait()
