@@ -8,7 +8,8 @@ import sys
 import psutil
 import pytest
 
-from clipper.cluster.cluster_dir import (MARKER_ENV, START_LOCK_FILE, cluster_processes, orphan_cluster_paths,
+from clipper.cluster.cluster_dir import (CLUSTER_FILE, MARKER_ENV, REPLICAS_FILE, START_LOCK_FILE, SUPERVISOR_FILE,
+                                         ClusterDir, ProcessRecord, cluster_processes, orphan_cluster_paths,
                                          processes_marked_with, start_lock)
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin.local.local_container_manager import stop_all_local_clusters
@@ -210,3 +211,17 @@ def test_another_users_process_is_never_taken_for_the_clusters(state_dir):
         for process in impostors:
             process.kill()
             process.wait()
+
+
+def test_the_clusters_files_are_the_users_alone_whatever_the_umask(state_dir):
+    """cluster.json holds the admin token and the RPC keys: under the usual umask (022) it was
+    0644, readable by anyone once the directory was copied or opened up."""
+    cluster = ClusterDir(state_dir / "secrets")
+    previous = os.umask(0o022)
+    try:
+        cluster.create({"config": {"admin_token": "t0ken"}})
+        cluster.set_supervisor(ProcessRecord.of(os.getpid()))
+    finally:
+        os.umask(previous)
+    for name in (CLUSTER_FILE, REPLICAS_FILE, SUPERVISOR_FILE):
+        assert (cluster.path / name).stat().st_mode & 0o777 == 0o600, name
