@@ -69,9 +69,30 @@ def start_lock() -> Iterator[None]:
     if base.exists() and not base.is_dir():
         raise NotADirectoryError(f"the state directory {base} (CLIPPER_STATE_DIR) is not a directory")
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Checked once it exists (another user may have made it first): whoever owns it or may
+    # write to it could hold the lock for good, or put a link there that has us create
+    # (as this user) whatever file it names.
+    problem = base_problem(base)
+    if problem:
+        raise PermissionError(f"Cannot use the state directory {base}, which {problem}; set "
+                              "CLIPPER_STATE_DIR to a directory of your own (the default is ~/.clipper)")
     with open(base / START_LOCK_FILE, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def base_problem(base: Path) -> Optional[str]:
+    """Why an existing state directory is not one to use (what follows "which"), or None.
+    What is in it says which programs the supervisor runs (the wanted replicas), and it
+    holds the start lock: nobody else may be able to put anything there."""
+    if not base.is_dir():
+        return "is not a directory (CLIPPER_STATE_DIR?)"
+    status = base.stat()
+    if status.st_uid != os.getuid():
+        return "belongs to another user (CLIPPER_STATE_DIR?)"
+    if status.st_mode & 0o022:
+        return f"others may write to (make it yours alone: chmod go-w {base})"
+    return None
 
 
 def read_json(path: Path, default=None):
@@ -132,16 +153,9 @@ class ClusterDir:
         nothing is there): a start or a stop deletes what is there, so a place the user
         made (a folder of the same name in a shared CLIPPER_STATE_DIR) is never taken."""
         base = self.path.parent
-        if base.exists():
-            if not base.is_dir():
-                return f"is in {base}, which is not a directory (CLIPPER_STATE_DIR?)"
-            # What is there says which programs the supervisor runs (the wanted replicas):
-            # nobody else may be able to put it there.
-            status = base.stat()
-            if status.st_uid != os.getuid():
-                return f"is in {base}, which belongs to another user (CLIPPER_STATE_DIR?)"
-            if status.st_mode & 0o022:
-                return f"is in {base}, which others may write to (make it yours alone: chmod go-w {base})"
+        problem = base_problem(base) if base.exists() else None
+        if problem:
+            return f"is in {base}, which {problem}"
         if self.path.is_symlink():
             return "is a symbolic link"
         if not self.path.exists():
@@ -313,7 +327,11 @@ def clusters() -> List[ClusterDir]:
 
 def cluster_path_of(process: psutil.Process) -> Optional[str]:
     """The cluster directory a process belongs to, or None. redis-server rewrites its title
-    over its environment, so our marker is gone from it: it is known by its socket path."""
+    over its environment, so our marker is gone from it: it is known by its socket path.
+    Another user's process belongs to none of ours: its environment and title are its own to
+    set, and root, who can read them, would have signalled it as one of the cluster's."""
+    if process.uids().real != os.getuid():
+        return None
     marker = process.environ().get(MARKER_ENV)
     if marker:
         return marker

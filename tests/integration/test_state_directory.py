@@ -1,13 +1,16 @@
 """The state directory is the cluster's: a start or a stop, which delete what is there, never
 take a place the user made under CLIPPER_STATE_DIR (a shared one, or a name that clashes)."""
 import json
+import os
 import subprocess
 import sys
 
 import psutil
 import pytest
 
-from clipper.cluster.cluster_dir import cluster_processes
+from clipper.cluster.cluster_dir import (CLUSTER_FILE, MARKER_ENV, REPLICAS_FILE, START_LOCK_FILE, SUPERVISOR_FILE,
+                                         ClusterDir, ProcessRecord, cluster_processes, orphan_cluster_paths,
+                                         processes_marked_with, start_lock)
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_admin.local.local_container_manager import stop_all_local_clusters
 from helpers import ROOT, all_gone, wait_for
@@ -158,3 +161,67 @@ def test_a_crashed_cluster_in_a_state_directory_others_may_write_to_is_not_start
     finally:
         state_dir.chmod(0o700)
         stop_all_local_clusters(graceful=False)
+
+
+def test_the_start_lock_is_not_taken_in_a_state_directory_others_may_write_to(state_dir, tmp_path):
+    """Docker starts take the lock without refuse_foreign: in a shared state directory
+    another user made first (CLIPPER_STATE_DIR=/tmp/clipper), a link there as .start.lock
+    had the user create whatever file it named (as root: /etc/nologin), and whoever held
+    the lock stopped every start."""
+    target = tmp_path / "file-the-link-names"
+    (state_dir / START_LOCK_FILE).symlink_to(target)
+    state_dir.chmod(0o777)
+    try:
+        with pytest.raises(PermissionError, match="which others may write to"):
+            with start_lock():
+                pass
+        assert not target.exists()
+    finally:
+        state_dir.chmod(0o700)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another user needs root")
+def test_the_start_lock_is_not_taken_in_a_state_directory_of_another_user(state_dir):
+    state_dir.chmod(0o755)
+    os.chown(state_dir, 65534, 65534)           # nobody: as if they had made it first
+    with pytest.raises(PermissionError, match="which belongs to another user"):
+        with start_lock():
+            pass
+    assert list(state_dir.iterdir()) == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="starting a process as another user needs root")
+def test_another_users_process_is_never_taken_for_the_clusters(state_dir):
+    """Its environment (the cluster's marker) and its title (Redis's) are its own to set: root
+    stopping a cluster, or closeClipper.py listing clusters, took it for one of the cluster's."""
+    cluster = state_dir / "prod"
+
+    def as_nobody():
+        os.setgid(65534)
+        os.setuid(65534)
+    impostors = [subprocess.Popen(["sleep", "60"], env={MARKER_ENV: str(cluster)}, preexec_fn=as_nobody),
+                 subprocess.Popen([f"valkey-server unixsocket:{cluster}/redis.sock", "60"],
+                                  executable="/bin/sleep", preexec_fn=as_nobody)]
+    try:
+        assert processes_marked_with(cluster) == []
+        assert orphan_cluster_paths() == []
+        assert stop_all_local_clusters(graceful=False) == []
+        assert all(p.poll() is None for p in impostors), "another user's process was stopped"
+    finally:
+        for process in impostors:
+            process.kill()
+            process.wait()
+
+
+def test_the_clusters_files_are_the_users_alone_whatever_the_umask(state_dir):
+    """cluster.json holds the admin token and the RPC keys: under the usual umask (022) it was
+    0644, readable by anyone once the directory was copied or opened up."""
+    cluster = ClusterDir(state_dir / "secrets")
+    previous = os.umask(0o022)
+    try:
+        cluster.create({"config": {"admin_token": "t0ken"}})
+        cluster.set_supervisor(ProcessRecord.of(os.getpid()))
+    finally:
+        os.umask(previous)
+    for name in (CLUSTER_FILE, REPLICAS_FILE, SUPERVISOR_FILE):
+        assert (cluster.path / name).stat().st_mode & 0o777 == 0o600, name
