@@ -13,3 +13,7 @@ def run(main: Awaitable) -> None:
         uvloop.run(main)
     else:
         asyncio.run(main)
+
+
+def is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
+    return uvloop is not None and isinstance(loop, uvloop.Loop)

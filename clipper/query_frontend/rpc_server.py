@@ -22,7 +22,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Set, Tuple
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from clipper import busy_poll
+from clipper import busy_poll, eventloop
 from clipper.query_frontend.dispatch import Batch, BatchSizer, Dispatcher, Replica
 from clipper.config import Config
 from clipper.errors import RequestError
@@ -394,6 +394,11 @@ class StreamPeer(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        # uvloop's writelines sends the frames as they are (writev) and pauses a protocol
+        # whose buffer fills. asyncio's joins them into one copy before CPython 3.12, and in
+        # 3.12.0-3.12.8 and 3.13.0-3.13.1 never pauses (gh-127655): there a peer that reads
+        # no answers grew the buffer without bound, so one joined write() is sent instead.
+        self._writes_frames_as_they_are = eventloop.is_uvloop(asyncio.get_running_loop())
         self.server._stream_peers.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -416,10 +421,10 @@ class StreamPeer(asyncio.Protocol):
     def send(self, frames) -> bool:
         if self.transport.is_closing():
             return False
-        # One write(), not writelines(): the selector transport of CPython 3.12.0-3.12.8 and
-        # 3.13.0-3.13.1 (gh-127655) never calls pause_writing from writelines, so without
-        # uvloop a peer that reads no answers grew the buffer without bound.
-        self.transport.write(stream.encode(frames))
+        if self._writes_frames_as_they_are:       # no copy of a batch's inputs
+            self.transport.writelines([stream.header(frames), *frames])
+        else:
+            self.transport.write(stream.encode(frames))
         return True
 
     # The peer's messages are answered (heartbeats, at least): while it does not take the

@@ -8,6 +8,8 @@ import socket
 import threading
 import time
 
+import pytest
+import uvloop
 import zmq
 
 from clipper.config import Config
@@ -35,13 +37,13 @@ class Recorder:
         self.live.pop((container.model_name, container.replica_id))
 
 
-def serving(port, **settings):
+def serving(port, new_loop=asyncio.new_event_loop, **settings):
     """An RpcServer on ``port``, run by an event loop in a thread; returns it and a stop()."""
     recorder = Recorder()
     server = RpcServer(Config(rpc_port=port, **settings), recorder)
     server.attach(Dispatcher(server.send_batch, time.monotonic))
     server.bind()
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
     task = loop.create_task(server.run())
 
     def run():
@@ -324,12 +326,14 @@ def test_our_replica_waits_for_the_unix_socket_then_serves_over_it(tmp_path):
         stop()
 
 
-def test_a_peer_that_sends_but_never_reads_cannot_grow_the_frontends_write_buffer(tmp_path):
+@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_a_peer_that_sends_but_never_reads_cannot_grow_the_frontends_write_buffer(tmp_path, new_loop):
     """Each heartbeat is answered: a peer that flooded heartbeats and read nothing grew the
     frontend's buffer of unsent answers by about 9 MB a second, without bound. The frontend
-    now stops reading a peer while its answers to it are not taken."""
+    now stops reading a peer while its answers to it are not taken (the frontends run on
+    uvloop, and on asyncio where uvloop is not installed)."""
     path = stream.socket_path(str(tmp_path), 0)
-    server, recorder, stop = serving(23717, rpc_socket_dir=str(tmp_path))
+    server, recorder, stop = serving(23717, new_loop, rpc_socket_dir=str(tmp_path))
     try:
         flooder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         flooder.connect(path)
