@@ -157,11 +157,12 @@ class LocalContainerManager(ContainerManager):
         return f"unix://{socket_path}"
 
     def _start_supervisor(self):
-        return subprocess.Popen(
-            [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
-            env=self._supervisor_env(), cwd=str(self.cluster.path), stdin=subprocess.DEVNULL,
-            stdout=open(self.cluster.logs / "supervisor.log", "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True)          # its own session: Ctrl-C in our terminal spares it
+        with open(self.cluster.logs / "supervisor.log", "ab") as log:     # the child keeps its own
+            return subprocess.Popen(
+                [sys.executable, "-m", "clipper", "supervisor", f"--cluster-dir={self.cluster.path}"],
+                env=self._supervisor_env(), cwd=str(self.cluster.path), stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)          # its own session: Ctrl-C in our terminal spares it
 
     @staticmethod
     def _machine_gpus():
