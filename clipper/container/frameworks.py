@@ -7,9 +7,12 @@ Clipper 0.4.1's containers passed them: ``func(model, inputs)``, and for PySpark
 ``func(spark, model, inputs)``. A replica given GPUs (CUDA_VISIBLE_DEVICES not empty)
 loads the model onto the first of them where the framework allows it.
 """
+import atexit
 import importlib
 import json
 import os
+import shutil
+import tempfile
 from typing import Callable, Dict, Tuple
 
 METADATA_FILE = "clipper_model.json"
@@ -131,10 +134,17 @@ def _keras(keras, model_path: str, metadata: dict) -> Tuple:
 def _pyspark(pyspark, model_path: str, metadata: dict) -> Tuple:
     """A local SparkSession on loopback (no UI), and the saved model loaded with its class."""
     from pyspark.sql import SparkSession
+    # Spark's JVM puts its scratch (spark-*, blockmgr-*, native libraries) in /tmp whatever
+    # TMPDIR says, and a replica stopped or killed with it left them there: one directory
+    # of the replica's instead, under TMPDIR, removed when it exits.
+    scratch = tempfile.mkdtemp(prefix="clipper-spark-")
+    atexit.register(shutil.rmtree, scratch, True)
     spark = (SparkSession.builder.appName("clipper-pyspark").master("local[1]")
              .config("spark.ui.enabled", "false")
              .config("spark.driver.host", "127.0.0.1")
              .config("spark.driver.bindAddress", "127.0.0.1")
+             .config("spark.local.dir", scratch)
+             .config("spark.driver.extraJavaOptions", f"-Djava.io.tmpdir={scratch}")
              .getOrCreate())
     module_name, class_name = metadata["model_class"].rsplit(".", 1)
     model_class = getattr(importlib.import_module(module_name), class_name)

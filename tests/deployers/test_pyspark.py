@@ -1,7 +1,9 @@
 """deployers.pyspark: a pyspark.ml model fitted here, on a local Spark on loopback."""
 import json
 import logging
+import os
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from pyspark.ml.classification import LogisticRegression  # noqa: E402
 from pyspark.ml.linalg import Vectors  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
 
-from clipper_admin import ClipperException  # noqa: E402
+from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager  # noqa: E402
 from clipper_admin.deployers import pyspark as pyspark_deployer  # noqa: E402
 from deployer_checks import SLO_MICROS, assert_serves  # noqa: E402
 
@@ -56,3 +58,28 @@ def test_something_else_is_refused(clipper_conn, spark):
     with pytest.raises(ClipperException, match="not a pyspark object"):
         pyspark_deployer.deploy_pyspark_model(clipper_conn, "nothing", 1, "doubles", predict,
                                               object(), spark.sparkContext)
+
+
+SPARK_SCRATCH = ("spark-", "blockmgr-", "liblz4-java", "snappy-", "artifacts-")
+
+
+def test_a_killed_replica_leaves_no_spark_scratch_in_tmp(spark):
+    """Spark's JVM writes its scratch to /tmp, whatever TMPDIR says: each PySpark replica
+    stopped with SIGKILL (stop_all(graceful=False)) left directories and native libraries
+    there. It now keeps them in one directory under TMPDIR (the test session's own here)."""
+    before = set(os.listdir("/tmp"))
+    conn = ClipperConnection(LocalContainerManager(
+        cluster_name="spark-tidy", clipper_query_port=17551, clipper_management_port=17552,
+        clipper_rpc_port=17553, clipper_metric_port=17554))
+    conn.start_clipper()
+    try:
+        rows = [(float(x > 0), Vectors.dense([x])) for x in np.random.default_rng(1).normal(size=20).tolist()]
+        model = LogisticRegression(maxIter=5).fit(spark.createDataFrame(rows, ["label", "features"]))
+        pyspark_deployer.create_endpoint(conn, "spark-tidy", "doubles", predict, model,
+                                         spark.sparkContext, slo_micros=SLO_MICROS)
+        inputs = [[0.5], [-0.5]]
+        assert_serves(conn, "spark-tidy", inputs, [json.loads(out) for out in predict(spark, model, inputs)])
+    finally:
+        conn.stop_all(graceful=False)
+    assert tempfile.gettempdir() != "/tmp"
+    assert not [name for name in set(os.listdir("/tmp")) - before if name.startswith(SPARK_SCRATCH)]
