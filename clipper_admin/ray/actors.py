@@ -80,6 +80,9 @@ class ClusterFrontends:
     def __init__(self, settings: dict):
         self.settings = dict(settings)
         self.dir = node_state_dir(settings["namespace"], settings["cluster_name"])
+        ray_session = ray.get_runtime_context().get_session_name()
+        self._refuse_another_ray_clusters(ray_session)
+        (self.dir / RAY_SESSION_FILE).write_text(ray_session)     # before any server runs here
         self.settings["host"] = settings["host"] or ray.util.get_node_ip_address()
         if not is_loopback(self.settings["host"]) and (not settings["admin_token"] or settings["rpc_auth"] == "open"):
             raise ValueError(
@@ -94,9 +97,7 @@ class ClusterFrontends:
             clipper_rpc_port=settings["rpc_port"], clipper_metric_port=settings["metrics_port"],
             admin_token=settings["admin_token"], rpc_auth=settings["rpc_auth"],
             **{limit: settings[limit] for limit in SERVING_SETTINGS})
-        ray_session = ray.get_runtime_context().get_session_name()
         if self.local.cluster.is_running():       # this actor was restarted, its processes were not
-            self._refuse_another_ray_clusters(ray_session)
             self.local.connect()
         else:
             try:
@@ -105,25 +106,29 @@ class ClusterFrontends:
             except BaseException:
                 shutil.rmtree(self.dir, ignore_errors=True)
                 raise
-        (self.dir / RAY_SESSION_FILE).write_text(ray_session)
         self.models = {}
         self._reload_models()
 
     def _refuse_another_ray_clusters(self, ray_session: str) -> None:
-        """Servers running in this node's directory are taken back only by the Ray cluster that
-        started them (its session outlives node restarts). Another Ray cluster on this machine,
-        with the same TMPDIR, namespace and cluster name, would otherwise serve, and stop, them."""
+        """This node's directory (servers, Redis's data, models) is used only by the Ray cluster
+        that started them: its session is the same on every node and outlives a node restart
+        (and a head restart with GCS fault tolerance), unlike node IDs, and unlike the GCS
+        address, which two Ray clusters in two network namespaces can share. Another Ray
+        cluster on this machine, with the same TMPDIR, namespace and cluster name, would
+        otherwise serve (and stop) the servers, or, with them down, take their state over
+        while that cluster's stop_all would still stop whatever ran here."""
         try:
             theirs = (self.dir / RAY_SESSION_FILE).read_text()
-        except FileNotFoundError:                 # started before sessions were recorded
+        except FileNotFoundError:                 # a new cluster, or started before sessions were recorded
             return
         if theirs != ray_session:
             raise ValueError(
                 f"Clipper cluster '{self.settings['cluster_name']}' of namespace '{self.settings['namespace']}' "
-                f"already runs on this machine for another Ray cluster ({theirs}; this one is {ray_session}), "
+                f"on this machine belongs to another Ray cluster ({theirs}; this one is {ray_session}), "
                 f"with its state in {self.dir}. Give this Ray cluster's nodes another TMPDIR, or use another "
-                f"cluster_name. If that Ray cluster is gone, stop its servers with: CLIPPER_STATE_DIR="
-                f"{self.dir / 'state'} clipper stop --backend local")
+                f"cluster_name. If that Ray cluster is gone, stop its servers (if they run) with: "
+                f"CLIPPER_STATE_DIR={self.dir / 'state'} clipper stop --backend local; then remove "
+                f"{self.dir / RAY_SESSION_FILE} to take its state over, or {self.dir} to start afresh")
 
     def info(self) -> dict:
         return {**self.settings, **where_am_i()}

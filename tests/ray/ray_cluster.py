@@ -96,12 +96,13 @@ def ray_cluster_process(gcs_port, loopback_env, *options):
             host.wait(60)
         except subprocess.TimeoutExpired:
             host.kill()
-        leftovers = marked_processes(marker)
+        leftovers, names = marked_processes(marker), []
         for process in leftovers:
+            with contextlib.suppress(psutil.Error):    # named before the kill: a dead one has no name
+                names.append((process.pid, process.name()))
             with contextlib.suppress(psutil.Error):
                 process.kill()
         psutil.wait_procs(leftovers, timeout=10)
         if not os.environ.get("CLIPPERTEST_KEEP_RAY_LOGS"):
             subprocess.run(["rm", "-rf", str(scratch)])
-        assert not leftovers, f"left running after the Ray cluster stopped: " \
-                              f"{[(p.pid, p.name()) for p in leftovers]}"
+        assert not leftovers, f"left running after the Ray cluster stopped: {names}"

@@ -11,6 +11,7 @@ import requests
 from clipper_admin import ClipperConnection, ClipperException
 from clipper_admin.deployers import python as python_deployer
 from clipper_admin.ray import RayContainerManager
+from clipper_admin.ray.node_state import node_state_dir
 from ray_cluster import other_loopback_ray_cluster
 from ray_helpers import ROOT, assert_nothing_left, marked_processes, off_loopback
 
@@ -66,6 +67,10 @@ ClipperConnection(RayContainerManager(cluster_name="twin")).start_clipper()
 """
 
 
+def assert_refused_as_another_ray_clusters(run):
+    assert run.returncode != 0 and "belongs to another Ray cluster" in run.stderr, run.stderr[-2000:]
+
+
 def test_a_second_ray_cluster_on_the_machine_neither_takes_nor_stops_the_first_ones_servers(ray_cluster):
     # Both Ray clusters' nodes keep Clipper's state in $TMPDIR/clipper-ray-<uid>/clipper/twin.
     conn = ClipperConnection(RayContainerManager(cluster_name="twin"))
@@ -77,8 +82,7 @@ def test_a_second_ray_cluster_on_the_machine_neither_takes_nor_stops_the_first_o
         with other_loopback_ray_cluster() as other:
             refused = subprocess.run([sys.executable, "-c", START_ON_THE_OTHER_RAY_CLUSTER], cwd=ROOT,
                                      env=other["env"], capture_output=True, text=True, timeout=180)
-            assert refused.returncode != 0 and "already runs on this machine for another Ray cluster" in \
-                refused.stderr, refused.stderr[-2000:]
+            assert_refused_as_another_ray_clusters(refused)
             stopped = subprocess.run([sys.executable, "closeClipper.py", "--backend", "ray"], cwd=ROOT,
                                      env=other["env"], capture_output=True, text=True, timeout=180)
             assert stopped.returncode == 0, stopped.stderr[-2000:]
@@ -86,3 +90,31 @@ def test_a_second_ray_cluster_on_the_machine_neither_takes_nor_stops_the_first_o
         assert answer["output"] == 3 and not answer["default"], answer
     finally:
         conn.stop_all()
+
+
+def test_a_second_ray_cluster_does_not_take_over_the_first_ones_state_when_its_servers_are_down(ray_cluster):
+    # The first Ray cluster's servers stop behind its frontends' actor (as if killed). The
+    # second must not start its own on their directory and Redis data: it would serve the
+    # first one's applications, and the first one's stop_all would stop its servers.
+    manager = RayContainerManager(cluster_name="twin")
+    conn = ClipperConnection(manager)
+    conn.start_clipper()
+    try:
+        state = node_state_dir(manager.namespace, "twin") / "state"
+        down = subprocess.run([sys.executable, "closeClipper.py", "--backend", "local"], cwd=ROOT,
+                              env={**os.environ, "CLIPPER_STATE_DIR": str(state)},
+                              capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0 and not requests_answer(conn), down.stderr[-2000:]
+        with other_loopback_ray_cluster() as other:
+            refused = subprocess.run([sys.executable, "-c", START_ON_THE_OTHER_RAY_CLUSTER], cwd=ROOT,
+                                     env=other["env"], capture_output=True, text=True, timeout=180)
+            assert_refused_as_another_ray_clusters(refused)
+    finally:
+        conn.stop_all()
+
+
+def requests_answer(conn):
+    try:
+        return requests.get(f"http://{conn.get_query_addr()}/metrics", timeout=5).ok
+    except requests.ConnectionError:
+        return False
