@@ -21,6 +21,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import psutil
 import ray
 
 import clipper
@@ -46,6 +47,15 @@ HEALTHY_RUN_SECONDS = 10.0
 RAY_SESSION_FILE = "ray-session"     # the Ray cluster whose frontends' actor started the servers
 
 log = logging.getLogger(__name__)
+
+
+def ray_session_runs_here(session: str) -> bool:
+    """Whether a node of that Ray session (its raylet, its workers) runs on this machine."""
+    flag = f"--session-name={session}"
+    for process in psutil.process_iter(["cmdline"]):
+        if flag in (process.info["cmdline"] or ()):
+            return True
+    return False
 
 
 def zip_directory(path) -> bytes:
@@ -111,24 +121,22 @@ class ClusterFrontends:
 
     def _refuse_another_ray_clusters(self, ray_session: str) -> None:
         """This node's directory (servers, Redis's data, models) is used only by the Ray cluster
-        that started them: its session is the same on every node and outlives a node restart
-        (and a head restart with GCS fault tolerance), unlike node IDs, and unlike the GCS
-        address, which two Ray clusters in two network namespaces can share. Another Ray
-        cluster on this machine, with the same TMPDIR, namespace and cluster name, would
-        otherwise serve (and stop) the servers, or, with them down, take their state over
-        while that cluster's stop_all would still stop whatever ran here."""
+        that started them while that cluster has a node here: its session is the same on every
+        node and outlives a node restart, unlike node IDs, and unlike the GCS address, which
+        two Ray clusters in two network namespaces can share. Another Ray cluster on this
+        machine, with the same TMPDIR, namespace and cluster name, would otherwise serve (and
+        stop) the servers, or, with them down, take their state over. A session whose nodes
+        are all gone from here (a Ray cluster stopped and started again) leaves it to the next."""
         try:
             theirs = (self.dir / RAY_SESSION_FILE).read_text()
         except FileNotFoundError:                 # a new cluster, or started before sessions were recorded
             return
-        if theirs != ray_session:
+        if theirs != ray_session and ray_session_runs_here(theirs):
             raise ValueError(
                 f"Clipper cluster '{self.settings['cluster_name']}' of namespace '{self.settings['namespace']}' "
-                f"on this machine belongs to another Ray cluster ({theirs}; this one is {ray_session}), "
-                f"with its state in {self.dir}. Give this Ray cluster's nodes another TMPDIR, or use another "
-                f"cluster_name. If that Ray cluster is gone, stop its servers (if they run) with: "
-                f"CLIPPER_STATE_DIR={self.dir / 'state'} clipper stop --backend local; then remove "
-                f"{self.dir / RAY_SESSION_FILE} to take its state over, or {self.dir} to start afresh")
+                f"on this machine belongs to another Ray cluster, which runs here too ({theirs}; this one "
+                f"is {ray_session}), with its state in {self.dir}. Give this Ray cluster's nodes another "
+                f"TMPDIR, or use another cluster_name")
 
     def info(self) -> dict:
         return {**self.settings, **where_am_i()}

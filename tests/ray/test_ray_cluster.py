@@ -61,9 +61,10 @@ def test_a_taken_port_is_one_clear_error_and_leaves_nothing(ray_cluster):
 
 
 START_ON_THE_OTHER_RAY_CLUSTER = """
+import sys
 from clipper_admin import ClipperConnection
 from clipper_admin.ray import RayContainerManager
-ClipperConnection(RayContainerManager(cluster_name="twin")).start_clipper()
+ClipperConnection(RayContainerManager(cluster_name=(sys.argv[1:] or ["twin"])[0])).start_clipper()
 """
 
 
@@ -109,6 +110,26 @@ def test_a_second_ray_cluster_does_not_take_over_the_first_ones_state_when_its_s
             refused = subprocess.run([sys.executable, "-c", START_ON_THE_OTHER_RAY_CLUSTER], cwd=ROOT,
                                      env=other["env"], capture_output=True, text=True, timeout=180)
             assert_refused_as_another_ray_clusters(refused)
+    finally:
+        conn.stop_all()
+
+
+def test_the_state_left_by_a_ray_cluster_that_is_gone_is_taken_over(ray_cluster):
+    # A Ray cluster stopped (and, say, started again: a new session) must not lock its
+    # Clipper cluster's directory on the node for good.
+    with other_loopback_ray_cluster() as other:
+        started = subprocess.run([sys.executable, "-c", START_ON_THE_OTHER_RAY_CLUSTER, "gone"], cwd=ROOT,
+                                 env=other["env"], capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, started.stderr[-2000:]
+        state = node_state_dir(RayContainerManager().namespace, "gone") / "state"
+        down = subprocess.run([sys.executable, "closeClipper.py", "--backend", "local"], cwd=ROOT,
+                              env={**os.environ, "CLIPPER_STATE_DIR": str(state)},
+                              capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr[-2000:]
+    conn = ClipperConnection(RayContainerManager(cluster_name="gone"))
+    conn.start_clipper()
+    try:
+        assert conn.get_all_apps() == []
     finally:
         conn.stop_all()
 
