@@ -54,9 +54,12 @@ _REDIS_TITLE = re.compile(r"\S*(?:redis|valkey)-server unixsocket:(\S+)/" + re.e
 
 
 def base_dir() -> Path:
-    # Absolute: the cluster's processes run in its directory, where a relative path would
-    # name another place.
-    return Path(os.environ.get("CLIPPER_STATE_DIR") or Path.home() / ".clipper").expanduser().absolute()
+    """The state directory, absolute (the cluster's processes run in their own directory,
+    where a relative path would name another place) and with its symbolic links resolved: a
+    link is checked (base_problem) where it points once, at a start, and whoever may change
+    it (its owner, in a shared /tmp) could point it later at a directory of theirs, whose
+    files would then choose the programs the running supervisor starts."""
+    return Path(os.environ.get("CLIPPER_STATE_DIR") or Path.home() / ".clipper").expanduser().resolve()
 
 
 @contextlib.contextmanager
