@@ -237,6 +237,17 @@ def test_another_users_process_is_never_taken_for_the_clusters(state_dir):
             process.wait()
 
 
+def test_the_default_state_directory_is_made_private_even_if_it_existed(tmp_path, monkeypatch):
+    """~/.clipper made open (0755: an older version, or by hand) showed every user the
+    names of the clusters; its clusters' own directories are 0700 in any case."""
+    monkeypatch.delenv("CLIPPER_STATE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".clipper").mkdir(mode=0o755)
+    with start_lock():
+        pass
+    assert (tmp_path / ".clipper").stat().st_mode & 0o777 == 0o700
+
+
 def test_the_clusters_files_are_the_users_alone_whatever_the_umask(state_dir):
     """cluster.json holds the admin token and the RPC keys: under the usual umask (022) it was
     0644, readable by anyone once the directory was copied or opened up."""
