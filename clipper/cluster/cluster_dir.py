@@ -53,10 +53,17 @@ TAKEOVER_SECONDS = 5.0
 _REDIS_TITLE = re.compile(r"\S*(?:redis|valkey)-server unixsocket:(\S+)/" + re.escape(REDIS_SOCKET_FILE) + r"\b")
 
 
+def default_base_dir() -> Path:
+    return (Path.home() / ".clipper").resolve()
+
+
 def base_dir() -> Path:
-    # Absolute: the cluster's processes run in its directory, where a relative path would
-    # name another place.
-    return Path(os.environ.get("CLIPPER_STATE_DIR") or Path.home() / ".clipper").expanduser().absolute()
+    """The state directory, absolute (the cluster's processes run in their own directory,
+    where a relative path would name another place) and with its symbolic links resolved: a
+    link is checked (base_problem) where it points once, at a start, and whoever may change
+    it (its owner, in a shared /tmp) could point it later at a directory of theirs, whose
+    files would then choose the programs the running supervisor starts."""
+    return Path(os.environ.get("CLIPPER_STATE_DIR") or default_base_dir()).expanduser().resolve()
 
 
 @contextlib.contextmanager
@@ -76,6 +83,8 @@ def start_lock() -> Iterator[None]:
     if problem:
         raise PermissionError(f"Cannot use the state directory {base}, which {problem}; set "
                               "CLIPPER_STATE_DIR to a directory of your own (the default is ~/.clipper)")
+    if base == default_base_dir() and base.stat().st_mode & 0o077:
+        base.chmod(0o700)      # ours (an older version, or the umask, opened it): its names are the user's
     with open(base / START_LOCK_FILE, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield

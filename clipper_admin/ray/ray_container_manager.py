@@ -65,7 +65,11 @@ def connect_ray(address=None, namespace=NAMESPACE):
     ray = _import_ray()
     if ray.is_initialized():
         return ray
-    address = address or os.environ.get("RAY_ADDRESS") or "auto"
+    # Not Ray's "auto", which reads the record of /tmp/ray whoever wrote it (_recorded_ray_address).
+    address = address or os.environ.get("RAY_ADDRESS") or _recorded_ray_address()
+    if not address:
+        raise ClipperException("No Ray cluster of yours recorded on this machine. Start one with "
+                               "`ray start --head`, or pass its address (address= or RAY_ADDRESS)")
     try:
         ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING,
                  runtime_env={"py_modules": [clipper, clipper_admin]})
@@ -410,20 +414,32 @@ _RAISED = re.compile(r"^[\w.]*(?:Error|Exception): (.+)$")
 
 def _local_ray_address():
     """$RAY_ADDRESS, else the cluster `ray start` recorded on this machine, if it answers."""
-    address = os.environ.get("RAY_ADDRESS")
+    address = os.environ.get("RAY_ADDRESS") or _recorded_ray_address()
     if not address:
-        record = os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray",
-                              RAY_CURRENT_CLUSTER_FILE)
-        try:
-            with open(record) as f:
-                address = f.read().strip()
-        except OSError:
-            return None
+        return None
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1):
             return address
     except (OSError, ValueError):
+        return None
+
+
+def _recorded_ray_address():
+    """The address in the record `ray start` leaves in /tmp/ray, if this user wrote it. /tmp is
+    shared: another user who made /tmp/ray first (or runs a Ray cluster of their own) chooses
+    what the record says, and a Ray driver runs what that cluster's actors send back
+    (closeClipper.py, stopping every backend's clusters, would have joined theirs)."""
+    record = os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray", RAY_CURRENT_CLUSTER_FILE)
+    try:
+        with open(record) as f:
+            owner = os.fstat(f.fileno()).st_uid
+            if owner != os.getuid():
+                logger.warning("Ignoring %s, which user %d wrote, not you: to reach that Ray cluster, "
+                               "set RAY_ADDRESS", record, owner)
+                return None
+            return f.read().strip()
+    except OSError:
         return None
 
 

@@ -12,8 +12,9 @@ from clipper.cluster.cluster_dir import (CLUSTER_FILE, MARKER_ENV, REPLICAS_FILE
                                          ClusterDir, ProcessRecord, cluster_processes, orphan_cluster_paths,
                                          processes_marked_with, start_lock)
 from clipper_admin import ClipperConnection, ClipperException, LocalContainerManager
+from clipper_admin.deployers import python as python_deployer
 from clipper_admin.local.local_container_manager import stop_all_local_clusters
-from helpers import ROOT, all_gone, wait_for
+from helpers import ROOT, all_gone, total, wait_for
 
 
 @pytest.fixture
@@ -62,6 +63,29 @@ def test_a_symbolic_link_in_place_of_the_cluster_is_not_followed(state_dir, tmp_
     with pytest.raises(ClipperException, match="is a symbolic link"):
         connection().stop_all()
     assert list(elsewhere.iterdir()) == [] and elsewhere.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_state_directory_reached_through_a_link_stays_where_the_link_pointed_at_the_start(tmp_path, monkeypatch):
+    """CLIPPER_STATE_DIR=/tmp/clipper-state may be a link that someone else made first in the
+    shared /tmp, pointing at a directory of the user's (so it passes the start's checks). Its
+    owner re-pointed it, once the cluster ran, at a directory of theirs: the running cluster
+    followed, the next deploy copied its model there, and the supervisor started the program
+    that directory's replicas.json named (checked: another user's script ran as root)."""
+    real, theirs, link = tmp_path / "real", tmp_path / "theirs", tmp_path / "clipper-state"
+    real.mkdir(mode=0o700)
+    theirs.mkdir(mode=0o700)
+    link.symlink_to(real)
+    monkeypatch.setenv("CLIPPER_STATE_DIR", str(link))
+    conn = connection("linked")
+    conn.start_clipper()
+    try:
+        link.unlink()
+        link.symlink_to(theirs)
+        python_deployer.create_endpoint(conn, "app", "doubles", total)
+        assert list(theirs.iterdir()) == []
+        assert conn.cm.cluster.path == real / "linked" and any((real / "linked" / "models").iterdir())
+    finally:
+        conn.stop_all(graceful=False)
 
 
 def test_a_file_in_place_of_the_cluster_or_of_the_state_directory_is_a_clear_error(state_dir, monkeypatch):
@@ -211,6 +235,17 @@ def test_another_users_process_is_never_taken_for_the_clusters(state_dir):
         for process in impostors:
             process.kill()
             process.wait()
+
+
+def test_the_default_state_directory_is_made_private_even_if_it_existed(tmp_path, monkeypatch):
+    """~/.clipper made open (0755: an older version, or by hand) showed every user the
+    names of the clusters; its clusters' own directories are 0700 in any case."""
+    monkeypatch.delenv("CLIPPER_STATE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".clipper").mkdir(mode=0o755)
+    with start_lock():
+        pass
+    assert (tmp_path / ".clipper").stat().st_mode & 0o777 == 0o700
 
 
 def test_the_clusters_files_are_the_users_alone_whatever_the_umask(state_dir):
