@@ -6,18 +6,17 @@ that floods heartbeats and reads no answer must make the frontend stop reading i
 Exits 0 when the frontend paused reading that peer, 1 (saying how much it buffered) if not.
 """
 import asyncio
-import contextlib
-import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 from clipper.config import Config  # noqa: E402
 from clipper.query_frontend.dispatch import Dispatcher  # noqa: E402
 from clipper.query_frontend.rpc_server import RpcServer  # noqa: E402
-from clipper.rpc import codec, stream  # noqa: E402
+from clipper.rpc import stream  # noqa: E402
+from rpc_flood import flood_heartbeats  # noqa: E402
 
 
 class NoStore:
@@ -28,20 +27,6 @@ class NoStore:
 
     def removed(self, container):
         pass
-
-
-def flood(path):
-    """Heartbeats until the frontend stops taking them (or 32 MB); the bytes sent."""
-    flooder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    flooder.connect(path)
-    flooder.settimeout(1.0)
-    heartbeats = stream.encode(codec.encode_heartbeat()) * 10_000
-    sent = 0
-    with contextlib.suppress(socket.timeout):
-        while sent < 32 << 20:
-            flooder.sendall(heartbeats)
-            sent += len(heartbeats)
-    return flooder, sent
 
 
 def main(socket_dir, port):
@@ -55,7 +40,7 @@ def main(socket_dir, port):
     try:
         while server._monitor_events is None:
             time.sleep(0.01)
-        flooder, sent = flood(stream.socket_path(socket_dir, 0))
+        flooder, sent = flood_heartbeats(stream.socket_path(socket_dir, 0))
         time.sleep(0.5)             # the frontend answers what it has read
         (peer,) = server._stream_peers
         reading = asyncio.run_coroutine_threadsafe(is_reading(peer), loop).result(10)

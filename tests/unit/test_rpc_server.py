@@ -22,6 +22,7 @@ from clipper.redis_schema import Model
 from clipper.rpc import codec, stream
 from clipper.rpc.sockets import shut_down_connection
 from helpers import wait_for
+from rpc_flood import flood_heartbeats
 
 
 class Recorder:
@@ -335,15 +336,7 @@ def test_a_peer_that_sends_but_never_reads_cannot_grow_the_frontends_write_buffe
     path = stream.socket_path(str(tmp_path), 0)
     server, recorder, stop = serving(23717, new_loop, rpc_socket_dir=str(tmp_path))
     try:
-        flooder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        flooder.connect(path)
-        flooder.settimeout(1.0)
-        heartbeats = stream.encode(codec.encode_heartbeat()) * 10_000
-        sent = 0
-        with contextlib.suppress(socket.timeout):
-            while sent < 32 << 20:
-                flooder.sendall(heartbeats)      # blocks for good once the frontend stops reading
-                sent += len(heartbeats)
+        flooder, sent = flood_heartbeats(path)
         assert sent < 4 << 20, f"the frontend took {sent} bytes from a peer that reads nothing"
         (peer,) = server._stream_peers
         assert peer.transport.get_write_buffer_size() < 1 << 20
