@@ -799,6 +799,41 @@ def test_add_model_prohibited_chars(conn, db):
     assert len(db(2).hgetall("my_app_name:my_model_version")) == 9
 
 
+@pytest.mark.parametrize("operation, body, message", [
+    # json_util.cpp get_int: a key that is not a number fails check_kv_type_and_return
+    # (kNumberType, "Number"); a number that is not an int32 (1.5, 2**40) fails IsInt.
+    ("add_app", {"latency_slo_micros": "100"},
+     "Type mismatch! JSON key latency_slo_micros expected type Number but found type String"),
+    ("add_app", {"latency_slo_micros": True},
+     "Type mismatch! JSON key latency_slo_micros expected type Number but found type True"),
+    ("add_app", {"latency_slo_micros": 1.5}, "PredictionData of type Number is not of type int"),
+    ("add_app", {"latency_slo_micros": 2 ** 40}, "PredictionData of type Number is not of type int"),
+    ("add_model", {"batch_size": "4"},
+     "Type mismatch! JSON key batch_size expected type Number but found type String"),
+    ("add_model", {"batch_size": 4.0}, "PredictionData of type Number is not of type int"),
+    # json_util.cpp get_string_array: "Array input of type <T> is not of type string".
+    ("add_model", {"labels": ["a", 1]}, "Array input of type Number is not of type string"),
+    ("add_model_links", {"model_names": [None]}, "Array input of type Null is not of type string"),
+    # check_document_is_object_and_key_exists: a body that is JSON but not an object.
+    ("add_app", ["not", "an", "object"], "Can only get key-value pair from an object"),
+    ("get_all_applications", [True], "Can only get key-value pair from an object"),
+])
+def test_wrongly_typed_fields_are_refused_with_clippers_messages(conn, operation, body, message):
+    """management_frontend.hpp reads add_app's latency_slo_micros and add_model's batch_size with
+    get_int, labels and model_names with get_string_array; json_util.cpp words the refusals
+    (TestAddApplicationMissingField / TestAddModelMissingField throw the same json_semantic_error
+    type). Ours adds a space before "but" (docs/protocol.md 2.6) and may add a reason in brackets."""
+    bases = {"add_app": {"name": "mf-typed", "input_type": "doubles", "default_output": "1.0",
+                         "latency_slo_micros": 1000},
+             "add_model": model_body("mf-typed", "1"),
+             "add_model_links": {"app_name": "mf-typed", "model_names": ["mf-typed"]}}
+    document = {**bases[operation], **body} if isinstance(body, dict) else body
+    text = refused(conn, operation, document).text
+    assert text.startswith("Error parsing JSON: ") and ". Expected JSON schema: " in text, text
+    reason = text[len("Error parsing JSON: "):text.index(". Expected JSON schema: ")]
+    assert reason == message or reason.startswith(message + " ("), text
+
+
 def test_set_model_version_checks(conn, db):
     """TestSetVersionNonexistentModel, TestSetModelInvalidVersion (the pointer is unchanged)."""
     refused(conn, "set_model_version", {"model_name": "mf-sv", "model_version": "1"},
