@@ -527,7 +527,8 @@ def _check_feedback(body: bytes, input_type: InputType) -> None:
     """Check an /update body as Clipper's query frontend read it (decode_and_handle_update):
     uid, then input, then label. Its errors show /predict's schema, whose checks it reuses;
     ``update`` gives them its own."""
-    document = load_json_object(body)
+    # json_util.cpp's getters refuse a document that is not an object with this text.
+    document = load_json_object(body, "Can only get key-value pair from an object (the body is {})")
     uid = _feedback_number(document, "uid")
     if type(uid) is float or not _INT64_MIN <= uid <= _INT64_MAX:     # json_util.cpp get_long
         raise SchemaError(f"PredictionData of type Number is not of type long (uid {uid!r}: a whole "

@@ -186,7 +186,7 @@ def test_a_client_that_half_closes_gets_its_answer(cluster, still_serving, api, 
 
 
 @pytest.mark.parametrize("body, reason", [
-    (b"[]", "body must be a JSON object, found Array"),
+    (b"[]", "Can only get key-value pair from an object (the body is Array)"),
     (b"", "body is not valid JSON ("),
     (b'{"input": [1.0], "label": 1.0}', "JSON object does not have required key: uid"),
     (b'{"uid": 1, "input": [1.0]}', "JSON object does not have required key: label"),
