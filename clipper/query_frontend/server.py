@@ -32,7 +32,7 @@ from clipper.redis_schema import App, Container, Model, ModelId
 from clipper.request_body import check_json_media_type
 from clipper.rest import responses
 from clipper.rest.inputs import (PredictRequest, SchemaError, json_type_name, load_json_object,
-                                 parse_predict_body)
+                                 parse_predict_body, parse_version)
 from clipper.store import REDIS_ERRORS, Store
 
 log = logging.getLogger("clipper.query_frontend")
@@ -360,7 +360,22 @@ class QueryFrontend(http.Application):
         return answer
 
     def _parse(self, request: http.Request, app: App) -> PredictRequest:
-        return parse_predict_body(request.body, InputType.parse(app.input_type), self.config.max_batch_size)
+        try:
+            return parse_predict_body(request.body, InputType.parse(app.input_type), self.config.max_batch_size)
+        except SchemaError:
+            self._check_pinned_version(request.body, app)
+            raise
+
+    def _check_pinned_version(self, body: bytes, app: App) -> None:
+        """Raise the error of a body's pinned version, if it has one. Clipper looked the version
+        up before it read the inputs (query_frontend.hpp decode_and_handle_predict), so a version
+        that does not exist is the answer even when the input is wrong too (an error path only)."""
+        try:
+            version = parse_version(orjson.loads(body)["version"])
+        except (orjson.JSONDecodeError, TypeError, KeyError, SchemaError):
+            return              # no pinned version, or its type error was already the answer
+        if self.follower.view is not None:
+            _model_for(self.follower.view, app, version, final=True)
 
     async def _find_app(self, name: str) -> App:
         app = (await self.follower.current_view()).apps.get(name)
