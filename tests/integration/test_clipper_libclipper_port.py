@@ -764,6 +764,20 @@ def test_the_cache_never_mixes_model_versions(cluster, serve):
     assert sum(v1.evaluations.values()) == 1 and sum(v2.evaluations.values()) == 1
 
 
+def test_applications_of_one_model_share_its_cache(cluster, serve):
+    """The cache key is the model version and the input (task_executor.cpp), not the
+    application: a second application linked to the same model is answered from the entry
+    the first one's query made (another body, another default output)."""
+    peer = serve("shared", "doubles", RecordingPeer, tagged)
+    cluster.register_application("shared-too", "doubles", "other default", SLO_MICROS)
+    cluster.link_model_to_app("shared-too", "shared")
+    first = answer_of(cluster, "shared", {"input": [5.0, 6.0]})
+    second = answer_of(cluster, "shared-too", b'{ "input" : [5.0, 6.0] }')
+    assert first["default"] is False and second["default"] is False
+    assert second["output"] == first["output"]
+    assert sum(peer.evaluations.values()) == 1, peer.evaluations
+
+
 def test_the_cache_evicts_when_full_and_keeps_what_is_used(cluster, serve):
     """The cache is bounded (task_executor.cpp PredictionCache, CLOCK eviction): past its
     capacity an unused entry is evicted and its input computed again; an entry used between
