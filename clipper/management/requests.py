@@ -78,7 +78,19 @@ MAX_DEFAULT_OUTPUT_LENGTH = 64 * 1024
 MAX_PATH_LENGTH = 4096
 MAX_LABELS = 64         # of one model version: the query frontends keep them too
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
-_TYPE_NAMES = {str: "String", list: "Array", bool: "bool", int: "int"}
+# The type each getter of Clipper's json_util.cpp names when a key has another type: get_int
+# checks for a JSON number first ("Number"), then for an int32.
+_TYPE_NAMES = {str: "String", list: "Array", bool: "bool", int: "Number"}
+
+
+def _has_kind(value, kind: type) -> bool:
+    """Whether a JSON value is of the kind a getter reads. true is no int; an int is any JSON
+    number at first (integer() then refuses what is not an int32, as get_int does)."""
+    if kind is bool:
+        return type(value) is bool
+    if kind is int:
+        return type(value) in (int, float)
+    return isinstance(value, kind)
 
 
 class Body:
@@ -91,7 +103,8 @@ class Body:
         except orjson.JSONDecodeError as error:
             raise self.error(f"body is not valid JSON ({error})") from None
         if not isinstance(self.document, dict):
-            raise self.error("body must be a JSON object")
+            raise self.error("Can only get key-value pair from an object "
+                             f"(the body is {json_type_name(self.document)})")
 
     def error(self, message: str) -> RequestError:
         return RequestError(f"Error parsing JSON: {message}. Expected JSON schema: {self.schema}")
@@ -100,8 +113,7 @@ class Body:
         if key not in self.document:
             raise self.error(f"JSON object does not have required key: {key}")
         value = self.document[key]
-        matches = (type(value) is kind) if kind in (bool, int) else isinstance(value, kind)
-        if not matches:
+        if not _has_kind(value, kind):
             raise self.error(f"Type mismatch! JSON key {key} expected type {_TYPE_NAMES[kind]} "
                              f"but found type {json_type_name(value)}")
         return value
@@ -114,15 +126,19 @@ class Body:
 
     def integer(self, key: str) -> int:
         value = self._get(key, int)
+        if type(value) is float:
+            raise self.error("PredictionData of type Number is not of type int "
+                             f"({key} {value!r}: write integers without a decimal point)")
         if not _INT32_MIN <= value <= _INT32_MAX:
-            raise self.error(f"JSON key {key} must fit in a 32-bit integer")
+            raise self.error("PredictionData of type Number is not of type int "
+                             f"({key} {value} does not fit in a 32-bit integer)")
         return value
 
     def strings(self, key: str) -> list:
         values = self._get(key, list)
         for value in values:
             if not isinstance(value, str):
-                raise self.error(f"Array {key} of type {json_type_name(value)} is not of type string")
+                raise self.error(f"Array input of type {json_type_name(value)} is not of type string ({key})")
         return values
 
     def input_type(self, key: str = "input_type") -> InputType:

@@ -31,7 +31,8 @@ from clipper.query_frontend.worker_metrics import WorkerMetrics
 from clipper.redis_schema import App, Container, Model, ModelId
 from clipper.request_body import check_json_media_type
 from clipper.rest import responses
-from clipper.rest.inputs import PredictRequest, SchemaError, load_json_object, parse_predict_body
+from clipper.rest.inputs import (PredictRequest, SchemaError, json_type_name, load_json_object,
+                                 parse_predict_body, parse_version)
 from clipper.store import REDIS_ERRORS, Store
 
 log = logging.getLogger("clipper.query_frontend")
@@ -359,7 +360,22 @@ class QueryFrontend(http.Application):
         return answer
 
     def _parse(self, request: http.Request, app: App) -> PredictRequest:
-        return parse_predict_body(request.body, InputType.parse(app.input_type), self.config.max_batch_size)
+        try:
+            return parse_predict_body(request.body, InputType.parse(app.input_type), self.config.max_batch_size)
+        except SchemaError:
+            self._check_pinned_version(request.body, app)
+            raise
+
+    def _check_pinned_version(self, body: bytes, app: App) -> None:
+        """Raise the error of a body's pinned version, if it has one. Clipper looked the version
+        up before it read the inputs (query_frontend.hpp decode_and_handle_predict), so a version
+        that does not exist is the answer even when the input is wrong too (an error path only)."""
+        try:
+            version = parse_version(orjson.loads(body)["version"])
+        except (orjson.JSONDecodeError, TypeError, KeyError, SchemaError):
+            return              # no pinned version, or its type error was already the answer
+        if self.follower.view is not None:
+            _model_for(self.follower.view, app, version, final=True)
 
     async def _find_app(self, name: str) -> App:
         app = (await self.follower.current_view()).apps.get(name)
@@ -519,19 +535,34 @@ def _output_json(default_output: str) -> bytes:
     return responses.sniff_output(default_output.encode())
 
 
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
 def _check_feedback(body: bytes, input_type: InputType) -> None:
-    """Check an /update body: a JSON object, then uid, label and input, in that order. Its
-    errors show /predict's schema, whose checks it reuses; ``update`` gives them its own."""
-    document = load_json_object(body)
-    for key in ("uid", "label", "input"):
-        if key not in document:
-            raise SchemaError(f"JSON object does not have required key: {key}")
-    if type(document["uid"]) is not int:
-        raise SchemaError("JSON key uid must be an integer (without a decimal point, "
-                          "from -2^63 to 2^64 - 1)")
-    if type(document["label"]) not in (int, float):
-        raise SchemaError("JSON key label must be a number")
+    """Check an /update body as Clipper's query frontend read it (decode_and_handle_update):
+    uid, then input, then label. Its errors show /predict's schema, whose checks it reuses;
+    ``update`` gives them its own."""
+    # json_util.cpp's getters refuse a document that is not an object with this text.
+    document = load_json_object(body, "Can only get key-value pair from an object (the body is {})")
+    uid = _feedback_number(document, "uid")
+    if type(uid) is float or not _INT64_MIN <= uid <= _INT64_MAX:     # json_util.cpp get_long
+        raise SchemaError(f"PredictionData of type Number is not of type long (uid {uid!r}: a whole "
+                          "number without a decimal point, from -2^63 to 2^63 - 1)")
+    if "input" not in document:
+        raise SchemaError("JSON object does not have required key: input")
     parse_predict_body(orjson.dumps({"input": document["input"]}), input_type)
+    _feedback_number(document, "label")    # get_double; an integer label is accepted (README)
+
+
+def _feedback_number(document: dict, key: str):
+    """The number under ``key``, refused as json_util.cpp refuses a key that is not a number."""
+    if key not in document:
+        raise SchemaError(f"JSON object does not have required key: {key}")
+    value = document[key]
+    if type(value) not in (int, float):
+        raise SchemaError(f"Type mismatch! JSON key {key} expected type Number "
+                          f"but found type {json_type_name(value)}")
+    return value
 
 
 _STALE = object()     # the view may be behind: decide after a state barrier

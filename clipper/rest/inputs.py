@@ -67,14 +67,15 @@ class SchemaError(InputError):
         self.reason = reason
 
 
-def load_json_object(body: bytes) -> dict:
-    """Decode a request body that must be a JSON object (orjson refuses NaN and Infinity)."""
+def load_json_object(body: bytes, not_object: str = "body must be a JSON object, found {}") -> dict:
+    """Decode a request body that must be a JSON object (orjson refuses NaN and Infinity).
+    ``not_object``: the error for other JSON, formatted with its type's name."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise SchemaError(f"body is not valid JSON ({error})") from None
     if not isinstance(document, dict):
-        raise SchemaError(f"body must be a JSON object, found {json_type_name(document)}")
+        raise SchemaError(not_object.format(json_type_name(document)))
     return document
 
 

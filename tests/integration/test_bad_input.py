@@ -186,15 +186,24 @@ def test_a_client_that_half_closes_gets_its_answer(cluster, still_serving, api, 
 
 
 @pytest.mark.parametrize("body, reason", [
-    (b"[]", "body must be a JSON object, found Array"),
+    (b"[]", "Can only get key-value pair from an object (the body is Array)"),
     (b"", "body is not valid JSON ("),
     (b'{"input": [1.0], "label": 1.0}', "JSON object does not have required key: uid"),
-    (b'{"uid": 1, "input": "x"}', "JSON object does not have required key: label"),
+    (b'{"uid": 1, "input": [1.0]}', "JSON object does not have required key: label"),
     (b'{"uid": 1, "label": 1.0, "input_batch": [[1.0]]}', "JSON object does not have required key: input"),
-    (b'{"uid": "1", "label": 1.0, "input": [1.0]}', "JSON key uid must be an integer"),
-    (b'{"uid": 1, "label": "1", "input": [1.0]}', "JSON key label must be a number"),
-    (b'{"uid": 1, "label": 1.0, "input": ["a"]}', "Array input of type String is not of type double"),
-], ids=["array", "empty", "no-uid", "no-label", "input_batch", "uid-string", "label-string", "strings"])
+    # query_frontend.hpp decode_and_handle_update reads uid (get_long), then input, then label
+    # (get_double), with json_util.cpp's texts; an integer label is ours (README).
+    (b'{"uid": 1, "input": "x"}', "Type mismatch! JSON key input expected type Array but found type String"),
+    (b'{"uid": "1", "label": 1.0, "input": [1.0]}',
+     "Type mismatch! JSON key uid expected type Number but found type String"),
+    (b'{"uid": 1.5, "label": 1.0, "input": [1.0]}', "PredictionData of type Number is not of type long ("),
+    (b'{"uid": 9223372036854775808, "label": 1.0, "input": [1.0]}',
+     "PredictionData of type Number is not of type long ("),
+    (b'{"uid": 1, "label": "1", "input": [1.0]}',
+     "Type mismatch! JSON key label expected type Number but found type String"),
+    (b'{"uid": 1, "label": null, "input": ["a"]}', "Array input of type String is not of type double"),
+], ids=["array", "empty", "no-uid", "no-label", "input_batch", "input-before-label", "uid-string", "uid-float",
+        "uid-int64", "label-string", "input-before-label-type"])
 def test_update_errors_show_the_update_schema(cluster, still_serving, body, reason):
     """/update reads its input with /predict's checks; its errors used to end with /predict's
     schema, which has no uid nor label."""

@@ -497,6 +497,77 @@ def test_default_outputs_that_are_not_json_keep_the_answer_valid_json(cluster):
         assert answer["output"] == expected and answer["default"] is True, answer
 
 
+# ---- query_frontend_tests.cpp: RequestHandler's decoding, answers and feedback ----------------
+# Clipper called decode_and_handle_predict/update with a mock query processor; here the same
+# bodies go to /predict and /update and the Clipper-style container shows what was decoded.
+QUERY_FRONTEND_BODIES = [
+    ("ints", '{"input": [1,2,3,4]}', [[1, 2, 3, 4]]),                              # ...InputInts
+    ("ints", '{"input_batch": [[1, 2], [10, 20], [100, 200]]}', [[1, 2], [10, 20], [100, 200]]),
+    ("doubles", '{"input": [1.4,2.23,3.243242,0.3223424]}', [[1.4, 2.23, 3.243242, 0.3223424]]),
+    ("doubles", '{"input_batch": [[1.1, 2.2], [10.1, 20.2], [100.1, 200.2]]}',
+     [[1.1, 2.2], [10.1, 20.2], [100.1, 200.2]]),
+    ("strings", '{"input": "hello world. This is a test string with punctionation!@#$Y#;}#"}',
+     ["hello world. This is a test string with punctionation!@#$Y#;}#"]),
+    ("strings", '{"input_batch": [ "this", "is", "a", "test" ]}', ["this", "is", "a", "test"]),
+    # TestJsonResponseForSuccessfulPredictionFormattedCorrectly: "uid" is not a key of the
+    # schema, and is ignored.
+    ("ints", '{"uid": 1, "input": [1,2,3]}', [[1, 2, 3]]),
+]
+
+
+@pytest.mark.parametrize("input_type, body, decoded", QUERY_FRONTEND_BODIES,
+                         ids=[b for _, b, _ in QUERY_FRONTEND_BODIES])
+def test_clipper_query_frontend_bodies_are_decoded_as_clipper_decoded_them(typed_apps, input_type, body,
+                                                                          decoded):
+    """TestDecodeCorrectInput{Ints,Doubles,String}[Batch]: each input reaches the model as
+    written, one query (one answer) per element of input_batch, in order."""
+    cluster, _ = typed_apps
+    answer = answer_of(cluster, f"typed-{input_type}", body.encode())
+    answers = answer.get("batch_predictions", [answer])
+    assert [a["output"] for a in answers] == decoded, answer
+    assert all(a["default"] is False for a in answers), answer
+
+
+def test_clipper_query_frontend_answer_and_error_shapes(typed_apps):
+    """TestJsonResponseFor{Successful,Failed}PredictionFormattedCorrectly: query_id an integer,
+    output a number when the model's output reads as one, default a boolean; an error's
+    "error" and "cause" strings. TestDecodeMalformedJSON's gibberish, TestDecodeMissingJsonField,
+    TestDecodeWrongInputType[InBatch] are JSON errors of that shape."""
+    cluster, _ = typed_apps
+    answer = answer_of(cluster, "typed-ints", b'{"uid": 1, "input": [7]}')
+    assert type(answer["query_id"]) is int and type(answer["default"]) is bool, answer
+    assert answer["output"] == [7]
+    number = answer_of(cluster, "typed-doubles", {"input": []})       # the model answers "[]"
+    assert number["output"] == []
+    for input_type, body in [("ints", b'{"uid": 1, "input": [1,}'),
+                             ("doubles", b'{"uid": 2hkdshfdshffhkj32kjhh{dskjfh32r"3r32'),
+                             ("strings", b'dshfdshffhkj32fsd32jk huf32h, 3 } 24j dskjfh32r"3r32'),
+                             ("doubles", b'{"other_field": [1.4,2.23,3.243242,0.3223424]}'),
+                             ("ints", b'{"uid": 23, "input": [1.4,2.23,3.243242,0.3223424]}'),
+                             ("ints", b'{"uid": 23, "input_batch": [[1,2], [3.243242,0.3223424]]}')]:
+        response = post(cluster, f"typed-{input_type}", body)
+        json_error(response)
+        assert set(response.json()) == {"error", "cause"}
+        assert all(isinstance(v, str) for v in response.json().values())
+
+
+def test_clipper_feedback_is_acknowledged_and_takes_a_query_id(typed_apps):
+    """TestDecodeCorrectUpdate: a feedback with uid, input and label is acknowledged
+    ("Feedback received? 1"); TestDecodeUpdateMissingField: without its label, a JSON error.
+    query_processor.cpp update(), like predict(), takes the next query id, so the prediction
+    after an acknowledged feedback skips one id, and one after a refused feedback does not."""
+    cluster, _ = typed_apps
+    url = f"http://{cluster.get_query_addr()}/typed-doubles/update"
+    feedback = b'{"uid": 23, "input": [1.4,2.23,3.243242,0.3223424], "label": 1.0}'
+    first = answer_of(cluster, "typed-doubles", {"input": [1.0]})["query_id"]
+    response = requests.post(url, data=feedback, headers={"Content-Type": "application/json"}, timeout=30)
+    assert (response.status_code, response.text) == (200, "Feedback received? 1")
+    refused = requests.post(url, data=b'{"uid": 23, "input": [1.4,2.23,3.243242,0.3223424]}',
+                            headers={"Content-Type": "application/json"}, timeout=30)
+    assert refused.status_code == 400 and "required key: label" in refused.text, refused.text
+    assert answer_of(cluster, "typed-doubles", {"input": [1.0]})["query_id"] == first + 2
+
+
 # ---- base64_test.cpp ------------------------------------------------------------------------
 def _random_strings(rng, alphabet, count):
     return [bytes(rng.choice(alphabet) for _ in range(rng.randint(100, 199))) for _ in range(count)]
@@ -691,6 +762,20 @@ def test_the_cache_never_mixes_model_versions(cluster, serve):
     assert answer_of(cluster, "versions", x)["output"] == "v1"
     assert answer_of(cluster, "versions", {"input": [3.0], "version": "2"})["output"] == "v2"
     assert sum(v1.evaluations.values()) == 1 and sum(v2.evaluations.values()) == 1
+
+
+def test_applications_of_one_model_share_its_cache(cluster, serve):
+    """The cache key is the model version and the input (task_executor.cpp), not the
+    application: a second application linked to the same model is answered from the entry
+    the first one's query made (another body, another default output)."""
+    peer = serve("shared", "doubles", RecordingPeer, tagged)
+    cluster.register_application("shared-too", "doubles", "other default", SLO_MICROS)
+    cluster.link_model_to_app("shared-too", "shared")
+    first = answer_of(cluster, "shared", {"input": [5.0, 6.0]})
+    second = answer_of(cluster, "shared-too", b'{ "input" : [5.0, 6.0] }')
+    assert first["default"] is False and second["default"] is False
+    assert second["output"] == first["output"]
+    assert sum(peer.evaluations.values()) == 1, peer.evaluations
 
 
 def test_the_cache_evicts_when_full_and_keeps_what_is_used(cluster, serve):

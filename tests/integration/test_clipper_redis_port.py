@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -166,8 +167,8 @@ def clipper_add_container(db, name, version, replica_id, connection_id, input_ty
 class ClipperContainer(rpc.ContainerThread):
     """Registers as <name>:<version> and answers every input with ``output``."""
 
-    def __init__(self, name, version, output, input_type="doubles"):
-        super().__init__(f"tcp://127.0.0.1:{PORTS['rpc_port']}", rpc.new_container(name, version, input_type))
+    def __init__(self, name, version, output, input_type="doubles", rpc_port=PORTS["rpc_port"]):
+        super().__init__(f"tcp://127.0.0.1:{rpc_port}", rpc.new_container(name, version, input_type))
         self.output = output.encode()
 
     def answer(self, message):
@@ -798,6 +799,41 @@ def test_add_model_prohibited_chars(conn, db):
     assert len(db(2).hgetall("my_app_name:my_model_version")) == 9
 
 
+@pytest.mark.parametrize("operation, body, message", [
+    # json_util.cpp get_int: a key that is not a number fails check_kv_type_and_return
+    # (kNumberType, "Number"); a number that is not an int32 (1.5, 2**40) fails IsInt.
+    ("add_app", {"latency_slo_micros": "100"},
+     "Type mismatch! JSON key latency_slo_micros expected type Number but found type String"),
+    ("add_app", {"latency_slo_micros": True},
+     "Type mismatch! JSON key latency_slo_micros expected type Number but found type True"),
+    ("add_app", {"latency_slo_micros": 1.5}, "PredictionData of type Number is not of type int"),
+    ("add_app", {"latency_slo_micros": 2 ** 40}, "PredictionData of type Number is not of type int"),
+    ("add_model", {"batch_size": "4"},
+     "Type mismatch! JSON key batch_size expected type Number but found type String"),
+    ("add_model", {"batch_size": 4.0}, "PredictionData of type Number is not of type int"),
+    # json_util.cpp get_string_array: "Array input of type <T> is not of type string".
+    ("add_model", {"labels": ["a", 1]}, "Array input of type Number is not of type string"),
+    ("add_model_links", {"model_names": [None]}, "Array input of type Null is not of type string"),
+    # check_document_is_object_and_key_exists: a body that is JSON but not an object.
+    ("add_app", ["not", "an", "object"], "Can only get key-value pair from an object"),
+    ("get_all_applications", [True], "Can only get key-value pair from an object"),
+])
+def test_wrongly_typed_fields_are_refused_with_clippers_messages(conn, operation, body, message):
+    """management_frontend.hpp reads add_app's latency_slo_micros and add_model's batch_size with
+    get_int, labels and model_names with get_string_array; json_util.cpp words the refusals
+    (TestAddApplicationMissingField / TestAddModelMissingField throw the same json_semantic_error
+    type). Ours adds a space before "but" (docs/protocol.md 2.6) and may add a reason in brackets."""
+    bases = {"add_app": {"name": "mf-typed", "input_type": "doubles", "default_output": "1.0",
+                         "latency_slo_micros": 1000},
+             "add_model": model_body("mf-typed", "1"),
+             "add_model_links": {"app_name": "mf-typed", "model_names": ["mf-typed"]}}
+    document = {**bases[operation], **body} if isinstance(body, dict) else body
+    text = refused(conn, operation, document).text
+    assert text.startswith("Error parsing JSON: ") and ". Expected JSON schema: " in text, text
+    reason = text[len("Error parsing JSON: "):text.index(". Expected JSON schema: ")]
+    assert reason == message or reason.startswith(message + " ("), text
+
+
 def test_set_model_version_checks(conn, db):
     """TestSetVersionNonexistentModel, TestSetModelInvalidVersion (the pointer is unchanged)."""
     refused(conn, "set_model_version", {"model_name": "mf-sv", "model_version": "1"},
@@ -897,10 +933,30 @@ def test_delete_versioned_model_of_a_version_marked_invalid_is_refused(conn, db)
     assert response.status_code == 400 and "already marked as 'invalid'" in response.text, response.text
 
 
+# ==== query_frontend_tests.cpp: applications added and deleted while serving ==================
+
+def test_many_applications_added_then_half_deleted_are_served_and_forgotten(conn):
+    """TestAddManyApplications (500 apps) and TestDeleteManyApplications (250 of them deleted,
+    250 left): every app registered is served (its default output, no model linked), every app
+    deleted is unknown to /predict, and the rest keep answering."""
+    names = [f"qf-many-{i}" for i in range(500)]
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(lambda n: add_app(conn, n, "doubles", "0.4", 30000).status_code, names)) == {200}
+        answers = list(pool.map(lambda n: predict(conn, n, {"input": [1.0]}), names))
+        assert {(a.status_code, a.json()["output"], a.json()["default"]) for a in answers} == {(200, 0.4, True)}
+        deleted, kept = names[::2], names[1::2]
+        assert set(pool.map(lambda n: ok(conn, "delete_app", {"name": n}).status_code, deleted)) == {200}
+        assert {predict(conn, n, {"input": [1.0]}).status_code for n in deleted[:25]} == {404}
+        assert {predict(conn, n, {"input": [1.0]}).status_code for n in kept[:25]} == {200}
+    listed = {n for n in get_json(conn, "get_all_applications", {"verbose": False}) if n.startswith("qf-many-")}
+    assert listed == set(kept)
+
+
 # ==== config_test.cpp: a query frontend started by hand ======================================
 
 HAND_REDIS_PORT = 26379
 HAND_QUERY_PORT = 26437
+HAND_RPC_PORT = 26801
 
 
 @pytest.fixture
@@ -929,7 +985,7 @@ def hand_query_frontend(*flags):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPPER_")}
     return subprocess.Popen([sys.executable, "-m", "clipper", "query-frontend",
                              f"--redis-url=redis://127.0.0.1:{HAND_REDIS_PORT}",
-                             f"--query-port={HAND_QUERY_PORT}", "--rpc-port=26801", "--metrics-port=0",
+                             f"--query-port={HAND_QUERY_PORT}", f"--rpc-port={HAND_RPC_PORT}", "--metrics-port=0",
                              *flags], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -972,4 +1028,42 @@ def test_a_negative_prediction_cache_size_is_refused_at_start(hand_redis):
             time.sleep(0.1)
         assert process.poll() not in (None, 0), "the query frontend runs with a negative cache size"
     finally:
+        _stop(process)
+
+
+def test_a_query_frontend_started_on_clippers_state_serves_it(hand_redis):
+    """query_frontend_tests.cpp TestReadApplicationsAtStartup, TestReadModelsAtStartup,
+    TestReadModelLinksAtStartup: applications, models with their current versions and links
+    written into Redis before the query frontend starts (as Clipper's redis.cpp writes them)
+    are what it serves: each app, each model at its current version (m at 2, not 1), each
+    app's links. TestReadInvalidModelVersionAtStartup: Clipper refused to start with a model
+    that has no current version; ours starts and serves the rest (README "Where we differ")."""
+    db = lambda n: redis.Redis(port=HAND_REDIS_PORT, db=n, decode_responses=True)  # noqa: E731
+    clipper_add_application(db, "boot-app-1", "doubles", "1.0", 10_000_000, policy="exp3_policy")
+    clipper_add_application(db, "boot-app-2", "doubles", "2.0", 50_000, policy="exp4_policy")
+    for name, version in [("boot-m", "1"), ("boot-m", "2"), ("boot-n", "3"), ("boot-unset", "1")]:
+        clipper_add_model(db, name, version, path=f"/tmp/models/{name}/{version}")
+    clipper_set_current_version(db, "boot-m", "2")
+    clipper_set_current_version(db, "boot-n", "3")
+    db(7).sadd("boot-app-1", "boot-m")
+    process = hand_query_frontend()
+    containers = [ClipperContainer(name, version, f"{name}@{version}", rpc_port=HAND_RPC_PORT)
+                  for name, version in [("boot-m", "1"), ("boot-m", "2")]]
+    try:
+        wait_for(lambda: port_open(HAND_QUERY_PORT) or process.poll() is not None, 30, "the query port open")
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        for container in containers:
+            container.start()
+        url = f"http://127.0.0.1:{HAND_QUERY_PORT}"
+
+        def first_answer():
+            return requests.post(f"{url}/boot-app-1/predict", json={"input": [1.0]}, timeout=20).json()
+        wait_for(lambda: first_answer()["default"] is False, 30, "boot-app-1 answered by its model")
+        assert first_answer()["output"] == "boot-m@2"
+        second = requests.post(f"{url}/boot-app-2/predict", json={"input": [1.0]}, timeout=20).json()
+        assert second["output"] == 2.0 and second["default"] is True, second
+        assert all(c.error is None for c in containers), [c.error for c in containers]
+    finally:
+        for container in containers:
+            container.stop()
         _stop(process)

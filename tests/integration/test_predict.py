@@ -178,6 +178,20 @@ def test_version_pinning(cluster):
                                "cause": "Requested version: 9 does not exist for model: doubles-app"}
 
 
+def test_a_pinned_version_is_looked_up_before_the_input(cluster):
+    """Clipper's query frontend looked a pinned version up before it read the inputs
+    (query_frontend.hpp decode_and_handle_predict): a version that does not exist is the error
+    even when the input is wrong or missing too; an existing one leaves the input's error."""
+    for body in ({"input": "x", "version": "9"}, {"version": "9"}, {"input_batch": [["x"]], "version": 9}):
+        response = predict(cluster, "doubles-app", body)
+        assert response.status_code == 400
+        assert response.json() == {"error": "Query processing error",
+                                   "cause": "Requested version: 9 does not exist for model: doubles-app"}
+    response = predict(cluster, "doubles-app", {"input": "x", "version": "1"})
+    assert response.status_code == 400 and response.json()["error"] == "Json error"
+    assert "JSON key input expected type Array" in response.json()["cause"]
+
+
 def test_a_pinned_version_of_another_input_type_is_refused(cluster):
     """Links check input types, but a pinned version was only looked up: a strings app reached
     its model's doubles version, whose replica read the string's bytes as a number."""
