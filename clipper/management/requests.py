@@ -5,7 +5,7 @@ import orjson
 from clipper.datatypes import InputType
 from clipper.errors import RequestError
 from clipper.redis_schema import GROUP_SEPARATORS, is_safe_name
-from clipper.rest.inputs import json_type_name
+from clipper.rest.inputs import json_type_name, type_mismatch
 
 # Schema texts quoted in error messages, as Clipper's management frontend prints them.
 APP_SCHEMA = """
@@ -114,8 +114,7 @@ class Body:
             raise self.error(f"JSON object does not have required key: {key}")
         value = self.document[key]
         if not _has_kind(value, kind):
-            raise self.error(f"Type mismatch! JSON key {key} expected type {_TYPE_NAMES[kind]} "
-                             f"but found type {json_type_name(value)}")
+            raise self.error(type_mismatch(key, _TYPE_NAMES[kind], value))
         return value
 
     def string(self, key: str) -> str:

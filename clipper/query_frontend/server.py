@@ -31,8 +31,8 @@ from clipper.query_frontend.worker_metrics import WorkerMetrics
 from clipper.redis_schema import App, Container, Model, ModelId
 from clipper.request_body import check_json_media_type
 from clipper.rest import responses
-from clipper.rest.inputs import (PredictRequest, SchemaError, json_type_name, load_json_object,
-                                 parse_predict_body, parse_version)
+from clipper.rest.inputs import (PredictRequest, SchemaError, load_json_object, parse_predict_body,
+                                 parse_version, type_mismatch)
 from clipper.store import REDIS_ERRORS, Store
 
 log = logging.getLogger("clipper.query_frontend")
@@ -560,8 +560,7 @@ def _feedback_number(document: dict, key: str):
         raise SchemaError(f"JSON object does not have required key: {key}")
     value = document[key]
     if type(value) not in (int, float):
-        raise SchemaError(f"Type mismatch! JSON key {key} expected type Number "
-                          f"but found type {json_type_name(value)}")
+        raise SchemaError(type_mismatch(key, "Number", value))
     return value
 
 

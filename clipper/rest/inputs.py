@@ -58,6 +58,11 @@ def json_type_name(value) -> str:
     return "Object"
 
 
+def type_mismatch(key: str, expected: str, value) -> str:
+    """json_util.cpp's text for a key whose value is not of the type its getter reads."""
+    return f"Type mismatch! JSON key {key} expected type {expected} but found type {json_type_name(value)}"
+
+
 class SchemaError(InputError):
     """A body that does not fit ``schema``; ``reason`` says how, so that a route that reuses
     these checks (/update) can give the same reason with its own schema."""
@@ -102,9 +107,7 @@ def _parse_document(body: bytes, input_type: InputType, max_batch_size: Optional
     if "input_batch" in document:
         batch = document["input_batch"]
         if not isinstance(batch, list):
-            raise SchemaError(
-                f"Type mismatch! JSON key input_batch expected type Array but found type "
-                f"{json_type_name(batch)}")
+            raise SchemaError(type_mismatch("input_batch", "Array", batch))
         if max_batch_size is not None and len(batch) > max_batch_size:
             raise InputError(f"The batch has {len(batch)} inputs, more than {max_batch_size}, the "
                              "limit of this server (max_batch_size): send it in smaller batches",
@@ -168,8 +171,7 @@ def parse_version(version) -> str:
         return version
     if isinstance(version, int) and not isinstance(version, bool):
         return str(version)
-    raise SchemaError(
-        f"Type mismatch! JSON key version expected type String but found type {json_type_name(version)}")
+    raise SchemaError(type_mismatch("version", "String", version))
 
 
 def encode_input(value, input_type: InputType, in_batch: bool = False, may_hold_bools: bool = True) -> bytes:
@@ -181,7 +183,7 @@ def encode_input(value, input_type: InputType, in_batch: bool = False, may_hold_
         if not isinstance(value, str):
             found = json_type_name(value)
             if not in_batch:
-                raise SchemaError(f"Type mismatch! JSON key input expected type String but found type {found}")
+                raise SchemaError(type_mismatch("input", "String", value))
             if input_type is InputType.STRINGS:
                 raise SchemaError(f"Array input of type {found} is not of type string")
             raise SchemaError(f"PredictionData of type {found} is not of type base64-encoded string")
@@ -196,8 +198,7 @@ def encode_input(value, input_type: InputType, in_batch: bool = False, may_hold_
     if not isinstance(value, list):
         if in_batch:
             raise SchemaError(f"Array input of type {json_type_name(value)} is not of type array")
-        raise SchemaError(
-            f"Type mismatch! JSON key input expected type Array but found type {json_type_name(value)}")
+        raise SchemaError(type_mismatch("input", "Array", value))
     return _encode_numbers(value, input_type, may_hold_bools)
 
 
