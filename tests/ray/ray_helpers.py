@@ -41,9 +41,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIPPER_PORTS = (1337, 1338, 7000, 1390)
 
 
-def run_script(name, *args, timeout=180):
+def run_script(name, *args, timeout=180, env=None):
     return subprocess.run([sys.executable, name, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def start_script(name, *args):

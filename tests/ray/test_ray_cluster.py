@@ -1,8 +1,6 @@
 """The Ray backend's cluster: on loopback only, the example scripts, closeClipper.py."""
 import os
 import socket
-import subprocess
-import sys
 
 import psutil
 import pytest
@@ -13,7 +11,7 @@ from clipper_admin.deployers import python as python_deployer
 from clipper_admin.ray import RayContainerManager
 from clipper_admin.ray.node_state import node_state_dir
 from ray_cluster import other_loopback_ray_cluster
-from ray_helpers import ROOT, assert_nothing_left, marked_processes, off_loopback
+from ray_helpers import assert_nothing_left, marked_processes, off_loopback, run_script
 
 
 def feature_sum(xs):
@@ -81,11 +79,8 @@ def test_a_second_ray_cluster_on_the_machine_neither_takes_nor_stops_the_first_o
         url = f"http://{conn.get_query_addr()}/twin-app/predict"
         assert requests.post(url, json={"input": [1.0, 2.0]}, timeout=10).json()["output"] == 3
         with other_loopback_ray_cluster() as other:
-            refused = subprocess.run([sys.executable, "-c", START_ON_THE_OTHER_RAY_CLUSTER], cwd=ROOT,
-                                     env=other["env"], capture_output=True, text=True, timeout=180)
-            assert_refused_as_another_ray_clusters(refused)
-            stopped = subprocess.run([sys.executable, "closeClipper.py", "--backend", "ray"], cwd=ROOT,
-                                     env=other["env"], capture_output=True, text=True, timeout=180)
+            assert_refused_as_another_ray_clusters(run_script("-c", START_ON_THE_OTHER_RAY_CLUSTER, env=other["env"]))
+            stopped = run_script("closeClipper.py", "--backend", "ray", env=other["env"])
             assert stopped.returncode == 0, stopped.stderr[-2000:]
         answer = requests.post(url, json={"input": [1.0, 2.0]}, timeout=10).json()
         assert answer["output"] == 3 and not answer["default"], answer
@@ -97,19 +92,13 @@ def test_a_second_ray_cluster_does_not_take_over_the_first_ones_state_when_its_s
     # The first Ray cluster's servers stop behind its frontends' actor (as if killed). The
     # second must not start its own on their directory and Redis data: it would serve the
     # first one's applications, and the first one's stop_all would stop its servers.
-    manager = RayContainerManager(cluster_name="twin")
-    conn = ClipperConnection(manager)
+    conn = ClipperConnection(RayContainerManager(cluster_name="twin"))
     conn.start_clipper()
     try:
-        state = node_state_dir(manager.namespace, "twin") / "state"
-        down = subprocess.run([sys.executable, "closeClipper.py", "--backend", "local"], cwd=ROOT,
-                              env={**os.environ, "CLIPPER_STATE_DIR": str(state)},
-                              capture_output=True, text=True, timeout=120)
+        down = stop_servers_behind_the_actor("twin")
         assert down.returncode == 0 and not requests_answer(conn), down.stderr[-2000:]
         with other_loopback_ray_cluster() as other:
-            refused = subprocess.run([sys.executable, "-c", START_ON_THE_OTHER_RAY_CLUSTER], cwd=ROOT,
-                                     env=other["env"], capture_output=True, text=True, timeout=180)
-            assert_refused_as_another_ray_clusters(refused)
+            assert_refused_as_another_ray_clusters(run_script("-c", START_ON_THE_OTHER_RAY_CLUSTER, env=other["env"]))
     finally:
         conn.stop_all()
 
@@ -118,13 +107,9 @@ def test_the_state_left_by_a_ray_cluster_that_is_gone_is_taken_over(ray_cluster)
     # A Ray cluster stopped (and, say, started again: a new session) must not lock its
     # Clipper cluster's directory on the node for good.
     with other_loopback_ray_cluster() as other:
-        started = subprocess.run([sys.executable, "-c", START_ON_THE_OTHER_RAY_CLUSTER, "gone"], cwd=ROOT,
-                                 env=other["env"], capture_output=True, text=True, timeout=180)
+        started = run_script("-c", START_ON_THE_OTHER_RAY_CLUSTER, "gone", env=other["env"])
         assert started.returncode == 0, started.stderr[-2000:]
-        state = node_state_dir(RayContainerManager().namespace, "gone") / "state"
-        down = subprocess.run([sys.executable, "closeClipper.py", "--backend", "local"], cwd=ROOT,
-                              env={**os.environ, "CLIPPER_STATE_DIR": str(state)},
-                              capture_output=True, text=True, timeout=120)
+        down = stop_servers_behind_the_actor("gone")
         assert down.returncode == 0, down.stderr[-2000:]
     conn = ClipperConnection(RayContainerManager(cluster_name="gone"))
     conn.start_clipper()
@@ -132,6 +117,13 @@ def test_the_state_left_by_a_ray_cluster_that_is_gone_is_taken_over(ray_cluster)
         assert conn.get_all_apps() == []
     finally:
         conn.stop_all()
+
+
+def stop_servers_behind_the_actor(cluster_name):
+    """Stop the Clipper servers the frontends' actor runs on this machine, as the local backend's."""
+    state = node_state_dir(RayContainerManager().namespace, cluster_name) / "state"
+    return run_script("closeClipper.py", "--backend", "local", timeout=120,
+                      env={**os.environ, "CLIPPER_STATE_DIR": str(state)})
 
 
 def requests_answer(conn):
