@@ -570,8 +570,8 @@ _STALE = object()     # the view may be behind: decide after a state barrier
 def _model_for(view: ClusterView, app: App, version: Optional[str], final: bool):
     """The model version that answers ``app`` (None: no model, defaults), or _STALE when the
     view lacks something that may be moments old and ``final`` is False."""
-    model_name = view.linked_model(app.name)
-    if model_name is None:
+    linked = view.links.get(app.name)
+    if not linked:
         if not final:
             return _STALE
         if version is not None:
@@ -579,10 +579,10 @@ def _model_for(view: ClusterView, app: App, version: Optional[str], final: bool)
                                f"{version} cannot be selected", kind="Query processing error")
         return None
     if version is None:
-        version = view.current_versions.get(model_name)
-        if version is None and not final:
-            return _STALE
-        return (model_name, version) if version else None
+        return _current_model(view, linked, final)
+    if len(linked) > 1:       # links a Clipper component wrote: the management API makes one
+        raise RequestError(f"Too many models linked to application {app.name}", kind="Query processing error")
+    model_name = linked[0]
     if not view.has_version(model_name, version):
         if not final:
             return _STALE
@@ -596,6 +596,18 @@ def _model_for(view: ClusterView, app: App, version: Optional[str], final: bool)
                            f"{model.input_type}, not {app.input_type} as application {app.name} does",
                            kind="Query processing error")
     return model_name, version
+
+
+def _current_model(view: ClusterView, linked: List[str], final: bool):
+    """The linked model that answers at its current version. Clipper sent a query to every
+    linked model with a current version and answered with the first output; the management API
+    links one model, but a Clipper component may have written more: the first of them (by
+    name) that has a current version answers."""
+    for model_name in linked:
+        version = view.current_versions.get(model_name)
+        if version:
+            return model_name, version
+    return None if final else _STALE
 
 
 PREDICT, UPDATE, METRICS, OPENAPI = "/{app}/predict", "/{app}/update", "/metrics", "/openapi.json"

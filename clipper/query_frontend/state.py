@@ -30,10 +30,6 @@ class ClusterView:
     current_versions: Dict[str, str] = field(default_factory=dict)
     models: Dict[ModelId, Model] = field(default_factory=dict)
 
-    def linked_model(self, app_name: str) -> Optional[str]:
-        linked = self.links.get(app_name)
-        return linked[0] if linked else None
-
     def has_version(self, name: str, version: str) -> bool:
         return (name, version) in self.models
 

@@ -952,6 +952,26 @@ def test_many_applications_added_then_half_deleted_are_served_and_forgotten(conn
     assert listed == set(kept)
 
 
+def test_an_app_linked_to_two_models_in_redis_is_answered_as_clippers_frontend_answered_it(conn, db, containers):
+    """query_frontend.hpp decode_and_handle_predict, for links a Clipper component wrote into
+    DB 7 (the management API links one model only): without a version, the query goes to each
+    linked model that has a current version (selection_policies_test.cpp
+    TestCombinePredictionsTwoPredictions: the first output answers), so a linked model with no
+    current version is passed over; with a version, "Too many models linked to application
+    <app>", a Query processing error."""
+    add_app(conn, "two-links", "doubles", "dflt", 10_000_000)
+    clipper_add_model(db, "two-links-a", "1")          # sorts first; no current version
+    add_model(conn, "two-links-b", "1", input_type="doubles")
+    link(conn, "two-links", "two-links-b")
+    containers("two-links-b", "1", "from-b")
+    db(7).sadd("two-links", "two-links-a")
+    wait_for_output(conn, "two-links", "from-b")
+    response = predict(conn, "two-links", {"input": [1.0], "version": "1"})
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": "Query processing error",
+                               "cause": "Too many models linked to application two-links"}
+
+
 # ==== config_test.cpp: a query frontend started by hand ======================================
 
 HAND_REDIS_PORT = 26379
