@@ -48,6 +48,11 @@ def loopback_ray_cluster():
     """``{"address", "nodes": [{"node_id", "raylet_pid"}, ...] (head, GPU worker, worker),
     "marker", "env"}``; the test process joins it as a driver through RayContainerManager."""
     # Ray reads its settings when imported: this process is a driver of the test cluster too.
+    if "ray" in sys.modules:
+        pytest.fail("Ray was imported before the Ray tests set their loopback settings (a test "
+                    "module or a module it imports at its top): this driver would then take the "
+                    "machine's other address and hang joining the cluster. Import Ray inside the "
+                    "test that needs it.")
     os.environ.update(LOOPBACK_ENV)
     ray = pytest.importorskip("ray", reason="the Ray backend's tests need Ray: pip install -r requirements-ray.txt")
     with ray_cluster_process(GCS_PORT, LOOPBACK_ENV) as cluster:
