@@ -60,6 +60,19 @@ def clipper_conn():
 
 
 # ---- Docker: a real engine, and a base image built here (no image can be pulled) ----
+NO_DOCKER_ENGINE = "unix:///nonexistent/docker.sock"
+
+
+@pytest.fixture(autouse=True)
+def docker_engine_out_of_reach(request, monkeypatch):
+    """closeClipper.py (and `clipper stop`) without --cluster stops every Clipper cluster of
+    the Docker engine it reaches: a test that does not ask for the engine (docker_client, whose
+    check refuses to run beside a user's clusters) runs it with no engine to reach, so the
+    tests never stop a Docker cluster of the user's."""
+    if "docker_client" not in request.fixturenames:
+        monkeypatch.setenv("DOCKER_HOST", NO_DOCKER_ENGINE)
+
+
 def clipper_containers(client):
     return client.containers.list(all=True, filters={"label": CLIPPER_DOCKER_LABEL})
 

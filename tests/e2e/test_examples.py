@@ -1,5 +1,9 @@
 """The three example scripts, run exactly as the README says, as subprocesses."""
+import pytest
+
 from helpers import processes_under
+from clipper_admin import ClipperException
+from clipper_admin.docker.docker_container_manager import engine
 from scripts import RESPONSE_LINE, assert_nothing_left, run_script, start_script, wait_for_predictions
 
 
@@ -28,6 +32,13 @@ def test_close_clipper_after_sigkill_then_again(clipper_state_dir):
     assert_nothing_left(clipper_state_dir)
     second = run_script("closeClipper.py")
     assert second.returncode == 0 and second.stdout.strip() == "No Clipper cluster is running."
+
+
+def test_these_tests_reach_no_docker_engine_so_closeclipper_stops_no_users_cluster():
+    """closeClipper.py above, without --cluster, stopped every Docker cluster of the engine
+    (a user's own, another session's), though these tests start none there."""
+    with pytest.raises(ClipperException, match="The Docker engine is not reachable"):
+        engine()
 
 
 def test_a_taken_port_gets_one_clear_line(clipper_state_dir):
