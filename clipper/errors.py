@@ -8,6 +8,11 @@ it is logged and answered 500, never passed off as the client's fault.
 from typing import Mapping, Optional
 
 
+# The query API's "error" field for statuses raised without a kind of their own, so that a
+# 415 or a 408 is not labelled "Bad request".
+STATUS_KINDS = {408: "Request timeout", 415: "Unsupported media type"}
+
+
 class RequestError(Exception):
     """A request that cannot be served as sent; ``message`` says what to fix."""
 
@@ -22,6 +27,8 @@ class RequestError(Exception):
             self.status = status
         if kind is not None:
             self.kind = kind
+        elif status in STATUS_KINDS:
+            self.kind = STATUS_KINDS[status]
         self.headers = dict(headers or {})
 
     def __str__(self) -> str:

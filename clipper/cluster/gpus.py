@@ -22,10 +22,10 @@ def machine_gpus(environ: Optional[Mapping[str, str]] = None) -> List[str]:
     environ = os.environ if environ is None else environ
     count = environ.get(GPU_COUNT_VARIABLE, "").strip()
     if count:
-        try:
-            return [str(index) for index in range(int(count))]
-        except ValueError:
-            raise ValueError(f"{GPU_COUNT_VARIABLE} must be a number of GPUs, not {count!r}") from None
+        # A negative count would read as none: refused like any other non-count.
+        if not count.isdigit():
+            raise ValueError(f"{GPU_COUNT_VARIABLE} must be a number of GPUs (0 or more), not {count!r}")
+        return [str(index) for index in range(int(count))]
     if DEVICES_VARIABLE in environ:
         return [device.strip() for device in environ[DEVICES_VARIABLE].split(",") if device.strip()]
     try:

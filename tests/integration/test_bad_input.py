@@ -119,6 +119,7 @@ def test_non_utf8_bodies_get_400(cluster, still_serving):
 def test_wrong_content_type_gets_415(cluster, still_serving):
     response = post(predict_url(cluster), b'{"input": [1.0]}', content_type="text/plain")
     assert response.status_code == 415 and "Content-Type: application/json" in cause(response)
+    assert response.json()["error"] == "Unsupported media type"      # was "Bad request"
     response = post(admin_url(cluster), b"name=x", content_type="application/x-www-form-urlencoded")
     assert response.status_code == 415 and "Content-Type: application/json" in cause(response)
     # An empty header says no more than none: read as JSON (it was "Content-Type  is not supported").
@@ -155,6 +156,7 @@ def test_a_body_that_trickles_in_gets_408(cluster, still_serving, api, path):
         reply = connection.recv(4096)
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
     assert b"did not arrive within 1 s" in reply
+    assert api == "management" or b'"error":"Request timeout"' in reply      # was "Bad request"
     assert time.monotonic() - started < BODY_TIMEOUT + 2
 
 
