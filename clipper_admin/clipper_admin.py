@@ -17,7 +17,7 @@ from clipper import launch as recipe
 from clipper_admin import clipper_images
 from clipper_admin.container_manager import (
     CONTAINERLESS_MODEL_IMAGE, ClusterAdapter, is_valid_name, package_list, replica_count, whole_number)
-from clipper_admin.exceptions import ClipperException, UnconnectedException
+from clipper_admin.exceptions import ClipperException, ClusterUnavailable, UnconnectedException
 
 logging.basicConfig(format="%(asctime)s %(levelname)-8s [%(filename)s:%(lineno)d] %(message)s",
                     datefmt="%y-%m-%d:%H:%M:%S", level=logging.INFO)
@@ -49,10 +49,6 @@ def _gpus_if_asked(num_gpus, default):
     return {} if num_gpus == default else {"num_gpus": num_gpus}
 
 
-class _Unavailable(ClipperException):
-    """The management API could not be reached, or answered 503: maybe only for a moment."""
-
-
 class ClipperConnection(object):
     def __init__(self, container_manager):
         self.connected = False
@@ -72,10 +68,10 @@ class ClipperConnection(object):
         try:
             response = self._http.request(method, url, timeout=REQUEST_TIMEOUT_SECONDS, **kwargs)
         except requests.RequestException as error:
-            raise _Unavailable(f"Could not reach Clipper at {url} ({error}). Is the cluster "
+            raise ClusterUnavailable(f"Could not reach Clipper at {url} ({error}). Is the cluster "
                                "running? Start it with start_clipper().") from None
         if response.status_code != requests.codes.ok:
-            error = _Unavailable if response.status_code == 503 else ClipperException
+            error = ClusterUnavailable if response.status_code == 503 else ClipperException
             raise error("Received error status code: {code} and message: {msg}".format(
                 code=response.status_code, msg=response.text))
         return response
@@ -100,7 +96,7 @@ class ClipperConnection(object):
         while True:
             try:
                 replicas = self.get_all_model_replicas(verbose=True)
-            except _Unavailable:
+            except ClusterUnavailable:
                 now = time.monotonic()
                 if unavailable_since is None:
                     unavailable_since = now

@@ -14,6 +14,11 @@ class UnconnectedException(ClipperException):
         super().__init__(self.message, *args)
 
 
+class ClusterUnavailable(ClipperException):
+    """The management API could not be reached, or answered 503: maybe only for a moment
+    (its process or Redis restarting)."""
+
+
 def stop_command(cluster_name=None):
     """How to stop one cluster from a shell (a clone's example script, or the installed
     command), or (no name) every one on the machine: others' too, so a message about one

@@ -7,6 +7,7 @@ added; a replica never gets the same device twice, so asking for more GPUs per r
 the machine has is refused.
 """
 import os
+import re
 import subprocess
 from collections import Counter
 from typing import List, Mapping, Optional
@@ -23,7 +24,7 @@ def machine_gpus(environ: Optional[Mapping[str, str]] = None) -> List[str]:
     count = environ.get(GPU_COUNT_VARIABLE, "").strip()
     if count:
         # A negative count would read as none: refused like any other non-count.
-        if not count.isdigit():
+        if not re.fullmatch(r"[0-9]+", count):
             raise ValueError(f"{GPU_COUNT_VARIABLE} must be a number of GPUs (0 or more), not {count!r}")
         return [str(index) for index in range(int(count))]
     if DEVICES_VARIABLE in environ:

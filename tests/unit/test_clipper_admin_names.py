@@ -142,3 +142,27 @@ def test_serialize_object_ships_the_users_modules_it_reaches_and_not_the_others(
     finally:
         for name in ("unit_helper", "unit_models", "unit_locked"):
             sys.modules.pop(name, None)
+
+
+def test_a_cluster_that_does_not_answer_is_a_named_clipper_exception():
+    """An unreachable management API surfaces as a public, documented type (it was a private
+    class, ``_Unavailable``, in users' tracebacks), still a ClipperException as in 0.4.1."""
+    import socket
+    from clipper_admin.exceptions import ClusterUnavailable
+
+    class Addresses:                     # a container manager that only holds the addresses
+        def __init__(self, port):
+            self.admin_addr = f"127.0.0.1:{port}"
+
+        def get_admin_addr(self):
+            return self.admin_addr
+
+    with socket.socket() as closed:      # a loopback port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        conn = ClipperConnection(Addresses(port))
+        conn.connected = True
+        with pytest.raises(ClusterUnavailable, match="Could not reach Clipper .* start_clipper") as raised:
+            conn.get_all_apps()
+    assert isinstance(raised.value, ClipperException)
+    assert type(raised.value).__module__ == "clipper_admin.exceptions"
