@@ -69,10 +69,23 @@ def recover(args):
                else "no state of it is left (it was stopped, or never started)")
         raise ClipperException(f"Cluster '{args.cluster_name}' has nothing to recover: {why}. "
                                f"`clipper start --cluster-name {args.cluster_name}` starts a new one.")
-    conn = ClipperConnection(manager)
-    conn.connect()                   # a crashed local cluster is started again from its state
+    conn = _connected(manager, args)     # a crashed local cluster is started again from its state
     print(f"Cluster '{args.cluster_name}' is running: predictions at http://{conn.get_query_addr()}"
           f"/<application>/predict, management at http://{conn.cm.get_admin_addr()}")
+
+
+def _connected(manager, args):
+    """A connection to the named cluster; when the local backend has none of that name, the
+    error says where else it may run (the backend is not guessed: a look starts nothing)."""
+    conn = ClipperConnection(manager)
+    try:
+        conn.connect()
+    except ClipperException as error:
+        if args.backend != "local" or not error.msg.startswith("No running Clipper cluster"):
+            raise
+        raise ClipperException(f"{error.msg} A cluster on Docker or Ray: --backend docker or "
+                               "--backend ray (or CLIPPER_BACKEND).") from None
+    return conn
 
 
 def status(args):
@@ -81,8 +94,7 @@ def status(args):
         raise ClipperException(f"Cluster '{args.cluster_name}' is not running: it crashed, or the machine "
                                f"restarted. `clipper recover --cluster-name {args.cluster_name}` starts "
                                "it again as it was.")
-    conn = ClipperConnection(manager)
-    conn.connect()
+    conn = _connected(manager, args)
     print(json.dumps({"cluster": args.cluster_name, "backend": args.backend,
                       "query_address": conn.get_query_addr(), "management_address": conn.cm.get_admin_addr(),
                       "applications": conn.get_all_apps(verbose=True),

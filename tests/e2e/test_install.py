@@ -55,6 +55,7 @@ def test_clipper_command_starts_reports_and_stops_a_cluster(installed, tmp_path,
     missing = run([clipper, "status", "--cluster-name=cli"], tmp_path)
     assert missing.returncode == 1 and "No running Clipper cluster named 'cli'" in missing.stderr
     assert "`clipper start` on the command line" in missing.stderr
+    assert "A cluster on Docker or Ray: --backend docker" in missing.stderr     # where else to look
     assert_nothing_left(clipper_state_dir)
 
 
