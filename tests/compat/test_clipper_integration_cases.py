@@ -68,6 +68,65 @@ def test_the_noop_container_image_deploys_scales_and_stops(conn):
     assert registered(conn, "jimmypage") == []
 
 
+def replica_count(conn, name):
+    return len([r for r in conn.get_all_model_replicas(verbose=True) if r["model_name"] == name])
+
+
+def test_a_model_scaled_down_to_no_replica_gives_its_apps_the_default_saying_why(conn, fake_model_data):
+    """test_remove_inactive_container (0.4.1 passes set_num_replicas's arguments by name)."""
+    conn.register_application("scaled-down-app", "doubles", "DEFAULT", 3000000)
+    conn.build_and_deploy_model("scaled-down", 1, "doubles", fake_model_data, NOOP_IMAGE, num_replicas=2)
+    conn.link_model_to_app("scaled-down-app", "scaled-down")
+    assert replica_count(conn, "scaled-down") == 2
+    for count, query in [(2, [101.1, 99.5, 107.2]), (1, [101.1, 99.9])]:
+        conn.set_num_replicas(name="scaled-down", version=1, num_replicas=count)
+        assert replica_count(conn, "scaled-down") == count
+        for _ in range(2):
+            response = predict(conn, "scaled-down-app", {"input": query})
+            assert response.status_code == 200 and response.json()["default"] is False
+    conn.set_num_replicas(name="scaled-down", version=1, num_replicas=0)
+    assert replica_count(conn, "scaled-down") == 0
+    for _ in range(2):
+        answer = predict(conn, "scaled-down-app", {"input": [101.1]}).json()
+        assert (answer["output"], answer["default"], answer["default_explanation"]) == (
+            "DEFAULT", True, "No connected models found for query")
+
+
+def test_each_new_version_of_a_linked_model_is_served_from_version_0_on(conn, fake_model_data):
+    """many_apps_many_models: an app answers before it has a model; the model's versions are
+    0, 1, 2 (whole numbers, 0 first) and the link is made once, after version 0."""
+    conn.register_application("many-app", "doubles", "default_pred", 100000)
+    before = predict(conn, "many-app", {"input": [0.5] * 30})
+    assert before.status_code == 200 and before.json()["output"] == "default_pred"
+    for version in range(3):
+        conn.build_and_deploy_model("many-model", version, "doubles", fake_model_data, NOOP_IMAGE, num_replicas=1)
+        if version == 0:
+            conn.link_model_to_app("many-app", "many-model")
+        assert conn.get_current_model_version("many-model") == str(version)
+        answers = [predict(conn, "many-app", {"input": [version + n / 100] * 30}).json() for n in range(5)]
+        assert [answer["default"] for answer in answers] == [False] * 5, answers
+    assert registered(conn, "many-model") == ["0", "1", "2"]
+
+
+def test_stop_inactive_model_versions_stops_every_replica_of_the_old_version(conn, fake_model_data):
+    """test_remove_inactive_containers_succeeds: versions given as whole numbers, listed as strings."""
+    conn.build_and_deploy_model("remove-inactive", 1, "doubles", fake_model_data, NOOP_IMAGE, num_replicas=2)
+    assert replica_count(conn, "remove-inactive") == 2 and registered(conn, "remove-inactive") == ["1"]
+    conn.build_and_deploy_model("remove-inactive", 2, "doubles", fake_model_data, NOOP_IMAGE, num_replicas=3)
+    assert replica_count(conn, "remove-inactive") == 5 and registered(conn, "remove-inactive") == ["1", "2"]
+    conn.stop_inactive_model_versions(["remove-inactive"])
+    assert replica_count(conn, "remove-inactive") == 3 and registered(conn, "remove-inactive") == ["2"]
+
+
+def test_model_version_sets_correctly(conn):
+    """Two containerless versions: set_model_version makes the first current again."""
+    conn.register_model("set-back", "v1", "doubles")
+    conn.register_model("set-back", "v2", "doubles")
+    conn.set_model_version("set-back", "v1")
+    assert sorted((m["model_version"], m["is_current_version"]) for m in conn.get_all_models(verbose=True)
+                  if m["model_name"] == "set-back") == [("v1", True), ("v2", False)]
+
+
 def test_another_image_is_still_refused_saying_why(conn):
     with pytest.raises(ClipperException, match="To run a Docker image, use DockerContainerManager"):
         conn.deploy_model("other-image", 1, "doubles", f"{__registry__}/sum-container:{__version__}")

@@ -243,6 +243,22 @@ def test_versions_deploy_roll_back_and_pin(conn):
         python_deployer.deploy_python_closure(conn, "versioned", 2, "doubles", version_two)
 
 
+def test_a_version_is_pinned_in_a_query_to_an_app_whose_model_has_another_name(conn):
+    """test_query_specific_model_version: the app and its model are named apart, so the
+    error for a version that does not exist must name the model."""
+    conn.register_application("pin-by-name", "doubles", "DEFAULT", 3000000)
+    python_deployer.deploy_python_closure(conn, "pinned-model", "v1", "doubles", version_one)
+    conn.link_model_to_app("pin-by-name", "pinned-model")
+    python_deployer.deploy_python_closure(conn, "pinned-model", "v2", "doubles", version_two)
+    first = predict(conn, "pin-by-name", {"input": [1.0, 2.0, 3.0], "version": "v1"}).json()
+    assert (first["output"], first["default"]) == (1, False)
+    current = predict(conn, "pin-by-name", {"input": [1.0, 2.0, 3.0]}).json()
+    assert (current["output"], current["default"]) == (2, False)
+    missing = predict(conn, "pin-by-name", {"input": [1.0, 2.0, 3.0], "version": "no-such-version"})
+    assert missing.status_code != 200
+    assert missing.json()["cause"] == "Requested version: no-such-version does not exist for model: pinned-model"
+
+
 def test_every_query_after_a_change_returns_sees_it(conn):
     """Read your writes: once set_model_version (or a link) has returned, no query is answered
     from the query frontend's older view. Each flip is followed at once by a query; before the
@@ -691,6 +707,29 @@ def test_a_function_a_replica_cannot_load_fails_in_test_predict_function_as_in_t
         python_deployer.deploy_python_closure(conn, "not-shipped", 1, "doubles", func)
     assert "keeps exiting (exit code 3)" in failure.value.msg and hint in failure.value.msg, failure.value.msg
     conn.stop_models(["not-shipped"])
+
+
+def sum_as_a_number(xs):
+    return [sum(x) for x in xs]           # numbers, not strings: the container writes them as text
+
+
+@pytest.mark.parametrize("input_type, single, batch", [
+    ("doubles", [1.1, 2.2, 3.3], [[1.1, 2.2, 3.3], [4.4, 5.5, 6.6]]),
+    ("integers", [1, 2, 3], [[1, 2, 3], [40, 50]]),      # the name Clipper's deployer tests use
+])
+def test_predict_function_answers_as_the_deployed_model(conn, input_type, single, batch):
+    """test_test_predict_function: the same function, deployed and queried (at predict/, with
+    its trailing slash), answers what test_predict_function returns, input by input."""
+    app = f"sum-as-number-{input_type}"
+    python_deployer.create_endpoint(conn, app, input_type, sum_as_a_number, slo_micros=2000000)
+    url = f"http://{conn.get_query_addr()}/{app}/predict/"
+    answer = requests.post(url, json={"input": single}, timeout=10).json()
+    assert answer["default"] is False
+    assert [answer["output"]] == conn.test_predict_function({"input": single}, sum_as_a_number, input_type)
+    answers = requests.post(url, json={"input_batch": batch}, timeout=10).json()["batch_predictions"]
+    assert [a["output"] for a in answers] == conn.test_predict_function(
+        {"input_batch": batch}, sum_as_a_number, input_type)
+    conn.stop_models([app])
 
 
 def test_predict_function_raises_what_the_function_raises(conn):
