@@ -499,13 +499,7 @@ def main(config) -> None:
     if not (config.model_name and config.model_version and config.model_path):
         raise SystemExit("CLIPPER_MODEL_NAME, CLIPPER_MODEL_VERSION and CLIPPER_MODEL_PATH must be set")
     input_type = InputType.parse(config.input_type)
-    # Bound first: a model may add metrics of its own (clipper_admin.metrics) as it loads.
-    metrics = None
-    if REPLICA.available:
-        REPLICA.bind(config.model_name, config.model_version, config.replica_name, config.metrics_dir)
-        metrics = REPLICA if config.metrics_dir else None
-    else:
-        log.info("prometheus_client is not installed in %s: the replica reports no metrics", sys.executable)
+    metrics = replica_metrics(config)      # first: a model may add its own as it loads (clipper_admin.metrics)
     try:
         function = load_function(config.model_path)
     except ImportError as error:
@@ -515,11 +509,24 @@ def main(config) -> None:
     except FrameworkMissing as error:
         log.error("cannot load the model: %s", error)
         raise SystemExit(3)
+    serve_model(config, input_type, lambda kind, inputs: run_batch(function, kind, inputs), metrics)
+
+
+def replica_metrics(config) -> Optional[ReplicaMetrics]:
+    """Clipper's clipper_mc_* metrics of this replica, where the cluster collects them."""
+    if not REPLICA.available:
+        log.info("prometheus_client is not installed in %s: the replica reports no metrics", sys.executable)
+        return None
+    REPLICA.bind(config.model_name, config.model_version, config.replica_name, config.metrics_dir)
+    return REPLICA if config.metrics_dir else None
+
+
+def serve_model(config, input_type: InputType, handler: Handler, metrics: Optional[ReplicaMetrics]) -> None:
+    """Serve ``handler`` to every query frontend worker of ``config`` until SIGTERM."""
     # Query frontend worker k listens on port + k, and in the local backend on its Unix socket.
     addresses = [UNIX_SCHEME + stream.socket_path(config.rpc_socket_dir, k) if config.rpc_socket_dir
                  else f"tcp://{config.ip}:{config.port + k}" for k in range(config.query_workers)]
-    runtime = ContainerRuntime(config.model_name, config.model_version, input_type, addresses,
-                               lambda kind, inputs: run_batch(function, kind, inputs),
+    runtime = ContainerRuntime(config.model_name, config.model_version, input_type, addresses, handler,
                                config.rpc_server_public_key, config.rpc_client_secret_key,
                                config.max_output_size, metrics, busy_poll.window_seconds(config.busy_poll_us))
     runtime.serve_forever()

@@ -18,7 +18,7 @@ from clipper.cluster.redis_binary import find_redis_server
 from clipper_admin import ClipperConnection, ClipperException, DockerContainerManager, LocalContainerManager
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL
 from clipper_admin.deployers import python as python_deployer
-from clipper_admin.docker.images import NOOP_RUNTIME_LABEL, ensure_noop_image, pip_ca_bundle
+from clipper_admin.docker.images import NOOP_RUNTIME_LABEL, ensure_noop_image, ensure_runtime_image, pip_ca_bundle
 from helpers import ROOT, port_open
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -29,6 +29,7 @@ SIDE_B = dict(clipper_query_port=13337, clipper_management_port=13338, clipper_r
 LOCAL = dict(clipper_query_port=14337, clipper_management_port=14338, clipper_rpc_port=14700)
 EXTERNAL = dict(clipper_query_port=18337, clipper_management_port=18338, clipper_rpc_port=18700)
 RPC_IMAGE = "clipper-test/rpc-container:1"
+RPC_MODULE_IMAGE = "clipper-test/rpc-module-container:1"
 
 
 @contextlib.contextmanager
@@ -116,6 +117,11 @@ def build_rpc_image(client, base_image):
         "rpc_container.py": (ROOT / "tests" / "docker" / "rpc_container.py").read_bytes()}
     if pip_ca_bundle():
         files["pip-ca.crt"] = pip_ca_bundle().read_bytes()
+    build_image(client, RPC_IMAGE, files)
+
+
+def build_image(client, tag, files):
+    """Build ``tag`` from a context of ``{name: bytes}``."""
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
         for name, content in files.items():
@@ -123,7 +129,7 @@ def build_rpc_image(client, base_image):
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content))
     context.seek(0)
-    client.images.build(fileobj=context, custom_context=True, tag=RPC_IMAGE, network_mode="host", rm=True)
+    client.images.build(fileobj=context, custom_context=True, tag=tag, network_mode="host", rm=True)
 
 
 def test_deploy_model_runs_the_users_own_image_with_clippers_environment(side_by_side, docker_client, base_image):
@@ -141,6 +147,28 @@ def test_deploy_model_runs_the_users_own_image_with_clippers_environment(side_by
     finally:
         conn.stop_all_model_containers()
         docker_client.images.remove(RPC_IMAGE, force=True)
+
+
+def test_a_container_written_for_clippers_rpc_module_runs_from_the_runtime_image(side_by_side, docker_client,
+                                                                                   base_image):
+    """A user's image: the runtime image, a Clipper-style container script (``import rpc``)
+    in /container, as Clipper's images kept it, and that script as the entrypoint."""
+    build_image(docker_client, RPC_MODULE_IMAGE, {
+        "Dockerfile": (f"FROM {ensure_runtime_image(docker_client, base_image)}\n"
+                       "COPY clipper_sum_container.py /container/\n"
+                       'ENTRYPOINT ["python", "/container/clipper_sum_container.py"]\n').encode(),
+        "clipper_sum_container.py": (ROOT / "tests" / "compat" / "clipper_sum_container.py").read_bytes()})
+    conn = side_by_side["a"]
+    try:
+        conn.register_application("rpc-module", "doubles", "default", 2_000_000)
+        conn.deploy_model("rpc-module", 1, "doubles", RPC_MODULE_IMAGE)
+        conn.link_model_to_app("rpc-module", "rpc-module")
+        response = requests.post(f"http://{conn.get_query_addr()}/rpc-module/predict",
+                                 json={"input": [1.5, 2.0]}, timeout=10)
+        assert response.json()["output"] == 3.5, response.text
+    finally:
+        conn.stop_all_model_containers()
+        docker_client.images.remove(RPC_MODULE_IMAGE, force=True)
 
 
 def test_a_redis_of_the_users_own_is_used_and_found_again(docker_client, base_image, tmp_path):
