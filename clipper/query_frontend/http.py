@@ -44,6 +44,11 @@ DECODERS = {b"gzip": GZIP_WBITS, b"x-gzip": GZIP_WBITS, b"deflate": zlib.MAX_WBI
 FIRST_DECODE_SLICE = 1024        # of a compressed body, fed to zlib (see _decode_stream)
 # Each member costs a decompressor: 4 MiB of empty members held the event loop 0.3 to 0.6 s.
 MAX_GZIP_MEMBERS = 16              # concatenated gzip files: a few, in practice
+# Each chunk of a chunked body costs Python calls: 4 MiB sent as one-byte chunks held the event
+# loop 2.5 s per request (as a Content-Length body, 10 ms), every other client waiting. Past
+# the first FREE_CHUNKS, a body whose chunks average under MIN_CHUNK_AVERAGE bytes is refused.
+FREE_CHUNKS = 1024
+MIN_CHUNK_AVERAGE = 64
 # Lists whose repeated lines are one comma-joined line (RFC 9110, 5.3): each coding is checked.
 LIST_HEADERS = frozenset((b"transfer-encoding", b"content-encoding"))
 
@@ -187,6 +192,7 @@ class Connection(asyncio.Protocol):
         self.header_count = 0
         self.body: list = []
         self.body_size = 0
+        self.chunks = 0
 
     # ---- connection ----
     def connection_made(self, transport) -> None:
@@ -310,6 +316,15 @@ class Connection(asyncio.Protocol):
             self._refuse(self._too_large())
             raise _Stop
         self.body.append(body)
+
+    def on_chunk_header(self) -> None:
+        # The chunks before this one have arrived whole: their average is known.
+        if self.chunks >= FREE_CHUNKS and self.body_size < self.chunks * MIN_CHUNK_AVERAGE:
+            self._refuse(RequestError(
+                f"The chunked body has more than {FREE_CHUNKS} chunks averaging under "
+                f"{MIN_CHUNK_AVERAGE} bytes: send larger chunks, or a Content-Length body", 400))
+            raise _Stop
+        self.chunks += 1
 
     def on_message_complete(self) -> None:
         # No upgrade (nor CONNECT) is made: its answer says the connection closes after it.
