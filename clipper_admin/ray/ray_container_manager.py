@@ -72,6 +72,9 @@ def connect_ray(address=None, namespace=NAMESPACE):
     if not address:
         raise ClipperException("No Ray cluster of yours recorded on this machine. Start one with "
                                "`ray start --head`, or pass its address (address= or RAY_ADDRESS)")
+    if "://" not in address and not _gcs_answers(address):       # not a ray:// client address
+        raise ClipperException(f"No Ray cluster answers at {address!r} (nothing listens there). Start one "
+                               "with `ray start --head`, or pass its address (address= or RAY_ADDRESS)")
     try:
         ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING,
                  runtime_env={"py_modules": [clipper, clipper_admin]})
@@ -417,14 +420,18 @@ _RAISED = re.compile(r"^[\w.]*(?:Error|Exception): (.+)$")
 def _local_ray_address():
     """$RAY_ADDRESS, else the cluster `ray start` recorded on this machine, if it answers."""
     address = os.environ.get("RAY_ADDRESS") or _recorded_ray_address()
-    if not address:
-        return None
+    return address if address and _gcs_answers(address) else None
+
+
+def _gcs_answers(address) -> bool:
+    """Whether something listens at ``host:port``: ray.init retries a GCS that does not
+    answer for minutes, saying only, in Ray's log lines, that it cannot connect."""
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1):
-            return address
+            return True
     except (OSError, ValueError):
-        return None
+        return False
 
 
 def _recorded_ray_address():

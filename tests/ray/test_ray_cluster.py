@@ -140,6 +140,16 @@ def test_close_clipper_stops_the_servers_that_a_ray_cluster_stopped_by_pid_left(
         assert not processes_marked_with(node_dir / "state" / "left") and not node_dir.exists()
 
 
+def test_an_address_where_no_ray_cluster_listens_is_one_clear_error_at_once(ray_cluster):
+    # ray.init retried it for minutes (over 150 s here), printing only Ray's own log lines.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))             # held, never listening: connections are refused
+        address = "127.0.0.1:%d" % closed.getsockname()[1]
+        run = run_script("-c", START_ON_THE_OTHER_RAY_CLUSTER, "nowhere", timeout=60,
+                         env={**os.environ, "RAY_ADDRESS": address})
+    assert run.returncode != 0 and f"No Ray cluster answers at '{address}'" in run.stderr, run.stderr[-2000:]
+
+
 def stop_servers_behind_the_actor(cluster_name):
     """Stop the Clipper servers the frontends' actor runs on this machine, as the local backend's."""
     state = node_state_dir(RayContainerManager().namespace, cluster_name) / "state"
