@@ -12,11 +12,16 @@ def node_state_dir(namespace, cluster_name):
     return path
 
 
+def private_root_path() -> Path:
+    """Where private_root() is, without making it."""
+    return Path(tempfile.gettempdir()) / f"clipper-ray-{os.getuid()}"
+
+
 def private_root() -> Path:
     """``$TMPDIR/clipper-ray-<uid>``, this user's alone. Its name can be guessed, and /tmp is
     shared: a directory or link of that name made by another user would let them swap the
     models (and the programs) that replicas run as this one, so it is refused."""
-    root = Path(tempfile.gettempdir()) / f"clipper-ray-{os.getuid()}"
+    root = private_root_path()
     try:
         root.mkdir(mode=0o700)
     except FileExistsError:

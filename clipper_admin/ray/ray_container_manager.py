@@ -8,6 +8,7 @@ Ray, decide whether a replica is alive. The actors are named ``<cluster>/...`` i
 namespace, so any process on any node finds the cluster. Model directories travel through
 Ray's object store. Needs Ray (requirements-ray.txt, Python 3.10+) on every node.
 """
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -28,6 +29,7 @@ from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_RPC_PORT, FAILURES_REPORTED, SERVING_SETTINGS, START_HINT, ContainerManager,
     checked_cluster_name, public_host_for, write_log_copy)
 from clipper_admin.exceptions import ClipperException, MissingDependency, stop_command
+from clipper_admin.ray.node_state import private_root, private_root_path
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,9 @@ def connect_ray(address=None, namespace=NAMESPACE):
     if not address:
         raise ClipperException("No Ray cluster of yours recorded on this machine. Start one with "
                                "`ray start --head`, or pass its address (address= or RAY_ADDRESS)")
+    if "://" not in address and not _gcs_answers(address):       # not a ray:// client address
+        raise ClipperException(f"No Ray cluster answers at {address!r} (nothing listens there). Start one "
+                               "with `ray start --head`, or pass its address (address= or RAY_ADDRESS)")
     try:
         ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING,
                  runtime_env={"py_modules": [clipper, clipper_admin]})
@@ -415,14 +420,18 @@ _RAISED = re.compile(r"^[\w.]*(?:Error|Exception): (.+)$")
 def _local_ray_address():
     """$RAY_ADDRESS, else the cluster `ray start` recorded on this machine, if it answers."""
     address = os.environ.get("RAY_ADDRESS") or _recorded_ray_address()
-    if not address:
-        return None
+    return address if address and _gcs_answers(address) else None
+
+
+def _gcs_answers(address) -> bool:
+    """Whether something listens at ``host:port``: ray.init retries a GCS that does not
+    answer for minutes, saying only, in Ray's log lines, that it cannot connect."""
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1):
-            return address
+            return True
     except (OSError, ValueError):
-        return None
+        return False
 
 
 def _recorded_ray_address():
@@ -451,11 +460,51 @@ def stop_all_ray_clusters(graceful=True, names=None, namespace=NAMESPACE, *, req
     """
     if importlib.util.find_spec("ray") is None:
         return []
+    stopped = _stop_servers_left_by_gone_ray_clusters(graceful, names, namespace)
     address = _local_ray_address()
     if address is None:
-        return []
+        return stopped
     ray = connect_ray(address, namespace)
     found = sorted({entry["name"].split("/", 1)[0] for entry in ray.util.list_named_actors(all_namespaces=True)
                     if entry["namespace"] == namespace and "/" in entry["name"]})
-    return [(name, RayContainerManager(address, name, namespace).stop_all(graceful))
-            for name in found if names is None or name in names]
+    return stopped + [(name, RayContainerManager(address, name, namespace).stop_all(graceful))
+                      for name in found if names is None or name in names]
+
+
+def _stop_servers_left_by_gone_ray_clusters(graceful, names, namespace):
+    """The frontends' servers on this machine (Redis, both frontends, their supervisor) outlive
+    the Ray cluster whose actor started them, when Ray is stopped (by PID) or crashes: no actor
+    finds them any more, and they keep their ports. Those of a Ray session with no node left
+    here are stopped as the local backend's, and their node directory removed, as a stop_all
+    would. ``[(cluster_name, processes_stopped), ...]``."""
+    from clipper_admin.local.local_container_manager import stop_all_local_clusters
+    from clipper_admin.ray.actors import RAY_SESSION_FILE, ray_session_runs_here
+    if not private_root_path().exists():
+        return []                 # no Ray cluster of this user's ran its frontends here (none made)
+    root = private_root() / namespace
+    stopped = []
+    for directory in sorted(root.iterdir()) if root.is_dir() else []:
+        session = directory / RAY_SESSION_FILE
+        if (names is not None and directory.name not in names) or not session.is_file() \
+                or ray_session_runs_here(session.read_text()):
+            continue            # a Ray cluster with a node here stops its own, through its actors
+        with _state_dir(directory / "state"):
+            found = stop_all_local_clusters(graceful, [directory.name])
+        if found:
+            shutil.rmtree(directory, ignore_errors=True)
+        stopped += found
+    return stopped
+
+
+@contextlib.contextmanager
+def _state_dir(path):
+    """CLIPPER_STATE_DIR set to ``path`` for the local backend (as in the frontends' actor)."""
+    before = os.environ.get("CLIPPER_STATE_DIR")
+    os.environ["CLIPPER_STATE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["CLIPPER_STATE_DIR"]
+        else:
+            os.environ["CLIPPER_STATE_DIR"] = before

@@ -6,6 +6,7 @@ import psutil
 import pytest
 import requests
 
+from clipper.cluster.cluster_dir import processes_marked_with
 from clipper_admin import ClipperConnection, ClipperException
 from clipper_admin.deployers import python as python_deployer
 from clipper_admin.ray import RayContainerManager
@@ -117,6 +118,36 @@ def test_the_state_left_by_a_ray_cluster_that_is_gone_is_taken_over(ray_cluster)
         assert conn.get_all_apps() == []
     finally:
         conn.stop_all()
+
+
+def test_close_clipper_stops_the_servers_that_a_ray_cluster_stopped_by_pid_left(ray_cluster):
+    # Ray stopped by PID (as the README says) or crashed under a running Clipper cluster: the
+    # frontends' servers outlive its actor and keep their ports, and no actor finds them.
+    # closeClipper.py said "No Clipper cluster named 'left' is running." and left them.
+    with other_loopback_ray_cluster() as other:
+        started = run_script("-c", START_ON_THE_OTHER_RAY_CLUSTER, "left", env=other["env"])
+        assert started.returncode == 0, started.stderr[-2000:]
+        node_dir = node_state_dir(RayContainerManager().namespace, "left")
+        servers = processes_marked_with(node_dir / "state" / "left")
+        ray_processes = [p for p in marked_processes(other["marker"]) if p not in servers]
+        for process in ray_processes:
+            process.kill()
+        psutil.wait_procs(ray_processes, timeout=10)
+        assert all(server.is_running() for server in servers) and servers
+        stopped = run_script("closeClipper.py", "--backend", "ray", "--cluster", "left", timeout=120)
+        assert stopped.returncode == 0 and "Stopped Clipper Ray cluster 'left'" in stopped.stdout, \
+            stopped.stdout + stopped.stderr[-2000:]
+        assert not processes_marked_with(node_dir / "state" / "left") and not node_dir.exists()
+
+
+def test_an_address_where_no_ray_cluster_listens_is_one_clear_error_at_once(ray_cluster):
+    # ray.init retried it for minutes (over 150 s here), printing only Ray's own log lines.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))             # held, never listening: connections are refused
+        address = "127.0.0.1:%d" % closed.getsockname()[1]
+        run = run_script("-c", START_ON_THE_OTHER_RAY_CLUSTER, "nowhere", timeout=60,
+                         env={**os.environ, "RAY_ADDRESS": address})
+    assert run.returncode != 0 and f"No Ray cluster answers at '{address}'" in run.stderr, run.stderr[-2000:]
 
 
 def stop_servers_behind_the_actor(cluster_name):
