@@ -182,6 +182,9 @@ def test_a_body_in_tiny_chunks_gets_400():
         connection.sendall(chunked(http.MIN_CHUNK_AVERAGE, count))        # small, but not tiny
         [(status, answer)] = read_responses(connection, 1)
         assert status == 200 and len(answer) == len(b"POST /now ") + http.MIN_CHUNK_AVERAGE * count
+        connection.sendall(chunked(1, http.FREE_CHUNKS))         # tiny, but no more than are free
+        [(status, answer)] = read_responses(connection, 1)
+        assert status == 200 and len(answer) == len(b"POST /now ") + http.FREE_CHUNKS, answer[:200]
         connection.sendall(chunked(1, count))
         status, answer = read_responses(connection, 1)[0]
     assert status == 400 and b"chunks averaging under" in answer
