@@ -8,9 +8,10 @@ it is logged and answered 500, never passed off as the client's fault.
 from typing import Mapping, Optional
 
 
-# The query API's "error" field for statuses raised without a kind of their own, so that a
-# 415 or a 408 is not labelled "Bad request".
-STATUS_KINDS = {408: "Request timeout", 415: "Unsupported media type"}
+# The query API's "error" field for statuses raised without a kind of their own, so that
+# none but a 400 is labelled "Bad request".
+STATUS_KINDS = {408: "Request timeout", 414: "Request target too long", 415: "Unsupported media type",
+                431: "Request headers too large", 500: "Internal server error", 503: "Service unavailable"}
 
 
 class RequestError(Exception):

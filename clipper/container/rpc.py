@@ -13,16 +13,28 @@ import logging
 import sys
 from pathlib import Path
 
-from clipper.config import Config
+from clipper.config import DEFAULT_HOST, RPC_PORT, Config
 from clipper.datatypes import InputType
 
-__all__ = ["ModelContainerBase", "RPCService"]
+__all__ = ["ModelContainerBase", "RPCService", "string_to_input_type", "INPUT_TYPE_BYTES", "INPUT_TYPE_INTS",
+           "INPUT_TYPE_FLOATS", "INPUT_TYPE_DOUBLES", "INPUT_TYPE_STRINGS"]
 
 RPC_IMPORT_DIR = str(Path(__file__).resolve().parent / "clipper_rpc")
 # The model's method for each input type.
 PREDICT_METHODS = {InputType.BYTES: "predict_bytes", InputType.INTS: "predict_ints",
                    InputType.FLOATS: "predict_floats", InputType.DOUBLES: "predict_doubles",
                    InputType.STRINGS: "predict_strings"}
+# Clipper's codes of the input types (its framework containers keep string_to_input_type's).
+INPUT_TYPE_BYTES, INPUT_TYPE_INTS, INPUT_TYPE_FLOATS, INPUT_TYPE_DOUBLES, INPUT_TYPE_STRINGS = map(int, InputType)
+
+
+def string_to_input_type(input_str):
+    """The code of an input type's name, in any case and with spaces around it as Clipper's
+    containers took CLIPPER_INPUT_TYPE; -1 for a name that is none."""
+    try:
+        return int(InputType.parse(str(input_str).strip().lower()))
+    except ValueError:
+        return -1
 
 
 class ModelContainerBase(object):
@@ -49,27 +61,30 @@ class ModelContainerBase(object):
 class RPCService(object):
     """Connects a model to the query frontend named by CLIPPER_IP and CLIPPER_PORT (default
     127.0.0.1:7000) as CLIPPER_MODEL_NAME:CLIPPER_MODEL_VERSION, taking CLIPPER_INPUT_TYPE
-    (default doubles)."""
+    (default doubles). As in Clipper, ``start`` serves what the attributes say: with
+    ``read_config=False`` they are set by hand first; the other settings of our runtime
+    (its workers, socket, keys, metrics) come from the environment either way."""
 
     def __init__(self, collect_metrics=True, read_config=True):
         self.collect_metrics = collect_metrics
         self.server = None
+        self.model_name = self.model_version = self.model_path = None
+        self.host, self.port, self.input_type = DEFAULT_HOST, RPC_PORT, "doubles"
         if read_config:
             self._read_config_from_environment()
 
     def _read_config_from_environment(self):
-        self.config = Config.load([])
-        missing = [name for name, value in (("CLIPPER_MODEL_NAME", self.config.model_name),
-                                            ("CLIPPER_MODEL_VERSION", self.config.model_version)) if not value]
+        config = Config.load([])
+        missing = [name for name, value in (("CLIPPER_MODEL_NAME", config.model_name),
+                                            ("CLIPPER_MODEL_VERSION", config.model_version)) if not value]
         if missing:
-            print(f"ERROR: {' and '.join(missing)} must be set", file=sys.stderr)
-            sys.exit(1)
-        self.model_name = self.config.model_name
-        self.model_version = self.config.model_version
-        self.host = self.config.ip
-        self.port = self.config.port
-        self.input_type = self.config.input_type
-        self.model_path = self.config.model_path or None
+            _fail(f"{' and '.join(missing)} must be set")
+        self.model_name = config.model_name
+        self.model_version = config.model_version
+        self.host = config.ip
+        self.port = config.port
+        self.input_type = config.input_type
+        self.model_path = config.model_path or None
 
     def get_model_path(self):
         return self.model_path
@@ -82,7 +97,22 @@ class RPCService(object):
         from clipper.container.closure import run_batch
         from clipper.container.runtime import replica_metrics, serve_model
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        input_type = InputType.parse(self.input_type)
-        predict = getattr(model, PREDICT_METHODS[input_type])
-        metrics = replica_metrics(self.config) if self.collect_metrics else None
-        serve_model(self.config, input_type, lambda kind, inputs: run_batch(predict, kind, inputs), metrics)
+        if not self.model_name or self.model_version in (None, ""):
+            _fail("the model's name and version must be set (CLIPPER_MODEL_NAME, CLIPPER_MODEL_VERSION)")
+        code = string_to_input_type(self.input_type)
+        if code == -1:
+            _fail(f"{self.input_type!r} is not an input type: use bytes, ints, floats, doubles or strings")
+        input_type = InputType(code)
+        predict = getattr(model, PREDICT_METHODS[input_type], None)
+        if predict is None:
+            _fail(f"the model has no {PREDICT_METHODS[input_type]} method, which serves input type "
+                  f"{input_type.canonical_name}")
+        config = Config.load([]).replace(model_name=str(self.model_name), model_version=str(self.model_version),
+                                         ip=self.host, port=int(self.port), input_type=input_type.canonical_name)
+        metrics = replica_metrics(config) if self.collect_metrics else None
+        serve_model(config, input_type, lambda kind, inputs: run_batch(predict, kind, inputs), metrics)
+
+
+def _fail(message):
+    print(f"ERROR: {message}", file=sys.stderr)
+    sys.exit(1)

@@ -318,8 +318,9 @@ class Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_chunk_header(self) -> None:
-        # The chunks before this one have arrived whole: their average is known.
-        if self.chunks >= FREE_CHUNKS and self.body_size < self.chunks * MIN_CHUNK_AVERAGE:
+        # The chunks before this one have arrived whole: their average is known. (This one
+        # may be the last, empty chunk: a body of FREE_CHUNKS chunks is free.)
+        if self.chunks > FREE_CHUNKS and self.body_size < self.chunks * MIN_CHUNK_AVERAGE:
             self._refuse(RequestError(
                 f"The chunked body has more than {FREE_CHUNKS} chunks averaging under "
                 f"{MIN_CHUNK_AVERAGE} bytes: send larger chunks, or a Content-Length body", 400))

@@ -182,6 +182,9 @@ def test_a_body_in_tiny_chunks_gets_400():
         connection.sendall(chunked(http.MIN_CHUNK_AVERAGE, count))        # small, but not tiny
         [(status, answer)] = read_responses(connection, 1)
         assert status == 200 and len(answer) == len(b"POST /now ") + http.MIN_CHUNK_AVERAGE * count
+        connection.sendall(chunked(1, http.FREE_CHUNKS))         # tiny, but no more than are free
+        [(status, answer)] = read_responses(connection, 1)
+        assert status == 200 and len(answer) == len(b"POST /now ") + http.FREE_CHUNKS, answer[:200]
         connection.sendall(chunked(1, count))
         status, answer = read_responses(connection, 1)[0]
     assert status == 400 and b"chunks averaging under" in answer
@@ -203,15 +206,18 @@ def test_a_transfer_coding_other_than_chunked_gets_501(port, coding):
 
 
 def test_limits_get_413_414_431(port):
-    for request, status in ((post(b"/now", b"x" * 1025), 413),
-                            (b"POST /now HTTP/1.1\r\nContent-Length: 5000\r\n\r\n", 413),
-                            (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
-                            (b"GET /now HTTP/1.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
-                            (b"GET /now HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431)):
+    """Each labelled by its status, not "Bad request" (the query API's "error" field)."""
+    for request, status, kind in (
+            (post(b"/now", b"x" * 1025), 413, b"Body too large"),
+            (b"POST /now HTTP/1.1\r\nContent-Length: 5000\r\n\r\n", 413, b"Body too large"),
+            (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, b"Request target too long"),
+            (b"GET /now HTTP/1.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, b"Request headers too large"),
+            (b"GET /now HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431, b"Request headers too large")):
         with connect(port) as connection:
             connection.sendall(request)
             reply = read_until_closed(connection)
         assert reply.startswith(b"HTTP/1.1 %d " % status), (status, reply[:100])
+        assert b'"error":"%s"' % kind in reply, reply[-300:]
 
 
 def test_an_endless_header_is_cut_off(port):
@@ -263,7 +269,8 @@ def test_a_bug_answers_500_and_the_connection_keeps_serving(port, caplog):
     with connect(port) as connection:
         connection.sendall(post(b"/bug") + post(b"/refused") + post(b"/now", b"ok"))
         answers = read_responses(connection, 3)
-    assert answers[0][0] == 500 and orjson.loads(answers[0][1])["cause"] == "Internal server error"
+    assert answers[0][0] == 500 and orjson.loads(answers[0][1]) == {"error": "Internal server error",
+                                                                     "cause": "Internal server error"}
     assert answers[1] == (404, b'{"error":"Not found","cause":"no such thing"}')
     assert answers[2] == (200, b"POST /now ok")
     assert "KeyError" in caplog.text
