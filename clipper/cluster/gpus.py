@@ -15,6 +15,7 @@ from typing import List, Mapping, Optional
 # Overrides detection: "4" means devices 0..3 (a machine nvidia-smi cannot see into, or a test).
 GPU_COUNT_VARIABLE = "CLIPPER_GPU_COUNT"
 DEVICES_VARIABLE = "CUDA_VISIBLE_DEVICES"
+MAX_GPUS = 1024                    # more than any machine has
 
 
 def machine_gpus(environ: Optional[Mapping[str, str]] = None) -> List[str]:
@@ -23,9 +24,9 @@ def machine_gpus(environ: Optional[Mapping[str, str]] = None) -> List[str]:
     environ = os.environ if environ is None else environ
     count = environ.get(GPU_COUNT_VARIABLE, "").strip()
     if count:
-        # A negative count would read as none: refused like any other non-count.
-        if not re.fullmatch(r"[0-9]+", count):
-            raise ValueError(f"{GPU_COUNT_VARIABLE} must be a number of GPUs (0 or more), not {count!r}")
+        # A negative count would read as none, and a huge one is a list as long: refused.
+        if not re.fullmatch(r"[0-9]+", count) or int(count) > MAX_GPUS:
+            raise ValueError(f"{GPU_COUNT_VARIABLE} must be a number of GPUs (0 to {MAX_GPUS}), not {count!r}")
         return [str(index) for index in range(int(count))]
     if DEVICES_VARIABLE in environ:
         return [device.strip() for device in environ[DEVICES_VARIABLE].split(",") if device.strip()]

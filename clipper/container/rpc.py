@@ -9,7 +9,9 @@ its error and goes on serving (Clipper's container exited).
 ``clipper_rpc`` directory) on ``PYTHONPATH``; the Docker backend's runtime image has it as
 ``/container/rpc.py``, where Clipper's images kept theirs.
 """
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from clipper.datatypes import InputType
 __all__ = ["ModelContainerBase", "RPCService", "string_to_input_type", "INPUT_TYPE_BYTES", "INPUT_TYPE_INTS",
            "INPUT_TYPE_FLOATS", "INPUT_TYPE_DOUBLES", "INPUT_TYPE_STRINGS"]
 
+READY_FILE = "/model_is_ready.check"
 RPC_IMPORT_DIR = str(Path(__file__).resolve().parent / "clipper_rpc")
 # The model's method for each input type.
 PREDICT_METHODS = {InputType.BYTES: "predict_bytes", InputType.INTS: "predict_ints",
@@ -110,7 +113,16 @@ class RPCService(object):
         config = Config.load([]).replace(model_name=str(self.model_name), model_version=str(self.model_version),
                                          ip=self.host, port=int(self.port), input_type=input_type.canonical_name)
         metrics = replica_metrics(config) if self.collect_metrics else None
+        _mark_ready()
         serve_model(config, input_type, lambda kind, inputs: run_batch(predict, kind, inputs), metrics)
+
+
+def _mark_ready():
+    """Clipper's containers wrote READY_FILE once their model was loaded: its images'
+    HEALTHCHECK tested it. Only inside a container: elsewhere / is the host's."""
+    if os.path.exists("/.dockerenv"):
+        with contextlib.suppress(OSError):
+            Path(READY_FILE).write_text("READY")
 
 
 def _fail(message):

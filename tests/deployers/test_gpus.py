@@ -84,7 +84,7 @@ def test_which_devices_a_machine_offers():
     assert machine_gpus({"CLIPPER_GPU_COUNT": "3"}) == ["0", "1", "2"]
     assert machine_gpus({"CUDA_VISIBLE_DEVICES": "2, 5"}) == ["2", "5"]
     assert machine_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
-    for count in ("many", "-1", "1.5", "\u00b2"):
+    for count in ("many", "-1", "1.5", "\u00b2", "1000000000"):
         with pytest.raises(ValueError, match="CLIPPER_GPU_COUNT must be a number"):
             machine_gpus({"CLIPPER_GPU_COUNT": count})
 

@@ -166,6 +166,9 @@ def test_a_container_written_for_clippers_rpc_module_runs_from_the_runtime_image
         response = requests.post(f"http://{conn.get_query_addr()}/rpc-module/predict",
                                  json={"input": [1.5, 2.0]}, timeout=10)
         assert response.json()["output"] == 3.5, response.text
+        # Clipper's images' HEALTHCHECK tests the file its rpc module wrote once serving.
+        [replica] = docker_client.containers.list(filters={"ancestor": RPC_MODULE_IMAGE})
+        assert replica.exec_run(["test", "-f", "/model_is_ready.check"]).exit_code == 0
     finally:
         conn.stop_all_model_containers()
         docker_client.images.remove(RPC_MODULE_IMAGE, force=True)

@@ -36,7 +36,8 @@ def test_close_clipper_after_sigkill_then_again(clipper_state_dir):
 
 def test_these_tests_reach_no_docker_engine_so_closeclipper_stops_no_users_cluster():
     """closeClipper.py above, without --cluster, stopped every Docker cluster of the engine
-    (a user's own, another session's), though these tests start none there."""
+    (a user's own, another session's), though these tests start none there. (It tells only
+    where an engine runs, as in CI here: elsewhere there is none to reach anyway.)"""
     with pytest.raises(ClipperException, match="The Docker engine is not reachable"):
         engine()
 

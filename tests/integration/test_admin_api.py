@@ -255,7 +255,7 @@ def test_a_version_is_pinned_in_a_query_to_an_app_whose_model_has_another_name(c
     current = predict(conn, "pin-by-name", {"input": [1.0, 2.0, 3.0]}).json()
     assert (current["output"], current["default"]) == (2, False)
     missing = predict(conn, "pin-by-name", {"input": [1.0, 2.0, 3.0], "version": "no-such-version"})
-    assert missing.status_code != 200
+    assert missing.status_code == 400 and missing.json()["error"] == "Query processing error"
     assert missing.json()["cause"] == "Requested version: no-such-version does not exist for model: pinned-model"
 
 
