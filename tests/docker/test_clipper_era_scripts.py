@@ -158,7 +158,7 @@ def test_a_container_written_for_clippers_rpc_module_runs_from_the_runtime_image
                        "COPY clipper_sum_container.py /container/\n"
                        'ENTRYPOINT ["python", "/container/clipper_sum_container.py"]\n').encode(),
         "clipper_sum_container.py": (ROOT / "tests" / "compat" / "clipper_sum_container.py").read_bytes()})
-    conn = side_by_side["a"]
+    conn = side_by_side["b"]
     try:
         conn.register_application("rpc-module", "doubles", "default", 2_000_000)
         conn.deploy_model("rpc-module", 1, "doubles", RPC_MODULE_IMAGE)
