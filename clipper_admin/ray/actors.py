@@ -21,7 +21,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import psutil
 import ray
 
 import clipper
@@ -34,7 +33,8 @@ from clipper.config import Config, is_loopback
 from clipper_admin.container_manager import SERVING_SETTINGS
 from clipper_admin.deployers.deployer_utils import read_model_metadata
 from clipper_admin.local import LocalContainerManager
-from clipper_admin.ray.node_state import node_state_dir
+from clipper_admin.ray.node_state import (
+    RAY_SESSION_FILE, frontends_state_dir, node_state_dir, ray_session_runs_here, recorded_ray_session)
 
 # The directories that hold our packages: on the nodes, where Ray unpacked them (each its
 # own); a replica imports clipper, and clipper_admin if its model reports metrics.
@@ -44,18 +44,8 @@ MAX_RESTART_DELAY = 5.0
 METRICS_FORWARD_SECONDS = 1.0     # a replica's metrics reach the frontends' node this often
 RAYLET_CHECK_SECONDS = 0.5
 HEALTHY_RUN_SECONDS = 10.0
-RAY_SESSION_FILE = "ray-session"     # the Ray cluster whose frontends' actor started the servers
 
 log = logging.getLogger(__name__)
-
-
-def ray_session_runs_here(session: str) -> bool:
-    """Whether a node of that Ray session (its raylet, its workers) runs on this machine."""
-    flag = f"--session-name={session}"
-    for process in psutil.process_iter(["cmdline"]):
-        if flag in (process.info["cmdline"] or ()):
-            return True
-    return False
 
 
 def zip_directory(path) -> bytes:
@@ -100,7 +90,7 @@ class ClusterFrontends:
                 "an admin token or without RPC authentication: pass admin_token= (or set "
                 "CLIPPER_ADMIN_TOKEN) and keep rpc_auth 'auto' or 'curve'")
         # The local backend, with its state on this node: it runs and restarts the processes.
-        os.environ["CLIPPER_STATE_DIR"] = str(self.dir / "state")
+        os.environ["CLIPPER_STATE_DIR"] = str(frontends_state_dir(self.dir))
         self.local = _LocalFrontends(
             settings["replica_timeout"], cluster_name=settings["cluster_name"], host=self.settings["host"],
             clipper_query_port=settings["query_port"], clipper_management_port=settings["management_port"],
@@ -127,11 +117,8 @@ class ClusterFrontends:
         machine, with the same TMPDIR, namespace and cluster name, would otherwise serve (and
         stop) the servers, or, with them down, take their state over. A session whose nodes
         are all gone from here (a Ray cluster stopped and started again) leaves it to the next."""
-        try:
-            theirs = (self.dir / RAY_SESSION_FILE).read_text()
-        except FileNotFoundError:                 # a new cluster, or started before sessions were recorded
-            return
-        if theirs != ray_session and ray_session_runs_here(theirs):
+        theirs = recorded_ray_session(self.dir)
+        if theirs is not None and theirs != ray_session and ray_session_runs_here(theirs):
             raise ValueError(
                 f"Clipper cluster '{self.settings['cluster_name']}' of namespace '{self.settings['namespace']}' "
                 f"on this machine belongs to another Ray cluster, which runs here too ({theirs}; this one "

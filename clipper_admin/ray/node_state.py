@@ -1,8 +1,14 @@
-"""Where a Ray node keeps Clipper's state: a directory of the user's own, under $TMPDIR."""
+"""Where a Ray node keeps Clipper's state: a directory of the user's own, under $TMPDIR, per
+cluster; in it the frontends' state directory and the Ray session that started them."""
 import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Optional
+
+import psutil
+
+RAY_SESSION_FILE = "ray-session"     # the Ray cluster whose frontends' actor started the servers
 
 
 def node_state_dir(namespace, cluster_name):
@@ -10,6 +16,28 @@ def node_state_dir(namespace, cluster_name):
     path = private_root() / namespace / cluster_name
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+def frontends_state_dir(node_dir: Path) -> Path:
+    """The CLIPPER_STATE_DIR of the local backend that runs the frontends' servers."""
+    return node_dir / "state"
+
+
+def recorded_ray_session(node_dir: Path) -> Optional[str]:
+    """The Ray session whose frontends' actor started the servers of ``node_dir``, or None."""
+    try:
+        return (node_dir / RAY_SESSION_FILE).read_text()
+    except FileNotFoundError:                 # a new cluster, or started before sessions were recorded
+        return None
+
+
+def ray_session_runs_here(session: str) -> bool:
+    """Whether a node of that Ray session (its raylet, its workers) runs on this machine."""
+    flag = f"--session-name={session}"
+    for process in psutil.process_iter(["cmdline"]):
+        if flag in (process.info["cmdline"] or ()):
+            return True
+    return False
 
 
 def private_root_path() -> Path:

@@ -29,7 +29,8 @@ from clipper_admin.container_manager import (
     CLIPPER_INTERNAL_RPC_PORT, FAILURES_REPORTED, SERVING_SETTINGS, START_HINT, ContainerManager,
     checked_cluster_name, public_host_for, write_log_copy)
 from clipper_admin.exceptions import ClipperException, MissingDependency, stop_command
-from clipper_admin.ray.node_state import private_root, private_root_path
+from clipper_admin.ray.node_state import (
+    frontends_state_dir, private_root, private_root_path, ray_session_runs_here, recorded_ray_session)
 
 logger = logging.getLogger(__name__)
 
@@ -478,17 +479,15 @@ def _stop_servers_left_by_gone_ray_clusters(graceful, names, namespace):
     here are stopped as the local backend's, and their node directory removed, as a stop_all
     would. ``[(cluster_name, processes_stopped), ...]``."""
     from clipper_admin.local.local_container_manager import stop_all_local_clusters
-    from clipper_admin.ray.actors import RAY_SESSION_FILE, ray_session_runs_here
     if not private_root_path().exists():
         return []                 # no Ray cluster of this user's ran its frontends here (none made)
     root = private_root() / namespace
     stopped = []
     for directory in sorted(root.iterdir()) if root.is_dir() else []:
-        session = directory / RAY_SESSION_FILE
-        if (names is not None and directory.name not in names) or not session.is_file() \
-                or ray_session_runs_here(session.read_text()):
+        session = recorded_ray_session(directory)
+        if (names is not None and directory.name not in names) or session is None or ray_session_runs_here(session):
             continue            # a Ray cluster with a node here stops its own, through its actors
-        with _state_dir(directory / "state"):
+        with _state_dir(frontends_state_dir(directory)):
             found = stop_all_local_clusters(graceful, [directory.name])
         if found:
             shutil.rmtree(directory, ignore_errors=True)

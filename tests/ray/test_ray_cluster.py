@@ -10,7 +10,7 @@ from clipper.cluster.cluster_dir import processes_marked_with
 from clipper_admin import ClipperConnection, ClipperException
 from clipper_admin.deployers import python as python_deployer
 from clipper_admin.ray import RayContainerManager
-from clipper_admin.ray.node_state import node_state_dir
+from clipper_admin.ray.node_state import frontends_state_dir, node_state_dir
 from ray_cluster import other_loopback_ray_cluster
 from ray_helpers import assert_nothing_left, marked_processes, off_loopback, run_script
 
@@ -128,7 +128,7 @@ def test_close_clipper_stops_the_servers_that_a_ray_cluster_stopped_by_pid_left(
         started = run_script("-c", START_ON_THE_OTHER_RAY_CLUSTER, "left", env=other["env"])
         assert started.returncode == 0, started.stderr[-2000:]
         node_dir = node_state_dir(RayContainerManager().namespace, "left")
-        servers = processes_marked_with(node_dir / "state" / "left")
+        servers = processes_marked_with(frontends_state_dir(node_dir) / "left")
         ray_processes = [p for p in marked_processes(other["marker"]) if p not in servers]
         for process in ray_processes:
             process.kill()
@@ -137,7 +137,7 @@ def test_close_clipper_stops_the_servers_that_a_ray_cluster_stopped_by_pid_left(
         stopped = run_script("closeClipper.py", "--backend", "ray", "--cluster", "left", timeout=120)
         assert stopped.returncode == 0 and "Stopped Clipper Ray cluster 'left'" in stopped.stdout, \
             stopped.stdout + stopped.stderr[-2000:]
-        assert not processes_marked_with(node_dir / "state" / "left") and not node_dir.exists()
+        assert not processes_marked_with(frontends_state_dir(node_dir) / "left") and not node_dir.exists()
 
 
 def test_an_address_where_no_ray_cluster_listens_is_one_clear_error_at_once(ray_cluster):
@@ -152,7 +152,7 @@ def test_an_address_where_no_ray_cluster_listens_is_one_clear_error_at_once(ray_
 
 def stop_servers_behind_the_actor(cluster_name):
     """Stop the Clipper servers the frontends' actor runs on this machine, as the local backend's."""
-    state = node_state_dir(RayContainerManager().namespace, cluster_name) / "state"
+    state = frontends_state_dir(node_state_dir(RayContainerManager().namespace, cluster_name))
     return run_script("closeClipper.py", "--backend", "local", timeout=120,
                       env={**os.environ, "CLIPPER_STATE_DIR": str(state)})
 
